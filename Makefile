@@ -1,0 +1,71 @@
+# fwcluster — build, test and benchmark entry points.
+#   make test    install what the tests need (apt + .venv) and run the suite
+#   make image   build the default appliance image (see image/image.mk)
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := build/stamps
+export PYTHONDONTWRITEBYTECODE := 1
+
+# Debian packages the daemons, the lab and the side-by-side benchmarks need.
+APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
+	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping
+
+.PHONY: all deps venv test test-unit test-lab demo bench bench-failover \
+	bench-sync bench-balance clean distclean
+
+all: test
+
+$(STAMPS):
+	mkdir -p $@
+
+# apt only when something is missing: a warm machine needs no network.
+$(STAMPS)/apt: | $(STAMPS)
+	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
+		echo "== apt: installing $(APT_PKGS)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends $(APT_PKGS); \
+	fi
+	touch $@
+
+# Debian's python3 (not whatever python3 is first on PATH) so that
+# python3-nftables from apt is importable in the venv.
+$(VENV)/.stamp: requirements.txt $(STAMPS)/apt
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -c "import nftables, pyroute2, jinja2, pytest"
+	touch $@
+
+deps venv: $(VENV)/.stamp
+
+test: deps
+	$(PY) -m pytest -q tests
+
+test-unit: deps
+	$(PY) -m pytest -q tests/unit
+
+test-lab: deps
+	$(PY) -m pytest -q tests/lab
+
+demo: deps
+	$(PY) -m fwcluster.lab demo
+
+bench: bench-failover bench-sync bench-balance
+
+bench-failover: deps
+	$(PY) -m bench.failover
+
+bench-sync: deps
+	$(PY) -m bench.sync
+
+bench-balance: deps
+	$(PY) -m bench.balance
+
+clean:
+	rm -rf build/stamps .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) build
+
+-include image/image.mk

@@ -1,0 +1,2 @@
+"""fwcluster: a stateful firewall cluster appliance."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from fwcluster.fwctl import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""fwcluster-syncd: conntrack state sync between cluster members."""

@@ -1,0 +1,115 @@
+"""Config model: the shipped example loads; every bad input names file, key, reason."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwcluster import config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
+SHARED_EXAMPLE = ROOT.parent / "shared" / "examples" / "cluster.toml"
+
+
+def test_docs_example_is_the_shared_contract():
+    if SHARED_EXAMPLE.exists():
+        assert EXAMPLE.read_text() == SHARED_EXAMPLE.read_text()
+
+
+def test_example_loads_as_it_stands():
+    cfg = config.load(EXAMPLE, node="fw1")
+    assert cfg.name == "edge"
+    assert [m.name for m in cfg.members] == ["fw1", "fw2"]
+    assert [v.vhid for v in cfg.vips] == [1, 2, 3]
+    assert cfg.vips[2].family == 6
+    assert cfg.member("fw2").advskew == 100
+    assert cfg.sync.port == 3780
+    assert cfg.carp.preempt is True
+    assert cfg.balance.mode == "active-standby"
+    assert cfg.interfaces == ("lan0", "wan0")
+    assert [p.name for p in cfg.peers("fw1")] == ["fw2"]
+
+
+def _mutated(tmp_path, old, new):
+    text = EXAMPLE.read_text()
+    assert old in text
+    p = tmp_path / "cluster.toml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+BAD = [
+    ('port = 3780', 'port = 3780\nportt = 1', "sync.portt", "unknown key"),
+    ('vhid = 2', 'vhid = 1', "vip[1].vhid", "duplicate vhid 1"),
+    ('vhid = 2', 'vhid = 0', "vip[1].vhid", "outside 1-255"),
+    ('vhid = 2', 'vhid = 256', "vip[1].vhid", "outside 1-255"),
+    ('advskew = 100', 'advskew = 255', "member[1].advskew", "outside 0-254"),
+    ('advskew = 100', 'advskew = -1', "member[1].advskew", "outside 0-254"),
+    ('advbase = 1  ', 'advbase = 255', "vip[0].advbase", "outside 0-254"),
+    ('advbase = 1  ', 'advbase = 0', "vip[0].advbase", "advbase 0 with member[0]"),
+    ('address = "192.0.2.1/24"', 'address = "192.0.2.300/24"', "vip[0].address", "malformed address"),
+    ('address = "192.0.2.1/24"', 'address = "192.0.2.1"', "vip[0].address", "prefix length"),
+    ('sync_address = "203.0.113.2"', 'sync_address = "203.0.113.x"', "member[1].sync_address",
+     "malformed address"),
+    ('advbase = 1  ', 'advbase = "1"', "vip[0].advbase", "must be a integer"),
+    ('[firewall]', '[firewal]', "firewal", "unknown table"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,reason", BAD, ids=[b[2] + ":" + b[3] for b in BAD])
+def test_bad_config_names_file_key_reason(tmp_path, old, new, key, reason):
+    p = _mutated(tmp_path, old, new)
+    with pytest.raises(config.ConfigError) as ei:
+        config.load(p)
+    msg = str(ei.value)
+    assert msg.startswith(str(p) + ": ")
+    assert ei.value.key == key
+    assert reason in msg
+    assert "\n" not in msg
+
+
+def test_not_a_member(tmp_path):
+    with pytest.raises(config.ConfigError) as ei:
+        config.load(EXAMPLE, node="fw9")
+    assert ei.value.key == "--node" and "not a member" in str(ei.value)
+
+
+def test_toml_syntax_error(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[cluster\n")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(p)
+
+
+def test_secret_missing_and_world_readable(tmp_path):
+    sec = tmp_path / "secret"
+    p = _mutated(tmp_path, 'secret_file = "/etc/fwcluster/secret"', f'secret_file = "{sec}"')
+    cfg = config.load(p, "fw1")
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        cfg.read_secret()
+    sec.write_text("s3cret\nignored\n")
+    os.chmod(sec, 0o644)
+    with pytest.raises(config.ConfigError, match="world-readable") as ei:
+        cfg.read_secret()
+    assert ei.value.key == "cluster.secret_file"
+    os.chmod(sec, 0o600)
+    assert cfg.read_secret() == b"s3cret"
+
+
+def test_every_key_is_documented():
+    for table, keys in config._SCHEMA.items():
+        for key in keys:
+            assert f"{table}.{key}" in config.KEY_DOCS
+
+
+@pytest.mark.parametrize("module", ["fwcluster.carpd", "syncd", "fwcluster.fwctl"])
+def test_programs_exit_2_with_one_line_error(tmp_path, module):
+    p = _mutated(tmp_path, 'vhid = 2', 'vhid = 1')
+    args = [sys.executable, "-m", module, "--config", str(p), "--node", "fw1"]
+    if module == "fwcluster.fwctl":
+        args.append("status")
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert f"{p}: vip[1].vhid: duplicate vhid 1" in r.stderr
