@@ -60,6 +60,9 @@ class Carp:
     # for a dead link; any value larger than a peer's advskew spread works).
     link_demote: int = 240
     maintenance_demote: int = 240
+    # Seconds a starting carpd stays demoted waiting for syncd's bulk resync
+    # (ordered takeover, as pfsync does); syncd lifts it early. 0 = no wait.
+    sync_hold: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "preempt": (bool, True),
         "link_demote": (int, 240),
         "maintenance_demote": (int, 240),
+        "sync_hold": (int, 0),
     },
     "member": {
         "name": (str, REQUIRED),
@@ -168,6 +172,8 @@ KEY_DOCS: dict[str, str] = {
     "carp.preempt": "A member with a better (lower) skew takes the vips back.",
     "carp.link_demote": "Demotion added while a vip interface has no carrier.",
     "carp.maintenance_demote": "Demotion added by `fwctl maintenance on`.",
+    "carp.sync_hold": "Seconds a starting carpd stays demoted until syncd reports "
+    "its bulk resync done (ordered takeover); 0 = do not wait.",
     "member.name": "Member name; each daemon is told which one it is by --node.",
     "member.sync_address": "This member's address on the sync link (IPv4 or IPv6).",
     "member.advskew": "CARP advskew (0-254) of this member for every vip; "
@@ -243,6 +249,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     carp = tables["carp"]
     for k in ("link_demote", "maintenance_demote"):
         _in_range(path, f"carp.{k}", carp[k], 0, 255)
+    _in_range(path, "carp.sync_hold", carp["sync_hold"], 0, 3600)
 
     members = []
     seen_names: dict[str, int] = {}
