@@ -213,8 +213,9 @@ def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
         value = table[key]
         # bool is an int subclass in Python; do not accept true as a number.
         if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
-            raise ConfigError(path, f"{prefix}.{key}",
-                              f"must be a {_type_name(typ)}, got {value!r}")
+            name = _type_name(typ)
+            article = "an" if name[0] in "aeiou" else "a"
+            raise ConfigError(path, f"{prefix}.{key}", f"must be {article} {name}, got {value!r}")
         out[key] = value
     return out
 

@@ -53,7 +53,7 @@ BAD = [
     ('address = "192.0.2.1/24"', 'address = "192.0.2.1"', "vip[0].address", "prefix length"),
     ('sync_address = "203.0.113.2"', 'sync_address = "203.0.113.x"', "member[1].sync_address",
      "malformed address"),
-    ('advbase = 1  ', 'advbase = "1"', "vip[0].advbase", "must be a integer"),
+    ('advbase = 1  ', 'advbase = "1"', "vip[0].advbase", "must be an integer"),
     ('[firewall]', '[firewal]', "firewal", "unknown table"),
 ]
 
@@ -113,3 +113,9 @@ def test_programs_exit_2_with_one_line_error(tmp_path, module):
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert r.returncode == 2, r.stderr
     assert f"{p}: vip[1].vhid: duplicate vhid 1" in r.stderr
+
+
+def test_configuration_reference_is_current():
+    from fwcluster import configref
+    assert (ROOT / "docs" / "configuration.md").read_text() == configref.render(), \
+        "docs/configuration.md is stale: run .venv/bin/python -m fwcluster.configref > docs/configuration.md"
