@@ -9,7 +9,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # Debian packages the daemons, the lab and the side-by-side benchmarks need.
 APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
-	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping
+	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping \
+	python3-prometheus-client
 
 .PHONY: all deps venv test test-unit test-lab demo bench bench-failover \
 	bench-sync bench-balance clean distclean
