@@ -21,7 +21,8 @@ $(STAMPS):
 	mkdir -p $@
 
 # apt only when something is missing: a warm machine needs no network.
-$(STAMPS)/apt: | $(STAMPS)
+# The stamp depends on the Makefile so a new package in APT_PKGS is noticed.
+$(STAMPS)/apt: Makefile | $(STAMPS)
 	@if ! dpkg -s $(APT_PKGS) >/dev/null 2>&1; then \
 		echo "== apt: installing $(APT_PKGS)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
