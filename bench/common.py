@@ -1,0 +1,102 @@
+"""Helpers the benchmarks share: statistics, bounded trial loops, and
+output as JSON plus a plain/markdown table."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty sample: always one
+    of the measured values, never an interpolation between two."""
+    if not values:
+        raise ValueError("percentile of an empty sample")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict:
+    """count, median, p95, min, max, mean of a sample (None fields if empty)."""
+    if not values:
+        return {"count": 0, "median": None, "p95": None, "min": None, "max": None, "mean": None}
+    return {"count": len(values), "median": statistics.median(values),
+            "p95": percentile(values, 95), "min": min(values), "max": max(values),
+            "mean": statistics.fmean(values)}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def run_trials(trial: Callable[[int], float | None], trials: int, max_failures: int | None = None,
+               time_limit: float = 600.0, log=sys.stderr) -> tuple[list[float], list[str]]:
+    """Call trial(i) until `trials` values are measured. A trial returns a
+    value, or raises/returns None when it failed (counted, retried). Bounded:
+    stops after max_failures failures (default: trials) or time_limit seconds."""
+    values: list[float] = []
+    failures: list[str] = []
+    max_failures = trials if max_failures is None else max_failures
+    deadline = time.monotonic() + time_limit
+    i = 0
+    while len(values) < trials and len(failures) <= max_failures and time.monotonic() < deadline:
+        i += 1
+        try:
+            v = trial(i)
+        except Exception as e:  # a failed trial is data, not a crash of the run
+            v = None
+            failures.append(f"trial {i}: {type(e).__name__}: {e}")
+        else:
+            if v is None:
+                failures.append(f"trial {i}: no measurement")
+        if v is not None:
+            values.append(v)
+        print(f"  trial {i}: {'%.1f ms' % (v * 1000) if v is not None else 'FAILED ' + failures[-1]}",
+              file=log, flush=True)
+    return values, failures
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def environment() -> dict:
+    """Where a figure was measured, for the record next to it."""
+    def version(argv):
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (cp.stdout or cp.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return None
+    try:
+        cpus = len([l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("processor")])
+    except OSError:
+        cpus = None
+    return {"kernel": platform.release(), "python": platform.python_version(), "cpus": cpus,
+            "ucarp": version(["ucarp", "--help"]), "keepalived": version(["keepalived", "--version"]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def emit_json(data: dict, stream=sys.stdout) -> None:
+    json.dump(data, stream, indent=2, sort_keys=True, default=str)
+    stream.write("\n")
+    stream.flush()

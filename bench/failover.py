@@ -1,0 +1,297 @@
+"""Failover benchmark: takeover gap seen by a client, side by side.
+
+For each implementation, in one namespace lab: fw1 is master of the LAN
+gateway address, the client probes it with ICMP echo every 5 ms, fw1 suffers
+a node loss (links down + SIGKILL), and the gap is the time from the last
+reply received before the loss to the first reply after it (from fw2). fw1
+then comes back, takes the address back, and the next trial starts.
+
+    .venv/bin/python -m bench.failover [--trials 10] [--only fast,keepalived]
+
+Prints per-trial progress on stderr, JSON on stdout, a table at the end, and
+writes the table to docs/perf/failover.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (REPO, emit_json, environment, fmt_ms, markdown_table, ratio,
+                          run_trials, summary)
+from fwcluster.lab import LAN_VIP4, Lab, Prober
+
+PROBE_INTERVAL = 0.005
+LAN_VIP = [{"vhid": 1, "interface": "lan0", "address": f"{LAN_VIP4}/24"}]
+
+
+class Impl:
+    key = label = timing = ""
+    interval = 0.0            # seconds between the master's adverts
+    master_down = 0.0         # backup's master-down time (the expected gap floor)
+
+    def lab_kwargs(self) -> dict:
+        return {}
+
+    def start(self, lab: Lab, member: str) -> None:
+        raise NotImplementedError
+
+    def is_master(self, lab: Lab, member: str) -> bool:
+        """member holds the LAN VIP and no one else does (kernel state)."""
+        return all(lab.has_addr(m, "lan0", LAN_VIP4) == (m == member) for m in lab.members)
+
+
+class Carpd(Impl):
+    def __init__(self, key, label, advbase, skews):
+        self.key, self.label = key, label
+        self.advbase, self.skews = advbase, skews
+        self.timing = f"advbase {advbase}, advskew {skews[0]}/{skews[1]}"
+        self.interval = advbase + skews[0] / 256
+        self.master_down = 3 * advbase + skews[1] / 256
+
+    def lab_kwargs(self):
+        return {"advbase": self.advbase, "advskews": {"fw1": self.skews[0], "fw2": self.skews[1]},
+                "vips": [dict(LAN_VIP[0], advbase=self.advbase)]}
+
+    def start(self, lab, member):
+        lab.start_carpd(member)
+
+    def is_master(self, lab, member):
+        return super().is_master(lab, member) and lab.vip_state(member, 1) == "MASTER"
+
+
+class Ucarp(Impl):
+    key, label = "ucarp", "ucarp"
+    timing = "advbase 1, advskew 0/100"
+    interval, master_down = 1.0, 3 + 100 / 256
+
+    def lab_kwargs(self):
+        return {"vips": [dict(LAN_VIP[0], advbase=1)]}
+
+    def start(self, lab, member):
+        up, down = lab.dir / "ucarp-up.sh", lab.dir / "ucarp-down.sh"
+        if not up.exists():
+            up.write_text('#!/bin/sh\nip addr add "$2"/24 dev "$1"\n')
+            down.write_text('#!/bin/sh\nip addr del "$2"/24 dev "$1" 2>/dev/null || true\n')
+            up.chmod(0o700)
+            down.chmod(0o700)
+        skew = 0 if member == "fw1" else 100
+        argv = ["ucarp", "--interface=lan0", f"--srcip={lab.addr4(member)}", "--vhid=1",
+                f"--pass={lab.secret}", f"--addr={LAN_VIP4}", "--advbase=1", f"--advskew={skew}",
+                f"--upscript={up}", f"--downscript={down}"]
+        if member == "fw1":
+            argv.append("--preempt")  # so that fw1 takes the VIP back between trials
+        lab.popen(member, argv)
+
+
+class Keepalived(Impl):
+    key, label = "keepalived", "keepalived VRRPv3"
+    advert_int = 0.04  # VRRPv3 counts in centiseconds: the nearest to 10/256 s
+    timing = f"advert_int {advert_int} (VRRPv3), priority 150/100"
+    interval = advert_int
+    master_down = 3 * advert_int + (256 - 100) * advert_int / 256
+    starts = 0
+
+    def lab_kwargs(self):
+        return {"vips": [dict(LAN_VIP[0], advbase=1)]}
+
+    def start(self, lab, member):
+        prio = 150 if member == "fw1" else 100
+        conf = lab.dir / f"keepalived-{member}.conf"
+        conf.write_text(f"""global_defs {{
+    router_id {member}
+    vrrp_version 3
+    script_user root
+    enable_script_security
+    vrrp_garp_master_delay 0
+}}
+vrrp_instance lan {{
+    state BACKUP
+    interface lan0
+    virtual_router_id 1
+    priority {prio}
+    advert_int {self.advert_int}
+    virtual_ipaddress {{
+        {LAN_VIP4}/24 dev lan0
+    }}
+}}
+""")
+        # Fresh pid files per start: keepalived refuses to start while an
+        # old one names a live process.
+        self.starts += 1
+        run = lab.dir / f"keepalived-{member}-{self.starts}"
+        run.mkdir()
+        lab.popen(member, ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp",
+                           "--no-syslog", "-f", conf, "-p", run / "keepalived.pid",
+                           "-r", run / "vrrp.pid"])
+
+
+IMPLS = [
+    Carpd("carpd", "fwcluster-carpd, default timing", 1, (0, 100)),
+    Carpd("fast", "fwcluster-carpd, fast timing", 0, (10, 20)),
+    Ucarp(),
+    Keepalived(),
+]
+
+
+def measure(impl: Impl, trials: int, seed: int, log=sys.stderr) -> dict:
+    print(f"== {impl.label} ({impl.timing}): {trials} trials", file=log, flush=True)
+    settle = max(10.0, 6 * impl.master_down + 5)
+    with Lab(members=2, prefix="fwb", ipv6=False, **impl.lab_kwargs()) as lab:
+
+        def restart_all():
+            for m in lab.members:
+                lab.node_loss(m)
+                lab.node_return(m)
+            impl.start(lab, "fw1")
+            impl.start(lab, "fw2")
+
+        def ensure_fw1_master():
+            if lab.wait_for(lambda: impl.is_master(lab, "fw1"), settle, 0.05):
+                return
+            restart_all()
+            if not lab.wait_for(lambda: impl.is_master(lab, "fw1"), settle, 0.05):
+                raise RuntimeError(f"fw1 did not become master within {settle:.0f} s")
+
+        def trial(i: int) -> float | None:
+            ensure_fw1_master()
+            limit = settle + 5
+            with Prober(lab, "client", LAN_VIP4, interval=PROBE_INTERVAL, duration=limit + 2) as probe:
+                # Warm up: the client's ARP entry points at fw1 and replies flow.
+                if not lab.wait_for(lambda: len(probe.replies) >= 40, 3, 0.01):
+                    raise RuntimeError("the client gets no replies from the VIP before the loss")
+                # The loss strikes at a random phase of the advert cycle, as a
+                # real failure would; otherwise every trial would hit the same
+                # moment after fw1's last advert and bias the gap.
+                time.sleep(rng.uniform(0, impl.interval))
+                lab.node_loss("fw1")
+                t_loss = time.monotonic()
+                got = lab.wait_for(lambda: bool(probe.replies) and probe.replies[-1][2] > t_loss,
+                                   limit, 0.005)
+                gap = probe.gap_around(t_loss) if got else None
+            took_over = lab.has_addr("fw2", "lan0", LAN_VIP4)  # fw1 is dead: only fw2 counts
+            lab.node_return("fw1")
+            impl.start(lab, "fw1")
+            if gap is None:
+                raise RuntimeError(f"no reply within {limit:.0f} s of the loss")
+            if not took_over:
+                raise RuntimeError("fw2 does not hold the VIP after the loss")
+            return gap
+
+        impl.start(lab, "fw1")
+        impl.start(lab, "fw2")
+        rng = random.Random(seed)
+        values, failures = run_trials(trial, trials, time_limit=trials * (settle + 15), log=log)
+    return {"key": impl.key, "label": impl.label, "timing": impl.timing,
+            "advert_interval_s": impl.interval, "master_down_s": impl.master_down,
+            "gaps_s": values, "failures": failures, **{k: v for k, v in summary(values).items()}}
+
+
+def table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        rows.append([r["label"], r["timing"], fmt_ms(r["advert_interval_s"]), fmt_ms(r["master_down_s"]),
+                     f"{r['count']}" + (f" (+{len(r['failures'])} failed)" if r["failures"] else ""),
+                     fmt_ms(r["median"]), fmt_ms(r["p95"]), fmt_ms(r["min"]), fmt_ms(r["max"])])
+    return markdown_table(["implementation", "timing", "advert interval", "backup master-down",
+                           "trials", "median gap", "p95 gap", "min", "max"], rows)
+
+
+def ratios(results: list[dict]) -> dict:
+    by = {r["key"]: r for r in results}
+
+    def med(k):
+        return by.get(k, {}).get("median")
+
+    def p95(k):
+        return by.get(k, {}).get("p95")
+    return {
+        "fast_vs_keepalived_median": ratio(med("fast"), med("keepalived")),
+        "fast_vs_keepalived_p95": ratio(p95("fast"), p95("keepalived")),
+        "carpd_vs_ucarp_median": ratio(med("carpd"), med("ucarp")),
+        "carpd_vs_ucarp_p95": ratio(p95("carpd"), p95("ucarp")),
+        "fast_vs_carpd_median": ratio(med("fast"), med("carpd")),
+    }
+
+
+def ratio_lines(r: dict) -> list[str]:
+    names = {"fast_vs_keepalived_median": "fast carpd / keepalived (median)",
+             "fast_vs_keepalived_p95": "fast carpd / keepalived (p95)",
+             "carpd_vs_ucarp_median": "default carpd / ucarp (median)",
+             "carpd_vs_ucarp_p95": "default carpd / ucarp (p95)",
+             "fast_vs_carpd_median": "fast carpd / default carpd (median)"}
+    return [f"- {names[k]}: {v:.2f}" for k, v in r.items() if v is not None]
+
+
+def write_doc(path: Path, results: list[dict], rat: dict, env: dict, trials: int) -> None:
+    text = f"""# Failover: takeover gap
+
+Measured by `make bench-failover` (`bench/failover.py`) on {env['date']}
+(kernel {env['kernel']}, {env['cpus']} CPUs shared with other work, Python {env['python']};
+{env['keepalived'] or 'keepalived'}; {env['ucarp'] or 'ucarp'}).
+
+Method: a two-member namespace lab (`fwcluster.lab`). fw1 is master of the
+LAN gateway {LAN_VIP4}; the client sends it an ICMP echo request every
+{PROBE_INTERVAL * 1000:.0f} ms. fw1 suffers a node loss: all its links go down,
+then its daemon is killed with SIGKILL (no goodbye), at a random moment of
+the advert cycle (uniform over one advert interval after the client's
+replies flow). The gap is the time from
+the last reply the client received before the loss to the first reply after
+it, which fw2 sends once it has taken the address and announced it
+(gratuitous ARP). fw1 then returns and takes the address back before the next
+trial. {trials} trials per implementation, all in one run.
+
+{table(results)}
+
+Ratios (below 1: fwcluster is faster):
+
+{chr(10).join(ratio_lines(rat)) or '- (not enough data)'}
+
+The floor of every gap is the backup's master-down time (CARP:
+3 × advbase + advskew/256; VRRPv3: 3 × advert_int + skew time); what is
+above it is detection jitter, the address change and the ARP update.
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=10, help="trials per implementation (default 10)")
+    parser.add_argument("--seed", type=int, help="seed of the random loss phase (default: random)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(i.key for i in IMPLS)}")
+    parser.add_argument("--doc", default=str(REPO / "docs/perf/failover.md"),
+                        help="markdown file for the table ('' = do not write)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the benchmark needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if args.trials < 1 or args.trials > 1000:
+        print("error: --trials must be 1..1000", file=sys.stderr)
+        return 2
+    wanted = [k for k in args.only.split(",") if k]
+    unknown = set(wanted) - {i.key for i in IMPLS}
+    if unknown:
+        print(f"error: --only: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    impls = [i for i in IMPLS if not wanted or i.key in wanted]
+    env = environment()
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    results = [measure(i, args.trials, seed) for i in impls]
+    rat = ratios(results)
+    emit_json({"benchmark": "failover", "probe_interval_s": PROBE_INTERVAL, "trials": args.trials,
+               "seed": seed,
+               "environment": env, "results": results, "ratios": rat})
+    print(table(results))
+    print("\n".join(ratio_lines(rat)))
+    if args.doc and not wanted:
+        write_doc(Path(args.doc), results, rat, env, args.trials)
+        print(f"wrote {args.doc}", file=sys.stderr)
+    return 0 if all(r["count"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

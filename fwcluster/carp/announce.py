@@ -1,0 +1,66 @@
+"""Tell the segment that a vip now lives here.
+
+IPv4: gratuitous ARP (a request and a reply, sender = target = the vip), so
+neighbours update an existing cache entry to our MAC. IPv6: an unsolicited
+neighbour advertisement to all-nodes with the Override flag and our link-layer
+address. Frame builders are pure; send_* do the I/O.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+ALL_NODES = "ff02::1"
+ND_NEIGHBOR_ADVERT = 136
+NA_FLAG_OVERRIDE = 0x20000000
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+def mac_bytes(mac: str) -> bytes:
+    b = bytes.fromhex(mac.replace(":", ""))
+    if len(b) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return b
+
+
+def garp_frames(mac: str, vip: str) -> list[bytes]:
+    """Ethernet frames: gratuitous ARP request and reply for vip at mac."""
+    src, ip = mac_bytes(mac), ipaddress.IPv4Address(vip).packed
+    frames = []
+    for op, target_mac in ((1, bytes(6)), (2, BROADCAST)):
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, src, ip, target_mac, ip)
+        frames.append(BROADCAST + src + struct.pack("!H", ETH_P_ARP) + arp)
+    return frames
+
+
+def na_message(mac: str, vip: str) -> bytes:
+    """ICMPv6 neighbour advertisement body (the kernel fills the checksum)."""
+    target = ipaddress.IPv6Address(vip).packed
+    option = struct.pack("!BB6s", 2, 1, mac_bytes(mac))  # target link-layer address
+    return struct.pack("!BBHI", ND_NEIGHBOR_ADVERT, 0, 0, NA_FLAG_OVERRIDE) + target + option
+
+
+def send_garp(ifname: str, mac: str, vip: str) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((ifname, ETH_P_ARP))
+        for frame in garp_frames(mac, vip):
+            s.send(frame)
+
+
+def send_na(ifname: str, ifindex: int, mac: str, vip: str) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        msg = na_message(mac, vip)
+        dest = (ALL_NODES, 0, 0, ifindex)
+        pktinfo = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
+                    ipaddress.IPv6Address(vip).packed + struct.pack("@I", ifindex))]
+        try:
+            s.sendmsg([msg], pktinfo, 0, dest)  # from the vip itself
+        except OSError:
+            s.sendmsg([msg], [], 0, dest)  # let the kernel pick (link-local)

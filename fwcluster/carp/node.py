@@ -1,0 +1,446 @@
+"""carpd's asyncio shell: turns sockets, netlink, timers and control requests
+into machine events, and the machines' actions into packets and addresses.
+
+Decisions are the machines' (fwcluster.carp.machine); this module only does
+I/O. Actions that touch the kernel run in order on one worker, so a takeover
+is always: vip added, then advert, then gratuitous ARP / NA.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fwcluster import control
+from fwcluster.carp import announce, machine, netlink, wire
+from fwcluster.carp.ctl import ControlServer
+from fwcluster.carp.sockets import CarpSocket
+from fwcluster.config import Config, Vip
+
+log = logging.getLogger("carpd")
+
+SYNC_SOURCE = "syncd"
+SYNC_HOLD_DEMOTE = 32
+MAINTENANCE_SOURCE = "maintenance"
+MAINTENANCE_FILE = "maintenance"
+RETRY_SOCKETS = 1.0  # seconds between attempts to open a missing socket
+RESYNC_EVERY = 5  # re-read link state every this many RETRY_SOCKETS periods
+
+
+def new_counters() -> dict:
+    return {"adverts_sent": 0, "adverts_received": 0,
+            "drops": {r: 0 for r in sorted(wire.DROP_REASONS)}}
+
+
+@dataclass
+class VipRun:
+    vip: Vip
+    machine: machine.VhidMachine
+    auth: wire.Auth
+    counters: dict = field(default_factory=new_counters)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Iface:
+    name: str
+    index: int | None = None
+    carrier: bool = False
+    seen: bool = False  # carrier known at least once
+    mac: str | None = None
+    own: dict = field(default_factory=dict)  # family -> our address there
+    socks: dict = field(default_factory=dict)  # family -> CarpSocket
+
+
+class Carpd:
+    def __init__(self, cfg: Config, node: str, secret: bytes):
+        self.cfg = cfg
+        self.node = node
+        self.member = cfg.member(node)
+        self.demotion = machine.Demotion()
+        self.maintenance = self._read_maintenance()
+        if self.maintenance:
+            self.demotion.set(MAINTENANCE_SOURCE, cfg.carp.maintenance_demote)
+        if cfg.carp.sync_hold > 0:
+            self.demotion.set(SYNC_SOURCE, SYNC_HOLD_DEMOTE)
+        self.vips: dict[int, VipRun] = {}
+        for v in cfg.vips:
+            m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
+                                    preempt=cfg.carp.preempt, demotion=self.demotion.total)
+            cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
+            self.vips[v.vhid] = VipRun(v, m, wire.Auth(secret, v.vhid, [v.address.ip], cookie))
+        self.ifaces = {name: Iface(name) for name in cfg.interfaces}
+        self.links = netlink.Links()
+        self.ctl = ControlServer(control.socket_path(cfg.run_dir, "carpd"), self.handle_request,
+                                 self._role_snapshot)
+        self.actions: asyncio.Queue = asyncio.Queue()
+        self.stopping = asyncio.Event()
+        self._sync_hold: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle ----------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.links.open()
+        try:
+            await self._start(loop)
+            await self.stopping.wait()
+            await self._shutdown()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            for i in self.ifaces.values():
+                self._close_sockets(i)
+            await self.ctl.stop()
+            self.links.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _start(self, loop) -> None:
+        self._tasks.append(asyncio.create_task(self._worker()))
+        links = await self.links.links()
+        # A carpd that died as master may have left its vips behind.
+        for run in self.vips.values():
+            st = links.get(run.vip.interface)
+            if st is not None:
+                await self.links.del_vip(st.index, run.vip.address)
+        await self.ctl.start()
+        if self._sync_hold is None and SYNC_SOURCE in self.demotion.sources:
+            self._sync_hold = loop.call_later(self.cfg.carp.sync_hold, self._sync_hold_over)
+        self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._retry_sockets()))
+        log.info("carpd %s (cluster %s) started: vhids %s, advskew %d, demotion %d %s",
+                 self.node, self.cfg.name, ",".join(str(v) for v in self.vips),
+                 self.member.advskew, self.demotion.total, self.demotion.sources or "")
+        for name, iface in self.ifaces.items():
+            st = links.get(name)
+            if st is None:
+                log.warning("interface %s does not exist (yet): treating it as down", name)
+                self._link_changed(iface, False)
+            else:
+                await self._update_link(iface, st)
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down: releasing vips")
+        for vhid in self.vips:
+            self._event(vhid, machine.Shutdown())
+        await self.actions.join()
+
+    # --- links and addresses ------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for ev in self.links.watch():
+                    await self._netlink_event(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # e.g. a netlink overrun: resync and go on
+                log.warning("netlink monitor: %s; resynchronising", e)
+                await asyncio.sleep(1.0)
+                await self._resync()
+
+    async def _netlink_event(self, ev) -> None:
+        try:
+            if isinstance(ev, netlink.LinkState):
+                iface = self.ifaces.get(ev.ifname)
+                if iface is not None:
+                    await self._update_link(iface, ev)
+            elif isinstance(ev, netlink.AddressesChanged):
+                for iface in self.ifaces.values():
+                    if iface.index == ev.index:
+                        await self._refresh_addresses(iface)
+        except Exception:
+            log.exception("handling %s", ev)
+
+    async def _resync(self) -> None:
+        """Re-read every vip interface's state: a safety net for missed events."""
+        try:
+            links = await self.links.links()
+        except Exception as e:
+            log.debug("link dump: %s", e)
+            return
+        for name, iface in self.ifaces.items():
+            st = links.get(name)
+            if st is None:
+                if iface.index is not None or iface.carrier:
+                    await self._update_link(iface, netlink.LinkState(name, iface.index or 0, False,
+                                                                     None, gone=True))
+            else:
+                await self._update_link(iface, st)
+
+    async def _update_link(self, iface: Iface, st: netlink.LinkState) -> None:
+        if st.gone:
+            self._close_sockets(iface)
+            iface.index = None
+            self._link_changed(iface, False)
+            return
+        if iface.index is not None and iface.index != st.index:
+            self._close_sockets(iface)  # re-created under the same name
+        iface.index, iface.mac = st.index, st.mac
+        await self._refresh_addresses(iface)
+        self._open_sockets(iface)
+        self._link_changed(iface, st.carrier)
+
+    async def _refresh_addresses(self, iface: Iface) -> None:
+        if iface.index is None:
+            return
+        try:
+            addrs = await self.links.addresses(iface.index)
+        except Exception as e:
+            log.debug("addresses of %s: %s", iface.name, e)
+            return
+        vips = {str(r.vip.address.ip) for r in self.vips.values()}
+        for fam in (4, 6):
+            iface.own[fam] = netlink.own_address(addrs, fam, vips)
+        for run in self.vips.values():
+            if run.vip.interface == iface.name:
+                run.machine.own_address = iface.own.get(run.vip.family)
+
+    def _link_changed(self, iface: Iface, up: bool) -> None:
+        """Carrier of a vip interface: its vhids go INIT/BACKUP, and while it
+        is down the whole member is demoted (all vips fail over together)."""
+        if up != iface.carrier or not iface.seen:
+            log.info("interface %s %s", iface.name, "up" if up else "down: demoting the member")
+        iface.carrier, iface.seen = up, True
+        source = f"link:{iface.name}"
+        if up:
+            self._set_demotion(source, 0)
+        for vhid, run in self.vips.items():
+            if run.vip.interface == iface.name:
+                self._event(vhid, machine.LinkChanged(up))
+        if not up:
+            self._set_demotion(source, self.cfg.carp.link_demote)
+
+    # --- sockets ------------------------------------------------------------
+    def _families(self, iface: Iface) -> set[int]:
+        return {r.vip.family for r in self.vips.values() if r.vip.interface == iface.name}
+
+    def _open_sockets(self, iface: Iface) -> None:
+        if iface.index is None:
+            return
+        loop = asyncio.get_running_loop()
+        for fam in self._families(iface):
+            if fam in iface.socks:
+                continue
+            try:
+                s = CarpSocket(iface.name, iface.index, fam)
+            except OSError as e:
+                log.debug("cannot open IPv%d socket on %s yet: %s", fam, iface.name, e)
+                continue
+            iface.socks[fam] = s
+            loop.add_reader(s.fileno(), self._readable, iface, s)
+
+    def _close_sockets(self, iface: Iface) -> None:
+        loop = asyncio.get_running_loop()
+        for s in iface.socks.values():
+            loop.remove_reader(s.fileno())
+            s.close()
+        iface.socks.clear()
+
+    async def _retry_sockets(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(RETRY_SOCKETS)
+            n += 1
+            try:
+                for iface in self.ifaces.values():
+                    if iface.index is not None and len(iface.socks) < len(self._families(iface)):
+                        self._open_sockets(iface)
+                if n % RESYNC_EVERY == 0:
+                    await self._resync()
+            except Exception:
+                log.exception("periodic check")
+
+    def _readable(self, iface: Iface, sock: CarpSocket) -> None:
+        for _ in range(64):  # bounded: never starve the loop under a flood
+            try:
+                pkt = sock.receive()
+            except OSError as e:
+                log.debug("receive on %s: %s", iface.name, e)
+                return
+            if pkt is None:
+                return
+            try:
+                self._packet(iface, sock.family, *pkt)
+            except Exception:  # never let one packet take the daemon down
+                log.exception("handling a packet from %s on %s", pkt[2], iface.name)
+
+    def _packet(self, iface: Iface, family: int, payload: bytes, ttl: int, source: str) -> None:
+        here = {vhid: r for vhid, r in self.vips.items()
+                if r.vip.interface == iface.name and r.vip.family == family}
+        got = wire.decode(payload, ttl, {vhid: r.auth for vhid, r in here.items()})
+        if isinstance(got, wire.Drop):
+            targets = [here[got.vhid]] if got.vhid in here else list(here.values())
+            for r in targets:
+                r.counters["drops"][got.reason] += 1
+            log.debug("dropped CARP packet from %s on %s: %s (vhid %s)",
+                      source, iface.name, got.reason, got.vhid)
+            return
+        here[got.vhid].counters["adverts_received"] += 1
+        self._event(got.vhid, machine.AdvertReceived(got, source))
+
+    # --- machines -----------------------------------------------------------
+    def _event(self, vhid: int, event) -> None:
+        run = self.vips[vhid]
+        loop = asyncio.get_running_loop()
+        for action in run.machine.handle(event, loop.time()):
+            if isinstance(action, machine.ArmTimer):
+                if run.timer is not None:
+                    run.timer.cancel()
+                    run.timer = None
+                if action.at is not None:
+                    run.timer = loop.call_at(action.at, self._timer, vhid, action.at)
+            elif isinstance(action, machine.RoleChanged):
+                self._role_changed(run, action)
+            else:
+                self.actions.put_nowait(action)
+
+    def _timer(self, vhid: int, at: float) -> None:
+        self.vips[vhid].timer = None
+        self._event(vhid, machine.TimerFired(at))
+
+    def _role_changed(self, run: VipRun, change: machine.RoleChanged) -> None:
+        v = run.vip
+        log.info("vhid %d (%s %s): %s -> %s (%s)", v.vhid, v.interface, v.address,
+                 change.old.value, change.new.value, change.reason)
+        self.ctl.publish({"event": "role", "vhid": v.vhid, "state": change.new.value,
+                          "time": time.time()})
+
+    def _role_snapshot(self) -> list[dict]:
+        now = time.time()
+        return [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now}
+                for vhid, r in self.vips.items()]
+
+    def _set_demotion(self, source: str, value: int) -> int:
+        before = self.demotion.total
+        total = self.demotion.set(source, value)
+        if total != before:
+            log.info("demotion %d -> %d (%s)", before, total,
+                     ", ".join(f"{k}={v}" for k, v in sorted(self.demotion.sources.items())) or "none")
+            for vhid in self.vips:
+                self._event(vhid, machine.DemotionChanged(total))
+        return total
+
+    def _sync_hold_over(self) -> None:
+        self._sync_hold = None
+        if SYNC_SOURCE in self.demotion.sources:
+            log.info("sync_hold of %ds over without word from syncd: lifting its demotion",
+                     self.cfg.carp.sync_hold)
+            self._set_demotion(SYNC_SOURCE, 0)
+
+    # --- the action worker --------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            action = await self.actions.get()
+            try:
+                await self._do(action)
+            except Exception as e:
+                log.warning("%s failed: %s", action, e)
+            finally:
+                self.actions.task_done()
+
+    async def _do(self, action) -> None:
+        run = self.vips[action.vhid]
+        v = run.vip
+        iface = self.ifaces[v.interface]
+        if isinstance(action, machine.SendAdvert):
+            sock = iface.socks.get(v.family)
+            if sock is None:
+                return
+            payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
+            try:
+                sock.send(payload, iface.own.get(v.family))
+            except OSError as e:
+                if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and iface.own.get(v.family):
+                    sock.send(payload, None)  # our address vanished: let the kernel pick
+                else:
+                    log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, e)
+                    return
+            run.counters["adverts_sent"] += 1
+        elif isinstance(action, machine.AddVip):
+            if iface.index is not None:
+                await self.links.add_vip(iface.index, v.address)
+        elif isinstance(action, machine.RemoveVip):
+            if iface.index is not None:
+                await self.links.del_vip(iface.index, v.address)
+        elif isinstance(action, machine.Announce):
+            if iface.index is None or not iface.mac:
+                return
+            if v.family == 4:
+                announce.send_garp(iface.name, iface.mac, str(v.address.ip))
+            else:
+                announce.send_na(iface.name, iface.index, iface.mac, str(v.address.ip))
+
+    # --- control requests ---------------------------------------------------
+    async def handle_request(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "maintenance":
+            on = req.get("on")
+            if not isinstance(on, bool):
+                return {"ok": False, "error": "maintenance needs \"on\": true or false"}
+            self.set_maintenance(on)
+            return {"ok": True, "maintenance": self.maintenance}
+        if cmd == "set-demotion":
+            source, value = req.get("source"), req.get("value")
+            if not isinstance(source, str) or not source or len(source) > 64:
+                return {"ok": False, "error": "set-demotion needs a \"source\" name (1-64 chars)"}
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+                return {"ok": False, "error": "set-demotion needs an integer \"value\" 0-255"}
+            if source == SYNC_SOURCE and self._sync_hold is not None:
+                # syncd is alive and owns its demotion from now on.
+                self._sync_hold.cancel()
+                self._sync_hold = None
+            return {"ok": True, "demotion": self._set_demotion(source, value)}
+        return {"ok": False, "error": f"unknown command {cmd!r} "
+                "(known: status, maintenance, set-demotion, subscribe)"}
+
+    def status(self) -> dict:
+        total = self.demotion.total
+        vips = []
+        for vhid, r in self.vips.items():
+            m = r.machine
+            vips.append({
+                "vhid": vhid, "interface": r.vip.interface, "address": str(r.vip.address),
+                "family": r.vip.family, "state": m.state.value,
+                "master": m.master if m.state != machine.State.INIT else None,
+                "advbase": r.vip.advbase, "advskew": self.member.advskew,
+                "demotion": total, "transitions": m.transitions,
+                "counters": {"adverts_sent": r.counters["adverts_sent"],
+                             "adverts_received": r.counters["adverts_received"],
+                             "drops": dict(r.counters["drops"])},
+            })
+        return {"node": self.node, "cluster": self.cfg.name, "demotion": total,
+                "demotion_sources": dict(self.demotion.sources),
+                "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt, "vips": vips}
+
+    # --- maintenance ----------------------------------------------------------
+    def _maintenance_path(self) -> Path:
+        return Path(self.cfg.state_dir) / MAINTENANCE_FILE
+
+    def _read_maintenance(self) -> bool:
+        try:
+            return self._maintenance_path().read_text().strip() == "on"
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.warning("cannot read %s: %s (assuming maintenance off)", self._maintenance_path(), e)
+            return False
+
+    def set_maintenance(self, on: bool) -> None:
+        path = self._maintenance_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("on\n" if on else "off\n")
+        os.replace(tmp, path)  # survives a crash half-way: old or new, never empty
+        if on != self.maintenance:
+            log.info("maintenance %s", "on" if on else "off")
+        self.maintenance = on
+        self._set_demotion(MAINTENANCE_SOURCE, self.cfg.carp.maintenance_demote if on else 0)

@@ -1,0 +1,75 @@
+"""fwctl status: each vip's CARP role, master, timing, demotion and counters.
+
+--json prints carpd's status object (without "ok"), plus "sync" when syncd
+answers. Exit 3 when carpd is not reachable.
+"""
+from __future__ import annotations
+
+import sys
+
+from fwcluster import control
+from fwcluster.cli import load_from_args
+from fwcluster.fwctl import EXIT_OK, EXIT_UNREACHABLE, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="CARP role of every vip, demotion and counters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def fetch(cfg) -> dict:
+    """carpd's status (raises control.ControlError), with syncd's if it answers."""
+    reply = control.request(control.socket_path(cfg.run_dir, "carpd"), {"cmd": "status"})
+    if not reply.get("ok"):
+        raise control.ControlError(f"carpd: {reply.get('error', 'request failed')}")
+    data = {k: v for k, v in reply.items() if k != "ok"}
+    try:
+        sync = control.request(control.socket_path(cfg.run_dir, "syncd"), {"cmd": "status"},
+                               timeout=2.0)
+    except (control.ControlError, ValueError):
+        sync = None
+    if isinstance(sync, dict) and sync.get("ok"):
+        data["sync"] = {k: v for k, v in sync.items() if k != "ok"}
+    return data
+
+
+def run(args) -> int:
+    cfg, _node, _ = load_from_args(args)
+    try:
+        data = fetch(cfg)
+    except (control.ControlError, ValueError) as e:
+        print(f"error: carpd is not running or not answering: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    emit(args, data, human)
+    return EXIT_OK
+
+
+def _drops(counters: dict) -> str:
+    drops = {k: v for k, v in counters.get("drops", {}).items() if v}
+    return ",".join(f"{k}={v}" for k, v in sorted(drops.items())) or "-"
+
+
+def human(d: dict) -> None:
+    sources = d.get("demotion_sources") or {}
+    src = " (" + ", ".join(f"{k}={v}" for k, v in sorted(sources.items())) + ")" if sources else ""
+    print(f"node {d.get('node')}  cluster {d.get('cluster')}  demotion {d.get('demotion')}{src}  "
+          f"maintenance {'on' if d.get('maintenance') else 'off'}  "
+          f"preempt {'on' if d.get('preempt') else 'off'}")
+    head = ("VHID", "INTERFACE", "ADDRESS", "STATE", "MASTER", "ADVBASE", "ADVSKEW",
+            "TRANS", "SENT", "RECV", "DROPS")
+    rows = [head]
+    for v in d.get("vips", []):
+        c = v.get("counters", {})
+        rows.append((str(v.get("vhid")), v.get("interface", ""), v.get("address", ""),
+                     v.get("state", ""), v.get("master") or "-", str(v.get("advbase")),
+                     str(v.get("advskew")), str(v.get("transitions")),
+                     str(c.get("adverts_sent", 0)), str(c.get("adverts_received", 0)), _drops(c)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if "sync" in d:
+        s = d["sync"]
+        brief = ", ".join(f"{k}={v}" for k, v in sorted(s.items())
+                          if isinstance(v, (str, int, float, bool)))
+        print(f"sync: {brief or 'running'}")

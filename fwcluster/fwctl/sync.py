@@ -1,0 +1,68 @@
+"""fwctl sync: state-sync health per peer (syncd's status).
+
+Per peer: state, last seen, messages and entries sent/received/acked/resent/
+lost, replay and auth drops, lag (age of the oldest unacknowledged message);
+the local table size and each peer's as it reports it. Exit 1 while not in
+sync or a peer is down, 3 when syncd does not answer.
+"""
+from __future__ import annotations
+
+import sys
+
+from fwcluster import control
+from fwcluster.cli import load_from_args
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sync", help="state-sync health of every peer (syncd)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def fetch(cfg) -> dict:
+    reply = control.request(control.socket_path(cfg.run_dir, "syncd"), {"cmd": "status"})
+    if not reply.get("ok"):
+        raise control.ControlError(f"syncd: {reply.get('error', 'request failed')}")
+    return {k: v for k, v in reply.items() if k != "ok"}
+
+
+def run(args) -> int:
+    cfg, _node, _ = load_from_args(args)
+    try:
+        data = fetch(cfg)
+    except (control.ControlError, ValueError) as e:
+        print(f"error: syncd is not running or not answering: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    emit(args, data, human)
+    healthy = data.get("in_sync") and all(p.get("state") == "up" for p in data.get("peers", {}).values())
+    return EXIT_OK if healthy else EXIT_PROBLEM
+
+
+def _ago(v) -> str:
+    return "never" if v is None else f"{v:.1f}s ago"
+
+
+def human(d: dict) -> None:
+    drops = ", ".join(f"{k}={v}" for k, v in sorted(d.get("drops", {}).items())) or "none"
+    print(f"node {d.get('node')}  epoch {d.get('epoch')}  in sync: {'yes' if d.get('in_sync') else 'NO'}  "
+          f"local entries {d.get('local_entries')}  carpd {'linked' if d.get('carpd') else 'not linked'}"
+          f"  demotion {d.get('demotion')}")
+    print(f"drops: {drops}")
+    head = ("PEER", "STATE", "RESYNC", "LAST SEEN", "ENTRIES", "MSGS TX/RX", "ENTRIES TX/RX",
+            "ACKED", "RESENT", "LOST", "REPLAY", "AUTH", "UNACKED", "LAG")
+    rows = [head]
+    for name, p in sorted(d.get("peers", {}).items()):
+        rows.append((name, p["state"], p["resync"], _ago(p.get("last_seen")),
+                     "-" if p.get("table_size") is None else str(p["table_size"]),
+                     f"{p['msgs_sent']}/{p['msgs_received']}",
+                     f"{p['entries_sent']}/{p['entries_received']}",
+                     str(p["msgs_acked"]), str(p["msgs_resent"]), str(p["msgs_lost"]),
+                     str(p["replay"]), str(p["auth"]), str(p["unacked"]), f"{p['lag'] * 1000:.0f}ms"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    k = d.get("kernel", {})
+    print(f"kernel: created {k.get('created', 0)} updated {k.get('updated', 0)} "
+          f"deleted {k.get('deleted', 0)} failed {k.get('failed', 0)}"
+          + (f" (last: {d['last_error']})" if d.get("last_error") else ""))

@@ -1,0 +1,413 @@
+"""The nftables ruleset: render the [firewall] template, check, diff, apply.
+
+The template (jinja2) is rendered with the cluster model (see context()).
+fwcluster owns the whole ruleset of the appliance: every apply is
+"flush ruleset" plus the rendered text in one nftables transaction, so the
+kernel takes all of it or none of it -- a broken rule leaves the running
+ruleset as it was.
+
+Errors name the template line. jinja2 reports its own; for an nft error the
+template is rendered a second time with a marker in front of every source
+line, and the marker nearest before the failing column says which template
+line produced it.
+
+With [balance] mode = "active-active" the ruleset holds the set of bucket
+numbers this member owns (table inet fwcluster, set owned_buckets); carpd
+replaces its contents with set_owned_buckets() on every ownership change,
+and apply() carries the current contents into a new ruleset.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import jinja2
+
+from fwcluster import balance
+
+TABLE = "fwcluster"
+OWNED_SET = "owned_buckets"
+LOCK_NAME = "nft.lock"
+NAT_PORT_LOW = 1024
+_MARK = re.compile("\x02(\\d+)\x03")
+_MARK_SPLIT = re.compile("(\x02\\d+\x03)")
+_NFT_ERROR = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?: Error: (?P<msg>[^\n]*)",
+                        re.M)
+# Lines the apply puts in front of the rendered text.
+_PREFIX = "flush ruleset\n"
+
+
+class RulesetError(Exception):
+    """A template or nft problem, as one line naming the template line."""
+
+    def __init__(self, message: str, *, template: str = "", line: int | None = None,
+                 rendered_line: int | None = None):
+        self.template = template
+        self.line = line
+        self.rendered_line = rendered_line
+        where = f"{template}:{line}: " if template and line else (f"{template}: " if template else "")
+        self.message = message
+        super().__init__(where + message)
+
+    def as_dict(self) -> dict:
+        return {"error": str(self), "template": self.template, "line": self.line,
+                "rendered_line": self.rendered_line}
+
+
+# --- template context -------------------------------------------------------------
+
+def context(cfg, node: str) -> dict:
+    """What a template sees. Addresses are strings, ready to print."""
+    def member(m):
+        return {"name": m.name, "sync_address": str(m.sync_address),
+                "family": m.sync_address.version, "advskew": m.advskew}
+
+    active = cfg.balance.mode == "active-active"
+    vips = []
+    for v in cfg.vips:
+        vips.append({
+            "vhid": v.vhid, "interface": v.interface, "family": v.family,
+            "address": str(v.address), "ip": str(v.address.ip),
+            "prefixlen": v.address.network.prefixlen, "network": str(v.address.network),
+            "mac": balance.vip_mac(v.vhid) if active else None,
+        })
+    peers = [member(m) for m in cfg.peers(node)]
+    # Active-active members NAT to the same vip independently: each takes
+    # its own slice of source ports so two members never pick one tuple.
+    nat_ports = None
+    if active:
+        size = (65536 - NAT_PORT_LOW) // len(cfg.members)
+        low = NAT_PORT_LOW + [m.name for m in cfg.members].index(node) * size
+        nat_ports = f"{low}-{low + size - 1}"
+    listen_host, _, listen_port = cfg.metrics.listen.rpartition(":")
+    listen_host = listen_host.strip("[]")
+    return {
+        "cluster": {"name": cfg.name},
+        "node": node,
+        "me": member(cfg.member(node)),
+        "members": [member(m) for m in cfg.members],
+        "peers": peers,
+        "vips": vips,
+        "interfaces": list(cfg.interfaces),
+        "carp": {"interfaces": list(cfg.interfaces), "proto": 112},
+        "sync": {"interface": cfg.sync.interface, "port": cfg.sync.port,
+                 "peers4": [p["sync_address"] for p in peers if p["family"] == 4],
+                 "peers6": [p["sync_address"] for p in peers if p["family"] == 6]},
+        "balance": {"mode": cfg.balance.mode, "active": active,
+                    "buckets": cfg.balance.buckets if active else 0,
+                    "seed": f"0x{balance.HASH_SEED:08x}",
+                    "table": TABLE, "set": OWNED_SET},
+        "nat": {"ports": nat_ports},
+        "metrics": {"listen": cfg.metrics.listen,
+                    "port": int(listen_port) if cfg.metrics.listen else None,
+                    "local_only": listen_host in ("127.0.0.1", "::1", "localhost")},
+    }
+
+
+# --- rendering --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    template: str
+    context: dict
+
+    def template_line(self, rendered_line: int, column: int = 1) -> int | None:
+        """Template line that produced `column` of a rendered line (1-based)."""
+        return _template_line(self, rendered_line, column)
+
+
+def nft_set(items) -> str:
+    """Filter: a list as an nft anonymous set, e.g. { 192.0.2.1, 192.0.2.2 }."""
+    items = list(items)
+    if not items:
+        raise ValueError("nft_set: empty list (an empty anonymous set is not valid nft)")
+    return "{ " + ", ".join(str(i) for i in items) + " }"
+
+
+def nft_names(items) -> str:
+    """Filter: names (interfaces) as a quoted nft set, e.g. { "lan0", "wan0" }."""
+    return nft_set(json.dumps(str(i)) for i in items)
+
+
+def _environment(template_dir: str) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters["nft_set"] = nft_set
+    env.filters["nft_names"] = nft_names
+    return env
+
+
+def _jinja_line(exc: BaseException, template: str) -> int | None:
+    """jinja2 puts template lines into the traceback; take the innermost one."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == template:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(cfg, node: str, template: str | None = None) -> Rendered:
+    """Render the [firewall] template (or `template`) for `node`."""
+    path = str(Path(template or cfg.firewall.template).resolve())
+    ctx = context(cfg, node)
+    try:
+        tmpl = _environment(str(Path(path).parent)).get_template(Path(path).name)
+        text = tmpl.render(**ctx)
+    except jinja2.TemplateNotFound:
+        raise RulesetError("template not found", template=path) from None
+    except jinja2.TemplateSyntaxError as e:
+        raise RulesetError(f"template syntax error: {e.message}",
+                           template=e.filename or path, line=e.lineno) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesetError(f"cannot read template: {e}", template=path) from None
+    except jinja2.TemplateError as e:
+        raise RulesetError(f"template error: {e}", template=path, line=_jinja_line(e, path)) from None
+    except Exception as e:  # a filter or test that refused its input
+        raise RulesetError(f"template error: {type(e).__name__}: {e}", template=path,
+                           line=_jinja_line(e, path)) from None
+    if ctx["balance"]["active"] and not re.search(rf"\bset\s+{OWNED_SET}\b", text):
+        raise RulesetError(f"balance.mode is active-active but the rendered ruleset declares no "
+                           f"set {OWNED_SET} (in table inet {TABLE}); see docs/firewall.md",
+                           template=path)
+    return Rendered(text, path, ctx)
+
+
+def _mark_source(source: str) -> str:
+    """The template with a marker "\\x02N\\x03" in front of the first
+    non-blank character of every line N that starts outside a jinja tag and
+    does not itself start with a tag (tags print nothing; a marker before a
+    "{{-" would stop its whitespace stripping). Markers are not whitespace,
+    so whitespace control around them strips exactly what it strips
+    without them."""
+    out = []
+    inside = None  # closing delimiter of the tag the scan is in, if any
+    for n, line in enumerate(source.splitlines(keepends=True), start=1):
+        body = line.lstrip(" \t")
+        if inside is None and body.strip() and not body.startswith(("{%", "{#", "{{-")):
+            line = line[:len(line) - len(body)] + f"\x02{n}\x03" + body
+        i = 0
+        while i < len(line):
+            if inside is None:
+                j = line.find("{", i)
+                if j < 0 or j + 1 >= len(line):
+                    break
+                inside = {"%": "%}", "#": "#}", "{": "}}"}.get(line[j + 1])
+                i = j + 2 if inside else j + 1
+            else:
+                j = line.find(inside, i)
+                if j < 0:
+                    break
+                i, inside = j + 2, None
+        out.append(line)
+    return "".join(out)
+
+
+def _template_line(r: Rendered, rendered_line: int, column: int) -> int | None:
+    try:
+        source = Path(r.template).read_text()
+        env = _environment(str(Path(r.template).parent))
+        out = env.from_string(_mark_source(source)).render(**r.context)
+    except Exception:
+        return None
+    if _MARK.sub("", out) != r.text:
+        return None  # a marker changed the output (e.g. inside a string): no safe answer
+    lines = out.split("\n")
+    if not 1 <= rendered_line <= len(lines):
+        return None
+    # The source line of a character is the last marker before it, which may
+    # sit on an earlier output line when a tag swallowed a newline.
+    current = None
+    for text in lines[:rendered_line - 1]:
+        marks = _MARK.findall(text)
+        if marks:
+            current = int(marks[-1])
+    clean_col = 0
+    for piece in _MARK_SPLIT.split(lines[rendered_line - 1]):
+        m = _MARK.fullmatch(piece)
+        if m:
+            current = int(m.group(1))
+            continue
+        clean_col += len(piece)
+        if clean_col >= column:
+            break
+    return current
+
+
+# --- libnftables ------------------------------------------------------------------
+
+def _nft():
+    import nftables  # Debian's python3-nftables; imported late so pure users need not have it
+    n = nftables.Nftables()
+    n.set_echo_output(False)
+    return n
+
+
+def _run_file(text: str, dry_run: bool) -> tuple[int, str, str, str]:
+    """Run nft commands from a temporary file (errors then carry line:col)."""
+    n = _nft()
+    n.set_dry_run(dry_run)
+    with tempfile.NamedTemporaryFile("w", prefix="fwcluster-", suffix=".nft") as f:
+        f.write(text)
+        f.flush()
+        rc, out, err = n.cmd_from_file(f.name)
+        return rc, out, err, f.name
+
+
+def _nft_error(r: Rendered, err: str, offset: int) -> RulesetError:
+    m = _NFT_ERROR.search(err)
+    if not m:
+        return RulesetError(f"nft: {err.strip() or 'failed'}", template=r.template)
+    rline = int(m.group("line")) - offset
+    msg = m.group("msg").strip()
+    rendered_lines = r.text.split("\n")
+    if not 1 <= rline <= len(rendered_lines):
+        # Past the template's text: the lines fwcluster adds (owned set).
+        return RulesetError(f"nft: {msg}", template=r.template)
+    tline = r.template_line(rline, int(m.group("col")))
+    snippet = rendered_lines[rline - 1].strip()
+    return RulesetError(f"nft: {msg} (rendered line {rline}: {snippet})",
+                        template=r.template, line=tline, rendered_line=rline)
+
+
+def check(r: Rendered) -> None:
+    """`nft -c`: the kernel validates the whole transaction, nothing changes."""
+    rc, _, err, _ = _run_file(_PREFIX + r.text, dry_run=True)
+    if rc != 0:
+        raise _nft_error(r, err, offset=_PREFIX.count("\n"))
+
+
+@contextlib.contextmanager
+def _locked(run_dir: str | None):
+    """Serialise ruleset replacement and owned-set updates on one member."""
+    if not run_dir:
+        yield
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / LOCK_NAME, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _elements(owned: Iterable[int]) -> str:
+    return ", ".join(str(b) for b in sorted(set(owned)))
+
+
+def apply(r: Rendered, run_dir: str | None = None) -> frozenset[int]:
+    """Replace the running ruleset with r in one transaction; return the
+    owned buckets carried over into it. On error nothing changed."""
+    with _locked(run_dir):
+        carried: frozenset[int] = frozenset()
+        text = _PREFIX + r.text
+        if not text.endswith("\n"):
+            text += "\n"
+        if r.context["balance"]["active"]:
+            carried = frozenset(b for b in (owned_buckets() or ())
+                                if b < r.context["balance"]["buckets"])
+            if carried:
+                text += f"add element inet {TABLE} {OWNED_SET} {{ {_elements(carried)} }}\n"
+        rc, _, err, _ = _run_file(text, dry_run=False)
+        if rc != 0:
+            raise _nft_error(r, err, offset=_PREFIX.count("\n"))
+        return carried
+
+
+def running(stateless: bool = False) -> str:
+    """The running ruleset as `nft list ruleset` prints it (stateless: without
+    counter values and the like, as `nft -s`)."""
+    n = _nft()
+    n.set_stateless_output(stateless)
+    rc, out, err = n.cmd("list ruleset")
+    if rc != 0:
+        raise RulesetError(f"nft list ruleset: {err.strip()}")
+    return out
+
+
+def set_owned_buckets(owned: Iterable[int], *, run_dir: str | None = None) -> None:
+    """Make the owned-bucket set exactly `owned`, atomically (flush and add
+    in one transaction: no packet sees a half-updated set)."""
+    owned = set(owned)
+    if any(not isinstance(b, int) or b < 0 for b in owned):
+        raise ValueError(f"bucket numbers must be non-negative integers: {sorted(owned, key=str)}")
+    cmd = f"flush set inet {TABLE} {OWNED_SET}\n"
+    if owned:
+        cmd += f"add element inet {TABLE} {OWNED_SET} {{ {_elements(owned)} }}\n"
+    with _locked(run_dir):
+        rc, _, err = _nft().cmd(cmd)
+    if rc != 0:
+        raise RulesetError(f"cannot update set inet {TABLE} {OWNED_SET}: {err.strip().splitlines()[0]}")
+
+
+def owned_buckets() -> frozenset[int] | None:
+    """Contents of the owned-bucket set; None when the ruleset has no such set."""
+    n = _nft()
+    n.set_json_output(True)
+    rc, out, _ = n.cmd(f"list set inet {TABLE} {OWNED_SET}")
+    if rc != 0:
+        return None
+    for item in json.loads(out).get("nftables", []):
+        if "set" in item:
+            return frozenset(int(e) for e in item["set"].get("elem", []))
+    return None
+
+
+# --- diff -------------------------------------------------------------------------
+
+def normalized(text: str, owned: Iterable[int] = ()) -> str:
+    """The listing nft would print after loading `text`: loaded into a
+    throwaway network namespace (unshare), listed, thrown away."""
+    extra = ""
+    owned = set(owned)
+    if owned:
+        extra = f"add element inet {TABLE} {OWNED_SET} {{ {_elements(owned)} }}\n"
+    payload = _PREFIX + text + ("" if text.endswith("\n") else "\n") + extra
+    cp = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "fwcluster.nft", "normalize"],
+                        input=payload, capture_output=True, text=True, timeout=30,
+                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    if cp.returncode != 0:
+        raise RulesetError(f"cannot load the rendered ruleset in a scratch namespace: "
+                           f"{cp.stderr.strip().splitlines()[-1] if cp.stderr.strip() else cp.returncode}")
+    return cp.stdout
+
+
+def diff(r: Rendered) -> str:
+    """Unified diff from the running ruleset to the rendered one ("" = same).
+    The owned-bucket set's contents are runtime state and not a difference."""
+    owned = owned_buckets() if r.context["balance"]["active"] else None
+    want = normalized(r.text, owned or ())
+    have = running(stateless=True)  # counters count, they are not configuration
+    return "".join(difflib.unified_diff(have.splitlines(keepends=True), want.splitlines(keepends=True),
+                                        "running", "rendered"))
+
+
+def _main(argv: list[str]) -> int:
+    # Internal helper for normalized(): runs inside the scratch namespace.
+    if argv != ["normalize"]:
+        print("usage: python -m fwcluster.nft normalize < ruleset", file=sys.stderr)
+        return 2
+    rc, _, err, _ = _run_file(sys.stdin.read(), dry_run=False)
+    if rc != 0:
+        print(err.strip(), file=sys.stderr)
+        return 1
+    sys.stdout.write(running(stateless=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

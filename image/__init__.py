@@ -1,0 +1,1 @@
+"""The appliance image builder: profile -> flashable raw disk image."""

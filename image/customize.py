@@ -1,0 +1,160 @@
+"""Turn a fresh mmdebstrap root into the appliance root (runs as a customize
+hook: `python -m image.customize ROOT --overlay DIR ... --version V ...`).
+
+Overlays are copied file by file (regular files only; the structural links
+to /config are made here, where they can be read in one place). Then the
+fwcluster packages are installed, units enabled, and the read-only-root
+layout (fstab, tmpfs, links to /config) put in place.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent
+PY_PACKAGES = ("fwcluster", "syncd")
+DIST = "usr/lib/python3/dist-packages"
+LAUNCHERS = {"fwcluster-carpd": "fwcluster.carpd", "fwcluster-syncd": "syncd",
+             "fwctl": "fwcluster.fwctl"}
+# Files that belong on /config, reached through /etc/fwcluster.
+CONFIG_LINKS = {"etc/fwcluster/cluster.toml": "/config/cluster.toml",
+                "etc/fwcluster/secret": "/config/secret",
+                "etc/fwcluster/node": "/config/node",
+                "var/lib/fwcluster": "/config/state",
+                "etc/systemd/network": "/config/network",
+                "etc/resolv.conf": "/config/resolv.conf"}
+ALWAYS_ENABLED = ("systemd-networkd.service", "nftables.service")
+
+
+def fstab(serial_console: str) -> str:
+    del serial_console
+    return """\
+# fwcluster appliance: root is read-only (kernel "ro", not listed here);
+# everything that changes at run time is on tmpfs, /config is the only
+# persistent writable file system.
+PARTLABEL=fwconfig  /config         ext4   defaults,noatime,nodev,nosuid,commit=30  0 2
+PARTLABEL=fwesp     /boot/efi       vfat   noauto,umask=0077,shortname=mixed        0 0
+tmpfs               /tmp            tmpfs  mode=1777,nosuid,nodev,size=64M          0 0
+tmpfs               /var/tmp        tmpfs  mode=1777,nosuid,nodev,size=16M          0 0
+tmpfs               /var/log        tmpfs  mode=0755,nosuid,nodev,size=32M          0 0
+tmpfs               /var/cache      tmpfs  mode=0755,nosuid,nodev,size=16M          0 0
+tmpfs               /var/lib/systemd tmpfs mode=0755,nosuid,nodev,size=8M           0 0
+"""
+
+
+def copy_overlay(src: Path, root: Path) -> list[str]:
+    """Copy an overlay tree's files into root; returns the paths written."""
+    if not src.is_dir():
+        raise SystemExit(f"error: overlay {src}: not a directory")
+    written = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(src)
+        for name in sorted(filenames):
+            s = Path(dirpath) / name
+            if s.is_symlink() or not s.is_file():
+                raise SystemExit(f"error: overlay {s}: only regular files are allowed")
+            d = root / rel / name
+            d.parent.mkdir(parents=True, exist_ok=True)
+            if d.is_symlink() or d.exists():
+                d.unlink()
+            shutil.copy2(s, d)
+            mode = 0o644 if not os.access(s, os.X_OK) else 0o755
+            if "secret" in name:
+                mode = 0o600
+            os.chmod(d, mode)
+            os.chown(d, 0, 0)
+            written.append(str(rel / name))
+    return written
+
+
+def install_python(root: Path) -> None:
+    dist = root / DIST
+    dist.mkdir(parents=True, exist_ok=True)
+    for pkg in PY_PACKAGES:
+        dst = dist / pkg
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(SRC / pkg, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name, module in LAUNCHERS.items():
+        p = root / "usr/bin" / name
+        p.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -m {module} \"$@\"\n")
+        p.chmod(0o755)
+    # Compile now: the root is read-only at run time.
+    chroot(root, "python3", "-m", "compileall", "-q", *(f"/{DIST}/{p}" for p in PY_PACKAGES))
+
+
+def chroot(root: Path, *argv: str) -> None:
+    subprocess.run(["chroot", str(root), *argv], check=True)
+
+
+def relink(root: Path, rel: str, target: str) -> None:
+    p = root / rel
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.symlink_to(target)
+
+
+def layout(root: Path, hostname: str, serial_console: str) -> None:
+    (root / "config").mkdir(exist_ok=True)
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+    for rel, target in CONFIG_LINKS.items():
+        relink(root, rel, target)
+    (root / "etc/fstab").write_text(fstab(serial_console))
+    (root / "etc/hostname").write_text(hostname + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n"
+                                    "::1 localhost ip6-localhost ip6-loopback\n")
+    # Empty machine-id: systemd makes a transient one on the read-only root.
+    (root / "etc/machine-id").write_text("")
+    # Console login as root without a password until the operator sets one
+    # (docs/install.md); there is no network login in the image.
+    chroot(root, "passwd", "-d", "root")
+
+
+def enable_units(root: Path, overlay_files: list[str]) -> list[str]:
+    units = list(ALWAYS_ENABLED)
+    for rel in overlay_files:
+        p = root / rel
+        if rel.startswith(("etc/systemd/system/", "usr/lib/systemd/system/")) and \
+                p.suffix in (".service", ".timer") and "[Install]" in p.read_text():
+            units.append(p.name)
+    chroot(root, "systemctl", "enable", "--quiet", *units)
+    return units
+
+
+def write_release(root: Path, version: str, build_id: str, release: str) -> None:
+    d = root / "usr/lib/fwcluster"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "release").write_text(f"VERSION={version}\nBUILD_ID={build_id}\nDEBIAN={release}\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="image.customize")
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--overlay", action="append", default=[], type=Path)
+    ap.add_argument("--version", required=True)
+    ap.add_argument("--build-id", required=True)
+    ap.add_argument("--release", required=True)
+    ap.add_argument("--hostname", required=True)
+    ap.add_argument("--serial-console", default="")
+    args = ap.parse_args(argv)
+    root = args.root
+    written = []
+    for ov in args.overlay:
+        written += copy_overlay(ov, root)
+    install_python(root)
+    layout(root, args.hostname, args.serial_console)
+    units = enable_units(root, written)
+    write_release(root, args.version, args.build_id, args.release)
+    print(f"  overlays: {len(written)} files; units enabled: {', '.join(units)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

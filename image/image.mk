@@ -1,0 +1,32 @@
+# Appliance image: `make image` (included by the top Makefile).
+#   make image [OVERLAYS="dir ..."] [PROFILE=image/profiles/x.toml]
+#   make bench-image
+# Build tools come from apt; the builder runs with Debian's python3 so that
+# `make image` needs no venv.
+IMAGE_APT_PKGS := mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils \
+	grub-common grub-pc-bin grub-efi-amd64-bin ovmf dosfstools mtools e2fsprogs \
+	fdisk xz-utils
+IMAGE_PY := /usr/bin/python3
+PROFILE ?= image/profiles/default.toml
+OVERLAYS ?=
+
+.PHONY: image bench-image image-deps
+
+$(STAMPS)/image-apt: image/image.mk | $(STAMPS)
+	@if ! dpkg -s $(IMAGE_APT_PKGS) >/dev/null 2>&1; then \
+		echo "== apt: installing $(IMAGE_APT_PKGS)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends $(IMAGE_APT_PKGS); \
+	fi
+	touch $@
+
+image-deps: $(STAMPS)/image-apt
+
+image: $(STAMPS)/image-apt
+	$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)")
+
+bench-image: $(STAMPS)/image-apt deps
+	$(PY) -m bench.image
+
+# The image tests in tests/image need the build tools too.
+test: $(STAMPS)/image-apt

@@ -1,0 +1,314 @@
+"""ctnetlink message codec for the hot path (pure: bytes <-> Entry).
+
+pyroute2's generic nfct_msg codec is the reference (tests/unit/test_sync_ctnl.py
+checks this codec against it both ways), but it costs ~500 us to encode and
+~55 us to decode one conntrack message here, which caps a replica at ~2000
+entries/s. This module encodes and parses exactly the attributes state sync
+carries, with pyroute2's constants, at a few microseconds per message.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+
+from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+                              NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR)
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET,
+                                                   IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_NEW,
+                                                   nfct_msg, nfct_stats)
+
+from syncd.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, TCP, Entry
+
+CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+CT_DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+CT_GET_STATS = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET_STATS
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+
+
+def _cta(cls, name: str) -> int:
+    """Attribute number from pyroute2's nla_map, so the numbers have one source."""
+    return [n for n, _ in cls.nla_map].index(name)
+
+
+CTA_TUPLE_ORIG = _cta(nfct_msg, "CTA_TUPLE_ORIG")
+CTA_TUPLE_REPLY = _cta(nfct_msg, "CTA_TUPLE_REPLY")
+CTA_STATUS = _cta(nfct_msg, "CTA_STATUS")
+CTA_PROTOINFO = _cta(nfct_msg, "CTA_PROTOINFO")
+CTA_NAT_SRC = _cta(nfct_msg, "CTA_NAT_SRC")
+CTA_TIMEOUT = _cta(nfct_msg, "CTA_TIMEOUT")
+CTA_MARK = _cta(nfct_msg, "CTA_MARK")
+CTA_NAT_DST = _cta(nfct_msg, "CTA_NAT_DST")
+CTA_ZONE = _cta(nfct_msg, "CTA_ZONE")
+_T = nfct_msg.cta_tuple
+CTA_TUPLE_IP = _cta(_T, "CTA_TUPLE_IP")
+CTA_TUPLE_PROTO = _cta(_T, "CTA_TUPLE_PROTO")
+CTA_IP_V4_SRC = _cta(_T.cta_ip, "CTA_IP_V4_SRC")
+CTA_IP_V4_DST = _cta(_T.cta_ip, "CTA_IP_V4_DST")
+CTA_IP_V6_SRC = _cta(_T.cta_ip, "CTA_IP_V6_SRC")
+CTA_IP_V6_DST = _cta(_T.cta_ip, "CTA_IP_V6_DST")
+_P = _T.cta_proto
+CTA_PROTO_NUM = _cta(_P, "CTA_PROTO_NUM")
+CTA_PROTO_SRC_PORT = _cta(_P, "CTA_PROTO_SRC_PORT")
+CTA_PROTO_DST_PORT = _cta(_P, "CTA_PROTO_DST_PORT")
+CTA_PROTO_ICMP_ID = _cta(_P, "CTA_PROTO_ICMP_ID")
+CTA_PROTO_ICMP_TYPE = _cta(_P, "CTA_PROTO_ICMP_TYPE")
+CTA_PROTO_ICMP_CODE = _cta(_P, "CTA_PROTO_ICMP_CODE")
+CTA_PROTO_ICMPV6_ID = _cta(_P, "CTA_PROTO_ICMPV6_ID")
+CTA_PROTO_ICMPV6_TYPE = _cta(_P, "CTA_PROTO_ICMPV6_TYPE")
+CTA_PROTO_ICMPV6_CODE = _cta(_P, "CTA_PROTO_ICMPV6_CODE")
+_PI = nfct_msg.cta_protoinfo
+CTA_PROTOINFO_TCP = _cta(_PI, "CTA_PROTOINFO_TCP")
+_TCP = _PI.cta_protoinfo_tcp
+CTA_PROTOINFO_TCP_STATE = _cta(_TCP, "CTA_PROTOINFO_TCP_STATE")
+CTA_PROTOINFO_TCP_WSCALE_ORIGINAL = _cta(_TCP, "CTA_PROTOINFO_TCP_WSCALE_ORIGINAL")
+CTA_PROTOINFO_TCP_WSCALE_REPLY = _cta(_TCP, "CTA_PROTOINFO_TCP_WSCALE_REPLY")
+CTA_PROTOINFO_TCP_FLAGS_ORIGINAL = _cta(_TCP, "CTA_PROTOINFO_TCP_FLAGS_ORIGINAL")
+CTA_PROTOINFO_TCP_FLAGS_REPLY = _cta(_TCP, "CTA_PROTOINFO_TCP_FLAGS_REPLY")
+_N = nfct_msg.cta_nat
+CTA_NAT_V4_MINIP = _cta(_N, "CTA_NAT_V4_MINIP")
+CTA_NAT_V4_MAXIP = _cta(_N, "CTA_NAT_V4_MAXIP")
+CTA_NAT_PROTO = _cta(_N, "CTA_NAT_PROTO")
+CTA_NAT_V6_MINIP = _cta(_N, "CTA_NAT_V6_MINIP")
+CTA_NAT_V6_MAXIP = _cta(_N, "CTA_NAT_V6_MAXIP")
+CTA_PROTONAT_PORT_MIN = _cta(_N.cta_protonat, "CTA_PROTONAT_PORT_MIN")
+CTA_PROTONAT_PORT_MAX = _cta(_N.cta_protonat, "CTA_PROTONAT_PORT_MAX")
+
+NLMSGHDR = struct.Struct("=IHHII")
+NFGENMSG = struct.Struct("!BBH")
+NLA = struct.Struct("=HH")
+_FAM = {4: socket.AF_INET, 6: socket.AF_INET6}
+_VER = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+# Event kinds, as read from the multicast groups.
+EV_NEW, EV_UPDATE, EV_DESTROY = "new", "update", "destroy"
+
+
+# --- encoding ---------------------------------------------------------------------
+def _nla(t: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return NLA.pack(n, t) + payload + b"\0" * (-n & 3)
+
+
+def _nest(t: int, *parts: bytes) -> bytes:
+    return _nla(t | NLA_F_NESTED, b"".join(parts))
+
+
+def _be16(v):
+    return struct.pack("!H", v)
+
+
+def _be32(v):
+    return struct.pack("!I", v)
+
+
+def _u8(v):
+    return bytes((v,))
+
+
+def _tuple(t: int, family: int, proto: int, src: str, dst: str, sport: int, dport: int) -> bytes:
+    af = _FAM[family]
+    if family == 4:
+        ip = _nla(CTA_IP_V4_SRC, socket.inet_pton(af, src)) + _nla(CTA_IP_V4_DST, socket.inet_pton(af, dst))
+    else:
+        ip = _nla(CTA_IP_V6_SRC, socket.inet_pton(af, src)) + _nla(CTA_IP_V6_DST, socket.inet_pton(af, dst))
+    p = [_nla(CTA_PROTO_NUM, _u8(proto))]
+    if proto == ICMP:
+        p += [_nla(CTA_PROTO_ICMP_ID, _be16(sport)), _nla(CTA_PROTO_ICMP_TYPE, _u8(dport >> 8)),
+              _nla(CTA_PROTO_ICMP_CODE, _u8(dport & 0xFF))]
+    elif proto == ICMPV6:
+        p += [_nla(CTA_PROTO_ICMPV6_ID, _be16(sport)), _nla(CTA_PROTO_ICMPV6_TYPE, _u8(dport >> 8)),
+              _nla(CTA_PROTO_ICMPV6_CODE, _u8(dport & 0xFF))]
+    elif sport or dport:
+        p += [_nla(CTA_PROTO_SRC_PORT, _be16(sport)), _nla(CTA_PROTO_DST_PORT, _be16(dport))]
+    return _nest(t, _nest(CTA_TUPLE_IP, ip), _nest(CTA_TUPLE_PROTO, *p))
+
+
+def _nat(t: int, family: int, addr: str, port: int, with_port: bool) -> bytes:
+    a = socket.inet_pton(_FAM[family], addr)
+    lo, hi = (CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP) if family == 4 else (CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP)
+    parts = [_nla(lo, a), _nla(hi, a)]
+    if with_port:
+        parts.append(_nest(CTA_NAT_PROTO, _nla(CTA_PROTONAT_PORT_MIN, _be16(port)),
+                           _nla(CTA_PROTONAT_PORT_MAX, _be16(port))))
+    return _nest(t, *parts)
+
+
+def _message(mtype: int, flags: int, seq: int, family: int, body: bytes) -> bytes:
+    n = NLMSGHDR.size + NFGENMSG.size + len(body)
+    return NLMSGHDR.pack(n, mtype, flags, seq, 0) + NFGENMSG.pack(family, 0, 0) + body
+
+
+def _zone(e: Entry) -> bytes:
+    return _nla(CTA_ZONE, _be16(e.zone)) if e.zone else b""
+
+
+def encode_create(e: Entry, seq: int, exclusive: bool = True) -> bytes:
+    """IPCTNL_MSG_CT_NEW creating the entry. The reply tuple is sent as the
+    inverse of the original and NAT as CTA_NAT_SRC/DST ranges of one address
+    and port, so the kernel sets up NAT (status bits, bysource hash) itself."""
+    f, pr = e.family, e.proto
+    ports = pr not in (ICMP, ICMPV6) and (e.osport or e.odport)
+    parts = [_tuple(CTA_TUPLE_ORIG, f, pr, e.osrc, e.odst, e.osport, e.odport),
+             _tuple(CTA_TUPLE_REPLY, f, pr, e.odst, e.osrc,
+                    *((e.odport, e.osport) if pr not in (ICMP, ICMPV6) else _icmp_reply_ports(e)))]
+    if e.dnat or e.status & IPS_DST_NAT:
+        parts.append(_nat(CTA_NAT_DST, f, e.rsrc, e.rsport, bool(ports)))
+    if e.snat or e.status & IPS_SRC_NAT:
+        parts.append(_nat(CTA_NAT_SRC, f, e.rdst, e.rdport, bool(ports)))
+    parts += _attrs(e)
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0)
+    return _message(CT_NEW, flags, seq, _FAM[f], b"".join(parts))
+
+
+def _icmp_reply_ports(e: Entry) -> tuple[int, int]:
+    # The kernel needs the reply tuple's own type/code (echo reply for echo).
+    return e.rsport, e.rdport
+
+
+def encode_update(e: Entry, seq: int) -> bytes:
+    """IPCTNL_MSG_CT_NEW without NLM_F_CREATE: change an existing entry
+    (the kernel refuses NAT changes there, so none are sent)."""
+    body = _tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + b"".join(_attrs(e))
+    return _message(CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, _FAM[e.family], body)
+
+
+def _attrs(e: Entry) -> list[bytes]:
+    out = [_zone(e)]
+    # Only bits userspace may set; the kernel derives NAT and CONFIRMED itself.
+    status = e.status & 0x2406   # SEEN_REPLY | ASSURED | FIXED_TIMEOUT | HELPER
+    out.append(_nla(CTA_STATUS, _be32(status | 0x8)))  # | CONFIRMED (already set by the kernel)
+    if e.timeout:
+        out.append(_nla(CTA_TIMEOUT, _be32(e.timeout)))
+    if e.mark:
+        out.append(_nla(CTA_MARK, _be32(e.mark)))
+    if e.proto == TCP and e.tcp_state:
+        out.append(_nest(CTA_PROTOINFO, _nest(
+            CTA_PROTOINFO_TCP,
+            _nla(CTA_PROTOINFO_TCP_STATE, _u8(e.tcp_state)),
+            _nla(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, _u8(e.wscale_orig)),
+            _nla(CTA_PROTOINFO_TCP_WSCALE_REPLY, _u8(e.wscale_reply)),
+            _nla(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, bytes((e.flags_orig, 0xFF))),
+            _nla(CTA_PROTOINFO_TCP_FLAGS_REPLY, bytes((e.flags_reply, 0xFF))))))
+    return out
+
+
+def encode_delete(e: Entry, seq: int) -> bytes:
+    body = _tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + _zone(e)
+    return _message(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, _FAM[e.family], body)
+
+
+def encode_dump(seq: int, family: int = socket.AF_UNSPEC) -> bytes:
+    return _message(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family, b"")
+
+
+def encode_get(e: Entry, seq: int) -> bytes:
+    body = _tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + _zone(e)
+    return _message(CT_GET, NLM_F_REQUEST | NLM_F_ACK, seq, _FAM[e.family], body)
+
+
+def encode_stats(seq: int) -> bytes:
+    return _message(CT_GET_STATS, NLM_F_REQUEST | NLM_F_DUMP, seq, socket.AF_UNSPEC, b"")
+
+
+# --- decoding ---------------------------------------------------------------------
+def split(buf: bytes):
+    """Yield (type, flags, seq, pid, offset, end) for each netlink message."""
+    off, n = 0, len(buf)
+    while off + 16 <= n:
+        length, mtype, flags, seq, pid = NLMSGHDR.unpack_from(buf, off)
+        if length < 16 or off + length > n:
+            return
+        yield mtype, flags, seq, pid, off + 16, off + length
+        off += (length + 3) & ~3
+
+
+def error_code(buf: bytes, off: int) -> int:
+    """The (negative errno or 0) of an NLMSG_ERROR payload."""
+    return struct.unpack_from("=i", buf, off)[0]
+
+
+def _attrs_of(buf, off: int, end: int) -> dict:
+    out = {}
+    while off + 4 <= end:
+        n, t = NLA.unpack_from(buf, off)
+        if n < 4:
+            break
+        out[t & NLA_TYPE_MASK] = (off + 4, off + n)
+        off += (n + 3) & ~3
+    return out
+
+
+def _parse_tuple(buf, span, family: int):
+    a = _attrs_of(buf, *span)
+    ip = _attrs_of(buf, *a[CTA_TUPLE_IP])
+    af = _FAM[family]
+    s4, d4 = (CTA_IP_V4_SRC, CTA_IP_V4_DST) if family == 4 else (CTA_IP_V6_SRC, CTA_IP_V6_DST)
+    src = socket.inet_ntop(af, bytes(buf[slice(*ip[s4])]))
+    dst = socket.inet_ntop(af, bytes(buf[slice(*ip[d4])]))
+    p = _attrs_of(buf, *a[CTA_TUPLE_PROTO])
+    proto = buf[p[CTA_PROTO_NUM][0]]
+    sport = dport = 0
+    if proto == ICMP or proto == ICMPV6:
+        i, ty, co = ((CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE) if proto == ICMP
+                     else (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE))
+        if i in p:
+            sport = struct.unpack_from("!H", buf, p[i][0])[0]
+        dport = (buf[p[ty][0]] << 8 if ty in p else 0) | (buf[p[co][0]] if co in p else 0)
+    else:
+        if CTA_PROTO_SRC_PORT in p:
+            sport = struct.unpack_from("!H", buf, p[CTA_PROTO_SRC_PORT][0])[0]
+        if CTA_PROTO_DST_PORT in p:
+            dport = struct.unpack_from("!H", buf, p[CTA_PROTO_DST_PORT][0])[0]
+    return proto, src, dst, sport, dport
+
+
+def parse_entry(buf, off: int, end: int) -> Entry | None:
+    """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
+    None for families/shapes sync does not carry."""
+    family = _VER.get(buf[off])
+    if family is None:
+        return None
+    a = _attrs_of(buf, off + 4, end)
+    if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
+        return None
+    proto, osrc, odst, osp, odp = _parse_tuple(buf, a[CTA_TUPLE_ORIG], family)
+    _, rsrc, rdst, rsp, rdp = _parse_tuple(buf, a[CTA_TUPLE_REPLY], family)
+
+    def be32(k):
+        return struct.unpack_from("!I", buf, a[k][0])[0] if k in a else 0
+
+    zone = struct.unpack_from("!H", buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
+    state = wso = wsr = fo = fr = 0
+    if CTA_PROTOINFO in a:
+        pi = _attrs_of(buf, *a[CTA_PROTOINFO])
+        if CTA_PROTOINFO_TCP in pi:
+            t = _attrs_of(buf, *pi[CTA_PROTOINFO_TCP])
+            get = lambda k: buf[t[k][0]] if k in t else 0  # noqa: E731
+            state = get(CTA_PROTOINFO_TCP_STATE)
+            wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
+            fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
+    return Entry(family, proto, zone, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
+                 be32(CTA_STATUS), be32(CTA_TIMEOUT), be32(CTA_MARK), state, wso, wsr, fo, fr)
+
+
+CTA_STATS_GLOBAL_ENTRIES = _cta(nfct_stats, "CTA_STATS_GLOBAL_ENTRIES")
+
+
+def parse_stats_entries(buf, off: int, end: int) -> int:
+    a = _attrs_of(buf, off + 4, end)
+    return struct.unpack_from("!I", buf, a[CTA_STATS_GLOBAL_ENTRIES][0])[0] if CTA_STATS_GLOBAL_ENTRIES in a else 0
+
+
+def event_kind(mtype: int, flags: int) -> str | None:
+    if mtype == CT_DELETE:
+        return EV_DESTROY
+    if mtype == CT_NEW:
+        return EV_NEW if flags & NLM_F_CREATE else EV_UPDATE
+    return None
+
+
+__all__ = ["encode_create", "encode_update", "encode_delete", "encode_dump", "encode_get",
+           "split", "parse_entry", "event_kind", "error_code", "NLMSG_ERROR", "NLMSG_DONE"]

@@ -1,0 +1,348 @@
+"""syncd's asyncio shell: UDP sockets, ctnetlink, carpd link, control socket.
+
+Everything it decides, protocol.Sync (pure) decided; this file only moves
+bytes between the kernel, the network and the core, and keeps the clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+
+from fwcluster import control
+from syncd import keys
+from syncd.conntrack import Conntrack, Overrun
+from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP_STATES
+from syncd.policy import own_addresses, syncable
+from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
+
+log = logging.getLogger("syncd")
+
+TICK = 0.02                  # timer resolution (resends, acks, alive)
+ADDR_REFRESH = 2.0           # re-read the member's own addresses
+COUNT_REFRESH = 1.0          # local table size reported to peers
+DEMOTE_SYNCING = 32          # carpd demotion while not in sync (contracts.md)
+ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
+IP_FREEBIND, IPV6_FREEBIND = 15, 78
+UDP_BUF = 8 << 20
+
+
+def new_epoch(state_dir: str) -> int:
+    """A per-boot epoch that only grows: max(stored + 1, wall clock seconds).
+    Peers refuse messages of older epochs (replays of a previous run)."""
+    path = Path(state_dir) / "syncd.epoch"
+    try:
+        old = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        old = 0
+    epoch = max(old + 1, int(time.time())) & 0xFFFFFFFF
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{epoch}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot store epoch in %s: %s", path, e)
+    return epoch
+
+
+def udp_socket(addr, port: int) -> socket.socket:
+    fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    s = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    # Bind before the address is configured (boot order, link flaps).
+    if fam == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        s.setsockopt(socket.SOL_SOCKET, opt, UDP_BUF)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((str(addr), port))
+    return s
+
+
+class Daemon:
+    def __init__(self, cfg, node: str, secret: bytes, timing: Timing = Timing()):
+        self.cfg, self.node = cfg, node
+        self.me = cfg.member(node)
+        self.port = cfg.sync.port
+        self.key = keys.sync_key(secret, cfg.name)
+        self.timing = timing
+        self.vips = [str(v.address) for v in cfg.vips]
+        self.own = frozenset()
+        self.roles: dict[int, str] = {}
+        self.carpd_ok = False
+        self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
+                         "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
+                         "role_resyncs": 0}
+        self.stopping = asyncio.Event()
+        self._resync_timer = None
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    # --- startup -----------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.epoch = new_epoch(self.cfg.state_dir)
+        self.ct = Conntrack()
+        self.sock = udp_socket(self.me.sync_address, self.port)
+        members = [(m.name, str(m.sync_address)) for m in self.cfg.members]
+        for m in self.cfg.peers(self.node):
+            if m.sync_address.version != self.me.sync_address.version:
+                log.error("peer %s sync_address %s: family differs from ours (%s); not reachable",
+                          m.name, m.sync_address, self.me.sync_address)
+        await self.refresh_addresses()
+        self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing)
+        self.sync.local_entries = self.ct.count()
+        self.server = await control.serve(control.socket_path(self.cfg.run_dir, "syncd"), self.handle)
+        loop.add_reader(self.ct.fileno(), self.on_events)
+        loop.add_reader(self.sock.fileno(), self.on_datagrams)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        tasks = [asyncio.create_task(self.ticker()), asyncio.create_task(self.carpd_link()),
+                 asyncio.create_task(self.housekeeping())]
+        log.info("syncd %s: epoch %d, %s:%d, peers %s", self.node, self.epoch,
+                 self.me.sync_address, self.port, ", ".join(n for n, _ in members if n != self.node))
+        self.sync.tick(self.now())
+        self.process()
+        await self.stopping.wait()
+        for t in tasks:
+            t.cancel()
+        loop.remove_reader(self.ct.fileno())
+        loop.remove_reader(self.sock.fileno())
+        self.server.close()
+        self.ct.close()
+        self.sock.close()
+        return 0
+
+    async def refresh_addresses(self) -> None:
+        try:
+            async with AsyncIPRoute() as ipr:
+                addrs = [a.get("address") async for a in await ipr.addr("dump")]
+        except OSError as e:
+            log.warning("cannot read local addresses: %s", e)
+            return
+        own = set(own_addresses([a for a in addrs if a], self.vips))
+        own.add(str(self.me.sync_address))
+        self.own = frozenset(own)
+
+    # --- I/O callbacks -------------------------------------------------------------------
+    def on_events(self) -> None:
+        now = self.now()
+        try:
+            events = self.ct.read_events()
+        except Overrun:
+            # Events were lost: send the whole table again (upserts repair
+            # NEW/UPDATE; lost DESTROYs leave entries on peers to time out).
+            self.counters["overruns"] += 1
+            log.warning("conntrack event overrun: refreshing peers from a full dump")
+            self.full_refresh(now)
+            return
+        records = []
+        own, port = self.own, self.port
+        for kind, e in events:
+            if not syncable(e, own, port):
+                self.counters["events_skipped"] += 1
+                continue
+            records.append((OP_DELETE if kind == "destroy" else OP_UPSERT, e))
+        self.counters["events"] += len(events)
+        if records:
+            self.sync.local(records, now)
+            self.sync.flush(now)
+            self.process()
+
+    def full_refresh(self, now: float) -> None:
+        self.counters["refreshes"] += 1
+        entries = [e for e in self.ct.dump() if syncable(e, self.own, self.port)]
+        self.sync.local([(OP_UPSERT, e) for e in entries], now)
+        self.sync.flush(now)
+        self.process()
+
+    def on_datagrams(self) -> None:
+        now = self.now()
+        for _ in range(512):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.debug("recv: %s", e)
+                break
+            self.sync.datagram(addr[0], data, now)
+        self.sync.flush(now)
+        self.process()
+
+    def process(self) -> None:
+        """Carry out the core's actions; a Dump feeds back into it at once, so
+        the bulk is ordered before any event read after it."""
+        while True:
+            actions = self.sync.drain()
+            if not actions:
+                return
+            for a in actions:
+                if isinstance(a, Send):
+                    try:
+                        self.sock.sendto(a.data, (a.addr, self.port))
+                    except OSError as e:
+                        self.counters["send_errors"] += 1
+                        log.debug("send to %s: %s", a.addr, e)
+                elif isinstance(a, Apply):
+                    self.apply(a)
+                elif isinstance(a, Dump):
+                    entries = [e for e in self.ct.dump() if syncable(e, self.own, self.port)]
+                    log.info("bulk transfer of %d entries to %s", len(entries), a.peer)
+                    self.sync.bulk(a.peer, entries, self.now())
+                elif isinstance(a, InSync):
+                    log.info("in sync: %s", a.value)
+                    asyncio.get_running_loop().create_task(self.tell_carpd())
+
+    def apply(self, a: Apply) -> None:
+        own, port = self.own, self.port
+        records = [(op, e) for op, e in a.records if syncable(e, own, port)]
+        self.counters["apply_skipped"] += len(a.records) - len(records)
+        if records:
+            self.ct.apply(records, replace=a.replace)
+            self.counters["applied_records"] += len(records)
+
+    # --- timers ----------------------------------------------------------------------------
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.sync.tick(self.now())
+            self.process()
+
+    async def housekeeping(self) -> None:
+        last_addr = last_count = 0.0
+        while True:
+            await asyncio.sleep(0.25)
+            now = self.now()
+            if now - last_addr >= ADDR_REFRESH:
+                last_addr = now
+                await self.refresh_addresses()
+            if now - last_count >= COUNT_REFRESH:
+                last_count = now
+                try:
+                    self.sync.local_entries = self.ct.count()
+                except Exception as e:  # never let a stats hiccup stop the daemon
+                    log.debug("count: %s", e)
+
+    # --- carpd ------------------------------------------------------------------------------
+    def demotion(self) -> int:
+        return 0 if self.sync.in_sync else DEMOTE_SYNCING
+
+    async def tell_carpd(self) -> None:
+        path = control.socket_path(self.cfg.run_dir, "carpd")
+        try:
+            await control.arequest(path, {"cmd": "set-demotion", "source": "syncd",
+                                          "value": self.demotion()})
+            self.carpd_ok = True
+        except (control.ControlError, OSError, ValueError) as e:
+            self.carpd_ok = False
+            log.debug("carpd: %s", e)
+
+    async def carpd_link(self) -> None:
+        """Follow carpd's role changes; (re)tell it our demotion on every connect."""
+        path = control.socket_path(self.cfg.run_dir, "carpd")
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(path, limit=control.MAX_LINE)
+            except (OSError, ValueError):
+                self.carpd_ok = False
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self.tell_carpd()
+                writer.write(json.dumps({"cmd": "subscribe"}).encode() + b"\n")
+                await writer.drain()
+                while line := await reader.readline():
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(ev, dict) and ev.get("event") == "role":
+                        self.on_role(ev.get("vhid"), ev.get("state"))
+            except (OSError, ValueError):
+                pass
+            finally:
+                writer.close()
+            self.carpd_ok = False
+            await asyncio.sleep(0.5)
+
+    def on_role(self, vhid, state) -> None:
+        old = self.roles.get(vhid)
+        self.roles[vhid] = state
+        if old == state:
+            return
+        log.info("vhid %s: %s", vhid, state)
+        if old == "MASTER":
+            # A peer carries our flows from now on and our entries go stale
+            # (TCP windows): ask for a bulk that replaces them (debounced, all
+            # vips move together).
+            if self._resync_timer is not None:
+                self._resync_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._resync_timer = loop.call_later(ROLE_RESYNC_DELAY, self._resync_after_role)
+
+    def _resync_after_role(self) -> None:
+        self._resync_timer = None
+        if "MASTER" not in self.roles.values():
+            log.info("lost the master role: asking peers for a bulk transfer")
+            self.counters["role_resyncs"] += 1
+            self.sync.resync(self.now())
+            self.process()
+
+    # --- control socket ------------------------------------------------------------------------
+    async def handle(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            st = self.sync.status(self.now())
+            return {"ok": True, "node": self.node, "cluster": self.cfg.name,
+                    "sync_address": str(self.me.sync_address), "port": self.port,
+                    "carpd": self.carpd_ok, "demotion": self.demotion(),
+                    "roles": {str(k): v for k, v in sorted(self.roles.items())},
+                    "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
+                    "counters": dict(self.counters), **st}
+        if cmd == "conntrack":
+            entries = self.ct.dump()
+            flt = req.get("filter") or {}
+            matched = [e for e in entries if match(e, flt)]
+            reply = {"ok": True, "total": len(entries), "count": len(matched)}
+            if req.get("entries", True):
+                limit = int(req.get("limit", 1000))
+                reply["entries"] = [e.describe() for e in matched[:limit]]
+            return reply
+        if cmd == "resync":
+            self.full_refresh(self.now())
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def match(e, flt: dict) -> bool:
+    """fwctl conntrack filters: proto, family, src, dst, sport, dport, state."""
+    if "proto" in flt and PROTO_NAMES.get(e.proto, str(e.proto)) != str(flt["proto"]).lower() \
+            and str(e.proto) != str(flt["proto"]):
+        return False
+    if "family" in flt and e.family != int(flt["family"]):
+        return False
+    for key, vals in (("src", (e.osrc, e.rdst)), ("dst", (e.odst, e.rsrc))):
+        if key in flt:
+            want = ipaddress.ip_network(flt[key], strict=False)
+            if not any(ipaddress.ip_address(v) in want for v in vals if
+                       ipaddress.ip_address(v).version == want.version):
+                return False
+    if "sport" in flt and e.osport != int(flt["sport"]):
+        return False
+    if "dport" in flt and e.odport != int(flt["dport"]):
+        return False
+    if "state" in flt and TCP_STATES.get(e.tcp_state, "") != str(flt["state"]).upper():
+        return False
+    return True

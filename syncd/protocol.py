@@ -1,0 +1,449 @@
+"""Reliable state-sync protocol between cluster members (pure, sans-I/O).
+
+In the spirit of conntrackd's FTFW mode, one reliable stream per ordered pair
+of members (unicast, so it works for any number of members):
+
+* the sender numbers DATA messages (gen, dseq) and keeps them in a resend
+  queue until the receiver acknowledges them (cumulative ACK);
+* the receiver delivers strictly in order, buffers what arrives early and
+  asks for the gap with a NACK; the sender resends from its queue, or, if the
+  messages are gone (queue overflow), starts a new generation with a full
+  bulk transfer;
+* ALIVE messages carry the last dseq sent, so a lost tail is noticed, and
+  tell that a peer is up;
+* a starting member sends RESYNC_REQ to every peer; each peer answers with a
+  bulk transfer of its table followed by RESYNC_DONE. When every peer has
+  answered (or has stayed silent for `absent_after`), the member is in sync
+  and may claim the vips (ordered takeover).
+
+Every message is authenticated (wire.py) and carries a per-boot epoch and a
+per-message sequence number checked against a replay window.
+
+Nothing here does I/O: the shell feeds datagrams and local entries in, calls
+tick() with the time, and drains actions out (Send, Apply, Dump, InSync).
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from syncd import wire
+from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.replay import ReplayWindow
+
+
+@dataclass(frozen=True)
+class Timing:
+    rto: float = 0.2              # resend an unacked message after this
+    alive: float = 0.5            # idle interval between ALIVE messages
+    peer_timeout: float = 2.0     # no valid message for this long: peer down
+    resync_retry: float = 1.0     # repeat RESYNC_REQ until answered
+    absent_after: float = 3.0     # a peer silent this long after start is absent
+    max_queue: int = 20000        # messages kept for resend, per peer
+    max_reorder: int = 4096       # early messages buffered, per peer
+    resend_burst: int = 512       # resends per tick, per peer
+
+
+# --- actions for the I/O shell ------------------------------------------------
+class Send(NamedTuple):
+    addr: str
+    data: bytes
+
+
+class Apply(NamedTuple):
+    peer: str
+    records: tuple   # ((op, Entry), ...) in order
+    replace: bool = False   # from a bulk transfer: replace local entries (see daemon)
+
+
+class Dump(NamedTuple):
+    """Dump the local table and hand it to Sync.bulk(peer, entries, now)."""
+    peer: str
+
+
+class InSync(NamedTuple):
+    value: bool
+
+
+def _norm(addr) -> str:
+    return str(ipaddress.ip_address(str(addr).split("%", 1)[0]))
+
+
+@dataclass
+class _Tx:
+    gen: int = 1
+    next_dseq: int = 1
+    acked: int = 0
+    queue: OrderedDict = field(default_factory=OrderedDict)  # dseq -> [type, arg, body, count, last_sent, flags]
+    pending: list = field(default_factory=list)               # encoded records not yet in a message
+    pending_len: int = 0
+    last_send: float = float("-inf")
+
+    def reset(self):
+        self.gen += 1
+        self.next_dseq, self.acked = 1, 0
+        self.queue.clear()
+        self.pending.clear()
+        self.pending_len = 0
+
+
+@dataclass
+class _Rx:
+    epoch: int | None = None
+    window: ReplayWindow = field(default_factory=ReplayWindow)
+    gen: int = 0
+    expected: int = 1
+    early: dict = field(default_factory=dict)    # dseq -> Message
+    ack_due: bool = False
+    nack_at: float = float("-inf")
+
+    def restart(self, gen: int):
+        self.gen, self.expected = gen, 1
+        self.early.clear()
+        self.ack_due = False
+        self.nack_at = float("-inf")
+
+
+def _counters() -> dict:
+    return {k: 0 for k in (
+        "msgs_sent", "msgs_received", "entries_sent", "entries_received",
+        "msgs_acked", "msgs_resent", "msgs_lost", "nacks_sent", "nacks_received",
+        "duplicates", "bulk_sent", "bulk_received", "replay", "auth", "stale")}
+
+
+@dataclass
+class Peer:
+    name: str
+    index: int
+    addr: str
+    tx: _Tx = field(default_factory=_Tx)
+    rx: _Rx = field(default_factory=_Rx)
+    state: str = "unknown"          # unknown | up | down
+    last_seen: float | None = None
+    resync: str = "pending"         # pending | done | absent
+    req_sent_at: float = float("-inf")
+    table_size: int | None = None   # as the peer reports it in ALIVE
+    req_served: tuple | None = None  # (epoch, id) of the peer's last RESYNC_REQ
+    counters: dict = field(default_factory=_counters)
+
+
+class Sync:
+    """The sync state of one member towards all its peers."""
+
+    def __init__(self, members: list[tuple[str, str]], me: str, key: bytes, epoch: int,
+                 now: float, timing: Timing = Timing()):
+        names = [n for n, _ in members]
+        self.me, self.my_index = me, names.index(me)
+        self.key, self.epoch, self.t = key, epoch, timing
+        self.seq = 0
+        self.started = now
+        self.req_id = 1                     # our resync request (unique per epoch)
+        self.peers = {n: Peer(n, i, _norm(a)) for i, (n, a) in enumerate(members) if n != me}
+        self.by_addr = {p.addr: p for p in self.peers.values()}
+        self.in_sync = not self.peers
+        self.local_entries = 0              # reported to peers in ALIVE
+        self.drops: dict[str, int] = {}
+        self.dumps_wanted: set[str] = set()
+        self.actions: list = []
+        if self.in_sync:
+            self.actions.append(InSync(True))
+
+    # --- inputs -----------------------------------------------------------------
+    def local(self, records, now: float) -> None:
+        """Local conntrack changes ((op, Entry), ...) to replicate to every peer
+        that is up; call flush() after a batch."""
+        encoded = [wire.encode_record(op, e) for op, e in records]
+        for p in self.peers.values():
+            if p.state != "down":
+                tx = p.tx
+                tx.pending.extend(encoded)
+                tx.pending_len += len(encoded)
+
+    def bulk(self, peer: str, entries, now: float) -> None:
+        """The answer to a Dump action: start a new generation towards the peer
+        and send it the whole table, then RESYNC_DONE."""
+        p = self.peers[peer]
+        tx = p.tx
+        tx.reset()
+        tx.pending = [wire.encode_record(OP_UPSERT, e) for e in entries]
+        tx.pending_len = len(tx.pending)
+        p.counters["bulk_sent"] += 1
+        self._pack(p, now, wire.FLAG_BULK)
+        req = p.req_served[1] if p.req_served else 0
+        self._queue(p, wire.RESYNC_DONE, req, b"", 0, now)
+
+    def datagram(self, addr: str, data: bytes, now: float) -> None:
+        p = self.by_addr.get(_norm(addr))
+        if p is None:
+            self._drop("unknown_peer")
+            return
+        try:
+            m = wire.decode(self.key, data)
+        except wire.WireError as e:
+            self._drop(e.reason)
+            if e.reason == "bad_auth":
+                p.counters["auth"] += 1
+            return
+        if m.src != p.index or m.dst != self.my_index:
+            self._drop("misdirected")
+            return
+        rx = p.rx
+        if rx.epoch is None or m.epoch > rx.epoch:
+            if rx.epoch is not None:
+                # The peer restarted: its view of our stream is gone too.
+                p.tx.reset()
+            rx.epoch = m.epoch
+            rx.window = ReplayWindow()
+            rx.restart(0)
+        elif m.epoch < rx.epoch:
+            self._drop("replay")
+            p.counters["replay"] += 1
+            return
+        if not rx.window.check_and_mark(m.seq):
+            self._drop("replay")
+            p.counters["replay"] += 1
+            return
+        p.counters["msgs_received"] += 1
+        was = p.state
+        p.state, p.last_seen = "up", now
+        if was == "down":
+            # Back from a partition: whatever we queued for it is gone.
+            self.dumps_wanted.add(p.name)
+        handler = self._handlers[m.type]
+        handler(self, p, m, now)
+
+    # --- message handlers --------------------------------------------------------
+    def _on_stream(self, p: Peer, m: wire.Message, now: float) -> None:
+        rx = p.rx
+        if m.gen < rx.gen:
+            p.counters["stale"] += 1
+            return
+        if m.gen > rx.gen:
+            rx.restart(m.gen)
+        if m.dseq < rx.expected or m.dseq in rx.early:
+            p.counters["duplicates"] += 1
+            rx.ack_due = True
+            return
+        if m.dseq > rx.expected:
+            if len(rx.early) < self.t.max_reorder:
+                rx.early[m.dseq] = m
+            # NACK when a gap opens, then at most once per rto (tick repeats it).
+            if len(rx.early) == 1 or now - rx.nack_at >= self.t.rto:
+                self._nack(p, rx.expected, min(rx.early) - 1 if rx.early else m.dseq - 1, now)
+            return
+        self._deliver(p, m)
+        while rx.expected in rx.early:
+            self._deliver(p, rx.early.pop(rx.expected))
+        rx.ack_due = True
+        if rx.early:
+            self._nack(p, rx.expected, min(rx.early) - 1, now)
+
+    def _deliver(self, p: Peer, m: wire.Message) -> None:
+        p.rx.expected = m.dseq + 1
+        if m.type == wire.DATA:
+            p.counters["entries_received"] += len(m.records)
+            if m.records:
+                self.actions.append(Apply(p.name, m.records, bool(m.flags & wire.FLAG_BULK)))
+        elif m.type == wire.RESYNC_DONE:
+            p.counters["bulk_received"] += 1
+            if m.arg == self.req_id and p.resync != "done":
+                p.resync = "done"
+                self._check_in_sync()
+
+    def _on_ack(self, p: Peer, m: wire.Message, now: float) -> None:
+        tx = p.tx
+        if m.gen != tx.gen or m.dseq <= tx.acked:
+            return
+        q = tx.queue
+        while q:
+            dseq = next(iter(q))
+            if dseq > m.dseq:
+                break
+            del q[dseq]
+            p.counters["msgs_acked"] += 1
+        tx.acked = min(m.dseq, tx.next_dseq - 1)
+
+    def _on_nack(self, p: Peer, m: wire.Message, now: float) -> None:
+        tx = p.tx
+        p.counters["nacks_received"] += 1
+        if m.gen != tx.gen:
+            return
+        lo, hi = max(m.dseq, tx.acked + 1), min(m.arg, tx.next_dseq - 1)
+        if hi - lo > self.t.max_queue:
+            hi = lo + self.t.max_queue
+        for dseq in range(lo, hi + 1):
+            item = tx.queue.get(dseq)
+            if item is None:
+                # Gone from the queue: only a fresh bulk transfer can repair it.
+                p.counters["msgs_lost"] += hi - dseq + 1
+                self.dumps_wanted.add(p.name)
+                return
+            self._transmit(p, dseq, item, now)
+            p.counters["msgs_resent"] += 1
+
+    def _on_alive(self, p: Peer, m: wire.Message, now: float) -> None:
+        rx = p.rx
+        p.table_size = m.arg
+        if m.gen < rx.gen:
+            return
+        if m.gen > rx.gen:
+            rx.restart(m.gen)
+        if m.dseq >= rx.expected and now - rx.nack_at >= self.t.rto:
+            self._nack(p, rx.expected, m.dseq, now)
+
+    def _on_request(self, p: Peer, m: wire.Message, now: float) -> None:
+        # Repeats of a request already served (or being served) are ignored:
+        # the bulk and its RESYNC_DONE travel on the reliable stream.
+        if p.req_served == (m.epoch, m.arg):
+            return
+        p.req_served = (m.epoch, m.arg)
+        self.dumps_wanted.add(p.name)
+
+    _handlers = {wire.DATA: _on_stream, wire.RESYNC_DONE: _on_stream, wire.ACK: _on_ack,
+                 wire.NACK: _on_nack, wire.ALIVE: _on_alive, wire.RESYNC_REQ: _on_request}
+
+    # --- output -------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _send(self, p: Peer, mtype: int, gen: int, dseq: int, arg: int, body: bytes, now: float,
+              flags: int = 0):
+        m = wire.Message(mtype, self.my_index, p.index, self.epoch, self._next_seq(), gen, dseq, arg,
+                         flags=flags)
+        self.actions.append(Send(p.addr, wire.encode(self.key, m, body)))
+        p.tx.last_send = now
+        p.counters["msgs_sent"] += 1
+
+    def _transmit(self, p: Peer, dseq: int, item: list, now: float) -> None:
+        mtype, arg, body, _count, _last, flags = item
+        item[4] = now
+        self._send(p, mtype, p.tx.gen, dseq, arg, body, now, flags)
+
+    def _queue(self, p: Peer, mtype: int, arg: int, body: bytes, count: int, now: float,
+               flags: int = 0) -> None:
+        tx = p.tx
+        dseq = tx.next_dseq
+        tx.next_dseq += 1
+        item = [mtype, arg, body, count, now, flags]
+        tx.queue[dseq] = item
+        if len(tx.queue) > self.t.max_queue:
+            tx.queue.popitem(last=False)   # the peer will NACK it and get a bulk
+        p.counters["entries_sent"] += count
+        self._transmit(p, dseq, item, now)
+
+    def _pack(self, p: Peer, now: float, flags: int = 0) -> None:
+        tx = p.tx
+        body, count = [], 0
+        size = 0
+        for rec in tx.pending:
+            if size + len(rec) > wire.MAX_BODY:
+                self._queue(p, wire.DATA, count, b"".join(body), count, now, flags)
+                body, count, size = [], 0, 0
+            body.append(rec)
+            count += 1
+            size += len(rec)
+        if count:
+            self._queue(p, wire.DATA, count, b"".join(body), count, now, flags)
+        tx.pending = []
+        tx.pending_len = 0
+
+    def _nack(self, p: Peer, lo: int, hi: int, now: float) -> None:
+        if hi < lo:
+            return
+        p.rx.nack_at = now
+        p.counters["nacks_sent"] += 1
+        self._send(p, wire.NACK, p.rx.gen, lo, hi, b"", now)
+
+    def _request(self, p: Peer, now: float) -> None:
+        p.req_sent_at = now
+        self._send(p, wire.RESYNC_REQ, 0, 0, self.req_id, b"", now)
+
+    def flush(self, now: float) -> None:
+        """Pack pending entries into messages and acknowledge what arrived."""
+        for p in self.peers.values():
+            if p.tx.pending:
+                self._pack(p, now)
+            rx = p.rx
+            if rx.ack_due:
+                rx.ack_due = False
+                self._send(p, wire.ACK, rx.gen, rx.expected - 1, 0, b"", now)
+
+    def tick(self, now: float) -> None:
+        """Timers: liveness, resends, ALIVE, NACK repeats, resync requests."""
+        t = self.t
+        for p in self.peers.values():
+            if p.state == "up" and now - p.last_seen > t.peer_timeout:
+                p.state = "down"
+                p.tx.queue.clear()
+                p.tx.pending.clear()
+            if p.state == "up":
+                burst = t.resend_burst
+                for dseq, item in p.tx.queue.items():
+                    if now - item[4] >= t.rto:
+                        self._transmit(p, dseq, item, now)
+                        p.counters["msgs_resent"] += 1
+                        burst -= 1
+                        if not burst:
+                            break
+                rx = p.rx
+                if rx.early and now - rx.nack_at >= t.rto:
+                    self._nack(p, rx.expected, min(rx.early) - 1, now)
+            if p.resync == "pending" and (p.state == "down" or (
+                    p.state == "unknown" and now - self.started >= t.absent_after)):
+                p.resync = "absent"
+                self._check_in_sync()
+            # Keep asking (also an absent peer: it may come later with state).
+            if p.resync != "done" and p.state != "down" and now - p.req_sent_at >= t.resync_retry:
+                self._request(p, now)
+            if now - p.tx.last_send >= t.alive:
+                self._send(p, wire.ALIVE, p.tx.gen, p.tx.next_dseq - 1, self.local_entries, b"", now)
+        self.flush(now)
+
+    def resync(self, now: float) -> None:
+        """Ask every peer for a fresh bulk transfer (e.g. after losing the
+        master role: the local entries went stale while the peer carried the
+        flows). Does not change in_sync."""
+        self.req_id += 1
+        for p in self.peers.values():
+            if p.resync == "done":
+                p.resync = "pending"
+            p.req_sent_at = float("-inf")
+        self.tick(now)
+
+    def take_dumps(self) -> list[str]:
+        """Peers that need a bulk transfer now (call bulk() for each)."""
+        wanted, self.dumps_wanted = sorted(self.dumps_wanted), set()
+        return wanted
+
+    def drain(self) -> list:
+        """Actions produced since the last drain, in order."""
+        out, self.actions = self.actions, []
+        for name in self.take_dumps():
+            out.append(Dump(name))
+        return out
+
+    # --- state ---------------------------------------------------------------------
+    def _check_in_sync(self) -> None:
+        if not self.in_sync and all(p.resync != "pending" for p in self.peers.values()):
+            self.in_sync = True
+            self.actions.append(InSync(True))
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def status(self, now: float) -> dict:
+        peers = {}
+        for p in self.peers.values():
+            q = p.tx.queue
+            oldest = next(iter(q.values()))[4] if q else None
+            peers[p.name] = {
+                "address": p.addr, "state": p.state, "resync": p.resync,
+                "last_seen": None if p.last_seen is None else round(now - p.last_seen, 3),
+                "epoch": p.rx.epoch, "table_size": p.table_size,
+                "unacked": len(q), "lag": 0.0 if oldest is None else round(now - oldest, 3),
+                **p.counters}
+        return {"epoch": self.epoch, "in_sync": self.in_sync, "local_entries": self.local_entries,
+                "drops": dict(self.drops), "peers": peers}

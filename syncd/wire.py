@@ -1,0 +1,157 @@
+"""State-sync message format (pure: bytes in, bytes out; no sockets).
+
+Every datagram:
+
+  0  magic "FS"        2    8  epoch  u32  sender's per-boot epoch (grows)
+  2  version u8 (=1)   1   12  seq    u64  per-message counter (replay window)
+  3  type u8           1   20  gen    u32  stream generation sender->receiver
+  4  src u8            1   24  dseq   u32  data sequence (DATA/DONE), cumulative
+  5  dst u8            1                   ack (ACK), first missing (NACK),
+  6  flags u16         2                   last sent (ALIVE)
+     (1: bulk transfer)
+                           28  arg    u32  entry count (DATA), last missing
+                                           (NACK), resync id (REQ/DONE)
+ 32  body: arg entry records (DATA only)
+ ..  HMAC-SHA256(key, everything before it), 32 bytes
+
+src/dst are member indexes (config order), so a message captured on its way to
+one member cannot be replayed to another. Entry record (big endian):
+
+  op u8, family u8 (4|6), proto u8, tcp_state u8, zone u16, pad u16,
+  status u32, timeout u32, mark u32,
+  wscale_orig u8, wscale_reply u8, flags_orig u8, flags_reply u8,
+  orig src, orig dst (4 or 16 bytes), orig sport u16, orig dport u16,
+  reply src, reply dst, reply sport u16, reply dport u16
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import struct
+from typing import NamedTuple
+
+from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+
+MAGIC = b"FS"
+VERSION = 1
+
+DATA, ACK, NACK, ALIVE, RESYNC_REQ, RESYNC_DONE = 1, 2, 3, 4, 5, 6
+FLAG_BULK = 0x0001
+TYPE_NAMES = {DATA: "data", ACK: "ack", NACK: "nack", ALIVE: "alive",
+              RESYNC_REQ: "resync-req", RESYNC_DONE: "resync-done"}
+
+HEADER = struct.Struct("!2sBBBBHIQIII")
+MAC_LEN = 32
+REC_HEAD = struct.Struct("!BBBBHHIIIBBBB")
+PORTS = struct.Struct("!HH")
+ADDR_LEN = {4: 4, 6: 16}
+REC_LEN = {f: REC_HEAD.size + 2 * (2 * n + PORTS.size) for f, n in ADDR_LEN.items()}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+# Keep datagrams below a 1500-byte MTU even over IPv6 (40 + 8 bytes of headers).
+MAX_DATAGRAM = 1400
+MAX_BODY = MAX_DATAGRAM - HEADER.size - MAC_LEN
+
+
+class WireError(Exception):
+    """A datagram that must be dropped; .reason is the counter name."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class Message(NamedTuple):
+    type: int
+    src: int
+    dst: int
+    epoch: int
+    seq: int
+    gen: int = 0
+    dseq: int = 0
+    arg: int = 0
+    records: tuple = ()   # ((op, Entry), ...) for DATA
+    flags: int = 0        # FLAG_BULK: DATA of a bulk transfer
+
+
+def encode_record(op: int, e: Entry) -> bytes:
+    af = _AF[e.family]
+    return b"".join((
+        REC_HEAD.pack(op, e.family, e.proto, e.tcp_state, e.zone, 0, e.status,
+                      e.timeout, e.mark, e.wscale_orig, e.wscale_reply,
+                      e.flags_orig, e.flags_reply),
+        socket.inet_pton(af, e.osrc), socket.inet_pton(af, e.odst),
+        PORTS.pack(e.osport, e.odport),
+        socket.inet_pton(af, e.rsrc), socket.inet_pton(af, e.rdst),
+        PORTS.pack(e.rsport, e.rdport)))
+
+
+def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
+    """(op, entry, next offset); raises WireError on a malformed record."""
+    if len(buf) - off < REC_HEAD.size:
+        raise WireError("truncated", "entry record header")
+    (op, family, proto, tcp_state, zone, _pad, status, timeout, mark,
+     wso, wsr, fo, fr) = REC_HEAD.unpack_from(buf, off)
+    if op not in (OP_UPSERT, OP_DELETE):
+        raise WireError("malformed", f"entry op {op}")
+    n = ADDR_LEN.get(family)
+    if n is None:
+        raise WireError("malformed", f"entry family {family}")
+    if len(buf) - off < REC_LEN[family]:
+        raise WireError("truncated", "entry record")
+    af = _AF[family]
+    p = off + REC_HEAD.size
+    osrc = socket.inet_ntop(af, buf[p:p + n]); p += n
+    odst = socket.inet_ntop(af, buf[p:p + n]); p += n
+    osport, odport = PORTS.unpack_from(buf, p); p += 4
+    rsrc = socket.inet_ntop(af, buf[p:p + n]); p += n
+    rdst = socket.inet_ntop(af, buf[p:p + n]); p += n
+    rsport, rdport = PORTS.unpack_from(buf, p); p += 4
+    e = Entry(family, proto, zone, osrc, odst, osport, odport, rsrc, rdst, rsport,
+              rdport, status, timeout, mark, tcp_state, wso, wsr, fo, fr)
+    return op, e, p
+
+
+def sign(key: bytes, data: bytes) -> bytes:
+    return data + hmac.new(key, data, hashlib.sha256).digest()
+
+
+def encode(key: bytes, m: Message, body: bytes = b"") -> bytes:
+    """Sign a message. DATA bodies come pre-encoded (see encode_record) so a
+    batch is encoded once however often it is resent."""
+    head = HEADER.pack(MAGIC, VERSION, m.type, m.src, m.dst, m.flags, m.epoch, m.seq,
+                       m.gen, m.dseq, m.arg)
+    return sign(key, head + body)
+
+
+def decode(key: bytes, data: bytes) -> Message:
+    """Parse and authenticate; raises WireError(reason) for anything to drop.
+
+    Checks run cheapest first, but nothing in the body is trusted before the
+    MAC has been verified."""
+    if len(data) < HEADER.size + MAC_LEN:
+        raise WireError("truncated", f"{len(data)} bytes")
+    if data[:2] != MAGIC:
+        raise WireError("bad_magic")
+    if data[2] != VERSION:
+        raise WireError("bad_version", f"version {data[2]}")
+    mac = hmac.new(key, data[:-MAC_LEN], hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, data[-MAC_LEN:]):
+        raise WireError("bad_auth")
+    (_m, _v, mtype, src, dst, flags, epoch, seq, gen, dseq, arg) = HEADER.unpack_from(data)
+    if mtype not in TYPE_NAMES:
+        raise WireError("bad_type", f"type {mtype}")
+    records = ()
+    body_end = len(data) - MAC_LEN
+    if mtype == DATA:
+        recs, off = [], HEADER.size
+        for _ in range(arg):
+            op, e, off = decode_record(data[:body_end], off)
+            recs.append((op, e))
+        if off != body_end:
+            raise WireError("malformed", "trailing bytes after entries")
+        records = tuple(recs)
+    elif body_end != HEADER.size:
+        raise WireError("malformed", f"{TYPE_NAMES[mtype]} with a body")
+    return Message(mtype, src, dst, epoch, seq, gen, dseq, arg, records, flags)

@@ -1,0 +1,165 @@
+"""CARP failover with the real carpd in the namespace lab: election, node
+loss, link loss, preemption, maintenance, IPv6, split brain."""
+from __future__ import annotations
+
+import signal
+import time
+
+from carp_helpers import (fast, mac, neigh_mac, settled, transitions, vip, wait_settled)
+from fwcluster.lab import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6
+
+
+def start_all(lab, members=None):
+    for m in members or lab.members:
+        lab.start_carpd(m)
+
+
+def test_election_lowest_advskew_is_the_only_master(carp_lab):
+    # fw2 has the lowest skew: the winner is chosen by skew, not by order.
+    lab = carp_lab(members=3, ipv6=False, advbase=0, advskews={"fw1": 150, "fw2": 50, "fw3": 100})
+    start_all(lab)
+    wait_settled(lab, "fw2")
+    want = {1: lab.addr4("fw2", "lan"), 2: lab.addr4("fw2", "wan")}
+    # Every member names fw2 as master (a backup knows once an advert arrived).
+    assert lab.wait_for(lambda: all(vip(lab.status(m), h).get("master") == a
+                                    for m in lab.members for h, a in want.items()), 3)
+    for m in lab.members:
+        st = lab.status(m)
+        assert st["node"] == m and st["demotion"] == 0
+        assert all(v["advbase"] == 0 for v in st["vips"])
+    assert vip(lab.status("fw3"), 1)["advskew"] == 100
+    assert lab.ping("client", SERVER4)  # forwarded by fw2
+
+
+def test_election_with_default_timing(carp_lab):
+    lab = carp_lab(members=2, ipv6=False)  # advbase 1, advskew 0 / 100
+    start_all(lab)
+    wait_settled(lab, "fw1", timeout=10)
+    st = lab.fwctl("fw2", "status")
+    assert [v["state"] for v in st["vips"]] == ["BACKUP", "BACKUP"]
+    assert vip(st, 1)["counters"]["adverts_received"] > 0
+    assert vip(lab.fwctl("fw1", "status"), 1)["counters"]["adverts_sent"] > 0
+
+
+def test_takeover_on_node_loss_and_preemption_back(carp_lab):
+    lab = carp_lab(members=2, ipv6=False, **fast())
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    assert lab.ping("client", SERVER4)  # the client's ARP entry: gateway at fw1
+    assert neigh_mac(lab, "client", LAN_VIP4) == mac(lab, "fw1", "lan0")
+    lab.node_loss("fw1")
+    wait_settled(lab, "fw2", timeout=5, members=["fw2"])
+    # Gratuitous ARP moved the client's gateway to fw2 at once.
+    assert lab.wait_for(lambda: neigh_mac(lab, "client", LAN_VIP4) == mac(lab, "fw2", "lan0"), 2)
+    assert lab.ping("client", SERVER4)
+    # fw1 comes back: it has the lower skew and preempts.
+    lab.node_return("fw1")
+    lab.start_carpd("fw1")
+    wait_settled(lab, "fw1", timeout=5)
+    assert lab.wait_for(lambda: neigh_mac(lab, "client", LAN_VIP4) == mac(lab, "fw1", "lan0"), 2)
+    assert lab.ping("client", SERVER4)
+
+
+def test_no_preemption_when_preempt_is_off(carp_lab):
+    # advbase 1: with advbase 0 a better backup's master-down is shorter than
+    # the master's interval, so it could not wait as a backup at all.
+    lab = carp_lab(members=2, ipv6=False, carp={"preempt": False})
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    lab.node_loss("fw1")
+    wait_settled(lab, "fw2", members=["fw2"])
+    lab.node_return("fw1")
+    lab.start_carpd("fw1")
+    assert lab.wait_for(lambda: lab.vip_state("fw1", 1) == "BACKUP", 10)
+    before = transitions(lab, "fw2")
+    time.sleep(4)  # longer than fw1's master-down: it would have preempted by now
+    assert settled(lab, "fw2") and transitions(lab, "fw2") == before
+    assert lab.status("fw1")["preempt"] is False
+
+
+def test_takeover_on_link_down_alone_moves_every_vip(carp_lab):
+    lab = carp_lab(members=2, ipv6=False, **fast())
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    lab.link_down("fw1", "wan0")  # carpd keeps running
+    # vhid 2 (wan0) and vhid 1 (lan0) fail over together.
+    assert lab.wait_for(lambda: lab.states(1) == {"fw1": "BACKUP", "fw2": "MASTER"}
+                        and lab.vip_state("fw2", 2) == "MASTER", 5), lab.states(1)
+    st = lab.status("fw1")
+    assert st["demotion_sources"].get("link:wan0", 0) > 0 and st["demotion"] > 0
+    assert vip(st, 2)["state"] == "INIT"
+    assert lab.ping("client", LAN_VIP4)
+    lab.link_up("fw1", "wan0")
+    wait_settled(lab, "fw1", timeout=5)
+    st = lab.status("fw1")
+    assert st["demotion"] == 0 and not st["demotion_sources"].get("link:wan0")
+
+
+def test_maintenance_on_off_and_it_survives_a_restart(carp_lab):
+    lab = carp_lab(members=2, ipv6=False, **fast())
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    cp = lab.fwctl_raw("fw1", "maintenance", "on")
+    assert cp.returncode == 0, cp.stderr
+    wait_settled(lab, "fw2", timeout=5)
+    st = lab.fwctl("fw1", "status")
+    assert st["maintenance"] is True and st["demotion_sources"]["maintenance"] > 0
+    # carpd restarts (SIGTERM, as systemd does): still in maintenance.
+    assert lab.stop_daemon("fw1", "carpd") == 0
+    lab.start_carpd("fw1")
+    assert lab.wait_for(lambda: lab.vip_state("fw1", 1) == "BACKUP", 5)
+    st = lab.status("fw1")
+    assert st["maintenance"] is True and st["demotion"] > 0
+    before = transitions(lab, "fw2")
+    time.sleep(1.5)  # several of fw1's master-down times: it stays backup
+    assert settled(lab, "fw2") and transitions(lab, "fw2") == before
+    out = lab.fwctl("fw1", "maintenance", "off")
+    assert out.get("maintenance") is False
+    wait_settled(lab, "fw1", timeout=5)
+    assert lab.status("fw1")["maintenance"] is False
+
+
+def test_ipv6_vips_fail_over_with_unsolicited_na(carp_lab):
+    lab = carp_lab(members=2, ipv6=True, **fast())
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    st = lab.status("fw1")
+    assert vip(st, 3)["family"] == 6 and vip(st, 3)["state"] == "MASTER"
+    assert lab.ping("client", LAN_VIP6) and lab.ping("client", SERVER6)
+    lab.node_loss("fw1")
+    wait_settled(lab, "fw2", timeout=5, members=["fw2"])
+    # The unsolicited neighbour advertisement moved the client's entry.
+    assert lab.wait_for(lambda: neigh_mac(lab, "client", LAN_VIP6) == mac(lab, "fw2", "lan0"), 2)
+    assert lab.ping("client", SERVER6)
+    assert lab.ping("server", WAN_VIP6)  # WAN VIP6 on fw2
+
+
+def test_split_brain_heals_to_one_master_within_three_intervals(carp_lab):
+    lab = carp_lab(members=2, ipv6=False)  # advbase 1: fw1 advertises every 1 s
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    lab.cut("fw2", "sync")
+    lab.cut("fw2", "lan")  # fw2's link stays up: it just hears nothing on the LAN
+    assert lab.wait_for(lambda: lab.vip_state("fw2", 1) == "MASTER", 8), lab.states(1)
+    assert lab.vip_state("fw1", 1) == "MASTER"  # two masters: the split brain
+    lab.heal("fw2", "lan")
+    lab.heal("fw2", "sync")
+    t_heal = time.monotonic()
+    interval = 1 + lab.advskews["fw1"] / 256
+    assert lab.wait_for(lambda: lab.masters(1) == ["fw1"], 3 * interval, 0.02), lab.states(1)
+    converged = time.monotonic() - t_heal
+    wait_settled(lab, "fw1", timeout=3 * interval)
+    assert converged <= 3 * interval
+    assert lab.ping("client", SERVER4)
+
+
+def test_sigterm_releases_the_vips_and_the_peer_takes_over_at_once(carp_lab):
+    lab = carp_lab(members=2, ipv6=False)  # advbase 1: master-down 3.4 s
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    t = time.monotonic()
+    assert lab.stop_daemon("fw1", "carpd", signal.SIGTERM) == 0
+    assert not lab.has_addr("fw1", "lan0", LAN_VIP4) and not lab.has_addr("fw1", "wan0", WAN_VIP4)
+    wait_settled(lab, "fw2", timeout=3, members=["fw2"])
+    # Well before fw2's master-down time (3 s + 100/256): the bow-out advert.
+    assert time.monotonic() - t < 3.0

@@ -1,0 +1,193 @@
+"""carpd's control side without the network: status shape (the contract),
+maintenance persistence, demotion sources, sync_hold, the subscribe stream,
+and the pure packet helpers of the I/O shell."""
+import asyncio
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from fwcluster import config
+from fwcluster.carp import announce, machine, sockets, wire
+from fwcluster.carp.ctl import ControlServer
+from fwcluster.carp.node import Carpd
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
+
+
+def make_cfg(tmp_path, extra=""):
+    text = EXAMPLE.read_text()
+    p = tmp_path / "cluster.toml"
+    p.write_text(text + extra)
+    cfg = config.load(p, "fw1")
+    import dataclasses
+    return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_status_has_exactly_the_contract_fields(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+
+    async def go():
+        return await d.handle_request({"cmd": "status"})
+    st = run(go())
+    assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
+                       "preempt", "vips"}
+    assert st["ok"] is True and st["node"] == "fw1" and st["cluster"] == "edge"
+    assert st["demotion"] == 0 and st["demotion_sources"] == {} and st["preempt"] is True
+    assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]
+    v = st["vips"][2]
+    assert set(v) == {"vhid", "interface", "address", "family", "state", "master", "advbase",
+                      "advskew", "demotion", "transitions", "counters"}
+    assert v["interface"] == "lan0" and v["address"] == "2001:db8:1::1/64" and v["family"] == 6
+    assert v["state"] == "INIT" and v["master"] is None and v["advbase"] == 1 and v["advskew"] == 0
+    assert set(v["counters"]) == {"adverts_sent", "adverts_received", "drops"}
+    assert set(v["counters"]["drops"]) == set(wire.DROP_REASONS)
+    json.dumps(st)  # serialisable as is
+
+
+def test_maintenance_demotes_and_persists_across_restart(tmp_path):
+    cfg = make_cfg(tmp_path)
+    d = Carpd(cfg, "fw1", b"s3cret")
+
+    async def go():
+        r = await d.handle_request({"cmd": "maintenance", "on": True})
+        return r, await d.handle_request({"cmd": "status"})
+    r, st = run(go())
+    assert r == {"ok": True, "maintenance": True}
+    assert st["maintenance"] is True and st["demotion"] == 240
+    assert st["demotion_sources"] == {"maintenance": 240}
+    assert (Path(cfg.state_dir) / "maintenance").read_text() == "on\n"
+    again = Carpd(cfg, "fw1", b"s3cret")  # a restarted carpd
+    assert again.maintenance is True and again.demotion.total == 240
+    assert all(r.machine.demotion == 240 for r in again.vips.values())
+
+    async def off():
+        return await again.handle_request({"cmd": "maintenance", "on": False})
+    assert run(off()) == {"ok": True, "maintenance": False}
+    assert Carpd(cfg, "fw1", b"s3cret").demotion.total == 0
+
+
+def test_set_demotion_sums_sources_and_validates(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+
+    async def go():
+        out = [await d.handle_request({"cmd": "set-demotion", "source": "syncd", "value": 32}),
+               await d.handle_request({"cmd": "maintenance", "on": True}),
+               await d.handle_request({"cmd": "set-demotion", "source": "syncd", "value": 0}),
+               await d.handle_request({"cmd": "set-demotion", "source": "syncd", "value": 256}),
+               await d.handle_request({"cmd": "set-demotion", "source": "", "value": 1}),
+               await d.handle_request({"cmd": "set-demotion", "source": "x", "value": True}),
+               await d.handle_request({"cmd": "maintenance", "on": "yes"}),
+               await d.handle_request({"cmd": "frobnicate"})]
+        return out
+    out = run(go())
+    assert out[0] == {"ok": True, "demotion": 32}
+    assert out[2] == {"ok": True, "demotion": 240}
+    assert all(r["ok"] is False and r["error"] for r in out[3:])
+    assert "unknown command" in out[7]["error"]
+
+
+def test_sync_hold_starts_demoted_by_syncd(tmp_path):
+    d = Carpd(make_cfg(tmp_path, "\n[carp]\nsync_hold = 30\n"), "fw1", b"s3cret")
+    assert d.demotion.sources == {"syncd": 32}
+    assert all(r.machine.demotion == 32 for r in d.vips.values())
+
+
+def test_each_vhid_gets_its_own_random_cookie(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+    cookies = {r.auth.cookie for r in d.vips.values()}
+    assert len(cookies) == 3 and 0 not in cookies
+
+
+def test_packet_counting_by_reason(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+    lan = d.ifaces["lan0"]
+    peer = wire.Auth(b"s3cret", 1, ["192.0.2.1"], cookie=77)
+    forged = wire.Auth(b"wrong", 1, ["192.0.2.1"], cookie=78)
+
+    async def go():
+        d._packet(lan, 4, wire.encode(peer, 1, 100), 255, "192.0.2.12")
+        d._packet(lan, 4, wire.encode(forged, 1, 100), 255, "192.0.2.12")
+        d._packet(lan, 4, wire.encode(peer, 1, 100), 64, "192.0.2.12")
+        d._packet(lan, 4, b"\x21", 255, "192.0.2.12")
+        d._packet(lan, 4, wire.encode(d.vips[1].auth, 1, 0), 255, "192.0.2.12")  # our own
+        d._packet(lan, 4, wire.encode(wire.Auth(b"s3cret", 9, [], 1), 1, 0), 255, "192.0.2.12")
+    run(go())
+    c = d.vips[1].counters
+    assert c["adverts_received"] == 1  # INIT ignores it, but it was a valid advert
+    assert c["drops"] == {**{r: 0 for r in wire.DROP_REASONS}, "bad_hmac": 1, "bad_ttl": 1,
+                          "truncated": 1, "replay": 1, "unknown_vhid": 1}
+    assert d.vips[3].counters["drops"]["bad_hmac"] == 0  # vhid 3 is IPv6: not on this socket
+    assert d.vips[1].machine.state == machine.State.INIT
+
+
+def test_subscribe_streams_snapshot_then_events(tmp_path):
+    path = str(tmp_path / "c.sock")
+
+    async def handler(req):
+        return {"ok": True, "echo": req["cmd"]}
+
+    async def go():
+        srv = ControlServer(path, handler, lambda: [{"event": "role", "vhid": 1, "state": "BACKUP",
+                                                      "time": 1.0}])
+        await srv.start()
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b'{"cmd":"status"}\n')
+        assert json.loads(await r.readline()) == {"ok": True, "echo": "status"}
+        w.write(b"not json\n")
+        assert json.loads(await r.readline())["ok"] is False
+        w.write(b'{"cmd":"subscribe"}\n')
+        first = json.loads(await r.readline())
+        while not srv.subscribers:
+            await asyncio.sleep(0)
+        srv.publish({"event": "role", "vhid": 1, "state": "MASTER", "time": 2.0})
+        second = json.loads(await r.readline())
+        w.close()
+        for _ in range(100):
+            if not srv.subscribers:
+                break
+            await asyncio.sleep(0.01)
+        gone = not srv.subscribers
+        await srv.stop()
+        return first, second, gone
+    first, second, gone = run(go())
+    assert first["state"] == "BACKUP" and second["state"] == "MASTER"
+    assert gone
+
+
+def test_garp_frames():
+    req, rep = announce.garp_frames("02:00:00:00:00:01", "192.0.2.1")
+    assert req[:6] == b"\xff" * 6 and req[6:12] == bytes.fromhex("020000000001")
+    assert req[12:14] == b"\x08\x06"
+    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = struct.unpack("!HHBBH6s4s6s4s", req[14:42])
+    assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 1)
+    assert spa == tpa == bytes([192, 0, 2, 1]) and sha == bytes.fromhex("020000000001")
+    assert struct.unpack("!H", rep[20:22])[0] == 2
+
+
+def test_na_message():
+    msg = announce.na_message("02:00:00:00:00:01", "2001:db8:1::1")
+    assert msg[0] == 136 and msg[1] == 0
+    assert struct.unpack("!I", msg[4:8])[0] == 0x20000000  # Override, not Solicited
+    assert msg[8:24] == bytes.fromhex("20010db8000100000000000000000001")
+    assert msg[24:] == bytes([2, 1]) + bytes.fromhex("020000000001")
+    with pytest.raises(ValueError):
+        announce.mac_bytes("02:00")
+
+
+def test_parse_ipv4():
+    payload = bytes(36)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0x10, 20 + 36, 1, 0x4000, 255, 112, 0,
+                      bytes([192, 0, 2, 12]), bytes([224, 0, 0, 18]))
+    assert sockets.parse_ipv4(hdr + payload) == (payload, 255, "192.0.2.12")
+    assert sockets.parse_ipv4(hdr + payload + b"pad") == (payload, 255, "192.0.2.12")
+    assert sockets.parse_ipv4(b"\x45" + bytes(10)) is None
+    assert sockets.parse_ipv4(b"\x60" + bytes(40)) is None

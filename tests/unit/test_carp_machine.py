@@ -1,0 +1,381 @@
+"""CARP state machine: election, timers, preemption, demotion, link, shutdown.
+
+Pure and deterministic: the clock is a number we pass in.
+"""
+import pytest
+
+from fwcluster.carp import machine as m
+from fwcluster.carp.wire import Advert
+
+ME, PEER, LOWER = "192.0.2.12", "192.0.2.13", "192.0.2.11"
+
+
+def vm(advbase=1, advskew=0, **kw):
+    kw.setdefault("own_address", ME)
+    return m.VhidMachine(1, advbase, advskew, **kw)
+
+
+def ad(advbase=1, advskew=0, demote=0, vhid=1):
+    return m.AdvertReceived(Advert(vhid, advbase, advskew, demote, counter=99), PEER)
+
+
+def kinds(actions):
+    return [type(a).__name__ for a in actions]
+
+
+def backup(x, now=0.0):
+    out = x.handle(m.LinkChanged(True), now)
+    assert x.state == m.State.BACKUP
+    return out
+
+
+def master(x, now=0.0):
+    backup(x, now)
+    x.handle(m.TimerFired(x.deadline), x.deadline)
+    assert x.state == m.State.MASTER
+    return x
+
+
+# --- timers -----------------------------------------------------------------
+@pytest.mark.parametrize("advbase,advskew,interval,down", [
+    (1, 0, 1.0, 3.0),
+    (1, 100, 1 + 100 / 256, 3 + 100 / 256),
+    (0, 10, 10 / 256, 10 / 256),
+    (2, 255, 2 + 255 / 256, 6 + 255 / 256),
+])
+def test_intervals(advbase, advskew, interval, down):
+    x = vm(advbase, advskew)
+    assert x.advert_interval == pytest.approx(interval)
+    assert x.master_down_interval == pytest.approx(down)
+
+
+def test_starts_in_init_and_ignores_adverts_there():
+    x = vm()
+    assert x.state == m.State.INIT
+    assert x.handle(ad(), 0) == []
+    assert x.state == m.State.INIT
+
+
+def test_link_up_goes_backup_and_arms_master_down():
+    x = vm(1, 100)
+    out = backup(x, now=10.0)
+    assert m.ArmTimer(1, 10.0 + 3 + 100 / 256) in out
+    assert out[-1] == m.RoleChanged(1, m.State.INIT, m.State.BACKUP, "link up")
+    assert x.transitions == 1
+
+
+def test_master_down_timer_makes_master_in_order_vip_advert_announce():
+    x = vm(1, 0)
+    backup(x, 0)
+    out = x.handle(m.TimerFired(3.0), 3.0)
+    assert kinds(out) == ["AddVip", "SendAdvert", "ArmTimer", "Announce", "RoleChanged"]
+    assert out[1] == m.SendAdvert(1, 1, 0, 0)
+    assert out[2] == m.ArmTimer(1, 4.0)
+    assert x.state == m.State.MASTER and x.master == ME
+
+
+def test_stale_timer_is_ignored():
+    x = vm()
+    backup(x, 0)
+    x.handle(ad(advskew=0), 1.0)  # resets the deadline to 4.0
+    assert x.handle(m.TimerFired(3.0), 3.0) == []
+    assert x.state == m.State.BACKUP
+
+
+def test_master_keeps_advertising_and_reannounces_once_after_two_adverts():
+    x = master(vm(1, 0))
+    t = x.deadline
+    out1 = x.handle(m.TimerFired(t), t)
+    assert kinds(out1) == ["SendAdvert", "ArmTimer"]
+    t = x.deadline
+    out2 = x.handle(m.TimerFired(t), t)
+    assert kinds(out2) == ["SendAdvert", "ArmTimer", "Announce"]
+    t = x.deadline
+    assert kinds(x.handle(m.TimerFired(t), t)) == ["SendAdvert", "ArmTimer"]
+
+
+# --- election ---------------------------------------------------------------
+def test_backup_hearing_better_master_restarts_master_down():
+    x = vm(1, 100)
+    backup(x, 0)
+    out = x.handle(ad(1, 0), 2.0)
+    assert out == [m.ArmTimer(1, 2.0 + 3 + 100 / 256)]
+    assert x.state == m.State.BACKUP and x.master == PEER
+
+
+def test_master_yields_to_better_timing():
+    x = master(vm(1, 100))
+    out = x.handle(ad(1, 0), 10.0)
+    assert kinds(out) == ["RemoveVip", "ArmTimer", "RoleChanged"]
+    assert x.state == m.State.BACKUP and x.master == PEER
+
+
+def test_master_keeps_role_against_worse_master_and_reasserts():
+    x = master(vm(1, 0))
+    out = x.handle(ad(1, 100), 10.0)
+    assert kinds(out) == ["Announce", "SendAdvert", "ArmTimer"]
+    assert x.state == m.State.MASTER
+
+
+def test_equal_timing_lower_source_address_wins():
+    x = master(vm(1, 0))  # we are .12
+    lower = m.AdvertReceived(Advert(1, 1, 0, 0, 5), LOWER)
+    higher = m.AdvertReceived(Advert(1, 1, 0, 0, 5), PEER)
+    assert x.handle(higher, 10.0)[0] == m.Announce(1)
+    assert x.state == m.State.MASTER
+    x.handle(lower, 11.0)
+    assert x.state == m.State.BACKUP
+
+
+def test_equal_timing_advbase_dominates_advskew():
+    x = master(vm(1, 200))
+    x.handle(ad(2, 0), 10.0)  # 2 s is slower than 1 + 200/256 s
+    assert x.state == m.State.MASTER
+
+
+# --- preemption -------------------------------------------------------------
+def test_backup_preempts_worse_master():
+    x = vm(1, 0)
+    backup(x, 0)
+    out = x.handle(ad(1, 100), 1.0)
+    assert x.state == m.State.MASTER
+    assert out[-1].reason.startswith("preempting")
+
+
+def test_no_preempt_waits_for_worse_master():
+    x = vm(1, 0, preempt=False)
+    backup(x, 0)
+    out = x.handle(ad(1, 100), 1.0)
+    assert x.state == m.State.BACKUP and out == [m.ArmTimer(1, 4.0)]
+
+
+def test_backup_takes_over_from_master_slower_than_master_down_even_without_preempt():
+    x = vm(1, 0, preempt=False)
+    backup(x, 0)
+    x.handle(ad(4, 0), 1.0)  # 4 s > 3 s master-down: it would time out anyway
+    assert x.state == m.State.MASTER
+
+
+def test_bow_out_advert_makes_backup_take_over_at_once():
+    x = vm(1, 100, preempt=False)
+    backup(x, 0)
+    out = x.handle(ad(255, 255), 1.0)
+    assert x.state == m.State.MASTER
+    assert "bowed out" in out[-1].reason
+
+
+def test_bow_out_with_fast_timing():
+    x = vm(0, 20, preempt=False)
+    backup(x, 0)
+    x.handle(ad(255, 255), 0.01)
+    assert x.state == m.State.MASTER
+
+
+# --- demotion ---------------------------------------------------------------
+def test_demoted_master_advertises_demote_and_skew_240_at_once():
+    x = master(vm(1, 0))
+    out = x.handle(m.DemotionChanged(240), 10.0)
+    assert out[0] == m.SendAdvert(1, 1, 240, 240)
+    assert out[1] == m.ArmTimer(1, 10.0 + 1)  # timers keep the configured advskew
+    assert x.handle(m.DemotionChanged(240), 11.0) == []  # no change, no action
+
+
+def test_demote_clamped_on_the_wire_and_high_skew_kept():
+    x = master(vm(1, 250))
+    out = x.handle(m.DemotionChanged(480), 10.0)
+    assert out[0] == m.SendAdvert(1, 1, 250, 255)
+
+
+def test_backup_takes_over_from_demoted_master_even_with_better_timing_and_no_preempt():
+    x = vm(1, 100, preempt=False)
+    backup(x, 0)
+    out = x.handle(ad(1, 0, demote=32), 1.0)
+    assert x.state == m.State.MASTER and "demoted" in out[-1].reason
+
+
+def test_master_yields_to_less_demoted_peer_whatever_its_timing():
+    x = master(vm(1, 0))
+    x.handle(m.DemotionChanged(240), 10.0)
+    x.handle(ad(1, 200, demote=0), 11.0)
+    assert x.state == m.State.BACKUP
+
+
+def test_master_keeps_role_against_more_demoted_peer_with_better_timing():
+    x = master(vm(1, 100))
+    x.handle(ad(1, 0, demote=240), 11.0)
+    assert x.state == m.State.MASTER
+
+
+def test_demoted_backup_does_not_preempt_undemoted_master():
+    x = vm(1, 0)
+    backup(x, 0)
+    x.handle(m.DemotionChanged(32), 0.5)
+    x.handle(ad(1, 100, demote=0), 1.0)
+    assert x.state == m.State.BACKUP
+
+
+def test_demotion_lifted_then_preempts_on_next_advert():
+    x = vm(1, 0)
+    backup(x, 0)
+    x.handle(m.DemotionChanged(32), 0.5)
+    x.handle(ad(1, 100), 1.0)
+    assert x.state == m.State.BACKUP
+    x.handle(m.DemotionChanged(0), 1.5)
+    x.handle(ad(1, 100), 2.0)
+    assert x.state == m.State.MASTER
+
+
+def test_demotion_table_sums_sources_and_zero_clears():
+    d = m.Demotion()
+    assert d.set("link:lan0", 240) == 240
+    assert d.set("maintenance", 240) == 480
+    assert d.set("link:lan0", 0) == 240
+    assert d.sources == {"maintenance": 240}
+    with pytest.raises(ValueError):
+        d.set("x", -1)
+
+
+# --- link and shutdown ------------------------------------------------------
+def test_link_down_releases_vip_and_goes_init():
+    x = master(vm())
+    out = x.handle(m.LinkChanged(False), 5.0)
+    assert kinds(out) == ["RemoveVip", "ArmTimer", "RoleChanged"]
+    assert out[1] == m.ArmTimer(1, None)
+    assert x.state == m.State.INIT and x.master is None
+    assert x.handle(ad(), 6.0) == []
+    backup(x, 7.0)
+
+
+def test_link_down_in_init_is_noop():
+    assert vm().handle(m.LinkChanged(False), 0) == []
+
+
+def test_shutdown_master_bows_out_and_releases():
+    x = master(vm())
+    out = x.handle(m.Shutdown(), 5.0)
+    assert out[0] == m.SendAdvert(1, 255, 255, 0)
+    assert kinds(out) == ["SendAdvert", "RemoveVip", "ArmTimer", "RoleChanged"]
+    assert x.state == m.State.INIT
+    assert x.handle(m.LinkChanged(True), 6.0) == []  # stopped for good
+
+
+def test_shutdown_backup_sends_nothing():
+    x = vm()
+    backup(x)
+    out = x.handle(m.Shutdown(), 1.0)
+    assert kinds(out) == ["ArmTimer", "RoleChanged"]
+
+
+def test_advert_for_other_vhid_is_ignored():
+    x = vm()
+    backup(x)
+    assert x.handle(ad(vhid=2), 1.0) == []
+
+
+# --- two machines talking: a tiny deterministic simulation ------------------
+class Sim:
+    """Machines joined by a lossless zero-delay wire; runs timers in order."""
+
+    def __init__(self, *machines):
+        self.ms = {x.own_address: x for x in machines}
+        self.timers = {}
+        self.up = {a: True for a in self.ms}
+        self.cut = False  # the wire between them is cut (split brain)
+
+    def apply(self, addr, actions, now):
+        for a in actions:
+            if isinstance(a, m.ArmTimer):
+                self.timers[addr] = a.at
+            elif isinstance(a, m.SendAdvert) and self.up[addr] and not self.cut:
+                adv = Advert(a.vhid, a.advbase, a.advskew, a.demote, 1)
+                for other, x in self.ms.items():
+                    if other != addr and self.up[other]:
+                        self.apply(other, x.handle(m.AdvertReceived(adv, addr), now), now)
+
+    def start(self, now=0.0):
+        for addr, x in self.ms.items():
+            self.apply(addr, x.handle(m.LinkChanged(True), now), now)
+
+    def run_until(self, end):
+        while True:
+            pending = [(t, a) for a, t in self.timers.items() if t is not None]
+            if not pending:
+                return
+            t, addr = min(pending)
+            if t > end:
+                return
+            self.timers[addr] = None
+            self.apply(addr, self.ms[addr].handle(m.TimerFired(t), t), t)
+
+    def masters(self):
+        return sorted(a for a, x in self.ms.items() if x.state == m.State.MASTER)
+
+
+def test_sim_election_lowest_skew_wins_and_stays():
+    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
+    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
+    s = Sim(a, b)
+    s.start()
+    s.run_until(30.0)
+    assert s.masters() == ["192.0.2.11"]
+    assert a.transitions == 2 and b.transitions == 1  # no flapping
+
+
+def test_sim_failover_and_preempt_back():
+    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
+    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
+    s = Sim(a, b)
+    s.start()
+    s.run_until(10.0)
+    s.up["192.0.2.11"] = False  # a silent: node loss
+    s.apply("192.0.2.11", a.handle(m.LinkChanged(False), 10.0), 10.0)
+    s.run_until(10.0 + 3 + 100 / 256 + 1.01)
+    assert b.state == m.State.MASTER
+    s.up["192.0.2.11"] = True
+    s.apply("192.0.2.11", a.handle(m.LinkChanged(True), 20.0), 20.0)
+    s.run_until(30.0)
+    assert s.masters() == ["192.0.2.11"]
+
+
+def test_sim_maintenance_hands_over_within_one_advert():
+    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
+    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
+    s = Sim(a, b)
+    s.start()
+    s.run_until(10.0)
+    s.apply("192.0.2.11", a.handle(m.DemotionChanged(240), 10.0), 10.0)
+    assert s.masters() == ["192.0.2.12"]  # at once, no timer needed
+    s.run_until(20.0)
+    assert s.masters() == ["192.0.2.12"]
+    s.apply("192.0.2.11", a.handle(m.DemotionChanged(0), 20.0), 20.0)
+    s.run_until(25.0)
+    assert s.masters() == ["192.0.2.11"]
+
+
+def test_sim_split_brain_heals_to_one_master():
+    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
+    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
+    s = Sim(a, b)
+    s.start()
+    s.run_until(5.0)
+    s.cut = True
+    s.run_until(12.0)
+    assert b.state == m.State.MASTER and a.state == m.State.MASTER
+    s.cut = False
+    s.run_until(12.0 + 1 + 100 / 256)  # at most one advert interval of either
+    assert s.masters() == ["192.0.2.11"]
+
+
+def test_sim_both_demoted_alike_with_fast_timing_does_not_flap():
+    # Both advertise advskew 240 while demoted; the timers must still leave
+    # the backup's master-down (20/256 s) longer than the master's interval.
+    a = m.VhidMachine(1, 0, 10, own_address="192.0.2.11", demotion=32)
+    b = m.VhidMachine(1, 0, 20, own_address="192.0.2.12", demotion=32)
+    assert b.master_down_interval >= 2 * a.advert_interval  # room for jitter
+    s = Sim(a, b)
+    s.start()
+    s.run_until(2.0)
+    settled = (a.transitions, b.transitions)
+    s.run_until(10.0)
+    assert s.masters() == ["192.0.2.11"]
+    assert (a.transitions, b.transitions) == settled

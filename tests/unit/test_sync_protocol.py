@@ -1,0 +1,290 @@
+"""syncd reliable protocol (pure): loss, reorder, duplicates, replay, resync.
+
+A simulated network carries the Send actions between Sync instances; time is
+a plain number advanced by the test, randomness is seeded.
+"""
+import random
+
+from syncd import keys, wire
+from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
+
+KEY = keys.sync_key(b"secret", "edge")
+MEMBERS = [("fw1", "203.0.113.1"), ("fw2", "203.0.113.2"), ("fw3", "2001:db8:3::3")]
+
+
+def entry(i: int) -> Entry:
+    return Entry(4, 6, 0, "192.0.2.100", "198.51.100.100", 1024 + i, 80,
+                 "198.51.100.100", "192.0.2.100", 80, 1024 + i, status=14,
+                 timeout=300, tcp_state=3)
+
+
+class Net:
+    """Delivers datagrams between nodes with optional loss, duplication and reordering."""
+
+    def __init__(self, members, seed=1, loss=0.0, dup=0.0, reorder=0.0, epoch=100, now=0.0):
+        self.members = members
+        self.addr = dict(members)
+        self.name_of = {a: n for n, a in members}
+        self.rng = random.Random(seed)
+        self.loss, self.dup, self.reorder = loss, dup, reorder
+        self.nodes, self.tables, self.applied, self.insync = {}, {}, {}, {}
+        self.wire_log = []     # every datagram sent: (src, dst addr, bytes)
+        self.down = set()
+        self.now = now
+        for name, _ in members:
+            self.start(name, epoch)
+
+    def start(self, name, epoch):
+        self.nodes[name] = Sync(self.members, name, KEY, epoch, self.now, Timing())
+        self.tables.setdefault(name, {})
+        self.applied[name] = []
+        self.insync[name] = []
+
+    def pump(self):
+        flight = []
+        for _ in range(10000):
+            for name, node in list(self.nodes.items()):
+                for a in node.drain():
+                    if isinstance(a, Send):
+                        if name in self.down:
+                            continue
+                        self.wire_log.append((name, a.addr, a.data))
+                        if self.rng.random() < self.loss:
+                            continue
+                        copies = 2 if self.rng.random() < self.dup else 1
+                        flight.extend([(name, a.addr, a.data)] * copies)
+                    elif isinstance(a, Apply):
+                        self.applied[name].extend(a.records)
+                        for op, e in a.records:
+                            if op == OP_UPSERT:
+                                self.tables[name][e.key] = e
+                            else:
+                                self.tables[name].pop(e.key, None)
+                    elif isinstance(a, Dump):
+                        node.bulk(a.peer, list(self.tables[name].values()), self.now)
+                    elif isinstance(a, InSync):
+                        self.insync[name].append(a.value)
+            if not flight:
+                return
+            if self.reorder:
+                self.rng.shuffle(flight)
+            batch, flight = flight, []
+            for src, addr, data in batch:
+                dst = self.name_of[addr]
+                if dst in self.down or dst not in self.nodes:
+                    continue
+                self.nodes[dst].datagram(self.addr[src], data, self.now)
+            for node in self.nodes.values():
+                node.flush(self.now)
+        raise AssertionError("network did not settle")
+
+    def local(self, name, records):
+        for op, e in records:
+            if op == OP_UPSERT:
+                self.tables[name][e.key] = e
+            else:
+                self.tables[name].pop(e.key, None)
+        self.nodes[name].local(records, self.now)
+        self.nodes[name].flush(self.now)
+        self.pump()
+
+    def run(self, seconds, step=0.05):
+        end = self.now + seconds
+        while self.now < end:
+            self.now = round(self.now + step, 6)
+            for name, node in self.nodes.items():
+                if name not in self.down:
+                    node.tick(self.now)
+            self.pump()
+
+
+def two(**kw):
+    return Net(MEMBERS[:2], **kw)
+
+
+def test_startup_pair_syncs_and_reports_in_sync():
+    net = two()
+    net.run(0.2)
+    assert net.insync["fw1"] == [True] and net.insync["fw2"] == [True]
+    assert all(p.resync == "done" for n in net.nodes.values() for p in n.peers.values())
+
+
+def test_replicates_in_order():
+    net = two()
+    net.run(0.2)
+    recs = [(OP_UPSERT, entry(i)) for i in range(200)] + [(OP_DELETE, entry(5))]
+    net.local("fw1", recs)
+    assert net.applied["fw2"] == recs
+    assert net.tables["fw2"] == net.tables["fw1"]
+    c = net.nodes["fw1"].peers["fw2"].counters
+    assert c["entries_sent"] == 201 and c["msgs_sent"] > 8   # batched, several per datagram
+    net.run(0.5)
+    assert not net.nodes["fw1"].peers["fw2"].tx.queue         # all acked
+
+
+def test_loss_reorder_duplicates_deliver_everything_once_in_order():
+    net = two(seed=7, loss=0.2, dup=0.1, reorder=1.0)
+    net.run(2)   # lossy start: the resync still completes
+    assert net.nodes["fw2"].in_sync
+    sent = []
+    for burst in range(20):
+        recs = [(OP_UPSERT, entry(burst * 50 + i)) for i in range(50)]
+        if burst % 4 == 3:
+            recs.append((OP_DELETE, entry(burst * 50 - 3)))
+        sent.extend(recs)
+        net.local("fw1", recs)
+        net.run(0.05)
+    net.run(5)
+    assert net.tables["fw2"] == net.tables["fw1"]
+    # In order and without duplicates, apart from what a bulk transfer repeats.
+    stream = [r for r in net.applied["fw2"] if r in sent]
+    assert stream[-len(sent):] == sent or stream == sent
+    c1, c2 = net.nodes["fw1"].peers["fw2"].counters, net.nodes["fw2"].peers["fw1"].counters
+    assert c1["msgs_resent"] > 0 and c2["nacks_sent"] > 0 and c2["duplicates"] > 0
+
+
+def test_tail_loss_recovered_by_alive():
+    net = two()
+    net.run(0.2)
+    net.loss = 1.0
+    net.local("fw1", [(OP_UPSERT, entry(1))])
+    net.loss = 0.0
+    assert net.tables["fw2"] == {}
+    net.run(1.0)
+    assert entry(1).key in net.tables["fw2"]
+
+
+def test_replayed_datagrams_are_dropped_and_change_nothing():
+    net = two()
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(1))])
+    net.local("fw1", [(OP_DELETE, entry(1))])
+    assert net.tables["fw2"] == {}
+    fw2 = net.nodes["fw2"]
+    data_msgs = [d for s, a, d in net.wire_log if s == "fw1" and d[3] == wire.DATA]
+    applied = len(net.applied["fw2"])
+    for d in data_msgs:
+        fw2.datagram("203.0.113.1", d, net.now)
+    net.pump()
+    assert fw2.drops["replay"] == len(data_msgs)
+    assert fw2.peers["fw1"].counters["replay"] == len(data_msgs)
+    assert len(net.applied["fw2"]) == applied and net.tables["fw2"] == {}
+
+
+def test_forged_truncated_wrong_version_are_counted():
+    net = two()
+    net.run(0.2)
+    fw2 = net.nodes["fw2"]
+    good = [d for s, a, d in net.wire_log if s == "fw1"][-1]
+    forged_key = keys.sync_key(b"guess", "edge")
+    m = wire.Message(wire.DATA, 0, 1, 100, 10**6, 1, 1, 1)
+    fw2.datagram("203.0.113.1", wire.encode(forged_key, m, wire.encode_record(OP_UPSERT, entry(9))), net.now)
+    fw2.datagram("203.0.113.1", good[:17], net.now)
+    fw2.datagram("203.0.113.1", good[:2] + b"\x07" + good[3:], net.now)
+    fw2.datagram("198.51.100.66", good, net.now)
+    net.pump()
+    assert fw2.drops == {"bad_auth": 1, "truncated": 1, "bad_version": 1, "unknown_peer": 1}
+    assert fw2.peers["fw1"].counters["auth"] == 1
+    assert net.applied["fw2"] == [] and net.tables["fw2"] == {}
+
+
+def test_old_epoch_is_refused_after_restart():
+    net = two()
+    net.run(0.2)
+    old = [d for s, a, d in net.wire_log if s == "fw1"]
+    net.start("fw1", epoch=200)     # fw1 reboots with a higher epoch
+    net.run(0.5)
+    fw2 = net.nodes["fw2"]
+    before = fw2.drops.get("replay", 0)
+    for d in old:
+        fw2.datagram("203.0.113.1", d, net.now)
+    assert fw2.drops["replay"] - before == len(old)
+    assert fw2.peers["fw1"].rx.epoch == 200
+
+
+def test_misdirected_message_is_dropped():
+    net = Net(MEMBERS)
+    net.run(0.2)
+    to_fw2 = [d for s, a, d in net.wire_log if s == "fw1" and a == "203.0.113.2"][-1]
+    fw3 = net.nodes["fw3"]
+    fw3.datagram("203.0.113.1", to_fw2, net.now)
+    assert fw3.drops == {"misdirected": 1}
+
+
+def test_restarted_member_gets_bulk_before_in_sync():
+    net = two()
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(300)])
+    net.down.add("fw2")
+    net.run(3)                                   # fw1 sees fw2 down
+    assert net.nodes["fw1"].peers["fw2"].state == "down"
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(300, 400)])
+    net.down.discard("fw2")
+    net.tables["fw2"] = {}
+    net.start("fw2", epoch=300)                  # empty table, new boot
+    assert not net.nodes["fw2"].in_sync
+    net.run(0.3)
+    assert net.insync["fw2"] == [True]
+    assert net.tables["fw2"] == net.tables["fw1"] and len(net.tables["fw2"]) == 400
+    assert net.nodes["fw1"].peers["fw2"].counters["bulk_sent"] >= 1
+
+
+def test_in_sync_waits_for_bulk_under_loss():
+    net = two(seed=3, loss=0.3)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(500)])
+    net.tables["fw2"] = {}
+    net.start("fw2", epoch=101)
+    seen_before_done = []
+    for _ in range(100):
+        net.run(0.05)
+        if net.nodes["fw2"].in_sync:
+            break
+        seen_before_done.append(len(net.tables["fw2"]))
+    assert net.nodes["fw2"].in_sync
+    assert len(net.tables["fw2"]) == 500         # in sync only with the whole table
+
+
+def test_alone_member_becomes_in_sync_after_absent_timeout():
+    net = two()
+    net.down.add("fw2")
+    del net.nodes["fw2"]
+    net.run(2.9)
+    assert not net.nodes["fw1"].in_sync
+    net.run(0.2)
+    assert net.nodes["fw1"].in_sync and net.insync["fw1"] == [True]
+    assert net.nodes["fw1"].peers["fw2"].resync == "absent"
+
+
+def test_queue_overflow_repaired_by_bulk():
+    net = two()
+    net.run(0.2)
+    for n in net.nodes.values():
+        n.t = Timing(max_queue=5)
+    net.loss = 1.0
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(400)])   # ~15 messages, 5 kept
+    net.loss = 0.0
+    net.run(1.5)
+    assert net.tables["fw2"] == net.tables["fw1"]
+    c = net.nodes["fw1"].peers["fw2"].counters
+    assert c["msgs_lost"] > 0 and c["bulk_sent"] >= 2
+
+
+def test_three_members_all_replicate():
+    net = Net(MEMBERS)
+    net.run(0.2)
+    net.local("fw2", [(OP_UPSERT, entry(i)) for i in range(60)])
+    assert net.tables["fw1"] == net.tables["fw2"] == net.tables["fw3"]
+    st = net.nodes["fw2"].status(net.now)
+    assert set(st["peers"]) == {"fw1", "fw3"} and st["peers"]["fw3"]["entries_sent"] == 60
+
+
+def test_status_reports_peer_table_size_and_lag():
+    net = two()
+    net.run(0.2)
+    net.nodes["fw1"].local_entries = 42
+    net.run(1)
+    st = net.nodes["fw2"].status(net.now)
+    p = st["peers"]["fw1"]
+    assert p["table_size"] == 42 and p["state"] == "up" and p["lag"] == 0.0
+    assert st["in_sync"] is True
