@@ -13,9 +13,12 @@ from fwcluster.lab import Lab, SERVER4
 LOAD = str(Path(__file__).with_name("sync_load.py"))
 TCP_PORT, UDP_PORT = 5001, 5002
 PY = sys.executable
-# Sub-second CARP so a takeover costs TCP one or two retransmissions, and a
-# sync hold so a returning member waits for its bulk resync (ordered takeover).
-FAST = {"advbase": 0, "advskews": {"fw1": 50, "fw2": 150}, "carp": {"sync_hold": 20}}
+# Default CARP timing (advbase 1; skews 0 and 100) and a sync hold so a
+# returning member waits for its bulk resync (ordered takeover). Sub-second
+# timing (advbase 0) cannot show ordered takeover: there a backup's
+# master-down time (advskew/256) is shorter than a master with a higher skew
+# advertises, so a returning fw1 claims the vips on its timer however demoted.
+TIMING = {"advbase": 1, "carp": {"sync_hold": 20}}
 
 
 def start_server(lab: Lab, duration: float = 400):
