@@ -167,8 +167,11 @@ def measure(impl: Impl, trials: int, seed: int, log=sys.stderr) -> dict:
                 # real failure would; otherwise every trial would hit the same
                 # moment after fw1's last advert and bias the gap.
                 time.sleep(rng.uniform(0, impl.interval))
-                lab.node_loss("fw1")
-                t_loss = time.monotonic()
+                # Still fw1 alone? Under CPU starvation a sub-second backup can
+                # time out a live master; such a trial measures nothing.
+                if not impl.is_master(lab, "fw1"):
+                    raise RuntimeError("flap: fw1 lost the VIP before the loss (live master timed out)")
+                t_loss = lab.node_loss("fw1")  # when fw1's links were down
                 got = lab.wait_for(lambda: bool(probe.replies) and probe.replies[-1][2] > t_loss,
                                    limit, 0.005)
                 gap = probe.gap_around(t_loss) if got else None
@@ -250,9 +253,13 @@ Ratios (below 1: fwcluster is faster):
 
 {chr(10).join(ratio_lines(rat)) or '- (not enough data)'}
 
-The floor of every gap is the backup's master-down time (CARP:
-3 × advbase + advskew/256; VRRPv3: 3 × advert_int + skew time); what is
-above it is detection jitter, the address change and the ARP update.
+The gap is governed by the backup's master-down time (CARP:
+3 × advbase + advskew/256; VRRPv3: 3 × advert_int + skew time), counted from
+the last advert it heard, which is up to one advert interval before the loss:
+so a gap falls between master-down − interval and master-down, plus the time
+to add the address and announce it. "Failed" trials are listed in the JSON
+output with their reason (e.g. a flap: under CPU starvation a backup timed
+out a live master before the loss, so the trial measured nothing).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -530,10 +530,14 @@ class Lab:
     def link_up(self, member: str, ifname: str) -> None:
         self.run(member, ["ip", "link", "set", ifname, "up"])
 
-    def node_loss(self, member: str) -> None:
+    def node_loss(self, member: str) -> float:
         """Power loss: every link of member down, then SIGKILL of everything
-        the lab runs in its namespace (no goodbye adverts, no VIP release)."""
+        the lab runs in its namespace (no goodbye adverts, no VIP release).
+        Returns the time.monotonic() at which its links were down: from then
+        on nothing of member reaches the network (the kill that follows can
+        take a while on a busy machine; measure gaps from this time)."""
         _ip_batch(self.ns(member), [f"link set {i} down" for i in MEMBER_IFS])
+        t_down = time.monotonic()
         for role, p in self._procs:
             if role == member and p.poll() is None:
                 _signal_proc(p, signal.SIGKILL)
@@ -548,6 +552,7 @@ class Lab:
                 self.wait_for(lambda: not _group_alive(p.pid), 5, 0.005)
         for key in [k for k in self._daemons if k[0] == member]:
             del self._daemons[key]
+        return t_down
 
     def node_return(self, member: str) -> None:
         """The member boots again: no VIPs left on its interfaces (a reboot
@@ -933,8 +938,7 @@ def demo(out=None, limit: float = 60.0) -> int:
                 return until(changed, timeout)
 
             say("node loss of fw1: links down, SIGKILL carpd")
-            t_loss = time.monotonic()
-            lab.node_loss("fw1")
+            t_loss = lab.node_loss("fw1")
             ok = watch({"fw1": None, "fw2": "MASTER"}, 10)
             until(lambda: probe.reply_times() and probe.reply_times()[-1] > t_loss, 5)
             gap = probe.gap_around(t_loss)

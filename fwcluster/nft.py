@@ -267,10 +267,16 @@ def _run_file(text: str, dry_run: bool) -> tuple[int, str, str, str]:
         return rc, out, err, f.name
 
 
-def _nft_error(r: Rendered, err: str, offset: int) -> RulesetError:
+def _nft_error(r: Rendered, err: str, offset: int, source: str | None = None) -> RulesetError:
+    """The first error nft printed, mapped back to the template line.
+    source: the file nft read (an error in a file it includes is reported
+    with that file's own name and line)."""
     m = _NFT_ERROR.search(err)
     if not m:
         return RulesetError(f"nft: {err.strip() or 'failed'}", template=r.template)
+    if source is not None and m.group("file") != source:
+        return RulesetError(f"nft: {m.group('file')}:{m.group('line')}: {m.group('msg').strip()}",
+                            template=r.template)
     rline = int(m.group("line")) - offset
     msg = m.group("msg").strip()
     rendered_lines = r.text.split("\n")
@@ -285,9 +291,9 @@ def _nft_error(r: Rendered, err: str, offset: int) -> RulesetError:
 
 def check(r: Rendered) -> None:
     """`nft -c`: the kernel validates the whole transaction, nothing changes."""
-    rc, _, err, _ = _run_file(_PREFIX + r.text, dry_run=True)
+    rc, _, err, source = _run_file(_PREFIX + r.text, dry_run=True)
     if rc != 0:
-        raise _nft_error(r, err, offset=_PREFIX.count("\n"))
+        raise _nft_error(r, err, _PREFIX.count("\n"), source)
 
 
 @contextlib.contextmanager
@@ -322,9 +328,9 @@ def apply(r: Rendered, run_dir: str | None = None) -> frozenset[int]:
                                 if b < r.context["balance"]["buckets"])
             if carried:
                 text += f"add element inet {TABLE} {OWNED_SET} {{ {_elements(carried)} }}\n"
-        rc, _, err, _ = _run_file(text, dry_run=False)
+        rc, _, err, source = _run_file(text, dry_run=False)
         if rc != 0:
-            raise _nft_error(r, err, offset=_PREFIX.count("\n"))
+            raise _nft_error(r, err, _PREFIX.count("\n"), source)
         return carried
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fwcluster import control
-from fwcluster.carp import announce, machine, netlink, wire
+from fwcluster import metrics as prom
+from fwcluster.carp import announce, machine, metrics, netlink, wire
 from fwcluster.carp.ctl import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.config import Config, Vip
@@ -30,6 +31,11 @@ MAINTENANCE_SOURCE = "maintenance"
 MAINTENANCE_FILE = "maintenance"
 RETRY_SOCKETS = 1.0  # seconds between attempts to open a missing socket
 RESYNC_EVERY = 5  # re-read link state every this many RETRY_SOCKETS periods
+# Textfile metrics: counter-only changes are written at most every
+# TEXTFILE_PERIOD s; role/demotion changes within TEXTFILE_MIN_GAP s.
+TEXTFILE_PERIOD = 5.0
+TEXTFILE_MIN_GAP = 1.0
+TEXTFILE_NAME = "carpd"
 
 
 def new_counters() -> dict:
@@ -82,6 +88,9 @@ class Carpd:
         self.stopping = asyncio.Event()
         self._sync_hold: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._metrics_kick = asyncio.Event()  # a role or demotion changed
+        self._textfile_last: str | None = None
 
     # --- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -91,9 +100,12 @@ class Carpd:
             await self._start(loop)
             await self.stopping.wait()
             await self._shutdown()
+            self._write_textfile()  # leave the final (released) state behind
         finally:
             for t in self._tasks:
                 t.cancel()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
             for i in self.ifaces.values():
                 self._close_sockets(i)
             await self.ctl.stop()
@@ -111,6 +123,7 @@ class Carpd:
             if st is not None:
                 await self.links.del_vip(st.index, run.vip.address)
         await self.ctl.start()
+        await self._start_metrics()
         if self._sync_hold is None and SYNC_SOURCE in self.demotion.sources:
             self._sync_hold = loop.call_later(self.cfg.carp.sync_hold, self._sync_hold_over)
         self._tasks.append(asyncio.create_task(self._watch()))
@@ -311,6 +324,7 @@ class Carpd:
                  change.old.value, change.new.value, change.reason)
         self.ctl.publish({"event": "role", "vhid": v.vhid, "state": change.new.value,
                           "time": time.time()})
+        self._metrics_kick.set()
 
     def _role_snapshot(self) -> list[dict]:
         now = time.time()
@@ -325,6 +339,7 @@ class Carpd:
                      ", ".join(f"{k}={v}" for k, v in sorted(self.demotion.sources.items())) or "none")
             for vhid in self.vips:
                 self._event(vhid, machine.DemotionChanged(total))
+            self._metrics_kick.set()
         return total
 
     def _sync_hold_over(self) -> None:
@@ -388,6 +403,8 @@ class Carpd:
                 return {"ok": False, "error": "maintenance needs \"on\": true or false"}
             self.set_maintenance(on)
             return {"ok": True, "maintenance": self.maintenance}
+        if cmd == "metrics":
+            return {"ok": True, "text": self.metrics_text()}
         if cmd == "set-demotion":
             source, value = req.get("source"), req.get("value")
             if not isinstance(source, str) or not source or len(source) > 64:
@@ -400,7 +417,7 @@ class Carpd:
                 self._sync_hold = None
             return {"ok": True, "demotion": self._set_demotion(source, value)}
         return {"ok": False, "error": f"unknown command {cmd!r} "
-                "(known: status, maintenance, set-demotion, subscribe)"}
+                "(known: status, metrics, maintenance, set-demotion, subscribe)"}
 
     def status(self) -> dict:
         total = self.demotion.total
@@ -420,6 +437,51 @@ class Carpd:
         return {"node": self.node, "cluster": self.cfg.name, "demotion": total,
                 "demotion_sources": dict(self.demotion.sources),
                 "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt, "vips": vips}
+
+    # --- metrics ----------------------------------------------------------------
+    def metrics_text(self) -> str:
+        return prom.render(metrics.families(self.status(), self.cfg.interfaces))
+
+    async def _start_metrics(self) -> None:
+        """The HTTP endpoint and the textfile writer, each only if configured.
+        Metrics are never worth a failover: a failure is logged, not fatal."""
+        listen = self.cfg.metrics.listen
+        if listen:
+            try:
+                self._metrics_server = await prom.serve(listen, self.metrics_text)
+                log.info("metrics on http://%s/metrics", listen)
+            except OSError as e:
+                log.error("metrics endpoint %s: %s (carrying on without it)", listen, e)
+        if self.cfg.metrics.textfile_dir:
+            self._metrics_kick.set()
+            self._tasks.append(asyncio.create_task(self._textfile_loop()))
+
+    def _textfile_dir(self) -> str | None:
+        configured = self.cfg.metrics.textfile_dir
+        return metrics.textfile_dir(configured, self.node) if configured else None
+
+    def _write_textfile(self) -> None:
+        directory = self._textfile_dir()
+        if directory is None:
+            return
+        text = self.metrics_text()
+        if text == self._textfile_last:
+            return
+        try:
+            prom.write_textfile(directory, TEXTFILE_NAME, text)
+            self._textfile_last = text
+        except OSError as e:
+            log.warning("metrics textfile in %s: %s", directory, e)
+
+    async def _textfile_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._metrics_kick.wait(), TEXTFILE_PERIOD)
+            except asyncio.TimeoutError:
+                pass
+            self._metrics_kick.clear()
+            self._write_textfile()
+            await asyncio.sleep(TEXTFILE_MIN_GAP)
 
     # --- maintenance ----------------------------------------------------------
     def _maintenance_path(self) -> Path:
@@ -444,3 +506,4 @@ class Carpd:
             log.info("maintenance %s", "on" if on else "off")
         self.maintenance = on
         self._set_demotion(MAINTENANCE_SOURCE, self.cfg.carp.maintenance_demote if on else 0)
+        self._metrics_kick.set()

@@ -40,10 +40,15 @@ def settled(lab: Lab, master: str) -> bool:
         lab.vip_state(m, v) == "BACKUP" for m in others for v in VHIDS)
 
 
-def bring_up(lab: Lab, syncd: bool = True) -> None:
+def bring_up(lab: Lab, syncd: bool = True, fresh: bool = True) -> None:
+    """Both members running, fw1 master, in sync; with fresh, the previous
+    scenario's conntrack entries are flushed (a clean start for each)."""
     for m in lab.members:
         start_member(lab, m, syncd)
     assert lab.wait_for(lambda: settled(lab, "fw1"), 20), logs(lab)
+    if fresh:
+        for m in lab.members:
+            lab.run(m, ["conntrack", "-F"], check=False)
     if syncd:
         assert lab.wait_for(lambda: in_sync(lab), 15), logs(lab)
 

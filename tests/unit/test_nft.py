@@ -166,6 +166,15 @@ def test_nft_error_text_is_mapped_to_the_template_line(cfg, tmp_path):
                       f"(rendered line {rendered}: ip saddr 198.51.100.1 acept)")
 
 
+def test_an_error_in_an_included_file_names_that_file(cfg, tmp_path):
+    t = tmp_path / "t.j2"
+    t.write_text('include "/etc/site/extra.nft"\n')
+    r = nft.render(cfg, "fw1", t)
+    err = "/etc/site/extra.nft:7:3-9: Error: syntax error, unexpected junk\n"
+    e = nft._nft_error(r, err, offset=1, source="/tmp/fwcluster-x.nft")
+    assert str(e) == f"{t}: nft: /etc/site/extra.nft:7: syntax error, unexpected junk"
+
+
 def test_nft_set_filters():
     assert nft.nft_set(["192.0.2.1", "192.0.2.2"]) == "{ 192.0.2.1, 192.0.2.2 }"
     assert nft.nft_names(["lan0"]) == '{ "lan0" }'

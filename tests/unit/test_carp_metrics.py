@@ -1,0 +1,139 @@
+"""carpd's metrics: made from its status object, valid Prometheus text
+(parsed by prometheus_client), served by {"cmd":"metrics"}, and written as a
+textfile."""
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fwcluster import config
+from fwcluster.carp import metrics, wire
+from fwcluster.carp.node import Carpd
+from fwcluster.metrics import render
+
+parser = pytest.importorskip("prometheus_client.parser")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
+
+
+def make_cfg(tmp_path, extra=""):
+    p = tmp_path / "cluster.toml"
+    p.write_text(EXAMPLE.read_text() + extra)
+    cfg = config.load(p, "fw1")
+    return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+
+
+def samples(text: str) -> dict:
+    """{(sample name, frozenset(labels)): value} of a Prometheus text."""
+    out = {}
+    for fam in parser.text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def key(name, **labels):
+    return (name, frozenset(labels.items()))
+
+
+STATUS = {
+    "node": "fw1", "cluster": "edge", "demotion": 240,
+    "demotion_sources": {"maintenance": 240}, "maintenance": True, "preempt": True,
+    "vips": [
+        {"vhid": 1, "interface": "lan0", "address": "192.0.2.1/24", "family": 4, "state": "MASTER",
+         "master": "192.0.2.11", "advbase": 1, "advskew": 64, "demotion": 240, "transitions": 2,
+         "counters": {"adverts_sent": 87, "adverts_received": 1,
+                      "drops": {r: (5 if r == "bad_hmac" else 0) for r in wire.DROP_REASONS}}},
+        {"vhid": 3, "interface": "lan0", "address": "2001:db8:1::1/64", "family": 6,
+         "state": "BACKUP", "master": "2001:db8:1::12", "advbase": 1, "advskew": 64,
+         "demotion": 240, "transitions": 3,
+         "counters": {"adverts_sent": 2, "adverts_received": 90,
+                      "drops": {r: 0 for r in wire.DROP_REASONS}}},
+    ],
+}
+
+
+def test_families_carry_the_status_values():
+    got = samples(render(metrics.families(STATUS, ("lan0", "wan0"))))
+    lan1 = {"vhid": "1", "interface": "lan0"}
+    lan3 = {"vhid": "3", "interface": "lan0"}
+    assert got[key("fwcluster_carp_info", node="fw1", cluster="edge")] == 1
+    for state in metrics.STATES:
+        assert got[key("fwcluster_carp_state", **lan1, address="192.0.2.1/24", state=state)] == \
+            (state == "MASTER")
+        assert got[key("fwcluster_carp_state", **lan3, address="2001:db8:1::1/64", state=state)] == \
+            (state == "BACKUP")
+    assert got[key("fwcluster_carp_master", **lan1)] == 1
+    assert got[key("fwcluster_carp_master", **lan3)] == 0
+    assert got[key("fwcluster_carp_transitions_total", **lan1)] == 2
+    assert got[key("fwcluster_carp_adverts_sent_total", **lan1)] == 87
+    assert got[key("fwcluster_carp_adverts_received_total", **lan3)] == 90
+    assert got[key("fwcluster_carp_drops_total", **lan1, reason="bad_hmac")] == 5
+    assert got[key("fwcluster_carp_drops_total", **lan3, reason="replay")] == 0
+    assert got[key("fwcluster_carp_advert_interval_seconds", **lan1)] == 1.25
+    assert got[key("fwcluster_carp_demotion")] == 240
+    assert got[key("fwcluster_carp_demotion_source", source="maintenance")] == 240
+    # Inactive sources keep a series at 0 (alerts must not see it vanish).
+    assert got[key("fwcluster_carp_demotion_source", source="syncd")] == 0
+    assert got[key("fwcluster_carp_demotion_source", source="link:wan0")] == 0
+    assert got[key("fwcluster_carp_maintenance")] == 1
+    assert got[key("fwcluster_carp_preempt")] == 1
+
+
+def test_every_drop_reason_has_a_series_per_vhid():
+    got = samples(render(metrics.families(STATUS)))
+    reasons = {dict(labels)["reason"] for (name, labels) in got if name == "fwcluster_carp_drops_total"}
+    assert reasons == set(wire.DROP_REASONS)
+
+
+def test_textfile_dir_takes_the_node_name():
+    assert metrics.textfile_dir("/run/prom/{node}", "fw2") == "/run/prom/fw2"
+    assert metrics.textfile_dir("/var/lib/node-exporter", "fw2") == "/var/lib/node-exporter"
+
+
+def test_metrics_command_matches_status(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+
+    async def go():
+        await d.handle_request({"cmd": "maintenance", "on": True})
+        return (await d.handle_request({"cmd": "metrics"}),
+                await d.handle_request({"cmd": "status"}))
+    reply, st = asyncio.run(go())
+    assert reply["ok"] is True
+    got = samples(reply["text"])
+    assert got[key("fwcluster_carp_maintenance")] == 1
+    assert got[key("fwcluster_carp_demotion")] == st["demotion"] == 240
+    for v in st["vips"]:
+        who = {"vhid": str(v["vhid"]), "interface": v["interface"]}
+        assert got[key("fwcluster_carp_state", **who, address=v["address"], state="INIT")] == 1
+        assert got[key("fwcluster_carp_transitions_total", **who)] == v["transitions"]
+
+
+def test_textfile_written_only_when_configured_and_on_change(tmp_path):
+    prom_dir = tmp_path / "prom" / "{node}"
+    cfg = make_cfg(tmp_path, f'\n[metrics]\ntextfile_dir = "{prom_dir}"\n')
+    d = Carpd(cfg, "fw1", b"s3cret")
+    path = tmp_path / "prom" / "fw1" / "carpd.prom"
+    d._write_textfile()
+    first = path.read_text()
+    assert samples(first)[key("fwcluster_carp_maintenance")] == 0
+    stamp = path.stat().st_mtime_ns
+    d._write_textfile()  # nothing changed: the file is left alone
+    assert path.stat().st_mtime_ns == stamp
+
+    async def go():
+        await d.handle_request({"cmd": "maintenance", "on": True})
+    asyncio.run(go())
+    d._write_textfile()
+    assert samples(path.read_text())[key("fwcluster_carp_maintenance")] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["carpd.prom"]
+
+
+
+def test_no_textfile_without_textfile_dir(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+    assert d._textfile_dir() is None
+    d._write_textfile()
+    assert d._textfile_last is None and not list(tmp_path.rglob("*.prom"))
