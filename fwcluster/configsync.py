@@ -1,0 +1,220 @@
+"""Config bundles: what `fwctl config push` carries, and its all-or-nothing apply.
+
+A bundle is cluster.toml, the ruleset template and any named files that live
+beside cluster.toml (flat names only). The secret never travels. A receiving
+member stages every file in a scratch directory, validates the staged copy as
+itself (config model with its own --node, template render, `nft -c`), and only
+then renames the files into place; if a rename or the ruleset apply fails, the
+previous files are put back, so a member ends with the old bundle or the new
+one, never a mix.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from fwcluster import config as _config
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+MAX_BUNDLE = 4 << 20  # bytes of file content in one bundle
+
+
+class BundleError(Exception):
+    """A bundle that must not be applied; the message says why, on one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    files: dict[str, bytes]
+    config_name: str
+    generation: int = 0
+    origin: str = ""
+    created: float = 0.0
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            data = self.files[name]
+            h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+        return h.hexdigest()
+
+    def to_json(self) -> dict:
+        return {"files": {n: base64.b64encode(d).decode() for n, d in self.files.items()},
+                "config_name": self.config_name, "generation": self.generation,
+                "origin": self.origin, "created": self.created}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Bundle":
+        try:
+            files = {str(n): base64.b64decode(d, validate=True) for n, d in obj["files"].items()}
+            b = cls(files, str(obj["config_name"]), int(obj.get("generation", 0)),
+                    str(obj.get("origin", "")), float(obj.get("created", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"malformed bundle: {e}") from None
+        check_names(b)
+        return b
+
+
+def check_names(b: Bundle) -> None:
+    if b.config_name not in b.files:
+        raise BundleError(f"bundle has no {b.config_name}")
+    total = 0
+    for name, data in b.files.items():
+        if not SAFE_NAME.match(name):
+            raise BundleError(f"file name {name!r} is not allowed (flat names beside cluster.toml only)")
+        total += len(data)
+    if total > MAX_BUNDLE:
+        raise BundleError(f"bundle is {total} bytes, more than {MAX_BUNDLE}")
+
+
+def _beside(cfg_dir: Path, path: str, what: str) -> str:
+    p = Path(path)
+    if not p.is_absolute():
+        p = cfg_dir / p
+    if p.parent.resolve() != cfg_dir.resolve():
+        raise BundleError(f"{what} {path} is not beside the config in {cfg_dir}; "
+                          "only files in that directory can be pushed")
+    return p.name
+
+
+def collect(cfg: _config.Config, names: list[str] = (), *, generation: int = 0,
+            origin: str = "") -> Bundle:
+    """The local bundle: cluster.toml, its template, and the named extra files."""
+    cfg_path = Path(cfg.path)
+    cfg_dir = cfg_path.parent
+    secret = Path(cfg.secret_file).name if Path(cfg.secret_file).parent.resolve() == cfg_dir.resolve() else None
+    wanted = [cfg_path.name]
+    if cfg.firewall.template:
+        wanted.append(_beside(cfg_dir, cfg.firewall.template, "[firewall] template"))
+    for n in names:
+        wanted.append(_beside(cfg_dir, n, "file"))
+    files = {}
+    for name in wanted:
+        if name == secret:
+            raise BundleError(f"{name} is the cluster secret; it is never pushed")
+        try:
+            files[name] = (cfg_dir / name).read_bytes()
+        except OSError as e:
+            raise BundleError(f"cannot read {cfg_dir / name}: {e.strerror}") from None
+    b = Bundle(files, cfg_path.name, generation, origin, time.time())
+    check_names(b)
+    return b
+
+
+def validate_staged(stage: Path, b: Bundle, node: str, secret_file: str,
+                    check_ruleset) -> _config.Config:
+    """Validate the staged copy as member `node`; returns its config."""
+    path = stage / b.config_name
+    try:
+        data = tomllib.loads(b.files[b.config_name].decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BundleError(f"{b.config_name}: not valid TOML: {e}") from None
+    try:
+        cfg = _config.parse(data, str(path), node)
+    except _config.ConfigError as e:
+        raise BundleError(str(e)) from None
+    # The secret stays this member's own; the new config must still name it.
+    try:
+        _config.read_secret(str(path), cfg.secret_file if Path(cfg.secret_file).is_absolute()
+                            else secret_file)
+    except _config.ConfigError as e:
+        raise BundleError(str(e)) from None
+    tmpl = cfg.firewall.template
+    if tmpl and Path(tmpl).name in b.files:
+        cfg = dataclasses.replace(cfg, firewall=dataclasses.replace(cfg.firewall,
+                                                                   template=str(stage / Path(tmpl).name)))
+    if check_ruleset is not None:
+        check_ruleset(cfg, node)
+    return cfg
+
+
+def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
+            check_ruleset=None, apply_ruleset=None) -> dict:
+    """Validate and install a bundle beside config_path, all or nothing.
+
+    check_ruleset(cfg, node) raises on a bad template; apply_ruleset(cfg, node)
+    loads it into the kernel after the files are in place. Returns a summary.
+    """
+    check_names(b)
+    cfg_dir = Path(config_path).parent
+    stage = Path(tempfile.mkdtemp(prefix=".incoming-", dir=cfg_dir))
+    backup = Path(tempfile.mkdtemp(prefix=".previous-", dir=cfg_dir))
+    moved: list[str] = []
+    try:
+        for name, data in b.files.items():
+            (stage / name).write_bytes(data)
+        validate_staged(stage, b, node, secret_file, check_ruleset)
+        changed = [n for n, d in sorted(b.files.items())
+                   if not (cfg_dir / n).exists() or (cfg_dir / n).read_bytes() != d]
+        try:
+            for name in changed:
+                target = cfg_dir / name
+                if target.exists():
+                    shutil.copy2(target, backup / name)
+                    os.chmod(stage / name, target.stat().st_mode & 0o777)
+                os.replace(stage / name, target)
+                moved.append(name)
+            if apply_ruleset is not None:
+                cfg = _config.load(config_path, node)
+                apply_ruleset(cfg, node)
+        except Exception:
+            for name in moved:  # put the previous bundle back
+                if (backup / name).exists():
+                    os.replace(backup / name, cfg_dir / name)
+                else:
+                    os.unlink(cfg_dir / name)
+            raise
+        return {"changed": changed, "digest": b.digest, "generation": b.generation}
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Generation:
+    """This member's config generation, kept in {state_dir}/config-generation.json."""
+    generation: int = 0
+    digest: str = ""
+    origin: str = ""
+    time: float = 0.0
+
+    @classmethod
+    def load(cls, state_dir: str) -> "Generation":
+        try:
+            obj = json.loads((Path(state_dir) / "config-generation.json").read_text())
+            return cls(int(obj["generation"]), str(obj["digest"]), str(obj.get("origin", "")),
+                       float(obj.get("time", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls()
+
+    def save(self, state_dir: str) -> None:
+        d = Path(state_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / ".config-generation.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self)))
+        os.replace(tmp, d / "config-generation.json")
+
+
+def stale(own: Generation, peers: dict[str, dict]) -> list[str]:
+    """Peers known to hold a newer generation than ours (we must catch up)."""
+    return sorted(n for n, p in peers.items() if p.get("generation", 0) > own.generation)
+
+
+def diff_bundles(local: Bundle, remote: Bundle, remote_name: str) -> str:
+    import difflib
+    out = []
+    for name in sorted(set(local.files) | set(remote.files)):
+        a = local.files.get(name, b"").decode(errors="replace").splitlines(keepends=True)
+        b = remote.files.get(name, b"").decode(errors="replace").splitlines(keepends=True)
+        out.extend(difflib.unified_diff(a, b, f"local/{name}", f"{remote_name}/{name}"))
+    return "".join(out)

@@ -1,0 +1,280 @@
+"""Config sync between members: an authenticated TCP channel on the sync link.
+
+Every exchange is challenge-response so a recorded push cannot be replayed:
+the server opens with a random challenge, the client's request carries an
+HMAC-SHA256 over (challenge, request) and a nonce of its own, and the reply
+carries an HMAC over (nonce, reply). The key is derived from the cluster
+secret with HKDF under its own label, so it is never the CARP or the state
+sync key. It listens on TCP at this member's sync_address and the sync port.
+
+Operations: hello (generation and digest), fetch (the current bundle) and
+push (validate as this member, then install all-or-nothing).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+
+from fwcluster import configsync, nft
+from fwcluster.configsync import Bundle, BundleError, Generation
+from syncd.keys import hkdf
+
+log = logging.getLogger("syncd.config")
+MAX_LINE = 8 << 20
+TIMEOUT = 10.0
+POLL_INTERVAL = 5.0
+
+
+def config_key(secret: bytes, cluster: str) -> bytes:
+    return hkdf(secret, b"fwcluster-syncd", b"config-hmac-v1 " + cluster.encode())
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _mac(key: bytes, prefix: bytes, obj) -> str:
+    return hmac.new(key, prefix + _canonical(obj), "sha256").hexdigest()
+
+
+class AuthError(Exception):
+    pass
+
+
+async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
+               timeout: float = TIMEOUT) -> dict:
+    """One authenticated request to a peer; raises OSError/AuthError/TimeoutError."""
+    async def exchange():
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+        try:
+            hello = json.loads(await reader.readline())
+            challenge = bytes.fromhex(hello["challenge"])
+            nonce = os.urandom(16)
+            req = {"op": op, "from": node, "nonce": nonce.hex(), "body": body}
+            writer.write(_canonical({**req, "mac": _mac(key, challenge, req)}) + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+            if not line:
+                raise AuthError("peer closed the connection (authentication refused?)")
+            answer = json.loads(line)
+            reply = answer.get("reply")
+            if not hmac.compare_digest(str(answer.get("mac", "")), _mac(key, nonce, reply)):
+                raise AuthError("reply failed authentication")
+            return reply
+        finally:
+            writer.close()
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+class ConfigService:
+    """Serves and pulls config bundles for one member."""
+
+    def __init__(self, cfg, node: str, secret: bytes):
+        self.cfg, self.node = cfg, node
+        self.key = config_key(secret, cfg.name)
+        self.me = cfg.member(node)
+        self.own = Generation.load(cfg.state_dir)
+        self.peers: dict[str, dict] = {p.name: {"generation": None, "digest": None, "reachable": False,
+                                                "last_seen": None, "error": None}
+                                       for p in cfg.peers(node)}
+        self.counters = {"auth_drops": 0, "malformed": 0, "pushes_received": 0,
+                         "pushes_refused": 0, "catch_ups": 0}
+        self.server: asyncio.AbstractServer | None = None
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    # --- serving ---------------------------------------------------------
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, str(self.me.sync_address),
+                                                 self.cfg.sync.port, limit=MAX_LINE)
+        if not self.own.digest:
+            try:
+                self.own.digest = self.local_bundle().digest
+            except BundleError:
+                pass
+
+    async def _client(self, reader, writer) -> None:
+        challenge = os.urandom(16)
+        try:
+            writer.write(_canonical({"challenge": challenge.hex()}) + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+            try:
+                req = json.loads(line)
+                mac = req.pop("mac")
+                nonce = bytes.fromhex(req["nonce"])
+                op, body = req["op"], req["body"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.counters["malformed"] += 1
+                return
+            if not hmac.compare_digest(str(mac), _mac(self.key, challenge, req)):
+                self.counters["auth_drops"] += 1
+                log.warning("config channel: request from %s failed authentication",
+                            writer.get_extra_info("peername"))
+                return
+            reply = await self._serve(op, body, str(req.get("from", "?")))
+            writer.write(_canonical({"reply": reply, "mac": _mac(self.key, nonce, reply)}) + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            self.counters["malformed"] += 1
+        finally:
+            writer.close()
+
+    async def _serve(self, op: str, body: dict, sender: str) -> dict:
+        if op == "hello":
+            self._note_peer(sender, body)
+            return self.summary()
+        if op == "fetch":
+            try:
+                return {"ok": True, "bundle": self.local_bundle().to_json()}
+            except BundleError as e:
+                return {"ok": False, "error": str(e)}
+        if op == "push":
+            self.counters["pushes_received"] += 1
+            result = await self.install(body.get("bundle", {}))
+            if not result["ok"]:
+                self.counters["pushes_refused"] += 1
+            return result
+        return {"ok": False, "error": f"unknown operation {op!r}"}
+
+    def _note_peer(self, name: str, summary: dict) -> None:
+        if name in self.peers and isinstance(summary, dict) and "generation" in summary:
+            self.peers[name].update(generation=summary.get("generation"), digest=summary.get("digest"),
+                                    reachable=True, last_seen=time.time(), error=None)
+
+    # --- local state -----------------------------------------------------
+    def summary(self) -> dict:
+        return {"ok": True, "node": self.node, "generation": self.own.generation,
+                "digest": self.own.digest}
+
+    def local_bundle(self) -> Bundle:
+        return configsync.collect(self.cfg, generation=self.own.generation, origin=self.own.origin)
+
+    async def install(self, obj: dict) -> dict:
+        async with self._lock:
+            try:
+                b = Bundle.from_json(obj)
+                if b.generation < self.own.generation:
+                    raise BundleError(f"generation {b.generation} is older than the installed "
+                                      f"{self.own.generation}")
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(None, self._install_sync, b)
+            except BundleError as e:
+                log.warning("config bundle refused: %s", e)
+                return {"ok": False, "error": str(e)}
+            except Exception as e:  # nft apply failure and the like: files were restored
+                log.warning("config bundle not applied: %s", e)
+                return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            self.own = Generation(b.generation, b.digest, b.origin, time.time())
+            self.own.save(self.cfg.state_dir)
+            log.info("config generation %d from %s installed (changed: %s)", b.generation,
+                     b.origin or "?", ", ".join(result["changed"]) or "nothing")
+            return {"ok": True, **result}
+
+    def _install_sync(self, b: Bundle) -> dict:
+        def check(cfg, node):
+            nft.check(nft.render(cfg, node))
+
+        def apply(cfg, node):
+            nft.apply(nft.render(cfg, node), run_dir=self.cfg.run_dir)
+        return configsync.install(b, self.cfg.path, self.node, self.cfg.secret_file,
+                                  check_ruleset=check, apply_ruleset=apply)
+
+    # --- talking to peers ------------------------------------------------
+    async def _call_peer(self, member, op: str, body: dict) -> dict:
+        return await call(str(member.sync_address), self.cfg.sync.port, self.key, self.node, op, body)
+
+    async def poll_once(self) -> None:
+        """Hello every peer; catch up from the newest if we are behind."""
+        async def hello(m):
+            try:
+                self._note_peer(m.name, await self._call_peer(m, "hello", self.summary()))
+            except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
+                self.peers[m.name].update(reachable=False, error=str(e) or type(e).__name__)
+        await asyncio.gather(*(hello(m) for m in self.cfg.peers(self.node)))
+        behind = configsync.stale(self.own, {n: p for n, p in self.peers.items() if p["reachable"]})
+        if behind:
+            newest = max(behind, key=lambda n: self.peers[n]["generation"])
+            await self.catch_up(newest)
+
+    async def catch_up(self, peer_name: str) -> None:
+        try:
+            reply = await self._call_peer(self.cfg.member(peer_name), "fetch", {})
+        except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
+            self.last_error = f"catch-up from {peer_name}: {e}"
+            return
+        if not reply.get("ok"):
+            self.last_error = f"catch-up from {peer_name}: {reply.get('error')}"
+            return
+        result = await self.install(reply["bundle"])
+        if result["ok"]:
+            self.counters["catch_ups"] += 1
+            self.last_error = None
+        else:
+            self.last_error = f"catch-up from {peer_name} refused: {result['error']}"
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def push(self, names: list[str]) -> dict:
+        """Push our files to every peer: validate + install locally first."""
+        try:
+            newest = max([self.own.generation] + [p["generation"] or 0 for p in self.peers.values()])
+            b = configsync.collect(self.cfg, names, generation=newest + 1, origin=self.node)
+        except BundleError as e:
+            return {"ok": False, "error": str(e), "results": {}}
+        local = await self.install(b.to_json())
+        if not local["ok"]:
+            return {"ok": False, "error": f"refused locally: {local['error']}", "results": {self.node: local}}
+        results = {self.node: local}
+
+        async def one(m):
+            try:
+                r = await self._call_peer(m, "push", {"bundle": b.to_json()})
+            except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
+                r = {"ok": False, "error": f"unreachable: {e or type(e).__name__}", "stale": True}
+            if r.get("ok"):
+                self.peers[m.name].update(generation=b.generation, digest=b.digest, reachable=True,
+                                          last_seen=time.time(), error=None)
+            results[m.name] = r
+        await asyncio.gather(*(one(m) for m in self.cfg.peers(self.node)))
+        return {"ok": all(r.get("ok") for r in results.values()), "generation": b.generation,
+                "digest": b.digest, "results": results}
+
+    async def fetch_all(self) -> dict:
+        out = {}
+        for m in self.cfg.peers(self.node):
+            try:
+                out[m.name] = await self._call_peer(m, "fetch", {})
+            except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
+                out[m.name] = {"ok": False, "error": f"unreachable: {e or type(e).__name__}"}
+        return out
+
+    def status(self) -> dict:
+        reachable = {n: p for n, p in self.peers.items() if p["reachable"]}
+        behind_me = sorted(n for n, p in reachable.items()
+                           if p["generation"] is not None and p["generation"] < self.own.generation)
+        return {"generation": self.own.generation, "digest": self.own.digest,
+                "origin": self.own.origin, "stale": bool(configsync.stale(self.own, reachable)),
+                "newer_on": configsync.stale(self.own, reachable), "peers_behind": behind_me,
+                "peers": self.peers, "last_error": self.last_error, "counters": self.counters}
+
+    async def handle_control(self, req: dict) -> dict | None:
+        """syncd control commands of config sync; None if not ours."""
+        cmd = req.get("cmd")
+        if cmd == "config-status":
+            return {"ok": True, **self.status()}
+        if cmd == "config-push":
+            return await self.push(list(req.get("files", [])))
+        if cmd == "config-fetch":
+            return {"ok": True, "local": self.local_bundle().to_json(), "peers": await self.fetch_all()}
+        if cmd == "config-poll":
+            await self.poll_once()
+            return {"ok": True, **self.status()}
+        return None
