@@ -183,7 +183,8 @@ KEY_DOCS: dict[str, str] = {
     "vip.address": "Virtual address with prefix length, IPv4 or IPv6.",
     "vip.advbase": "Seconds between adverts (0-254); 0 with advskew > 0 gives "
     "sub-second intervals of advskew/256 s.",
-    "firewall.template": "jinja2 template of the nftables ruleset.",
+    "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
+    "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
     "balance.buckets": "Hash buckets shared among members in active-active mode.",
     "metrics.listen": "host:port of the Prometheus endpoint; empty = off.",
@@ -316,6 +317,10 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
         if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
             raise ConfigError(path, "metrics.listen", f"{met['listen']!r} is not host:port")
 
+    fw = tables["firewall"]
+    if fw["template"] and not os.path.isabs(fw["template"]):
+        # Relative to cluster.toml, so one file works wherever a member keeps it.
+        fw["template"] = os.path.join(os.path.dirname(os.path.abspath(path)), fw["template"])
     cfg = Config(
         path=path, name=c["name"], secret_file=c["secret_file"], run_dir=c["run_dir"],
         state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"]),

@@ -153,7 +153,11 @@ def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
     try:
         for name, data in b.files.items():
             (stage / name).write_bytes(data)
-        validate_staged(stage, b, node, secret_file, check_ruleset)
+        try:
+            validate_staged(stage, b, node, secret_file, check_ruleset)
+        except Exception as e:
+            # Name the operator's file, not the scratch copy.
+            raise BundleError(str(e).replace(str(stage), str(cfg_dir))) from None
         changed = [n for n, d in sorted(b.files.items())
                    if not (cfg_dir / n).exists() or (cfg_dir / n).read_bytes() != d]
         try:

@@ -50,6 +50,8 @@ SYNC_PORT = 3780
 DEFAULT_SKEWS = (0, 100, 150, 200)
 MEMBER_IFS = ("lan0", "wan0", "sync0")
 SEGMENTS = ("lan", "wan", "sync")
+CONFIG_KEYS = {"advbase", "advskews", "vips", "carp", "balance", "metrics", "sync", "name",
+               "firewall"}
 
 _live: set["Lab"] = set()
 _reserved: set[str] = set()  # tags of labs made but not yet torn down
@@ -110,6 +112,7 @@ table inet fwlab {{
     meta l4proto {{ icmp, ipv6-icmp }} accept
     iifname "sync0" meta l4proto 112 accept
     iifname "sync0" udp dport {sync_port} accept
+    iifname "sync0" tcp dport {sync_port} accept
   }}
   chain forward {{ type filter hook forward priority filter; policy drop;
     ct state invalid drop
@@ -155,6 +158,9 @@ class Lab:
             raise ValueError("members must be 2..4")
         if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", prefix):
             raise ValueError("prefix: 1-8 lowercase letters/digits, starting with a letter")
+        unknown = set(config_overrides) - CONFIG_KEYS
+        if unknown:
+            raise TypeError(f"Lab: unknown {', '.join(sorted(unknown))}")
         self.n = members
         self.members = [f"fw{k}" for k in range(1, members + 1)]
         self.prefix = prefix
@@ -224,7 +230,7 @@ class Lab:
             self.state_dir(m).mkdir(parents=True, exist_ok=True)
         self.secret_path.write_text(self.secret + "\n")
         os.chmod(self.secret_path, 0o600)
-        self.write_config(**self._config_overrides)
+        self.write_config()
 
         self._up = True
         batch = []
@@ -328,13 +334,26 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- config -----------------------------------------------------------------
-    def write_config(self, *, advbase: int | None = None, advskews: dict | None = None,
-                     vips: list[dict] | None = None, carp: dict | None = None,
-                     balance: dict | None = None, metrics: dict | None = None,
-                     sync: dict | None = None, name: str = "lab") -> Path:
-        """(Re)write cluster.toml. advbase applies to every default vip;
-        advskews maps member -> advskew (default 0,100,150,200; with advbase 0
-        10,20,30,40 since a zero interval is invalid)."""
+    def write_config(self, **overrides) -> Path:
+        """(Re)write cluster.toml. Overrides add to those given before (to the
+        constructor or an earlier call): write_config(carp={...}) keeps an
+        advbase=0 given at construction. Keys: advbase, advskews, vips, carp,
+        balance, metrics, sync, name."""
+        unknown = set(overrides) - CONFIG_KEYS
+        if unknown:
+            raise TypeError(f"write_config: unknown {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+        self._config_overrides = {**self._config_overrides, **overrides}
+        return self._write_config(**self._config_overrides)
+
+    def _write_config(self, *, advbase: int | None = None, advskews: dict | None = None,
+                      vips: list[dict] | None = None, carp: dict | None = None,
+                      balance: dict | None = None, metrics: dict | None = None,
+                      sync: dict | None = None, firewall: dict | None = None,
+                      name: str = "lab") -> Path:
+        """advbase applies to every default vip; advskews maps member ->
+        advskew (default 0,100,150,200; with advbase 0 10,20,30,40 since a
+        zero interval is invalid)."""
         if advbase is None:
             advbase = 1
         skews = {}
@@ -357,6 +376,8 @@ class Lab:
             text += _toml_table("[balance]", balance)
         if metrics:
             text += _toml_table("[metrics]", metrics)
+        if firewall:
+            text += _toml_table("[firewall]", firewall)
         for k, m in enumerate(self.members, start=1):
             text += _toml_table("[[member]]", {"name": m, "sync_address": member_addr4(k, "sync"),
                                                "advskew": skews[m]})

@@ -171,8 +171,8 @@ def parse_gpt(head: bytes, sector: int = 512) -> list[GptPartition]:
             continue
         first, last = struct.unpack_from("<QQ", e, 32)
         name = e[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
-        parts.append(GptPartition(i + 1, name, str(uuid.UUID(bytes_le=e[:16])).upper(),
-                                  str(uuid.UUID(bytes_le=e[16:32])).upper(), first, last))
+        parts.append(GptPartition(i + 1, name, str(uuid.UUID(bytes_le=e[:16])),
+                                  str(uuid.UUID(bytes_le=e[16:32])), first, last))
     return parts
 
 

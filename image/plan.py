@@ -18,11 +18,11 @@ SECTOR = 512
 MIB = 1024 * 1024
 MIB_SECTORS = MIB // SECTOR
 
-TYPE_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
-TYPE_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+TYPE_BIOS_BOOT = "21686148-6449-6e6f-744e-656564454649"
+TYPE_ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 # Plain "Linux filesystem data" for slots and /config, not the discoverable
 # root type: systemd's gpt-auto generator must not guess mounts for us.
-TYPE_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+TYPE_LINUX = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 NAME_BIOS, NAME_ESP, NAME_CONFIG = "bios", "fwesp", "fwconfig"
 SLOT_NAMES = {"a": "fwroot-a", "b": "fwroot-b"}
@@ -72,8 +72,8 @@ def make_plan(size_mib: int, bios_grub_mib: int, esp_mib: int, config_mib: int,
     GUIDs); None gives fresh random ones."""
     def guid(what: str) -> str:
         if seed is None:
-            return str(uuid.uuid4()).upper()
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fwcluster:{seed}:{what}")).upper()
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fwcluster:{seed}:{what}"))
 
     # 1 MiB before the first partition (protective MBR, GPT) and 1 MiB after
     # the last (backup GPT), both more than the 34/33 sectors GPT needs.

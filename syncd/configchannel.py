@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 
 from fwcluster import configsync, nft
@@ -27,6 +28,7 @@ log = logging.getLogger("syncd.config")
 MAX_LINE = 8 << 20
 TIMEOUT = 10.0
 POLL_INTERVAL = 5.0
+IP_FREEBIND, IPV6_FREEBIND = 15, 78  # linux/in.h, linux/in6.h
 
 
 def config_key(secret: bytes, cluster: str) -> bytes:
@@ -85,17 +87,31 @@ class ConfigService:
                          "pushes_refused": 0, "catch_ups": 0}
         self.server: asyncio.AbstractServer | None = None
         self.last_error: str | None = None
+        self.last_catch_up: dict | None = None
         self._lock = asyncio.Lock()
 
     # --- serving ---------------------------------------------------------
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, str(self.me.sync_address),
-                                                 self.cfg.sync.port, limit=MAX_LINE)
+        self.server = await asyncio.start_server(self._client, sock=self._listen_socket(),
+                                                 limit=MAX_LINE)
         if not self.own.digest:
             try:
                 self.own.digest = self.local_bundle().digest
             except BundleError:
                 pass
+
+    def _listen_socket(self) -> socket.socket:
+        addr = self.me.sync_address
+        fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Bind even before the sync address is configured (boot order, link flaps).
+        s.setsockopt(socket.IPPROTO_IP if fam == socket.AF_INET else socket.IPPROTO_IPV6,
+                     IP_FREEBIND if fam == socket.AF_INET else IPV6_FREEBIND, 1)
+        s.bind((str(addr), self.cfg.sync.port))
+        s.listen(16)
+        s.setblocking(False)
+        return s
 
     async def _client(self, reader, writer) -> None:
         challenge = os.urandom(16)
@@ -138,6 +154,8 @@ class ConfigService:
             result = await self.install(body.get("bundle", {}))
             if not result["ok"]:
                 self.counters["pushes_refused"] += 1
+            else:  # the pusher installed it before sending
+                self._note_peer(sender, {"generation": result["generation"], "digest": result["digest"]})
             return result
         return {"ok": False, "error": f"unknown operation {op!r}"}
 
@@ -210,16 +228,25 @@ class ConfigService:
         if not reply.get("ok"):
             self.last_error = f"catch-up from {peer_name}: {reply.get('error')}"
             return
+        before = self.own.generation
         result = await self.install(reply["bundle"])
         if result["ok"]:
             self.counters["catch_ups"] += 1
             self.last_error = None
+            self.last_catch_up = {"from": peer_name, "was": before, "now": self.own.generation,
+                                  "time": time.time()}
+            log.warning("config was stale (generation %d): caught up to %d from %s",
+                        before, self.own.generation, peer_name)
         else:
             self.last_error = f"catch-up from {peer_name} refused: {result['error']}"
 
     async def run(self) -> None:
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as e:  # keep serving; the next poll may succeed
+                log.exception("config poll failed")
+                self.last_error = f"poll: {type(e).__name__}: {e}"
             await asyncio.sleep(POLL_INTERVAL)
 
     async def push(self, names: list[str]) -> dict:
@@ -238,7 +265,7 @@ class ConfigService:
             try:
                 r = await self._call_peer(m, "push", {"bundle": b.to_json()})
             except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
-                r = {"ok": False, "error": f"unreachable: {e or type(e).__name__}", "stale": True}
+                r = {"ok": False, "error": f"unreachable: {str(e) or type(e).__name__}", "stale": True}
             if r.get("ok"):
                 self.peers[m.name].update(generation=b.generation, digest=b.digest, reachable=True,
                                           last_seen=time.time(), error=None)
@@ -253,7 +280,7 @@ class ConfigService:
             try:
                 out[m.name] = await self._call_peer(m, "fetch", {})
             except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
-                out[m.name] = {"ok": False, "error": f"unreachable: {e or type(e).__name__}"}
+                out[m.name] = {"ok": False, "error": f"unreachable: {str(e) or type(e).__name__}"}
         return out
 
     def status(self) -> dict:
@@ -263,7 +290,8 @@ class ConfigService:
         return {"generation": self.own.generation, "digest": self.own.digest,
                 "origin": self.own.origin, "stale": bool(configsync.stale(self.own, reachable)),
                 "newer_on": configsync.stale(self.own, reachable), "peers_behind": behind_me,
-                "peers": self.peers, "last_error": self.last_error, "counters": self.counters}
+                "peers": self.peers, "last_error": self.last_error,
+                "last_catch_up": self.last_catch_up, "counters": self.counters}
 
     async def handle_control(self, req: dict) -> dict | None:
         """syncd control commands of config sync; None if not ours."""
@@ -273,7 +301,11 @@ class ConfigService:
         if cmd == "config-push":
             return await self.push(list(req.get("files", [])))
         if cmd == "config-fetch":
-            return {"ok": True, "local": self.local_bundle().to_json(), "peers": await self.fetch_all()}
+            try:
+                local = self.local_bundle().to_json()
+            except BundleError as e:
+                return {"ok": False, "error": str(e)}
+            return {"ok": True, "local": local, "peers": await self.fetch_all()}
         if cmd == "config-poll":
             await self.poll_once()
             return {"ok": True, **self.status()}

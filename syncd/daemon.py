@@ -18,6 +18,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from fwcluster import control
+from syncd.configchannel import ConfigService
 from syncd import keys
 from syncd.conntrack import Conntrack, Overrun
 from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP_STATES
@@ -85,6 +86,8 @@ class Daemon:
                          "role_resyncs": 0}
         self.stopping = asyncio.Event()
         self._resync_timer = None
+        # Config sync (fwctl config push/diff) shares the sync link and secret.
+        self.configsvc = ConfigService(cfg, node, secret)
 
     def now(self) -> float:
         return time.monotonic()
@@ -104,12 +107,14 @@ class Daemon:
         self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing)
         self.sync.local_entries = self.ct.count()
         self.server = await control.serve(control.socket_path(self.cfg.run_dir, "syncd"), self.handle)
+        await self.configsvc.start()
         loop.add_reader(self.ct.fileno(), self.on_events)
         loop.add_reader(self.sock.fileno(), self.on_datagrams)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         tasks = [asyncio.create_task(self.ticker()), asyncio.create_task(self.carpd_link()),
-                 asyncio.create_task(self.housekeeping())]
+                 asyncio.create_task(self.housekeeping()),
+                 asyncio.create_task(self.configsvc.run())]
         log.info("syncd %s: epoch %d, %s:%d, peers %s", self.node, self.epoch,
                  self.me.sync_address, self.port, ", ".join(n for n, _ in members if n != self.node))
         self.sync.tick(self.now())
@@ -303,6 +308,9 @@ class Daemon:
     # --- control socket ------------------------------------------------------------------------
     async def handle(self, req: dict) -> dict:
         cmd = req.get("cmd")
+        reply = await self.configsvc.handle_control(req)
+        if reply is not None:
+            return reply
         if cmd == "status":
             st = self.sync.status(self.now())
             return {"ok": True, "node": self.node, "cluster": self.cfg.name,
@@ -310,7 +318,7 @@ class Daemon:
                     "carpd": self.carpd_ok, "demotion": self.demotion(),
                     "roles": {str(k): v for k, v in sorted(self.roles.items())},
                     "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                    "counters": dict(self.counters), **st}
+                    "counters": dict(self.counters), "config": self.configsvc.status(), **st}
         if cmd == "conntrack":
             entries = self.ct.dump()
             flt = req.get("filter") or {}

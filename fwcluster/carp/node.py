@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fwcluster import control
 from fwcluster import metrics as prom
-from fwcluster.carp import announce, machine, metrics, netlink, wire
+from fwcluster.carp import announce, balancing, machine, metrics, netlink, wire
 from fwcluster.carp.ctl import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.config import Config, Vip
@@ -80,6 +80,8 @@ class Carpd:
                                     preempt=cfg.carp.preempt, demotion=self.demotion.total)
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
             self.vips[v.vhid] = VipRun(v, m, wire.Auth(secret, v.vhid, [v.address.ip], cookie))
+        # Active-active: per-bucket elections and vips on every member (None otherwise).
+        self.balancing = balancing.Balancing.for_carpd(self, secret)
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
         self.ctl = ControlServer(control.socket_path(cfg.run_dir, "carpd"), self.handle_request,
@@ -116,6 +118,8 @@ class Carpd:
 
     async def _start(self, loop) -> None:
         self._tasks.append(asyncio.create_task(self._worker()))
+        if self.balancing is not None:
+            self.balancing.start()
         links = await self.links.links()
         # A carpd that died as master may have left its vips behind.
         for run in self.vips.values():
@@ -143,6 +147,8 @@ class Carpd:
         log.info("shutting down: releasing vips")
         for vhid in self.vips:
             self._event(vhid, machine.Shutdown())
+        if self.balancing is not None:
+            self.balancing.shutdown()
         await self.actions.join()
 
     # --- links and addresses ------------------------------------------------
@@ -227,6 +233,8 @@ class Carpd:
         for vhid, run in self.vips.items():
             if run.vip.interface == iface.name:
                 self._event(vhid, machine.LinkChanged(up))
+        if self.balancing is not None:
+            self.balancing.link_changed(iface.name, up)
         if not up:
             self._set_demotion(source, self.cfg.carp.link_demote)
 
@@ -287,9 +295,12 @@ class Carpd:
     def _packet(self, iface: Iface, family: int, payload: bytes, ttl: int, source: str) -> None:
         here = {vhid: r for vhid, r in self.vips.items()
                 if r.vip.interface == iface.name and r.vip.family == family}
+        if self.balancing is not None:
+            here.update(self.balancing.runs_on(iface.name, family))
         got = wire.decode(payload, ttl, {vhid: r.auth for vhid, r in here.items()})
         if isinstance(got, wire.Drop):
-            targets = [here[got.vhid]] if got.vhid in here else list(here.values())
+            targets = [here[got.vhid]] if got.vhid in here else \
+                [r for r in here.values() if isinstance(r, VipRun)]
             for r in targets:
                 r.counters["drops"][got.reason] += 1
             log.debug("dropped CARP packet from %s on %s: %s (vhid %s)",
@@ -300,6 +311,8 @@ class Carpd:
 
     # --- machines -----------------------------------------------------------
     def _event(self, vhid: int, event) -> None:
+        if self.balancing is not None and vhid in self.balancing.runs:
+            return self.balancing.event(vhid, event)
         run = self.vips[vhid]
         loop = asyncio.get_running_loop()
         for action in run.machine.handle(event, loop.time()):
@@ -328,8 +341,11 @@ class Carpd:
 
     def _role_snapshot(self) -> list[dict]:
         now = time.time()
-        return [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now}
-                for vhid, r in self.vips.items()]
+        lines = [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now}
+                 for vhid, r in self.vips.items()]
+        if self.balancing is not None:
+            lines += self.balancing.role_snapshot(now)
+        return lines
 
     def _set_demotion(self, source: str, value: int) -> int:
         before = self.demotion.total
@@ -339,6 +355,8 @@ class Carpd:
                      ", ".join(f"{k}={v}" for k, v in sorted(self.demotion.sources.items())) or "none")
             for vhid in self.vips:
                 self._event(vhid, machine.DemotionChanged(total))
+            if self.balancing is not None:
+                self.balancing.demotion_changed(total)
             self._metrics_kick.set()
         return total
 
@@ -361,6 +379,8 @@ class Carpd:
                 self.actions.task_done()
 
     async def _do(self, action) -> None:
+        if self.balancing is not None and self.balancing.handles(action):
+            return await self.balancing.do(action)
         run = self.vips[action.vhid]
         v = run.vip
         iface = self.ifaces[v.interface]
@@ -434,9 +454,12 @@ class Carpd:
                              "adverts_received": r.counters["adverts_received"],
                              "drops": dict(r.counters["drops"])},
             })
-        return {"node": self.node, "cluster": self.cfg.name, "demotion": total,
-                "demotion_sources": dict(self.demotion.sources),
-                "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt, "vips": vips}
+        out = {"node": self.node, "cluster": self.cfg.name, "demotion": total,
+               "demotion_sources": dict(self.demotion.sources),
+               "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt, "vips": vips}
+        if self.balancing is not None:
+            out["buckets"] = self.balancing.status()
+        return out
 
     # --- metrics ----------------------------------------------------------------
     def metrics_text(self) -> str:

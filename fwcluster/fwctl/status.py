@@ -68,8 +68,54 @@ def human(d: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if "buckets" in d:
+        buckets(d["buckets"], d.get("vips", []))
     if "sync" in d:
         s = d["sync"]
         brief = ", ".join(f"{k}={v}" for k, v in sorted(s.items())
                           if isinstance(v, (str, int, float, bool)))
         print(f"sync: {brief or 'running'}")
+
+
+def _ranges(numbers) -> str:
+    """1,2,3,5 -> "1-3,5": bucket lists stay short."""
+    out, run = [], []
+    for n in sorted(numbers):
+        if run and n == run[-1] + 1:
+            run.append(n)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+        run = [n]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+    return ",".join(out) or "none"
+
+
+def buckets(b: dict, vips: list) -> None:
+    """Active-active: what this member owns, and who owns what as far as
+    its bucket elections know (the master of each bucket's vhid)."""
+    owned = b.get("owned", [])
+    count = b.get("count", 0)
+    applied = b.get("applied")
+    note = ("" if applied == owned else
+            f"  (nft set: {b.get('error') or 'not updated yet'})")
+    print(f"buckets: {len(owned)} of {count} owned here: {_ranges(owned)}{note}")
+    per = b.get("per_bucket", [])
+    mine = {r["bucket"] for r in per if r.get("state") == "MASTER"}
+    by_master: dict = {}
+    unknown = []
+    for r in per:
+        if r.get("master"):
+            by_master.setdefault(r["master"], []).append(r["bucket"])
+        else:
+            unknown.append(r["bucket"])
+    rows = [("OWNER", "BUCKETS", "COUNT")]
+    for master, bs in sorted(by_master.items(), key=lambda kv: -len(kv[1])):
+        label = master + (" (this member)" if set(bs) <= mine and bs else "")
+        rows.append((label, _ranges(bs), str(len(bs))))
+    if unknown:
+        rows.append(("unknown", _ranges(unknown), str(len(unknown))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())

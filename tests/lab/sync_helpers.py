@@ -70,6 +70,11 @@ class Load:
                     out.append(f"{m} sport {port}: {cp.stdout.strip()}")
         for m in members:
             out.append(f"{m} stats: " + self.lab.run(m, ["conntrack", "-S"], check=False).stdout.strip())
+            cp = self.lab.run(m, ["conntrack", "-L", "-p", "tcp"], check=False)
+            odd = [ln for ln in cp.stdout.splitlines() if "ESTABLISHED" not in ln and "TIME_WAIT" not in ln]
+            out.append(f"{m} non-established tcp: {len(odd)} {odd[:3]}")
+        for role in ("client", "server"):
+            out.append(f"{role} neigh: " + self.lab.run(role, ["ip", "neigh"], check=False).stdout.strip())
         return "\n".join(out)
 
     def errors(self) -> list:

@@ -37,14 +37,17 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 
 async def server(args) -> None:
+    """Echo on every address of both families (one dual-stack UDP socket)."""
     loop = asyncio.get_running_loop()
-    fam = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
     servers = []
     if args.tcp:
-        servers.append(await loop.create_server(Echo, args.bind, args.tcp, family=fam,
-                                                backlog=4096, reuse_address=True))
+        servers.append(await loop.create_server(Echo, None, args.tcp, backlog=4096,
+                                                reuse_address=True))
     if args.udp:
-        t, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=(args.bind, args.udp), family=fam)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", args.udp))
+        t, _ = await loop.create_datagram_endpoint(UdpEcho, sock=s)
         servers.append(t)
     await asyncio.sleep(args.duration)
     for s in servers:
@@ -151,7 +154,6 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["server", "client"])
-    ap.add_argument("--bind", default="0.0.0.0")
     ap.add_argument("--target")
     ap.add_argument("--tcp", type=int)
     ap.add_argument("--udp", type=int)

@@ -169,7 +169,11 @@ def test_config_is_valid_and_secret_is_private(lab_factory):
     lab.write_config(advskews={"fw1": 50}, carp={"preempt": False})
     cfg = config.load(lab.config_path, "fw1")
     assert cfg.member("fw1").advskew == 50 and cfg.carp.preempt is False
-    assert all(v.advbase == 1 for v in cfg.vips)
+    assert all(v.advbase == 0 for v in cfg.vips)  # kept from the constructor
+    lab.write_config(advbase=1, advskews={})
+    cfg = config.load(lab.config_path, "fw1")
+    assert all(v.advbase == 1 for v in cfg.vips) and cfg.member("fw2").advskew == 100
+    assert cfg.carp.preempt is False
 
 
 def test_teardown_removes_every_namespace_even_when_the_body_raises():
@@ -225,6 +229,8 @@ def test_cut_without_carrier_is_a_pulled_cable(lab):
 def test_bad_arguments_fail_clearly():
     with pytest.raises(ValueError):
         Lab(members=5)
+    with pytest.raises(TypeError, match="advbse"):
+        Lab(members=2, advbse=0)
     with Lab(members=2) as lab:
         with pytest.raises(KeyError):
             lab.ns("fw3")

@@ -48,7 +48,7 @@ def test_default_template_is_a_strict_stateful_firewall(cfg):
     assert lines[fwd + 1:fwd + 3] == ["ct state invalid drop", "ct state established,related accept"]
     # CARP only on the vip interfaces, sync only from the peer on the sync link
     assert 'iifname { "lan0", "wan0" } meta l4proto 112 accept' in lines
-    assert 'iifname "sync0" ip saddr { 203.0.113.2 } udp dport 3780 accept' in lines
+    assert 'iifname "sync0" ip saddr { 203.0.113.2 } meta l4proto { tcp, udp } th dport 3780 accept' in lines
     assert 'iifname "lan0" oifname "wan0" ct state new accept' in lines
     assert not any("balance" in line or "jhash" in line for line in lines)
 
@@ -73,7 +73,7 @@ def test_the_labs_snat_policy_is_expressible(cfg, tmp_path):
                                               '{%- set snat_to_vip = ["wan0"] %}'))
     lines = _lines(nft.render(cfg, "fw1", t).text)
     assert 'oifname "wan0" meta nfproto ipv4 snat ip to 198.51.100.1' in lines
-    assert not any("l4proto { tcp, udp }" in line for line in lines)
+    assert not any("snat" in line and "l4proto { tcp, udp }" in line for line in lines)
 
 
 def test_active_active_members_nat_from_disjoint_port_slices(aa, tmp_path):
@@ -187,7 +187,7 @@ def test_fwctl_rules_render_needs_no_kernel(tmp_path):
                          "--node", "fw2", "rules", "render", "--template", str(TEMPLATE)],
                         capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert cp.returncode == 0, cp.stderr
-    assert 'ip saddr { 203.0.113.1 } udp dport 3780 accept' in cp.stdout
+    assert 'ip saddr { 203.0.113.1 } meta l4proto { tcp, udp } th dport 3780 accept' in cp.stdout
 
 
 def test_fwctl_rules_bad_template_exits_1_with_the_line(tmp_path):

@@ -1,0 +1,361 @@
+"""Active-active balancing inside carpd: one CARP election per hash bucket,
+the owned-bucket set in nftables, and the IPv4 vips held on every member.
+
+fwcluster.balance decides (pure): the buckets, each one's vhid and rotated
+advskew, which buckets a set of CARP states owns. This module is carpd's
+I/O for it, hooked into the shell (fwcluster.carp.node) at a few points:
+events and timers of the bucket machines, the actions they produce, link
+and demotion changes, shutdown and status.
+
+* Bucket elections are ordinary CARP machines (fwcluster.carp.machine)
+  with their own vhids, advertised on the first vip's interface and
+  family. Their HMAC covers the first vip's address. Demotion (link,
+  maintenance, syncd / sync_hold) applies to them exactly as to the vips,
+  so a returning member takes its buckets back only once it is in sync.
+* A bucket machine's AddVip / RemoveVip mean "claim" / "release": the
+  worker makes the nft owned set match the machines (one transaction).
+* IPv4 vips resolve to their multicast MAC (the template rewrites the
+  members' ARP; our gratuitous ARP is built with that MAC) and are held on
+  every member whose interface is up; the MAC is joined with a packet
+  socket, so a killed carpd leaves no membership behind. IPv6 vips stay
+  active-standby (held by their CARP master only): the kernel would answer
+  neighbour solicitations with each member's own MAC, see docs/firewall.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import secrets
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from fwcluster import balance, nft
+from fwcluster.carp import announce, machine, wire
+
+log = logging.getLogger("carpd")
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_MULTICAST = 0
+RETRY_OWNED = 1.0  # seconds between attempts to set the owned set after a failure
+
+
+# --- actions of the balancing side (queued on carpd's ordered worker) -----------
+
+@dataclass(frozen=True)
+class HoldVips:
+    """Add an interface's IPv4 vips, join their MACs, announce them."""
+    interface: str
+
+
+@dataclass(frozen=True)
+class SyncOwned:
+    """Make the nft owned-bucket set match the bucket machines."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """Shutdown: drop the vips, the MAC memberships and every bucket."""
+
+
+# --- pure helpers ------------------------------------------------------------------
+
+def _counters() -> dict:
+    return {"adverts_sent": 0, "adverts_received": 0,
+            "drops": {r: 0 for r in sorted(wire.DROP_REASONS)}}
+
+
+def bucket_status(plan, states: dict, masters: dict, applied, error: str | None,
+                  interface: str, counters: dict | None = None) -> dict:
+    """The "buckets" object of carpd's status. states/masters: vhid -> CARP
+    state / master address (None when unknown)."""
+    per = []
+    by_master: dict[str, list[int]] = {}
+    for e in plan:
+        st, master = states.get(e.vhid), masters.get(e.vhid)
+        row = {"bucket": e.bucket, "vhid": e.vhid, "state": st, "master": master,
+               "advskew": e.advskew, "preferred": e.preferred}
+        if counters is not None:
+            c = counters[e.vhid]
+            row["counters"] = {"adverts_sent": c["adverts_sent"],
+                               "adverts_received": c["adverts_received"],
+                               "drops": sum(c["drops"].values())}
+        per.append(row)
+        if master:
+            by_master.setdefault(master, []).append(e.bucket)
+    return {"count": len(plan), "interface": interface,
+            "owned": sorted(balance.owned_buckets(states, plan)),
+            "applied": None if applied is None else sorted(applied),
+            "error": error, "by_master": by_master, "per_bucket": per}
+
+
+def membership_request(ifindex: int, mac: str) -> bytes:
+    """struct packet_mreq for PACKET_ADD_MEMBERSHIP of a multicast MAC."""
+    return struct.pack("@iHH8s", ifindex, PACKET_MR_MULTICAST, 6, announce.mac_bytes(mac))
+
+
+def garp_frames(eth_source: str, sender_mac: str, vip: str) -> list[bytes]:
+    """Gratuitous ARP request and reply for vip at sender_mac (the vip's
+    multicast MAC), sent in Ethernet frames from eth_source (our own MAC:
+    a bridge drops frames with a multicast source)."""
+    src, hw, ip = announce.mac_bytes(eth_source), announce.mac_bytes(sender_mac), \
+        ipaddress.IPv4Address(vip).packed
+    frames = []
+    for op, target_mac in ((1, bytes(6)), (2, announce.BROADCAST)):
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, hw, ip, target_mac, ip)
+        frames.append(announce.BROADCAST + src + struct.pack("!H", announce.ETH_P_ARP) + arp)
+    return frames
+
+
+def send_frames(ifname: str, frames: list[bytes]) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(announce.ETH_P_ARP)) as s:
+        s.bind((ifname, announce.ETH_P_ARP))
+        for frame in frames:
+            s.send(frame)
+
+
+# --- the I/O side --------------------------------------------------------------------
+
+@dataclass
+class BucketRun:
+    election: balance.BucketElection
+    machine: machine.VhidMachine
+    auth: wire.Auth
+    counters: dict = field(default_factory=_counters)
+    timer: asyncio.TimerHandle | None = None
+
+
+class Balancing:
+    """The active-active part of one carpd (fwcluster.carp.node.Carpd)."""
+
+    def __init__(self, carpd, plan, secret: bytes):
+        self.carpd = carpd
+        cfg = carpd.cfg
+        first = cfg.vips[0]
+        self.interface, self.family = first.interface, first.family
+        self.plan = tuple(plan)
+        self.runs: dict[int, BucketRun] = {}
+        for e in self.plan:
+            m = machine.VhidMachine(e.vhid, e.advbase, e.advskew, preempt=cfg.carp.preempt,
+                                    demotion=carpd.demotion.total)
+            cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
+            self.runs[e.vhid] = BucketRun(e, m, wire.Auth(secret, e.vhid, [first.address.ip], cookie))
+        # IPv4 vips only: see the module doc.
+        self.held = [v for v in cfg.vips if v.family == 4]
+        self.applied: frozenset | None = None  # contents of the nft set we last wrote
+        self.error: str | None = None
+        self.stopping = False
+        self._joined: dict[str, tuple[int, socket.socket]] = {}  # ifname -> (ifindex, packet socket)
+        self._retry: asyncio.Task | None = None
+
+    @classmethod
+    def for_carpd(cls, carpd, secret: bytes) -> "Balancing | None":
+        if carpd.cfg.balance.mode != "active-active":
+            return None
+        return cls(carpd, balance.elections_for(carpd.cfg, carpd.node), secret)
+
+    # --- hooks called by carpd ----------------------------------------------------
+    def runs_on(self, ifname: str, family: int) -> dict[int, BucketRun]:
+        """Bucket runs whose adverts arrive on (ifname, family)."""
+        if (ifname, family) != (self.interface, self.family):
+            return {}
+        return self.runs
+
+    def event(self, vhid: int, event) -> None:
+        run = self.runs[vhid]
+        iface = self.carpd.ifaces.get(self.interface)
+        run.machine.own_address = iface.own.get(self.family) if iface else None
+        loop = asyncio.get_running_loop()
+        for action in run.machine.handle(event, loop.time()):
+            if isinstance(action, machine.ArmTimer):
+                if run.timer is not None:
+                    run.timer.cancel()
+                    run.timer = None
+                if action.at is not None:
+                    run.timer = loop.call_at(action.at, self._timer, vhid, action.at)
+            elif isinstance(action, machine.RoleChanged):
+                self._role_changed(run, action)
+            elif isinstance(action, (machine.AddVip, machine.RemoveVip)):
+                self.carpd.actions.put_nowait(SyncOwned())  # claim / release the bucket
+            elif isinstance(action, machine.SendAdvert):
+                self.carpd.actions.put_nowait(action)
+            # Announce: a bucket has no address to announce.
+
+    def _timer(self, vhid: int, at: float) -> None:
+        self.runs[vhid].timer = None
+        self.event(vhid, machine.TimerFired(at))
+
+    def _role_changed(self, run: BucketRun, change: machine.RoleChanged) -> None:
+        log.info("bucket %d (vhid %d): %s -> %s (%s)", run.election.bucket, change.vhid,
+                 change.old.value, change.new.value, change.reason)
+        self.carpd.ctl.publish({"event": "role", "vhid": change.vhid, "state": change.new.value,
+                                "time": time.time(), "bucket": run.election.bucket})
+        kick = getattr(self.carpd, "_metrics_kick", None)
+        if kick is not None:
+            kick.set()
+
+    def role_snapshot(self, now: float) -> list[dict]:
+        return [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now,
+                 "bucket": r.election.bucket} for vhid, r in self.runs.items()]
+
+    def link_changed(self, ifname: str, up: bool) -> None:
+        if ifname == self.interface:
+            for vhid in self.runs:
+                self.event(vhid, machine.LinkChanged(up))
+        if up and not self.stopping and any(v.interface == ifname for v in self.held):
+            self.carpd.actions.put_nowait(HoldVips(ifname))
+
+    def demotion_changed(self, total: int) -> None:
+        for vhid in self.runs:
+            self.event(vhid, machine.DemotionChanged(total))
+
+    def start(self) -> None:
+        """At start nothing is ours: a carpd that was killed may have left
+        its buckets in the set (they would be carried twice)."""
+        self.carpd.actions.put_nowait(SyncOwned())
+        self._retry = asyncio.get_running_loop().create_task(self._retry_owned())
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        for vhid in self.runs:
+            self.event(vhid, machine.Shutdown())
+        self.carpd.actions.put_nowait(Release())
+
+    def handles(self, action) -> bool:
+        """Actions the balancing side carries out instead of carpd."""
+        if isinstance(action, (HoldVips, SyncOwned, Release)):
+            return True
+        vhid = getattr(action, "vhid", None)
+        if vhid in self.runs:
+            return True
+        # A held vip stays when its election is lost; an IPv4 vip is
+        # announced with its multicast MAC.
+        held = {v.vhid for v in self.held}
+        return vhid in held and isinstance(action, (machine.RemoveVip, machine.Announce))
+
+    async def do(self, action) -> None:
+        if isinstance(action, SyncOwned):
+            await self._sync_owned()
+        elif isinstance(action, machine.SendAdvert):
+            self._send_advert(action)
+        elif isinstance(action, HoldVips):
+            await self._hold(action.interface)
+        elif isinstance(action, machine.Announce):
+            self._announce_vip(action.vhid)
+        elif isinstance(action, Release):
+            await self._release()
+        # RemoveVip of a held vip: kept (released only by Release).
+
+    def status(self) -> dict:
+        states = {vhid: r.machine.state.value for vhid, r in self.runs.items()}
+        masters = {vhid: (r.machine.master if r.machine.state != machine.State.INIT else None)
+                   for vhid, r in self.runs.items()}
+        counters = {vhid: r.counters for vhid, r in self.runs.items()}
+        return bucket_status(self.plan, states, masters, self.applied, self.error,
+                             self.interface, counters)
+
+    # --- owned set ------------------------------------------------------------------
+    def owned(self) -> frozenset[int]:
+        if self.stopping:
+            return frozenset()
+        states = {vhid: r.machine.state.value for vhid, r in self.runs.items()}
+        return balance.owned_buckets(states, self.plan)
+
+    async def _sync_owned(self) -> None:
+        want = self.owned()
+        if want == self.applied:
+            return
+        try:
+            await asyncio.to_thread(nft.set_owned_buckets, want, run_dir=self.carpd.cfg.run_dir)
+        except (nft.RulesetError, OSError) as e:
+            if self.error != str(e):
+                log.error("owned buckets %s not set: %s (retrying)", sorted(want), e)
+            self.error = str(e)
+            self.applied = None
+            return
+        if self.error:
+            log.info("owned buckets set again")
+        self.error = None
+        self.applied = want
+        log.info("owned buckets: %s", ",".join(map(str, sorted(want))) or "none")
+
+    async def _retry_owned(self) -> None:
+        """A failed update (rules not applied yet) is retried until it works."""
+        while True:
+            await asyncio.sleep(RETRY_OWNED)
+            if not self.stopping and self.applied != self.owned():
+                self.carpd.actions.put_nowait(SyncOwned())
+
+    # --- adverts ---------------------------------------------------------------------
+    def _send_advert(self, action: machine.SendAdvert) -> None:
+        run = self.runs[action.vhid]
+        iface = self.carpd.ifaces[self.interface]
+        sock = iface.socks.get(self.family)
+        if sock is None:
+            return
+        payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
+        source = iface.own.get(self.family)
+        try:
+            sock.send(payload, source)
+        except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source:
+                sock.send(payload, None)
+            else:
+                log.debug("advert for bucket vhid %d not sent: %s", action.vhid, e)
+                return
+        run.counters["adverts_sent"] += 1
+
+    # --- vips on every member --------------------------------------------------------
+    async def _hold(self, ifname: str) -> None:
+        iface = self.carpd.ifaces.get(ifname)
+        if iface is None or iface.index is None:
+            return
+        for v in self.held:
+            if v.interface != ifname:
+                continue
+            await self.carpd.links.add_vip(iface.index, v.address)
+            self._join(ifname, iface.index, balance.vip_mac(v.vhid))
+            self._announce_vip(v.vhid)
+
+    def _join(self, ifname: str, ifindex: int, mac: str) -> None:
+        """The NIC must accept the vip's multicast MAC. A packet socket with
+        protocol 0 receives nothing; its membership ends with the socket."""
+        joined = self._joined.get(ifname)
+        if joined is not None and joined[0] != ifindex:  # interface re-created
+            joined[1].close()
+            joined = None
+        if joined is None:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            joined = self._joined[ifname] = (ifindex, s)
+        try:
+            joined[1].setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, membership_request(ifindex, mac))
+        except OSError as e:
+            log.error("cannot join %s on %s: %s", mac, ifname, e)
+
+    def _announce_vip(self, vhid: int) -> None:
+        v = next(v for v in self.held if v.vhid == vhid)
+        iface = self.carpd.ifaces.get(v.interface)
+        if iface is None or iface.index is None or not iface.mac:
+            return
+        # Ethernet source: our own MAC (a bridge drops a multicast source);
+        # ARP sender: the vip's multicast MAC.
+        try:
+            send_frames(iface.name, garp_frames(iface.mac, balance.vip_mac(vhid), str(v.address.ip)))
+        except OSError as e:
+            log.debug("gratuitous ARP for %s on %s: %s", v.address.ip, iface.name, e)
+
+    async def _release(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        await self._sync_owned()  # stopping: empty
+        for v in self.held:
+            iface = self.carpd.ifaces.get(v.interface)
+            if iface is not None and iface.index is not None:
+                await self.carpd.links.del_vip(iface.index, v.address)
+        for _, s in self._joined.values():
+            s.close()
+        self._joined.clear()

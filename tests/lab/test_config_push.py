@@ -1,0 +1,136 @@
+"""fwctl config push/diff/status between members over the authenticated channel.
+
+Each member gets its own config directory (in a real cluster each box has its
+own /config), so a push visibly changes the peer's files and ruleset.
+"""
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from fwcluster.lab import PY, Lab
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "overlays" / "cluster" / "etc" / "fwcluster" / "ruleset.nft.j2"
+MARK = "\ntable inet fwpush {{\n  counter {name} {{\n  }}\n}}\n"
+
+
+def _member_dirs(lab):
+    dirs = {}
+    for m in lab.members:
+        d = lab.dir / f"etc-{m}"
+        d.mkdir()
+        text = lab.config_path.read_text()
+        text += '\n[firewall]\ntemplate = "ruleset.nft.j2"\n'
+        (d / "cluster.toml").write_text(text)
+        shutil.copy(TEMPLATE, d / "ruleset.nft.j2")
+        dirs[m] = d
+    return dirs
+
+
+def _args(lab, m, d):
+    return ["--config", str(d / "cluster.toml"), "--node", m,
+            "--run-dir", str(lab.run_dir(m)), "--state-dir", str(lab.state_dir(m))]
+
+
+def _start(lab, m, d):
+    return lab._start(m, "syncd", ["-m", "syncd", *_args(lab, m, d)], True)
+
+
+def _fwctl(lab, m, d, *argv):
+    r = lab.run(m, [PY, "-m", "fwcluster.fwctl", *_args(lab, m, d), *argv, "--json"],
+                check=False, timeout=60)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+@pytest.fixture
+def cluster():
+    with Lab(members=2, prefix="fwc", ipv6=False) as lab:
+        dirs = _member_dirs(lab)
+        for m, d in dirs.items():
+            _start(lab, m, d)
+        yield lab, dirs
+
+
+def _ruleset(lab, m):
+    return lab.run(m, ["nft", "list", "ruleset"]).stdout
+
+
+def test_push_reaches_every_member_and_applies(cluster):
+    lab, dirs = cluster
+    with open(dirs["fw1"] / "ruleset.nft.j2", "a") as f:
+        f.write(MARK.format(name="v2"))
+    rc, out, err = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 0, (out, err)
+    assert out["results"]["fw1"]["ok"] and out["results"]["fw2"]["ok"]
+    assert out["results"]["fw2"]["changed"] == ["ruleset.nft.j2"]
+    assert (dirs["fw2"] / "ruleset.nft.j2").read_text() == (dirs["fw1"] / "ruleset.nft.j2").read_text()
+    assert "counter v2" in _ruleset(lab, "fw2") and "counter v2" in _ruleset(lab, "fw1")
+    rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
+    assert rc == 0 and st["generation"] == out["generation"] and not st["stale"]
+    rc, diff, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "diff")
+    assert rc == 0 and diff["peers"]["fw2"]["same"]
+
+
+def test_invalid_push_is_refused_and_changes_nothing(cluster):
+    lab, dirs = cluster
+    before = {m: (d / "cluster.toml").read_text() for m, d in dirs.items()}
+    rules_before = _ruleset(lab, "fw2")
+    (dirs["fw1"] / "cluster.toml").write_text(before["fw1"].replace("vhid = 2", "vhid = 1"))
+    rc, out, err = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 2 and "vip[1].vhid: duplicate vhid 1" in err  # fwctl refuses before sending
+    assert (dirs["fw2"] / "cluster.toml").read_text() == before["fw2"]
+    # A template the kernel rejects: refused before any member installs it.
+    (dirs["fw1"] / "cluster.toml").write_text(before["fw1"])
+    with open(dirs["fw1"] / "ruleset.nft.j2", "a") as f:
+        f.write("\ntable inet broken { chain c { tcp dport nosuchservice accept } }\n")
+    rc, out, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 1 and "refused locally" in out["error"]
+    assert _ruleset(lab, "fw2") == rules_before
+    assert "broken" not in (dirs["fw2"] / "ruleset.nft.j2").read_text()
+    rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
+    assert st["generation"] == 0
+
+
+def test_offline_member_is_stale_then_catches_up(cluster):
+    lab, dirs = cluster
+    lab.stop_daemon("fw2", "syncd", signal.SIGTERM)
+    with open(dirs["fw1"] / "ruleset.nft.j2", "a") as f:
+        f.write(MARK.format(name="v3"))
+    rc, out, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 1
+    assert out["results"]["fw1"]["ok"]
+    assert not out["results"]["fw2"]["ok"] and "unreachable" in out["results"]["fw2"]["error"]
+    assert "counter v3" not in (dirs["fw2"] / "ruleset.nft.j2").read_text()
+    # Drift is visible from the pusher while the peer is away, then fixed.
+    _start(lab, "fw2", dirs["fw2"])
+    assert lab.wait_for(lambda: "counter v3" in _ruleset(lab, "fw2"), 20, 0.2)
+    rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
+    assert st["last_catch_up"]["from"] == "fw1"
+    assert st["last_catch_up"]["was"] == 0 and st["last_catch_up"]["now"] == out["generation"]
+    assert not st["stale"]
+    # Local drift on one member shows in config diff (exit 1).
+    with open(dirs["fw2"] / "ruleset.nft.j2", "a") as f:
+        f.write("# edited by hand on fw2\n")
+    rc, diff, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "diff")
+    assert rc == 1 and "+# edited by hand on fw2" in diff["peers"]["fw2"]["diff"]
+
+
+def test_forged_config_request_is_dropped(cluster):
+    lab, dirs = cluster
+    code = (
+        "import asyncio, json, sys\n"
+        "from syncd.configchannel import call, config_key\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await call('203.0.113.2', 3780, config_key(b'wrong', 'lab'), 'fw1', 'hello', {})\n"
+        "        print('accepted')\n"
+        "    except Exception as e:\n"
+        "        print('refused', type(e).__name__)\n"
+        "asyncio.run(main())\n")
+    r = lab.run("fw1", [PY, "-c", code], cwd=str(ROOT))
+    assert r.stdout.startswith("refused")
+    rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
+    assert st["counters"]["auth_drops"] >= 1
