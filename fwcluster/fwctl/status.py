@@ -75,6 +75,12 @@ def human(d: dict) -> None:
         brief = ", ".join(f"{k}={v}" for k, v in sorted(s.items())
                           if isinstance(v, (str, int, float, bool)))
         print(f"sync: {brief or 'running'}")
+        conf = s.get("config")
+        if isinstance(conf, dict):
+            state = ("STALE: newer config on " + ", ".join(conf["newer_on"])) if conf.get("stale") \
+                else "current"
+            behind = f"; behind us: {', '.join(conf['peers_behind'])}" if conf.get("peers_behind") else ""
+            print(f"config: generation {conf.get('generation')} {state}{behind}")
 
 
 def _ranges(numbers) -> str:

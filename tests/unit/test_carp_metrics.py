@@ -137,3 +137,27 @@ def test_no_textfile_without_textfile_dir(tmp_path):
     assert d._textfile_dir() is None
     d._write_textfile()
     assert d._textfile_last is None and not list(tmp_path.rglob("*.prom"))
+
+
+def test_metrics_off_by_default(tmp_path):
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+
+    async def go():
+        await d._start_metrics()
+        return d._metrics_server, list(d._tasks)
+    server, tasks = asyncio.run(go())
+    assert server is None and tasks == []
+
+
+def test_endpoint_failure_is_not_fatal(tmp_path):
+    import socket
+    with socket.socket() as busy:  # the port is taken: carpd logs and carries on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        d = Carpd(make_cfg(tmp_path, f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'), "fw1", b"s3cret")
+
+        async def go():
+            await d._start_metrics()
+            return d._metrics_server
+        assert asyncio.run(go()) is None
