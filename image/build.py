@@ -164,7 +164,7 @@ def ext4_free(fs_image: Path) -> tuple[int, int]:
 
 
 def stage_filesystems(rootfs: Path, work: Path, plan: Plan, profile: Profile,
-                      version: str, config_dir: Path | None) -> dict[str, Path]:
+                      slot_version: str, config_dir: Path | None) -> dict[str, Path]:
     slot = plan.slot("a")
     root_img = work / "root.ext4"
     # Read-only root: no journal, no reserved blocks.
@@ -174,7 +174,7 @@ def stage_filesystems(rootfs: Path, work: Path, plan: Plan, profile: Profile,
     empty.mkdir(exist_ok=True)
     mkfs_ext4(cfg_img, plan.by_name("fwconfig").size_bytes, config_dir or empty, "fwconfig", [])
     esp_img = work / "esp.vfat"
-    make_esp(esp_img, plan, profile, version, work)
+    make_esp(esp_img, plan, profile, slot_version, work)
     return {"fwroot-a": root_img, "fwconfig": cfg_img, "fwesp": esp_img}
 
 
@@ -185,12 +185,12 @@ def mkfs_ext4(path: Path, size: int, content: Path, label: str, extra: list[str]
          *extra, str(path), f"{size // 1024}k"])
 
 
-def make_esp(path: Path, plan: Plan, profile: Profile, version: str, work: Path) -> None:
+def make_esp(path: Path, plan: Plan, profile: Profile, slot_version: str, work: Path) -> None:
     if path.exists():
         path.unlink()
     core, efi = boot.build_loaders(work)
     (work / "grub.cfg").write_text(boot.grub_cfg(plan, profile.serial_console))
-    (work / "grubenv").write_bytes(render_grubenv(initial_env(version)))
+    (work / "grubenv").write_bytes(render_grubenv(initial_env(slot_version)))
     size_kib = plan.by_name("fwesp").size_bytes // 1024
     run(["mkfs.vfat", "-C", "-n", "FWESP", str(path), str(size_kib)])
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
@@ -270,7 +270,8 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
           f"log {log})", file=sys.stderr, flush=True)
     rootfs = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log)
     text = pr.run("manifest", stage_manifest, rootfs, profile, version, bid, plan)
-    parts = pr.run("filesystems", stage_filesystems, rootfs, work, plan, profile, version, config_dir)
+    parts = pr.run("filesystems", stage_filesystems, rootfs, work, plan, profile,
+                   f"{version}+{bid}", config_dir)
     blocks, free = ext4_free(parts["fwroot-a"])
     pr.run("disk", stage_disk, image, plan, parts, work)
     xz = pr.run("compress", stage_compress, image, profile.compress_level) if compress else None

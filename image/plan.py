@@ -80,6 +80,8 @@ def make_plan(size_mib: int, bios_grub_mib: int, esp_mib: int, config_mib: int,
     slot_mib = (size_mib - 2 - bios_grub_mib - esp_mib - config_mib) // 2
     if slot_mib < 128:
         raise ValueError(f"image of {size_mib} MiB leaves {slot_mib} MiB per root slot (need >= 128)")
+    # /config takes what rounding the slots down left over.
+    config_mib = size_mib - 2 - bios_grub_mib - esp_mib - 2 * slot_mib
     parts = []
     start_mib = 1
     for number, (name, type_guid, mib) in enumerate((

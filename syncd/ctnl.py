@@ -145,7 +145,7 @@ def _zone(e: Entry) -> bytes:
     return _nla(CTA_ZONE, _be16(e.zone)) if e.zone else b""
 
 
-def encode_create(e: Entry, seq: int, exclusive: bool = True) -> bytes:
+def encode_create_generic(e: Entry, seq: int, exclusive: bool = True) -> bytes:
     """IPCTNL_MSG_CT_NEW creating the entry. The reply tuple is sent as the
     inverse of the original and NAT as CTA_NAT_SRC/DST ranges of one address
     and port, so the kernel sets up NAT (status bits, bysource hash) itself."""
@@ -168,7 +168,7 @@ def _icmp_reply_ports(e: Entry) -> tuple[int, int]:
     return e.rsport, e.rdport
 
 
-def encode_update(e: Entry, seq: int) -> bytes:
+def encode_update_generic(e: Entry, seq: int) -> bytes:
     """IPCTNL_MSG_CT_NEW without NLM_F_CREATE: change an existing entry
     (the kernel refuses NAT changes there, so none are sent)."""
     body = _tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + b"".join(_attrs(e))
@@ -265,7 +265,7 @@ def _parse_tuple(buf, span, family: int):
     return proto, src, dst, sport, dport
 
 
-def parse_entry(buf, off: int, end: int) -> Entry | None:
+def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
     """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
     None for families/shapes sync does not carry."""
     family = _VER.get(buf[off])
@@ -308,6 +308,171 @@ def event_kind(mtype: int, flags: int) -> str | None:
     if mtype == CT_NEW:
         return EV_NEW if flags & NLM_F_CREATE else EV_UPDATE
     return None
+
+
+# --- fast paths -------------------------------------------------------------------
+# TCP/UDP-like tuples and the TCP protoinfo have a fixed layout, so they are
+# packed and parsed with one struct call each (native-endian netlink headers,
+# network-order values byte-swapped by hand). Anything else (ICMP, odd
+# layouts) takes the generic path above; the tests check both agree.
+_N = NLA_F_NESTED
+_TUPLE = {4: struct.Struct("=HHHHHH4sHH4sHHHHB3xHHH2xHHH2x"),
+          6: struct.Struct("=HHHHHH16sHH16sHHHHB3xHHH2xHHH2x")}
+_TUPLE_LEN = {4: 52, 6: 76}
+_IP_LEN = {4: 20, 6: 44}
+_ALEN = {4: 8, 6: 20}
+_IPATTR = {4: (CTA_IP_V4_SRC, CTA_IP_V4_DST), 6: (CTA_IP_V6_SRC, CTA_IP_V6_DST)}
+_U32 = struct.Struct("=HHI")
+_U16 = struct.Struct("=HHH2x")
+_TCPINFO = struct.Struct("=HHHHHHB3xHHB3xHHB3xHHBB2xHHBB2x")
+_NAT = {4: struct.Struct("=HHHH4sHH4sHHHHH2xHHH2x"), 6: struct.Struct("=HHHH16sHH16sHHHHH2xHHH2x")}
+_NAT_LEN = {4: 40, 6: 64}
+_HEAD = struct.Struct("=IHHIIBBH")
+_PORTED = frozenset((6, 17, 33, 132, 136))   # tcp udp dccp sctp udplite
+
+
+def _swap16(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+def _swap32(v: int) -> int:
+    return socket.htonl(v)
+
+
+def _fast_tuple(t: int, f: int, proto: int, src: str, dst: str, sport: int, dport: int) -> bytes:
+    af = _FAM[f]
+    s_attr, d_attr = _IPATTR[f]
+    return _TUPLE[f].pack(_TUPLE_LEN[f], t | _N, _IP_LEN[f], CTA_TUPLE_IP | _N,
+                          _ALEN[f], s_attr, _pton(af, src), _ALEN[f], d_attr, _pton(af, dst),
+                          28, CTA_TUPLE_PROTO | _N, 5, CTA_PROTO_NUM, proto,
+                          6, CTA_PROTO_SRC_PORT, _swap16(sport), 6, CTA_PROTO_DST_PORT, _swap16(dport))
+
+
+def _fast_nat(t: int, f: int, addr: str, port: int) -> bytes:
+    a = _pton(_FAM[f], addr)
+    lo, hi = (CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP) if f == 4 else (CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP)
+    p = _swap16(port)
+    return _NAT[f].pack(_NAT_LEN[f], t | _N, _ALEN[f], lo, a, _ALEN[f], hi, a,
+                        20, CTA_NAT_PROTO | _N, 6, CTA_PROTONAT_PORT_MIN, p, 6, CTA_PROTONAT_PORT_MAX, p)
+
+
+def _fast_attrs(e: Entry) -> bytes:
+    parts = []
+    if e.zone:
+        parts.append(_U16.pack(6, CTA_ZONE, _swap16(e.zone)))
+    parts.append(_U32.pack(8, CTA_STATUS, _swap32((e.status & 0x2406) | 0x8)))
+    if e.timeout:
+        parts.append(_U32.pack(8, CTA_TIMEOUT, _swap32(e.timeout)))
+    if e.mark:
+        parts.append(_U32.pack(8, CTA_MARK, _swap32(e.mark)))
+    if e.proto == TCP and e.tcp_state:
+        parts.append(_TCPINFO.pack(48, CTA_PROTOINFO | _N, 44, CTA_PROTOINFO_TCP | _N,
+                                   5, CTA_PROTOINFO_TCP_STATE, e.tcp_state,
+                                   5, CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, e.wscale_orig,
+                                   5, CTA_PROTOINFO_TCP_WSCALE_REPLY, e.wscale_reply,
+                                   6, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, e.flags_orig, 0xFF,
+                                   6, CTA_PROTOINFO_TCP_FLAGS_REPLY, e.flags_reply, 0xFF))
+    return b"".join(parts)
+
+
+def _fast_message(mtype: int, flags: int, seq: int, f: int, body: bytes) -> bytes:
+    return _HEAD.pack(20 + len(body), mtype, flags, seq, 0, _FAM[f], 0, 0) + body
+
+
+def encode_create(e: Entry, seq: int, exclusive: bool = True) -> bytes:
+    """IPCTNL_MSG_CT_NEW creating the entry. The reply tuple is sent as the
+    inverse of the original and NAT as CTA_NAT_SRC/DST ranges of one address
+    and port, so the kernel sets up NAT (status bits, bysource hash) itself."""
+    f, pr = e.family, e.proto
+    if pr not in _PORTED:
+        return encode_create_generic(e, seq, exclusive)
+    parts = [_fast_tuple(CTA_TUPLE_ORIG, f, pr, e.osrc, e.odst, e.osport, e.odport),
+             _fast_tuple(CTA_TUPLE_REPLY, f, pr, e.odst, e.osrc, e.odport, e.osport)]
+    if e.dnat or e.status & IPS_DST_NAT:
+        parts.append(_fast_nat(CTA_NAT_DST, f, e.rsrc, e.rsport))
+    if e.snat or e.status & IPS_SRC_NAT:
+        parts.append(_fast_nat(CTA_NAT_SRC, f, e.rdst, e.rdport))
+    parts.append(_fast_attrs(e))
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0)
+    return _fast_message(CT_NEW, flags, seq, f, b"".join(parts))
+
+
+def encode_update(e: Entry, seq: int) -> bytes:
+    """IPCTNL_MSG_CT_NEW without NLM_F_CREATE: change an existing entry
+    (the kernel refuses NAT changes there, so none are sent)."""
+    if e.proto not in _PORTED:
+        return encode_update_generic(e, seq)
+    body = _fast_tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + _fast_attrs(e)
+    return _fast_message(CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, e.family, body)
+
+
+_pton_cache: dict = {}
+_ntop_cache: dict = {}
+
+
+def _pton(af: int, addr: str) -> bytes:
+    b = _pton_cache.get(addr)
+    if b is None:
+        if len(_pton_cache) >= 65536:
+            _pton_cache.clear()
+        b = _pton_cache[addr] = socket.inet_pton(af, addr)
+    return b
+
+
+def _ntop(af: int, raw: bytes) -> str:
+    s = _ntop_cache.get(raw)
+    if s is None:
+        if len(_ntop_cache) >= 65536:
+            _ntop_cache.clear()
+        s = _ntop_cache[raw] = socket.inet_ntop(af, raw)
+    return s
+
+
+def _fast_parse_tuple(buf, off: int, f: int, t: int):
+    """(proto, src, dst, sport, dport) if the tuple at off has the fixed
+    layout, else None."""
+    st = _TUPLE[f]
+    if len(buf) - off < st.size:
+        return None
+    (tl, tt, il, it, sl, sa, src, dl, da, dst, pl, pt, nl, na, proto,
+     spl, spa, sport, dpl, dpa, dport) = st.unpack_from(buf, off)
+    s_attr, d_attr = _IPATTR[f]
+    if (tl != _TUPLE_LEN[f] or tt & NLA_TYPE_MASK != t or il != _IP_LEN[f] or sa != s_attr
+            or da != d_attr or pl != 28 or na != CTA_PROTO_NUM or spa != CTA_PROTO_SRC_PORT
+            or dpa != CTA_PROTO_DST_PORT):
+        return None
+    af = _FAM[f]
+    return proto, _ntop(af, src), _ntop(af, dst), _swap16(sport), _swap16(dport)
+
+
+def parse_entry(buf, off: int, end: int) -> Entry | None:
+    """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
+    None for families/shapes sync does not carry."""
+    family = _VER.get(buf[off])
+    if family is None:
+        return None
+    p = off + 4
+    o = _fast_parse_tuple(buf, p, family, CTA_TUPLE_ORIG)
+    r = _fast_parse_tuple(buf, p + _TUPLE_LEN[family], family, CTA_TUPLE_REPLY) if o else None
+    if r is None:
+        return parse_entry_generic(buf, off, end)
+    a = _attrs_of(buf, p + 2 * _TUPLE_LEN[family], end)
+
+    def be32(k):
+        return struct.unpack_from("!I", buf, a[k][0])[0] if k in a else 0
+
+    zone = struct.unpack_from("!H", buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
+    state = wso = wsr = fo = fr = 0
+    if CTA_PROTOINFO in a:
+        pi = _attrs_of(buf, *a[CTA_PROTOINFO])
+        if CTA_PROTOINFO_TCP in pi:
+            t = _attrs_of(buf, *pi[CTA_PROTOINFO_TCP])
+            get = lambda k: buf[t[k][0]] if k in t else 0  # noqa: E731
+            state = get(CTA_PROTOINFO_TCP_STATE)
+            wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
+            fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
+    return Entry(family, o[0], zone, o[1], o[2], o[3], o[4], r[1], r[2], r[3], r[4],
+                 be32(CTA_STATUS), be32(CTA_TIMEOUT), be32(CTA_MARK), state, wso, wsr, fo, fr)
 
 
 __all__ = ["encode_create", "encode_update", "encode_delete", "encode_dump", "encode_get",

@@ -27,7 +27,7 @@ from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
 
 log = logging.getLogger("syncd")
 
-TICK = 0.02                  # timer resolution (resends, acks, alive)
+TICK = 0.05                  # timer resolution (resends, NACK repeats, alive)
 ADDR_REFRESH = 2.0           # re-read the member's own addresses
 COUNT_REFRESH = 1.0          # local table size reported to peers
 DEMOTE_SYNCING = 32          # carpd demotion while not in sync (contracts.md)
@@ -136,9 +136,8 @@ class Daemon:
         except OSError as e:
             log.warning("cannot read local addresses: %s", e)
             return
-        own = set(own_addresses([a for a in addrs if a], self.vips))
-        own.add(str(self.me.sync_address))
-        self.own = frozenset(own)
+        self.own = own_addresses([a for a in addrs if a], self.vips,
+                                 [m.sync_address for m in self.cfg.members])
 
     # --- I/O callbacks -------------------------------------------------------------------
     def on_events(self) -> None:
@@ -153,9 +152,9 @@ class Daemon:
             self.full_refresh(now)
             return
         records = []
-        own, port = self.own, self.port
+        own = self.own
         for kind, e in events:
-            if not syncable(e, own, port):
+            if not syncable(e, own):
                 self.counters["events_skipped"] += 1
                 continue
             records.append((OP_DELETE if kind == "destroy" else OP_UPSERT, e))
@@ -167,7 +166,7 @@ class Daemon:
 
     def full_refresh(self, now: float) -> None:
         self.counters["refreshes"] += 1
-        entries = [e for e in self.ct.dump() if syncable(e, self.own, self.port)]
+        entries = [e for e in self.ct.dump() if syncable(e, self.own)]
         self.sync.local([(OP_UPSERT, e) for e in entries], now)
         self.sync.flush(now)
         self.process()
@@ -203,7 +202,7 @@ class Daemon:
                 elif isinstance(a, Apply):
                     self.apply(a)
                 elif isinstance(a, Dump):
-                    entries = [e for e in self.ct.dump() if syncable(e, self.own, self.port)]
+                    entries = [e for e in self.ct.dump() if syncable(e, self.own)]
                     log.info("bulk transfer of %d entries to %s", len(entries), a.peer)
                     self.sync.bulk(a.peer, entries, self.now())
                 elif isinstance(a, InSync):
@@ -211,8 +210,8 @@ class Daemon:
                     asyncio.get_running_loop().create_task(self.tell_carpd())
 
     def apply(self, a: Apply) -> None:
-        own, port = self.own, self.port
-        records = [(op, e) for op, e in a.records if syncable(e, own, port)]
+        own = self.own
+        records = [(op, e) for op, e in a.records if syncable(e, own)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
         if records:
             self.ct.apply(records, replace=a.replace)

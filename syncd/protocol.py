@@ -36,7 +36,7 @@ from syncd.replay import ReplayWindow
 
 @dataclass(frozen=True)
 class Timing:
-    rto: float = 0.2              # resend an unacked message after this
+    rto: float = 0.5              # resend an unacked message after this (NACKs repair faster)
     alive: float = 0.5            # idle interval between ALIVE messages
     peer_timeout: float = 2.0     # no valid message for this long: peer down
     resync_retry: float = 1.0     # repeat RESYNC_REQ until answered
@@ -175,7 +175,12 @@ class Sync:
         self._queue(p, wire.RESYNC_DONE, req, b"", 0, now)
 
     def datagram(self, addr: str, data: bytes, now: float) -> None:
-        p = self.by_addr.get(_norm(addr))
+        p = self.by_addr.get(addr)
+        if p is None:
+            try:
+                p = self.by_addr.get(_norm(addr))
+            except ValueError:
+                p = None
         if p is None:
             self._drop("unknown_peer")
             return

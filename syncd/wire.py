@@ -75,42 +75,58 @@ class Message(NamedTuple):
     flags: int = 0        # FLAG_BULK: DATA of a bulk transfer
 
 
+# Whole records in one struct call per family; addresses through small
+# caches (a sync stream repeats the same few thousand addresses endlessly).
+_REC = {f: struct.Struct(f"!BBBBHHIIIBBBB{n}s{n}sHH{n}s{n}sHH") for f, n in ADDR_LEN.items()}
+_pton_cache: dict = {}
+_ntop_cache: dict = {}
+_CACHE_MAX = 65536
+
+
+def _pton(family: int, addr: str) -> bytes:
+    b = _pton_cache.get(addr)
+    if b is None:
+        if len(_pton_cache) >= _CACHE_MAX:
+            _pton_cache.clear()
+        b = _pton_cache[addr] = socket.inet_pton(_AF[family], addr)
+    return b
+
+
+def _ntop(family: int, raw: bytes) -> str:
+    s = _ntop_cache.get(raw)
+    if s is None:
+        if len(_ntop_cache) >= _CACHE_MAX:
+            _ntop_cache.clear()
+        s = _ntop_cache[raw] = socket.inet_ntop(_AF[family], raw)
+    return s
+
+
 def encode_record(op: int, e: Entry) -> bytes:
-    af = _AF[e.family]
-    return b"".join((
-        REC_HEAD.pack(op, e.family, e.proto, e.tcp_state, e.zone, 0, e.status,
-                      e.timeout, e.mark, e.wscale_orig, e.wscale_reply,
-                      e.flags_orig, e.flags_reply),
-        socket.inet_pton(af, e.osrc), socket.inet_pton(af, e.odst),
-        PORTS.pack(e.osport, e.odport),
-        socket.inet_pton(af, e.rsrc), socket.inet_pton(af, e.rdst),
-        PORTS.pack(e.rsport, e.rdport)))
+    f = e.family
+    return _REC[f].pack(op, f, e.proto, e.tcp_state, e.zone, 0, e.status, e.timeout, e.mark,
+                        e.wscale_orig, e.wscale_reply, e.flags_orig, e.flags_reply,
+                        _pton(f, e.osrc), _pton(f, e.odst), e.osport, e.odport,
+                        _pton(f, e.rsrc), _pton(f, e.rdst), e.rsport, e.rdport)
 
 
 def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
     """(op, entry, next offset); raises WireError on a malformed record."""
     if len(buf) - off < REC_HEAD.size:
         raise WireError("truncated", "entry record header")
-    (op, family, proto, tcp_state, zone, _pad, status, timeout, mark,
-     wso, wsr, fo, fr) = REC_HEAD.unpack_from(buf, off)
-    if op not in (OP_UPSERT, OP_DELETE):
+    op, family = buf[off], buf[off + 1]
+    if op != OP_UPSERT and op != OP_DELETE:
         raise WireError("malformed", f"entry op {op}")
-    n = ADDR_LEN.get(family)
-    if n is None:
+    rec = _REC.get(family)
+    if rec is None:
         raise WireError("malformed", f"entry family {family}")
-    if len(buf) - off < REC_LEN[family]:
+    if len(buf) - off < rec.size:
         raise WireError("truncated", "entry record")
-    af = _AF[family]
-    p = off + REC_HEAD.size
-    osrc = socket.inet_ntop(af, buf[p:p + n]); p += n
-    odst = socket.inet_ntop(af, buf[p:p + n]); p += n
-    osport, odport = PORTS.unpack_from(buf, p); p += 4
-    rsrc = socket.inet_ntop(af, buf[p:p + n]); p += n
-    rdst = socket.inet_ntop(af, buf[p:p + n]); p += n
-    rsport, rdport = PORTS.unpack_from(buf, p); p += 4
-    e = Entry(family, proto, zone, osrc, odst, osport, odport, rsrc, rdst, rsport,
-              rdport, status, timeout, mark, tcp_state, wso, wsr, fo, fr)
-    return op, e, p
+    (op, family, proto, tcp_state, zone, _pad, status, timeout, mark, wso, wsr, fo, fr,
+     osrc, odst, osport, odport, rsrc, rdst, rsport, rdport) = rec.unpack_from(buf, off)
+    e = Entry(family, proto, zone, _ntop(family, osrc), _ntop(family, odst), osport, odport,
+              _ntop(family, rsrc), _ntop(family, rdst), rsport, rdport, status, timeout, mark,
+              tcp_state, wso, wsr, fo, fr)
+    return op, e, off + rec.size
 
 
 def sign(key: bytes, data: bytes) -> bytes:

@@ -499,7 +499,7 @@ class Carpd:
     async def _textfile_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._metrics_kick.wait(), TEXTFILE_PERIOD)
+                await asyncio.wait_for(self._metrics_kick.wait(), TEXTFILE_PERIOD - TEXTFILE_MIN_GAP)
             except asyncio.TimeoutError:
                 pass
             self._metrics_kick.clear()

@@ -118,6 +118,7 @@ class RoleWatch:
             self.sock.close()
             raise control.ControlError(f"{path}: {e}") from None
         self.buf = b""
+        self.vhids = set(vhids)  # the vips' (not balancing buckets')
         self.state: dict[int, str] = {}
         self.since: dict[int, float] = {}
         deadline = time.monotonic() + timeout
@@ -147,7 +148,7 @@ class RoleWatch:
             ev = json.loads(line)
         except ValueError:
             return True
-        if isinstance(ev, dict) and ev.get("event") == "role":
+        if isinstance(ev, dict) and ev.get("event") == "role" and ev.get("vhid") in self.vhids:
             vhid = ev.get("vhid")
             if self.state.get(vhid) != ev.get("state"):
                 self.since[vhid] = float(ev.get("time", time.time()))

@@ -163,3 +163,39 @@ def test_sigterm_releases_the_vips_and_the_peer_takes_over_at_once(carp_lab):
     wait_settled(lab, "fw2", timeout=3, members=["fw2"])
     # Well before fw2's master-down time (3 s + 100/256): the bow-out advert.
     assert time.monotonic() - t < 3.0
+
+
+def test_three_members_the_next_best_takes_over(carp_lab):
+    lab = carp_lab(members=3, ipv6=False, **fast(3))  # skews 50 / 200 / 230
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    lab.node_loss("fw1")
+    wait_settled(lab, "fw2", timeout=5, members=["fw2", "fw3"])
+    assert lab.ping("client", SERVER4)
+
+
+def test_link_loss_on_the_backup_changes_nothing_on_the_master(carp_lab):
+    lab = carp_lab(members=2, ipv6=False, **fast())
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    before = transitions(lab, "fw1")
+    lab.link_down("fw2", "lan0")
+    assert lab.wait_for(lambda: lab.vip_state("fw2", 1) == "INIT", 3)
+    assert lab.status("fw2")["demotion_sources"].get("link:lan0", 0) > 0
+    lab.link_up("fw2", "lan0")
+    wait_settled(lab, "fw1", timeout=5)
+    assert transitions(lab, "fw1") == before
+
+
+def test_a_restarted_carpd_clears_a_vip_left_by_its_crash(carp_lab):
+    # carpd dies by SIGKILL with its links up: the VIPs stay on fw1's
+    # interfaces. When it starts again (as backup: no preemption) it must
+    # not keep them, or fw1 and fw2 would both answer for the gateway.
+    lab = carp_lab(members=2, ipv6=False, carp={"preempt": False})
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    lab.stop_daemon("fw1", "carpd", signal.SIGKILL)
+    assert lab.has_addr("fw1", "lan0", LAN_VIP4)  # left behind by the crash
+    assert lab.wait_for(lambda: lab.vip_state("fw2", 1) == "MASTER", 8)
+    lab.start_carpd("fw1")
+    wait_settled(lab, "fw2", timeout=5)

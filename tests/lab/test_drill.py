@@ -8,7 +8,7 @@ import time
 
 from carp_helpers import fast, settled, wait_settled
 from fwcluster.lab import PY
-from sync_helpers import Load, in_sync, start_server
+from sync_helpers import TCP_PORT, Load, in_sync, start_server
 
 SESSIONS = 40
 
@@ -21,6 +21,7 @@ def drill(lab, member, *argv):
 
 def test_drill_two_members_with_syncd_and_sessions(carp_lab):
     lab = carp_lab(members=2, ipv6=True)  # default timing: advbase 1, advskew 0 / 100
+    start_server(lab, duration=90)
     for m in lab.members:
         lab.start_syncd(m)
         lab.start_carpd(m)
@@ -33,7 +34,7 @@ def test_drill_two_members_with_syncd_and_sessions(carp_lab):
     assert any("run the drill on the master" in p and lab.addr4("fw1") in p for p in r["problems"])
     assert lab.masters(1) == ["fw1"]  # nothing moved
 
-    start_server(lab, duration=90)
+    assert lab.wait_for(lambda: lab.run("server", ["ss", "-Hltn", f"sport = :{TCP_PORT}"]).stdout, 10)
     load = Load(lab, "drill", SESSIONS, duration=80)
     try:
         assert load.wait_alive_since(time.time(), 15) == SESSIONS, load.diagnose(time.time())

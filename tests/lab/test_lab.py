@@ -263,3 +263,38 @@ def test_stale_namespaces_of_dead_labs_are_cleaned_up():
         assert name not in _netns_list()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_sigterm_to_a_lab_process_still_tears_the_lab_down():
+    import signal
+    import sys
+    code = ("import time\nfrom fwcluster.lab import Lab\n"
+            "lab = Lab(members=2, prefix='fwt').__enter__()\n"
+            "print(lab.tag, flush=True)\ntime.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        tag = p.stdout.readline().strip()
+        assert tag and any(n.startswith(tag + "-") for n in _netns_list())
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not any(n.startswith(tag + "-") for n in _netns_list())
+
+
+def test_demo_shows_a_failover_and_cleans_up():
+    """`make demo`: kept working by running it (needs carpd)."""
+    import io
+    import importlib.util
+    if importlib.util.find_spec("fwcluster.carpd") is None:
+        pytest.skip("fwcluster.carpd is not in this tree yet")
+    from fwcluster.lab import demo
+    out = io.StringIO()
+    assert demo(out=out, limit=40) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "fw2 took over; client lost the gateway for" in text
+    assert "fw1 preempted back" in text
+    assert not any(n.startswith("fwdemo") for n in _netns_list())

@@ -115,3 +115,21 @@ def test_split_stops_at_garbage():
     data = pyroute2_event(TCP_SNAT)
     assert len(list(ctnl.split(data + b"\x05\x00\x00"))) == 1
     assert list(ctnl.split(b"\xff\xff\x00\x00" + bytes(12))) == []
+
+
+VARIANTS = [TCP_SNAT, UDP6_ZONE, ICMP,
+            TCP_SNAT._replace(rsrc="203.0.113.80", rsport=8080, zone=3, mark=0, timeout=0),   # + DNAT
+            UDP6_ZONE._replace(rdst="2001:db8:2::1", rdport=40000, status=0x1e)]           # v6 SNAT
+
+
+def test_fast_encoders_equal_generic():
+    for e in VARIANTS:
+        assert ctnl.encode_create(e, 9) == ctnl.encode_create_generic(e, 9), e
+        assert ctnl.encode_create(e, 9, exclusive=False) == ctnl.encode_create_generic(e, 9, False)
+        assert ctnl.encode_update(e, 4) == ctnl.encode_update_generic(e, 4), e
+
+
+def test_fast_parser_equals_generic():
+    for e in VARIANTS:
+        data = pyroute2_event(e)
+        assert ctnl.parse_entry(data, 16, len(data)) == ctnl.parse_entry_generic(data, 16, len(data)) == e

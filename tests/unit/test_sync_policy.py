@@ -3,7 +3,7 @@ from syncd.entry import Entry
 from syncd.policy import own_addresses, syncable
 
 OWN = own_addresses(["192.0.2.11", "198.51.100.11", "203.0.113.1", "198.51.100.1", "fe80::1%lan0"],
-                    ["192.0.2.1/24", "198.51.100.1/24"])
+                    ["192.0.2.1/24", "198.51.100.1/24"], ["203.0.113.1", "203.0.113.2"])
 
 
 def e(proto=6, osrc="192.0.2.100", odst="198.51.100.100", sport=40000, dport=80,
@@ -13,17 +13,18 @@ def e(proto=6, osrc="192.0.2.100", odst="198.51.100.100", sport=40000, dport=80,
 
 
 def test_forwarded_flows_are_synced_also_snat_to_a_vip():
-    assert syncable(e(), OWN, 3780)
-    assert syncable(e(rdst="198.51.100.1"), OWN, 3780)       # SNAT to the WAN vip
+    assert syncable(e(), OWN)
+    assert syncable(e(rdst="198.51.100.1"), OWN)       # SNAT to the WAN vip
     assert "198.51.100.1" not in OWN and "203.0.113.1" in OWN
 
 
 def test_skipped_flows():
-    assert not syncable(e(proto=112, odst="224.0.0.18"), OWN, 3780)                  # CARP
-    assert not syncable(e(proto=17, osrc="203.0.113.2", odst="203.0.113.9", dport=3780), frozenset(), 3780)
-    assert not syncable(e(osrc="192.0.2.11"), OWN, 3780)                             # from the member
-    assert not syncable(e(odst="198.51.100.11"), OWN, 3780)                          # to the member
-    assert not syncable(e(rdst="198.51.100.11"), OWN, 3780)                          # masqueraded to own
-    assert not syncable(e(odst="224.0.0.251"), OWN, 3780)                            # multicast
-    assert not syncable(e(osrc="127.0.0.1", odst="127.0.0.1"), OWN, 3780)
-    assert not syncable(e(status=1 << 12), OWN, 3780)                                # untracked
+    assert not syncable(e(proto=112, odst="224.0.0.18"), OWN)                  # CARP
+    assert not syncable(e(proto=17, osrc="203.0.113.2", odst="203.0.113.9", dport=3780), OWN)  # peer's sync
+    assert syncable(e(proto=17, sport=3780, dport=53), OWN)          # a forwarded flow on the sync port
+    assert not syncable(e(osrc="192.0.2.11"), OWN)                             # from the member
+    assert not syncable(e(odst="198.51.100.11"), OWN)                          # to the member
+    assert not syncable(e(rdst="198.51.100.11"), OWN)                          # masqueraded to own
+    assert not syncable(e(odst="224.0.0.251"), OWN)                            # multicast
+    assert not syncable(e(osrc="127.0.0.1", odst="127.0.0.1"), OWN)
+    assert not syncable(e(status=1 << 12), OWN)                                # untracked

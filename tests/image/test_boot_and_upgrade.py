@@ -1,0 +1,200 @@
+"""The real thing: boot the built image under qemu (BIOS, then UEFI), check
+the appliance, upgrade it A -> B, and watch a broken image fall back.
+
+One VM is carried through the module's tests in order (each boot costs a
+minute or more without KVM). Guest networking is qemu user-mode with
+restrict=on: nothing leaves the VM.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fwcluster import upgrade as ab
+from image.build import sha256_file
+from image.qemu import VM, kvm_works
+from image.seed import seed_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.image
+
+BOOT_TIMEOUT = 420  # seconds to a login prompt; TCG on a busy 2-core host is slow
+HEALTH_TIMEOUT = 120
+
+
+def write_config(d: Path) -> None:
+    (d / "network").mkdir(parents=True)
+    (d / "cluster.toml").write_text(textwrap.dedent("""\
+        [cluster]
+        name = "imgtest"
+        secret_file = "/etc/fwcluster/secret"
+
+        [sync]
+        interface = "sync0"
+
+        [[member]]
+        name = "fw1"
+        sync_address = "203.0.113.1"
+
+        [[member]]
+        name = "fw2"
+        sync_address = "203.0.113.2"
+        advskew = 100
+
+        [[vip]]
+        vhid = 1
+        interface = "lan0"
+        address = "192.0.2.1/24"
+        """))
+    (d / "node").write_text("fw1\n")
+    (d / "hostname").write_text("fw1\n")
+    secret = d / "secret"
+    secret.write_text("image-test-passphrase\n")
+    secret.chmod(0o600)
+    for mac, name, addr in (("52:54:00:00:00:10", "lan0", "192.0.2.11/24"),
+                            ("52:54:00:00:00:11", "sync0", "203.0.113.1/24")):
+        (d / "network" / f"10-{name}.link").write_text(
+            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
+        (d / "network" / f"20-{name}.network").write_text(
+            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")
+
+
+def debugfs(fs: Path, *requests: str) -> None:
+    for r in requests:
+        subprocess.run(["debugfs", "-w", "-R", r, str(fs)], check=True, capture_output=True)
+
+
+def derive_image(base: Path, out: Path, edits: list[tuple[str, str, int]], work: Path) -> None:
+    """A copy of base whose slot-A file system has files replaced (path, text, mode)."""
+    shutil.copy(base, out)
+    with open(base, "rb") as f:
+        part = ab.find_partition(ab.parse_gpt(f.read(34 * 512)), "fwroot-a")
+    fs = work / "slot.ext4"
+    subprocess.run(["dd", f"if={base}", f"of={fs}", "bs=1M", f"skip={part.offset >> 20}",
+                    f"count={part.size >> 20}", "status=none"], check=True)
+    for i, (path, text, mode) in enumerate(edits):
+        src = work / f"edit{i}"
+        src.write_text(text)
+        src.chmod(mode)
+        debugfs(fs, f"rm {path}", f"write {src} {path}", f"sif {path} mode 0{0o100000 | mode:o}")
+    subprocess.run(["dd", f"if={fs}", f"of={out}", "bs=1M", f"seek={part.offset >> 20}",
+                    "conv=notrunc,sparse", "status=none"], check=True)
+    fs.unlink()
+    out.with_suffix(".sha256").write_text(f"{sha256_file(out)}  {out.name}\n")
+
+
+@pytest.fixture(scope="module")
+def lab(built_image, tmp_path_factory):
+    work = tmp_path_factory.mktemp("vm")
+    disk = work / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(built_image), str(disk)], check=True)
+    cfg = work / "config"
+    write_config(cfg)
+    seed_config(disk, cfg)
+    share = work / "share"
+    share.mkdir()
+    release = "VERSION=0.1.0-second\nBUILD_ID=test2\nDEBIAN=trixie\n"
+    derive_image(built_image, share / "second.img",
+                 [("/usr/lib/fwcluster/release", release, 0o644)], work)
+    derive_image(built_image, share / "broken.img",
+                 [("/usr/lib/fwcluster/release", "VERSION=0.1.0-broken\nBUILD_ID=test3\n", 0o644),
+                  ("/usr/bin/fwcluster-syncd", "#!/bin/sh\necho broken on purpose >&2\nexit 1\n", 0o755)],
+                 work)
+    kvm = kvm_works(built_image, ROOT / "build" / "stamps" / "qemu-accel")
+    state = {"work": work, "disk": disk, "share": share, "kvm": kvm, "vm": None}
+    vm = VM(disk, work / "console.log", kvm=kvm, share=share).start()
+    state["vm"] = vm
+    state["boot_seconds"] = vm.login(BOOT_TIMEOUT)
+    yield state
+    state["vm"].stop()
+    print(f"\nconsole log: {work / 'console.log'} (kvm={kvm})")
+
+
+def test_boot_reaches_multi_user(lab):
+    vm = lab["vm"]
+    vm.check("systemctl is-active multi-user.target", timeout=HEALTH_TIMEOUT)
+    assert "fwcluster.slot=a" in vm.check("cat /proc/cmdline")
+    assert vm.check("cat /usr/lib/fwcluster/release").startswith("VERSION=")
+
+
+def test_root_read_only_and_config_writable(lab):
+    vm = lab["vm"]
+    assert "ro" in vm.check("findmnt -no OPTIONS /").split(",")
+    rc, out = vm.run("touch /probe")
+    assert rc != 0 and "Read-only file system" in out
+    vm.check("touch /config/probe && rm /config/probe")
+    assert vm.check("findmnt -no FSTYPE /var/log") == "tmpfs"
+    assert vm.check("findmnt -no FSTYPE /tmp") == "tmpfs"
+    assert vm.check("journalctl --header | grep -c '/run/log/journal' || true") != "0"
+    assert vm.check("readlink /etc/fwcluster/cluster.toml") == "/config/cluster.toml"
+    assert vm.check("readlink /var/lib/fwcluster") == "/config/state"
+
+
+def test_daemons_active_with_config(lab):
+    vm = lab["vm"]
+    # the .link files on /config named the NICs
+    vm.check("ip -br link show lan0 && ip -br link show sync0")
+    out = vm.check("systemctl is-active fwcluster-carpd fwcluster-syncd", timeout=60)
+    assert out.split() == ["active", "active"]
+    status = json.loads(vm.check("fwctl status --json", timeout=60))
+    assert status["node"] == "fw1" and status["cluster"] == "imgtest"
+
+
+def test_cluster_ruleset_loaded(lab):
+    vm = lab["vm"]
+    out = vm.check("nft list ruleset")
+    assert "table inet fwcluster" in out
+    assert vm.check("systemctl is-active fwcluster-ruleset") == "active"
+
+
+def test_health_check_marks_ready(lab):
+    vm = lab["vm"]
+    vm.check("systemctl is-active fwcluster-health", timeout=HEALTH_TIMEOUT)
+    st = json.loads(vm.check("fwctl upgrade --status --json"))
+    assert st["running"] == "a" and st["good_slot"] == "a" and st["trial_slot"] is None
+
+
+def test_upgrade_to_second_image_then_boot_it_under_uefi(lab):
+    vm = lab["vm"]
+    vm.check("mkdir -p /run/upg && mount -t 9p -o trans=virtio,ro upgrade /run/upg")
+    out = vm.check("fwctl upgrade /run/upg/second.img", timeout=900)
+    assert "slot b now holds 0.1.0-second+test2" in out
+    st = json.loads(vm.check("fwctl upgrade --status --json"))
+    assert st["trial_slot"] == "b" and st["good_slot"] == "a"
+    vm.send("poweroff\n")
+    vm.proc.wait(180)
+    vm.stop()
+    # Same disk, now with UEFI firmware: both boot paths are exercised.
+    vm = VM(lab["disk"], lab["work"] / "console.log", kvm=lab["kvm"], uefi=True,
+            share=lab["share"]).start()
+    lab["vm"] = vm
+    vm.wait_for(rb"trial boot of slot b", BOOT_TIMEOUT)
+    vm.login(BOOT_TIMEOUT)
+    assert "fwcluster.slot=b" in vm.check("cat /proc/cmdline")
+    assert "VERSION=0.1.0-second" in vm.check("cat /usr/lib/fwcluster/release")
+    vm.check("systemctl is-active fwcluster-health", timeout=HEALTH_TIMEOUT)
+    st = json.loads(vm.check("fwctl upgrade --status --json"))
+    assert st["running"] == "b" and st["good_slot"] == "b" and st["trial_slot"] is None
+
+
+def test_broken_image_falls_back(lab):
+    vm = lab["vm"]
+    vm.check("mkdir -p /run/upg && mount -t 9p -o trans=virtio,ro upgrade /run/upg")
+    out = vm.check("fwctl upgrade /run/upg/broken.img", timeout=900)
+    assert "slot a now holds 0.1.0-broken+test3" in out
+    mark = vm.mark()
+    vm.send("reboot\n")
+    vm.wait_for(rb"trial boot of slot a", BOOT_TIMEOUT, mark)
+    # The trial slot's health check fails and reboots; GRUB then boots b.
+    vm.wait_for(rb"NOT healthy", BOOT_TIMEOUT + HEALTH_TIMEOUT, mark)
+    vm.login(BOOT_TIMEOUT, since=vm.wait_for(rb"Booting .fwcluster slot B", BOOT_TIMEOUT, mark).end())
+    assert "fwcluster.slot=b" in vm.check("cat /proc/cmdline")
+    st = json.loads(vm.check("fwctl upgrade --status --json"))
+    assert st["running"] == "b" and st["good_slot"] == "b" and st["trial_slot"] is None
+    assert vm.check("systemctl is-active fwcluster-carpd fwcluster-syncd").split() == ["active", "active"]

@@ -1,0 +1,235 @@
+"""Pure parts of the image builder and of the A/B slot logic."""
+from __future__ import annotations
+
+import struct
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fwcluster import upgrade as ab
+from image import boot, manifest, plan, profile
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "image/profiles/default.toml"
+
+
+def default_data() -> dict:
+    return tomllib.loads(DEFAULT.read_text())
+
+
+# --- profile -----------------------------------------------------------------
+
+def test_default_profile_loads():
+    p = profile.load(DEFAULT)
+    assert p.release == "trixie" and p.architecture == "amd64"
+    assert "python3-nftables" in p.packages and "linux-image-amd64" in p.packages
+    assert p.overlays == ("overlays/base", "overlays/cluster")
+    # fits a 1 GB (10^9 bytes) card
+    assert p.size_mib * 2**20 <= 10**9
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda d: d["image"].update(sizemib=900), "image.sizemib"),
+    (lambda d: d["image"].pop("release"), "image.release"),
+    (lambda d: d["image"].update(release="Trixie 13"), "image.release"),
+    (lambda d: d["image"].update(architecture="arm64"), "image.architecture"),
+    (lambda d: d["image"].update(size_mib="940"), "image.size_mib"),
+    (lambda d: d["image"].update(size_mib=200), "image.size_mib"),
+    (lambda d: d["image"].update(hostname="-bad-"), "image.hostname"),
+    (lambda d: d["image"].update(serial_console="com1"), "image.serial_console"),
+    (lambda d: d["packages"].update(extra=["tcpdump", "Bad Name"]), "packages.extra"),
+    (lambda d: d["packages"].update(exclude_paths=["usr/share/doc/*"]), "packages.exclude_paths"),
+    (lambda d: d["layout"].update(esp_mib=True), "layout.esp_mib"),
+    (lambda d: d.update(extra={}), "extra"),
+    (lambda d: d.pop("packages"), "packages"),
+])
+def test_bad_profile_names_the_key(mutate, key):
+    data = default_data()
+    mutate(data)
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(data, "p.toml")
+    assert e.value.key == key
+    assert str(e.value).startswith(f"p.toml: {key}: ")
+
+
+def test_extra_packages_and_overlays_are_added():
+    data = default_data()
+    data["packages"]["extra"] = ["tcpdump", "python3"]
+    p = profile.parse(data).with_overlays(["/site/overlay"])
+    assert p.packages.count("python3") == 1 and p.packages[-1] == "tcpdump"
+    assert p.overlays[-1] == "/site/overlay"
+
+
+def test_profile_file_errors(tmp_path):
+    with pytest.raises(profile.ProfileError, match="no such file"):
+        profile.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[image\n")
+    with pytest.raises(profile.ProfileError, match="not valid TOML"):
+        profile.load(bad)
+
+
+# --- partition plan --------------------------------------------------------------
+
+def test_plan_layout():
+    p = plan.make_plan(940, 1, 32, 32, seed="t")
+    names = [x.name for x in p.partitions]
+    assert names == ["bios", "fwesp", "fwroot-a", "fwroot-b", "fwconfig"]
+    a, b = p.slot("a"), p.slot("b")
+    assert a.size == b.size and a.size_bytes // 2**20 == 436
+    for x in p.partitions:
+        assert x.start % plan.MIB_SECTORS == 0 and x.size % plan.MIB_SECTORS == 0
+    for x, y in zip(p.partitions, p.partitions[1:]):
+        assert x.start + x.size == y.start
+    last = p.partitions[-1]
+    assert last.start + last.size + plan.MIB_SECTORS == p.total_sectors
+    assert p.by_name("bios").type_guid == plan.TYPE_BIOS_BOOT
+    assert p.by_name("fwesp").type_guid == plan.TYPE_ESP
+
+
+def test_plan_guids_reproducible_with_seed_and_lower_case():
+    one, two = plan.make_plan(940, 1, 32, 32, seed="x"), plan.make_plan(940, 1, 32, 32, seed="x")
+    assert one == two
+    assert all(x.uuid == x.uuid.lower() for x in one.partitions)  # by-partuuid links are lower case
+    assert plan.make_plan(940, 1, 32, 32).disk_uuid != plan.make_plan(940, 1, 32, 32).disk_uuid
+
+
+def test_plan_too_small():
+    with pytest.raises(ValueError, match="per root slot"):
+        plan.make_plan(300, 1, 32, 32)
+
+
+def test_sfdisk_script_lists_every_partition():
+    p = plan.make_plan(940, 1, 32, 32, seed="s")
+    script = plan.sfdisk_script(p)
+    assert script.startswith("label: gpt\n")
+    for x in p.partitions:
+        assert f"start={x.start}, size={x.size}, type={x.type_guid}, uuid={x.uuid}, name=\"{x.name}\"" in script
+
+
+def gpt_bytes(p: plan.Plan) -> bytes:
+    """A minimal GPT as sfdisk would write it: header at LBA 1, entries at LBA 2."""
+    import uuid
+    head = bytearray(34 * 512)
+    hdr = bytearray(92)
+    hdr[:8] = b"EFI PART"
+    struct.pack_into("<QII", hdr, 72, 2, 128, 128)
+    head[512:512 + 92] = hdr
+    for i, x in enumerate(p.partitions):
+        e = bytearray(128)
+        e[:16] = uuid.UUID(x.type_guid).bytes_le
+        e[16:32] = uuid.UUID(x.uuid).bytes_le
+        struct.pack_into("<QQ", e, 32, x.start, x.start + x.size - 1)
+        e[56:56 + 2 * len(x.name)] = x.name.encode("utf-16-le")
+        head[1024 + 128 * i:1024 + 128 * (i + 1)] = e
+    return bytes(head)
+
+
+def test_gpt_parser_reads_the_plan_back():
+    p = plan.make_plan(940, 1, 32, 32, seed="g")
+    parts = ab.parse_gpt(gpt_bytes(p))
+    assert [x.name for x in parts] == [x.name for x in p.partitions]
+    a = ab.find_partition(parts, "fwroot-a")
+    assert (a.offset, a.size, a.uuid) == (p.slot("a").offset, p.slot("a").size_bytes, p.slot("a").uuid)
+    with pytest.raises(ab.UpgradeError, match="no partition named 'nope'"):
+        ab.find_partition(parts, "nope")
+    with pytest.raises(ab.UpgradeError, match="no GPT"):
+        ab.parse_gpt(bytes(34 * 512))
+
+
+# --- manifest ------------------------------------------------------------------
+
+def test_manifest_from_dpkg_query():
+    text = ("python3\t3.13.5-1\tamd64\tii \n"
+            "apt\t3.0.3\tamd64\tii \n"
+            "removed\t1.0\tamd64\trc \n")
+    pkgs = manifest.parse_dpkg_query(text)
+    assert [p.name for p in pkgs] == ["apt", "python3"]
+    out = manifest.render(pkgs, {"fwcluster": "0.1.0", "debian": "trixie"})
+    assert out.splitlines()[0] == "# fwcluster: 0.1.0"
+    header, versions = manifest.parse(out)
+    assert header == {"fwcluster": "0.1.0", "debian": "trixie"}
+    assert versions == {"apt": "3.0.3", "python3": "3.13.5-1"}
+
+
+def test_manifest_rejects_garbage():
+    with pytest.raises(manifest.ManifestError, match="line 1"):
+        manifest.parse_dpkg_query("just one field\n")
+
+
+# --- grubenv and slot decisions -------------------------------------------------
+
+def test_grubenv_round_trip_is_1024_bytes():
+    env = ab.initial_env("0.1.0+20260101T000000Z-abc")
+    data = ab.render_grubenv(env)
+    assert len(data) == 1024 and data.startswith(b"# GRUB Environment Block\n")
+    assert ab.parse_grubenv(data) == env
+    with pytest.raises(ab.UpgradeError):
+        ab.render_grubenv({"x": "a b"})
+    with pytest.raises(ab.UpgradeError):
+        ab.parse_grubenv(b"junk")
+
+
+def test_upgrade_writes_other_slot_and_arms_trial():
+    env = ab.initial_env("v1")
+    assert ab.booted_slot("BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro fwcluster.slot=a") == "a"
+    before = ab.env_before_write(env, "a")
+    assert before["b_version"] == "" and before["good_slot"] == "a"
+    target, new = ab.plan_upgrade(before, "a", "v2")
+    assert target == "b"
+    assert new == {"good_slot": "a", "trial_slot": "b", "a_version": "v1", "b_version": "v2"}
+    with pytest.raises(ab.UpgradeError):
+        ab.plan_upgrade(env, "c", "v2")
+
+
+def test_health_commit_rollback_and_steady_state():
+    trial = {"good_slot": "a", "trial_slot": "", "a_version": "v1", "b_version": "v2"}
+    # GRUB cleared trial_slot before booting b; b came up healthy: b becomes good.
+    v = ab.health_verdict(trial, "b", healthy=True)
+    assert v.action == "commit" and v.env["good_slot"] == "b"
+    v = ab.health_verdict(trial, "b", healthy=False)
+    assert v.action == "reboot" and v.env is None  # next boot is good_slot a
+    assert ab.health_verdict(trial, "a", healthy=True).action == "ok"
+    assert ab.health_verdict(trial, "a", healthy=False).action == "degraded"
+
+
+def test_expected_sha256():
+    sums = "a" * 64 + "  fw.img\n" + "b" * 64 + " *fw.img.xz\n"
+    assert ab.expected_sha256(sums, "fw.img.xz") == "b" * 64
+    with pytest.raises(ab.UpgradeError, match="no line"):
+        ab.expected_sha256(sums, "other.img")
+
+
+# --- bootloader patching ------------------------------------------------------------
+
+def test_bios_boot_sector_patch_keeps_partition_table():
+    boot_img = bytes(range(256)) * 2
+    mbr = b"\0" * 440 + b"SIGN" + b"\0\0" + b"P" * 64 + b"\x55\xaa"
+    out = boot.patch_boot_img(boot_img, mbr, 2048)
+    assert len(out) == 512
+    assert struct.unpack_from("<Q", out, boot.KERNEL_SECTOR_OFFSET)[0] == 2048
+    assert out[0x1B8:] == mbr[0x1B8:]
+    assert out[boot.DRIVE_CHECK_OFFSET:boot.DRIVE_CHECK_OFFSET + 2] == b"\x90\x90"
+
+
+def test_core_img_block_list():
+    core = bytearray(512 * 3 + 100)
+    struct.pack_into("<QHH", core, 500, 2, 0, 0x820)
+    out = boot.patch_core_img(bytes(core), 2048, 2048)
+    assert len(out) == 512 * 4
+    assert struct.unpack_from("<QHH", out, 500) == (2049, 3, 0x820)
+    with pytest.raises(ValueError, match="BIOS boot partition"):
+        boot.patch_core_img(bytes(core), 2048, 2)
+
+
+def test_grub_cfg_boots_good_slot_and_one_shot_trial():
+    p = plan.make_plan(940, 1, 32, 32, seed="c")
+    cfg = boot.grub_cfg(p, "ttyS0,115200")
+    assert "save_env trial_slot" in cfg and "load_env" in cfg
+    assert cfg.index("set trial_slot=") < cfg.index("save_env trial_slot")
+    for letter, number in (("a", 3), ("b", 4)):
+        assert f"set root=($bootdisk,gpt{number})" in cfg
+        assert f"root=PARTUUID={p.slot(letter).uuid} ro fwcluster.slot={letter}" in cfg
+    assert "console=ttyS0,115200" in cfg and "serial --unit=0 --speed=115200" in cfg
+    assert "serial" not in boot.grub_cfg(p, "").split("console=tty0")[0].replace("# ", "")
