@@ -23,3 +23,30 @@ def seed_config(image: Path, directory: Path) -> None:
             dst.seek(part.offset)
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+
+
+VM_NICS = (("52:54:00:00:00:10", "lan0", "192.0.2.11/24"),
+           ("52:54:00:00:00:11", "sync0", "203.0.113.1/24"))
+
+
+def write_vm_config(d: Path) -> None:
+    """A /config for member fw1 of a two-member cluster, for a qemu guest
+    with the NICs of image.qemu.VM (MACs in VM_NICS; .link files name them
+    lan0 and sync0). Documentation addresses only."""
+    (d / "network").mkdir(parents=True)
+    (d / "cluster.toml").write_text(
+        '[cluster]\nname = "imgtest"\nsecret_file = "/etc/fwcluster/secret"\n\n'
+        '[sync]\ninterface = "sync0"\n\n'
+        '[[member]]\nname = "fw1"\nsync_address = "203.0.113.1"\n\n'
+        '[[member]]\nname = "fw2"\nsync_address = "203.0.113.2"\nadvskew = 100\n\n'
+        '[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "192.0.2.1/24"\n')
+    (d / "node").write_text("fw1\n")
+    (d / "hostname").write_text("fw1\n")
+    secret = d / "secret"
+    secret.write_text("image-test-passphrase\n")
+    secret.chmod(0o600)
+    for mac, name, addr in VM_NICS:
+        (d / "network" / f"10-{name}.link").write_text(
+            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
+        (d / "network" / f"20-{name}.network").write_text(
+            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")

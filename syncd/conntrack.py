@@ -8,8 +8,10 @@ are told apart from local traffic (no echo back to the peers).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
+import struct
 from collections import OrderedDict
 
 from pyroute2.netlink import NETLINK_NETFILTER
@@ -29,6 +31,23 @@ EVENT_GROUPS = sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRA
 EVENT_RCVBUF = 64 << 20
 REQ_BATCH = 256                 # requests per sendmsg, acks read in between
 KNOWN_MAX = 1 << 20
+
+
+SO_ATTACH_FILTER = 26
+
+
+def drop_own_events(sock: socket.socket, portid: int) -> None:
+    """Classic BPF on the event socket: drop, in the kernel, events caused by
+    our own requests (nlmsg_pid == our request socket's port id). A replica
+    would otherwise wake up and read one datagram per entry it writes."""
+    own = struct.unpack(">I", struct.pack("=I", portid))[0]   # BPF loads big endian
+    prog = [(0x20, 0, 0, 12),        # ld  [12]            nlmsghdr.nlmsg_pid
+            (0x15, 0, 1, own),       # jeq #own, drop, accept
+            (0x06, 0, 0, 0),         # ret #0              drop
+            (0x06, 0, 0, 0xFFFFFFFF)]  # ret #-1           accept
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in prog))
+    fprog = struct.pack("=HxxxxxxQ", len(prog), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class Overrun(Exception):
@@ -61,9 +80,11 @@ class Conntrack:
             self.events = _netlink(rcvbuf)
             self.events.bind((0, EVENT_GROUPS))
             self.events.setblocking(False)
+            drop_own_events(self.events, self.portid)
         # Keys we have put into the kernel, so an update is tried first for them.
         self.known: OrderedDict = OrderedDict()
-        self.stats = {"created": 0, "updated": 0, "deleted": 0, "failed": 0, "own_events": 0}
+        self.stats = {"created": 0, "updated": 0, "deleted": 0, "kept": 0, "failed": 0,
+                      "own_events": 0}
         self.last_error = ""
 
     def close(self) -> None:
@@ -151,7 +172,7 @@ class Conntrack:
                     raise ConntrackError(f"stats: error {ctnl.error_code(buf, off)}")
                 return ctnl.parse_stats_entries(buf, off, end)
 
-    def apply(self, records, replace: bool = False) -> None:
+    def apply(self, records, replace: bool = False, keep_existing: bool = False) -> None:
         """Put peers' changes ((op, Entry), ...) into the kernel table.
 
         Requests are pipelined; a create that finds the entry becomes an
@@ -159,11 +180,15 @@ class Conntrack:
         (bulk transfers) an existing entry is deleted and created afresh:
         its TCP window data may be stale (this member carried the flow before
         a peer did) and only a new entry lets the kernel pick the window up
-        from the next packet."""
+        from the next packet. With keep_existing (a bulk arriving while this
+        member carries the traffic) entries it already has are left alone:
+        its own are newer than any copy."""
         work = []
         for op, e in records:
             if op == OP_DELETE:
                 work.append(("delete", e))
+            elif keep_existing:
+                work.append(("add", e))
             elif replace:
                 work.append(("replace", e))
             elif e.key in self.known:
@@ -197,7 +222,7 @@ class Conntrack:
             for kind, e in chunk:
                 seq = self._next_seq()
                 pending[seq] = (kind, e)
-                if kind == "create":
+                if kind == "create" or kind == "add":
                     msgs.append(ctnl.encode_create(e, seq))
                 elif kind == "update":
                     msgs.append(ctnl.encode_update(e, seq))
@@ -220,7 +245,10 @@ class Conntrack:
         return retry
 
     def _outcome(self, kind: str, e: Entry, code: int, retry: list) -> None:
-        if kind == "replace" and code in (0, errno.ENOENT):
+        if kind == "add" and code in (0, errno.EEXIST):
+            self._remember(e.key)
+            self.stats["created" if code == 0 else "kept"] += 1
+        elif kind == "replace" and code in (0, errno.ENOENT):
             self.known.pop(e.key, None)
             retry.append(("create", e))
         elif code == 0:

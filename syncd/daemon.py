@@ -21,7 +21,7 @@ from fwcluster import control
 from syncd.configchannel import ConfigService
 from syncd import keys
 from syncd.conntrack import Conntrack, Overrun
-from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP_STATES
+from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.policy import own_addresses, syncable
 from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
 
@@ -32,6 +32,10 @@ ADDR_REFRESH = 2.0           # re-read the member's own addresses
 COUNT_REFRESH = 1.0          # local table size reported to peers
 DEMOTE_SYNCING = 32          # carpd demotion while not in sync (contracts.md)
 ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
+# Only state changes make events, so a long-lived UDP/ICMP flow would time
+# out on the peers (30-180 s) while the master keeps it alive: re-send
+# non-TCP entries (with their current timeouts) this often.
+REFRESH_INTERVAL = 30.0
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
 
@@ -63,8 +67,13 @@ def udp_socket(addr, port: int) -> socket.socket:
         s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     else:
         s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        s.setsockopt(socket.SOL_SOCKET, opt, UDP_BUF)
+    # FORCE: past net.core.[rw]mem_max, so a burst (bulk transfer, a busy
+    # moment of the peer) waits in the buffer instead of being dropped.
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):   # SO_*BUFFORCE
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, UDP_BUF)
+        except PermissionError:
+            s.setsockopt(socket.SOL_SOCKET, plain, UDP_BUF)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((str(addr), port))
     return s
@@ -83,7 +92,7 @@ class Daemon:
         self.carpd_ok = False
         self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
                          "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
-                         "role_resyncs": 0}
+                         "role_resyncs": 0, "stateless_refreshed": 0}
         self.stopping = asyncio.Event()
         self._resync_timer = None
         # Config sync (fwctl config push/diff) shares the sync link and secret.
@@ -189,7 +198,7 @@ class Daemon:
         """Carry out the core's actions; a Dump feeds back into it at once, so
         the bulk is ordered before any event read after it."""
         while True:
-            actions = self.sync.drain()
+            actions = merge_applies(self.sync.drain())
             if not actions:
                 return
             for a in actions:
@@ -214,7 +223,11 @@ class Daemon:
         records = [(op, e) for op, e in a.records if syncable(e, own)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
         if records:
-            self.ct.apply(records, replace=a.replace)
+            # A bulk replaces stale local copies, except while this member is
+            # master: then its own entries are the current ones.
+            master = "MASTER" in self.roles.values()
+            self.ct.apply(records, replace=a.replace and not master,
+                          keep_existing=a.replace and master)
             self.counters["applied_records"] += len(records)
 
     # --- timers ----------------------------------------------------------------------------
@@ -224,8 +237,21 @@ class Daemon:
             self.sync.tick(self.now())
             self.process()
 
+    def refresh_stateless(self) -> None:
+        """Re-send non-TCP entries while this member carries traffic."""
+        if self.roles and "MASTER" not in self.roles.values():
+            return
+        entries = [e for e in self.ct.dump() if e.proto != TCP and syncable(e, self.own)]
+        if entries:
+            self.counters["stateless_refreshed"] += len(entries)
+            now = self.now()
+            self.sync.local([(OP_UPSERT, e) for e in entries], now)
+            self.sync.flush(now)
+            self.process()
+
     async def housekeeping(self) -> None:
         last_addr = last_count = 0.0
+        last_refresh = self.now()
         while True:
             await asyncio.sleep(0.25)
             now = self.now()
@@ -238,6 +264,12 @@ class Daemon:
                     self.sync.local_entries = self.ct.count()
                 except Exception as e:  # never let a stats hiccup stop the daemon
                     log.debug("count: %s", e)
+            if now - last_refresh >= REFRESH_INTERVAL:
+                last_refresh = now
+                try:
+                    self.refresh_stateless()
+                except Exception as e:
+                    log.warning("refresh of non-TCP entries failed: %s", e)
 
     # --- carpd ------------------------------------------------------------------------------
     def demotion(self) -> int:
@@ -331,6 +363,19 @@ class Daemon:
             self.full_refresh(self.now())
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def merge_applies(actions: list) -> list:
+    """Consecutive Apply actions become one, so the kernel gets one batch of
+    requests per burst of datagrams instead of one per datagram."""
+    out = []
+    for a in actions:
+        if (isinstance(a, Apply) and out and isinstance(out[-1], Apply)
+                and out[-1].replace == a.replace and out[-1].peer == a.peer):
+            out[-1] = Apply(out[-1].peer, out[-1].records + a.records, a.replace)
+        else:
+            out.append(a)
+    return out
 
 
 def match(e, flt: dict) -> bool:

@@ -218,6 +218,7 @@ class Balancing:
         its buckets in the set (they would be carried twice)."""
         self.carpd.actions.put_nowait(SyncOwned())
         self._retry = asyncio.get_running_loop().create_task(self._retry_owned())
+        self.carpd._tasks.append(self._retry)  # cancelled with carpd's own
 
     def shutdown(self) -> None:
         self.stopping = True

@@ -56,8 +56,27 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Family]:
     maint.add(int(bool(status.get("maintenance"))))
     preempt = Family("fwcluster_carp_preempt", "gauge", "1 when preemption is on")
     preempt.add(int(bool(status.get("preempt"))))
-    return [info, state, master, trans, sent, recv, drops, interval, demotion, by_source,
-            maint, preempt]
+    out = [info, state, master, trans, sent, recv, drops, interval, demotion, by_source,
+           maint, preempt]
+    if status.get("buckets"):
+        out += bucket_families(status["buckets"])
+    return out
+
+
+def bucket_families(b: dict) -> list[Family]:
+    """Active-active balancing: the buckets this member serves."""
+    owned = set(b.get("owned", []))
+    total = Family("fwcluster_carp_buckets", "gauge", "Hash buckets of active-active balancing")
+    total.add(b.get("count", 0))
+    mine = Family("fwcluster_carp_buckets_owned", "gauge", "Buckets this member serves")
+    mine.add(len(owned))
+    per = Family("fwcluster_carp_bucket_owned", "gauge", "1 while this member serves the bucket")
+    for row in b.get("per_bucket", []):
+        per.add(int(row["bucket"] in owned), bucket=str(row["bucket"]))
+    applied = Family("fwcluster_carp_buckets_applied", "gauge",
+                     "1 when the nftables set matches the owned buckets")
+    applied.add(int(b.get("applied") is not None and set(b["applied"]) == owned))
+    return [total, mine, per, applied]
 
 
 def textfile_dir(configured: str, node: str) -> str:

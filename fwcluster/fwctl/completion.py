@@ -45,9 +45,11 @@ def _value_kind(action: argparse.Action) -> list[str] | str:
 
 
 def table(parser: argparse.ArgumentParser, path: str = "", out: dict | None = None) -> dict:
-    """{path: {"children": [...], "words": [...], "valued": {option: kind}}}."""
+    """{path: {"children": [...], "words": [...], "valued": {option: kind},
+    "files": bool}}; files: a free positional argument (e.g. an image) is
+    completed with file names."""
     out = {} if out is None else out
-    row = out[path] = {"children": [], "words": [], "valued": {}}
+    row = out[path] = {"children": [], "words": [], "valued": {}, "files": False}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, subparser in action.choices.items():
@@ -55,6 +57,7 @@ def table(parser: argparse.ArgumentParser, path: str = "", out: dict | None = No
                 table(subparser, f"{path} {name}".strip(), out)
         elif not action.option_strings:
             row["words"].extend(str(c) for c in action.choices or ())
+            row["files"] |= not action.choices
         else:
             row["words"].extend(action.option_strings)
             if action.nargs != 0:
@@ -77,7 +80,8 @@ def bash(parser: argparse.ArgumentParser) -> str:
     children, offer, valued, values = [], [], [], []
     for path, row in rows.items():
         children += [f'        "{path}|{c}") path="${{path:+$path }}{c}" ;;' for c in row["children"]]
-        offer.append(f'        "{path}") words="{_words(row["children"] + row["words"])}" ;;')
+        files = " files=1;" if row["files"] else ""
+        offer.append(f'        "{path}") words="{_words(row["children"] + row["words"])}";{files} ;;')
         for opt, kind in row["valued"].items():
             valued.append(f'        "{path}|{opt}") return 0 ;;')
             if isinstance(kind, list):
@@ -100,7 +104,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
 }}
 
 {fn}() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="" path="" words="" i w
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="" path="" words="" files=0 i w
     ((COMP_CWORD > 0)) && prev="${{COMP_WORDS[COMP_CWORD-1]}}"
     # Walk the words before the cursor: subcommands extend the path, an
     # option that takes a value swallows the next word.
@@ -123,6 +127,9 @@ def bash(parser: argparse.ArgumentParser) -> str:
 {chr(10).join(offer)}
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
+    if ((files)) && [[ $cur != -* ]]; then
+        COMPREPLY+=($(compgen -f -- "$cur"))
+    fi
     return 0
 }}
 

@@ -90,8 +90,13 @@ def derive_image(base: Path, out: Path, edits: list[tuple[str, str, int]], work:
 
 
 @pytest.fixture(scope="module")
-def lab(built_image, tmp_path_factory):
-    work = tmp_path_factory.mktemp("vm")
+def lab(built_image):
+    # Not pytest's tmp_path: other pytest runs on this machine prune those
+    # while a long VM test still uses them.
+    work = ROOT / "build" / "test-image-run"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     disk = work / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(built_image), str(disk)], check=True)
     cfg = work / "config"
@@ -113,12 +118,21 @@ def lab(built_image, tmp_path_factory):
     state["boot_seconds"] = vm.login(BOOT_TIMEOUT)
     yield state
     state["vm"].stop()
+    for p in (disk, share / "second.img", share / "broken.img"):
+        p.unlink(missing_ok=True)
     print(f"\nconsole log: {work / 'console.log'} (kvm={kvm})")
+
+
+def wait_active(vm, unit: str, timeout: float = HEALTH_TIMEOUT) -> None:
+    """Wait in the guest until unit is active (the login prompt comes before
+    multi-user.target, which waits for the health check)."""
+    vm.check(f"timeout {int(timeout)} sh -c 'until systemctl is-active -q {unit}; do sleep 1; done'",
+             timeout=timeout + 30)
 
 
 def test_boot_reaches_multi_user(lab):
     vm = lab["vm"]
-    vm.check("systemctl is-active multi-user.target", timeout=HEALTH_TIMEOUT)
+    wait_active(vm, "multi-user.target")
     assert "fwcluster.slot=a" in vm.check("cat /proc/cmdline")
     assert vm.check("cat /usr/lib/fwcluster/release").startswith("VERSION=")
 
@@ -155,7 +169,7 @@ def test_cluster_ruleset_loaded(lab):
 
 def test_health_check_marks_ready(lab):
     vm = lab["vm"]
-    vm.check("systemctl is-active fwcluster-health", timeout=HEALTH_TIMEOUT)
+    wait_active(vm, "fwcluster-health")
     st = json.loads(vm.check("fwctl upgrade --status --json"))
     assert st["running"] == "a" and st["good_slot"] == "a" and st["trial_slot"] is None
 
@@ -178,7 +192,7 @@ def test_upgrade_to_second_image_then_boot_it_under_uefi(lab):
     vm.login(BOOT_TIMEOUT)
     assert "fwcluster.slot=b" in vm.check("cat /proc/cmdline")
     assert "VERSION=0.1.0-second" in vm.check("cat /usr/lib/fwcluster/release")
-    vm.check("systemctl is-active fwcluster-health", timeout=HEALTH_TIMEOUT)
+    wait_active(vm, "fwcluster-health")
     st = json.loads(vm.check("fwctl upgrade --status --json"))
     assert st["running"] == "b" and st["good_slot"] == "b" and st["trial_slot"] is None
 

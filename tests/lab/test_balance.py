@@ -289,3 +289,12 @@ def test_control_without_state_sync_the_lost_members_sessions_die():
         print(f"\nwithout syncd: {len(alive & on_fw1)} of fw1's {len(on_fw1)} sessions alive, "
               f"{len(alive & others)} of {len(others)} others")
         assert alive & on_fw1 == set()
+
+        # A clean stop (SIGTERM) hands every bucket over at once: carpd bows
+        # out of each (advbase = advskew = 255) instead of going silent.
+        t0 = time.monotonic()
+        lab.stop_daemon("fw2", "carpd")
+        assert lab.wait_for(lambda: _owned(lab)["fw3"] == list(range(BUCKETS)), 2, 0.05), _owned(lab)
+        print(f"fw2 stopped: fw3 owns all buckets {time.monotonic() - t0:.2f} s after SIGTERM")
+        assert lab.run("fw2", ["nft", "-j", "list", "set", "inet", "fwcluster", "owned_buckets"]).stdout \
+            .count('"elem"') == 0

@@ -297,4 +297,4 @@ def test_demo_shows_a_failover_and_cleans_up():
     text = out.getvalue()
     assert "fw2 took over; client lost the gateway for" in text
     assert "fw1 preempted back" in text
-    assert not any(n.startswith("fwdemo") for n in _netns_list())
+    assert not any(n.startswith(f"fwdemo{os.getpid()}") for n in _netns_list())

@@ -47,6 +47,10 @@ def bring_up(lab: Lab, syncd: bool = True, fresh: bool = True) -> None:
         start_member(lab, m, syncd)
     assert lab.wait_for(lambda: settled(lab, "fw1"), 20), logs(lab)
     if fresh:
+        if syncd:   # let transfers from the last role change finish first
+            assert lab.wait_for(lambda: in_sync(lab), 15), logs(lab)
+            time.sleep(1)
+            assert lab.wait_for(lambda: in_sync(lab), 15), logs(lab)
         for m in lab.members:
             lab.run(m, ["conntrack", "-F"], check=False)
     if syncd:
@@ -200,6 +204,60 @@ def test_sessions_survive_with_5pct_loss_on_sync_link(lab, loss_run):
             sync_loss(lab, m, None)
     lab.node_return("fw1")
     start_member(lab, "fw1")
+
+
+def test_switchover_and_back_without_restart_keeps_sessions(lab, loss_run):
+    """fw1 hands over (maintenance) and takes the vips back without any
+    restart: its own entries went stale while fw2 carried the flows, so it
+    must have refreshed them from fw2 (bulk on losing the master role)."""
+    bring_up(lab)
+    tcp = Load(lab, "switch", 500)
+    t0 = time.time()
+    assert tcp.wait_alive_since(t0 + 2, 40) == 500
+    assert lab.wait_for(lambda: replicated(lab, 500), 20), logs(lab)
+    resyncs = syncd_status(lab, "fw1")["counters"]["role_resyncs"]
+    assert lab.control("fw1", {"cmd": "maintenance", "on": True})["ok"]
+    assert lab.wait_for(lambda: all_master(lab, "fw2"), 15), logs(lab)
+    t1 = time.time()
+    away = tcp.wait_alive_since(t1 + SETTLE, 30)
+    assert lab.wait_for(lambda: syncd_status(lab, "fw1")["counters"]["role_resyncs"] > resyncs, 10)
+    time.sleep(3)       # the flows move on through fw2 (sequence numbers advance)
+    assert lab.control("fw1", {"cmd": "maintenance", "on": False})["ok"]
+    assert lab.wait_for(lambda: all_master(lab, "fw1"), 15), logs(lab)
+    t2 = time.time()
+    back = tcp.wait_alive_since(t2 + SETTLE, 30)
+    print(f"\nswitchover: {away}/500 alive on fw2, {back}/500 alive back on fw1")
+    tcp.stop()
+    assert away == 500, tcp.diagnose(t1 + SETTLE)
+    assert back == 500, tcp.diagnose(t2 + SETTLE)
+
+
+def test_fwctl_sync_and_conntrack(lab, loss_run):
+    bring_up(lab)
+    tcp = Load(lab, "fwctl", 20)
+    t0 = time.time()
+    assert tcp.wait_alive_since(t0 + 1, 20) == 20
+    assert lab.wait_for(lambda: replicated(lab, 20), 10)
+    st = lab.fwctl("fw1", "sync")
+    peer = st["peers"]["fw2"]
+    assert st["in_sync"] is True and peer["state"] == "up" and peer["entries_sent"] >= 20
+    for key in ("last_seen", "msgs_sent", "msgs_received", "entries_received", "msgs_acked",
+                "msgs_resent", "msgs_lost", "replay", "auth", "lag", "table_size", "unacked"):
+        assert key in peer, key
+    assert isinstance(st["local_entries"], int) and st["local_entries"] >= 20
+    human = lab.fwctl_raw("fw1", "sync")
+    assert human.returncode == 0 and "fw2" in human.stdout and "up" in human.stdout
+    cnt = lab.fwctl("fw2", "conntrack", "count", "--proto", "tcp", "--dport", "5001")
+    assert cnt["count"] >= 20 and "entries" not in cnt
+    show = lab.fwctl("fw2", "conntrack", "show", "--dport", "5001", "--state", "ESTABLISHED")
+    assert show["count"] >= 20 and show["entries"][0]["tcp"]["state"] == "ESTABLISHED"
+    human = lab.fwctl_raw("fw2", "conntrack", "show", "--dport", "5001", "--state", "established",
+                          "--limit", "3")
+    assert human.returncode == 0 and human.stdout.count("ESTABLISHED") == 3
+    assert f"{show['count']} of " in human.stdout
+    tcp.stop()
+    lab.stop_daemon("fw2", "syncd")
+    assert lab.fwctl_raw("fw2", "sync").returncode == 3
 
 
 SNIFF_AND_INJECT = r"""

@@ -161,3 +161,18 @@ def test_endpoint_failure_is_not_fatal(tmp_path):
             await d._start_metrics()
             return d._metrics_server
         assert asyncio.run(go()) is None
+
+
+def test_bucket_families_in_active_active():
+    st = dict(STATUS, buckets={
+        "count": 3, "interface": "lan0", "owned": [0, 2], "applied": [0, 2], "error": None,
+        "by_master": {}, "per_bucket": [{"bucket": b, "vhid": 10 + b} for b in range(3)]})
+    got = samples(render(metrics.families(st)))
+    assert got[key("fwcluster_carp_buckets")] == 3
+    assert got[key("fwcluster_carp_buckets_owned")] == 2
+    assert [got[key("fwcluster_carp_bucket_owned", bucket=str(b))] for b in range(3)] == [1, 0, 1]
+    assert got[key("fwcluster_carp_buckets_applied")] == 1
+    st["buckets"]["applied"] = None  # nft set not updated yet
+    assert samples(render(metrics.families(st)))[key("fwcluster_carp_buckets_applied")] == 0
+    assert not any(name.startswith("fwcluster_carp_bucket") for name, _ in
+                   samples(render(metrics.families(STATUS))))

@@ -79,5 +79,9 @@ def test_bash_completes_commands_options_and_values(tmp_path):
     assert "--template" in complete(text, "rules", "check", "--")
     (tmp_path / "cluster.toml").write_text("")
     assert complete(text, "--config", str(tmp_path / "clu")) == [str(tmp_path / "cluster.toml")]
+    if "upgrade" in completion.table(build_parser()):  # a free positional: file names
+        image = tmp_path / "fwcluster-1.0-amd64.img.xz"
+        image.write_text("")
+        assert complete(text, "upgrade", str(tmp_path / "fwc")) == [str(image)]
     top = complete(text, "")
     assert {"status", "drill", "completion", "--config", "--node"} <= set(top)

@@ -84,3 +84,21 @@ def test_exit_3_when_carpd_is_not_running(tmp_path):
                          "--node", "fw1", "--run-dir", str(tmp_path), "drill"],
                         capture_output=True, text=True, cwd=ROOT)
     assert cp.returncode == 3 and "carpd is not running" in cp.stderr
+
+
+def test_human_output(capsys):
+    from fwcluster.fwctl.drill import human
+    vips = [{"vhid": 1, "interface": "lan0", "address": "192.0.2.1/24", "taken_over_by": "192.0.2.12",
+             "takeover_seconds": 0.0123, "failback_seconds": 0.31}]
+    report = {"node": "fw1", "cluster": "edge", "result": "ok", "problems": [], "notes": [],
+              "timeout": 15.0, "hold": 1.0, "takeover_seconds": 0.0123, "failback_seconds": 0.31,
+              "vips": vips, "sessions": sessions_report(SYNC, SYNC, SYNC)}
+    human(report)
+    out = capsys.readouterr().out
+    assert out.startswith("drill on fw1 (cluster edge): OK\n")
+    assert "takeover  0.012 s" in out and "failback  0.310 s" in out
+    assert "192.0.2.12" in out and "10 tracked before, 10 after" in out
+    assert "not arrived on the peers: none" in out
+    human(dict(report, result="refused", problems=["maintenance is already on here"]))
+    assert capsys.readouterr().out == ("drill refused on fw1 (cluster edge):\n"
+                                       "  - maintenance is already on here\n")
