@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     env["loadavg_end"] = _loadavg()
     record = {"benchmark": "failover", "probe_interval_s": PROBE_INTERVAL, "trials": args.trials,
               "seed": seed,
-               "environment": env, "results": results, "ratios": rat}
+              "environment": env, "results": results, "ratios": rat}
     emit_json(record)
     # stdout stays pure JSON; the human table goes to the terminal via stderr.
     print(table(results), file=sys.stderr)

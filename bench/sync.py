@@ -211,8 +211,8 @@ def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float
         res["replicated_per_s"] = round(len(lags) / span) if span > 0 else None
     res["cpu_s_per_10k"] = {m: round(v * 10000 / max(1, len(lags)), 3) for m, v in res["cpu_s"].items()}
     if impl.name == "fwcluster-syncd":
-        st = lab.control("fw2", {"cmd": "status"}, daemon="syncd")
-        src = lab.control("fw1", {"cmd": "status"}, daemon="syncd")
+        st = lab.control("fw2", {"cmd": "status"}, daemon="syncd", timeout=60)
+        src = lab.control("fw1", {"cmd": "status"}, daemon="syncd", timeout=60)
         res["syncd"] = {"fw2_kernel": st.get("kernel"), "fw2_last_error": st.get("last_error"),
                         "fw1_overruns": src["counters"]["overruns"],
                         "fw1_resent": src["peers"]["fw2"]["msgs_resent"], "drops": st.get("drops")}

@@ -462,8 +462,10 @@ class Lab:
         p = self.popen(member, [PY, *args], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._daemons[(member, daemon)] = p
-        if wait and not self.wait_for(lambda: p.poll() is not None or self._answers(sock), 10, 0.02):
-            raise LabError(f"{daemon} on {member} did not answer on {sock} within 10 s; "
+        # Bounded, but generous: a Python daemon's start-up (imports) takes
+        # seconds on a starved machine.
+        if wait and not self.wait_for(lambda: p.poll() is not None or self._answers(sock), 30, 0.02):
+            raise LabError(f"{daemon} on {member} did not answer on {sock} within 30 s; "
                            f"log: {self.log_tail(member, daemon)}")
         if p.poll() is not None:
             raise LabError(f"{daemon} on {member} exited {p.returncode}: {self.log_tail(member, daemon)}")

@@ -117,6 +117,25 @@ def mmdebstrap_argv(profile: Profile, rootfs: Path, cache: Path, customize: list
     return argv
 
 
+def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
+    """Pure-Python wheels from PyPI with pip, kept in the cache dir."""
+    wheels = cache.parent / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = []
+    for pin in pins:
+        name, version = pin.split("==")
+        stem = f"{name.replace('-', '_')}-{version}-"
+        have = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem.lower())]
+        if not have:
+            run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                 "--python-version", "3.13", "--platform", "any", "-d", str(wheels), pin], log=log)
+            have = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem.lower())]
+        if not have or not have[0].name.endswith("-py3-none-any.whl"):
+            raise BuildError(f"python.wheels: {pin}: no pure-Python wheel found")
+        found.append(have[0])
+    return found
+
+
 def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: str, log: Path) -> Path:
     rootfs = work / "rootfs"
     if rootfs.exists():
@@ -136,6 +155,8 @@ def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: s
         if not p.is_dir():
             raise BuildError(f"overlay directory {ov} does not exist")
         overlays += ["--overlay", str(p)]
+    for w in fetch_wheels(profile.wheels, cache, log):
+        overlays += ["--wheel", str(w)]
     customize = ["env", f"PYTHONPATH={SRC}", sys.executable, "-m", "image.customize", *overlays,
                  "--version", version, "--build-id", bid, "--release", profile.release,
                  "--hostname", profile.hostname, "--serial-console", profile.serial_console]

@@ -72,9 +72,25 @@ def copy_overlay(src: Path, root: Path) -> list[str]:
     return written
 
 
-def install_python(root: Path) -> None:
+def install_wheel(root: Path, wheel: Path) -> list[str]:
+    """Unpack a pure-Python wheel into dist-packages (what pip would do for
+    a py3-none-any wheel, minus scripts); returns its top-level names."""
+    import zipfile
+    dist = root / DIST
+    with zipfile.ZipFile(wheel) as z:
+        tops = sorted({n.split("/", 1)[0] for n in z.namelist()})
+        for t in tops:
+            shutil.rmtree(dist / t, ignore_errors=True)
+        z.extractall(dist)
+    return tops
+
+
+def install_python(root: Path, wheels: list[Path]) -> None:
     dist = root / DIST
     dist.mkdir(parents=True, exist_ok=True)
+    extra = []
+    for w in wheels:
+        extra += [t for t in install_wheel(root, w) if not t.endswith(".dist-info")]
     for pkg in PY_PACKAGES:
         dst = dist / pkg
         shutil.rmtree(dst, ignore_errors=True)
@@ -84,7 +100,8 @@ def install_python(root: Path) -> None:
         p.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -m {module} \"$@\"\n")
         p.chmod(0o755)
     # Compile now: the root is read-only at run time.
-    chroot(root, "python3", "-m", "compileall", "-q", *(f"/{DIST}/{p}" for p in PY_PACKAGES))
+    chroot(root, "python3", "-m", "compileall", "-q",
+           *(f"/{DIST}/{p}" for p in PY_PACKAGES + tuple(extra)))
 
 
 def chroot(root: Path, *argv: str) -> None:
@@ -138,6 +155,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="image.customize")
     ap.add_argument("root", type=Path)
     ap.add_argument("--overlay", action="append", default=[], type=Path)
+    ap.add_argument("--wheel", action="append", default=[], type=Path)
     ap.add_argument("--version", required=True)
     ap.add_argument("--build-id", required=True)
     ap.add_argument("--release", required=True)
@@ -148,7 +166,7 @@ def main(argv=None) -> int:
     written = []
     for ov in args.overlay:
         written += copy_overlay(ov, root)
-    install_python(root)
+    install_python(root, args.wheel)
     layout(root, args.hostname, args.serial_console)
     units = enable_units(root, written)
     write_release(root, args.version, args.build_id, args.release)

@@ -45,6 +45,9 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "keep_paths": (list, []),
     },
     "overlays": {"dirs": (list, ["overlays/base", "overlays/cluster"])},
+    # PyPI wheels (pure Python) for what Debian's package of the release is
+    # too old for; pinned "name==version".
+    "python": {"wheels": (list, [])},
 }
 _REQUIRED_TABLES = ("image", "packages")
 ARCHITECTURES = ("amd64",)  # the bootloader set-up is x86 (BIOS + UEFI)
@@ -71,6 +74,7 @@ class Profile:
     exclude_paths: tuple[str, ...]
     keep_paths: tuple[str, ...]
     overlays: tuple[str, ...]
+    wheels: tuple[str, ...] = ()
 
     def with_overlays(self, extra: list[str]) -> "Profile":
         from dataclasses import replace
@@ -140,6 +144,9 @@ def parse(data: dict, path: str = "<profile>") -> Profile:
         for p in pkg[key]:
             if not p.startswith("/"):
                 raise ProfileError(path, f"packages.{key}", f"{p!r} must be an absolute path glob")
+    for w in t["python"]["wheels"]:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", w):
+            raise ProfileError(path, "python.wheels", f"{w!r}: pin as name==version")
     if not t["overlays"]["dirs"]:
         raise ProfileError(path, "overlays.dirs", "must name at least one overlay directory")
 
@@ -157,7 +164,7 @@ def parse(data: dict, path: str = "<profile>") -> Profile:
         bios_grub_mib=lay["bios_grub_mib"], esp_mib=lay["esp_mib"], config_mib=lay["config_mib"],
         packages=tuple(dict.fromkeys(pkg["include"] + pkg["extra"])),
         exclude_paths=tuple(pkg["exclude_paths"]), keep_paths=tuple(pkg["keep_paths"]),
-        overlays=tuple(t["overlays"]["dirs"]),
+        overlays=tuple(t["overlays"]["dirs"]), wheels=tuple(t["python"]["wheels"]),
     )
 
 

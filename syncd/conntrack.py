@@ -19,7 +19,7 @@ from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNT
                                         NFNLGRP_CONNTRACK_UPDATE)
 
 from syncd import ctnl
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.entry import OP_DELETE, Entry
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SOL_NETLINK = 270

@@ -36,6 +36,7 @@ ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
 # out on the peers (30-180 s) while the master keeps it alive: re-send
 # non-TCP entries (with their current timeouts) this often.
 REFRESH_INTERVAL = 30.0
+EVENT_BATCH = 2000
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
 
@@ -152,7 +153,9 @@ class Daemon:
     def on_events(self) -> None:
         now = self.now()
         try:
-            events = self.ct.read_events()
+            # A bounded batch keeps the loop responsive (acks, control socket);
+            # the reader fires again while events are pending.
+            events = self.ct.read_events(limit=EVENT_BATCH)
         except Overrun:
             # Events were lost: send the whole table again (upserts repair
             # NEW/UPDATE; lost DESTROYs leave entries on peers to time out).

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from syncd import wire
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.entry import OP_UPSERT
 from syncd.replay import ReplayWindow
 
 
@@ -385,14 +385,16 @@ class Sync:
                 p.tx.queue.clear()
                 p.tx.pending.clear()
             if p.state == "up":
-                burst = t.resend_burst
+                # Oldest first; stop at the first message sent less than an
+                # rto ago, so a long queue costs nothing per tick.
+                due = []
                 for dseq, item in p.tx.queue.items():
-                    if now - item[4] >= t.rto:
-                        self._transmit(p, dseq, item, now)
-                        p.counters["msgs_resent"] += 1
-                        burst -= 1
-                        if not burst:
-                            break
+                    if now - item[4] < t.rto or len(due) >= t.resend_burst:
+                        break
+                    due.append((dseq, item))
+                for dseq, item in due:
+                    self._transmit(p, dseq, item, now)
+                    p.counters["msgs_resent"] += 1
                 rx = p.rx
                 if rx.early and now - rx.nack_at >= t.rto:
                     self._nack(p, rx.expected, min(rx.early) - 1, now)

@@ -22,7 +22,7 @@ CHUNK = 4 << 20
 RUN_DIR = Path("/run/fwcluster")
 GRUBENV_PATH = "grub/grubenv"  # on the ESP
 RELEASE_FILE = "usr/lib/fwcluster/release"
-CONFIG_FILE = Path("/config/cluster.toml")
+CONFIG_FILE = Path("/etc/fwcluster/cluster.toml")  # -> /config/cluster.toml
 DAEMONS = ("fwcluster-carpd.service", "fwcluster-syncd.service")
 
 
@@ -273,13 +273,28 @@ def daemons_active() -> bool:
     return p.returncode == 0
 
 
+def daemons_answer() -> bool:
+    """Both daemons answer on their control sockets: running, not just started."""
+    from fwcluster import config, control
+    try:
+        run_dir = config.load(CONFIG_FILE).run_dir
+    except config.ConfigError:
+        return False
+    for daemon in ("carpd", "syncd"):
+        try:
+            control.request(control.socket_path(run_dir, daemon), {"cmd": "status"}, timeout=3)
+        except (control.ControlError, ValueError):
+            return False
+    return True
+
+
 def wait_healthy(timeout: float) -> bool:
-    """Both daemons active, and still active a few seconds later (a daemon
+    """Both daemons active and answering, three checks in a row (a daemon
     that crashes at start-up flaps between activating and active)."""
     deadline = time.monotonic() + timeout
     streak = 0
     while time.monotonic() < deadline:
-        streak = streak + 1 if daemons_active() else 0
+        streak = streak + 1 if daemons_active() and daemons_answer() else 0
         if streak >= 3:
             return True
         time.sleep(1)

@@ -53,6 +53,23 @@ def test_bad_profile_names_the_key(mutate, key):
     assert str(e.value).startswith(f"p.toml: {key}: ")
 
 
+def test_wheel_pins_match_requirements():
+    """The image gets the same pyroute2 as the test venv."""
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for w in profile.load(DEFAULT).wheels:
+        name, version = w.split("==")
+        assert pins.get(name) == version, f"{w} differs from requirements.txt"
+
+
+def test_wheel_pin_format():
+    data = default_data()
+    data["python"] = {"wheels": ["pyroute2>=0.9"]}
+    with pytest.raises(profile.ProfileError) as e:
+        profile.parse(data, "p.toml")
+    assert e.value.key == "python.wheels"
+
+
 def test_extra_packages_and_overlays_are_added():
     data = default_data()
     data["packages"]["extra"] = ["tcpdump", "python3"]

@@ -9,7 +9,12 @@ import sys
 
 import pytest
 
-from fwcluster.lab import Lab
+# Shared helpers of the lab tests (carp_helpers, sync_helpers) import by
+# plain name, whatever pytest's import mode (importlib mode does not put test
+# directories on sys.path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fwcluster.lab import Lab  # noqa: E402
 
 PY = sys.executable
 

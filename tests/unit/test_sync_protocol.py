@@ -288,3 +288,44 @@ def test_status_reports_peer_table_size_and_lag():
     p = st["peers"]["fw1"]
     assert p["table_size"] == 42 and p["state"] == "up" and p["lag"] == 0.0
     assert st["in_sync"] is True
+
+
+def test_resync_after_role_loss_gets_a_bulk_and_keeps_in_sync():
+    net = two()
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(50)])
+    fw2 = net.nodes["fw2"]
+    bulks = fw2.peers["fw1"].counters["bulk_received"]
+    fw2.resync(net.now)
+    assert fw2.in_sync                                  # no new demotion while it waits
+    for a in fw2.actions:
+        assert not isinstance(a, InSync)
+    net.run(0.5)
+    assert fw2.peers["fw1"].counters["bulk_received"] == bulks + 1
+    assert fw2.peers["fw1"].resync == "done"
+    assert net.applied["fw2"][-50:] == [(OP_UPSERT, entry(i)) for i in range(50)]
+    assert net.tables["fw2"] == net.tables["fw1"]
+
+
+def test_bulk_datagrams_are_flagged_for_replacement():
+    net = two()
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(1))])
+    fw1 = net.nodes["fw1"]
+    fw1.bulk("fw2", [entry(2)], net.now)
+    sends = [a for a in fw1.drain() if isinstance(a, Send)]
+    msgs = [wire.decode(KEY, s.data) for s in sends]
+    data = [m for m in msgs if m.type == wire.DATA]
+    assert data and all(m.flags & wire.FLAG_BULK for m in data)
+    fw2 = net.nodes["fw2"]
+    for s in sends:
+        fw2.datagram("203.0.113.1", s.data, net.now)
+    applies = [a for a in fw2.drain() if isinstance(a, Apply)]
+    assert applies and all(a.replace for a in applies)
+    fw1.local([(OP_UPSERT, entry(3))], net.now)
+    fw1.flush(net.now)
+    for a in fw1.drain():
+        if isinstance(a, Send):
+            fw2.datagram("203.0.113.1", a.data, net.now)
+    applies = [a for a in fw2.drain() if isinstance(a, Apply)]
+    assert len(applies) == 1 and applies[0].replace is False
