@@ -228,20 +228,27 @@ class Conntrack:
                     msgs.append(ctnl.encode_update(e, seq))
                 else:   # delete, and the first half of replace
                     msgs.append(ctnl.encode_delete(e, seq))
-            self.req.send(b"".join(msgs))
-            while pending:
+            # Only the last request asks for an ack; the others answer only
+            # on error, and the kernel handles them in order.
+            last = seq
+            self.req.send(b"".join([ctnl.without_ack(m) for m in msgs[:-1]] + msgs[-1:]))
+            done = False
+            while not done:
                 try:
                     buf = self.req.recv(1 << 20)
                 except socket.timeout:
                     for kind, e in pending.values():
                         self._failed(kind, e, "no answer from the kernel")
+                    pending.clear()
                     break
                 for mtype, _flags, seq, _pid, off, _end in ctnl.split(buf):
                     if mtype != ctnl.NLMSG_ERROR or seq not in pending:
                         continue
                     kind, e = pending.pop(seq)
-                    code = -ctnl.error_code(buf, off)
-                    self._outcome(kind, e, code, retry)
+                    self._outcome(kind, e, -ctnl.error_code(buf, off), retry)
+                    done = done or seq == last
+            for kind, e in pending.values():     # no error reported: done
+                self._outcome(kind, e, 0, retry)
         return retry
 
     def _outcome(self, kind: str, e: Entry, code: int, retry: list) -> None:

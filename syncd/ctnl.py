@@ -200,6 +200,14 @@ def encode_delete(e: Entry, seq: int) -> bytes:
     return _message(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, _FAM[e.family], body)
 
 
+def without_ack(msg: bytes) -> bytes:
+    """The same request without NLM_F_ACK: the kernel then answers only on
+    error (requests of a batch are acknowledged by the last one's ack, since
+    the kernel handles them in order)."""
+    flags = struct.unpack_from("=H", msg, 6)[0] & ~NLM_F_ACK
+    return msg[:6] + struct.pack("=H", flags) + msg[8:]
+
+
 def encode_dump(seq: int, family: int = socket.AF_UNSPEC) -> bytes:
     return _message(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family, b"")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from fwcluster import upgrade as ab
 from image.build import sha256_file
 from image.qemu import VM, kvm_works
-from image.seed import seed_config
+from image.seed import seed_config, write_vm_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,43 +25,6 @@ pytestmark = pytest.mark.image
 
 BOOT_TIMEOUT = 420  # seconds to a login prompt; TCG on a busy 2-core host is slow
 HEALTH_TIMEOUT = 120
-
-
-def write_config(d: Path) -> None:
-    (d / "network").mkdir(parents=True)
-    (d / "cluster.toml").write_text(textwrap.dedent("""\
-        [cluster]
-        name = "imgtest"
-        secret_file = "/etc/fwcluster/secret"
-
-        [sync]
-        interface = "sync0"
-
-        [[member]]
-        name = "fw1"
-        sync_address = "203.0.113.1"
-
-        [[member]]
-        name = "fw2"
-        sync_address = "203.0.113.2"
-        advskew = 100
-
-        [[vip]]
-        vhid = 1
-        interface = "lan0"
-        address = "192.0.2.1/24"
-        """))
-    (d / "node").write_text("fw1\n")
-    (d / "hostname").write_text("fw1\n")
-    secret = d / "secret"
-    secret.write_text("image-test-passphrase\n")
-    secret.chmod(0o600)
-    for mac, name, addr in (("52:54:00:00:00:10", "lan0", "192.0.2.11/24"),
-                            ("52:54:00:00:00:11", "sync0", "203.0.113.1/24")):
-        (d / "network" / f"10-{name}.link").write_text(
-            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
-        (d / "network" / f"20-{name}.network").write_text(
-            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")
 
 
 def debugfs(fs: Path, *requests: str) -> None:
@@ -100,7 +62,7 @@ def lab(built_image):
     disk = work / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(built_image), str(disk)], check=True)
     cfg = work / "config"
-    write_config(cfg)
+    write_vm_config(cfg)
     seed_config(disk, cfg)
     share = work / "share"
     share.mkdir()

@@ -26,18 +26,21 @@ from tests.lab.sync_helpers import (TIMING, Load, ct_count, in_sync, logs, start
                                     start_server, syncd_status)
 
 pytestmark = pytest.mark.skipif(not carpd_available(), reason="fwcluster.carpd not in the tree yet")
-VHIDS = (1, 2, 3, 4)
 SETTLE = 0.3     # echoes this long after the failure count as "after"
 
 
+def vhids(lab: Lab) -> list[int]:
+    return [v["vhid"] for v in lab.vips]
+
+
 def all_master(lab: Lab, member: str) -> bool:
-    return all(lab.vip_state(member, v) == "MASTER" for v in VHIDS)
+    return all(lab.vip_state(member, v) == "MASTER" for v in vhids(lab))
 
 
 def settled(lab: Lab, master: str) -> bool:
     others = [m for m in lab.members if m != master]
     return all_master(lab, master) and all(
-        lab.vip_state(m, v) == "BACKUP" for m in others for v in VHIDS)
+        lab.vip_state(m, v) == "BACKUP" for m in others for v in vhids(lab))
 
 
 def bring_up(lab: Lab, syncd: bool = True, fresh: bool = True) -> None:
