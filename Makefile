@@ -13,7 +13,7 @@ APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	python3-prometheus-client
 
 .PHONY: all deps venv test test-unit test-lab demo bench bench-failover \
-	bench-sync bench-balance clean distclean
+	bench-sync bench-balance bench-report clean distclean
 
 all: test
 
@@ -53,6 +53,10 @@ demo: deps
 	$(PY) -m fwcluster.lab demo
 
 bench: bench-failover bench-sync bench-balance
+	$(MAKE) bench-report
+
+bench-report: deps
+	$(PY) -m bench.report
 
 bench-failover: deps
 	$(PY) -m bench.failover

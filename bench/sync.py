@@ -84,12 +84,14 @@ def worker_watch(args) -> None:
         r, _, _ = select.select([ct.events], [], [], 0.2)
         if not r:
             continue
-        now = time.monotonic()
+        # Small reads, each timestamped when it returns: a big batch would
+        # stamp late arrivals with an early time.
         try:
-            events = ct.read_events()
+            events = ct.read_events(limit=8)
         except Overrun:
             overruns += 1
             continue
+        now = time.monotonic()
         for kind, e in events:
             if kind == "new" and e.odport == args.dport:
                 i = index.get((e.osrc, e.osport, e.odport))
