@@ -182,9 +182,24 @@ class Impl:
                     p.kill()
 
 
+def count(lab, member: str) -> int:
+    out = lab.run(member, ["conntrack", "-C"], check=False).stdout.strip()
+    return int(out or 0)
+
+
 def flush(lab) -> None:
-    for m in lab.members:
-        lab.run(m, ["conntrack", "-F"], check=False)
+    """Empty both tables and let the daemons finish replicating the deletes,
+    so no run pays for the previous one's cleanup."""
+    lab.run("fw1", ["conntrack", "-F"], check=False)
+    lab.wait_for(lambda: count(lab, "fw2") < 50, 30, 0.2)
+    lab.run("fw2", ["conntrack", "-F"], check=False)
+    last = (-1, -1)
+    for _ in range(60):          # until both tables stop changing
+        time.sleep(0.5)
+        now = (count(lab, "fw1"), count(lab, "fw2"))
+        if now == last:
+            break
+        last = now
 
 
 def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float) -> dict:
@@ -219,7 +234,6 @@ def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float
                         "fw1_overruns": src["counters"]["overruns"],
                         "fw1_resent": src["peers"]["fw2"]["msgs_resent"], "drops": st.get("drops")}
     flush(lab)
-    time.sleep(2)
     return res
 
 

@@ -36,7 +36,8 @@ ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
 # out on the peers (30-180 s) while the master keeps it alive: re-send
 # non-TCP entries (with their current timeouts) this often.
 REFRESH_INTERVAL = 30.0
-EVENT_BATCH = 2000
+EVENT_BATCH = 1000
+DATAGRAM_BATCH = 256        # datagrams per wakeup: bounded, so acks and timers keep running
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
 
@@ -185,7 +186,7 @@ class Daemon:
 
     def on_datagrams(self) -> None:
         now = self.now()
-        for _ in range(512):
+        for _ in range(DATAGRAM_BATCH):
             try:
                 data, addr = self.sock.recvfrom(65535)
             except BlockingIOError:

@@ -43,7 +43,7 @@ class Timing:
     absent_after: float = 3.0     # a peer silent this long after start is absent
     max_queue: int = 20000        # messages kept for resend, per peer
     max_reorder: int = 4096       # early messages buffered, per peer
-    resend_burst: int = 512       # resends per tick, per peer
+    resend_burst: int = 32        # timer resends per tick, per peer
 
 
 # --- actions for the I/O shell ------------------------------------------------
@@ -80,6 +80,7 @@ class _Tx:
     pending: list = field(default_factory=list)               # encoded records not yet in a message
     pending_len: int = 0
     last_send: float = float("-inf")
+    ack_progress: float = float("-inf")   # when the peer last acknowledged something new
 
     def reset(self):
         self.gen += 1
@@ -269,6 +270,7 @@ class Sync:
             del q[dseq]
             p.counters["msgs_acked"] += 1
         tx.acked = min(m.dseq, tx.next_dseq - 1)
+        tx.ack_progress = now
 
     def _on_nack(self, p: Peer, m: wire.Message, now: float) -> None:
         tx = p.tx
@@ -385,13 +387,17 @@ class Sync:
                 p.tx.queue.clear()
                 p.tx.pending.clear()
             if p.state == "up":
-                # Oldest first; stop at the first message sent less than an
-                # rto ago, so a long queue costs nothing per tick.
+                # Gaps are repaired by NACKs (the receiver sees later messages
+                # or an ALIVE with the last dseq); the timer only probes when
+                # acknowledgements stopped coming: a slow receiver that still
+                # acks must not be buried under duplicates. Oldest first, a
+                # few at a time.
                 due = []
-                for dseq, item in p.tx.queue.items():
-                    if now - item[4] < t.rto or len(due) >= t.resend_burst:
-                        break
-                    due.append((dseq, item))
+                if now - p.tx.ack_progress >= t.rto:
+                    for dseq, item in p.tx.queue.items():
+                        if now - item[4] < t.rto or len(due) >= t.resend_burst:
+                            break
+                        due.append((dseq, item))
                 for dseq, item in due:
                     self._transmit(p, dseq, item, now)
                     p.counters["msgs_resent"] += 1

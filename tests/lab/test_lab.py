@@ -63,7 +63,7 @@ class EchoServer:
         self.sock.close()
 
 
-def connect(lab: Lab, role: str, host: str, family=socket.AF_INET, timeout=1.0) -> socket.socket:
+def connect(lab: Lab, role: str, host: str, family=socket.AF_INET, timeout=5.0) -> socket.socket:
     s = lab.socket(role, family, socket.SOCK_STREAM)
     s.settimeout(timeout)
     s.connect((host, PORT))
