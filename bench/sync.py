@@ -238,49 +238,82 @@ def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float
 
 
 def bench(args) -> dict:
+    """{impl: [{"levels": [...], "peak": {...}}, ...one per repetition]}.
+    Repetitions alternate the implementations, so a busy moment of the
+    machine does not land on one of them only."""
     from fwcluster.lab import Lab
-    results = {}
+    results = {name: [] for name in args.impls}
     with Lab(members=2, prefix="h4bs", ipv6=False) as lab:
         for m in lab.members:
             lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"], check=False)
         dport = DPORT_BASE
-        for name in args.impls:
-            impl = Impl(lab, name)
-            impl.start()
-            runs = []
-            try:
-                for rate in args.levels:
+        for rep in range(args.runs):
+            for name in args.impls:
+                impl = Impl(lab, name)
+                impl.start()
+                runs = []
+                try:
+                    for rate in args.levels:
+                        dport += 1
+                        count = int(rate * args.seconds)
+                        print(f"[{rep + 1}/{args.runs}] {name}: {rate}/s x {args.seconds}s ...",
+                              file=sys.stderr, flush=True)
+                        runs.append(one_run(lab, impl, rate, count, dport, args.seconds + 30))
+                        print("  ", json.dumps(runs[-1]), file=sys.stderr, flush=True)
                     dport += 1
-                    count = int(rate * args.seconds)
-                    print(f"{name}: {rate}/s x {args.seconds}s ...", file=sys.stderr, flush=True)
-                    runs.append(one_run(lab, impl, rate, count, dport, args.seconds + 30))
-                    print("  ", json.dumps(runs[-1]), file=sys.stderr, flush=True)
-                dport += 1
-                print(f"{name}: peak, {args.peak} entries as fast as possible ...", file=sys.stderr, flush=True)
-                peak = one_run(lab, impl, 0, args.peak, dport, 60)
-                print("  ", json.dumps(peak), file=sys.stderr, flush=True)
-            finally:
-                impl.stop()
-                flush(lab)
-                time.sleep(1)
-            results[name] = {"levels": runs, "peak": peak}
+                    print(f"[{rep + 1}/{args.runs}] {name}: peak, {args.peak} entries at once ...",
+                          file=sys.stderr, flush=True)
+                    peak = one_run(lab, impl, 0, args.peak, dport, 60)
+                    print("  ", json.dumps(peak), file=sys.stderr, flush=True)
+                finally:
+                    impl.stop()
+                    flush(lab)
+                results[name].append({"levels": runs, "peak": peak})
     return results
 
 
-def render(results: dict, args) -> str:
-    headers = ["implementation", "offered new/s", "replicated", "lag p50", "lag p99",
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def summarize(results: dict) -> dict:
+    """Per implementation and level: the median over repetitions (and the
+    p99 range), since one shared 2-core machine makes single runs noisy."""
+    out = {}
+    for name, reps in results.items():
+        rows = []
+        n_levels = len(reps[0]["levels"])
+        for i in list(range(n_levels)) + ["peak"]:
+            xs = [r["peak"] if i == "peak" else r["levels"][i] for r in reps]
+            rows.append({
+                "rate": xs[0]["rate"], "count": xs[0]["count"],
+                "replicated_all": all(x["replicated"] == x["count"] for x in xs),
+                "replicated_min": min(x["replicated"] for x in xs),
+                "replicated_per_s": _median([x.get("replicated_per_s") for x in xs]),
+                "lag_p50_ms": _median([x["lag_p50_ms"] for x in xs]),
+                "lag_p99_ms": _median([x["lag_p99_ms"] for x in xs]),
+                "lag_p99_range_ms": [min(x["lag_p99_ms"] for x in xs), max(x["lag_p99_ms"] for x in xs)],
+                "cpu_s_per_10k": {m: _median([x["cpu_s_per_10k"][m] for x in xs]) for m in ("fw1", "fw2")},
+            })
+        out[name] = rows
+    return out
+
+
+def render(summary: dict, args) -> str:
+    headers = ["implementation", "offered new/s", "replicated", "lag p50", "lag p99 (range)",
                "CPU s/10k fw1", "CPU s/10k fw2"]
     rows = []
-    for name, r in results.items():
-        for x in r["levels"] + [r["peak"]]:
+    for name, levels in summary.items():
+        for x in levels:
             offered = "max (peak)" if x["rate"] == 0 else f"{x['rate']:,}"
-            repl = f"{x['replicated']}/{x['count']}"
+            repl = "all" if x["replicated_all"] else f"min {x['replicated_min']}/{x['count']}"
             if x["rate"] == 0 and x.get("replicated_per_s"):
-                repl += f" at {x['replicated_per_s']:,}/s"
-            rows.append([name, offered, repl,
-                         "—" if x["lag_p50_ms"] is None else f"{x['lag_p50_ms']} ms",
-                         "—" if x["lag_p99_ms"] is None else f"{x['lag_p99_ms']} ms",
-                         f"{x['cpu_s_per_10k'].get('fw1', 0):.2f}", f"{x['cpu_s_per_10k'].get('fw2', 0):.2f}"])
+                repl += f", {x['replicated_per_s']:,}/s"
+            lo, hi = x["lag_p99_range_ms"]
+            rows.append([name, offered, repl, f"{x['lag_p50_ms']} ms",
+                         f"{x['lag_p99_ms']} ms ({lo}–{hi})",
+                         f"{x['cpu_s_per_10k']['fw1']:.2f}", f"{x['cpu_s_per_10k']['fw2']:.2f}"])
     return markdown_table(headers, rows)
 
 
@@ -295,7 +328,8 @@ a watcher on fw2 timestamps each one's NEW event there. Lag = presence on
 fw2 - creation on fw1. Peak: {peak} entries inserted as fast as the
 injector can; "replicated at N/s" is the rate at which they all arrived.
 CPU: user+system seconds of the daemon on each member per 10k replicated
-entries. The machine has 2 cores shared by the injector, the watcher and
+entries. Every cell is the median of {runs} repetitions (implementations
+alternate); "lag p99 (range)" also gives the lowest and highest p99 seen. The machine has 2 cores shared by the injector, the watcher and
 both daemons of a run (and anything else running), so absolute numbers
 are pessimistic; the side-by-side comparison is the point.
 
@@ -316,6 +350,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--peak", type=int, default=20000)
     ap.add_argument("--impls", default="fwcluster-syncd,conntrackd")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
     ap.add_argument("--doc", default=str(REPO / "docs" / "perf" / "sync.md"))
     args = ap.parse_args(argv)
     if args.mode == "worker-inject":
@@ -327,14 +362,15 @@ def main(argv=None) -> int:
     args.levels = [int(x) for x in args.levels.split(",")]
     args.impls = args.impls.split(",")
     results = bench(args)
-    print(json.dumps(results, indent=2))
-    table = render(results, args)
+    summary = summarize(results)
+    print(json.dumps({"summary": summary, "runs": results}, indent=1))
+    table = render(summary, args)
     print(table)
     if args.doc:
         doc = Path(args.doc)
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(DOC_HEAD.format(seconds=args.seconds, peak=args.peak) + table + "\n\n"
-                       + "Raw results:\n\n```json\n" + json.dumps(results, indent=1) + "\n```\n")
+        doc.write_text(DOC_HEAD.format(seconds=args.seconds, peak=args.peak, runs=args.runs) + table
+                       + "\n\nMedians per cell:\n\n```json\n" + json.dumps(summary, indent=1) + "\n```\n")
     return 0
 
 

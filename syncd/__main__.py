@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -20,6 +21,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"syncd[{node}] %(levelname)s %(message)s")
     from syncd.daemon import Daemon  # after config: a config error needs no netlink
+    # Fewer, later collections: at 10k entries/s the default thresholds run
+    # the collector hundreds of times a second for objects that die young.
+    gc.freeze()
+    gc.set_threshold(50000, 50, 100)
     try:
         return asyncio.run(Daemon(cfg, node, secret).run())
     except PermissionError as e:

@@ -28,8 +28,8 @@ from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
 log = logging.getLogger("syncd")
 
 TICK = 0.05                  # timer resolution (resends, NACK repeats, alive)
-ADDR_REFRESH = 2.0           # re-read the member's own addresses
-COUNT_REFRESH = 1.0          # local table size reported to peers
+ADDR_REFRESH = 10.0          # re-read the member's own addresses (they rarely change)
+COUNT_REFRESH = 2.0          # local table size reported to peers
 DEMOTE_SYNCING = 32          # carpd demotion while not in sync (contracts.md)
 ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
 # Only state changes make events, so a long-lived UDP/ICMP flow would time

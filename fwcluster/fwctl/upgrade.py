@@ -288,12 +288,22 @@ def daemons_answer() -> bool:
     return True
 
 
-def wait_healthy(timeout: float) -> bool:
+def restarts() -> int:
+    """How often systemd has restarted the daemons in this boot."""
+    p = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", *DAEMONS],
+                       capture_output=True, text=True, check=False)
+    return sum(int(x) for x in p.stdout.split() if x.isdigit())
+
+
+def wait_healthy(timeout: float, max_restarts: int = 3) -> bool:
     """Both daemons active and answering, three checks in a row (a daemon
-    that crashes at start-up flaps between activating and active)."""
+    that crashes at start-up flaps between activating and active). A daemon
+    that keeps crashing fails the check early."""
     deadline = time.monotonic() + timeout
     streak = 0
     while time.monotonic() < deadline:
+        if restarts() >= max_restarts:
+            return False
         streak = streak + 1 if daemons_active() and daemons_answer() else 0
         if streak >= 3:
             return True
