@@ -230,8 +230,24 @@ class VhidMachine:
                     "advertises slower than master-down"
                 return self._become_master(now, f"{source} {why}")
             self.master = source
-            return [self._arm(now + self.master_down_interval)]
+            return [self._arm(now + self._master_down_after(ad))]
         return []  # INIT: not listening
+
+    def _master_down_after(self, ad: Advert) -> float:
+        """How long to wait for the next advert of a master we do not preempt.
+
+        CARP's master-down (3 x advbase + advskew/256) can be shorter than the
+        master's own advert interval when advbase is 0 and the master's skew is
+        larger than ours: a demoted member (ordered takeover) or one with
+        preempt off would then claim the vips between two adverts and flap.
+        In that case wait three of the master's intervals, as VRRPv3 does
+        with the interval it learns from the master.
+        """
+        own = self.master_down_interval
+        theirs = ad.advbase + ad.advskew / 256
+        if own < 1.5 * theirs:
+            return 3 * theirs + self.advskew / 256
+        return own
 
     def _lower_source(self, source: str) -> bool:
         theirs, ours = _source_key(source), _source_key(self.own_address)

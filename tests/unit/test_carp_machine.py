@@ -379,3 +379,29 @@ def test_sim_both_demoted_alike_with_fast_timing_does_not_flap():
     s.run_until(10.0)
     assert s.masters() == ["192.0.2.11"]
     assert (a.transitions, b.transitions) == settled
+
+
+# --- fast timing with a master we do not preempt ------------------------------
+def test_demoted_member_with_fast_timing_does_not_claim_between_adverts():
+    # Ordered takeover with advbase 0: we (skew 10) return demoted by syncd
+    # while the peer (skew 20) is master. Our own master-down (10/256 s) is
+    # shorter than its advert interval (20/256 s); we must not flap.
+    x = vm(0, 10, demotion=32)
+    backup(x, 0)
+    t = 1.0
+    out = x.handle(ad(0, 20, demote=0), t)
+    assert out == [m.ArmTimer(1, t + 3 * 20 / 256 + 10 / 256)]
+    for _ in range(50):  # the master keeps advertising on time
+        t += 20 / 256
+        x.handle(ad(0, 20, demote=0), t)
+        assert x.state == m.State.BACKUP and x.deadline > t + 20 / 256
+    # ... and when it dies, we still take over by ourselves.
+    x.handle(m.TimerFired(x.deadline), x.deadline)
+    assert x.state == m.State.MASTER
+
+
+def test_fast_backup_keeps_carp_master_down_behind_a_faster_master():
+    x = vm(0, 20)
+    backup(x, 0)
+    out = x.handle(ad(0, 10), 1.0)
+    assert out == [m.ArmTimer(1, 1.0 + 20 / 256)]
