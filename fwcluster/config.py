@@ -187,7 +187,8 @@ KEY_DOCS: dict[str, str] = {
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
     "balance.buckets": "Hash buckets shared among members in active-active mode.",
-    "metrics.listen": "host:port of the Prometheus endpoint; empty = off.",
+    "metrics.listen": "host:port of carpd's Prometheus endpoint; syncd serves on the same "
+    "host at port + 1 (so the port must be at most 65534); empty = off.",
     "metrics.textfile_dir": "Directory for node-exporter textfile output; empty = off.",
 }
 
@@ -314,8 +315,9 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     met = tables["metrics"]
     if met["listen"]:
         host, sep, port = met["listen"].rpartition(":")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        if not sep or not port.isdigit() or not host:
             raise ConfigError(path, "metrics.listen", f"{met['listen']!r} is not host:port")
+        _in_range(path, "metrics.listen", int(port), 1, 65534)  # syncd uses port + 1
 
     fw = tables["firewall"]
     if fw["template"] and not os.path.isabs(fw["template"]):

@@ -8,6 +8,7 @@ collector never reads half a file.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -35,7 +36,12 @@ def _number(v: float) -> str:
         return "1" if v else "0"
     if isinstance(v, int):
         return str(v)
-    return repr(float(v))
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"  # the exposition format's spelling
+    return repr(v)
 
 
 def render(families: Iterable[Family]) -> str:
@@ -47,6 +53,28 @@ def render(families: Iterable[Family]) -> str:
             lab = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
             lines.append(f"{f.name}{{{lab}}} {_number(value)}" if lab else f"{f.name} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+# Both daemons serve on the host of [metrics] listen: carpd on its port,
+# syncd on the next one, so one setting places both endpoints.
+PORT_OFFSETS = {"carpd": 0, "syncd": 1}
+
+
+def listen_for(listen: str, daemon: str) -> str:
+    """The host:port a daemon serves metrics on, from [metrics] listen.
+    ValueError when the daemon's port would be out of range."""
+    host, _, port = listen.rpartition(":")
+    n = int(port) + PORT_OFFSETS[daemon]
+    if not 1 <= n <= 65535:
+        raise ValueError(f"{daemon} metrics port {n} (listen {listen!r} + "
+                         f"{PORT_OFFSETS[daemon]}) is out of range")
+    return f"{host}:{n}"
+
+
+def textfile_dir(configured: str, node: str) -> str:
+    """[metrics] textfile_dir with "{node}" replaced by the member's name
+    (for members that share one filesystem, as in the lab)."""
+    return configured.replace("{node}", node)
 
 
 def write_textfile(directory: str, name: str, text: str) -> str:

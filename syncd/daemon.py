@@ -18,8 +18,9 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from fwcluster import control
+from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
-from syncd import keys
+from syncd import keys, metrics
 from syncd.conntrack import Conntrack, Overrun
 from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.policy import own_addresses, syncable
@@ -40,6 +41,11 @@ EVENT_BATCH = 1000
 DATAGRAM_BATCH = 256        # datagrams per wakeup: bounded, so acks and timers keep running
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
+# Textfile metrics: rewritten every TEXTFILE_PERIOD s (its mtime then shows
+# syncd is alive), and within TEXTFILE_CHECK s of a change of sync health.
+TEXTFILE_PERIOD = 5.0
+TEXTFILE_CHECK = 1.0
+TEXTFILE_NAME = "syncd"
 
 
 def new_epoch(state_dir: str) -> int:
@@ -126,6 +132,7 @@ class Daemon:
         tasks = [asyncio.create_task(self.ticker()), asyncio.create_task(self.carpd_link()),
                  asyncio.create_task(self.housekeeping()),
                  asyncio.create_task(self.configsvc.run())]
+        metrics_server = await self.start_metrics(tasks)
         log.info("syncd %s: epoch %d, %s:%d, peers %s", self.node, self.epoch,
                  self.me.sync_address, self.port, ", ".join(n for n, _ in members if n != self.node))
         self.sync.tick(self.now())
@@ -133,6 +140,9 @@ class Daemon:
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
+        if metrics_server is not None:
+            metrics_server.close()
+        self.write_textfile()  # the state at a clean stop
         loop.remove_reader(self.ct.fileno())
         loop.remove_reader(self.sock.fileno())
         self.server.close()
@@ -347,13 +357,9 @@ class Daemon:
         if reply is not None:
             return reply
         if cmd == "status":
-            st = self.sync.status(self.now())
-            return {"ok": True, "node": self.node, "cluster": self.cfg.name,
-                    "sync_address": str(self.me.sync_address), "port": self.port,
-                    "carpd": self.carpd_ok, "demotion": self.demotion(),
-                    "roles": {str(k): v for k, v in sorted(self.roles.items())},
-                    "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                    "counters": dict(self.counters), "config": self.configsvc.status(), **st}
+            return {"ok": True, **self.status()}
+        if cmd == "metrics":
+            return {"ok": True, "text": self.metrics_text()}
         if cmd == "conntrack":
             entries = self.ct.dump()
             flt = req.get("filter") or {}
@@ -367,6 +373,54 @@ class Daemon:
             self.full_refresh(self.now())
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def status(self) -> dict:
+        st = self.sync.status(self.now())
+        return {"node": self.node, "cluster": self.cfg.name,
+                "sync_address": str(self.me.sync_address), "port": self.port,
+                "carpd": self.carpd_ok, "demotion": self.demotion(),
+                "roles": {str(k): v for k, v in sorted(self.roles.items())},
+                "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
+                "counters": dict(self.counters), "config": self.configsvc.status(), **st}
+
+    # --- metrics (docs/metrics.md) ------------------------------------------------------------
+    def metrics_text(self) -> str:
+        return prom.render(metrics.families(self.status()))
+
+    async def start_metrics(self, tasks: list):
+        """The HTTP endpoint (port of [metrics] listen + 1) and the textfile
+        writer, each only if configured. A metrics failure is logged, never fatal."""
+        server = None
+        if self.cfg.metrics.listen:
+            try:
+                listen = prom.listen_for(self.cfg.metrics.listen, "syncd")
+                server = await prom.serve(listen, self.metrics_text)
+                log.info("metrics on http://%s/metrics", listen)
+            except ValueError as e:
+                log.error("metrics endpoint: %s (carrying on without it)", e)
+            except OSError as e:
+                log.error("metrics endpoint %s: %s (carrying on without it)", listen, e)
+        if self.cfg.metrics.textfile_dir:
+            tasks.append(asyncio.create_task(self.textfile_loop()))
+        return server
+
+    def write_textfile(self) -> None:
+        if not self.cfg.metrics.textfile_dir:
+            return
+        directory = prom.textfile_dir(self.cfg.metrics.textfile_dir, self.node)
+        try:
+            prom.write_textfile(directory, TEXTFILE_NAME, self.metrics_text())
+        except OSError as e:
+            log.warning("metrics textfile in %s: %s", directory, e)
+
+    async def textfile_loop(self) -> None:
+        last_health, last_write = None, float("-inf")
+        while True:
+            health = metrics.health(self.status())
+            if health != last_health or self.now() - last_write >= TEXTFILE_PERIOD:
+                self.write_textfile()
+                last_health, last_write = health, self.now()
+            await asyncio.sleep(TEXTFILE_CHECK)
 
 
 def merge_applies(actions: list) -> list:

@@ -7,6 +7,7 @@ outputs are fwcluster.metrics'.
 from __future__ import annotations
 
 from fwcluster.metrics import Family
+from fwcluster.metrics import textfile_dir  # noqa: F401  (moved; old callers)
 
 STATES = ("INIT", "BACKUP", "MASTER")
 # Demotion sources that always have a series (0 when inactive), so that an
@@ -77,9 +78,3 @@ def bucket_families(b: dict) -> list[Family]:
                      "1 when the nftables set matches the owned buckets")
     applied.add(int(b.get("applied") is not None and set(b["applied"]) == owned))
     return [total, mine, per, applied]
-
-
-def textfile_dir(configured: str, node: str) -> str:
-    """[metrics] textfile_dir with "{node}" replaced by the member's name
-    (for members that share one filesystem, as in the lab)."""
-    return configured.replace("{node}", node)

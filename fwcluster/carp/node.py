@@ -481,7 +481,7 @@ class Carpd:
 
     def _textfile_dir(self) -> str | None:
         configured = self.cfg.metrics.textfile_dir
-        return metrics.textfile_dir(configured, self.node) if configured else None
+        return prom.textfile_dir(configured, self.node) if configured else None
 
     def _write_textfile(self) -> None:
         directory = self._textfile_dir()

@@ -1,0 +1,173 @@
+"""syncd's Prometheus metrics, made from its status object (pure).
+
+Built from exactly what `{"cmd":"status"}` returns (`fwctl sync --json`),
+so a scrape and fwctl can never disagree. Rendering and the HTTP/textfile
+outputs are fwcluster.metrics'.
+"""
+from __future__ import annotations
+
+from fwcluster.metrics import Family
+
+PEER_STATES = ("unknown", "up", "down")
+RESYNC_STATES = ("pending", "done", "absent")
+# Reasons a datagram is dropped before it reaches a peer's stream (wire
+# checks, then sender and replay checks): each always has a series, so an
+# alert on one does not see it appear from nothing.
+DROP_REASONS = ("truncated", "bad_magic", "bad_version", "bad_auth", "bad_type", "malformed",
+                "unknown_peer", "misdirected", "replay")
+# Drops attributed to a peer (status peer counter -> reason label).
+PEER_DROPS = {"replay": "replay", "auth": "bad_auth", "stale": "stale_generation"}
+
+# Per-peer counters: status key -> (metric name, help).
+PEER_COUNTERS = {
+    "msgs_sent": ("messages_sent", "Sync datagrams sent to the peer (every type, resends included)"),
+    "msgs_received": ("messages_received", "Authentic sync datagrams received from the peer (every type)"),
+    "msgs_acked": ("messages_acked", "Reliable messages (entries, resync done) the peer acknowledged"),
+    "msgs_resent": ("messages_resent", "Messages sent to the peer again (NACK or timer)"),
+    "msgs_lost": ("messages_lost", "Messages the peer asked for after they left the resend "
+                  "queue (repaired by a bulk transfer)"),
+    "entries_sent": ("entries_sent", "Conntrack entries sent to the peer (each counted once, "
+                     "not per resend)"),
+    "entries_received": ("entries_received", "Conntrack entries received from the peer, in order"),
+    "nacks_sent": ("nacks_sent", "NACKs sent to the peer (gaps in its stream)"),
+    "nacks_received": ("nacks_received", "NACKs received from the peer"),
+    "duplicates": ("duplicates", "Messages from the peer already delivered"),
+    "bulk_sent": ("bulk_transfers_sent", "Bulk transfers (whole table) sent to the peer"),
+    "bulk_received": ("bulk_transfers_received", "Bulk transfer messages received from the peer"),
+}
+
+# Daemon counters: status["counters"] key -> (metric name, help).
+DAEMON_COUNTERS = {
+    "events": ("conntrack_events", "Conntrack events read from the kernel"),
+    "events_skipped": ("conntrack_events_skipped", "Conntrack events not synced (policy: "
+                       "own addresses, link-local, the sync link)"),
+    "overruns": ("event_overruns", "Kernel conntrack event overruns (ENOBUFS); each was "
+                 "repaired by a full refresh"),
+    "refreshes": ("full_refreshes", "Whole-table refreshes sent to the peers"),
+    "send_errors": ("send_errors", "Datagrams the kernel refused to send"),
+    "applied_records": ("entries_applied", "Peer entries written to the kernel table"),
+    "apply_skipped": ("entries_apply_skipped", "Peer entries not applied (policy)"),
+    "role_resyncs": ("role_resyncs", "Bulk transfers asked for after losing the master role"),
+    "stateless_refreshed": ("stateless_refreshed", "Non-TCP entries re-sent to keep them "
+                            "alive on the peers"),
+}
+KERNEL_RESULTS = ("created", "updated", "deleted", "kept", "failed")
+CONFIG_COUNTERS = {
+    "pushes_received": ("config_pushes_received", "Config pushes received from a peer"),
+    "pushes_refused": ("config_pushes_refused", "Config pushes refused (validation failed)"),
+    "catch_ups": ("config_catch_ups", "Newer configs fetched from a peer after being stale"),
+}
+CONFIG_DROPS = {"auth_drops": "bad_auth", "malformed": "malformed"}
+
+
+def _gauge(name: str, help: str) -> Family:
+    return Family(f"fwcluster_sync_{name}", "gauge", help)
+
+
+def _counter(name: str, help: str) -> Family:
+    return Family(f"fwcluster_sync_{name}_total", "counter", help)
+
+
+def families(status: dict) -> list[Family]:
+    """Metric families for one syncd status (see docs/metrics.md)."""
+    info = _gauge("info", "syncd of this member (labels: node, cluster)")
+    info.add(1, node=str(status.get("node")), cluster=str(status.get("cluster")))
+    in_sync = _gauge("in_sync", "1 once every peer has answered the bulk resync (or is absent)")
+    in_sync.add(int(bool(status.get("in_sync"))))
+    demotion = _gauge("demotion", "Demotion syncd asks carpd for (0 once in sync)")
+    demotion.add(status.get("demotion", 0))
+    carpd = _gauge("carpd_linked", "1 while syncd is connected to carpd's control socket")
+    carpd.add(int(bool(status.get("carpd"))))
+    local = _gauge("local_entries", "Entries in this member's conntrack table")
+    local.add(status.get("local_entries", 0))
+    epoch = _gauge("epoch", "This run's epoch (grows on every start)")
+    epoch.add(status.get("epoch", 0))
+    drops = _counter("drops", "Sync datagrams dropped, by reason")
+    got = status.get("drops") or {}
+    for reason in sorted(set(DROP_REASONS) | set(got)):
+        drops.add(got.get(reason, 0), reason=reason)
+    out = [info, in_sync, demotion, carpd, local, epoch, drops]
+    out += peer_families(status.get("peers") or {})
+    out += daemon_families(status)
+    if isinstance(status.get("config"), dict):
+        out += config_families(status["config"])
+    return out
+
+
+def peer_families(peers: dict) -> list[Family]:
+    """One series per peer (label `peer`)."""
+    up = _gauge("peer_up", "1 while the peer is heard from (state up)")
+    state = _gauge("peer_state", "1 for the state the peer is in, 0 for the others")
+    resync = _gauge("peer_resync", "1 for the state of our bulk resync from the peer")
+    seen = _gauge("peer_last_seen_seconds", "Seconds since the peer's last authentic message "
+                  "(+Inf: never)")
+    table = _gauge("peer_entries", "Entries in the peer's conntrack table, as it reports them")
+    unacked = _gauge("peer_unacked_messages", "Messages sent to the peer and not yet acknowledged")
+    lag = _gauge("lag_seconds", "Age of the oldest message the peer has not acknowledged "
+                 "(0: all acknowledged)")
+    counters = {k: _counter(name, help) for k, (name, help) in PEER_COUNTERS.items()}
+    drops = _counter("peer_drops", "Datagrams from the peer dropped, by reason")
+    for name, p in sorted(peers.items()):
+        up.add(int(p.get("state") == "up"), peer=name)
+        for s in PEER_STATES:
+            state.add(int(p.get("state") == s), peer=name, state=s)
+        for s in RESYNC_STATES:
+            resync.add(int(p.get("resync") == s), peer=name, state=s)
+        last = p.get("last_seen")
+        seen.add(float("inf") if last is None else last, peer=name)
+        if p.get("table_size") is not None:  # unknown until the peer's first ALIVE
+            table.add(p["table_size"], peer=name)
+        unacked.add(p.get("unacked", 0), peer=name)
+        lag.add(p.get("lag", 0.0), peer=name)
+        for k, fam in counters.items():
+            fam.add(p.get(k, 0), peer=name)
+        for k, reason in PEER_DROPS.items():
+            drops.add(p.get(k, 0), peer=name, reason=reason)
+    return [up, state, resync, seen, table, unacked, lag, *counters.values(), drops]
+
+
+def daemon_families(status: dict) -> list[Family]:
+    c = status.get("counters") or {}
+    out = []
+    for k, (name, help) in DAEMON_COUNTERS.items():
+        out.append(_counter(name, help).add(c.get(k, 0)))
+    kernel = status.get("kernel") or {}
+    writes = _counter("kernel_writes", "Peer entries written to the kernel table, by result "
+                      "(kept: already present and left alone)")
+    for result in KERNEL_RESULTS:
+        writes.add(kernel.get(result, 0), result=result)
+    out.append(writes)
+    return out
+
+
+def config_families(cfg: dict) -> list[Family]:
+    """Config sync (status["config"], syncd/configchannel.py)."""
+    gen = _gauge("config_generation", "Generation of the config this member runs")
+    gen.add(cfg.get("generation") or 0)
+    stale = _gauge("config_stale", "1 while a reachable peer runs a newer config generation")
+    stale.add(int(bool(cfg.get("stale"))))
+    peer_gen = _gauge("config_peer_generation", "Config generation a peer last reported")
+    reachable = _gauge("config_peer_reachable", "1 when the last config poll reached the peer")
+    for name, p in sorted((cfg.get("peers") or {}).items()):
+        reachable.add(int(bool(p.get("reachable"))), peer=name)
+        if p.get("generation") is not None:
+            peer_gen.add(p["generation"], peer=name)
+    c = cfg.get("counters") or {}
+    out = [gen, stale, peer_gen, reachable]
+    for k, (name, help) in CONFIG_COUNTERS.items():
+        out.append(_counter(name, help).add(c.get(k, 0)))
+    drops = _counter("config_drops", "Config channel requests dropped, by reason")
+    for k, reason in CONFIG_DROPS.items():
+        drops.add(c.get(k, 0), reason=reason)
+    out.append(drops)
+    return out
+
+
+def health(status: dict) -> tuple:
+    """What an operator must learn of at once (the textfile is rewritten
+    within a second when it changes, otherwise on its period)."""
+    peers = status.get("peers") or {}
+    cfg = status.get("config") or {}
+    return (bool(status.get("in_sync")), status.get("demotion"), bool(status.get("carpd")),
+            tuple(sorted((n, p.get("state"), p.get("resync")) for n, p in peers.items())),
+            bool(cfg.get("stale")), cfg.get("generation"))
