@@ -339,12 +339,10 @@ _HEAD = struct.Struct("=IHHIIBBH")
 _PORTED = frozenset((6, 17, 33, 132, 136))   # tcp udp dccp sctp udplite
 
 
-def _swap16(v: int) -> int:
-    return ((v & 0xFF) << 8) | (v >> 8)
-
-
-def _swap32(v: int) -> int:
-    return socket.htonl(v)
+# Host <-> network order of a native-endian field; the C functions, not a
+# Python frame per port (ntohs/ntohl are the same swap).
+_swap16 = socket.htons
+_swap32 = socket.htonl
 
 
 def _fast_tuple(t: int, f: int, proto: int, src: str, dst: str, sport: int, dport: int) -> bytes:

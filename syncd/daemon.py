@@ -184,7 +184,7 @@ class Daemon:
         self.counters["events"] += len(events)
         if records:
             self.sync.local(records, now)
-            self.sync.flush(now)
+            self.sync.flush(now, delay_acks=True)
             self.process()
 
     def full_refresh(self, now: float) -> None:
@@ -205,7 +205,9 @@ class Daemon:
                 log.debug("recv: %s", e)
                 break
             self.sync.datagram(addr[0], data, now)
-        self.sync.flush(now)
+        # Acks wait for ack_every messages, ack_delay or the next tick: one
+        # per datagram would wake the sender once per message it sends.
+        self.sync.flush(now, delay_acks=True)
         self.process()
 
     def process(self) -> None:

@@ -44,6 +44,11 @@ class Timing:
     max_queue: int = 20000        # messages kept for resend, per peer
     max_reorder: int = 4096       # early messages buffered, per peer
     resend_burst: int = 32        # timer resends per tick, per peer
+    # Delayed ACKs: one per ack_every messages or once ack_delay has passed
+    # (the next flush/tick after it), not one per datagram, which would wake
+    # the sender as often as it sends. Far below rto, so never a resend.
+    ack_delay: float = 0.02
+    ack_every: int = 32
 
 
 # --- actions for the I/O shell ------------------------------------------------
@@ -98,12 +103,15 @@ class _Rx:
     expected: int = 1
     early: dict = field(default_factory=dict)    # dseq -> Message
     ack_due: bool = False
+    ack_count: int = 0            # messages taken in since the last ACK
+    ack_since: float = 0.0        # when the first of them arrived
     nack_at: float = float("-inf")
 
     def restart(self, gen: int):
         self.gen, self.expected = gen, 1
         self.early.clear()
         self.ack_due = False
+        self.ack_count = 0
         self.nack_at = float("-inf")
 
 
@@ -230,7 +238,7 @@ class Sync:
             rx.restart(m.gen)
         if m.dseq < rx.expected or m.dseq in rx.early:
             p.counters["duplicates"] += 1
-            rx.ack_due = True
+            self._ack_later(rx, now)
             return
         if m.dseq > rx.expected:
             if len(rx.early) < self.t.max_reorder:
@@ -242,9 +250,15 @@ class Sync:
         self._deliver(p, m)
         while rx.expected in rx.early:
             self._deliver(p, rx.early.pop(rx.expected))
-        rx.ack_due = True
+        self._ack_later(rx, now)
         if rx.early:
             self._nack(p, rx.expected, min(rx.early) - 1, now)
+
+    @staticmethod
+    def _ack_later(rx: _Rx, now: float) -> None:
+        if not rx.ack_due:
+            rx.ack_due, rx.ack_since = True, now
+        rx.ack_count += 1
 
     def _deliver(self, p: Peer, m: wire.Message) -> None:
         p.rx.expected = m.dseq + 1
@@ -368,14 +382,18 @@ class Sync:
         p.req_sent_at = now
         self._send(p, wire.RESYNC_REQ, 0, 0, self.req_id, b"", now)
 
-    def flush(self, now: float) -> None:
-        """Pack pending entries into messages and acknowledge what arrived."""
+    def flush(self, now: float, delay_acks: bool = False) -> None:
+        """Pack pending entries into messages and acknowledge what arrived
+        (with delay_acks, only ACKs Timing.ack_delay/ack_every make due;
+        tick() sends the rest)."""
+        t = self.t
         for p in self.peers.values():
             if p.tx.pending:
                 self._pack(p, now)
             rx = p.rx
-            if rx.ack_due:
-                rx.ack_due = False
+            if rx.ack_due and (not delay_acks or rx.ack_count >= t.ack_every
+                               or now - rx.ack_since >= t.ack_delay):
+                rx.ack_due, rx.ack_count = False, 0
                 self._send(p, wire.ACK, rx.gen, rx.expected - 1, 0, b"", now)
 
     def tick(self, now: float) -> None:
