@@ -331,7 +331,8 @@ CPU: user+system seconds of the daemon on each member per 10k replicated
 entries. Every cell is the median of {runs} repetitions (implementations
 alternate); "lag p99 (range)" also gives the lowest and highest p99 seen. The machine has 2 cores shared by the injector, the watcher and
 both daemons of a run (and anything else running), so absolute numbers
-are pessimistic; the side-by-side comparison is the point.
+are pessimistic; the side-by-side comparison is the point. Load average
+(1/5/15 min) when the run started: {load_start}; when it ended: {load_end}.
 
 """
 
@@ -361,7 +362,9 @@ def main(argv=None) -> int:
         return 0
     args.levels = [int(x) for x in args.levels.split(",")]
     args.impls = args.impls.split(",")
+    load_start = os.getloadavg()
     results = bench(args)
+    load_end = os.getloadavg()
     summary = summarize(results)
     print(json.dumps({"summary": summary, "runs": results}, indent=1))
     table = render(summary, args)
@@ -369,7 +372,9 @@ def main(argv=None) -> int:
     if args.doc:
         doc = Path(args.doc)
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(DOC_HEAD.format(seconds=args.seconds, peak=args.peak, runs=args.runs) + table
+        loads = {k: " / ".join(f"{x:.2f}" for x in v) for k, v in
+                 (("load_start", load_start), ("load_end", load_end))}
+        doc.write_text(DOC_HEAD.format(seconds=args.seconds, peak=args.peak, runs=args.runs, **loads) + table
                        + "\n\nMedians per cell:\n\n```json\n" + json.dumps(summary, indent=1) + "\n```\n")
     return 0
 
