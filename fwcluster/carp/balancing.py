@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from fwcluster import balance, nft
-from fwcluster.carp import announce, machine, wire
+from fwcluster.carp import announce, machine, timers, wire
 
 log = logging.getLogger("carpd")
 
@@ -172,11 +172,7 @@ class Balancing:
         loop = asyncio.get_running_loop()
         for action in run.machine.handle(event, loop.time()):
             if isinstance(action, machine.ArmTimer):
-                if run.timer is not None:
-                    run.timer.cancel()
-                    run.timer = None
-                if action.at is not None:
-                    run.timer = loop.call_at(action.at, self._timer, vhid, action.at)
+                timers.rearm(run, action.at, self._timer, vhid, action.at)
             elif isinstance(action, machine.RoleChanged):
                 self._role_changed(run, action)
             elif isinstance(action, (machine.AddVip, machine.RemoveVip)):

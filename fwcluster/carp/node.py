@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fwcluster import control
 from fwcluster import metrics as prom
-from fwcluster.carp import announce, balancing, machine, metrics, netlink, wire
+from fwcluster.carp import announce, balancing, machine, metrics, netlink, timers, wire
 from fwcluster.carp.ctl import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.config import Config, Vip
@@ -317,11 +317,7 @@ class Carpd:
         loop = asyncio.get_running_loop()
         for action in run.machine.handle(event, loop.time()):
             if isinstance(action, machine.ArmTimer):
-                if run.timer is not None:
-                    run.timer.cancel()
-                    run.timer = None
-                if action.at is not None:
-                    run.timer = loop.call_at(action.at, self._timer, vhid, action.at)
+                timers.rearm(run, action.at, self._timer, vhid, action.at)
             elif isinstance(action, machine.RoleChanged):
                 self._role_changed(run, action)
             else:
