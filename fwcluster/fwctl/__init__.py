@@ -13,6 +13,7 @@ import importlib
 import json
 import sys
 
+from fwcluster import control
 from fwcluster.cli import add_common_args
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -30,6 +31,15 @@ def emit(args, data, human) -> None:
         sys.stdout.write("\n")
     else:
         human(data)
+
+
+def ask(cfg, daemon: str, msg: dict, timeout: float = 5.0) -> dict:
+    """One request to a local daemon ("carpd" or "syncd"); the reply without
+    "ok". Raises control.ControlError when unreachable or when it says no."""
+    reply = control.request(control.socket_path(cfg.run_dir, daemon), msg, timeout)
+    if not reply.get("ok"):
+        raise control.ControlError(f"{daemon}: {reply.get('error', 'request failed')}")
+    return {k: v for k, v in reply.items() if k != "ok"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import sys
 
 from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_UNREACHABLE, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_UNREACHABLE, ask, emit
 
 
 def register(sub) -> None:
@@ -20,17 +20,11 @@ def register(sub) -> None:
 
 def fetch(cfg) -> dict:
     """carpd's status (raises control.ControlError), with syncd's if it answers."""
-    reply = control.request(control.socket_path(cfg.run_dir, "carpd"), {"cmd": "status"})
-    if not reply.get("ok"):
-        raise control.ControlError(f"carpd: {reply.get('error', 'request failed')}")
-    data = {k: v for k, v in reply.items() if k != "ok"}
+    data = ask(cfg, "carpd", {"cmd": "status"})
     try:
-        sync = control.request(control.socket_path(cfg.run_dir, "syncd"), {"cmd": "status"},
-                               timeout=2.0)
+        data["sync"] = ask(cfg, "syncd", {"cmd": "status"}, timeout=2.0)
     except (control.ControlError, ValueError):
-        sync = None
-    if isinstance(sync, dict) and sync.get("ok"):
-        data["sync"] = {k: v for k, v in sync.items() if k != "ok"}
+        pass  # syncd is optional here
     return data
 
 

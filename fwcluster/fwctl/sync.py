@@ -11,7 +11,7 @@ import sys
 
 from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, ask, emit
 
 
 def register(sub) -> None:
@@ -21,10 +21,7 @@ def register(sub) -> None:
 
 
 def fetch(cfg) -> dict:
-    reply = control.request(control.socket_path(cfg.run_dir, "syncd"), {"cmd": "status"})
-    if not reply.get("ok"):
-        raise control.ControlError(f"syncd: {reply.get('error', 'request failed')}")
-    return {k: v for k, v in reply.items() if k != "ok"}
+    return ask(cfg, "syncd", {"cmd": "status"})
 
 
 def run(args) -> int:
