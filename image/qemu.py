@@ -19,6 +19,12 @@ from fwcluster.upgrade import find_partition, parse_gpt
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# "[   53.396461] fwctl[405]: ..." as journald forwards a unit's output to the console
+CONSOLE_LOG_LINE = re.compile(r"^\[\s*\d+\.\d+\] [^\s:\[]+(\[\d+\])?: ")
+
+
+def without_console_log(text: str) -> str:
+    return "\n".join(ln for ln in text.split("\n") if not CONSOLE_LOG_LINE.match(ln))
 
 
 class VMError(Exception):
@@ -160,8 +166,11 @@ class VM:
         m = self.wait_for(re.escape(end.encode()) + rb":(\d+)>>", timeout, mark)
         with self.lock:
             text = bytes(self.buf[mark:m.start()]).decode("utf-8", "replace")
-        text = text.rsplit(start, 1)[-1]
-        return int(m.group(1)), text.replace("\r", "").strip("\n")
+        text = text.rsplit(start, 1)[-1].replace("\r", "")
+        # Units with StandardOutput=journal+console (the boot health check,
+        # the ruleset loader) may print on this same serial line while a
+        # command runs; their lines are journald's console format.
+        return int(m.group(1)), without_console_log(text).strip("\n")
 
     def check(self, command: str, timeout: float = 60) -> str:
         rc, out = self.run(command, timeout)

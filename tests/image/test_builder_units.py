@@ -250,3 +250,11 @@ def test_grub_cfg_boots_good_slot_and_one_shot_trial():
         assert f"root=PARTUUID={p.slot(letter).uuid} ro fwcluster.slot={letter}" in cfg
     assert "console=ttyS0,115200" in cfg and "serial --unit=0 --speed=115200" in cfg
     assert "serial" not in boot.grub_cfg(p, "").split("console=tty0")[0].replace("# ", "")
+
+
+def test_serial_output_drops_forwarded_unit_lines():
+    # The health unit writes to the console while a command runs (it broke
+    # `systemctl is-active` parsing once); only the command's lines remain.
+    from image.qemu import without_console_log
+    text = "[   53.396461] fwctl[405]: fwcluster: ready: slot b is healthy\nactive\n[12.5] x\nactive"
+    assert without_console_log(text).split("\n") == ["active", "[12.5] x", "active"]
