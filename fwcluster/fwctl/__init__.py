@@ -37,6 +37,8 @@ def ask(cfg, daemon: str, msg: dict, timeout: float = 5.0) -> dict:
     """One request to a local daemon ("carpd" or "syncd"); the reply without
     "ok". Raises control.ControlError when unreachable or when it says no."""
     reply = control.request(control.socket_path(cfg.run_dir, daemon), msg, timeout)
+    if not isinstance(reply, dict):
+        raise control.ControlError(f"{daemon}: unexpected reply {reply!r:.80}")
     if not reply.get("ok"):
         raise control.ControlError(f"{daemon}: {reply.get('error', 'request failed')}")
     return {k: v for k, v in reply.items() if k != "ok"}

@@ -26,7 +26,7 @@ import time
 
 from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, EXIT_USAGE, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, EXIT_USAGE, ask, emit
 
 
 
@@ -166,10 +166,9 @@ class RoleWatch:
 # --- the drill -------------------------------------------------------------------------
 def _syncd(cfg, msg: dict) -> dict | None:
     try:
-        reply = control.request(control.socket_path(cfg.run_dir, "syncd"), msg, timeout=2.0)
+        return ask(cfg, "syncd", msg, timeout=2.0)
     except (control.ControlError, ValueError):
         return None
-    return reply if isinstance(reply, dict) and reply.get("ok") else None
 
 
 def _sync_status(cfg) -> dict | None:
@@ -183,11 +182,8 @@ def _sync_status(cfg) -> dict | None:
     return st
 
 
-def _maintenance(path: str, on: bool) -> None:
-    reply = control.request(path, {"cmd": "maintenance", "on": on})
-    if not reply.get("ok"):
-        raise control.ControlError(f"carpd refused maintenance {'on' if on else 'off'}: "
-                                   f"{reply.get('error')}")
+def _maintenance(cfg, on: bool) -> None:
+    ask(cfg, "carpd", {"cmd": "maintenance", "on": on})
 
 
 class _Stopped(Exception):
@@ -202,9 +198,7 @@ def drill(cfg, timeout: float, hold: float) -> dict:
     """Carry out the drill; the report (see docs/fwctl.md). Raises
     control.ControlError when carpd cannot be reached before anything changed."""
     carp_path = control.socket_path(cfg.run_dir, "carpd")
-    carp = control.request(carp_path, {"cmd": "status"})
-    if not carp.get("ok"):
-        raise control.ControlError(f"carpd: {carp.get('error', 'request failed')}")
+    carp = ask(cfg, "carpd", {"cmd": "status"})
     sync_before = _sync_status(cfg)
     report = {"node": carp.get("node"), "cluster": carp.get("cluster"), "result": "refused",
               "problems": preflight(carp, sync_before), "notes": [],
@@ -225,7 +219,7 @@ def drill(cfg, timeout: float, hold: float) -> dict:
     sync_takeover = None
     try:
         t0 = time.time()
-        _maintenance(carp_path, True)
+        _maintenance(cfg, True)
         maintenance_on = True
         got = watch.until("BACKUP", time.monotonic() + timeout)
         if got is None:
@@ -241,12 +235,12 @@ def drill(cfg, timeout: float, hold: float) -> dict:
         # Who holds the vips, asked at the end of the hold: with several
         # backups all of them claim at first, and the best one wins a few
         # adverts later.
-        during = control.request(carp_path, {"cmd": "status"})
+        during = ask(cfg, "carpd", {"cmd": "status"})
         for v in during.get("vips", []):
             if v["vhid"] in by_vhid:
                 by_vhid[v["vhid"]]["taken_over_by"] = v.get("master")
         t1 = time.time()
-        _maintenance(carp_path, False)
+        _maintenance(cfg, False)
         maintenance_on = False
         back = watch.until("MASTER", time.monotonic() + timeout)
         if back is None:
@@ -266,7 +260,7 @@ def drill(cfg, timeout: float, hold: float) -> dict:
     finally:
         if maintenance_on:
             try:
-                _maintenance(carp_path, False)
+                _maintenance(cfg, False)
             except (control.ControlError, ValueError) as e:
                 report["problems"].append(f"could not lift maintenance: {e} "
                                           "-- run `fwctl maintenance off`")
