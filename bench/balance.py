@@ -16,15 +16,13 @@ docs/perf/balance.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, emit_json, environment, markdown_table, ratio
+from bench.common import REPO, arg_parser, emit_json, environment, have_root, markdown_table, ratio
 from fwcluster import balance
 from fwcluster.lab import SERVER4, Lab
 
@@ -226,16 +224,13 @@ busy host the ratios moved by about 0.05 (another run: 1.00 / 1.00 / 0.96).
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.balance", description=__doc__.split("\n")[0])
+    parser = arg_parser("balance", __doc__)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per trial (1-60)")
     parser.add_argument("--sources", type=int, default=48, help="client addresses, one iperf3 each (1-100)")
     parser.add_argument("--streams", type=int, default=1, help="TCP streams per client (1-16)")
-    parser.add_argument("--doc", default=str(REPO / "docs/perf/balance.md"),
-                        help="markdown file for the table ('' = do not write)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("error: the benchmark needs root (network namespaces)", file=sys.stderr)
+    if not have_root():
         return 2
     if not (1 <= args.trials <= 20 and 1 <= args.seconds <= 60 and 1 <= args.sources <= 100
             and 1 <= args.streams <= 16):

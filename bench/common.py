@@ -1,9 +1,11 @@
-"""Helpers the benchmarks share: statistics, bounded trial loops, and
-output as JSON plus a plain/markdown table."""
+"""Helpers the benchmarks share: the command line, statistics, bounded
+trial loops, and output as JSON plus a plain/markdown table."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -13,6 +15,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def arg_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of `python -m bench.NAME`, described by the first line of
+    its docstring, with --doc: the markdown file its table goes to."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n")[0])
+    parser.add_argument("--doc", default=str(REPO / "docs" / "perf" / f"{name}.md"),
+                        help="markdown file for the table ('' = do not write)")
+    return parser
+
+
+def have_root() -> bool:
+    """True when running as root; else says on stderr why the benchmark
+    cannot run (its lab needs network namespaces)."""
+    if os.geteuid() == 0:
+        return True
+    print("error: the benchmark needs root (network namespaces)", file=sys.stderr)
+    return False
 
 
 def percentile(values: Sequence[float], p: float) -> float:

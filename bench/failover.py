@@ -13,15 +13,14 @@ writes the table to docs/perf/failover.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
 import time
 from pathlib import Path
 
-from bench.common import (REPO, emit_json, environment, fmt_ms, markdown_table, ratio,
-                          run_trials, summary)
+from bench.common import (arg_parser, emit_json, environment, fmt_ms, have_root, markdown_table,
+                          ratio, run_trials, summary)
 from fwcluster.lab import LAN_VIP4, Lab, Prober
 
 PROBE_INTERVAL = 0.005
@@ -293,15 +292,12 @@ def _loadavg() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.split("\n")[0])
+    parser = arg_parser("failover", __doc__)
     parser.add_argument("--trials", type=int, default=10, help="trials per implementation (default 10)")
     parser.add_argument("--seed", type=int, help="seed of the random loss phase (default: random)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(i.key for i in IMPLS)}")
-    parser.add_argument("--doc", default=str(REPO / "docs/perf/failover.md"),
-                        help="markdown file for the table ('' = do not write)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("error: the benchmark needs root (network namespaces)", file=sys.stderr)
+    if not have_root():
         return 2
     if args.trials < 1 or args.trials > 1000:
         print("error: --trials must be 1..1000", file=sys.stderr)

@@ -20,7 +20,6 @@ Prints JSON and a markdown table; writes docs/perf/sync.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
@@ -29,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, markdown_table, percentile
+from bench.common import REPO, arg_parser, have_root, markdown_table, percentile
 
 PY = sys.executable
 DPORT_BASE = 20000
@@ -338,7 +337,7 @@ are pessimistic; the side-by-side comparison is the point. Load average
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench.sync")
+    ap = arg_parser("sync", __doc__)
     sub = ap.add_subparsers(dest="mode")
     for name in ("worker-inject", "worker-watch"):
         w = sub.add_parser(name)
@@ -352,7 +351,6 @@ def main(argv=None) -> int:
     ap.add_argument("--peak", type=int, default=20000)
     ap.add_argument("--impls", default="fwcluster-syncd,conntrackd")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
-    ap.add_argument("--doc", default=str(REPO / "docs" / "perf" / "sync.md"))
     args = ap.parse_args(argv)
     if args.mode == "worker-inject":
         worker_inject(args)
@@ -360,6 +358,8 @@ def main(argv=None) -> int:
     if args.mode == "worker-watch":
         worker_watch(args)
         return 0
+    if not have_root():
+        return 2
     args.levels = [int(x) for x in args.levels.split(",")]
     args.impls = args.impls.split(",")
     load_start = os.getloadavg()

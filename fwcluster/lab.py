@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from fwcluster.carp.wire import checksum
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -696,7 +698,7 @@ class Prober:
         hdr = struct.pack("!BBHHH", typ, 0, 0, self.ident, seq & 0xFFFF)
         if self.v6:  # the kernel fills in the ICMPv6 checksum of raw sockets
             return hdr + payload
-        csum = _inet_checksum(hdr + payload)
+        csum = checksum(hdr + payload)  # ICMP uses the same RFC 1071 sum as CARP
         return struct.pack("!BBHHH", typ, 0, csum, self.ident, seq & 0xFFFF) + payload
 
     def _loop(self) -> None:
@@ -763,15 +765,6 @@ class Prober:
         if not before or not after:
             return None
         return after[0] - before[-1]
-
-
-def _inet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 # --- helpers ------------------------------------------------------------------------

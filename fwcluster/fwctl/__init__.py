@@ -33,14 +33,37 @@ def emit(args, data, human) -> None:
         human(data)
 
 
-def ask(cfg, daemon: str, msg: dict, timeout: float = 5.0) -> dict:
+class DaemonError(control.ControlError):
+    """ask() failed; `code` is fwctl's exit status for it. main() prints the
+    message as one `error:` line, so a command need not catch these."""
+    code = EXIT_UNREACHABLE
+
+
+class Unreachable(DaemonError):
+    """The daemon is not running, or did not answer sensibly."""
+    code = EXIT_UNREACHABLE
+
+
+class Refused(DaemonError):
+    """The daemon answered and said no; `reply` is what it said."""
+
+    def __init__(self, message: str, reply: dict, code: int = EXIT_PROBLEM):
+        super().__init__(message)
+        self.reply, self.code = reply, code
+
+
+def ask(cfg, daemon: str, msg: dict, timeout: float = 5.0, refused: int = EXIT_PROBLEM) -> dict:
     """One request to a local daemon ("carpd" or "syncd"); the reply without
-    "ok". Raises control.ControlError when unreachable or when it says no."""
-    reply = control.request(control.socket_path(cfg.run_dir, daemon), msg, timeout)
+    "ok". Raises Unreachable, or Refused (exit status `refused`) when the
+    daemon says no; both are control.ControlError."""
+    try:
+        reply = control.request(control.socket_path(cfg.run_dir, daemon), msg, timeout)
+    except (control.ControlError, ValueError) as e:  # ValueError: not JSON
+        raise Unreachable(f"{daemon} is not running or not answering: {e}") from None
     if not isinstance(reply, dict):
-        raise control.ControlError(f"{daemon}: unexpected reply {reply!r:.80}")
+        raise Unreachable(f"{daemon}: unexpected reply {reply!r:.80}")
     if not reply.get("ok"):
-        raise control.ControlError(f"{daemon}: {reply.get('error', 'request failed')}")
+        raise Refused(f"{daemon}: {reply.get('error') or 'request failed'}", reply, refused)
     return {k: v for k, v in reply.items() if k != "ok"}
 
 
@@ -64,4 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DaemonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code

@@ -11,12 +11,10 @@
 """
 from __future__ import annotations
 
-import sys
-
-from fwcluster import control, nft
+from fwcluster import nft
 from fwcluster.cli import load_from_args
 from fwcluster.configsync import Bundle, diff_bundles
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, Refused, ask, emit
 
 
 def register(subparsers) -> None:
@@ -35,13 +33,10 @@ def register(subparsers) -> None:
         sp.set_defaults(func=func)
 
 
-def _syncd(args, msg: dict, timeout: float = 60.0):
+def _syncd(args, msg: dict, timeout: float = 60.0) -> tuple[str, dict]:
+    """(this member's name, syncd's reply); raises fwctl.DaemonError."""
     cfg, node, _ = load_from_args(args)
-    try:
-        return cfg, node, control.request(control.socket_path(cfg.run_dir, "syncd"), msg, timeout)
-    except control.ControlError as e:
-        print(f"error: syncd: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_UNREACHABLE)
+    return node, ask(cfg, "syncd", msg, timeout)
 
 
 def _check(args) -> int:
@@ -57,7 +52,10 @@ def _check(args) -> int:
 
 
 def _push(args) -> int:
-    _, _, r = _syncd(args, {"cmd": "config-push", "files": args.file})
+    try:
+        r = {"ok": True, **_syncd(args, {"cmd": "config-push", "files": args.file})[1]}
+    except Refused as e:
+        r = e.reply  # not every member took it: the per-member results say why
 
     def human(r):
         if "generation" in r:
@@ -75,7 +73,7 @@ def _push(args) -> int:
 
 
 def _status(args) -> int:
-    _, node, r = _syncd(args, {"cmd": "config-status"})
+    node, r = _syncd(args, {"cmd": "config-status"})
 
     def human(r):
         state = "STALE (newer on " + ", ".join(r["newer_on"]) + ")" if r["stale"] else "current"
@@ -90,7 +88,7 @@ def _status(args) -> int:
 
 
 def _diff(args) -> int:
-    _, node, r = _syncd(args, {"cmd": "config-fetch"})
+    node, r = _syncd(args, {"cmd": "config-fetch"})
     local = Bundle.from_json(r["local"])
     out = {"drift": False, "peers": {}}
     for name, reply in sorted(r["peers"].items()):

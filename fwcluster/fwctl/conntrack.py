@@ -2,11 +2,8 @@
 syncd sees it (fwctl asks syncd; it does not read the kernel itself)."""
 from __future__ import annotations
 
-import sys
-
-from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_USAGE, ask, emit
 
 FILTERS = ("proto", "family", "src", "dst", "sport", "dport", "state")
 
@@ -30,15 +27,9 @@ def run(args) -> int:
     cfg, _node, _ = load_from_args(args)
     flt = {k: getattr(args, k) for k in FILTERS if getattr(args, k) is not None}
     req = {"cmd": "conntrack", "filter": flt, "entries": args.action == "show", "limit": args.limit}
-    try:
-        reply = control.request(control.socket_path(cfg.run_dir, "syncd"), req, timeout=30)
-    except (control.ControlError, ValueError) as e:
-        print(f"error: syncd is not running or not answering: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if not reply.get("ok"):
-        print(f"error: {reply.get('error')}", file=sys.stderr)
-        return EXIT_USAGE
-    data = {k: v for k, v in reply.items() if k != "ok"}
+    # What syncd refuses is in practice a bad filter (--src not an address...):
+    # a usage error.
+    data = ask(cfg, "syncd", req, timeout=30, refused=EXIT_USAGE)
     emit(args, data, human)
     return EXIT_OK
 

@@ -26,8 +26,7 @@ import time
 
 from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, EXIT_USAGE, ask, emit
-
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, Unreachable, ask, emit
 
 
 def register(sub) -> None:
@@ -116,7 +115,7 @@ class RoleWatch:
             self.sock.sendall(json.dumps({"cmd": "subscribe"}).encode() + b"\n")
         except OSError as e:
             self.sock.close()
-            raise control.ControlError(f"{path}: {e}") from None
+            raise Unreachable(f"carpd is not running or not answering: {path}: {e}") from None
         self.buf = b""
         self.vhids = set(vhids)  # the vips' (not balancing buckets')
         self.state: dict[int, str] = {}
@@ -124,7 +123,7 @@ class RoleWatch:
         deadline = time.monotonic() + timeout
         while not set(vhids) <= set(self.state):  # the snapshot lines
             if not self._read(deadline):
-                raise control.ControlError(f"{path}: no role snapshot from carpd")
+                raise Unreachable(f"carpd: no role snapshot on {path}")
 
     def close(self) -> None:
         self.sock.close()
@@ -167,7 +166,7 @@ class RoleWatch:
 def _syncd(cfg, msg: dict) -> dict | None:
     try:
         return ask(cfg, "syncd", msg, timeout=2.0)
-    except (control.ControlError, ValueError):
+    except control.ControlError:
         return None
 
 
@@ -186,6 +185,23 @@ def _maintenance(cfg, on: bool) -> None:
     ask(cfg, "carpd", {"cmd": "maintenance", "on": on})
 
 
+def _timed(watch: RoleWatch, want: str, since: float, timeout: float, report: dict,
+           field: str, failure: str) -> bool:
+    """Wait until every vip here is in state `want`; put each one's seconds
+    from `since` (and the slowest) into report[field]. False, with the
+    failure noted, when that did not happen within timeout."""
+    got = watch.until(want, time.monotonic() + timeout)
+    if got is None:
+        report["result"] = "failed"
+        report["problems"].append(failure)
+        return False
+    by_vhid = {v["vhid"]: v for v in report["vips"]}
+    for vhid, t in got.items():
+        by_vhid[vhid][field] = round(max(0.0, t - since), 4)
+    report[field] = max(v[field] for v in report["vips"])
+    return True
+
+
 class _Stopped(Exception):
     pass
 
@@ -196,7 +212,7 @@ def _on_sigterm(signum, frame):
 
 def drill(cfg, timeout: float, hold: float) -> dict:
     """Carry out the drill; the report (see docs/fwctl.md). Raises
-    control.ControlError when carpd cannot be reached before anything changed."""
+    fwctl.DaemonError when carpd cannot be reached or refuses."""
     carp_path = control.socket_path(cfg.run_dir, "carpd")
     carp = ask(cfg, "carpd", {"cmd": "status"})
     sync_before = _sync_status(cfg)
@@ -219,18 +235,15 @@ def drill(cfg, timeout: float, hold: float) -> dict:
     sync_takeover = None
     try:
         t0 = time.time()
-        _maintenance(cfg, True)
+        # Lifted on the way out from here on, even if this request fails:
+        # carpd may have taken it before the answer was lost.
         maintenance_on = True
-        got = watch.until("BACKUP", time.monotonic() + timeout)
-        if got is None:
-            report["result"] = "failed"
-            report["problems"].append(f"no member took over within {timeout:g} s "
-                                      "(is a peer running?); maintenance lifted, the vips stay here")
+        _maintenance(cfg, True)
+        if not _timed(watch, "BACKUP", t0, timeout, report, "takeover_seconds",
+                      f"no member took over within {timeout:g} s (is a peer running?); "
+                      "maintenance lifted, the vips stay here"):
             return report
         sync_takeover = _sync_status(cfg)
-        for vhid, t in got.items():
-            by_vhid[vhid]["takeover_seconds"] = round(max(0.0, t - t0), 4)
-        report["takeover_seconds"] = max(v["takeover_seconds"] for v in report["vips"])
         time.sleep(max(0.0, hold))
         # Who holds the vips, asked at the end of the hold: with several
         # backups all of them claim at first, and the best one wins a few
@@ -242,15 +255,9 @@ def drill(cfg, timeout: float, hold: float) -> dict:
         t1 = time.time()
         _maintenance(cfg, False)
         maintenance_on = False
-        back = watch.until("MASTER", time.monotonic() + timeout)
-        if back is None:
-            report["result"] = "failed"
-            report["problems"].append(f"the vips did not come back within {timeout:g} s "
-                                      "(maintenance is off again; see fwctl status)")
-        else:
-            for vhid, t in back.items():
-                by_vhid[vhid]["failback_seconds"] = round(max(0.0, t - t1), 4)
-            report["failback_seconds"] = max(v["failback_seconds"] for v in report["vips"])
+        _timed(watch, "MASTER", t1, timeout, report, "failback_seconds",
+               f"the vips did not come back within {timeout:g} s "
+               "(maintenance is off again; see fwctl status)")
     except _Stopped:
         report["result"] = "failed"
         report["problems"].append("interrupted (SIGTERM); maintenance lifted")
@@ -261,7 +268,7 @@ def drill(cfg, timeout: float, hold: float) -> dict:
         if maintenance_on:
             try:
                 _maintenance(cfg, False)
-            except (control.ControlError, ValueError) as e:
+            except control.ControlError as e:
                 report["problems"].append(f"could not lift maintenance: {e} "
                                           "-- run `fwctl maintenance off`")
         signal.signal(signal.SIGTERM, old)
@@ -282,11 +289,7 @@ def run(args) -> int:
     if args.timeout <= 0 or args.hold < 0:
         print("error: --timeout must be > 0 and --hold >= 0", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        report = drill(cfg, args.timeout, args.hold)
-    except (control.ControlError, ValueError) as e:
-        print(f"error: carpd is not running or not answering: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+    report = drill(cfg, args.timeout, args.hold)  # fwctl.main reports a DaemonError
     emit(args, report, human)
     return EXIT_OK if report["result"] == "ok" else EXIT_PROBLEM
 

@@ -4,11 +4,8 @@
 """
 from __future__ import annotations
 
-import sys
-
-from fwcluster import control
 from fwcluster.cli import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, emit
+from fwcluster.fwctl import EXIT_OK, ask, emit
 
 
 def register(sub) -> None:
@@ -20,15 +17,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     cfg, _node, _ = load_from_args(args)
-    path = control.socket_path(cfg.run_dir, "carpd")
-    try:
-        reply = control.request(path, {"cmd": "maintenance", "on": args.state == "on"})
-    except (control.ControlError, ValueError) as e:
-        print(f"error: carpd is not running or not answering: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if not reply.get("ok"):
-        print(f"error: carpd: {reply.get('error', 'request failed')}", file=sys.stderr)
-        return EXIT_PROBLEM
+    reply = ask(cfg, "carpd", {"cmd": "maintenance", "on": args.state == "on"})
     data = {"maintenance": reply["maintenance"]}
     emit(args, data, lambda d: print(f"maintenance {'on' if d['maintenance'] else 'off'}"))
     return EXIT_OK

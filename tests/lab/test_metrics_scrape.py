@@ -4,32 +4,11 @@ against `fwctl status --json`; the node-exporter textfile; the control
 command."""
 from __future__ import annotations
 
-import pytest
-
 from carp_helpers import fast, wait_settled
-from fwcluster.lab import PY
-
-parser = pytest.importorskip("prometheus_client.parser")
+from tests.prom_text import (key, listening, metrics_config, read_textfile, samples, scrape,
+                             scrape_between, textfile_path)
 
 LISTEN = "127.0.0.1:9780"
-SCRAPE = ("import sys, urllib.request; "
-          f"sys.stdout.write(urllib.request.urlopen('http://{LISTEN}/metrics', timeout=5).read().decode())")
-
-
-def samples(text: str) -> dict:
-    out = {}
-    for fam in parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name, **labels):
-    return (name, frozenset(labels.items()))
-
-
-def scrape(lab, member) -> dict:
-    return samples(lab.run(member, [PY, "-c", SCRAPE], timeout=15).stdout)
 
 
 def check_against_status(got: dict, before: dict, after: dict) -> None:
@@ -58,26 +37,19 @@ def check_against_status(got: dict, before: dict, after: dict) -> None:
 
 def test_metrics_endpoint_textfile_and_command(carp_lab):
     lab = carp_lab(members=2, ipv6=True)
-    textfiles = lab.dir / "prom"
-    lab.write_config(**fast(2), metrics={"listen": LISTEN,
-                                         "textfile_dir": str(textfiles / "{node}")})
+    lab.write_config(**fast(2), metrics=metrics_config(lab, LISTEN))
     for m in lab.members:
         lab.start_carpd(m)
     wait_settled(lab, "fw1")
 
     for m in lab.members:
-        before = lab.fwctl(m, "status")
-        got = scrape(lab, m)
-        after = lab.fwctl(m, "status")
-        check_against_status(got, before, after)
-        # Bound to the namespace's loopback only.
-        lines = lab.run(m, ["ss", "-Hltn", "sport = :9780"]).stdout.splitlines()
-        assert [line.split()[3] for line in lines] == [LISTEN]
+        check_against_status(*scrape_between(lab, m, LISTEN, "status"))
+        assert listening(lab, m, 9780) == [LISTEN]  # the namespace's loopback only
 
     # Maintenance on fw1: fw2 takes over; both endpoints say so.
     assert lab.fwctl("fw1", "maintenance", "on") == {"maintenance": True}
     wait_settled(lab, "fw2")
-    got1, got2 = scrape(lab, "fw1"), scrape(lab, "fw2")
+    got1, got2 = scrape(lab, "fw1", LISTEN), scrape(lab, "fw2", LISTEN)
     assert got1[key("fwcluster_carp_maintenance")] == 1
     assert got1[key("fwcluster_carp_demotion_source", source="maintenance")] == 240
     assert got1[key("fwcluster_carp_master", vhid="1", interface="lan0")] == 0
@@ -85,13 +57,11 @@ def test_metrics_endpoint_textfile_and_command(carp_lab):
     assert got2[key("fwcluster_carp_demotion")] == 0
 
     # The textfile follows a role change within seconds (not the 5 s period).
-    prom = {m: textfiles / m / "carpd.prom" for m in lab.members}
+    prom = {m: textfile_path(lab, m, "carpd") for m in lab.members}
 
     def textfile(m):
-        try:
-            return samples(prom[m].read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_textfile(prom[m])
+
     def agrees(m) -> bool:
         st, got = lab.status(m), textfile(m)
         return bool(got) and got.get(key("fwcluster_carp_maintenance")) == int(st["maintenance"]) \

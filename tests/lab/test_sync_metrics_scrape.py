@@ -5,39 +5,15 @@ against `fwctl sync --json`; a forged datagram counted; the node-exporter
 textfile following a peer going down; the control command."""
 from __future__ import annotations
 
-import pytest
-
 from carp_helpers import fast, wait_settled
 from fwcluster.lab import CLIENT4, PY, SERVER4, member_addr4
 from sync_helpers import ct_count, in_sync, logs, start_member, syncd_status
-
-parser = pytest.importorskip("prometheus_client.parser")
+from tests.prom_text import (between, key, listening, metrics_config, read_textfile, samples,
+                             scrape, scrape_between, textfile_path)
 
 LISTEN = "127.0.0.1:9780"          # carpd; syncd serves on 9781
 SYNCD = "127.0.0.1:9781"
-SCRAPE = ("import sys, urllib.request; "
-          f"sys.stdout.write(urllib.request.urlopen('http://{SYNCD}/metrics', timeout=5).read().decode())")
 ENTRIES = 20
-
-
-def samples(text: str) -> dict:
-    out = {}
-    for fam in parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name, **labels):
-    return (name, frozenset(labels.items()))
-
-
-def scrape(lab, member) -> dict:
-    return samples(lab.run(member, [PY, "-c", SCRAPE], timeout=15).stdout)
-
-
-def between(value, a, b) -> bool:
-    return min(a, b) <= value <= max(a, b)
 
 
 def check_against_status(got: dict, before: dict, after: dict) -> None:
@@ -98,9 +74,7 @@ def forge(lab, src: str, dst_member: str) -> None:
 
 def test_syncd_metrics_endpoint_textfile_and_command(carp_lab):
     lab = carp_lab(members=2, ipv6=False)
-    textfiles = lab.dir / "prom"
-    lab.write_config(**fast(2), metrics={"listen": LISTEN,
-                                         "textfile_dir": str(textfiles / "{node}")})
+    lab.write_config(**fast(2), metrics=metrics_config(lab, LISTEN))
     for m in lab.members:
         start_member(lab, m)
     wait_settled(lab, "fw1", timeout=20)
@@ -116,28 +90,21 @@ def test_syncd_metrics_endpoint_textfile_and_command(carp_lab):
         syncd_status(lab, "fw1").get("drops")
 
     for m in lab.members:
-        before = lab.fwctl(m, "sync")
-        got = scrape(lab, m)
-        after = lab.fwctl(m, "sync")
-        check_against_status(got, before, after)
-        # Bound to the namespace's loopback only, next to carpd's port.
-        lines = lab.run(m, ["ss", "-Hltn", "sport = :9781 or sport = :9780"]).stdout.splitlines()
-        assert sorted(line.split()[3] for line in lines) == [LISTEN, SYNCD]
-    got1 = scrape(lab, "fw1")
+        check_against_status(*scrape_between(lab, m, SYNCD, "sync"))
+        # The namespace's loopback only, next to carpd's port.
+        assert listening(lab, m, 9780, 9781) == [LISTEN, SYNCD]
+    got1 = scrape(lab, "fw1", SYNCD)
     assert got1[key("fwcluster_sync_drops_total", reason="bad_auth")] == 1
     assert got1[key("fwcluster_sync_peer_drops_total", peer="fw2", reason="bad_auth")] == 1
     assert got1[key("fwcluster_sync_entries_sent_total", peer="fw2")] >= ENTRIES
-    assert scrape(lab, "fw2")[key("fwcluster_sync_entries_received_total", peer="fw1")] >= ENTRIES
+    assert scrape(lab, "fw2", SYNCD)[key("fwcluster_sync_entries_received_total", peer="fw1")] >= ENTRIES
 
     # The textfile: syncd.prom next to carpd.prom, following fw2's syncd going
     # away (down after 2 s of silence) within a second, not the 5 s period.
-    prom = {m: textfiles / m / "syncd.prom" for m in lab.members}
+    prom = {m: textfile_path(lab, m, "syncd") for m in lab.members}
 
     def textfile(m):
-        try:
-            return samples(prom[m].read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_textfile(prom[m])
     assert textfile("fw1").get(key("fwcluster_sync_peer_up", peer="fw2")) == 1
     lab.stop_daemon("fw2", "syncd")
     assert lab.wait_for(lambda: textfile("fw1").get(key("fwcluster_sync_peer_up", peer="fw2")) == 0,

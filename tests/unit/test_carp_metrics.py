@@ -5,14 +5,11 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 from fwcluster import config
 from fwcluster.carp import metrics, wire
 from fwcluster.carp.node import Carpd
 from fwcluster.metrics import render
-
-parser = pytest.importorskip("prometheus_client.parser")
+from tests.prom_text import key, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -23,19 +20,6 @@ def make_cfg(tmp_path, extra=""):
     p.write_text(EXAMPLE.read_text() + extra)
     cfg = config.load(p, "fw1")
     return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
-
-
-def samples(text: str) -> dict:
-    """{(sample name, frozenset(labels)): value} of a Prometheus text."""
-    out = {}
-    for fam in parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name, **labels):
-    return (name, frozenset(labels.items()))
 
 
 STATUS = {
@@ -86,11 +70,6 @@ def test_every_drop_reason_has_a_series_per_vhid():
     got = samples(render(metrics.families(STATUS)))
     reasons = {dict(labels)["reason"] for (name, labels) in got if name == "fwcluster_carp_drops_total"}
     assert reasons == set(wire.DROP_REASONS)
-
-
-def test_textfile_dir_takes_the_node_name():
-    assert metrics.textfile_dir("/run/prom/{node}", "fw2") == "/run/prom/fw2"
-    assert metrics.textfile_dir("/var/lib/node-exporter", "fw2") == "/var/lib/node-exporter"
 
 
 def test_metrics_command_matches_status(tmp_path):

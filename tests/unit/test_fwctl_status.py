@@ -1,4 +1,6 @@
-"""fwctl status / maintenance against a stand-in daemon on a real unix socket.
+"""fwctl status / maintenance against a stand-in daemon on a real unix socket,
+and how every daemon-backed command turns "not running" and "refused" into
+its exit status.
 
 fwctl is the thing under test; the daemon side is a small server speaking the
 control contract (carpd's own control handling is tested in test_carp_control).
@@ -33,8 +35,10 @@ CARPD_STATUS = {
 class Daemons:
     """Serve carpd.sock (and optionally syncd.sock) from a background loop."""
 
-    def __init__(self, run_dir: Path, syncd: bool):
+    def __init__(self, run_dir: Path, syncd: bool, replies: dict | None = None):
+        """replies: {cmd: reply} answered instead of the usual (either daemon)."""
         self.run_dir, self.syncd = run_dir, syncd
+        self.replies = replies or {}
         self.requests = []
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -45,6 +49,8 @@ class Daemons:
 
         async def carpd(req):
             self.requests.append(req)
+            if req["cmd"] in self.replies:
+                return self.replies[req["cmd"]]
             if req["cmd"] == "status":
                 return CARPD_STATUS
             if req["cmd"] == "maintenance":
@@ -52,7 +58,8 @@ class Daemons:
             return {"ok": False, "error": "unknown"}
 
         async def syncd(req):
-            return {"ok": True, "peers": 1, "state": "in-sync"}
+            self.requests.append(req)
+            return self.replies.get(req["cmd"], {"ok": True, "peers": 1, "state": "in-sync"})
 
         async def start():
             self.servers = [await control.serve(control.socket_path(str(self.run_dir), "carpd"), carpd)]
@@ -132,3 +139,70 @@ def test_maintenance_exits_3_without_carpd(tmp_path):
 def test_maintenance_rejects_bad_argument(tmp_path):
     r = fwctl(tmp_path, "maintenance", "maybe")
     assert r.returncode == 2
+
+
+def one_error_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_maintenance_refused_by_carpd_exits_1(tmp_path):
+    no = {"ok": False, "error": "not now"}
+    with Daemons(tmp_path, syncd=False, replies={"maintenance": no}):
+        r = fwctl(tmp_path, "maintenance", "on")
+    assert r.returncode == 1 and r.stdout == ""
+    assert one_error_line(r) == "error: carpd: not now"
+
+
+@pytest.mark.parametrize("argv", [("sync",), ("conntrack", "count"), ("config", "status"),
+                                  ("config", "push"), ("config", "diff")])
+def test_syncd_commands_exit_3_without_syncd(tmp_path, argv):
+    with Daemons(tmp_path, syncd=False):  # carpd alone does not do
+        r = fwctl(tmp_path, *argv)
+    assert r.returncode == 3
+    assert one_error_line(r).startswith("error: syncd is not running or not answering: ")
+
+
+def test_conntrack_bad_filter_is_a_usage_error(tmp_path):
+    no = {"ok": False, "error": "ValueError: '10.0.0.0/33' does not appear to be an IPv4 network"}
+    with Daemons(tmp_path, syncd=True, replies={"conntrack": no}) as d:
+        r = fwctl(tmp_path, "conntrack", "show", "--src", "10.0.0.0/33")
+    assert r.returncode == 2
+    assert one_error_line(r) == f"error: syncd: {no['error']}"
+    assert d.requests[-1] == {"cmd": "conntrack", "filter": {"src": "10.0.0.0/33"},
+                              "entries": True, "limit": 1000}
+
+
+def test_conntrack_count(tmp_path):
+    with Daemons(tmp_path, syncd=True, replies={"conntrack": {"ok": True, "total": 7, "count": 2}}):
+        r = fwctl(tmp_path, "conntrack", "count", "--dport", "80", "--json")
+        human = fwctl(tmp_path, "conntrack", "count", "--dport", "80")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"total": 7, "count": 2}
+    assert human.stdout == "2 of 7 entries\n"
+
+
+def test_config_push_not_taken_everywhere_shows_each_member(tmp_path):
+    reply = {"ok": False, "generation": 4, "digest": "ab" * 32,
+             "results": {"fw1": {"ok": True, "changed": ["cluster.toml"]},
+                         "fw2": {"ok": False, "error": "unreachable: timed out", "stale": True}}}
+    with Daemons(tmp_path, syncd=True, replies={"config-push": reply}):
+        r = fwctl(tmp_path, "config", "push", "--json")
+        human = fwctl(tmp_path, "config", "push")
+    assert r.returncode == 1 and json.loads(r.stdout) == reply
+    assert human.returncode == 1 and human.stderr == ""
+    assert human.stdout.splitlines() == ["generation 4 (abababababab)",
+                                         "  fw1          ok       cluster.toml",
+                                         "  fw2          FAILED   unreachable: timed out"]
+
+
+def test_config_status_refused_exits_1(tmp_path):
+    with Daemons(tmp_path, syncd=True, replies={"config-status": {"ok": False, "error": "boom"}}):
+        r = fwctl(tmp_path, "config", "status")
+    assert r.returncode == 1 and one_error_line(r) == "error: syncd: boom"
+
+
+def test_garbled_reply_counts_as_not_answering(tmp_path):
+    with Daemons(tmp_path, syncd=False, replies={"status": ["not", "an", "object"]}):
+        r = fwctl(tmp_path, "status")
+    assert r.returncode == 3 and "carpd: unexpected reply" in one_error_line(r)

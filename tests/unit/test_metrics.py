@@ -1,12 +1,13 @@
-"""Metrics rendering is valid Prometheus text (parsed by prometheus_client)."""
+"""The metrics helpers both daemons share: rendering is valid Prometheus text
+(parsed by prometheus_client), the textfile, the endpoint, where each daemon
+listens and writes."""
 import asyncio
 import urllib.request
 
 import pytest
 
 from fwcluster import metrics
-
-parser = pytest.importorskip("prometheus_client.parser")
+from tests.prom_text import key, parser, samples
 
 
 def _families():
@@ -53,3 +54,26 @@ def test_http_endpoint_on_localhost():
     (status, body), (status404, _) = asyncio.run(main())
     assert status == 200 and status404 == 404
     assert any(f.name == "fwcluster_carp_state" for f in parser.text_string_to_metric_families(body))
+
+
+def test_syncd_listens_on_the_next_port():
+    assert metrics.listen_for("127.0.0.1:9780", "carpd") == "127.0.0.1:9780"
+    assert metrics.listen_for("127.0.0.1:9780", "syncd") == "127.0.0.1:9781"
+    assert metrics.listen_for("[::1]:9780", "syncd") == "[::1]:9781"
+    with pytest.raises(ValueError, match="out of range"):
+        metrics.listen_for("127.0.0.1:65535", "syncd")
+
+
+def test_textfile_dir_takes_the_node_name():
+    assert metrics.textfile_dir("/run/prom/{node}", "fw2") == "/run/prom/fw2"
+    assert metrics.textfile_dir("/var/lib/node-exporter", "fw2") == "/var/lib/node-exporter"
+
+
+def test_infinity_and_nan_use_the_exposition_spelling():
+    text = metrics.render([metrics.Family("x_seconds", "gauge", "x").add(float("inf"), a="1")
+                           .add(float("-inf"), a="2").add(float("nan"), a="3")])
+    assert "+Inf" in text and "-Inf" in text and "NaN" in text
+    got = samples(text)
+    assert got[key("x_seconds", a="1")] == float("inf")
+    assert got[key("x_seconds", a="2")] == float("-inf")
+    assert got[key("x_seconds", a="3")] != got[key("x_seconds", a="3")]  # NaN

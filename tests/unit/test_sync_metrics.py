@@ -1,34 +1,19 @@
 """syncd's metrics: made from its status object (here the real protocol core's
 status after real exchanges), valid Prometheus text parsed by
-prometheus_client, one series per peer; the shared helpers of both daemons."""
+prometheus_client, one series per peer."""
 import re
 from pathlib import Path
-
-import pytest
 
 from fwcluster import metrics as prom
 from syncd import keys, metrics, protocol
 from syncd.entry import OP_UPSERT, Entry
 from syncd.protocol import Dump, Send, Sync
-
-parser = pytest.importorskip("prometheus_client.parser")
+from tests.prom_text import key, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = keys.sync_key(b"secret", "edge")
 MEMBERS = [("fw1", "203.0.113.1"), ("fw2", "203.0.113.2"), ("fw3", "203.0.113.3")]
 ADDR = dict(MEMBERS)
-
-
-def samples(text: str) -> dict:
-    out = {}
-    for fam in parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def key(name, **labels):
-    return (name, frozenset(labels.items()))
 
 
 def entry(i: int) -> Entry:
@@ -194,25 +179,3 @@ def test_health_changes_with_peer_state_not_with_counters():
     assert metrics.health(down) != h
     assert metrics.health({**st, "in_sync": not st["in_sync"]}) != h
     assert metrics.health({**st, "config": {**st["config"], "stale": False}}) != h
-
-
-def test_syncd_listens_on_the_next_port():
-    assert prom.listen_for("127.0.0.1:9780", "carpd") == "127.0.0.1:9780"
-    assert prom.listen_for("127.0.0.1:9780", "syncd") == "127.0.0.1:9781"
-    assert prom.listen_for("[::1]:9780", "syncd") == "[::1]:9781"
-    with pytest.raises(ValueError, match="out of range"):
-        prom.listen_for("127.0.0.1:65535", "syncd")
-
-
-def test_textfile_dir_takes_the_node_name():
-    assert prom.textfile_dir("/run/prom/{node}", "fw2") == "/run/prom/fw2"
-    assert prom.textfile_dir("/var/lib/node-exporter", "fw2") == "/var/lib/node-exporter"
-
-
-def test_infinity_and_nan_use_the_exposition_spelling():
-    text = prom.render([prom.Family("x_seconds", "gauge", "x").add(float("inf"), a="1")
-                        .add(float("-inf"), a="2").add(float("nan"), a="3")])
-    assert "+Inf" in text and "-Inf" in text and "NaN" in text
-    got = samples(text)
-    assert got[key("x_seconds", a="1")] == float("inf")
-    assert got[key("x_seconds", a="2")] == float("-inf")
