@@ -4,6 +4,9 @@ carpd listens on {run_dir}/carpd.sock, syncd on {run_dir}/syncd.sock. A
 request is one JSON object with a "cmd" key; the reply is one JSON object
 with "ok" (bool) and either the result fields or "error". fwctl uses the
 blocking client; the daemons use the asyncio server.
+
+A daemon may also offer streaming commands (carpd's "subscribe"): the reply
+is then a series of JSON lines, until the stream ends or the client closes.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 Handler = Callable[[dict], Awaitable[dict]]
+Stream = Callable[[dict], AsyncIterator[dict]]  # request -> the lines to send
 MAX_LINE = 1 << 20
 
 
@@ -26,8 +30,12 @@ def socket_path(run_dir: str, daemon: str) -> str:
     return str(Path(run_dir) / f"{daemon}.sock")
 
 
-async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
-    """Serve requests on a unix socket (mode 0600: root-only control)."""
+async def serve(path: str, handler: Handler,
+                streams: dict[str, Stream] | None = None) -> asyncio.AbstractServer:
+    """Serve requests on a unix socket (mode 0600: root-only control).
+    streams: commands whose reply is a stream of lines; the connection
+    carries that stream from then on, and closes when it ends."""
+    streams = streams or {}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         os.unlink(path)
@@ -41,6 +49,9 @@ async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
                     req = json.loads(line)
                     if not isinstance(req, dict) or "cmd" not in req:
                         raise ValueError("request must be an object with a 'cmd' key")
+                    if req["cmd"] in streams:
+                        await _stream(streams[req["cmd"]](req), reader, writer)
+                        return
                     reply = await handler(req)
                 except Exception as e:  # a bad request must never kill the daemon
                     reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -54,6 +65,32 @@ async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
     server = await asyncio.start_unix_server(client, path=path, limit=MAX_LINE)
     os.chmod(path, 0o600)
     return server
+
+
+async def _stream(lines: AsyncIterator[dict], reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    """Write each line of the stream until it ends or the client hangs up
+    (noticed by a pending read)."""
+    closed = asyncio.ensure_future(reader.read(1))
+    nxt = None
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(lines))
+            await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                return
+            try:
+                line = nxt.result()
+            except StopAsyncIteration:
+                return
+            writer.write(json.dumps(line).encode() + b"\n")
+            await writer.drain()
+    finally:
+        closed.cancel()
+        if nxt is not None and not nxt.done():
+            nxt.cancel()  # ends the generator inside its pending step
+            await asyncio.wait({nxt})
+        await lines.aclose()
 
 
 def request(path: str, msg: dict, timeout: float = 5.0) -> dict:

@@ -169,17 +169,16 @@ class Balancing:
         run = self.runs[vhid]
         iface = self.carpd.ifaces.get(self.interface)
         run.machine.own_address = iface.own.get(self.family) if iface else None
-        loop = asyncio.get_running_loop()
-        for action in run.machine.handle(event, loop.time()):
-            if isinstance(action, machine.ArmTimer):
-                timers.rearm(run, action.at, self._timer, vhid, action.at)
-            elif isinstance(action, machine.RoleChanged):
-                self._role_changed(run, action)
-            elif isinstance(action, (machine.AddVip, machine.RemoveVip)):
-                self.carpd.actions.put_nowait(SyncOwned())  # claim / release the bucket
-            elif isinstance(action, machine.SendAdvert):
-                self.carpd.actions.put_nowait(action)
-            # Announce: a bucket has no address to announce.
+        timers.step(run, vhid, event, self._timer, self._role_changed, self._queue)
+
+    def _queue(self, action) -> None:
+        """A bucket machine's action, on carpd's ordered worker: a claim
+        updates the owned set before the advert that follows it goes out."""
+        if isinstance(action, (machine.AddVip, machine.RemoveVip)):
+            self.carpd.actions.put_nowait(SyncOwned())  # claim / release the bucket
+        elif isinstance(action, machine.SendAdvert):
+            self.carpd.actions.put_nowait(action)
+        # Announce: a bucket has no address to announce.
 
     def _timer(self, vhid: int, at: float) -> None:
         self.runs[vhid].timer = None
@@ -235,16 +234,20 @@ class Balancing:
         return vhid in held and isinstance(action, (machine.RemoveVip, machine.Announce))
 
     async def do(self, action) -> None:
+        """Bucket and hold/release work, on carpd's ordered worker."""
         if isinstance(action, SyncOwned):
             await self._sync_owned()
         elif isinstance(action, machine.SendAdvert):
             self._send_advert(action)
         elif isinstance(action, HoldVips):
             await self._hold(action.interface)
-        elif isinstance(action, machine.Announce):
-            self._announce_vip(action.vhid)
         elif isinstance(action, Release):
             await self._release()
+
+    def do_now(self, action) -> None:
+        """A held vip's action from carpd's vip flush (no waiting involved)."""
+        if isinstance(action, machine.Announce):
+            self._announce_vip(action.vhid)
         # RemoveVip of a held vip: kept (released only by Release).
 
     def status(self) -> dict:
@@ -314,7 +317,7 @@ class Balancing:
         for v in self.held:
             if v.interface != ifname:
                 continue
-            await self.carpd.links.add_vip(iface.index, v.address)
+            self.carpd.links.add_vip(iface.index, v.address)
             self._join(ifname, iface.index, balance.vip_mac(v.vhid))
             self._announce_vip(v.vhid)
 
@@ -352,7 +355,7 @@ class Balancing:
         for v in self.held:
             iface = self.carpd.ifaces.get(v.interface)
             if iface is not None and iface.index is not None:
-                await self.carpd.links.del_vip(iface.index, v.address)
+                self.carpd.links.del_vip(iface.index, v.address)
         for _, s in self._joined.values():
             s.close()
         self._joined.clear()

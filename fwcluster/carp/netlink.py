@@ -3,16 +3,24 @@
 Links.watch() yields a LinkState whenever an interface appears, changes or
 disappears, and an AddressesChanged when its addresses change; carpd keeps
 the carrier of every vip interface and its own (non-vip) addresses from it.
+Vip changes skip pyroute2: change_vips() writes all of them to a plain
+rtnetlink socket at once (fwcluster.carp.addrmsg), a system call and no
+round trip through the event loop.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
+import os
+import select
+import socket
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+
+from fwcluster.carp.addrmsg import AddrChange, encode_batch, parse_acks
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -20,6 +28,10 @@ IFA_F_SECONDARY = 0x01
 IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
+NETLINK_CAP_ACK = 10  # acks of failed requests without the request echoed
+ACK_WAIT = 0.5  # s; rtnetlink acks as it handles the write, so this is a safety net
+# Errors that mean the kernel already is as asked.
+ALREADY = {True: {errno.EEXIST}, False: {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV}}
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,22 @@ class Links:
     def __init__(self):
         self._ipr: AsyncIPRoute | None = None
         self._mon: AsyncIPRoute | None = None
+        self._rt: socket.socket | None = None  # vip changes: plain writes, no round trips
+        self._seq = itertools.count(1)
 
     async def open(self) -> None:
         self._ipr = AsyncIPRoute()
         self._mon = AsyncIPRoute()
         await self._mon.bind(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        self._rt = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._rt.bind((0, 0))
+        try:
+            self._rt.setsockopt(270, NETLINK_CAP_ACK, 1)  # SOL_NETLINK
+        except OSError:
+            pass
 
     def close(self) -> None:
-        for s in (self._ipr, self._mon):
+        for s in (self._ipr, self._mon, self._rt):
             if s is not None:
                 s.close()
 
@@ -91,25 +111,43 @@ class Links:
                 elif ev in ("RTM_NEWADDR", "RTM_DELADDR"):
                     yield AddressesChanged(msg.get("index"))
 
-    async def add_vip(self, index: int, vip) -> None:
-        """Add vip (an ip_interface); already present is fine. IPv6 skips DAD:
-        the address must answer at once, and the peer may still hold it."""
-        kw = {"index": index, "address": str(vip.ip), "prefixlen": vip.network.prefixlen}
-        if vip.version == 6:
-            kw["flags"] = IFA_F_NODAD
-        try:
-            await self._ipr.addr("add", **kw)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
+    def change_vips(self, changes: list[AddrChange]) -> list[tuple[AddrChange, int]]:
+        """Apply address changes in one netlink write, in order; return the
+        ones that failed with their errno (already present on add, already
+        gone on delete count as done)."""
+        if not changes:
+            return []
+        if self._rt is None:
+            raise OSError(errno.ENOTCONN, "netlink socket not open")
+        first = next(self._seq)
+        for _ in changes[1:]:
+            next(self._seq)
+        self._rt.send(encode_batch(changes, first))
+        want = set(range(first, first + len(changes)))
+        acks: dict[int, int] = {}
+        while want - acks.keys():
+            ready, _, _ = select.select([self._rt], [], [], ACK_WAIT)
+            if not ready:
+                break
+            acks.update(parse_acks(self._rt.recv(65536)))
+        failed = []
+        for i, c in enumerate(changes):
+            err = acks.get(first + i, errno.ETIMEDOUT)
+            if err and err not in ALREADY[c.add]:
+                failed.append((c, err))
+        return failed
 
-    async def del_vip(self, index: int, vip) -> None:
-        try:
-            await self._ipr.addr("del", index=index, address=str(vip.ip),
-                                 prefixlen=vip.network.prefixlen)
-        except NetlinkError as e:
-            if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
-                raise
+    def add_vip(self, index: int, vip) -> None:
+        """Add vip (an ip_interface); already present is fine."""
+        self._raise(self.change_vips([AddrChange(True, index, vip)]))
+
+    def del_vip(self, index: int, vip) -> None:
+        self._raise(self.change_vips([AddrChange(False, index, vip)]))
+
+    @staticmethod
+    def _raise(failed) -> None:
+        for c, err in failed:
+            raise OSError(err, f"{'adding' if c.add else 'removing'} {c.vip}: {os.strerror(err)}")
 
 
 def own_address(addresses: list[Address], family: int, vips: set[str]) -> str | None:

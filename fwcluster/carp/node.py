@@ -2,8 +2,13 @@
 into machine events, and the machines' actions into packets and addresses.
 
 Decisions are the machines' (fwcluster.carp.machine); this module only does
-I/O. Actions that touch the kernel run in order on one worker, so a takeover
-is always: vip added, then advert, then gratuitous ARP / NA.
+I/O. The vip actions of everything that happens in one turn of the event
+loop (all the adverts read, timers fired, a demotion change) are carried
+out together at the end of that turn: every address change in one netlink
+write, then the adverts, then the gratuitous ARP / NA. So a takeover is
+always vip added, advert, announce, and the vips that move together move
+in one go, never queued behind slower work (the balancing side's nft
+updates keep their own ordered worker).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 from fwcluster import control
 from fwcluster import metrics as prom
 from fwcluster.carp import announce, balancing, machine, metrics, netlink, timers, wire
+from fwcluster.carp.addrmsg import AddrChange
 from fwcluster.carp.ctl import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.config import Config, Vip
@@ -86,7 +92,9 @@ class Carpd:
         self.links = netlink.Links()
         self.ctl = ControlServer(control.socket_path(cfg.run_dir, "carpd"), self.handle_request,
                                  self._role_snapshot)
-        self.actions: asyncio.Queue = asyncio.Queue()
+        self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
+        self._pending: list = []  # vip actions of this loop turn, see _flush
+        self._flush_soon: asyncio.Handle | None = None
         self.stopping = asyncio.Event()
         self._sync_hold: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
@@ -122,10 +130,10 @@ class Carpd:
             self.balancing.start()
         links = await self.links.links()
         # A carpd that died as master may have left its vips behind.
-        for run in self.vips.values():
-            st = links.get(run.vip.interface)
-            if st is not None:
-                await self.links.del_vip(st.index, run.vip.address)
+        leftovers = [AddrChange(False, links[r.vip.interface].index, r.vip.address)
+                     for r in self.vips.values() if r.vip.interface in links]
+        for change, err in self.links.change_vips(leftovers):
+            log.warning("removing leftover vip %s: %s", change.vip, os.strerror(err))
         await self.ctl.start()
         await self._start_metrics()
         if self._sync_hold is None and SYNC_SOURCE in self.demotion.sources:
@@ -147,6 +155,7 @@ class Carpd:
         log.info("shutting down: releasing vips")
         for vhid in self.vips:
             self._event(vhid, machine.Shutdown())
+        self._flush()
         if self.balancing is not None:
             self.balancing.shutdown()
         await self.actions.join()
@@ -313,15 +322,14 @@ class Carpd:
     def _event(self, vhid: int, event) -> None:
         if self.balancing is not None and vhid in self.balancing.runs:
             return self.balancing.event(vhid, event)
-        run = self.vips[vhid]
-        loop = asyncio.get_running_loop()
-        for action in run.machine.handle(event, loop.time()):
-            if isinstance(action, machine.ArmTimer):
-                timers.rearm(run, action.at, self._timer, vhid, action.at)
-            elif isinstance(action, machine.RoleChanged):
-                self._role_changed(run, action)
-            else:
-                self.actions.put_nowait(action)
+        timers.step(self.vips[vhid], vhid, event, self._timer, self._role_changed, self._later)
+
+    def _later(self, action) -> None:
+        """Gather a vip action; all of this loop turn's go out together."""
+        self._pending.append(action)
+        if self._flush_soon is None:
+            # Runs after every callback already due in this turn.
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
 
     def _timer(self, vhid: int, at: float) -> None:
         self.vips[vhid].timer = None
@@ -363,50 +371,87 @@ class Carpd:
                      self.cfg.carp.sync_hold)
             self._set_demotion(SYNC_SOURCE, 0)
 
-    # --- the action worker --------------------------------------------------
+    # --- carrying out actions ----------------------------------------------
+    def _flush(self) -> None:
+        """The vip actions gathered in this loop turn: address changes in one
+        netlink write (in order), then adverts, then announcements."""
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        mine = []
+        for action in batch:
+            if self.balancing is not None and self.balancing.handles(action):
+                self._guard(self.balancing.do_now, action)
+            else:
+                mine.append(action)
+        changes = []
+        for action in mine:
+            if isinstance(action, (machine.AddVip, machine.RemoveVip)):
+                v = self.vips[action.vhid].vip
+                index = self.ifaces[v.interface].index
+                if index is not None:
+                    changes.append(AddrChange(isinstance(action, machine.AddVip), index, v.address))
+        try:
+            for change, err in self.links.change_vips(changes):
+                log.warning("%s vip %s failed: %s", "adding" if change.add else "removing",
+                            change.vip, os.strerror(err))
+        except OSError as e:
+            log.warning("vip changes %s failed: %s", [str(c.vip) for c in changes], e)
+        for action in mine:
+            if isinstance(action, machine.SendAdvert):
+                self._guard(self._send_advert, action)
+        for action in mine:
+            if isinstance(action, machine.Announce):
+                self._guard(self._announce, action)
+
+    @staticmethod
+    def _guard(do, action) -> None:
+        try:
+            do(action)
+        except Exception as e:  # one failed send must not stop the others
+            log.warning("%s failed: %s", action, e)
+
+    def _send_advert(self, action: machine.SendAdvert) -> None:
+        run = self.vips[action.vhid]
+        v = run.vip
+        iface = self.ifaces[v.interface]
+        sock = iface.socks.get(v.family)
+        if sock is None:
+            return
+        payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
+        try:
+            sock.send(payload, iface.own.get(v.family))
+        except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and iface.own.get(v.family):
+                sock.send(payload, None)  # our address vanished: let the kernel pick
+            else:
+                log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, e)
+                return
+        run.counters["adverts_sent"] += 1
+
+    def _announce(self, action: machine.Announce) -> None:
+        v = self.vips[action.vhid].vip
+        iface = self.ifaces[v.interface]
+        if iface.index is None or not iface.mac:
+            return
+        if v.family == 4:
+            announce.send_garp(iface.name, iface.mac, str(v.address.ip))
+        else:
+            announce.send_na(iface.name, iface.index, iface.mac, str(v.address.ip))
+
     async def _worker(self) -> None:
+        """The balancing side's actions, one after another (nft updates)."""
         while True:
             action = await self.actions.get()
             try:
-                await self._do(action)
+                await self.balancing.do(action)
             except Exception as e:
                 log.warning("%s failed: %s", action, e)
             finally:
                 self.actions.task_done()
-
-    async def _do(self, action) -> None:
-        if self.balancing is not None and self.balancing.handles(action):
-            return await self.balancing.do(action)
-        run = self.vips[action.vhid]
-        v = run.vip
-        iface = self.ifaces[v.interface]
-        if isinstance(action, machine.SendAdvert):
-            sock = iface.socks.get(v.family)
-            if sock is None:
-                return
-            payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
-            try:
-                sock.send(payload, iface.own.get(v.family))
-            except OSError as e:
-                if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and iface.own.get(v.family):
-                    sock.send(payload, None)  # our address vanished: let the kernel pick
-                else:
-                    log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, e)
-                    return
-            run.counters["adverts_sent"] += 1
-        elif isinstance(action, machine.AddVip):
-            if iface.index is not None:
-                await self.links.add_vip(iface.index, v.address)
-        elif isinstance(action, machine.RemoveVip):
-            if iface.index is not None:
-                await self.links.del_vip(iface.index, v.address)
-        elif isinstance(action, machine.Announce):
-            if iface.index is None or not iface.mac:
-                return
-            if v.family == 4:
-                announce.send_garp(iface.name, iface.mac, str(v.address.ip))
-            else:
-                announce.send_na(iface.name, iface.index, iface.mac, str(v.address.ip))
 
     # --- control requests ---------------------------------------------------
     async def handle_request(self, req: dict) -> dict:

@@ -12,6 +12,7 @@ from fwcluster import balance, config
 from fwcluster.carp import balancing, machine, wire
 from fwcluster.carp.node import Carpd
 from fwcluster.fwctl import status as fwctl_status
+from tests.unit.test_carp_control import receive, signers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -54,17 +55,13 @@ def test_one_election_per_bucket_with_rotated_skews(tmp_path):
 
 def test_bucket_adverts_are_checked_and_counted_on_their_bucket(tmp_path):
     d = make(tmp_path)
-    lan = d.ifaces["lan0"]
     # Bucket adverts are signed over the first vip's address.
-    peer = wire.Auth(b"s3cret", 254, ["192.0.2.1"], cookie=5)
-    forged = wire.Auth(b"wrong", 254, ["192.0.2.1"], cookie=6)
-
-    async def go():
-        d._packet(lan, 4, wire.encode(peer, 1, 0), 255, "192.0.2.12")
-        d._packet(lan, 4, wire.encode(forged, 1, 0), 255, "192.0.2.12")
-        d._packet(lan, 4, wire.encode(wire.Auth(b"s3cret", 9, [], 1), 1, 0), 255, "192.0.2.12")
-        d._packet(d.ifaces["wan0"], 4, wire.encode(peer, 1, 0), 255, "198.51.100.12")
-    run(go())
+    peer, forged = signers(254, cookie=5)
+    src = "192.0.2.12"
+    receive(d, [("lan0", wire.encode(peer, 1, 0), 255, src),
+                ("lan0", wire.encode(forged, 1, 0), 255, src),
+                ("lan0", wire.encode(wire.Auth(b"s3cret", 9, [], 1), 1, 0), 255, src),
+                ("wan0", wire.encode(peer, 1, 0), 255, "198.51.100.12")])
     c = d.balancing.runs[254].counters
     assert c["adverts_received"] == 1 and c["drops"]["bad_hmac"] == 1
     assert sum(d.balancing.runs[255].counters["drops"].values()) == 0

@@ -106,20 +106,32 @@ def test_each_vhid_gets_its_own_random_cookie(tmp_path):
     assert len(cookies) == 3 and 0 not in cookies
 
 
+def signers(vhid: int, cookie: int) -> tuple[wire.Auth, wire.Auth]:
+    """A peer's and a forger's signing for vhid (over the first vip, as
+    vip 1's and the bucket elections' adverts are)."""
+    return (wire.Auth(b"s3cret", vhid, ["192.0.2.1"], cookie=cookie),
+            wire.Auth(b"wrong", vhid, ["192.0.2.1"], cookie=cookie + 1))
+
+
+def receive(d: Carpd, packets) -> None:
+    """Hand IPv4 packets (interface, payload, ttl, source) to carpd as its
+    sockets would."""
+    async def go():
+        for ifname, payload, ttl, source in packets:
+            d._packet(d.ifaces[ifname], 4, payload, ttl, source)
+    run(go())
+
+
 def test_packet_counting_by_reason(tmp_path):
     d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
-    lan = d.ifaces["lan0"]
-    peer = wire.Auth(b"s3cret", 1, ["192.0.2.1"], cookie=77)
-    forged = wire.Auth(b"wrong", 1, ["192.0.2.1"], cookie=78)
-
-    async def go():
-        d._packet(lan, 4, wire.encode(peer, 1, 100), 255, "192.0.2.12")
-        d._packet(lan, 4, wire.encode(forged, 1, 100), 255, "192.0.2.12")
-        d._packet(lan, 4, wire.encode(peer, 1, 100), 64, "192.0.2.12")
-        d._packet(lan, 4, b"\x21", 255, "192.0.2.12")
-        d._packet(lan, 4, wire.encode(d.vips[1].auth, 1, 0), 255, "192.0.2.12")  # our own
-        d._packet(lan, 4, wire.encode(wire.Auth(b"s3cret", 9, [], 1), 1, 0), 255, "192.0.2.12")
-    run(go())
+    peer, forged = signers(1, cookie=77)
+    src = "192.0.2.12"
+    receive(d, [("lan0", wire.encode(peer, 1, 100), 255, src),
+                ("lan0", wire.encode(forged, 1, 100), 255, src),
+                ("lan0", wire.encode(peer, 1, 100), 64, src),
+                ("lan0", b"\x21", 255, src),
+                ("lan0", wire.encode(d.vips[1].auth, 1, 0), 255, src),  # our own
+                ("lan0", wire.encode(wire.Auth(b"s3cret", 9, [], 1), 1, 0), 255, src)])
     c = d.vips[1].counters
     assert c["adverts_received"] == 1  # INIT ignores it, but it was a valid advert
     assert c["drops"] == {**{r: 0 for r in wire.DROP_REASONS}, "bad_hmac": 1, "bad_ttl": 1,
@@ -191,3 +203,32 @@ def test_parse_ipv4():
     assert sockets.parse_ipv4(hdr + payload + b"pad") == (payload, 255, "192.0.2.12")
     assert sockets.parse_ipv4(b"\x45" + bytes(10)) is None
     assert sockets.parse_ipv4(b"\x60" + bytes(40)) is None
+
+
+def test_control_serve_streams_a_command_then_closes(tmp_path):
+    # fwcluster.control.serve's stream hook (what carpd's subscribe runs on):
+    # requests before it are answered as usual; the stream's end closes.
+    from fwcluster import control
+    path = str(tmp_path / "s.sock")
+    ended = []
+
+    async def handler(req):
+        return {"ok": True, "cmd": req["cmd"]}
+
+    async def count(req):
+        try:
+            for i in range(req.get("n", 2)):
+                yield {"i": i}
+        finally:
+            ended.append(req["cmd"])
+
+    async def go():
+        srv = await control.serve(path, handler, {"count": count})
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b'{"cmd":"status"}\n{"cmd":"count","n":3}\n')
+        lines = [json.loads(x) async for x in r]
+        w.close()
+        srv.close()
+        return lines
+    assert run(go()) == [{"ok": True, "cmd": "status"}, {"i": 0}, {"i": 1}, {"i": 2}]
+    assert ended == ["count"]

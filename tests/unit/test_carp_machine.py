@@ -206,19 +206,11 @@ def test_master_keeps_role_against_more_demoted_peer_with_better_timing():
     assert x.state == m.State.MASTER
 
 
-def test_demoted_backup_does_not_preempt_undemoted_master():
+def test_demoted_backup_does_not_preempt_until_demotion_lifted():
     x = vm(1, 0)
     backup(x, 0)
     x.handle(m.DemotionChanged(32), 0.5)
-    x.handle(ad(1, 100, demote=0), 1.0)
-    assert x.state == m.State.BACKUP
-
-
-def test_demotion_lifted_then_preempts_on_next_advert():
-    x = vm(1, 0)
-    backup(x, 0)
-    x.handle(m.DemotionChanged(32), 0.5)
-    x.handle(ad(1, 100), 1.0)
+    x.handle(ad(1, 100, demote=0), 1.0)  # undemoted master, worse timing
     assert x.state == m.State.BACKUP
     x.handle(m.DemotionChanged(0), 1.5)
     x.handle(ad(1, 100), 2.0)
@@ -311,21 +303,25 @@ class Sim:
         return sorted(a for a, x in self.ms.items() if x.state == m.State.MASTER)
 
 
-def test_sim_election_lowest_skew_wins_and_stays():
-    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
-    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
-    s = Sim(a, b)
+def started(*skews, advbase=1, demotion=0):
+    """Machines with these advskews at 192.0.2.11, .12, ... on one wire,
+    links up at time 0; returns the machines and the Sim."""
+    ms = [m.VhidMachine(1, advbase, skew, own_address=f"192.0.2.{11 + i}", demotion=demotion)
+          for i, skew in enumerate(skews)]
+    s = Sim(*ms)
     s.start()
+    return (*ms, s)
+
+
+def test_sim_election_lowest_skew_wins_and_stays():
+    a, b, s = started(0, 100)
     s.run_until(30.0)
     assert s.masters() == ["192.0.2.11"]
     assert a.transitions == 2 and b.transitions == 1  # no flapping
 
 
 def test_sim_failover_and_preempt_back():
-    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
-    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
-    s = Sim(a, b)
-    s.start()
+    a, b, s = started(0, 100)
     s.run_until(10.0)
     s.up["192.0.2.11"] = False  # a silent: node loss
     s.apply("192.0.2.11", a.handle(m.LinkChanged(False), 10.0), 10.0)
@@ -338,10 +334,7 @@ def test_sim_failover_and_preempt_back():
 
 
 def test_sim_maintenance_hands_over_within_one_advert():
-    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
-    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
-    s = Sim(a, b)
-    s.start()
+    a, b, s = started(0, 100)
     s.run_until(10.0)
     s.apply("192.0.2.11", a.handle(m.DemotionChanged(240), 10.0), 10.0)
     assert s.masters() == ["192.0.2.12"]  # at once, no timer needed
@@ -353,10 +346,7 @@ def test_sim_maintenance_hands_over_within_one_advert():
 
 
 def test_sim_split_brain_heals_to_one_master():
-    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.11")
-    b = m.VhidMachine(1, 1, 100, own_address="192.0.2.12")
-    s = Sim(a, b)
-    s.start()
+    a, b, s = started(0, 100)
     s.run_until(5.0)
     s.cut = True
     s.run_until(12.0)
@@ -369,11 +359,8 @@ def test_sim_split_brain_heals_to_one_master():
 def test_sim_both_demoted_alike_with_fast_timing_does_not_flap():
     # Both advertise advskew 240 while demoted; the timers must still leave
     # the backup's master-down (20/256 s) longer than the master's interval.
-    a = m.VhidMachine(1, 0, 10, own_address="192.0.2.11", demotion=32)
-    b = m.VhidMachine(1, 0, 20, own_address="192.0.2.12", demotion=32)
+    a, b, s = started(10, 20, advbase=0, demotion=32)
     assert b.master_down_interval >= 2 * a.advert_interval  # room for jitter
-    s = Sim(a, b)
-    s.start()
     s.run_until(2.0)
     settled = (a.transitions, b.transitions)
     s.run_until(10.0)
@@ -405,3 +392,53 @@ def test_fast_backup_keeps_carp_master_down_behind_a_faster_master():
     backup(x, 0)
     out = x.handle(ad(0, 10), 1.0)
     assert out == [m.ArmTimer(1, 1.0 + 20 / 256)]
+
+
+# --- three members: the master demotes itself (maintenance) -----------------
+def test_three_members_demoted_master_better_backup_keeps_the_vip():
+    # Both backups hear the demoted master's advert at the same moment and
+    # neither has heard the other (backups do not advertise): both claim, as
+    # in OpenBSD. The worse one yields on the better one's first advert, and
+    # the better one answers the worse one's advert by announcing again, so
+    # the segment ends up pointing at the better one.
+    a, b, c = (m.VhidMachine(1, 1, skew, own_address=f"192.0.2.{11 + i}")
+               for i, skew in enumerate((0, 100, 200)))
+    for x in (a, b, c):
+        backup(x, 0.0)
+    a.handle(m.TimerFired(a.deadline), a.deadline)
+    t = 5.0
+    for x in (b, c):
+        x.handle(m.AdvertReceived(Advert(1, 1, 0, 0, 1), a.own_address), t)
+    out = a.handle(m.DemotionChanged(240), t)
+    demoted = next(x for x in out if isinstance(x, m.SendAdvert))
+    assert (demoted.advskew, demoted.demote) == (m.DEMOTED_SKEW, 240)
+    heard = Advert(1, demoted.advbase, demoted.advskew, demoted.demote, 2)
+    b_out = b.handle(m.AdvertReceived(heard, a.own_address), t)
+    c_out = c.handle(m.AdvertReceived(heard, a.own_address), t)
+    assert b.state == c.state == m.State.MASTER
+    b_ad = next(x for x in b_out if isinstance(x, m.SendAdvert))
+    c_ad = next(x for x in c_out if isinstance(x, m.SendAdvert))
+    # Their adverts cross on the wire.
+    c_after = c.handle(m.AdvertReceived(Advert(1, b_ad.advbase, b_ad.advskew, b_ad.demote, 1),
+                                        b.own_address), t + 0.001)
+    b_after = b.handle(m.AdvertReceived(Advert(1, c_ad.advbase, c_ad.advskew, c_ad.demote, 1),
+                                        c.own_address), t + 0.001)
+    a.handle(m.AdvertReceived(Advert(1, b_ad.advbase, b_ad.advskew, b_ad.demote, 1),
+                              b.own_address), t + 0.001)
+    assert (a.state, b.state, c.state) == (m.State.BACKUP, m.State.MASTER, m.State.BACKUP)
+    assert m.RemoveVip(1) in c_after and c.master == b.own_address
+    assert m.Announce(1) in b_after
+    assert c.transitions == 3 and b.transitions == 2  # one claim, one yield; no flapping
+
+
+def test_three_members_worse_backup_that_heard_the_better_one_does_not_claim():
+    # Once the better backup is master, its adverts keep the worse one
+    # waiting; the demoted old master's adverts no longer come.
+    a, b, c, s = started(0, 100, 200)
+    s.run_until(5.0)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(240), 5.0), 5.0)
+    s.run_until(20.0)
+    assert s.masters() == ["192.0.2.12"]
+    settled = c.transitions
+    s.run_until(40.0)
+    assert c.state == m.State.BACKUP and c.transitions == settled
