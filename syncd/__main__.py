@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, node, secret = load_from_args(args, need_secret=True)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"syncd[{node}] %(levelname)s %(message)s")
+                        format=f"%(asctime)s syncd[{node}] %(levelname)s %(message)s")
     from syncd.daemon import Daemon  # after config: a config error needs no netlink
     # Fewer, later collections: at 10k entries/s the default thresholds run
     # the collector hundreds of times a second for objects that die young.

@@ -18,8 +18,8 @@ from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW,
                                         NFNLGRP_CONNTRACK_UPDATE)
 
-from syncd import ctnl
-from syncd.entry import OP_DELETE, Entry
+from syncd import applyplan, ctnl
+from syncd.entry import Entry
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SOL_NETLINK = 270
@@ -31,6 +31,7 @@ EVENT_GROUPS = sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRA
 EVENT_RCVBUF = 64 << 20
 REQ_BATCH = 256                 # requests per sendmsg, acks read in between
 KNOWN_MAX = 1 << 20
+_COUNTED = frozenset(("created", "updated", "kept"))   # applyplan outcomes kept in stats
 
 
 SO_ATTACH_FILTER = 26
@@ -125,76 +126,65 @@ class Conntrack:
         self.seq = self.seq % 0x7FFFFFFF + 1
         return self.seq
 
-    def dump(self) -> list[Entry]:
-        """The whole table, both families (blocking)."""
+    def _exchange(self, encode, bufsize: int = 1 << 16):
+        """Send one request (encode(seq) -> bytes) and yield the messages of
+        its answer as (type, buf, off, end), up to and including the closing
+        NLMSG_DONE or NLMSG_ERROR (blocking; other sequence numbers are
+        leftovers of earlier requests)."""
         seq = self._next_seq()
-        self.req.send(ctnl.encode_dump(seq))
-        out = []
+        self.req.send(encode(seq))
         while True:
-            buf = self.req.recv(4 << 20)
+            buf = self.req.recv(bufsize)
             for mtype, _flags, mseq, _pid, off, end in ctnl.split(buf):
                 if mseq != seq:
                     continue
-                if mtype == ctnl.NLMSG_DONE:
-                    return out
-                if mtype == ctnl.NLMSG_ERROR:
-                    code = ctnl.error_code(buf, off)
-                    if code:
-                        raise ConntrackError(f"dump: {errno.errorcode.get(-code, code)}")
-                    return out
+                yield mtype, buf, off, end
+                if mtype == ctnl.NLMSG_DONE or mtype == ctnl.NLMSG_ERROR:
+                    return
+
+    def dump(self) -> list[Entry]:
+        """The whole table, both families (blocking)."""
+        out = []
+        for mtype, buf, off, end in self._exchange(ctnl.encode_dump, 4 << 20):
+            if mtype == ctnl.NLMSG_ERROR:
+                code = ctnl.error_code(buf, off)
+                if code:
+                    raise ConntrackError(f"dump: {errno.errorcode.get(-code, code)}")
+            elif mtype != ctnl.NLMSG_DONE:
                 e = ctnl.parse_entry(buf, off, end)
                 if e is not None:
                     out.append(e)
+        return out
 
     def get(self, e: Entry) -> Entry | None:
-        seq = self._next_seq()
-        self.req.send(ctnl.encode_get(e, seq))
         found = None
-        while True:
-            buf = self.req.recv(1 << 16)
-            for mtype, _flags, mseq, _pid, off, end in ctnl.split(buf):
-                if mseq != seq:
-                    continue
-                if mtype == ctnl.NLMSG_ERROR:
-                    return found
+        for mtype, buf, off, end in self._exchange(lambda seq: ctnl.encode_get(e, seq)):
+            if mtype != ctnl.NLMSG_ERROR:     # the entry, then the ack (or an error alone)
                 found = ctnl.parse_entry(buf, off, end)
+        return found
 
     def count(self) -> int:
-        """Entries in this namespace's table (IPCTNL_MSG_CT_GET_STATS: no dump)."""
-        seq = self._next_seq()
-        self.req.send(ctnl.encode_stats(seq))
-        while True:
-            buf = self.req.recv(1 << 16)
-            for mtype, _flags, mseq, _pid, off, end in ctnl.split(buf):
-                if mseq != seq:
-                    continue
-                if mtype == ctnl.NLMSG_ERROR:
-                    raise ConntrackError(f"stats: error {ctnl.error_code(buf, off)}")
-                return ctnl.parse_stats_entries(buf, off, end)
+        """Entries in this namespace's table (IPCTNL_MSG_CT_GET_STATS: no dump;
+        the answer is one message, without NLMSG_DONE)."""
+        for mtype, buf, off, end in self._exchange(ctnl.encode_stats):
+            if mtype == ctnl.NLMSG_ERROR:
+                raise ConntrackError(f"stats: error {ctnl.error_code(buf, off)}")
+            return ctnl.parse_stats_entries(buf, off, end)
+        return 0
 
     def apply(self, records, replace: bool = False, keep_existing: bool = False) -> None:
         """Put peers' changes ((op, Entry), ...) into the kernel table.
 
         Requests are pipelined; a create that finds the entry becomes an
         update and an update that finds none becomes a create. With replace
-        (bulk transfers) an existing entry is deleted and created afresh:
-        its TCP window data may be stale (this member carried the flow before
-        a peer did) and only a new entry lets the kernel pick the window up
-        from the next packet. With keep_existing (a bulk arriving while this
-        member carries the traffic) entries it already has are left alone:
-        its own are newer than any copy."""
-        work = []
-        for op, e in records:
-            if op == OP_DELETE:
-                work.append(("delete", e))
-            elif keep_existing:
-                work.append(("add", e))
-            elif replace:
-                work.append(("replace", e))
-            elif e.key in self.known:
-                work.append(("update", e))
-            else:
-                work.append(("create", e))
+        (bulk transfers) an existing entry is deleted and created afresh,
+        the two requests back to back: its TCP window data may be stale
+        (this member carried the flow before a peer did) and only a new entry
+        lets the kernel pick the window up from the next packet. With
+        keep_existing (a bulk arriving while this member carries the traffic)
+        entries it already has are left alone: its own are newer than any
+        copy. syncd.applyplan has the rules."""
+        work = applyplan.plan(records, self.known, replace, keep_existing)
         for _ in range(3):
             if not work:
                 return
@@ -213,21 +203,20 @@ class Conntrack:
         if len(known) > KNOWN_MAX:
             known.popitem(last=False)
 
+    _ENCODE = {"create": ctnl.encode_create, "add": ctnl.encode_create,
+               "update": ctnl.encode_update, "delete": ctnl.encode_delete,
+               "unlink": ctnl.encode_delete}
+
     def _run(self, work) -> list:
         retry = []
+        encode = self._ENCODE
         for i in range(0, len(work), REQ_BATCH):
-            chunk = work[i:i + REQ_BATCH]
             pending = {}
             msgs = []
-            for kind, e in chunk:
+            for kind, e in applyplan.requests(work[i:i + REQ_BATCH]):
                 seq = self._next_seq()
                 pending[seq] = (kind, e)
-                if kind == "create" or kind == "add":
-                    msgs.append(ctnl.encode_create(e, seq))
-                elif kind == "update":
-                    msgs.append(ctnl.encode_update(e, seq))
-                else:   # delete, and the first half of replace
-                    msgs.append(ctnl.encode_delete(e, seq))
+                msgs.append(encode[kind](e, seq))
             # Only the last request asks for an ack; the others answer only
             # on error, and the kernel handles them in order.
             last = seq
@@ -252,25 +241,16 @@ class Conntrack:
         return retry
 
     def _outcome(self, kind: str, e: Entry, code: int, retry: list) -> None:
-        if kind == "add" and code in (0, errno.EEXIST):
+        what, again = applyplan.outcome(kind, code)
+        if what in _COUNTED:
             self._remember(e.key)
-            self.stats["created" if code == 0 else "kept"] += 1
-        elif kind == "replace" and code in (0, errno.ENOENT):
+            self.stats[what] += 1
+        elif what == "deleted" or what == "gone":
             self.known.pop(e.key, None)
-            retry.append(("create", e))
-        elif code == 0:
-            if kind == "delete":
-                self.known.pop(e.key, None)
+            if what == "deleted":
                 self.stats["deleted"] += 1
-            else:
-                self._remember(e.key)
-                self.stats["created" if kind == "create" else "updated"] += 1
-        elif kind == "create" and code == errno.EEXIST:
-            retry.append(("update", e))
-        elif kind == "update" and code == errno.ENOENT:
-            self.known.pop(e.key, None)
-            retry.append(("create", e))
-        elif kind == "delete" and code == errno.ENOENT:
-            self.known.pop(e.key, None)
-        else:
+        elif what == "failed":
             self._failed(kind, e, errno.errorcode.get(code, str(code)))
+        if again:
+            retry.append((again, e))
+

@@ -18,6 +18,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_
                                                    IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_NEW,
                                                    nfct_msg, nfct_stats)
 
+from syncd.addrcache import ntop, pton
 from syncd.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, TCP, Entry
 
 CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
@@ -28,53 +29,35 @@ NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 
 
-def _cta(cls, name: str) -> int:
-    """Attribute number from pyroute2's nla_map, so the numbers have one source."""
-    return [n for n, _ in cls.nla_map].index(name)
+def _cta(cls, *names: str) -> tuple[int, ...]:
+    """Attribute numbers from pyroute2's nla_map, so the numbers have one source."""
+    order = [n for n, _ in cls.nla_map]
+    return tuple(order.index(n) for n in names)
 
 
-CTA_TUPLE_ORIG = _cta(nfct_msg, "CTA_TUPLE_ORIG")
-CTA_TUPLE_REPLY = _cta(nfct_msg, "CTA_TUPLE_REPLY")
-CTA_STATUS = _cta(nfct_msg, "CTA_STATUS")
-CTA_PROTOINFO = _cta(nfct_msg, "CTA_PROTOINFO")
-CTA_NAT_SRC = _cta(nfct_msg, "CTA_NAT_SRC")
-CTA_TIMEOUT = _cta(nfct_msg, "CTA_TIMEOUT")
-CTA_MARK = _cta(nfct_msg, "CTA_MARK")
-CTA_NAT_DST = _cta(nfct_msg, "CTA_NAT_DST")
-CTA_ZONE = _cta(nfct_msg, "CTA_ZONE")
-_T = nfct_msg.cta_tuple
-CTA_TUPLE_IP = _cta(_T, "CTA_TUPLE_IP")
-CTA_TUPLE_PROTO = _cta(_T, "CTA_TUPLE_PROTO")
-CTA_IP_V4_SRC = _cta(_T.cta_ip, "CTA_IP_V4_SRC")
-CTA_IP_V4_DST = _cta(_T.cta_ip, "CTA_IP_V4_DST")
-CTA_IP_V6_SRC = _cta(_T.cta_ip, "CTA_IP_V6_SRC")
-CTA_IP_V6_DST = _cta(_T.cta_ip, "CTA_IP_V6_DST")
-_P = _T.cta_proto
-CTA_PROTO_NUM = _cta(_P, "CTA_PROTO_NUM")
-CTA_PROTO_SRC_PORT = _cta(_P, "CTA_PROTO_SRC_PORT")
-CTA_PROTO_DST_PORT = _cta(_P, "CTA_PROTO_DST_PORT")
-CTA_PROTO_ICMP_ID = _cta(_P, "CTA_PROTO_ICMP_ID")
-CTA_PROTO_ICMP_TYPE = _cta(_P, "CTA_PROTO_ICMP_TYPE")
-CTA_PROTO_ICMP_CODE = _cta(_P, "CTA_PROTO_ICMP_CODE")
-CTA_PROTO_ICMPV6_ID = _cta(_P, "CTA_PROTO_ICMPV6_ID")
-CTA_PROTO_ICMPV6_TYPE = _cta(_P, "CTA_PROTO_ICMPV6_TYPE")
-CTA_PROTO_ICMPV6_CODE = _cta(_P, "CTA_PROTO_ICMPV6_CODE")
-_PI = nfct_msg.cta_protoinfo
-CTA_PROTOINFO_TCP = _cta(_PI, "CTA_PROTOINFO_TCP")
-_TCP = _PI.cta_protoinfo_tcp
-CTA_PROTOINFO_TCP_STATE = _cta(_TCP, "CTA_PROTOINFO_TCP_STATE")
-CTA_PROTOINFO_TCP_WSCALE_ORIGINAL = _cta(_TCP, "CTA_PROTOINFO_TCP_WSCALE_ORIGINAL")
-CTA_PROTOINFO_TCP_WSCALE_REPLY = _cta(_TCP, "CTA_PROTOINFO_TCP_WSCALE_REPLY")
-CTA_PROTOINFO_TCP_FLAGS_ORIGINAL = _cta(_TCP, "CTA_PROTOINFO_TCP_FLAGS_ORIGINAL")
-CTA_PROTOINFO_TCP_FLAGS_REPLY = _cta(_TCP, "CTA_PROTOINFO_TCP_FLAGS_REPLY")
-_N = nfct_msg.cta_nat
-CTA_NAT_V4_MINIP = _cta(_N, "CTA_NAT_V4_MINIP")
-CTA_NAT_V4_MAXIP = _cta(_N, "CTA_NAT_V4_MAXIP")
-CTA_NAT_PROTO = _cta(_N, "CTA_NAT_PROTO")
-CTA_NAT_V6_MINIP = _cta(_N, "CTA_NAT_V6_MINIP")
-CTA_NAT_V6_MAXIP = _cta(_N, "CTA_NAT_V6_MAXIP")
-CTA_PROTONAT_PORT_MIN = _cta(_N.cta_protonat, "CTA_PROTONAT_PORT_MIN")
-CTA_PROTONAT_PORT_MAX = _cta(_N.cta_protonat, "CTA_PROTONAT_PORT_MAX")
+(CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_NAT_SRC, CTA_TIMEOUT, CTA_MARK,
+ CTA_NAT_DST, CTA_ZONE) = _cta(nfct_msg, "CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY", "CTA_STATUS",
+                               "CTA_PROTOINFO", "CTA_NAT_SRC", "CTA_TIMEOUT", "CTA_MARK",
+                               "CTA_NAT_DST", "CTA_ZONE")
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = _cta(nfct_msg.cta_tuple, "CTA_TUPLE_IP", "CTA_TUPLE_PROTO")
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = _cta(
+    nfct_msg.cta_tuple.cta_ip, "CTA_IP_V4_SRC", "CTA_IP_V4_DST", "CTA_IP_V6_SRC", "CTA_IP_V6_DST")
+(CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT, CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE,
+ CTA_PROTO_ICMP_CODE, CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE) = _cta(
+    nfct_msg.cta_tuple.cta_proto, "CTA_PROTO_NUM", "CTA_PROTO_SRC_PORT", "CTA_PROTO_DST_PORT",
+    "CTA_PROTO_ICMP_ID", "CTA_PROTO_ICMP_TYPE", "CTA_PROTO_ICMP_CODE", "CTA_PROTO_ICMPV6_ID",
+    "CTA_PROTO_ICMPV6_TYPE", "CTA_PROTO_ICMPV6_CODE")
+(CTA_PROTOINFO_TCP,) = _cta(nfct_msg.cta_protoinfo, "CTA_PROTOINFO_TCP")
+(CTA_PROTOINFO_TCP_STATE, CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, CTA_PROTOINFO_TCP_WSCALE_REPLY,
+ CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, CTA_PROTOINFO_TCP_FLAGS_REPLY) = _cta(
+    nfct_msg.cta_protoinfo.cta_protoinfo_tcp, "CTA_PROTOINFO_TCP_STATE",
+    "CTA_PROTOINFO_TCP_WSCALE_ORIGINAL", "CTA_PROTOINFO_TCP_WSCALE_REPLY",
+    "CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", "CTA_PROTOINFO_TCP_FLAGS_REPLY")
+CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, CTA_NAT_PROTO, CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP = _cta(
+    nfct_msg.cta_nat, "CTA_NAT_V4_MINIP", "CTA_NAT_V4_MAXIP", "CTA_NAT_PROTO", "CTA_NAT_V6_MINIP",
+    "CTA_NAT_V6_MAXIP")
+CTA_PROTONAT_PORT_MIN, CTA_PROTONAT_PORT_MAX = _cta(
+    nfct_msg.cta_nat.cta_protonat, "CTA_PROTONAT_PORT_MIN", "CTA_PROTONAT_PORT_MAX")
 
 NLMSGHDR = struct.Struct("=IHHII")
 NFGENMSG = struct.Struct("!BBH")
@@ -273,18 +256,9 @@ def _parse_tuple(buf, span, family: int):
     return proto, src, dst, sport, dport
 
 
-def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
-    """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
-    None for families/shapes sync does not carry."""
-    family = _VER.get(buf[off])
-    if family is None:
-        return None
-    a = _attrs_of(buf, off + 4, end)
-    if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
-        return None
-    proto, osrc, odst, osp, odp = _parse_tuple(buf, a[CTA_TUPLE_ORIG], family)
-    _, rsrc, rdst, rsp, rdp = _parse_tuple(buf, a[CTA_TUPLE_REPLY], family)
-
+def _entry(buf, a: dict, family: int, proto: int, orig, reply) -> Entry:
+    """The Entry of both parsers: tuples orig/reply as (src, dst, sport, dport),
+    the rest from the top-level attributes a."""
     def be32(k):
         return struct.unpack_from("!I", buf, a[k][0])[0] if k in a else 0
 
@@ -298,11 +272,26 @@ def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
             state = get(CTA_PROTOINFO_TCP_STATE)
             wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
             fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
-    return Entry(family, proto, zone, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
+    return Entry(family, proto, zone, *orig, *reply,
                  be32(CTA_STATUS), be32(CTA_TIMEOUT), be32(CTA_MARK), state, wso, wsr, fo, fr)
 
 
-CTA_STATS_GLOBAL_ENTRIES = _cta(nfct_stats, "CTA_STATS_GLOBAL_ENTRIES")
+def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
+    """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
+    None for families/shapes sync does not carry."""
+    family = _VER.get(buf[off])
+    if family is None:
+        return None
+    a = _attrs_of(buf, off + 4, end)
+    if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
+        return None
+    proto, osrc, odst, osp, odp = _parse_tuple(buf, a[CTA_TUPLE_ORIG], family)
+    _, rsrc, rdst, rsp, rdp = _parse_tuple(buf, a[CTA_TUPLE_REPLY], family)
+
+    return _entry(buf, a, family, proto, (osrc, odst, osp, odp), (rsrc, rdst, rsp, rdp))
+
+
+(CTA_STATS_GLOBAL_ENTRIES,) = _cta(nfct_stats, "CTA_STATS_GLOBAL_ENTRIES")
 
 
 def parse_stats_entries(buf, off: int, end: int) -> int:
@@ -346,16 +335,15 @@ _swap32 = socket.htonl
 
 
 def _fast_tuple(t: int, f: int, proto: int, src: str, dst: str, sport: int, dport: int) -> bytes:
-    af = _FAM[f]
     s_attr, d_attr = _IPATTR[f]
     return _TUPLE[f].pack(_TUPLE_LEN[f], t | _N, _IP_LEN[f], CTA_TUPLE_IP | _N,
-                          _ALEN[f], s_attr, _pton(af, src), _ALEN[f], d_attr, _pton(af, dst),
+                          _ALEN[f], s_attr, pton(src), _ALEN[f], d_attr, pton(dst),
                           28, CTA_TUPLE_PROTO | _N, 5, CTA_PROTO_NUM, proto,
                           6, CTA_PROTO_SRC_PORT, _swap16(sport), 6, CTA_PROTO_DST_PORT, _swap16(dport))
 
 
 def _fast_nat(t: int, f: int, addr: str, port: int) -> bytes:
-    a = _pton(_FAM[f], addr)
+    a = pton(addr)
     lo, hi = (CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP) if f == 4 else (CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP)
     p = _swap16(port)
     return _NAT[f].pack(_NAT_LEN[f], t | _N, _ALEN[f], lo, a, _ALEN[f], hi, a,
@@ -412,28 +400,6 @@ def encode_update(e: Entry, seq: int) -> bytes:
     return _fast_message(CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, e.family, body)
 
 
-_pton_cache: dict = {}
-_ntop_cache: dict = {}
-
-
-def _pton(af: int, addr: str) -> bytes:
-    b = _pton_cache.get(addr)
-    if b is None:
-        if len(_pton_cache) >= 65536:
-            _pton_cache.clear()
-        b = _pton_cache[addr] = socket.inet_pton(af, addr)
-    return b
-
-
-def _ntop(af: int, raw: bytes) -> str:
-    s = _ntop_cache.get(raw)
-    if s is None:
-        if len(_ntop_cache) >= 65536:
-            _ntop_cache.clear()
-        s = _ntop_cache[raw] = socket.inet_ntop(af, raw)
-    return s
-
-
 def _fast_parse_tuple(buf, off: int, f: int, t: int):
     """(proto, src, dst, sport, dport) if the tuple at off has the fixed
     layout, else None."""
@@ -447,8 +413,7 @@ def _fast_parse_tuple(buf, off: int, f: int, t: int):
             or da != d_attr or pl != 28 or na != CTA_PROTO_NUM or spa != CTA_PROTO_SRC_PORT
             or dpa != CTA_PROTO_DST_PORT):
         return None
-    af = _FAM[f]
-    return proto, _ntop(af, src), _ntop(af, dst), _swap16(sport), _swap16(dport)
+    return proto, ntop(src), ntop(dst), _swap16(sport), _swap16(dport)
 
 
 def parse_entry(buf, off: int, end: int) -> Entry | None:
@@ -464,21 +429,7 @@ def parse_entry(buf, off: int, end: int) -> Entry | None:
         return parse_entry_generic(buf, off, end)
     a = _attrs_of(buf, p + 2 * _TUPLE_LEN[family], end)
 
-    def be32(k):
-        return struct.unpack_from("!I", buf, a[k][0])[0] if k in a else 0
-
-    zone = struct.unpack_from("!H", buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
-    state = wso = wsr = fo = fr = 0
-    if CTA_PROTOINFO in a:
-        pi = _attrs_of(buf, *a[CTA_PROTOINFO])
-        if CTA_PROTOINFO_TCP in pi:
-            t = _attrs_of(buf, *pi[CTA_PROTOINFO_TCP])
-            get = lambda k: buf[t[k][0]] if k in t else 0  # noqa: E731
-            state = get(CTA_PROTOINFO_TCP_STATE)
-            wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
-            fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
-    return Entry(family, o[0], zone, o[1], o[2], o[3], o[4], r[1], r[2], r[3], r[4],
-                 be32(CTA_STATUS), be32(CTA_TIMEOUT), be32(CTA_MARK), state, wso, wsr, fo, fr)
+    return _entry(buf, a, family, o[0], o[1:], r[1:])
 
 
 __all__ = ["encode_create", "encode_update", "encode_delete", "encode_dump", "encode_get",

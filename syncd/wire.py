@@ -26,10 +26,10 @@ one member cannot be replayed to another. Entry record (big endian):
 from __future__ import annotations
 
 import hmac
-import socket
 import struct
 from typing import NamedTuple
 
+from syncd.addrcache import ntop, pton
 from syncd.entry import OP_DELETE, OP_UPSERT, Entry
 
 MAGIC = b"FS"
@@ -46,7 +46,6 @@ REC_HEAD = struct.Struct("!BBBBHHIIIBBBB")
 PORTS = struct.Struct("!HH")
 ADDR_LEN = {4: 4, 6: 16}
 REC_LEN = {f: REC_HEAD.size + 2 * (2 * n + PORTS.size) for f, n in ADDR_LEN.items()}
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 # Keep datagrams below a 1500-byte MTU even over IPv6 (40 + 8 bytes of headers).
 MAX_DATAGRAM = 1400
@@ -77,35 +76,12 @@ class Message(NamedTuple):
 # Whole records in one struct call per family; addresses through small
 # caches (a sync stream repeats the same few thousand addresses endlessly).
 _REC = {f: struct.Struct(f"!BBBBHHIIIBBBB{n}s{n}sHH{n}s{n}sHH") for f, n in ADDR_LEN.items()}
-_pton_cache: dict = {}
-_ntop_cache: dict = {}
-_CACHE_MAX = 65536
-
-
-def _pton(family: int, addr: str) -> bytes:
-    b = _pton_cache.get(addr)
-    if b is None:
-        if len(_pton_cache) >= _CACHE_MAX:
-            _pton_cache.clear()
-        b = _pton_cache[addr] = socket.inet_pton(_AF[family], addr)
-    return b
-
-
-def _ntop(family: int, raw: bytes) -> str:
-    s = _ntop_cache.get(raw)
-    if s is None:
-        if len(_ntop_cache) >= _CACHE_MAX:
-            _ntop_cache.clear()
-        s = _ntop_cache[raw] = socket.inet_ntop(_AF[family], raw)
-    return s
-
-
 def encode_record(op: int, e: Entry) -> bytes:
     f = e.family
     return _REC[f].pack(op, f, e.proto, e.tcp_state, e.zone, 0, e.status, e.timeout, e.mark,
                         e.wscale_orig, e.wscale_reply, e.flags_orig, e.flags_reply,
-                        _pton(f, e.osrc), _pton(f, e.odst), e.osport, e.odport,
-                        _pton(f, e.rsrc), _pton(f, e.rdst), e.rsport, e.rdport)
+                        pton(e.osrc), pton(e.odst), e.osport, e.odport,
+                        pton(e.rsrc), pton(e.rdst), e.rsport, e.rdport)
 
 
 def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
@@ -122,8 +98,8 @@ def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
         raise WireError("truncated", "entry record")
     (op, family, proto, tcp_state, zone, _pad, status, timeout, mark, wso, wsr, fo, fr,
      osrc, odst, osport, odport, rsrc, rdst, rsport, rdport) = rec.unpack_from(buf, off)
-    e = Entry(family, proto, zone, _ntop(family, osrc), _ntop(family, odst), osport, odport,
-              _ntop(family, rsrc), _ntop(family, rdst), rsport, rdport, status, timeout, mark,
+    e = Entry(family, proto, zone, ntop(osrc), ntop(odst), osport, odport,
+              ntop(rsrc), ntop(rdst), rsport, rdport, status, timeout, mark,
               tcp_state, wso, wsr, fo, fr)
     return op, e, off + rec.size
 

@@ -329,3 +329,50 @@ def test_bulk_datagrams_are_flagged_for_replacement():
             fw2.datagram("203.0.113.1", a.data, net.now)
     applies = [a for a in fw2.drain() if isinstance(a, Apply)]
     assert len(applies) == 1 and applies[0].replace is False
+
+
+def test_delayed_ack_sent_after_ack_delay_ack_every_or_the_next_tick():
+    t = Timing(ack_delay=0.25, ack_every=4)
+    fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
+    fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
+
+    def deliver(n, now):
+        """n DATA messages (one record each) from fw1 to fw2 at time now."""
+        for i in range(n):
+            fw1.local([(OP_UPSERT, entry(i))], now)
+            fw1.flush(now)
+        for a in fw1.drain():
+            if isinstance(a, Send):
+                fw2.datagram("203.0.113.1", a.data, now)
+
+    def acks() -> list[int]:
+        """The dseq of every ACK fw2 sent since the last call."""
+        msgs = [wire.decode(KEY, a.data) for a in fw2.drain() if isinstance(a, Send)]
+        return [m.dseq for m in msgs if m.type == wire.ACK]
+
+    deliver(1, 10.0)
+    fw2.flush(10.0, delay_acks=True)
+    assert acks() == []
+    fw2.flush(10.125, delay_acks=True)             # younger than ack_delay
+    assert acks() == []
+    fw2.flush(10.25, delay_acks=True)              # ack_delay reached
+    assert acks() == [1]
+    fw2.flush(10.5, delay_acks=True)               # nothing new: no repeat
+    assert acks() == []
+
+    deliver(3, 11.0)
+    fw2.flush(11.0, delay_acks=True)
+    assert acks() == []
+    deliver(1, 11.0)                               # the ack_every-th message: at once
+    fw2.flush(11.0, delay_acks=True)
+    assert acks() == [5]
+
+    deliver(1, 12.0)
+    fw2.flush(12.0, delay_acks=True)
+    assert acks() == []
+    fw2.tick(12.05)                                # the next tick sends it, however young
+    assert acks() == [6]
+
+    deliver(1, 13.0)
+    fw2.flush(13.0)                                # without delay_acks: at once
+    assert acks() == [7]
