@@ -129,9 +129,27 @@ def layout(root: Path, hostname: str, serial_console: str) -> None:
                                     "::1 localhost ip6-localhost ip6-loopback\n")
     # Empty machine-id: systemd makes a transient one on the read-only root.
     (root / "etc/machine-id").write_text("")
-    # Console login as root without a password until the operator sets one
-    # (docs/install.md); there is no network login in the image.
-    chroot(root, "passwd", "-d", "root")
+    # Root ships locked ("*": no password matches). At boot, config-setup
+    # sets root's password from /config/root-password, or leaves it empty
+    # while the member is unconfigured (first setup on the console); see
+    # "Console access" in docs/install.md.
+    chroot(root, "usermod", "-p", "*", "root")
+
+
+COMPLETION = "usr/share/bash-completion/completions/fwctl"
+
+
+def install_completion(root: Path) -> None:
+    """fwctl's bash completion, printed by the installed fwctl itself, so it
+    always matches the commands in the image."""
+    p = subprocess.run(["chroot", str(root), "/usr/bin/fwctl", "completion", "bash"],
+                       capture_output=True, text=True)
+    if p.returncode != 0 or "complete " not in p.stdout:
+        raise SystemExit(f"error: fwctl completion bash failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+    dst = root / COMPLETION
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(p.stdout)
+    dst.chmod(0o644)
 
 
 def enable_units(root: Path, overlay_files: list[str]) -> list[str]:
@@ -167,6 +185,7 @@ def main(argv=None) -> int:
     for ov in args.overlay:
         written += copy_overlay(ov, root)
     install_python(root, args.wheel)
+    install_completion(root)
     layout(root, args.hostname, args.serial_console)
     units = enable_units(root, written)
     write_release(root, args.version, args.build_id, args.release)

@@ -146,13 +146,20 @@ class VM:
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
 
-    def login(self, timeout: float, since: int = 0) -> float:
-        """Log in as root on the serial console; returns seconds since start."""
+    def login(self, timeout: float, since: int = 0, password: str | None = None) -> float:
+        """Log in as root on the serial console (with password if asked for
+        one); returns seconds since start."""
         self.wait_for(rb"login: ", timeout, since)
         at = time.monotonic() - self.started
         mark = self.mark()
         self.send("root\n")
-        self.wait_for(rb"# ", 60, mark)
+        if self.wait_for(rb"# |Password: ", 60, mark).group(0) == b"Password: ":
+            if password is None:
+                raise VMError("root login asks for a password and none was given")
+            mark = self.mark()
+            self.send(password + "\n")
+        if self.wait_for(rb"# |Login incorrect", 60, mark).group(0) != b"# ":
+            raise VMError(f"root login refused (see {self.log_path})")
         self.send("stty -echo; export PS1='$ ' TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0\n")
         time.sleep(1)
         self.run("true", timeout=30)

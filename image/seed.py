@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,15 +26,31 @@ def seed_config(image: Path, directory: Path) -> None:
                 dst.write(chunk)
 
 
+PASSWD_TOOL = Path(__file__).resolve().parent.parent / "overlays/base/usr/sbin/fwcluster-passwd"
+
+
+def root_password_hash(password: str) -> str:
+    """The hash for /config/root-password, made by the appliance's own tool."""
+    p = subprocess.run([sys.executable, str(PASSWD_TOOL), "--stdin", "--print"],
+                       input=password + "\n", capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ValueError(p.stderr.strip())
+    return p.stdout.strip()
+
+
 VM_NICS = (("52:54:00:00:00:10", "lan0", "192.0.2.11/24"),
            ("52:54:00:00:00:11", "sync0", "203.0.113.1/24"))
 
 
-def write_vm_config(d: Path) -> None:
+def write_vm_config(d: Path, root_password: str | None = None) -> None:
     """A /config for member fw1 of a two-member cluster, for a qemu guest
     with the NICs of image.qemu.VM (MACs in VM_NICS; .link files name them
-    lan0 and sync0). Documentation addresses only."""
+    lan0 and sync0). Documentation addresses only. Without root_password
+    root cannot log in (a configured member needs /config/root-password)."""
     (d / "network").mkdir(parents=True)
+    if root_password is not None:
+        (d / "root-password").write_text(root_password_hash(root_password) + "\n")
+        (d / "root-password").chmod(0o600)
     (d / "cluster.toml").write_text(
         '[cluster]\nname = "imgtest"\nsecret_file = "/etc/fwcluster/secret"\n\n'
         '[sync]\ninterface = "sync0"\n\n'

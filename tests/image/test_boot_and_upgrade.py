@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.image
 
+ROOT_PASSWORD = "image-test-root-1"  # seeded in /config/root-password
+NEW_ROOT_PASSWORD = "image-test-root-2"  # set in the guest with fwcluster-passwd
 BOOT_TIMEOUT = 420  # seconds to a login prompt; TCG on a busy 2-core host is slow
 HEALTH_TIMEOUT = 120
 
@@ -66,7 +68,7 @@ def lab(built_image):
     disk = work / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(built_image), str(disk)], check=True)
     cfg = work / "config"
-    write_vm_config(cfg)
+    write_vm_config(cfg, root_password=ROOT_PASSWORD)
     seed_config(disk, cfg)
     share = work / "share"
     share.mkdir()
@@ -78,10 +80,11 @@ def lab(built_image):
                   ("/usr/bin/fwcluster-syncd", "#!/bin/sh\necho broken on purpose >&2\nexit 1\n", 0o755)],
                  work)
     kvm = kvm_works(built_image, ROOT / "build" / "stamps" / "qemu-accel")
-    state = {"work": work, "disk": disk, "share": share, "kvm": kvm, "vm": None}
+    state = {"work": work, "disk": disk, "share": share, "kvm": kvm, "vm": None,
+             "password": ROOT_PASSWORD}
     vm = VM(disk, work / "console.log", kvm=kvm, share=share).start()
     state["vm"] = vm
-    state["boot_seconds"] = vm.login(BOOT_TIMEOUT)
+    state["boot_seconds"] = vm.login(BOOT_TIMEOUT, password=ROOT_PASSWORD)
     yield state
     state["vm"].stop()
     for p in (disk, share / "second.img", share / "broken.img"):
@@ -114,6 +117,38 @@ def test_root_read_only_and_config_writable(lab):
     assert vm.check("journalctl --header | grep -c '/run/log/journal' || true") != "0"
     assert vm.check("readlink /etc/fwcluster/cluster.toml") == "/config/cluster.toml"
     assert vm.check("readlink /var/lib/fwcluster") == "/config/state"
+
+
+def shadow_root_field(vm) -> str:
+    return vm.check("getent shadow root | cut -d: -f2")
+
+
+def test_root_password_from_config_and_fwcluster_passwd(lab):
+    """The fixture's login needed the seeded password; now change it the
+    operator's way. The later boots log in with the new one, so it is
+    also shown to survive a reboot and an upgrade."""
+    vm = lab["vm"]
+    seeded = vm.check("cat /config/root-password")
+    assert seeded.startswith("$y$") and shadow_root_field(vm) == seeded
+    # /etc/shadow on the read-only root is covered by config-setup's copy
+    vm.check("mountpoint -q /etc/shadow")
+    rc, out = vm.run("echo short | fwcluster-passwd --stdin")
+    assert rc != 0 and "at least 8" in out
+    assert vm.check("cat /config/root-password") == seeded
+    out = vm.check(f"echo {NEW_ROOT_PASSWORD} | fwcluster-passwd --stdin")
+    lab["password"] = NEW_ROOT_PASSWORD
+    assert "root password set in /config/root-password" in out and "next boot" not in out
+    new = vm.check("cat /config/root-password")
+    assert new.startswith("$y$") and new != seeded and shadow_root_field(vm) == new
+    assert vm.check("stat -c %a /config/root-password") == "600"
+
+
+def test_fwctl_bash_completion_installed(lab):
+    vm = lab["vm"]
+    vm.check("test -s /usr/share/bash-completion/completions/fwctl")
+    vm.check("test -r /etc/profile.d/bash_completion.sh")
+    out = vm.check("bash -c '. /usr/share/bash-completion/completions/fwctl && complete -p fwctl'")
+    assert "fwctl" in out
 
 
 def test_daemons_active_with_config(lab):
@@ -155,7 +190,7 @@ def test_upgrade_to_second_image_then_boot_it_under_uefi(lab):
             share=lab["share"]).start()
     lab["vm"] = vm
     vm.wait_for(rb"trial boot of slot b", BOOT_TIMEOUT)
-    vm.login(BOOT_TIMEOUT)
+    vm.login(BOOT_TIMEOUT, password=lab["password"])
     assert "fwcluster.slot=b" in vm.check("cat /proc/cmdline")
     assert "VERSION=0.1.0-second" in vm.check("cat /usr/lib/fwcluster/release")
     wait_active(vm, "fwcluster-health")
@@ -173,7 +208,8 @@ def test_broken_image_falls_back(lab):
     vm.wait_for(rb"trial boot of slot a", BOOT_TIMEOUT, mark)
     # The trial slot's health check fails and reboots; GRUB then boots b.
     vm.wait_for(rb"NOT healthy", BOOT_TIMEOUT + HEALTH_TIMEOUT, mark)
-    vm.login(BOOT_TIMEOUT, since=vm.wait_for(rb"Booting .fwcluster slot B", BOOT_TIMEOUT, mark).end())
+    vm.login(BOOT_TIMEOUT, since=vm.wait_for(rb"Booting .fwcluster slot B", BOOT_TIMEOUT, mark).end(),
+             password=lab["password"])
     assert "fwcluster.slot=b" in vm.check("cat /proc/cmdline")
     st = json.loads(vm.check("fwctl upgrade --status --json"))
     assert st["running"] == "b" and st["good_slot"] == "b" and st["trial_slot"] is None

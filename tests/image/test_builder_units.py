@@ -1,7 +1,11 @@
 """Pure parts of the image builder and of the A/B slot logic."""
 from __future__ import annotations
 
+import ctypes
+import shutil
 import struct
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -258,3 +262,78 @@ def test_serial_output_drops_forwarded_unit_lines():
     from image.qemu import without_console_log
     text = "[   53.396461] fwctl[405]: fwcluster: ready: slot b is healthy\nactive\n[12.5] x\nactive"
     assert without_console_log(text).split("\n") == ["active", "[12.5] x", "active"]
+
+
+# --- console access (root password policy) ------------------------------------
+
+ROOT_LOGIN = ROOT / "overlays/base/usr/lib/fwcluster/root-login"
+PASSWD_TOOL = ROOT / "overlays/base/usr/sbin/fwcluster-passwd"
+SHADOW = "root:*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n"
+
+
+def root_login(tmp_path, files: dict[str, str]) -> tuple[str, list[str]]:
+    """Run the appliance's root-login on a /config holding files; returns
+    its verdict and the resulting shadow lines."""
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    for name, text in files.items():
+        (cfg / name).write_text(text)
+    (tmp_path / "shadow").write_text(SHADOW)
+    out = tmp_path / "shadow.out"
+    p = subprocess.run(["sh", str(ROOT_LOGIN), str(cfg), str(tmp_path / "shadow"), str(out)],
+                       capture_output=True, text=True, check=True)
+    return p.stdout.strip(), out.read_text().splitlines()
+
+
+CONFIGURED = {"cluster.toml": "[cluster]\n", "node": "fw1\n"}
+
+
+def test_unconfigured_member_allows_passwordless_console_setup(tmp_path):
+    state, lines = root_login(tmp_path, {"node": "fw1\n"})
+    assert state == "setup"
+    assert lines == ["root::20000:0:99999:7:::", "daemon:*:20000:0:99999:7:::"]
+
+
+def test_configured_member_without_password_is_locked(tmp_path):
+    state, lines = root_login(tmp_path, CONFIGURED)
+    assert state == "locked" and lines[0] == "root:*:20000:0:99999:7:::"
+
+
+@pytest.mark.parametrize("text", ["hunter2hunter2\n", "\n", "$y$bad:colon\n", "$6$a b$c\n"])
+def test_plain_or_malformed_root_password_locks(tmp_path, text):
+    for files in ({"root-password": text}, {**CONFIGURED, "root-password": text}):
+        state, lines = root_login(tmp_path, files)
+        assert state == "invalid" and lines[0] == "root:*:20000:0:99999:7:::"
+        shutil.rmtree(tmp_path / "config")
+
+
+def test_root_password_hash_made_by_fwcluster_passwd_is_applied(tmp_path):
+    from image.seed import root_password_hash
+    h = root_password_hash("correct horse")
+    assert h.startswith("$y$") and h != root_password_hash("correct horse")  # salted
+    assert crypt(b"correct horse", h.encode()) == h and crypt(b"wrong horse", h.encode()) != h
+    state, lines = root_login(tmp_path, {**CONFIGURED, "root-password": h + "\n"})
+    assert state == "password"
+    assert lines == [f"root:{h}:20000:0:99999:7:::", "daemon:*:20000:0:99999:7:::"]
+
+
+def crypt(password: bytes, setting: bytes) -> str:
+    lib = ctypes.CDLL("libcrypt.so.1")
+    lib.crypt.restype, lib.crypt.argtypes = ctypes.c_char_p, [ctypes.c_char_p, ctypes.c_char_p]
+    return lib.crypt(password, setting).decode()
+
+
+def test_fwcluster_passwd_writes_config_file_and_refuses_short(tmp_path):
+    run = [sys.executable, str(PASSWD_TOOL), "--stdin", "--config", str(tmp_path)]
+    p = subprocess.run(run, input="short\n", capture_output=True, text=True)
+    assert p.returncode != 0 and "at least 8 characters" in p.stderr
+    assert not (tmp_path / "root-password").exists()
+    p = subprocess.run(run, input="long enough\n", capture_output=True, text=True, check=True)
+    f = tmp_path / "root-password"
+    assert f.stat().st_mode & 0o777 == 0o600
+    assert crypt(b"long enough", f.read_text().strip().encode()) == f.read_text().strip()
+    assert str(f) in p.stdout
+
+
+def test_profile_installs_bash_completion_support():
+    assert "bash-completion" in profile.load(DEFAULT).packages
