@@ -7,7 +7,6 @@ outputs are fwcluster.metrics'.
 from __future__ import annotations
 
 from fwcluster.metrics import Family
-from fwcluster.metrics import textfile_dir  # noqa: F401  (moved; old callers)
 
 STATES = ("INIT", "BACKUP", "MASTER")
 # Demotion sources that always have a series (0 when inactive), so that an
