@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import itertools
 import os
 import select
 import socket
@@ -25,9 +24,9 @@ from fwcluster.carp.addrmsg import AddrChange, encode_batch, parse_acks
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 IFA_F_SECONDARY = 0x01
-IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
+SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # acks of failed requests without the request echoed
 ACK_WAIT = 0.5  # s; rtnetlink acks as it handles the write, so this is a safety net
 # Errors that mean the kernel already is as asked.
@@ -72,7 +71,7 @@ class Links:
         self._ipr: AsyncIPRoute | None = None
         self._mon: AsyncIPRoute | None = None
         self._rt: socket.socket | None = None  # vip changes: plain writes, no round trips
-        self._seq = itertools.count(1)
+        self._seq = 0  # last sequence number used on _rt
 
     async def open(self) -> None:
         self._ipr = AsyncIPRoute()
@@ -81,7 +80,7 @@ class Links:
         self._rt = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._rt.bind((0, 0))
         try:
-            self._rt.setsockopt(270, NETLINK_CAP_ACK, 1)  # SOL_NETLINK
+            self._rt.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         except OSError:
             pass
 
@@ -119,9 +118,8 @@ class Links:
             return []
         if self._rt is None:
             raise OSError(errno.ENOTCONN, "netlink socket not open")
-        first = next(self._seq)
-        for _ in changes[1:]:
-            next(self._seq)
+        first = self._seq + 1
+        self._seq += len(changes)
         self._rt.send(encode_batch(changes, first))
         want = set(range(first, first + len(changes)))
         acks: dict[int, int] = {}
