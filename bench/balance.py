@@ -12,7 +12,7 @@ read from a byte counter on its forwarding path.
     .venv/bin/python -m bench.balance [--trials 3] [--seconds 5] [--sources 48] [--streams 1]
 
 Prints progress on stderr, JSON on stdout, a table at the end, and writes
-docs/perf/balance.md.
+docs/perf/buckets.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, arg_parser, emit_json, environment, have_root, markdown_table, ratio
-from fwcluster import balance
+from fwcluster.core import hashbuckets
 from fwcluster.lab import SERVER4, Lab
 
 TEMPLATE = REPO / "overlays" / "cluster" / "etc" / "fwcluster" / "ruleset.nft.j2"
@@ -64,7 +64,7 @@ def set_active(lab: Lab, k: int) -> dict[str, int]:
         r = lab.fwctl(m, "maintenance", "on" if m not in active else "off")
         if r.get("maintenance") != (m not in active):
             raise RuntimeError(f"fwctl maintenance on {m}: {r}")
-    want = {m: n for m, n in balance.spread(balance.owners(BUCKETS, lab.members, active),
+    want = {m: n for m, n in hashbuckets.spread(hashbuckets.owners(BUCKETS, lab.members, active),
                                             lab.members).items()}
     if not lab.wait_for(lambda: owned(lab) == want, 30, 0.2):
         raise RuntimeError(f"buckets did not settle for {k} active: {owned(lab)} (want {want})")
@@ -147,10 +147,10 @@ def measure_standby(lab: Lab, trials: int, srcs, seconds, streams, log=sys.stder
 
 
 def predicted_spread(srcs: list[str]) -> dict[str, int]:
-    owner = balance.owners(BUCKETS, ["fw1", "fw2", "fw3"])
+    owner = hashbuckets.owners(BUCKETS, ["fw1", "fw2", "fw3"])
     count = {"fw1": 0, "fw2": 0, "fw3": 0}
     for s in srcs:
-        count[owner[balance.flow_bucket(s, SERVER4, BUCKETS)]] += 1
+        count[owner[hashbuckets.flow_bucket(s, SERVER4, BUCKETS)]] += 1
     return count
 
 
@@ -179,7 +179,7 @@ def write_doc(path: Path, results, base, env, args, predicted, standby) -> None:
     flows = args.sources * args.streams
     text = f"""# Active-active: aggregate throughput
 
-Measured by `make bench-balance` (`bench/balance.py`) on {env['date']}
+Measured by `make bench-balance` (`bench/buckets.py`) on {env['date']}
 (kernel {env['kernel']}, Python {env['python']}).
 
 **This host has {env['cpus']} CPU cores, shared by every namespace of the lab

@@ -40,7 +40,7 @@ def key_of(i: int, dport: int) -> tuple:
 
 
 def entry(i: int, dport: int):
-    from syncd.entry import Entry
+    from syncd.core.entry import Entry
     src, sport, _ = key_of(i, dport)
     return Entry(4, 17, 0, src, "198.51.100.100", sport, dport,
                  "198.51.100.100", src, dport, sport, status=0x8, timeout=600)
@@ -49,7 +49,7 @@ def entry(i: int, dport: int):
 # --- workers (run inside the lab namespaces) ---------------------------------------
 def worker_inject(args) -> None:
     from syncd.conntrack import Conntrack
-    from syncd.entry import OP_UPSERT
+    from syncd.core.entry import OP_UPSERT
     ct = Conntrack(events=False)
     times = [0.0] * args.count
     start = time.monotonic()

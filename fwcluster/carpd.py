@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 
-from fwcluster.cli import add_common_args, load_from_args
+from fwcluster.args import add_common_args, load_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

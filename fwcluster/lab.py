@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from fwcluster.carp.wire import checksum
+from fwcluster.carp.core.wire import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -474,10 +474,10 @@ class Lab:
         return p
 
     def _answers(self, sock: Path) -> bool:
-        from fwcluster import control
+        from fwcluster import ctlsock
         try:
-            return bool(control.request(str(sock), {"cmd": "status"}, timeout=1).get("ok"))
-        except (control.ControlError, ValueError):
+            return bool(ctlsock.request(str(sock), {"cmd": "status"}, timeout=1).get("ok"))
+        except (ctlsock.ControlError, ValueError):
             return False
 
     def daemon(self, member: str, daemon: str = "carpd") -> subprocess.Popen | None:
@@ -504,8 +504,8 @@ class Lab:
 
     def control(self, member: str, msg: dict, daemon: str = "carpd", timeout: float = 5) -> dict:
         """One request on a daemon's control socket."""
-        from fwcluster import control
-        return control.request(str(self.run_dir(member) / f"{daemon}.sock"), msg, timeout=timeout)
+        from fwcluster import ctlsock
+        return ctlsock.request(str(self.run_dir(member) / f"{daemon}.sock"), msg, timeout=timeout)
 
     def fwctl_raw(self, member: str, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess:
         return self.run(member, [PY, "-m", "fwcluster.fwctl", *self._daemon_args(member), *argv],

@@ -33,7 +33,7 @@ from typing import Iterable
 
 import jinja2
 
-from fwcluster import balance
+from fwcluster.core import hashbuckets
 
 TABLE = "fwcluster"
 OWNED_SET = "owned_buckets"
@@ -79,7 +79,7 @@ def context(cfg, node: str) -> dict:
             "vhid": v.vhid, "interface": v.interface, "family": v.family,
             "address": str(v.address), "ip": str(v.address.ip),
             "prefixlen": v.address.network.prefixlen, "network": str(v.address.network),
-            "mac": balance.vip_mac(v.vhid) if active else None,
+            "mac": hashbuckets.vip_mac(v.vhid) if active else None,
         })
     peers = [member(m) for m in cfg.peers(node)]
     # Active-active members NAT to the same vip independently: each takes
@@ -105,7 +105,7 @@ def context(cfg, node: str) -> dict:
                  "peers6": [p["sync_address"] for p in peers if p["family"] == 6]},
         "balance": {"mode": cfg.balance.mode, "active": active,
                     "buckets": cfg.balance.buckets if active else 0,
-                    "seed": f"0x{balance.HASH_SEED:08x}",
+                    "seed": f"0x{hashbuckets.HASH_SEED:08x}",
                     "table": TABLE, "set": OWNED_SET},
         "nat": {"ports": nat_ports},
         "metrics": {"listen": cfg.metrics.listen,
@@ -180,7 +180,7 @@ def render(cfg, node: str, template: str | None = None) -> Rendered:
         raise RulesetError(f"template error: {type(e).__name__}: {e}", template=path,
                            line=_jinja_line(e, path)) from None
     if ctx["balance"]["active"] and not re.search(rf"\bset\s+{OWNED_SET}\b", text):
-        raise RulesetError(f"balance.mode is active-active but the rendered ruleset declares no "
+        raise RulesetError(f"buckets.mode is active-active but the rendered ruleset declares no "
                            f"set {OWNED_SET} (in table inet {TABLE}); see docs/firewall.md",
                            template=path)
     return Rendered(text, path, ctx)

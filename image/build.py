@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fwcluster import __version__ as FWCLUSTER_VERSION
-from fwcluster.upgrade import initial_env, render_grubenv
+from fwcluster.core.slots import initial_env, render_grubenv
 from image import boot, manifest
 from image.plan import MIB, Plan, make_plan, sfdisk_script
 from image.profile import Profile

@@ -7,7 +7,7 @@
     p5 fwconfig persistent /config (ext4)
 
 Partitions are aligned to 1 MiB. The partition names are the contract with
-the appliance: fstab, grub.cfg and fwcluster.upgrade find the parts by them.
+the appliance: fstab, grub.cfg and fwcluster.core.slots find the parts by them.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from fwcluster.upgrade import find_partition, parse_gpt
+from fwcluster.core.slots import find_partition, parse_gpt
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")

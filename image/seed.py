@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fwcluster.upgrade import CONFIG_PARTLABEL, find_partition, parse_gpt
+from fwcluster.core.slots import CONFIG_PARTLABEL, find_partition, parse_gpt
 
 
 def seed_config(image: Path, directory: Path) -> None:

@@ -7,7 +7,7 @@ import gc
 import logging
 import sys
 
-from fwcluster.cli import add_common_args, load_from_args
+from fwcluster.args import add_common_args, load_from_args
 
 
 def main(argv=None) -> int:

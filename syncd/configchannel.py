@@ -20,9 +20,11 @@ import os
 import socket
 import time
 
-from fwcluster import configsync, nft
-from fwcluster.configsync import Bundle, BundleError, Generation
-from syncd.keys import hkdf
+from fwcluster import configstore, nft
+from fwcluster.core import bundle
+from fwcluster.configstore import Generation
+from fwcluster.core.bundle import Bundle, BundleError
+from syncd.core.keys import hkdf
 
 log = logging.getLogger("syncd.config")
 MAX_LINE = 8 << 20
@@ -170,7 +172,7 @@ class ConfigService:
                 "digest": self.own.digest}
 
     def local_bundle(self) -> Bundle:
-        return configsync.collect(self.cfg, generation=self.own.generation, origin=self.own.origin)
+        return configstore.collect(self.cfg, generation=self.own.generation, origin=self.own.origin)
 
     async def install(self, obj: dict) -> dict:
         async with self._lock:
@@ -199,7 +201,7 @@ class ConfigService:
 
         def apply(cfg, node):
             nft.apply(nft.render(cfg, node), run_dir=self.cfg.run_dir)
-        return configsync.install(b, self.cfg.path, self.node, self.cfg.secret_file,
+        return configstore.install(b, self.cfg.path, self.node, self.cfg.secret_file,
                                   check_ruleset=check, apply_ruleset=apply)
 
     # --- talking to peers ------------------------------------------------
@@ -214,7 +216,7 @@ class ConfigService:
             except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
                 self.peers[m.name].update(reachable=False, error=str(e) or type(e).__name__)
         await asyncio.gather(*(hello(m) for m in self.cfg.peers(self.node)))
-        behind = configsync.stale(self.own, {n: p for n, p in self.peers.items() if p["reachable"]})
+        behind = bundle.stale(self.own.generation, {n: p for n, p in self.peers.items() if p["reachable"]})
         if behind:
             newest = max(behind, key=lambda n: self.peers[n]["generation"])
             await self.catch_up(newest)
@@ -253,7 +255,7 @@ class ConfigService:
         """Push our files to every peer: validate + install locally first."""
         try:
             newest = max([self.own.generation] + [p["generation"] or 0 for p in self.peers.values()])
-            b = configsync.collect(self.cfg, names, generation=newest + 1, origin=self.node)
+            b = configstore.collect(self.cfg, names, generation=newest + 1, origin=self.node)
         except BundleError as e:
             return {"ok": False, "error": str(e), "results": {}}
         local = await self.install(b.to_json())
@@ -288,8 +290,8 @@ class ConfigService:
         behind_me = sorted(n for n, p in reachable.items()
                            if p["generation"] is not None and p["generation"] < self.own.generation)
         return {"generation": self.own.generation, "digest": self.own.digest,
-                "origin": self.own.origin, "stale": bool(configsync.stale(self.own, reachable)),
-                "newer_on": configsync.stale(self.own, reachable), "peers_behind": behind_me,
+                "origin": self.own.origin, "stale": bool(bundle.stale(self.own.generation, reachable)),
+                "newer_on": bundle.stale(self.own.generation, reachable), "peers_behind": behind_me,
                 "peers": self.peers, "last_error": self.last_error,
                 "last_catch_up": self.last_catch_up, "counters": self.counters}
 

@@ -18,8 +18,9 @@ from pyroute2.netlink import NETLINK_NETFILTER
 from pyroute2.netlink.nfnetlink import (NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW,
                                         NFNLGRP_CONNTRACK_UPDATE)
 
-from syncd import applyplan, ctnl
-from syncd.entry import Entry
+from syncd import ctnl
+from syncd.core import applyplan
+from syncd.core.entry import Entry
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SOL_NETLINK = 270
@@ -183,7 +184,7 @@ class Conntrack:
         lets the kernel pick the window up from the next packet. With
         keep_existing (a bulk arriving while this member carries the traffic)
         entries it already has are left alone: its own are newer than any
-        copy. syncd.applyplan has the rules."""
+        copy. syncd.core.applyplan has the rules."""
         work = applyplan.plan(records, self.known, replace, keep_existing)
         for _ in range(3):
             if not work:

@@ -18,8 +18,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_
                                                    IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_NEW,
                                                    nfct_msg, nfct_stats)
 
-from syncd.addrcache import ntop, pton
-from syncd.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, TCP, Entry
+from syncd.core.addrcache import ntop, pton
+from syncd.core.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, TCP, Entry
 
 CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET

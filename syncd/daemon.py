@@ -17,14 +17,15 @@ from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
-from fwcluster import control
+from fwcluster import ctlsock
 from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
-from syncd import keys, metrics
+from syncd import metrics
+from syncd.core import keys
 from syncd.conntrack import Conntrack, Overrun
-from syncd.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
-from syncd.policy import own_addresses, syncable
-from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
+from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
+from syncd.core.policy import own_addresses, syncable
+from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 
 log = logging.getLogger("syncd")
 
@@ -123,7 +124,7 @@ class Daemon:
         await self.refresh_addresses()
         self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing)
         self.sync.local_entries = self.ct.count()
-        self.server = await control.serve(control.socket_path(self.cfg.run_dir, "syncd"), self.handle)
+        self.server = await ctlsock.serve(ctlsock.socket_path(self.cfg.run_dir, "syncd"), self.handle)
         await self.configsvc.start()
         loop.add_reader(self.ct.fileno(), self.on_events)
         loop.add_reader(self.sock.fileno(), self.on_datagrams)
@@ -292,21 +293,21 @@ class Daemon:
         return 0 if self.sync.in_sync else DEMOTE_SYNCING
 
     async def tell_carpd(self) -> None:
-        path = control.socket_path(self.cfg.run_dir, "carpd")
+        path = ctlsock.socket_path(self.cfg.run_dir, "carpd")
         try:
-            await control.arequest(path, {"cmd": "set-demotion", "source": "syncd",
+            await ctlsock.arequest(path, {"cmd": "set-demotion", "source": "syncd",
                                           "value": self.demotion()})
             self.carpd_ok = True
-        except (control.ControlError, OSError, ValueError) as e:
+        except (ctlsock.ControlError, OSError, ValueError) as e:
             self.carpd_ok = False
             log.debug("carpd: %s", e)
 
     async def carpd_link(self) -> None:
         """Follow carpd's role changes; (re)tell it our demotion on every connect."""
-        path = control.socket_path(self.cfg.run_dir, "carpd")
+        path = ctlsock.socket_path(self.cfg.run_dir, "carpd")
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(path, limit=control.MAX_LINE)
+                reader, writer = await asyncio.open_unix_connection(path, limit=ctlsock.MAX_LINE)
             except (OSError, ValueError):
                 self.carpd_ok = False
                 await asyncio.sleep(0.5)

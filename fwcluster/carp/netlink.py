@@ -4,7 +4,7 @@ Links.watch() yields a LinkState whenever an interface appears, changes or
 disappears, and an AddressesChanged when its addresses change; carpd keeps
 the carrier of every vip interface and its own (non-vip) addresses from it.
 Vip changes skip pyroute2: change_vips() writes all of them to a plain
-rtnetlink socket at once (fwcluster.carp.addrmsg), a system call and no
+rtnetlink socket at once (fwcluster.carp.core.addrmsg), a system call and no
 round trip through the event loop.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
-from fwcluster.carp.addrmsg import AddrChange, encode_batch, parse_acks
+from fwcluster.carp.core.addrmsg import AddrChange, encode_batch, parse_acks
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000

@@ -1,7 +1,7 @@
 """carpd's asyncio shell: turns sockets, netlink, timers and control requests
 into machine events, and the machines' actions into packets and addresses.
 
-Decisions are the machines' (fwcluster.carp.machine); this module only does
+Decisions are the machines' (fwcluster.carp.core.machine); this module only does
 I/O. The vip actions of everything that happens in one turn of the event
 loop (all the adverts read, timers fired, a demotion change) are carried
 out together at the end of that turn: every address change in one netlink
@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fwcluster import control
+from fwcluster import ctlsock
 from fwcluster import metrics as prom
-from fwcluster.carp import announce, balancing, machine, metrics, netlink, timers, wire
-from fwcluster.carp.addrmsg import AddrChange
-from fwcluster.carp.ctl import ControlServer
+from fwcluster.carp import active_active, announce, metrics, netlink, timers
+from fwcluster.carp.core import machine, wire
+from fwcluster.carp.core.addrmsg import AddrChange
+from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
-from fwcluster.config import Config, Vip
+from fwcluster.core.config import Config, Vip
 
 log = logging.getLogger("carpd")
 
@@ -87,10 +88,10 @@ class Carpd:
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
             self.vips[v.vhid] = VipRun(v, m, wire.Auth(secret, v.vhid, [v.address.ip], cookie))
         # Active-active: per-bucket elections and vips on every member (None otherwise).
-        self.balancing = balancing.Balancing.for_carpd(self, secret)
+        self.balancing = active_active.Balancing.for_carpd(self, secret)
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
-        self.ctl = ControlServer(control.socket_path(cfg.run_dir, "carpd"), self.handle_request,
+        self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, "carpd"), self.handle_request,
                                  self._role_snapshot)
         self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
         self._pending: list = []  # vip actions of this loop turn, see _flush

@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import struct
 
-from fwcluster.carp import wire
+from fwcluster.carp.core import wire
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fwcluster.carp import machine
+from fwcluster.carp.core import machine
 
 
 def rearm(run, at: float | None, callback, *args) -> None:

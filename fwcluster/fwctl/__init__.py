@@ -13,8 +13,8 @@ import importlib
 import json
 import sys
 
-from fwcluster import control
-from fwcluster.cli import add_common_args
+from fwcluster import ctlsock
+from fwcluster.args import add_common_args
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -33,7 +33,7 @@ def emit(args, data, human) -> None:
         human(data)
 
 
-class DaemonError(control.ControlError):
+class DaemonError(ctlsock.ControlError):
     """ask() failed; `code` is fwctl's exit status for it. main() prints the
     message as one `error:` line, so a command need not catch these."""
     code = EXIT_UNREACHABLE
@@ -55,10 +55,10 @@ class Refused(DaemonError):
 def ask(cfg, daemon: str, msg: dict, timeout: float = 5.0, refused: int = EXIT_PROBLEM) -> dict:
     """One request to a local daemon ("carpd" or "syncd"); the reply without
     "ok". Raises Unreachable, or Refused (exit status `refused`) when the
-    daemon says no; both are control.ControlError."""
+    daemon says no; both are ctlsock.ControlError."""
     try:
-        reply = control.request(control.socket_path(cfg.run_dir, daemon), msg, timeout)
-    except (control.ControlError, ValueError) as e:  # ValueError: not JSON
+        reply = ctlsock.request(ctlsock.socket_path(cfg.run_dir, daemon), msg, timeout)
+    except (ctlsock.ControlError, ValueError) as e:  # ValueError: not JSON
         raise Unreachable(f"{daemon} is not running or not answering: {e}") from None
     if not isinstance(reply, dict):
         raise Unreachable(f"{daemon}: unexpected reply {reply!r:.80}")

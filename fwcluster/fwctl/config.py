@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 from fwcluster import nft
-from fwcluster.cli import load_from_args
-from fwcluster.configsync import Bundle, diff_bundles
+from fwcluster.args import load_from_args
+from fwcluster.core.bundle import Bundle, diff_bundles
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, Refused, ask, emit
 
 

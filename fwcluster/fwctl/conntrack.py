@@ -2,7 +2,7 @@
 syncd sees it (fwctl asks syncd; it does not read the kernel itself)."""
 from __future__ import annotations
 
-from fwcluster.cli import load_from_args
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, EXIT_USAGE, ask, emit
 
 FILTERS = ("proto", "family", "src", "dst", "sport", "dport", "state")

@@ -24,8 +24,8 @@ import socket
 import sys
 import time
 
-from fwcluster import control
-from fwcluster.cli import load_from_args
+from fwcluster import ctlsock
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, Unreachable, ask, emit
 
 
@@ -166,7 +166,7 @@ class RoleWatch:
 def _syncd(cfg, msg: dict) -> dict | None:
     try:
         return ask(cfg, "syncd", msg, timeout=2.0)
-    except control.ControlError:
+    except ctlsock.ControlError:
         return None
 
 
@@ -213,7 +213,7 @@ def _on_sigterm(signum, frame):
 def drill(cfg, timeout: float, hold: float) -> dict:
     """Carry out the drill; the report (see docs/fwctl.md). Raises
     fwctl.DaemonError when carpd cannot be reached or refuses."""
-    carp_path = control.socket_path(cfg.run_dir, "carpd")
+    carp_path = ctlsock.socket_path(cfg.run_dir, "carpd")
     carp = ask(cfg, "carpd", {"cmd": "status"})
     sync_before = _sync_status(cfg)
     report = {"node": carp.get("node"), "cluster": carp.get("cluster"), "result": "refused",
@@ -268,7 +268,7 @@ def drill(cfg, timeout: float, hold: float) -> dict:
         if maintenance_on:
             try:
                 _maintenance(cfg, False)
-            except control.ControlError as e:
+            except ctlsock.ControlError as e:
                 report["problems"].append(f"could not lift maintenance: {e} "
                                           "-- run `fwctl maintenance off`")
         signal.signal(signal.SIGTERM, old)

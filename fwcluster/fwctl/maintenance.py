@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from fwcluster.cli import load_from_args
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, ask, emit
 
 

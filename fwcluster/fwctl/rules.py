@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from fwcluster import nft
-from fwcluster.cli import load_from_args
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, emit
 
 

@@ -5,8 +5,8 @@ answers. Exit 3 when carpd is not reachable.
 """
 from __future__ import annotations
 
-from fwcluster import control
-from fwcluster.cli import load_from_args
+from fwcluster import ctlsock
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, ask, emit
 
 
@@ -21,7 +21,7 @@ def fetch(cfg) -> dict:
     data = ask(cfg, "carpd", {"cmd": "status"})
     try:
         data["sync"] = ask(cfg, "syncd", {"cmd": "status"}, timeout=2.0)
-    except control.ControlError:
+    except ctlsock.ControlError:
         pass  # syncd is optional here
     return data
 

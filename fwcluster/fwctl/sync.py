@@ -7,7 +7,7 @@ sync or a peer is down, 3 when syncd does not answer.
 """
 from __future__ import annotations
 
-from fwcluster.cli import load_from_args
+from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, ask, emit
 
 

@@ -1,7 +1,7 @@
 """fwctl upgrade IMAGE.img[.xz] | --status | --boot-check
 
 Writes the root slot of a new image into the inactive slot of this
-appliance and arms a one-shot trial boot of it (fwcluster.upgrade has the
+appliance and arms a one-shot trial boot of it (fwcluster.core.slots has the
 rules; this is the I/O). /config and the running slot are never written.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fwcluster import upgrade as ab
+from fwcluster.core import slots as ab
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, emit
 
 CHUNK = 4 << 20
@@ -275,15 +275,16 @@ def daemons_active() -> bool:
 
 def daemons_answer() -> bool:
     """Both daemons answer on their control sockets: running, not just started."""
-    from fwcluster import config, control
+    from fwcluster import configfile, ctlsock
+    from fwcluster.core import config
     try:
-        run_dir = config.load(CONFIG_FILE).run_dir
+        run_dir = configfile.load(CONFIG_FILE).run_dir
     except config.ConfigError:
         return False
     for daemon in ("carpd", "syncd"):
         try:
-            control.request(control.socket_path(run_dir, daemon), {"cmd": "status"}, timeout=3)
-        except (control.ControlError, ValueError):
+            ctlsock.request(ctlsock.socket_path(run_dir, daemon), {"cmd": "status"}, timeout=3)
+        except (ctlsock.ControlError, ValueError):
             return False
     return True
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import upgrade as ab
+from fwcluster.core import slots as ab
 from image.build import sha256_file
 from image.qemu import VM, kvm_works
 from image.seed import seed_config, write_vm_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import upgrade as ab
+from fwcluster.core import slots as ab
 from image import boot, manifest, plan, profile
 
 ROOT = Path(__file__).resolve().parents[2]

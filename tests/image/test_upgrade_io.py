@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import upgrade as ab
+from fwcluster.core import slots as ab
 from fwcluster.fwctl import upgrade as cli
 
 MIB = 1 << 20

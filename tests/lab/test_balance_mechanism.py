@@ -8,7 +8,7 @@ Each flow is a TCP connection from its own client address to the server
 that exchanges data, so both directions must pass the same member; with
 snat the replies come back addressed to the WAN vip (NAT) and must still
 find that member. The kernel's choice is compared, flow by flow, with
-fwcluster.balance's model of the hash.
+fwcluster.core.hashbuckets's model of the hash.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-from fwcluster import balance
+from fwcluster.core import hashbuckets
 from fwcluster.lab import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6, Lab
 
 PY = sys.executable
@@ -107,7 +107,7 @@ def _set_owned(lab: Lab, owned: dict[str, set[int]]) -> None:
 
 
 def _owned(lab: Lab, alive=None) -> dict[str, set[int]]:
-    owner = balance.owners(BUCKETS, lab.members, alive)
+    owner = hashbuckets.owners(BUCKETS, lab.members, alive)
     return {m: {b for b, o in owner.items() if o == m} for m in lab.members}
 
 
@@ -121,7 +121,7 @@ def _setup(lab: Lab, template: Path) -> None:
         for addr, plen, ifname, vhid in vips:
             lab.run(m, ["ip", "addr", "add", f"{addr}/{plen}", "dev", ifname]
                     + (["nodad"] if ":" in addr else []))
-            lab.run(m, ["ip", "maddr", "add", balance.vip_mac(vhid), "dev", ifname])
+            lab.run(m, ["ip", "maddr", "add", hashbuckets.vip_mac(vhid), "dev", ifname])
         res = lab.fwctl(m, "rules", "apply", "--template", str(template))
         assert res["ok"], res
     _set_owned(lab, _owned(lab))
@@ -130,9 +130,9 @@ def _setup(lab: Lab, template: Path) -> None:
         extra += [f"addr add {a}/64 dev eth0 nodad" for a in _clients6()]
         # Neighbour discovery does not give out the multicast MAC (the kernel
         # answers with the member's own; see docs/firewall.md): static here.
-        lab.run("client", ["ip", "-6", "neigh", "replace", LAN_VIP6, "lladdr", balance.vip_mac(3),
+        lab.run("client", ["ip", "-6", "neigh", "replace", LAN_VIP6, "lladdr", hashbuckets.vip_mac(3),
                            "dev", "eth0", "nud", "permanent"])
-        lab.run("server", ["ip", "-6", "neigh", "replace", WAN_VIP6, "lladdr", balance.vip_mac(4),
+        lab.run("server", ["ip", "-6", "neigh", "replace", WAN_VIP6, "lladdr", hashbuckets.vip_mac(4),
                            "dev", "eth0", "nud", "permanent"])
     lab.run("client", ["ip", "-batch", "-"], input="\n".join(extra) + "\n")
 
@@ -161,7 +161,7 @@ def _expected(lab: Lab, owned: dict[str, set[int]]) -> dict[str, str]:
     out = {}
     for dst, srcs in [(SERVER4, _clients4())] + ([(SERVER6, _clients6())] if lab.ipv6 else []):
         for src in srcs:
-            b = balance.flow_bucket(src, dst, BUCKETS)
+            b = hashbuckets.flow_bucket(src, dst, BUCKETS)
             out[src] = next(m for m in lab.members if b in owned[m])
     return out
 
@@ -191,7 +191,7 @@ def test_routed_flows_ipv4_and_ipv6_follow_bucket_ownership(tmp_path):
                                      f".sendto(b'x', ('{LAN_VIP4}', 9))"])
         lab.wait_for(lambda: "lladdr" in lab.run("client", ["ip", "neigh", "show", LAN_VIP4]).stdout, 3)
         neigh = lab.run("client", ["ip", "neigh", "show", LAN_VIP4]).stdout
-        assert balance.vip_mac(1) in neigh, neigh
+        assert hashbuckets.vip_mac(1) in neigh, neigh
 
         spread = _check_round(lab, PORT, _owned(lab), "routed, all members")
         assert all(n >= (CLIENTS + CLIENTS6) // 6 for n in spread.values()), spread

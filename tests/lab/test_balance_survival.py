@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from fwcluster import balance
+from fwcluster.core import hashbuckets
 from fwcluster.lab import LAN_VIP6, SERVER4, SERVER6, Lab
 
 PY = sys.executable
@@ -123,7 +123,7 @@ def _owned(lab: Lab) -> dict[str, list[int] | None]:
 
 
 def _expected_owned(lab: Lab, alive) -> dict[str, list[int]]:
-    owner = balance.owners(BUCKETS, lab.members, alive)
+    owner = hashbuckets.owners(BUCKETS, lab.members, alive)
     return {m: sorted(b for b, o in owner.items() if o == m) for m in alive}
 
 
@@ -183,8 +183,8 @@ def _spread_check(lab: Lab, members, alive, label: str) -> dict[str, int]:
     # Every session is carried, by exactly one member: the owner of its bucket.
     assert sorted(where) == sorted(CLIENTS), f"{len(where)} of {len(CLIENTS)} flows carried"
     assert {s: ms for s, ms in where.items() if len(ms) != 1} == {}
-    owner = balance.owners(BUCKETS, lab.members, alive)
-    want = {s: owner[balance.flow_bucket(s, SERVER4, BUCKETS)] for s in CLIENTS}
+    owner = hashbuckets.owners(BUCKETS, lab.members, alive)
+    want = {s: owner[hashbuckets.flow_bucket(s, SERVER4, BUCKETS)] for s in CLIENTS}
     assert {s: ms[0] for s, ms in where.items()} == want
     return counts
 
@@ -201,7 +201,7 @@ def test_three_members_share_300_sessions_and_keep_them_through_loss_and_return(
         # IPv6 vips stay with their CARP master (fw1), which carries IPv6.
         for m in lab.members:
             assert lab.has_addr(m, "lan0", "192.0.2.1") and lab.has_addr(m, "wan0", "198.51.100.1")
-            assert balance.vip_mac(1) in lab.run(m, ["ip", "maddr", "show", "dev", "lan0"]).stdout
+            assert hashbuckets.vip_mac(1) in lab.run(m, ["ip", "maddr", "show", "dev", "lan0"]).stdout
         assert lab.wait_for(lambda: [m for m in lab.members if lab.has_addr(m, "lan0", LAN_VIP6)] == ["fw1"], 5)
         assert lab.ping("client", SERVER6, timeout=3)
 
@@ -276,8 +276,8 @@ def test_control_without_state_sync_the_lost_members_sessions_die():
         t_start = time.time()
         load = Load(lab, duration=90, srcs=srcs)
         assert load.wait_all_alive_since(lab, t_start, 30) == len(srcs), load.errors()
-        owner = balance.owners(BUCKETS, lab.members)
-        on_fw1 = {s for s in srcs if owner[balance.flow_bucket(s, SERVER4, BUCKETS)] == "fw1"}
+        owner = hashbuckets.owners(BUCKETS, lab.members)
+        on_fw1 = {s for s in srcs if owner[hashbuckets.flow_bucket(s, SERVER4, BUCKETS)] == "fw1"}
         assert 5 < len(on_fw1) < len(srcs) - 5
         lab.node_loss("fw1")
         _wait_owned(lab, ["fw2", "fw3"], 15)

@@ -1,7 +1,7 @@
 """Hostile adverts injected from the client namespace with a raw socket:
 forged (bad HMAC), malformed and replayed adverts are dropped, counted by
 reason, and change no state. The encoder here is written from the CARP v2
-layout independently of fwcluster.carp.wire, on purpose."""
+layout independently of fwcluster.carp.core.wire, on purpose."""
 from __future__ import annotations
 
 import hashlib

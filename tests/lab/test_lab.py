@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from fwcluster import config
+from fwcluster import configfile
+from fwcluster.core import config
 from fwcluster.lab import (CLIENT4, CLIENT6, LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4,
                            WAN_VIP6, Lab, LabError)
 
@@ -159,19 +160,19 @@ def test_members_forward_with_strict_settings(lab_factory):
 
 def test_config_is_valid_and_secret_is_private(lab_factory):
     lab = lab_factory(members=4, advbase=0)
-    cfg = config.load(lab.config_path, "fw4")
+    cfg = configfile.load(lab.config_path, "fw4")
     assert [m.name for m in cfg.members] == ["fw1", "fw2", "fw3", "fw4"]
     assert all(m.advskew > 0 for m in cfg.members)
     assert [v.vhid for v in cfg.vips] == [1, 2, 3, 4]
     assert all(v.advbase == 0 for v in cfg.vips)
     assert os.stat(lab.secret_path).st_mode & 0o777 == 0o600
-    assert cfg.read_secret() == lab.secret.encode()
+    assert configfile.secret(cfg) == lab.secret.encode()
     lab.write_config(advskews={"fw1": 50}, carp={"preempt": False})
-    cfg = config.load(lab.config_path, "fw1")
+    cfg = configfile.load(lab.config_path, "fw1")
     assert cfg.member("fw1").advskew == 50 and cfg.carp.preempt is False
     assert all(v.advbase == 0 for v in cfg.vips)  # kept from the constructor
     lab.write_config(advbase=1, advskews={})
-    cfg = config.load(lab.config_path, "fw1")
+    cfg = configfile.load(lab.config_path, "fw1")
     assert all(v.advbase == 1 for v in cfg.vips) and cfg.member("fw2").advskew == 100
     assert cfg.carp.preempt is False
 

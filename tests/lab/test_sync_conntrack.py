@@ -38,7 +38,7 @@ def run_in_ns(ns, code: str) -> str:
 PRELUDE = """
 import json, socket, time
 from syncd.conntrack import Conntrack
-from syncd.entry import Entry, OP_UPSERT, OP_DELETE
+from syncd.core.entry import Entry, OP_UPSERT, OP_DELETE
 def show(e): return e._asdict() if e else None
 """
 

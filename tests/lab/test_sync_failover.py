@@ -266,8 +266,8 @@ def test_fwctl_sync_and_conntrack(lab, loss_run):
 SNIFF_AND_INJECT = r"""
 import json, socket, struct, sys, time
 sys.path.insert(0, REPO)
-from syncd import keys, wire
-from syncd.entry import Entry, OP_UPSERT
+from syncd.core import keys, wire
+from syncd.core.entry import Entry, OP_UPSERT
 # ETH_P_ALL: outgoing frames reach only "all protocols" taps.
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.bind(("sync0", 0)); s.settimeout(10)

@@ -8,7 +8,7 @@ picks the window up from it; the server's ACK covers the later segments too,
 so a strict window check drops it as "ACK over the upper bound", every time:
 the client's retransmission never gets its ACK and the session hangs. Peers'
 entries are therefore committed with liberal window tracking
-(syncd.applyplan.replica), as the kernel does for its own mid-stream pickup.
+(syncd.core.applyplan.replica), as the kernel does for its own mid-stream pickup.
 The control commits the same entries strictly and must lose sessions.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ LOSS = 30          # % of client->server packets fw1 drops before its conntrack 
 COPY = r"""
 import json, sys
 sys.path.insert(0, REPO)
-from syncd import applyplan
+from syncd.core import applyplan
 from syncd.conntrack import Conntrack
-from syncd.entry import OP_UPSERT, Entry
+from syncd.core.entry import OP_UPSERT, Entry
 ct = Conntrack(events=False)
 if MODE == "dump":
     print(json.dumps([list(e) for e in ct.dump() if e.odport == 5001]))

@@ -2,7 +2,7 @@
 import ipaddress
 import struct
 
-from fwcluster.carp import addrmsg as a
+from fwcluster.carp.core import addrmsg as a
 
 
 def attrs(body: bytes) -> dict[int, bytes]:

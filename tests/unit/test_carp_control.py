@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import config
-from fwcluster.carp import announce, machine, sockets, wire
-from fwcluster.carp.ctl import ControlServer
+from fwcluster import configfile
+from fwcluster.core import config
+from fwcluster.carp import announce, sockets
+from fwcluster.carp.core import machine, wire
+from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.node import Carpd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +24,7 @@ def make_cfg(tmp_path, extra=""):
     text = EXAMPLE.read_text()
     p = tmp_path / "cluster.toml"
     p.write_text(text + extra)
-    cfg = config.load(p, "fw1")
+    cfg = configfile.load(p, "fw1")
     import dataclasses
     return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
 
@@ -206,9 +208,9 @@ def test_parse_ipv4():
 
 
 def test_control_serve_streams_a_command_then_closes(tmp_path):
-    # fwcluster.control.serve's stream hook (what carpd's subscribe runs on):
+    # fwcluster.ctlsock.serve's stream hook (what carpd's subscribe runs on):
     # requests before it are answered as usual; the stream's end closes.
-    from fwcluster import control
+    from fwcluster import ctlsock
     path = str(tmp_path / "s.sock")
     ended = []
 
@@ -223,7 +225,7 @@ def test_control_serve_streams_a_command_then_closes(tmp_path):
             ended.append(req["cmd"])
 
     async def go():
-        srv = await control.serve(path, handler, {"count": count})
+        srv = await ctlsock.serve(path, handler, {"count": count})
         r, w = await asyncio.open_unix_connection(path)
         w.write(b'{"cmd":"status"}\n{"cmd":"count","n":3}\n')
         lines = [json.loads(x) async for x in r]

@@ -4,8 +4,8 @@ Pure and deterministic: the clock is a number we pass in.
 """
 import pytest
 
-from fwcluster.carp import machine as m
-from fwcluster.carp.wire import Advert
+from fwcluster.carp.core import machine as m
+from fwcluster.carp.core.wire import Advert
 
 ME, PEER, LOWER = "192.0.2.12", "192.0.2.13", "192.0.2.11"
 

@@ -5,8 +5,10 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from fwcluster import config
-from fwcluster.carp import metrics, wire
+from fwcluster import configfile
+from fwcluster.core import config
+from fwcluster.carp import metrics
+from fwcluster.carp.core import wire
 from fwcluster.carp.node import Carpd
 from fwcluster.metrics import render
 from tests.prom_text import key, samples
@@ -18,7 +20,7 @@ EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
 def make_cfg(tmp_path, extra=""):
     p = tmp_path / "cluster.toml"
     p.write_text(EXAMPLE.read_text() + extra)
-    cfg = config.load(p, "fw1")
+    cfg = configfile.load(p, "fw1")
     return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
 
 

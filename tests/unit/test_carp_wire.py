@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from fwcluster.carp import wire
+from fwcluster.carp.core import wire
 
 # Two adverts sent by `ucarp -i a0 -s 192.0.2.11 -v 7 -p s3cret -a 192.0.2.1
 # -b 1 -k 0` (ucarp 1.5.2, Debian 12), the CARP payload cut out of a tcpdump

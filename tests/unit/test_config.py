@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import config
+from fwcluster import configfile
+from fwcluster.core import config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -19,7 +20,7 @@ def test_docs_example_is_the_shared_contract():
 
 
 def test_example_loads_as_it_stands():
-    cfg = config.load(EXAMPLE, node="fw1")
+    cfg = configfile.load(EXAMPLE, node="fw1")
     assert cfg.name == "edge"
     assert [m.name for m in cfg.members] == ["fw1", "fw2"]
     assert [v.vhid for v in cfg.vips] == [1, 2, 3]
@@ -62,7 +63,7 @@ BAD = [
 def test_bad_config_names_file_key_reason(tmp_path, old, new, key, reason):
     p = _mutated(tmp_path, old, new)
     with pytest.raises(config.ConfigError) as ei:
-        config.load(p)
+        configfile.load(p)
     msg = str(ei.value)
     assert msg.startswith(str(p) + ": ")
     assert ei.value.key == key
@@ -72,7 +73,7 @@ def test_bad_config_names_file_key_reason(tmp_path, old, new, key, reason):
 
 def test_not_a_member(tmp_path):
     with pytest.raises(config.ConfigError) as ei:
-        config.load(EXAMPLE, node="fw9")
+        configfile.load(EXAMPLE, node="fw9")
     assert ei.value.key == "--node" and "not a member" in str(ei.value)
 
 
@@ -80,22 +81,22 @@ def test_toml_syntax_error(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[cluster\n")
     with pytest.raises(config.ConfigError, match="not valid TOML"):
-        config.load(p)
+        configfile.load(p)
 
 
 def test_secret_missing_and_world_readable(tmp_path):
     sec = tmp_path / "secret"
     p = _mutated(tmp_path, 'secret_file = "/etc/fwcluster/secret"', f'secret_file = "{sec}"')
-    cfg = config.load(p, "fw1")
+    cfg = configfile.load(p, "fw1")
     with pytest.raises(config.ConfigError, match="does not exist"):
-        cfg.read_secret()
+        configfile.secret(cfg)
     sec.write_text("s3cret\nignored\n")
     os.chmod(sec, 0o644)
     with pytest.raises(config.ConfigError, match="world-readable") as ei:
-        cfg.read_secret()
+        configfile.secret(cfg)
     assert ei.value.key == "cluster.secret_file"
     os.chmod(sec, 0o600)
-    assert cfg.read_secret() == b"s3cret"
+    assert configfile.secret(cfg) == b"s3cret"
 
 
 def test_every_key_is_documented():
@@ -116,6 +117,6 @@ def test_programs_exit_2_with_one_line_error(tmp_path, module):
 
 
 def test_configuration_reference_is_current():
-    from fwcluster import configref
+    from fwcluster.core import configref
     assert (ROOT / "docs" / "configuration.md").read_text() == configref.render(), \
-        "docs/configuration.md is stale: run .venv/bin/python -m fwcluster.configref > docs/configuration.md"
+        "docs/configuration.md is stale: run .venv/bin/python -m fwcluster.core.configref > docs/configuration.md"

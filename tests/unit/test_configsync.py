@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import config, configsync
-from fwcluster.configsync import Bundle, BundleError
+from fwcluster import configfile
+from fwcluster import configstore
+from fwcluster.core import bundle, config
+from fwcluster.core.bundle import Bundle, BundleError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "cluster.toml"
 
@@ -26,19 +28,19 @@ def site(tmp_path):
 
 
 def test_collect_and_roundtrip(site):
-    cfg = config.load(site / "cluster.toml", "fw1")
-    b = configsync.collect(cfg, ["hosts.allow"], generation=3, origin="fw1")
+    cfg = configfile.load(site / "cluster.toml", "fw1")
+    b = configstore.collect(cfg, ["hosts.allow"], generation=3, origin="fw1")
     assert sorted(b.files) == ["cluster.toml", "hosts.allow", "ruleset.nft.j2"]
     again = Bundle.from_json(b.to_json())
     assert again.digest == b.digest and again.generation == 3
 
 
 def test_secret_and_outside_files_are_never_collected(site, tmp_path):
-    cfg = config.load(site / "cluster.toml", "fw1")
+    cfg = configfile.load(site / "cluster.toml", "fw1")
     with pytest.raises(BundleError, match="never pushed"):
-        configsync.collect(cfg, ["secret"])
+        configstore.collect(cfg, ["secret"])
     with pytest.raises(BundleError, match="not beside the config"):
-        configsync.collect(cfg, ["/etc/passwd"])
+        configstore.collect(cfg, ["/etc/passwd"])
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", ""])
@@ -48,26 +50,26 @@ def test_unsafe_names_refused(name):
 
 
 def test_install_invalid_changes_nothing(site):
-    cfg = config.load(site / "cluster.toml", "fw1")
-    good = configsync.collect(cfg)
+    cfg = configfile.load(site / "cluster.toml", "fw1")
+    good = configstore.collect(cfg)
     before = {p.name: p.read_bytes() for p in site.iterdir()}
     bad = dict(good.files, **{"cluster.toml": good.files["cluster.toml"].replace(b"vhid = 2", b"vhid = 1")})
     with pytest.raises(BundleError, match=r"vip\[1\]\.vhid: duplicate vhid 1"):
-        configsync.install(Bundle(bad, "cluster.toml", 4), str(site / "cluster.toml"), "fw2",
+        configstore.install(Bundle(bad, "cluster.toml", 4), str(site / "cluster.toml"), "fw2",
                            cfg.secret_file)
     assert {p.name: p.read_bytes() for p in site.iterdir()} == before
 
 
 def test_install_validates_as_receiving_member(site):
-    cfg = config.load(site / "cluster.toml", "fw1")
-    b = configsync.collect(cfg)
+    cfg = configfile.load(site / "cluster.toml", "fw1")
+    b = configstore.collect(cfg)
     with pytest.raises(BundleError, match="not a member"):
-        configsync.install(b, str(site / "cluster.toml"), "fw9", cfg.secret_file)
+        configstore.install(b, str(site / "cluster.toml"), "fw9", cfg.secret_file)
 
 
 def test_failed_apply_restores_previous_files(site):
-    cfg = config.load(site / "cluster.toml", "fw1")
-    b = configsync.collect(cfg)
+    cfg = configfile.load(site / "cluster.toml", "fw1")
+    b = configstore.collect(cfg)
     new = dict(b.files, **{"ruleset.nft.j2": b"table inet fw { chain x { } }\n"})
     seen = []
 
@@ -77,7 +79,7 @@ def test_failed_apply_restores_previous_files(site):
     def apply(cfg, node):
         raise RuntimeError("kernel said no")
     with pytest.raises(RuntimeError):
-        configsync.install(Bundle(new, "cluster.toml", 5), str(site / "cluster.toml"), "fw2",
+        configstore.install(Bundle(new, "cluster.toml", 5), str(site / "cluster.toml"), "fw2",
                            cfg.secret_file, check_ruleset=check, apply_ruleset=apply)
     assert seen == [b"table inet fw { chain x { } }\n"]
     assert (site / "ruleset.nft.j2").read_text() == "table inet fw { }\n"
@@ -85,24 +87,24 @@ def test_failed_apply_restores_previous_files(site):
 
 
 def test_install_success_reports_changed(site):
-    cfg = config.load(site / "cluster.toml", "fw1")
-    b = configsync.collect(cfg)
+    cfg = configfile.load(site / "cluster.toml", "fw1")
+    b = configstore.collect(cfg)
     new = dict(b.files, **{"ruleset.nft.j2": b"# v2\n"})
-    r = configsync.install(Bundle(new, "cluster.toml", 6), str(site / "cluster.toml"), "fw2",
+    r = configstore.install(Bundle(new, "cluster.toml", 6), str(site / "cluster.toml"), "fw2",
                            cfg.secret_file)
     assert r["changed"] == ["ruleset.nft.j2"] and (site / "ruleset.nft.j2").read_text() == "# v2\n"
 
 
 def test_generation_persists_and_staleness(tmp_path):
-    g = configsync.Generation(7, "abc", "fw1", 1.0)
+    g = configstore.Generation(7, "abc", "fw1", 1.0)
     g.save(str(tmp_path))
-    assert configsync.Generation.load(str(tmp_path)) == g
-    assert configsync.stale(g, {"fw2": {"generation": 8}, "fw3": {"generation": 7}}) == ["fw2"]
+    assert configstore.Generation.load(str(tmp_path)) == g
+    assert bundle.stale(g.generation, {"fw2": {"generation": 8}, "fw3": {"generation": 7}}) == ["fw2"]
 
 
 def test_diff_bundles():
     a = Bundle({"cluster.toml": b"a\n"}, "cluster.toml")
     b = Bundle({"cluster.toml": b"b\n"}, "cluster.toml")
-    text = configsync.diff_bundles(a, b, "fw2")
+    text = bundle.diff_bundles(a, b, "fw2")
     assert "-a" in text and "+b" in text and "fw2/cluster.toml" in text
-    assert configsync.diff_bundles(a, a, "fw2") == ""
+    assert bundle.diff_bundles(a, a, "fw2") == ""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import control
+from fwcluster import ctlsock
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -62,10 +62,10 @@ class Daemons:
             return self.replies.get(req["cmd"], {"ok": True, "peers": 1, "state": "in-sync"})
 
         async def start():
-            self.servers = [await control.serve(control.socket_path(str(self.run_dir), "carpd"), carpd)]
+            self.servers = [await ctlsock.serve(ctlsock.socket_path(str(self.run_dir), "carpd"), carpd)]
             if self.syncd:
-                self.servers.append(await control.serve(
-                    control.socket_path(str(self.run_dir), "syncd"), syncd))
+                self.servers.append(await ctlsock.serve(
+                    ctlsock.socket_path(str(self.run_dir), "syncd"), syncd))
             self.ready.set()
         self.loop.run_until_complete(start())
         self.loop.run_forever()

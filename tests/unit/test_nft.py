@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import config, nft
+from fwcluster import configfile
+from fwcluster import nft
+from fwcluster.core import config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -17,7 +19,7 @@ TEMPLATE = ROOT / "overlays" / "cluster" / "etc" / "fwcluster" / "ruleset.nft.j2
 
 @pytest.fixture
 def cfg():
-    return config.load(EXAMPLE, "fw1")
+    return configfile.load(EXAMPLE, "fw1")
 
 
 @pytest.fixture

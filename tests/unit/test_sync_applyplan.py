@@ -1,9 +1,9 @@
-"""syncd.applyplan (pure): which kernel requests peers' records become, and
+"""syncd.core.applyplan (pure): which kernel requests peers' records become, and
 what each answer leads to."""
 import errno
 
-from syncd.applyplan import TCP_FLAG_BE_LIBERAL, outcome, plan, replica, requests
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.applyplan import TCP_FLAG_BE_LIBERAL, outcome, plan, replica, requests
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
 
 def tcp(i: int, **kw) -> Entry:

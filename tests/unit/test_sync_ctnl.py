@@ -4,7 +4,7 @@ import socket
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from syncd import ctnl
-from syncd.entry import Entry
+from syncd.core.entry import Entry
 
 TCP_SNAT = Entry(4, 6, 0, "192.0.2.100", "198.51.100.100", 40000, 80,
                  "198.51.100.100", "198.51.100.1", 80, 61000, status=0x19e, timeout=431999,

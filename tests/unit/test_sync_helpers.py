@@ -1,7 +1,7 @@
 """syncd daemon helpers that decide without I/O: epochs, Apply merging, fwctl filters."""
 from syncd.daemon import match, merge_applies, new_epoch
-from syncd.entry import OP_UPSERT, Entry
-from syncd.protocol import Apply, Send
+from syncd.core.entry import OP_UPSERT, Entry
+from syncd.core.protocol import Apply, Send
 
 E = Entry(4, 6, 0, "192.0.2.100", "198.51.100.100", 40000, 80, "198.51.100.100",
           "198.51.100.1", 80, 61000, tcp_state=3)

@@ -5,9 +5,10 @@ import re
 from pathlib import Path
 
 from fwcluster import metrics as prom
-from syncd import keys, metrics, protocol
-from syncd.entry import OP_UPSERT, Entry
-from syncd.protocol import Dump, Send, Sync
+from syncd import metrics
+from syncd.core import keys, protocol
+from syncd.core.entry import OP_UPSERT, Entry
+from syncd.core.protocol import Dump, Send, Sync
 from tests.prom_text import key, samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ def test_every_peer_counter_of_the_protocol_is_exported():
 def test_every_drop_reason_has_a_standing_series():
     """Each reason wire.py raises or protocol.py counts has a series (0
     until it happens), so alerts do not see series appear from nothing."""
-    source = (ROOT / "syncd" / "wire.py").read_text() + (ROOT / "syncd" / "protocol.py").read_text()
+    source = (ROOT / "syncd" / "core" / "wire.py").read_text() + (ROOT / "syncd" / "core" / "protocol.py").read_text()
     reasons = set(re.findall(r'(?:WireError|_drop)\("(\w+)"', source))
     assert reasons and reasons <= set(metrics.DROP_REASONS)
     got = samples(prom.render(metrics.families({"drops": {"bad_auth": 2}})))

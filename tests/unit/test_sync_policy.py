@@ -1,6 +1,6 @@
-"""syncd.policy: which entries are replicated (pure)."""
-from syncd.entry import Entry
-from syncd.policy import own_addresses, syncable
+"""syncd.core.policy: which entries are replicated (pure)."""
+from syncd.core.entry import Entry
+from syncd.core.policy import own_addresses, syncable
 
 OWN = own_addresses(["192.0.2.11", "198.51.100.11", "203.0.113.1", "198.51.100.1", "fe80::1%lan0"],
                     ["192.0.2.1/24", "198.51.100.1/24"], ["203.0.113.1", "203.0.113.2"])

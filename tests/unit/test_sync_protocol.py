@@ -5,9 +5,9 @@ a plain number advanced by the test, randomness is seeded.
 """
 import random
 
-from syncd import keys, wire
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
-from syncd.protocol import Apply, Dump, InSync, Send, Sync, Timing
+from syncd.core import keys, wire
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 
 KEY = keys.sync_key(b"secret", "edge")
 MEMBERS = [("fw1", "203.0.113.1"), ("fw2", "203.0.113.2"), ("fw3", "2001:db8:3::3")]

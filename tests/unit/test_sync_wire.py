@@ -1,9 +1,9 @@
 """syncd wire format, HKDF and replay window (pure)."""
 import pytest
 
-from syncd import keys, wire
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
-from syncd.replay import ReplayWindow
+from syncd.core import keys, wire
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.replay import ReplayWindow
 
 KEY = keys.sync_key(b"correct horse", "edge")
 

@@ -30,7 +30,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
-from fwcluster.carp.wire import BOW_OUT, Advert
+from fwcluster.carp.core.wire import BOW_OUT, Advert
 
 DEMOTED_SKEW = 240
 

@@ -1,4 +1,4 @@
-"""carpd's control socket: fwcluster.control's JSON-lines protocol, plus
+"""carpd's control socket: fwcluster.ctlsock's JSON-lines protocol, plus
 {"cmd":"subscribe"}, after which the connection receives one JSON line per
 role change (first the current role of every vhid) until the client closes.
 """
@@ -8,13 +8,13 @@ import asyncio
 import os
 from typing import AsyncIterator, Callable
 
-from fwcluster import control
+from fwcluster import ctlsock
 
 MAX_QUEUED = 10000  # a stuck subscriber must not eat our memory
 
 
 class ControlServer:
-    def __init__(self, path: str, handler: control.Handler, snapshot: Callable[[], list[dict]]):
+    def __init__(self, path: str, handler: ctlsock.Handler, snapshot: Callable[[], list[dict]]):
         self.path = path
         self.handler = handler
         self.snapshot = snapshot  # current role lines for a new subscriber
@@ -22,7 +22,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.server = await control.serve(self.path, self.handler, {"subscribe": self._subscribe})
+        self.server = await ctlsock.serve(self.path, self.handler, {"subscribe": self._subscribe})
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from syncd.entry import CARP, IPS_TEMPLATE, IPS_UNTRACKED, Entry
+from syncd.core.entry import CARP, IPS_TEMPLATE, IPS_UNTRACKED, Entry
 
 
 @lru_cache(maxsize=65536)

@@ -10,7 +10,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from fwcluster import config as _config
+from fwcluster import configfile
+from fwcluster.core import config as _config
 
 DEFAULT_CONFIG = "/etc/fwcluster/cluster.toml"
 NODE_FILE = "/etc/fwcluster/node"
@@ -46,8 +47,8 @@ def load_from_args(args: argparse.Namespace, *, need_node: bool = True,
     if need_node and not node:
         fail(f"{args.config}: --node: not given and {NODE_FILE} is missing")
     try:
-        cfg = _config.load(args.config, node)
-        secret = cfg.read_secret() if need_secret else None
+        cfg = configfile.load(args.config, node)
+        secret = configfile.secret(cfg) if need_secret else None
     except _config.ConfigError as e:
         fail(str(e))
     overrides = {}

@@ -1,13 +1,13 @@
 """Active-active balancing inside carpd: one CARP election per hash bucket,
 the owned-bucket set in nftables, and the IPv4 vips held on every member.
 
-fwcluster.balance decides (pure): the buckets, each one's vhid and rotated
+fwcluster.core.hashbuckets decides (pure): the buckets, each one's vhid and rotated
 advskew, which buckets a set of CARP states owns. This module is carpd's
 I/O for it, hooked into the shell (fwcluster.carp.node) at a few points:
 events and timers of the bucket machines, the actions they produce, link
 and demotion changes, shutdown and status.
 
-* Bucket elections are ordinary CARP machines (fwcluster.carp.machine)
+* Bucket elections are ordinary CARP machines (fwcluster.carp.core.machine)
   with their own vhids, advertised on the first vip's interface and
   family. Their HMAC covers the first vip's address. Demotion (link,
   maintenance, syncd / sync_hold) applies to them exactly as to the vips,
@@ -33,8 +33,10 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from fwcluster import balance, nft
-from fwcluster.carp import announce, machine, timers, wire
+from fwcluster import nft
+from fwcluster.core import hashbuckets
+from fwcluster.carp import announce, timers
+from fwcluster.carp.core import machine, wire
 
 log = logging.getLogger("carpd")
 
@@ -88,7 +90,7 @@ def bucket_status(plan, states: dict, masters: dict, applied, error: str | None,
         if master:
             by_master.setdefault(master, []).append(e.bucket)
     return {"count": len(plan), "interface": interface,
-            "owned": sorted(balance.owned_buckets(states, plan)),
+            "owned": sorted(hashbuckets.owned_buckets(states, plan)),
             "applied": None if applied is None else sorted(applied),
             "error": error, "by_master": by_master, "per_bucket": per}
 
@@ -122,7 +124,7 @@ def send_frames(ifname: str, frames: list[bytes]) -> None:
 
 @dataclass
 class BucketRun:
-    election: balance.BucketElection
+    election: hashbuckets.BucketElection
     machine: machine.VhidMachine
     auth: wire.Auth
     counters: dict = field(default_factory=_counters)
@@ -156,7 +158,7 @@ class Balancing:
     def for_carpd(cls, carpd, secret: bytes) -> "Balancing | None":
         if carpd.cfg.balance.mode != "active-active":
             return None
-        return cls(carpd, balance.elections_for(carpd.cfg, carpd.node), secret)
+        return cls(carpd, hashbuckets.elections_for(carpd.cfg, carpd.node), secret)
 
     # --- hooks called by carpd ----------------------------------------------------
     def runs_on(self, ifname: str, family: int) -> dict[int, BucketRun]:
@@ -263,7 +265,7 @@ class Balancing:
         if self.stopping:
             return frozenset()
         states = {vhid: r.machine.state.value for vhid, r in self.runs.items()}
-        return balance.owned_buckets(states, self.plan)
+        return hashbuckets.owned_buckets(states, self.plan)
 
     async def _sync_owned(self) -> None:
         want = self.owned()
@@ -318,7 +320,7 @@ class Balancing:
             if v.interface != ifname:
                 continue
             self.carpd.links.add_vip(iface.index, v.address)
-            self._join(ifname, iface.index, balance.vip_mac(v.vhid))
+            self._join(ifname, iface.index, hashbuckets.vip_mac(v.vhid))
             self._announce_vip(v.vhid)
 
     def _join(self, ifname: str, ifindex: int, mac: str) -> None:
@@ -344,7 +346,7 @@ class Balancing:
         # Ethernet source: our own MAC (a bridge drops a multicast source);
         # ARP sender: the vip's multicast MAC.
         try:
-            send_frames(iface.name, garp_frames(iface.mac, balance.vip_mac(vhid), str(v.address.ip)))
+            send_frames(iface.name, garp_frames(iface.mac, hashbuckets.vip_mac(vhid), str(v.address.ip)))
         except OSError as e:
             log.debug("gratuitous ARP for %s on %s: %s", v.address.ip, iface.name, e)
 

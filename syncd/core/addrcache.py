@@ -1,10 +1,10 @@
 """Address text <-> packed bytes through small caches (pure). A sync stream
 and the conntrack table repeat the same few thousand addresses endlessly, and
-inet_pton/inet_ntop cost more than a dict lookup. The family follows from the
+parsing and formatting addresses cost far more than a dict lookup. The family follows from the
 text (':' is IPv6) or the length (16 bytes is IPv6)."""
 from __future__ import annotations
 
-import socket
+import ipaddress
 
 CACHE_MAX = 65536
 _packed: dict = {}
@@ -16,7 +16,7 @@ def pton(addr: str) -> bytes:
     if b is None:
         if len(_packed) >= CACHE_MAX:
             _packed.clear()
-        b = _packed[addr] = socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+        b = _packed[addr] = ipaddress.ip_address(addr).packed
     return b
 
 
@@ -25,5 +25,5 @@ def ntop(raw: bytes) -> str:
     if s is None:
         if len(_text) >= CACHE_MAX:
             _text.clear()
-        s = _text[raw] = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+        s = _text[raw] = str(ipaddress.ip_address(raw))
     return s

@@ -29,8 +29,8 @@ import hmac
 import struct
 from typing import NamedTuple
 
-from syncd.addrcache import ntop, pton
-from syncd.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.addrcache import ntop, pton
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
 MAGIC = b"FS"
 VERSION = 1

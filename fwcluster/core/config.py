@@ -8,11 +8,8 @@ ConfigError.
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
-import tomllib
+import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 EXIT_CONFIG = 2
@@ -21,7 +18,7 @@ EXIT_CONFIG = 2
 class ConfigError(Exception):
     """A config problem: file, dotted key and reason."""
 
-    def __init__(self, file: str | os.PathLike, key: str, reason: str):
+    def __init__(self, file: str, key: str, reason: str):
         self.file = str(file)
         self.key = key
         self.reason = reason
@@ -114,9 +111,6 @@ class Config:
         for v in self.vips:
             seen.setdefault(v.interface)
         return tuple(seen)
-
-    def read_secret(self) -> bytes:
-        return read_secret(self.path, self.secret_file)
 
 
 # --- schema -----------------------------------------------------------------
@@ -320,9 +314,9 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
         _in_range(path, "metrics.listen", int(port), 1, 65534)  # syncd uses port + 1
 
     fw = tables["firewall"]
-    if fw["template"] and not os.path.isabs(fw["template"]):
+    if fw["template"] and not posixpath.isabs(fw["template"]):
         # Relative to cluster.toml, so one file works wherever a member keeps it.
-        fw["template"] = os.path.join(os.path.dirname(os.path.abspath(path)), fw["template"])
+        fw["template"] = posixpath.join(posixpath.dirname(path), fw["template"])
     cfg = Config(
         path=path, name=c["name"], secret_file=c["secret_file"], run_dir=c["run_dir"],
         state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"]),
@@ -335,39 +329,3 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
             raise ConfigError(path, "--node", f"{node!r} is not a member "
                               f"(members: {', '.join(seen_names)})")
     return cfg
-
-
-def load(path: str | os.PathLike, node: str | None = None) -> Config:
-    """Read and validate a cluster.toml. Raises ConfigError."""
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(path, "", "no such file") from None
-    except PermissionError:
-        raise ConfigError(path, "", "permission denied") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    return parse(data, path, node)
-
-
-def read_secret(config_path: str, secret_file: str) -> bytes:
-    """The passphrase: first line of secret_file, which must not be world-readable."""
-    key = "cluster.secret_file"
-    try:
-        st = os.stat(secret_file)
-    except FileNotFoundError:
-        raise ConfigError(config_path, key, f"secret file {secret_file} does not exist") from None
-    except PermissionError:
-        raise ConfigError(config_path, key, f"secret file {secret_file}: permission denied") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(config_path, key, f"secret file {secret_file} is not a regular file")
-    if st.st_mode & stat.S_IROTH:
-        raise ConfigError(config_path, key,
-                          f"secret file {secret_file} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); "
-                          f"run: chmod 600 {secret_file}")
-    line = Path(secret_file).read_bytes().split(b"\n", 1)[0].rstrip(b"\r")
-    if not line:
-        raise ConfigError(config_path, key, f"secret file {secret_file} is empty")
-    return line

@@ -29,9 +29,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from syncd import wire
-from syncd.entry import OP_UPSERT
-from syncd.replay import ReplayWindow
+from syncd.core import wire
+from syncd.core.entry import OP_UPSERT
+from syncd.core.replay import ReplayWindow
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ import json
 import struct
 from pathlib import Path
 
-from fwcluster import balance, config
-from fwcluster.carp import balancing, machine, wire
+from fwcluster import configfile
+from fwcluster.core import hashbuckets, config
+from fwcluster.carp import active_active
+from fwcluster.carp.core import machine, wire
 from fwcluster.carp.node import Carpd
 from fwcluster.fwctl import status as fwctl_status
 from tests.unit.test_carp_control import receive, signers
@@ -22,7 +24,7 @@ ACTIVE = "\n[balance]\nmode = \"active-active\"\nbuckets = 6\n"
 def make(tmp_path, extra=ACTIVE, node="fw1") -> Carpd:
     p = tmp_path / "cluster.toml"
     p.write_text(EXAMPLE.read_text() + extra)
-    cfg = dataclasses.replace(config.load(p, node), run_dir=str(tmp_path / "run"),
+    cfg = dataclasses.replace(configfile.load(p, node), run_dir=str(tmp_path / "run"),
                               state_dir=str(tmp_path / "state"))
     return Carpd(cfg, node, b"s3cret")
 
@@ -95,13 +97,13 @@ def test_elections_follow_link_timers_and_demotion(tmp_path):
         return states, queued, after, queued2, demotions
     states, queued, after, queued2, demotions = run(go())
     assert set(states.values()) == {machine.State.BACKUP}
-    assert balancing.HoldVips("lan0") in queued
+    assert active_active.HoldVips("lan0") in queued
     assert after["owned"] == [0]
     assert after["per_bucket"][0]["state"] == "MASTER" and after["per_bucket"][0]["master"] == "192.0.2.11"
     assert after["by_master"] == {"192.0.2.11": [0]}
     # Claiming the bucket updates the owned set before the first advert goes out.
     kinds = [type(a) for a in queued2]
-    assert kinds.index(balancing.SyncOwned) < kinds.index(machine.SendAdvert)
+    assert kinds.index(active_active.SyncOwned) < kinds.index(machine.SendAdvert)
     assert demotions == {32}
 
 
@@ -137,8 +139,8 @@ def test_owned_set_is_empty_while_stopping(tmp_path):
 
 
 def test_garp_names_the_vip_mac_but_comes_from_our_own():
-    own, vmac = "02:00:00:00:00:0b", balance.vip_mac(1)
-    frames = balancing.garp_frames(own, vmac, "192.0.2.1")
+    own, vmac = "02:00:00:00:00:0b", hashbuckets.vip_mac(1)
+    frames = active_active.garp_frames(own, vmac, "192.0.2.1")
     assert len(frames) == 2
     for f in frames:
         assert f[0:6] == b"\xff" * 6 and f[6:12] == bytes.fromhex("02000000000b")
@@ -149,15 +151,15 @@ def test_garp_names_the_vip_mac_but_comes_from_our_own():
 
 
 def test_membership_request_layout():
-    req = balancing.membership_request(7, "01:00:5e:00:01:02")
+    req = active_active.membership_request(7, "01:00:5e:00:01:02")
     assert len(req) == 16
     assert struct.unpack("@iHH", req[:8]) == (7, 0, 6)
     assert req[8:] == bytes.fromhex("01005e0001020000")
 
 
 def test_bucket_status_groups_owners():
-    plan = balance.elections(4, ["fw1", "fw2"], [0, 100], [1], 1, "fw1")
-    st = balancing.bucket_status(plan, {255: "MASTER", 254: "BACKUP", 253: "MASTER", 252: "INIT"},
+    plan = hashbuckets.elections(4, ["fw1", "fw2"], [0, 100], [1], 1, "fw1")
+    st = active_active.bucket_status(plan, {255: "MASTER", 254: "BACKUP", 253: "MASTER", 252: "INIT"},
                                  {255: "192.0.2.11", 254: "192.0.2.12", 253: "192.0.2.11", 252: None},
                                  frozenset({0, 2}), None, "lan0")
     assert st["owned"] == [0, 2] and st["applied"] == [0, 2]
@@ -166,12 +168,12 @@ def test_bucket_status_groups_owners():
 
 
 def test_fwctl_human_status_shows_owned_and_owners(tmp_path, capsys):
-    plan = balance.elections(6, ["fw1", "fw2", "fw3"], [0, 100, 150], [1, 2], 1, "fw1")
-    owner = balance.owners(6, ["fw1", "fw2", "fw3"])
+    plan = hashbuckets.elections(6, ["fw1", "fw2", "fw3"], [0, 100, 150], [1, 2], 1, "fw1")
+    owner = hashbuckets.owners(6, ["fw1", "fw2", "fw3"])
     addr = {"fw1": "192.0.2.11", "fw2": "192.0.2.12", "fw3": "192.0.2.13"}
     states = {e.vhid: ("MASTER" if owner[e.bucket] == "fw1" else "BACKUP") for e in plan}
     masters = {e.vhid: addr[owner[e.bucket]] for e in plan}
-    b = balancing.bucket_status(plan, states, masters, frozenset({0}), None, "lan0")
+    b = active_active.bucket_status(plan, states, masters, frozenset({0}), None, "lan0")
     fwctl_status.human({"node": "fw1", "cluster": "edge", "demotion": 0, "vips": [], "buckets": b})
     out = capsys.readouterr().out
     assert "buckets: 2 of 6 owned here: 0,3  (nft set: not updated yet)" in out

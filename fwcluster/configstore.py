@@ -1,4 +1,5 @@
-"""Config bundles: what `fwctl config push` carries, and its all-or-nothing apply.
+"""Config bundles on disk: collecting this member's, and the all-or-nothing
+install of a received one (the bundle itself is fwcluster.core.bundle).
 
 A bundle is cluster.toml, the ruleset template and any named files that live
 beside cluster.toml (flat names only). The secret never travels. A receiving
@@ -10,71 +11,18 @@ one, never a mix.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 import tomllib
 from pathlib import Path
 
-from fwcluster import config as _config
-
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-MAX_BUNDLE = 4 << 20  # bytes of file content in one bundle
-
-
-class BundleError(Exception):
-    """A bundle that must not be applied; the message says why, on one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Bundle:
-    files: dict[str, bytes]
-    config_name: str
-    generation: int = 0
-    origin: str = ""
-    created: float = 0.0
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for name in sorted(self.files):
-            data = self.files[name]
-            h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-        return h.hexdigest()
-
-    def to_json(self) -> dict:
-        return {"files": {n: base64.b64encode(d).decode() for n, d in self.files.items()},
-                "config_name": self.config_name, "generation": self.generation,
-                "origin": self.origin, "created": self.created}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "Bundle":
-        try:
-            files = {str(n): base64.b64decode(d, validate=True) for n, d in obj["files"].items()}
-            b = cls(files, str(obj["config_name"]), int(obj.get("generation", 0)),
-                    str(obj.get("origin", "")), float(obj.get("created", 0.0)))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise BundleError(f"malformed bundle: {e}") from None
-        check_names(b)
-        return b
-
-
-def check_names(b: Bundle) -> None:
-    if b.config_name not in b.files:
-        raise BundleError(f"bundle has no {b.config_name}")
-    total = 0
-    for name, data in b.files.items():
-        if not SAFE_NAME.match(name):
-            raise BundleError(f"file name {name!r} is not allowed (flat names beside cluster.toml only)")
-        total += len(data)
-    if total > MAX_BUNDLE:
-        raise BundleError(f"bundle is {total} bytes, more than {MAX_BUNDLE}")
+from fwcluster import configfile
+from fwcluster.core.bundle import Bundle, BundleError, check_names
+from fwcluster.core import config as _config
 
 
 def _beside(cfg_dir: Path, path: str, what: str) -> str:
@@ -125,7 +73,7 @@ def validate_staged(stage: Path, b: Bundle, node: str, secret_file: str,
         raise BundleError(str(e)) from None
     # The secret stays this member's own; the new config must still name it.
     try:
-        _config.read_secret(str(path), cfg.secret_file if Path(cfg.secret_file).is_absolute()
+        configfile.read_secret(str(path), cfg.secret_file if Path(cfg.secret_file).is_absolute()
                             else secret_file)
     except _config.ConfigError as e:
         raise BundleError(str(e)) from None
@@ -169,7 +117,7 @@ def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
                 os.replace(stage / name, target)
                 moved.append(name)
             if apply_ruleset is not None:
-                cfg = _config.load(config_path, node)
+                cfg = configfile.load(config_path, node)
                 apply_ruleset(cfg, node)
         except Exception:
             for name in moved:  # put the previous bundle back
@@ -207,18 +155,3 @@ class Generation:
         tmp = d / ".config-generation.json.tmp"
         tmp.write_text(json.dumps(dataclasses.asdict(self)))
         os.replace(tmp, d / "config-generation.json")
-
-
-def stale(own: Generation, peers: dict[str, dict]) -> list[str]:
-    """Peers known to hold a newer generation than ours (we must catch up)."""
-    return sorted(n for n, p in peers.items() if p.get("generation", 0) > own.generation)
-
-
-def diff_bundles(local: Bundle, remote: Bundle, remote_name: str) -> str:
-    import difflib
-    out = []
-    for name in sorted(set(local.files) | set(remote.files)):
-        a = local.files.get(name, b"").decode(errors="replace").splitlines(keepends=True)
-        b = remote.files.get(name, b"").decode(errors="replace").splitlines(keepends=True)
-        out.extend(difflib.unified_diff(a, b, f"local/{name}", f"{remote_name}/{name}"))
-    return "".join(out)

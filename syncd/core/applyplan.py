@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 
-from syncd.entry import OP_DELETE, TCP, Entry
+from syncd.core.entry import OP_DELETE, TCP, Entry
 
 # include/uapi/linux/netfilter/nf_conntrack_tcp.h
 TCP_FLAG_BE_LIBERAL = 0x08
