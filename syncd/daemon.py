@@ -18,6 +18,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from fwcluster import ctlsock
+from fwcluster.core import contract
 from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
 from syncd import metrics
@@ -32,7 +33,6 @@ log = logging.getLogger("syncd")
 TICK = 0.05                  # timer resolution (resends, NACK repeats, alive)
 ADDR_REFRESH = 10.0          # re-read the member's own addresses (they rarely change)
 COUNT_REFRESH = 2.0          # local table size reported to peers
-DEMOTE_SYNCING = 32          # carpd demotion while not in sync (contracts.md)
 ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
 # Only state changes make events, so a long-lived UDP/ICMP flow would time
 # out on the peers (30-180 s) while the master keeps it alive: re-send
@@ -124,7 +124,7 @@ class Daemon:
         await self.refresh_addresses()
         self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing)
         self.sync.local_entries = self.ct.count()
-        self.server = await ctlsock.serve(ctlsock.socket_path(self.cfg.run_dir, "syncd"), self.handle)
+        self.server = await ctlsock.serve(ctlsock.socket_path(self.cfg.run_dir, contract.SYNCD), self.handle)
         await self.configsvc.start()
         loop.add_reader(self.ct.fileno(), self.on_events)
         loop.add_reader(self.sock.fileno(), self.on_datagrams)
@@ -290,13 +290,12 @@ class Daemon:
 
     # --- carpd ------------------------------------------------------------------------------
     def demotion(self) -> int:
-        return 0 if self.sync.in_sync else DEMOTE_SYNCING
+        return 0 if self.sync.in_sync else contract.SYNC_HOLD_DEMOTE
 
     async def tell_carpd(self) -> None:
-        path = ctlsock.socket_path(self.cfg.run_dir, "carpd")
+        path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
         try:
-            await ctlsock.arequest(path, {"cmd": "set-demotion", "source": "syncd",
-                                          "value": self.demotion()})
+            await ctlsock.arequest(path, contract.set_demotion(contract.SYNC_SOURCE, self.demotion()))
             self.carpd_ok = True
         except (ctlsock.ControlError, OSError, ValueError) as e:
             self.carpd_ok = False
@@ -304,7 +303,7 @@ class Daemon:
 
     async def carpd_link(self) -> None:
         """Follow carpd's role changes; (re)tell it our demotion on every connect."""
-        path = ctlsock.socket_path(self.cfg.run_dir, "carpd")
+        path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(path, limit=ctlsock.MAX_LINE)

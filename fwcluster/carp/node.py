@@ -28,13 +28,12 @@ from fwcluster.carp.core import machine, wire
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
+from fwcluster.core import contract
 from fwcluster.core.config import Config, Vip
+from fwcluster.core.contract import MAINTENANCE_SOURCE, SYNC_HOLD_DEMOTE, SYNC_SOURCE
 
 log = logging.getLogger("carpd")
 
-SYNC_SOURCE = "syncd"
-SYNC_HOLD_DEMOTE = 32
-MAINTENANCE_SOURCE = "maintenance"
 MAINTENANCE_FILE = "maintenance"
 RETRY_SOCKETS = 1.0  # seconds between attempts to open a missing socket
 RESYNC_EVERY = 5  # re-read link state every this many RETRY_SOCKETS periods
@@ -91,7 +90,7 @@ class Carpd:
         self.balancing = active_active.Balancing.for_carpd(self, secret)
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
-        self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, "carpd"), self.handle_request,
+        self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
                                  self._role_snapshot)
         self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
         self._pending: list = []  # vip actions of this loop turn, see _flush
@@ -237,7 +236,7 @@ class Carpd:
         if up != iface.carrier or not iface.seen:
             log.info("interface %s %s", iface.name, "up" if up else "down: demoting the member")
         iface.carrier, iface.seen = up, True
-        source = f"link:{iface.name}"
+        source = contract.LINK_SOURCE_PREFIX + iface.name
         if up:
             self._set_demotion(source, 0)
         for vhid, run in self.vips.items():
@@ -467,12 +466,11 @@ class Carpd:
             return {"ok": True, "maintenance": self.maintenance}
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
-        if cmd == "set-demotion":
-            source, value = req.get("source"), req.get("value")
-            if not isinstance(source, str) or not source or len(source) > 64:
-                return {"ok": False, "error": "set-demotion needs a \"source\" name (1-64 chars)"}
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-                return {"ok": False, "error": "set-demotion needs an integer \"value\" 0-255"}
+        if cmd == contract.SET_DEMOTION:
+            checked = contract.check_set_demotion(req)
+            if isinstance(checked, str):
+                return {"ok": False, "error": checked}
+            source, value = checked
             if source == SYNC_SOURCE and self._sync_hold is not None:
                 # syncd is alive and owns its demotion from now on.
                 self._sync_hold.cancel()

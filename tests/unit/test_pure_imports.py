@@ -58,3 +58,9 @@ def test_core_module_imports_only_pure_code(path):
         elif top not in ALLOWED_STDLIB:
             bad.append(name)
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: not allowed in a pure core"
+
+
+def test_contract_doc_is_generated_from_the_module():
+    from fwcluster.core import contract
+    assert (ROOT / "docs" / "contract.md").read_text() == contract.render_doc(), \
+        "run: python -m fwcluster.core.contract > docs/contract.md"
