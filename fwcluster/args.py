@@ -31,7 +31,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def default_node() -> str | None:
     try:
         return Path(NODE_FILE).read_text().split("\n", 1)[0].strip() or None
-    except OSError:
+    except (OSError, ValueError):  # missing, unreadable or not UTF-8: parse() names it
         return None
 
 
@@ -56,6 +56,9 @@ def load_from_args(args: argparse.Namespace, *, need_node: bool = True,
         overrides["run_dir"] = args.run_dir
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    for key, value in overrides.items():
+        if not value.startswith("/") or "\0" in value:
+            fail(f"--{key.replace('_', '-')}: {value!r} must be an absolute path")
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     return cfg, node, secret

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,36 +156,125 @@ BALANCE_MODES = ("active-standby", "active-active")
 # Documentation of every key, used by `fwctl config reference` and
 # docs/configuration.md (a test keeps the two in step).
 KEY_DOCS: dict[str, str] = {
-    "cluster.name": "Cluster name; shown by fwctl and in metrics.",
+    "cluster.name": "Cluster name; shown by fwctl and in metrics. 1-63 of A-Z a-z 0-9 . _ -, "
+    "starting with a letter or digit.",
     "cluster.secret_file": "File whose first line is the shared passphrase "
-    "(CARP HMAC key; sync keys are derived from it). Must not be world-readable.",
-    "cluster.run_dir": "Directory of the daemons' control sockets.",
-    "cluster.state_dir": "Persistent daemon state (maintenance flag). On the "
+    "(CARP HMAC key; sync keys are derived from it). An absolute path; the file must be "
+    "owned by the daemons' user (root), not readable by others and not writable by group or "
+    "others; the passphrase must be strong (docs/operations.md, `fwctl secret generate`).",
+    "cluster.run_dir": "Directory of the daemons' control sockets (absolute path).",
+    "cluster.state_dir": "Persistent daemon state (maintenance flag; absolute path). On the "
     "appliance it lives on /config.",
-    "sync.interface": "Interface of the dedicated state-sync link.",
+    "sync.interface": "Interface of the dedicated state-sync link: a kernel interface name "
+    "(1-15 bytes; no whitespace, control characters, '/', ':', '*', quotes or backslash).",
     "sync.port": "UDP port of state sync (1-65535).",
     "carp.preempt": "A member with a better (lower) skew takes the vips back.",
     "carp.link_demote": "Demotion added while a vip interface has no carrier.",
     "carp.maintenance_demote": "Demotion added by `fwctl maintenance on`.",
     "carp.sync_hold": "Seconds a starting carpd stays demoted until syncd reports "
     "its bulk resync done (ordered takeover); 0 = do not wait.",
-    "member.name": "Member name; each daemon is told which one it is by --node.",
-    "member.sync_address": "This member's address on the sync link (IPv4 or IPv6).",
+    "member.name": "Member name; each daemon is told which one it is by --node. Same "
+    "characters as cluster.name.",
+    "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",
     "member.advskew": "CARP advskew (0-254) of this member for every vip; "
     "the lowest wins the election.",
     "vip.vhid": "CARP virtual host id (1-255), unique in the cluster.",
-    "vip.interface": "Interface that carries the vip.",
-    "vip.address": "Virtual address with prefix length, IPv4 or IPv6.",
+    "vip.interface": "Interface that carries the vip (same rules as sync.interface).",
+    "vip.address": "Virtual address with prefix length, IPv4 or IPv6: a unicast host address; "
+    "not multicast, unspecified, loopback, IPv4 link-local or broadcast, and no /0.",
     "vip.advbase": "Seconds between adverts (0-254); 0 with advskew > 0 gives "
     "sub-second intervals of advskew/256 s.",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
     "balance.buckets": "Hash buckets shared among members in active-active mode.",
-    "metrics.listen": "host:port of carpd's Prometheus endpoint; syncd serves on the same "
+    "metrics.listen": "host:port of carpd's Prometheus endpoint (host: an IPv4 address, an "
+    "IPv6 address in brackets or a host name); syncd serves on the same "
     "host at port + 1 (so the port must be at most 65534); empty = off.",
-    "metrics.textfile_dir": "Directory for node-exporter textfile output; empty = off.",
+    "metrics.textfile_dir": "Directory (absolute path) for node-exporter textfile output; empty = off.",
 }
+
+
+# --- string rules -------------------------------------------------------------------
+# Strings reach nftables text, log formats, file paths and argv: each kind
+# gets the narrowest rule that still takes every sane value.
+IFNAMSIZ = 16  # the kernel's limit, NUL included
+# Quotes and backslash are legal in a kernel name but would close a string in
+# the rendered ruleset, and '*' is a wildcard there; ':' and whitespace and '/' the kernel refuses itself.
+_IFNAME_BAD = set("/:\"'`\\*") | {chr(c) for c in range(33)} | {"\x7f"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # members, cluster: no %, quotes, spaces
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _show(value, limit: int = 60) -> str:
+    """A value for an error line: repr (escapes newlines), cut to a length."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "...(" + str(len(r)) + " chars)"
+
+
+def _key(key) -> str:
+    """A TOML key as it may appear in an error line (keys are arbitrary strings)."""
+    return key if isinstance(key, str) and _SAFE_KEY.match(key) else _show(key, 40)
+
+
+def check_ifname(path: str, key: str, name: str) -> None:
+    """An interface name by the kernel's rules (dev_valid_name), minus quotes."""
+    if not name:
+        raise ConfigError(path, key, "must not be empty")
+    if len(name.encode()) >= IFNAMSIZ:
+        raise ConfigError(path, key, f"{_show(name)} is longer than {IFNAMSIZ - 1} bytes")
+    if name in (".", ".."):
+        raise ConfigError(path, key, f"{name!r} is not an interface name")
+    bad = sorted(set(name) & _IFNAME_BAD)
+    if bad:
+        raise ConfigError(path, key, f"{_show(name)} contains {_show(''.join(bad))} "
+                          "(no whitespace, control characters, '/', ':', '*', quotes or backslash)")
+
+
+def check_name(path: str, key: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(path, key, f"{_show(name)} is not a valid name (1-63 of A-Z a-z 0-9 . _ -, "
+                          "starting with a letter or digit)")
+
+
+def check_host(path: str, key: str, host: str) -> None:
+    """An IP literal (IPv6 in brackets) or a DNS host name."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return
+        except ValueError:
+            raise ConfigError(path, key, f"{_show(host)} is not an IPv6 address") from None
+    try:
+        ipaddress.IPv4Address(host)
+        return
+    except ValueError:
+        pass
+    if ":" in host:
+        raise ConfigError(path, key, f"{_show(host)}: an IPv6 address needs brackets, e.g. [::1]:9780")
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(x) for x in labels) or labels[-1].isdigit():
+        raise ConfigError(path, key, f"{_show(host)} is neither an IP address nor a host name")
+
+
+def check_vip(path: str, key: str, addr) -> None:
+    """A vip is a unicast host address on a real segment."""
+    ip = addr.ip
+    if addr.network.prefixlen == 0:
+        raise ConfigError(path, key, f"{addr} has prefix length 0 (it would claim every address)")
+    for what, bad in (("multicast", ip.is_multicast), ("unspecified", ip.is_unspecified),
+                      ("loopback", ip.is_loopback),
+                      ("link-local", ip.version == 4 and ip.is_link_local)):
+        if bad:
+            raise ConfigError(path, key, f"{addr} is a {what} address, not usable as a vip")
+    if ip.version == 4 and ip == addr.network.broadcast_address and addr.network.prefixlen < 31:
+        raise ConfigError(path, key, f"{addr} is the broadcast address of its network")
+
+
+def check_abs_path(path: str, key: str, value: str) -> None:
+    if not posixpath.isabs(value):
+        raise ConfigError(path, key, f"{_show(value)} must be an absolute path")
 
 
 def _type_name(t) -> str:
@@ -198,7 +288,7 @@ def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
         raise ConfigError(path, prefix, "must be a table")
     for key in table:
         if key not in schema:
-            raise ConfigError(path, f"{prefix}.{key}", f"unknown key (known: {', '.join(schema)})")
+            raise ConfigError(path, f"{prefix}.{_key(key)}", f"unknown key (known: {', '.join(schema)})")
     out = {}
     for key, (typ, default) in schema.items():
         if key not in table:
@@ -211,7 +301,9 @@ def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
         if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
             name = _type_name(typ)
             article = "an" if name[0] in "aeiou" else "a"
-            raise ConfigError(path, f"{prefix}.{key}", f"must be {article} {name}, got {value!r}")
+            raise ConfigError(path, f"{prefix}.{key}", f"must be {article} {name}, got {_show(value)}")
+        if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ConfigError(path, f"{prefix}.{key}", f"{_show(value)} contains a control character")
         out[key] = value
     return out
 
@@ -222,9 +314,11 @@ def _in_range(path, key, value, lo, hi):
 
 
 def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "must be a TOML document of tables")
     for top in data:
         if top not in _SCHEMA:
-            raise ConfigError(path, top, f"unknown table (known: {', '.join(_SCHEMA)})")
+            raise ConfigError(path, _key(top), f"unknown table (known: {', '.join(_SCHEMA)})")
     for top in _REQUIRED_TABLES:
         if top not in data:
             raise ConfigError(path, top, "missing required table")
@@ -242,6 +336,10 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     c, s = tables["cluster"], tables["sync"]
     if not c["name"]:
         raise ConfigError(path, "cluster.name", "must not be empty")
+    check_name(path, "cluster.name", c["name"])
+    for k in ("secret_file", "run_dir", "state_dir"):
+        check_abs_path(path, f"cluster.{k}", c[k])
+    check_ifname(path, "sync.interface", s["interface"])
     _in_range(path, "sync.port", s["port"], 1, 65535)
     carp = tables["carp"]
     for k in ("link_demote", "maintenance_demote"):
@@ -258,12 +356,15 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
         if m["name"] in seen_names:
             raise ConfigError(path, f"{key}.name",
                               f"duplicate member name {m['name']!r} (also member[{seen_names[m['name']]}])")
+        check_name(path, f"{key}.name", m["name"])
         seen_names[m["name"]] = i
         try:
             addr = ipaddress.ip_address(m["sync_address"])
         except ValueError:
             raise ConfigError(path, f"{key}.sync_address",
-                              f"malformed address {m['sync_address']!r}") from None
+                              f"malformed address {_show(m['sync_address'])}") from None
+        if addr.is_multicast or addr.is_unspecified:
+            raise ConfigError(path, f"{key}.sync_address", f"{addr} is not a unicast host address")
         if str(addr) in seen_sync:
             raise ConfigError(path, f"{key}.sync_address",
                               f"duplicate address {addr} (also member[{seen_sync[str(addr)]}])")
@@ -280,15 +381,16 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
             raise ConfigError(path, f"{key}.vhid",
                               f"duplicate vhid {v['vhid']} (also vip[{seen_vhid[v['vhid']]}])")
         seen_vhid[v["vhid"]] = i
-        if not v["interface"]:
-            raise ConfigError(path, f"{key}.interface", "must not be empty")
+        check_ifname(path, f"{key}.interface", v["interface"])
         if "/" not in v["address"]:
-            raise ConfigError(path, f"{key}.address",
-                              f"malformed address {v['address']!r}: needs a prefix length, e.g. 192.0.2.1/24")
+            raise ConfigError(path, f"{key}.address", f"malformed address {_show(v['address'])}: "
+                              "needs a prefix length, e.g. 192.0.2.1/24")
         try:
             addr = ipaddress.ip_interface(v["address"])
         except ValueError as e:
-            raise ConfigError(path, f"{key}.address", f"malformed address {v['address']!r}: {e}") from None
+            raise ConfigError(path, f"{key}.address",
+                              f"malformed address {_show(v['address'])}: {_show(str(e), 80)}") from None
+        check_vip(path, f"{key}.address", addr)
         _in_range(path, f"{key}.advbase", v["advbase"], 0, 254)
         if v["advbase"] == 0:
             for j, m in enumerate(members):
@@ -300,7 +402,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
 
     b = tables["balance"]
     if b["mode"] not in BALANCE_MODES:
-        raise ConfigError(path, "balance.mode", f"{b['mode']!r} is not one of {', '.join(BALANCE_MODES)}")
+        raise ConfigError(path, "balance.mode", f"{_show(b['mode'])} is not one of {', '.join(BALANCE_MODES)}")
     if b["mode"] == "active-active":
         _in_range(path, "balance.buckets", b["buckets"], 1, 255 - len(vips))
     elif b["buckets"] < 0:
@@ -309,9 +411,12 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     met = tables["metrics"]
     if met["listen"]:
         host, sep, port = met["listen"].rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ConfigError(path, "metrics.listen", f"{met['listen']!r} is not host:port")
+        if not sep or not port.isdigit() or not host or len(port) > 5:
+            raise ConfigError(path, "metrics.listen", f"{_show(met['listen'])} is not host:port")
+        check_host(path, "metrics.listen", host)
         _in_range(path, "metrics.listen", int(port), 1, 65534)  # syncd uses port + 1
+    if met["textfile_dir"]:
+        check_abs_path(path, "metrics.textfile_dir", met["textfile_dir"])
 
     fw = tables["firewall"]
     if fw["template"] and not posixpath.isabs(fw["template"]):
@@ -326,6 +431,6 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     )
     if node is not None:
         if node not in seen_names:
-            raise ConfigError(path, "--node", f"{node!r} is not a member "
+            raise ConfigError(path, "--node", f"{_show(node)} is not a member "
                               f"(members: {', '.join(seen_names)})")
     return cfg

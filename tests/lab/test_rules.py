@@ -71,7 +71,7 @@ def ns():
 def cluster(tmp_path):
     """Write cluster.toml (mode/buckets/template adjustable); returns a writer."""
     secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
+    secret.write_text("Lab-rules-passphrase-7kQz\n")
     secret.chmod(0o600)
 
     def write(mode="active-standby", buckets=0, template=TEMPLATE):

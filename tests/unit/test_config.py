@@ -12,6 +12,7 @@ from fwcluster.core import config
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
 SHARED_EXAMPLE = ROOT.parent / "shared" / "examples" / "cluster.toml"
+STRONG = "Unit-test-passphrase-4wYq"
 
 
 def test_docs_example_is_the_shared_contract():
@@ -90,13 +91,13 @@ def test_secret_missing_and_world_readable(tmp_path):
     cfg = configfile.load(p, "fw1")
     with pytest.raises(config.ConfigError, match="does not exist"):
         configfile.secret(cfg)
-    sec.write_text("s3cret\nignored\n")
+    sec.write_text(f"{STRONG}\nignored\n")
     os.chmod(sec, 0o644)
     with pytest.raises(config.ConfigError, match="world-readable") as ei:
         configfile.secret(cfg)
     assert ei.value.key == "cluster.secret_file"
     os.chmod(sec, 0o600)
-    assert configfile.secret(cfg) == b"s3cret"
+    assert configfile.secret(cfg) == STRONG.encode()
 
 
 def test_every_key_is_documented():
@@ -120,3 +121,50 @@ def test_configuration_reference_is_current():
     from fwcluster.core import configref
     assert (ROOT / "docs" / "configuration.md").read_text() == configref.render(), \
         "docs/configuration.md is stale: run .venv/bin/python -m fwcluster.core.configref > docs/configuration.md"
+
+
+def _secret_cfg(tmp_path, text: bytes, mode=0o600):
+    sec = tmp_path / "secret"
+    sec.write_bytes(text)
+    os.chmod(sec, mode)
+    p = _mutated(tmp_path, 'secret_file = "/etc/fwcluster/secret"', f'secret_file = "{sec}"')
+    return configfile.load(p, "fw1"), sec
+
+
+@pytest.mark.parametrize("text,mode,reason", [
+    (b"s3cret\n", 0o600, "use at least 16"),
+    (b"aaaaaaaaaaaaaaaaaaaaaaaa\n", 0o600, "different characters"),
+    (b"abcdefghijklmnop\n", 0o600, "too guessable"),
+    (b"1234567890123456\n", 0o600, "too guessable"),
+    (b"\n" + STRONG.encode(), 0o600, "is empty"),
+    (STRONG.encode(), 0o602, "writable by group or others"),
+    (STRONG.encode(), 0o620, "writable by group or others"),
+    (STRONG.encode(), 0o604, "world-readable"),
+])
+def test_secret_refused(tmp_path, text, mode, reason):
+    cfg, _ = _secret_cfg(tmp_path, text, mode)
+    with pytest.raises(config.ConfigError, match=reason) as ei:
+        configfile.secret(cfg)
+    assert ei.value.key == "cluster.secret_file" and "\n" not in str(ei.value)
+
+
+def test_secret_symlink_in_dirs_followed_final_symlink_refused(tmp_path):
+    real = tmp_path / "config"
+    real.mkdir()
+    (real / "secret").write_text(STRONG + "\n")
+    os.chmod(real / "secret", 0o600)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "secret").symlink_to(real / "secret")  # the image's /etc/fwcluster/secret -> /config
+    assert configfile.read_secret("c.toml", str(etc / "secret")) == STRONG.encode()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        configfile.read_secret("c.toml", str(fifo))  # and no hang: O_NONBLOCK
+
+
+def test_secret_owner_must_be_euid(tmp_path):
+    cfg, sec = _secret_cfg(tmp_path, STRONG.encode() + b"\n")
+    os.chown(sec, os.geteuid() + 1, -1)
+    with pytest.raises(config.ConfigError, match="is owned by uid"):
+        configfile.secret(cfg)

@@ -17,7 +17,7 @@ def site(tmp_path):
     d = tmp_path / "etc"
     d.mkdir()
     secret = d / "secret"
-    secret.write_text("s3cret\n")
+    secret.write_text("Unit-test-passphrase-4wYq\n")
     os.chmod(secret, 0o600)
     text = EXAMPLE.read_text().replace("/etc/fwcluster/secret", str(secret)) \
         .replace("/etc/fwcluster/ruleset.nft.j2", str(d / "ruleset.nft.j2"))
