@@ -50,7 +50,7 @@ test-lab: deps
 	$(PY) -m pytest -q tests/lab
 
 demo: deps
-	$(PY) -m fwcluster.lab demo
+	$(PY) -m tests.labkit demo
 
 bench: bench-failover bench-sync bench-balance
 	$(MAKE) bench-report

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.common import REPO, arg_parser, emit_json, environment, have_root, markdown_table, ratio
 from fwcluster.core import hashbuckets
-from fwcluster.lab import SERVER4, Lab
+from tests.labkit import SERVER4, Lab
 
 TEMPLATE = REPO / "overlays" / "cluster" / "etc" / "fwcluster" / "ruleset.nft.j2"
 BUCKETS = 30
@@ -188,7 +188,7 @@ members do not bring CPU of their own here, so these figures show what the
 balancing costs and that traffic spreads as intended, not the speed-up
 that members on their own hardware would give.
 
-Method: a three-member namespace lab (`fwcluster.lab`) with carpd in
+Method: a three-member namespace lab (`tests.labkit`) with carpd in
 active-active mode ({BUCKETS} buckets, default timing) and the default
 ruleset template. {args.sources} iperf3 clients, each from its own client
 address on the LAN, each with {args.streams} TCP stream{"s" if args.streams > 1 else ""}

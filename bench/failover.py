@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import (arg_parser, emit_json, environment, fmt_ms, have_root, markdown_table,
                           ratio, run_trials, summary)
-from fwcluster.lab import LAN_VIP4, Lab, Prober
+from tests.labkit import LAN_VIP4, Lab, Prober
 
 PROBE_INTERVAL = 0.005
 LAN_VIP = [{"vhid": 1, "interface": "lan0", "address": f"{LAN_VIP4}/24"}]
@@ -247,7 +247,7 @@ Measured by `make bench-failover` (`bench/failover.py`) on {env['date']}
 {env['loadavg_start']} at the start, {env['loadavg_end']} at the end; Python {env['python']};
 {env['keepalived'] or 'keepalived'}; {env['ucarp'] or 'ucarp'}).
 
-Method: a two-member namespace lab (`fwcluster.lab`). fw1 is master of the
+Method: a two-member namespace lab (`tests.labkit`). fw1 is master of the
 LAN gateway {LAN_VIP4}; the client sends it an ICMP echo request every
 {PROBE_INTERVAL * 1000:.0f} ms. fw1 suffers a node loss: all its links go down,
 then its daemon is killed with SIGKILL (no goodbye), at a random moment of

@@ -240,7 +240,7 @@ def bench(args) -> dict:
     """{impl: [{"levels": [...], "peak": {...}}, ...one per repetition]}.
     Repetitions alternate the implementations, so a busy moment of the
     machine does not land on one of them only."""
-    from fwcluster.lab import Lab
+    from tests.labkit import Lab
     results = {name: [] for name in args.impls}
     with Lab(members=2, prefix="h4bs", ipv6=False) as lab:
         for m in lab.members:

@@ -5,14 +5,12 @@ render, and indexed by sample name and labels.
     got = samples(text)
     got[key("fwcluster_carp_master", vhid="1", interface="lan0")] == 1
 
-Importing this module skips the importing test module when
-prometheus_client is not installed.
+prometheus_client is a test dependency (python3-prometheus-client, installed
+by `make deps`): without it the importing tests fail, they are not skipped.
 """
 from __future__ import annotations
 
-import pytest
-
-parser = pytest.importorskip("prometheus_client.parser")
+from prometheus_client import parser
 
 
 def samples(text: str) -> dict:
@@ -48,7 +46,7 @@ def read_textfile(path) -> dict:
 def scrape(lab, member: str, listen: str) -> dict:
     """samples() of GET http://{listen}/metrics, from inside member's
     namespace (where the endpoint's localhost is)."""
-    from fwcluster.lab import PY
+    from tests.labkit import PY
     code = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
             f"'http://{listen}/metrics', timeout=5).read().decode())")
     return samples(lab.run(member, [PY, "-c", code], timeout=15).stdout)

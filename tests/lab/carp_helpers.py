@@ -1,7 +1,7 @@
 """Shared checks of the CARP lab tests (not a test module)."""
 from __future__ import annotations
 
-from fwcluster.lab import Lab
+from tests.labkit import Lab
 
 # Sub-second timing that still leaves four adverts of margin on a busy
 # machine: fw1 advertises every 50/256 s (195 ms), fw2's master-down is

@@ -2,7 +2,6 @@
 elsewhere they are skipped with the reason."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -14,7 +13,7 @@ import pytest
 # directories on sys.path).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fwcluster.lab import Lab  # noqa: E402
+from tests.labkit import Lab  # noqa: E402
 
 PY = sys.executable
 
@@ -36,11 +35,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def carpd_available() -> bool:
-    """carpd is in this tree (another part of the work builds it)."""
-    return importlib.util.find_spec("fwcluster.carpd") is not None
 
 
 @pytest.fixture
@@ -68,7 +62,5 @@ def lab_factory():
 
 @pytest.fixture
 def carp_lab(lab_factory):
-    """lab_factory for tests that run carpd; skipped while carpd is not in the tree."""
-    if not carpd_available():
-        pytest.skip("fwcluster.carpd is not in this tree yet")
+    """lab_factory, named for the tests that run carpd."""
     return lab_factory

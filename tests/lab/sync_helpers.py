@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fwcluster.lab import Lab, SERVER4
+from tests.labkit import Lab, SERVER4
 
 LOAD = str(Path(__file__).with_name("sync_load.py"))
 TCP_PORT, UDP_PORT = 5001, 5002

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 from fwcluster.core import hashbuckets
-from fwcluster.lab import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6, Lab
+from tests.labkit import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6, Lab
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from fwcluster.core import hashbuckets
-from fwcluster.lab import LAN_VIP6, SERVER4, SERVER6, Lab
+from tests.labkit import LAN_VIP6, SERVER4, SERVER6, Lab
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from carp_helpers import drops, fast, settled, transitions, vip, wait_settled
-from fwcluster.lab import CLIENT4, LAN_VIP4, LAN_VIP6, Lab
+from tests.labkit import CLIENT4, LAN_VIP4, LAN_VIP6, Lab
 
 GROUP4, GROUP6 = "224.0.0.18", "ff02::12"
 PROTO = 112

@@ -6,7 +6,7 @@ import signal
 import time
 
 from carp_helpers import (fast, mac, neigh_mac, settled, transitions, vip, wait_settled)
-from fwcluster.lab import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6
+from tests.labkit import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6
 
 
 def start_all(lab, members=None):

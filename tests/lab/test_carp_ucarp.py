@@ -9,7 +9,7 @@ import time
 import pytest
 
 from carp_helpers import drops, vip
-from fwcluster.lab import LAN_VIP4, Lab
+from tests.labkit import LAN_VIP4, Lab
 
 UCARP = shutil.which("ucarp") or "/usr/sbin/ucarp"
 VIPS = [{"vhid": 1, "interface": "lan0", "address": f"{LAN_VIP4}/24", "advbase": 1}]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster.lab import PY, Lab
+from tests.labkit import PY, Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "overlays" / "cluster" / "etc" / "fwcluster" / "ruleset.nft.j2"

@@ -7,7 +7,7 @@ import json
 import time
 
 from carp_helpers import fast, settled, wait_settled
-from fwcluster.lab import PY
+from tests.labkit import PY
 from sync_helpers import TCP_PORT, Load, in_sync, start_server
 
 SESSIONS = 40

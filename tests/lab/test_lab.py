@@ -1,6 +1,7 @@
 """The lab itself: topology, strict stateful forwarding, teardown."""
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import subprocess
@@ -10,8 +11,9 @@ import pytest
 
 from fwcluster import configfile
 from fwcluster.core import config
-from fwcluster.lab import (CLIENT4, CLIENT6, LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4,
-                           WAN_VIP6, Lab, LabError)
+from tests.labkit import (CLIENT4, CLIENT6, LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4,
+                          WAN_VIP6, Lab, LabError)
+from tests.labkit import ruleset
 
 PORT = 8080
 
@@ -149,13 +151,29 @@ def test_members_forward_with_strict_settings(lab_factory):
     for m in lab.members:
         assert lab.sysctl(m, "net.netfilter.nf_conntrack_tcp_loose") == "0"
         assert lab.sysctl(m, "net.ipv4.ip_forward") == "1"
-        rules = lab.run(m, ["nft", "list", "chain", "inet", "fwlab", "forward"]).stdout
+        rules = lab.run(m, ["nft", "list", "chain", "inet", "fwcluster", "forward"]).stdout
         assert "policy drop" in rules and "ct state invalid drop" in rules
     # Every member is on every segment: fw3 reaches fw1 on lan, wan and sync.
     for seg in ("lan", "wan", "sync"):
         assert lab.ping("fw3", lab.addr4("fw1", seg))
     # No VIP is up yet, so the client has no gateway.
     assert not lab.ping("client", LAN_VIP4, timeout=0.3)
+
+
+def test_members_run_the_shipped_ruleset(lab_factory):
+    """The lab's template is the shipped one with only its site-policy lines
+    set, and every member runs exactly what it renders (fwctl rules diff)."""
+    lab = lab_factory(members=2, snat=True)
+    shipped = ruleset.TEMPLATE.read_text().splitlines()
+    site = lab.template_path.read_text().splitlines()
+    changed = [line for line in difflib.ndiff(shipped, site) if line[:2] in ("- ", "+ ")]
+    assert changed == ["- {%- set snat_to_vip = [] %}", '+ {%- set snat_to_vip = ["wan0"] %}']
+    assert configfile.load(lab.config_path, "fw1").firewall.template == str(lab.template_path)
+    for m in lab.members:
+        res = lab.fwctl(m, "rules", "diff")
+        assert res["ok"] and res["changed"] is False, res
+        nat = lab.run(m, ["nft", "list", "chain", "inet", "fwcluster", "postrouting"]).stdout
+        assert f"snat ip to {WAN_VIP4}" in nat and f"snat ip6 to {WAN_VIP6}" in nat
 
 
 def test_config_is_valid_and_secret_is_private(lab_factory):
@@ -254,7 +272,7 @@ def test_two_labs_at_once_in_one_process(lab_factory):
 
 
 def test_stale_namespaces_of_dead_labs_are_cleaned_up():
-    from fwcluster.lab import cleanup_stale
+    from tests.labkit import cleanup_stale
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid now names no process
     name = f"fwt{dead.pid}-sw"
@@ -269,7 +287,7 @@ def test_stale_namespaces_of_dead_labs_are_cleaned_up():
 def test_sigterm_to_a_lab_process_still_tears_the_lab_down():
     import signal
     import sys
-    code = ("import time\nfrom fwcluster.lab import Lab\n"
+    code = ("import time\nfrom tests.labkit import Lab\n"
             "lab = Lab(members=2, prefix='fwt').__enter__()\n"
             "print(lab.tag, flush=True)\ntime.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -289,10 +307,7 @@ def test_sigterm_to_a_lab_process_still_tears_the_lab_down():
 def test_demo_shows_a_failover_and_cleans_up():
     """`make demo`: kept working by running it (needs carpd)."""
     import io
-    import importlib.util
-    if importlib.util.find_spec("fwcluster.carpd") is None:
-        pytest.skip("fwcluster.carpd is not in this tree yet")
-    from fwcluster.lab import demo
+    from tests.labkit.demo import demo
     out = io.StringIO()
     assert demo(out=out, limit=40) == 0, out.getvalue()
     text = out.getvalue()

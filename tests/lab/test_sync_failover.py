@@ -20,12 +20,10 @@ import time
 
 import pytest
 
-from fwcluster.lab import Lab
-from tests.lab.conftest import carpd_available
+from tests.labkit import Lab
 from tests.lab.sync_helpers import (TIMING, Load, ct_count, in_sync, logs, start_member,
                                     start_server, syncd_status)
 
-pytestmark = pytest.mark.skipif(not carpd_available(), reason="fwcluster.carpd not in the tree yet")
 SETTLE = 0.3     # echoes this long after the failure count as "after"
 
 
@@ -320,7 +318,7 @@ def forwarded_flows(lab: Lab, member: str) -> set[str]:
 def test_forged_replayed_truncated_wrong_version_dropped(lab, loss_run):
     bring_up(lab)
     import sys
-    from fwcluster.lab import REPO
+    from tests.labkit import REPO
     mark = lab.dir / "inject.mark"
     sniffer = lab.popen("fw1", [sys.executable, "-c",
                                 f"REPO={str(REPO)!r}\nMARK={str(mark)!r}\n" + SNIFF_AND_INJECT],

@@ -6,7 +6,7 @@ textfile following a peer going down; the control command."""
 from __future__ import annotations
 
 from carp_helpers import fast, wait_settled
-from fwcluster.lab import CLIENT4, PY, SERVER4, member_addr4
+from tests.labkit import CLIENT4, PY, SERVER4, member_addr4
 from sync_helpers import ct_count, in_sync, logs, start_member, syncd_status
 from tests.prom_text import (between, key, listening, metrics_config, read_textfile, samples,
                              scrape, scrape_between, textfile_path)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from fwcluster.lab import REPO, Lab
+from tests.labkit import REPO, Lab
 from tests.lab.sync_helpers import Load, start_server
 
 SESSIONS = 200

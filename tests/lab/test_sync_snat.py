@@ -7,14 +7,10 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 
-from fwcluster.lab import SERVER6, Lab
-from tests.lab.conftest import carpd_available
+from tests.labkit import SERVER6, Lab
 from tests.lab.sync_helpers import TIMING, Load, logs, start_server
 from tests.lab.test_sync_failover import SETTLE, bring_up, lose_and_wait, replicated
-
-pytestmark = pytest.mark.skipif(not carpd_available(), reason="fwcluster.carpd not in the tree yet")
 
 
 def test_snat_sessions_survive_node_loss():

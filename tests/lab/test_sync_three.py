@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
-from fwcluster.lab import Lab
-from tests.lab.conftest import carpd_available
+from tests.labkit import Lab
 from tests.lab.sync_helpers import TIMING, Load, ct_count, in_sync, logs, start_member, start_server
 from tests.lab.test_sync_failover import SETTLE, all_master, syncd_status
-
-pytestmark = pytest.mark.skipif(not carpd_available(), reason="fwcluster.carpd not in the tree yet")
 
 
 def test_three_members_sessions_survive_master_loss():

@@ -1,18 +1,20 @@
-"""Namespace lab: a whole cluster on one kernel, for tests, the demo and benchmarks.
+"""The lab proper: namespaces, bridges and links, cluster.toml, the shipped
+ruleset on every member, daemons, and faults (node loss, cut links).
 
     client ── [lan bridge] ── lan0 fw1..fwN wan0 ── [wan bridge] ── server
                                    sync0
                                      └──── [sync bridge]
 
 The bridges live in the "sw" namespace, so a test can cut one member's port
-(split brain) without touching the member. Every member forwards with a strict
-stateful ruleset and nf_conntrack_tcp_loose=0: a TCP session passes a member
-only if that member has its conntrack entry.
+(split brain) without touching the member. Every member forwards with the
+shipped ruleset (see ruleset.py) and nf_conntrack_tcp_loose=0: a TCP session
+passes a member only if that member has its conntrack entry.
 
 Namespaces are named "<prefix><pid>-<role>" and are deleted when the Lab is
-left, even on an exception, and by an atexit/SIGTERM safety net. Every process
-the lab starts is tracked and stopped by its PID (and its own process group,
-which it leads) at teardown. Addresses come from the documentation ranges only.
+left, even on an exception, and by the safety net of reaper.py. Every
+process the lab starts is tracked and stopped by its PID (and its own
+process group, which it leads) at teardown. Addresses come from the
+documentation ranges only (addresses.py).
 
     with Lab(members=2) as lab:
         lab.start_carpd("fw1"); lab.start_carpd("fw2")
@@ -20,111 +22,33 @@ which it leads) at teardown. Addresses come from the documentation ranges only.
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from fwcluster.carp.core.wire import checksum
+from tests.labkit import reaper, ruleset
+from tests.labkit.addresses import (LAN4, LAN6, LAN_VIP4, LAN_VIP6, MEMBER_IFS, SEGMENTS,
+                                    SERVER4, SERVER6, SYNC_PORT, WAN_VIP4, WAN_VIP6,
+                                    default_vips, member_addr4, member_addr6)
+from tests.labkit.netns import LabError, in_netns, ip_batch
+from tests.labkit.prober import Prober
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-LAN4, WAN4, SYNC4 = "192.0.2", "198.51.100", "203.0.113"
-LAN6, WAN6 = "2001:db8:1:", "2001:db8:2:"
-LAN_VIP4, WAN_VIP4 = f"{LAN4}.1", f"{WAN4}.1"
-LAN_VIP6, WAN_VIP6 = f"{LAN6}:1", f"{WAN6}:1"
-CLIENT4, SERVER4 = f"{LAN4}.100", f"{WAN4}.100"
-CLIENT6, SERVER6 = f"{LAN6}:100", f"{WAN6}:100"
-SYNC_PORT = 3780
 DEFAULT_SKEWS = (0, 100, 150, 200)
-MEMBER_IFS = ("lan0", "wan0", "sync0")
-SEGMENTS = ("lan", "wan", "sync")
 CONFIG_KEYS = {"advbase", "advskews", "vips", "carp", "balance", "metrics", "sync", "name",
                "firewall"}
 
-_live: set["Lab"] = set()
-_reserved: set[str] = set()  # tags of labs made but not yet torn down
-_live_lock = threading.Lock()
-
-
-def member_addr4(k: int, seg: str) -> str:
-    """Own address of member k (1-based) on a segment."""
-    return {"lan": f"{LAN4}.1{k}", "wan": f"{WAN4}.1{k}", "sync": f"{SYNC4}.{k}"}[seg]
-
-
-def member_addr6(k: int, seg: str) -> str:
-    return {"lan": f"{LAN6}:1{k}", "wan": f"{WAN6}:1{k}"}[seg]
-
-
-def default_vips(ipv6: bool, advbase: int = 1) -> list[dict]:
-    vips = [
-        {"vhid": 1, "interface": "lan0", "address": f"{LAN_VIP4}/24", "advbase": advbase},
-        {"vhid": 2, "interface": "wan0", "address": f"{WAN_VIP4}/24", "advbase": advbase},
-    ]
-    if ipv6:
-        vips += [
-            {"vhid": 3, "interface": "lan0", "address": f"{LAN_VIP6}/64", "advbase": advbase},
-            {"vhid": 4, "interface": "wan0", "address": f"{WAN_VIP6}/64", "advbase": advbase},
-        ]
-    return vips
-
-
-# --- the firewall ruleset of every member ------------------------------------
-
-def ruleset(snat: bool, ipv6: bool, sync_port: int = SYNC_PORT) -> str:
-    """Strict stateful ruleset: new flows only LAN->WAN, replies by conntrack."""
-    nat = ""
-    if snat:
-        # SNAT to the WAN VIP (not masquerade to the member's own address):
-        # the server's replies must reach whichever member holds the VIP, so
-        # a session can survive failover when its conntrack entry is synced.
-        nat = f"""
-table ip fwlab_nat {{
-  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan0" snat to {WAN_VIP4}
-  }}
-}}"""
-        if ipv6:
-            nat += f"""
-table ip6 fwlab_nat6 {{
-  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan0" snat to {WAN_VIP6}
-  }}
-}}"""
-    return f"""flush ruleset
-table inet fwlab {{
-  chain input {{ type filter hook input priority filter; policy drop;
-    iif "lo" accept
-    ct state invalid drop
-    ct state established,related accept
-    meta l4proto 112 iifname {{ "lan0", "wan0" }} accept
-    meta l4proto {{ icmp, ipv6-icmp }} accept
-    iifname "sync0" meta l4proto 112 accept
-    iifname "sync0" udp dport {sync_port} accept
-    iifname "sync0" tcp dport {sync_port} accept
-  }}
-  chain forward {{ type filter hook forward priority filter; policy drop;
-    ct state invalid drop
-    ct state established,related accept
-    iifname "lan0" oifname "wan0" ct state new accept
-  }}
-  chain output {{ type filter hook output priority filter; policy accept;
-  }}
-}}{nat}
-"""
+__all__ = ["Lab", "LabError", "PY", "REPO"]
 
 
 # --- config file --------------------------------------------------------------
@@ -147,9 +71,6 @@ def _toml_table(header: str, table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class LabError(RuntimeError):
-    pass
-
 
 class Lab:
     """A namespace cluster of `members` (2..4) firewalls. See module doc."""
@@ -169,11 +90,14 @@ class Lab:
         self.ipv6 = ipv6
         self.snat = snat
         self.clients = clients
-        self.tag = _free_tag(prefix)
+        self.tag = reaper.free_tag(prefix)
         self.roles = ["sw", "client", "server", *self.members]
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self.config_path = self.dir / "cluster.toml"
         self.secret_path = self.dir / "secret"
+        # The shipped template with the lab's site policy ([firewall] template
+        # of cluster.toml unless a test names its own).
+        self.template_path = self.dir / "ruleset.nft.j2"
         # ucarp takes at most 19 bytes of passphrase: keep it short.
         self.secret = "lab-" + os.urandom(6).hex()
         self._procs: list[tuple[str, subprocess.Popen]] = []
@@ -221,10 +145,8 @@ class Lab:
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        with _live_lock:
-            _live.add(self)
-        _install_safety_net()
-        cleanup_stale(self.prefix)
+        reaper.register(self)
+        reaper.cleanup_stale(self.prefix)
         if not Path("/sys/module/nf_conntrack").exists() and shutil.which("modprobe"):
             subprocess.run(["modprobe", "-q", "nf_conntrack"], check=False)
         for m in self.members:
@@ -232,6 +154,7 @@ class Lab:
             self.state_dir(m).mkdir(parents=True, exist_ok=True)
         self.secret_path.write_text(self.secret + "\n")
         os.chmod(self.secret_path, 0o600)
+        ruleset.write_site_template(self.template_path, self.snat)
         self.write_config()
 
         self._up = True
@@ -239,7 +162,7 @@ class Lab:
         for role in self.roles:
             batch.append(f"netns add {self.ns(role)}")
             self._created.append(self.ns(role))
-        _ip_batch(None, batch)
+        ip_batch(None, batch)
 
         # Sysctls before links exist, so that the "default" values apply to
         # the interfaces created next: no DAD (addresses usable at once),
@@ -269,7 +192,7 @@ class Lab:
         for port, role, ifname, seg in ports:
             sw.append(f"link add {port} type veth peer name {ifname} netns {self.ns(role)}")
             sw.append(f"link set {port} master {seg} up")
-        _ip_batch(self.ns("sw"), sw)
+        ip_batch(self.ns("sw"), sw)
 
         client = ["link set lo up", "link set eth0 up"]
         for i in range(self.clients):
@@ -285,11 +208,9 @@ class Lab:
             server.append(f"addr add {SERVER6}/64 dev eth0 nodad")
             if not self.snat:
                 server.append(f"route add default via {WAN_VIP6}")
-        _ip_batch(self.ns("client"), client)
-        _ip_batch(self.ns("server"), server)
+        ip_batch(self.ns("client"), client)
+        ip_batch(self.ns("server"), server)
 
-        rules = self.dir / "ruleset.nft"
-        rules.write_text(ruleset(self.snat, self.ipv6))
         for m in self.members:
             k = self.index(m)
             cmds = ["link set lo up"]
@@ -298,8 +219,9 @@ class Lab:
                 if self.ipv6 and seg != "sync":
                     cmds.append(f"addr add {member_addr6(k, seg)}/64 dev {ifname} nodad")
                 cmds.append(f"link set {ifname} up")
-            _ip_batch(self.ns(m), cmds)
-            self.run(m, ["nft", "-f", str(rules)])
+            ip_batch(self.ns(m), cmds)
+        self.apply_rules()
+        for m in self.members:
             # After the ruleset: its ct expressions made sure conntrack is
             # live in this namespace, so the sysctl exists.
             self._sysctl(m, ["net.netfilter.nf_conntrack_tcp_loose=0"])
@@ -311,7 +233,7 @@ class Lab:
         self._procs.clear()
         self._daemons.clear()
         for _, p in procs:
-            _signal_proc(p, signal.SIGTERM)
+            reaper.signal_proc(p, signal.SIGTERM)
         deadline = time.monotonic() + 3
         for _, p in procs:
             try:
@@ -319,7 +241,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 pass
         for _, p in procs:
-            _signal_proc(p, signal.SIGKILL)  # also reaps leftovers in its group
+            reaper.signal_proc(p, signal.SIGKILL)  # also reaps leftovers in its group
             try:
                 p.wait(2)
             except subprocess.TimeoutExpired:
@@ -328,9 +250,7 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._created.clear()
         self._up = False
-        with _live_lock:
-            _live.discard(self)
-            _reserved.discard(self.tag)
+        reaper.unregister(self)
         if os.environ.get("FWLAB_KEEP_DIR"):
             return
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -340,7 +260,8 @@ class Lab:
         """(Re)write cluster.toml. Overrides add to those given before (to the
         constructor or an earlier call): write_config(carp={...}) keeps an
         advbase=0 given at construction. Keys: advbase, advskews, vips, carp,
-        balance, metrics, sync, name."""
+        balance, metrics, sync, firewall, name. The running rulesets stay as
+        they are until apply_rules(), as on an appliance."""
         unknown = set(overrides) - CONFIG_KEYS
         if unknown:
             raise TypeError(f"write_config: unknown {', '.join(sorted(unknown))} "
@@ -367,7 +288,7 @@ class Lab:
             skews[m] = s
         if vips is None:
             vips = default_vips(self.ipv6, advbase)
-        text = "# Generated by fwcluster.lab\n"
+        text = "# Generated by tests.labkit\n"
         text += _toml_table("[cluster]", {
             "name": name, "secret_file": str(self.secret_path),
             "run_dir": str(self.dir / "run"), "state_dir": str(self.dir / "state")})
@@ -378,8 +299,7 @@ class Lab:
             text += _toml_table("[balance]", balance)
         if metrics:
             text += _toml_table("[metrics]", metrics)
-        if firewall:
-            text += _toml_table("[firewall]", firewall)
+        text += _toml_table("[firewall]", {"template": str(self.template_path), **(firewall or {})})
         for k, m in enumerate(self.members, start=1):
             text += _toml_table("[[member]]", {"name": m, "sync_address": member_addr4(k, "sync"),
                                                "advskew": skews[m]})
@@ -391,6 +311,12 @@ class Lab:
         self.advskews = skews
         self.vips = vips
         return self.config_path
+
+    def apply_rules(self, members: Iterable[str] | None = None) -> None:
+        """Render [firewall] template of cluster.toml for each member and load
+        it there (what `fwctl rules apply` does, without a process per member)."""
+        for m in members or self.members:
+            ruleset.apply(self.ns(m), self.config_path, m, self.run_dir(m))
 
     # --- running things in namespaces -------------------------------------------
     def run(self, role: str, argv: list[str], check: bool = True, timeout: float = 30,
@@ -499,7 +425,7 @@ class Lab:
         try:
             return p.wait(timeout)
         except subprocess.TimeoutExpired:
-            _signal_proc(p, signal.SIGKILL)
+            reaper.signal_proc(p, signal.SIGKILL)
             return p.wait(5)
 
     def control(self, member: str, msg: dict, daemon: str = "carpd", timeout: float = 5) -> dict:
@@ -561,11 +487,11 @@ class Lab:
         Returns the time.monotonic() at which its links were down: from then
         on nothing of member reaches the network (the kill that follows can
         take a while on a busy machine; measure gaps from this time)."""
-        _ip_batch(self.ns(member), [f"link set {i} down" for i in MEMBER_IFS])
+        ip_batch(self.ns(member), [f"link set {i} down" for i in MEMBER_IFS])
         t_down = time.monotonic()
         for role, p in self._procs:
             if role == member and p.poll() is None:
-                _signal_proc(p, signal.SIGKILL)
+                reaper.signal_proc(p, signal.SIGKILL)
         for role, p in self._procs:
             if role == member:
                 try:
@@ -574,7 +500,7 @@ class Lab:
                     pass
                 # Forked children (keepalived's VRRP process) die a moment
                 # later; a restart must not find them still running.
-                self.wait_for(lambda: not _group_alive(p.pid), 5, 0.005)
+                self.wait_for(lambda: not reaper.group_alive(p.pid), 5, 0.005)
         for key in [k for k in self._daemons if k[0] == member]:
             del self._daemons[key]
         return t_down
@@ -594,7 +520,7 @@ class Lab:
                         continue
                     cmds.append(f"addr del {local}/{a['prefixlen']} dev {ifname}")
         cmds += [f"link set {i} up" for i in MEMBER_IFS]
-        _ip_batch(self.ns(member), cmds)
+        ip_batch(self.ns(member), cmds)
 
     def cut(self, member: str, segment: str, carrier: bool = True) -> None:
         """Stop the "sw" bridge passing frames to and from member's port on a
@@ -646,352 +572,3 @@ class Lab:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(interval)
-
-
-# --- ICMP echo probes ------------------------------------------------------------------
-
-class Prober:
-    """ICMP echo requests from a namespace to one address every `interval`
-    seconds, sent and received by a thread; stops by itself after `duration`
-    seconds (or `count` requests). Each reply is kept as (seq, t_sent, t_recv)
-    on time.monotonic(), a clock every namespace shares, so a caller can
-    relate replies to the moment it caused a fault."""
-
-    def __init__(self, lab: Lab, role: str, target: str, interval: float = 0.005,
-                 duration: float = 30.0, count: int | None = None,
-                 on_reply: Callable[[int, float, float], None] | None = None):
-        import ipaddress
-        self.target = target
-        self.v6 = ipaddress.ip_address(target).version == 6
-        self.interval = interval
-        self.duration = duration
-        self.count = count if count is not None else int(duration / interval) + 1
-        self.on_reply = on_reply
-        fam, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if self.v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
-        self.sock = lab.socket(role, fam, socket.SOCK_RAW, proto)
-        self.ident = (os.getpid() ^ id(self)) & 0xFFFF
-        self.sent: dict[int, float] = {}
-        self.replies: list[tuple[int, float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"probe-{target}", daemon=True)
-
-    def start(self) -> "Prober":
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self) -> "Prober":
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        return self
-
-    def __enter__(self) -> "Prober":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _packet(self, seq: int) -> bytes:
-        typ = 128 if self.v6 else 8
-        payload = b"fwcluster-probe!"
-        hdr = struct.pack("!BBHHH", typ, 0, 0, self.ident, seq & 0xFFFF)
-        if self.v6:  # the kernel fills in the ICMPv6 checksum of raw sockets
-            return hdr + payload
-        csum = checksum(hdr + payload)  # ICMP uses the same RFC 1071 sum as CARP
-        return struct.pack("!BBHHH", typ, 0, csum, self.ident, seq & 0xFFFF) + payload
-
-    def _loop(self) -> None:
-        import select
-        dest = (self.target, 0)
-        t0 = self.started
-        end = t0 + self.duration
-        seq = 0
-        next_send = t0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= end:
-                break
-            if now >= next_send and seq < self.count:
-                try:
-                    self.sock.sendto(self._packet(seq), dest)
-                except OSError:
-                    pass  # no route / no neighbour yet: a lost probe, like any other
-                self.sent[seq & 0xFFFF] = now
-                seq += 1
-                next_send = t0 + seq * self.interval
-                if next_send < now:  # fell behind (scheduling): do not burst
-                    next_send = now + self.interval
-            wait = max(0.0, min(next_send, end) - time.monotonic())
-            if seq >= self.count:
-                wait = max(0.0, min(end, self.sent.get((seq - 1) & 0xFFFF, now) + 1.0) - time.monotonic())
-                if wait == 0:
-                    break
-            r, _, _ = select.select([self.sock], [], [], wait)
-            if r:
-                self._receive()
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(2048, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            t = time.monotonic()
-            if not self.v6:
-                data = data[(data[0] & 0x0F) * 4:] if data else data
-            if len(data) < 8:
-                continue
-            typ, _, _, ident, seq = struct.unpack("!BBHHH", data[:8])
-            if typ != (129 if self.v6 else 0) or ident != self.ident or seq not in self.sent:
-                continue
-            sent = self.sent.pop(seq)
-            self.replies.append((seq, sent, t))
-            if self.on_reply:
-                self.on_reply(seq, sent, t)
-
-    # --- results -----------------------------------------------------------------
-    def reply_times(self) -> list[float]:
-        return sorted(t for _, _, t in self.replies)
-
-    def gap_around(self, t: float) -> float | None:
-        """Seconds from the last reply received before t to the first after
-        it; None if there is none on one side."""
-        times = self.reply_times()
-        before = [x for x in times if x <= t]
-        after = [x for x in times if x > t]
-        if not before or not after:
-            return None
-        return after[0] - before[-1]
-
-
-# --- helpers ------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(name: str, fn: Callable):
-    """Run fn() in a fresh thread that has joined network namespace `name`."""
-    result: dict = {}
-
-    def body():
-        try:
-            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {name}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["value"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            result["error"] = e
-
-    t = threading.Thread(target=body, name=f"netns-{name}")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def _ip_batch(ns: str | None, commands: list[str]) -> None:
-    if not commands:
-        return
-    argv = ["ip"] + (["-n", ns] if ns else []) + ["-batch", "-"]
-    cp = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True,
-                        timeout=30)
-    if cp.returncode != 0:
-        raise LabError(f"ip {'-n ' + ns if ns else ''} -batch failed: {cp.stderr.strip()[-500:]}")
-
-
-def _signal_proc(p: subprocess.Popen, sig: int) -> None:
-    """Signal a tracked process by its PID and, since it leads its own
-    process group, whatever it forked (ucarp scripts, keepalived children)."""
-    if p.returncode is not None and sig != signal.SIGKILL:
-        return
-    try:
-        os.killpg(p.pid, sig)  # pgid == pid: start_new_session
-    except (ProcessLookupError, PermissionError):
-        pass
-    if p.returncode is None:
-        try:
-            p.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
-def _free_tag(prefix: str) -> str:
-    """"<prefix><pid>", or with a letter after the pid when a lab of this
-    process already uses it (a test may run two labs at once)."""
-    base = f"{prefix}{os.getpid()}"
-    with _live_lock:
-        used = {lab.tag for lab in _live}
-        used |= _reserved
-        for suffix in [""] + [chr(c) for c in range(ord("b"), ord("z") + 1)]:
-            if base + suffix not in used:
-                _reserved.add(base + suffix)
-                return base + suffix
-    raise LabError("too many labs at once in one process")
-
-
-def _group_alive(pgid: int) -> bool:
-    """Is any live (non-zombie) process still in process group pgid?"""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_stale(prefix: str) -> list[str]:
-    """Delete namespaces "<prefix><pid>-<role>" left by a lab whose process is
-    gone (e.g. killed with SIGKILL). Only this prefix, only dead PIDs."""
-    cp = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    removed = []
-    pat = re.compile(rf"^{re.escape(prefix)}(\d+)[b-z]?-(client|server|sw|fw\d+)$")
-    for line in cp.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = pat.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-            removed.append(name)
-    return removed
-
-
-_net_installed = False
-
-
-def _teardown_all() -> None:
-    with _live_lock:
-        labs = list(_live)
-    for lab in labs:
-        lab.teardown()
-
-
-def _install_safety_net() -> None:
-    global _net_installed
-    if _net_installed:
-        return
-    _net_installed = True
-    atexit.register(_teardown_all)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                # SystemExit unwinds with-blocks and finally clauses; atexit covers the rest.
-                signal.signal(sig, lambda s, f: sys.exit(128 + s))
-
-
-# --- `python -m fwcluster.lab demo` ---------------------------------------------------
-
-def demo(out=None, limit: float = 60.0) -> int:
-    """Two members with the real carpd, a client pinging the LAN VIP (the
-    gateway) every 50 ms; kill the master and show the failover live, then
-    bring it back and show it preempt. Bounded by `limit` seconds."""
-    out = out or sys.stdout
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        out.write(f"[{time.monotonic() - t0:6.2f}s] {msg}\n")
-        out.flush()
-
-    def until(pred, timeout) -> bool:
-        return Lab.wait_for(pred, max(0.1, min(timeout, t0 + limit - time.monotonic())), 0.05)
-
-    with Lab(members=2, prefix="fwdemo", ipv6=False) as lab:
-        say(f"lab up in {lab.setup_seconds * 1000:.0f} ms: client {CLIENT4} -> gateway {LAN_VIP4} "
-            f"(vhid 1) on fw1 ({lab.addr4('fw1')}) / fw2 ({lab.addr4('fw2')}), advbase 1, "
-            f"advskew fw1 {lab.advskews['fw1']}, fw2 {lab.advskews['fw2']}")
-        for m in lab.members:
-            lab.start_carpd(m)
-            say(f"carpd started on {m} (pid {lab.daemon(m).pid})")
-        if not until(lambda: lab.states(1) == {"fw1": "MASTER", "fw2": "BACKUP"}, 15):
-            say(f"election did not settle: {lab.states(1)}")
-            return 1
-        say(f"elected: {lab.states(1)}")
-
-        misses = {"n": 0, "last": None}
-
-        def on_reply(seq, sent, recv):
-            last = misses["last"]
-            if last is not None and recv - last > 0.2:
-                say(f"ping: replies again after a {1000 * (recv - last):.0f} ms gap")
-            misses["last"] = recv
-
-        with Prober(lab, "client", LAN_VIP4, interval=0.05, duration=limit, on_reply=on_reply) as probe:
-            until(lambda: len(probe.replies) >= 20, 3)
-            say(f"ping: {len(probe.replies)} replies from the gateway so far")
-
-            def watch(want: dict, timeout: float) -> bool:
-                seen = None
-
-                def changed():
-                    nonlocal seen
-                    now = lab.states(1)
-                    if now != seen:
-                        seen = now
-                        say(f"state: {now}")
-                    return now == want
-                return until(changed, timeout)
-
-            say("node loss of fw1: links down, SIGKILL carpd")
-            t_loss = lab.node_loss("fw1")
-            ok = watch({"fw1": None, "fw2": "MASTER"}, 10)
-            until(lambda: probe.reply_times() and probe.reply_times()[-1] > t_loss, 5)
-            gap = probe.gap_around(t_loss)
-            say(f"fw2 took over; client lost the gateway for {gap * 1000:.0f} ms" if ok and gap
-                else "fw2 did not take over")
-            if not ok:
-                return 1
-            say("fw1 returns: links up, carpd restarted")
-            lab.node_return("fw1")
-            lab.start_carpd("fw1")
-            ok = watch({"fw1": "MASTER", "fw2": "BACKUP"}, 15)
-            until(lambda: False, 1.0)
-            say("fw1 preempted back (lower advskew)" if ok else "fw1 did not preempt")
-        say(f"ping: {len(probe.replies)} replies to {len(probe.replies) + len(probe.sent)} requests")
-    say("lab torn down")
-    return 0 if ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m fwcluster.lab",
-                                     description="The fwcluster namespace lab.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="two members, a pinging client, a live failover")
-    d.add_argument("--limit", type=float, default=60.0, help="give up after this many seconds")
-    sub.add_parser("cleanup", help="delete namespaces left by labs whose process died")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("error: the lab needs root (network namespaces)", file=sys.stderr)
-        return 2
-    if args.cmd == "demo":
-        return demo(limit=args.limit)
-    for prefix in ("fwt", "fwdemo", "fwb"):
-        for name in cleanup_stale(prefix):
-            print(f"deleted {name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
