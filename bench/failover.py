@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from fwcluster.carp.core import machine
 from bench.common import (arg_parser, emit_json, environment, fmt_ms, have_root, markdown_table,
                           ratio, run_trials, summary)
 from tests.labkit import LAN_VIP4, Lab, Prober
@@ -48,8 +49,9 @@ class Carpd(Impl):
         self.key, self.label = key, label
         self.advbase, self.skews = advbase, skews
         self.timing = f"advbase {advbase}, advskew {skews[0]}/{skews[1]}"
-        self.interval = advbase + skews[0] / 256
-        self.master_down = 3 * advbase + skews[1] / 256
+        # The core's own rules, not a copy of them.
+        self.interval = machine.advert_interval(advbase, skews[0])
+        self.master_down = machine.master_down_interval(advbase, skews[1])
 
     def lab_kwargs(self):
         return {"advbase": self.advbase, "advskews": {"fw1": self.skews[0], "fw2": self.skews[1]},

@@ -32,6 +32,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Coroutine
 
 from fwcluster import nft
 from fwcluster.core import hashbuckets
@@ -123,6 +124,19 @@ def send_frames(ifname: str, frames: list[bytes]) -> None:
 # --- the I/O side --------------------------------------------------------------------
 
 @dataclass
+class Host:
+    """What carpd lends its active-active side, and all that side may use of it."""
+    cfg: object                              # fwcluster.core.config.Config
+    node: str
+    iface: Callable[[str], object]           # name -> carpd's Iface (index, mac, own, socks) or None
+    links: object                            # fwcluster.carp.netlink.Links
+    queue: Callable[[object], None]          # onto carpd's ordered worker (-> Balancing.do)
+    publish: Callable[[dict], None]          # a role event for control-socket subscribers
+    changed: Callable[[], None]              # a role changed (metrics)
+    spawn: Callable[[Coroutine], object]     # a task carpd cancels when it stops
+
+
+@dataclass
 class BucketRun:
     election: hashbuckets.BucketElection
     machine: machine.VhidMachine
@@ -134,16 +148,16 @@ class BucketRun:
 class Balancing:
     """The active-active part of one carpd (fwcluster.carp.node.Carpd)."""
 
-    def __init__(self, carpd, plan, secret: bytes):
-        self.carpd = carpd
-        cfg = carpd.cfg
+    def __init__(self, host: Host, plan, secret: bytes, demotion: int):
+        self.host = host
+        cfg = host.cfg
         first = cfg.vips[0]
         self.interface, self.family = first.interface, first.family
         self.plan = tuple(plan)
         self.runs: dict[int, BucketRun] = {}
         for e in self.plan:
             m = machine.VhidMachine(e.vhid, e.advbase, e.advskew, preempt=cfg.carp.preempt,
-                                    demotion=carpd.demotion.total)
+                                    demotion=demotion)
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
             self.runs[e.vhid] = BucketRun(e, m, wire.Auth(secret, e.vhid, [first.address.ip], cookie))
         # IPv4 vips only: see the module doc.
@@ -155,10 +169,11 @@ class Balancing:
         self._retry: asyncio.Task | None = None
 
     @classmethod
-    def for_carpd(cls, carpd, secret: bytes) -> "Balancing | None":
-        if carpd.cfg.balance.mode != "active-active":
+    def create(cls, host: Host, secret: bytes, demotion: int) -> "Balancing | None":
+        """The active-active side, or None in active-standby mode."""
+        if host.cfg.balance.mode != "active-active":
             return None
-        return cls(carpd, hashbuckets.elections_for(carpd.cfg, carpd.node), secret)
+        return cls(host, hashbuckets.elections_for(host.cfg, host.node), secret, demotion)
 
     # --- hooks called by carpd ----------------------------------------------------
     def runs_on(self, ifname: str, family: int) -> dict[int, BucketRun]:
@@ -168,18 +183,23 @@ class Balancing:
         return self.runs
 
     def event(self, vhid: int, event) -> None:
-        run = self.runs[vhid]
-        iface = self.carpd.ifaces.get(self.interface)
-        run.machine.own_address = iface.own.get(self.family) if iface else None
-        timers.step(run, vhid, event, self._timer, self._role_changed, self._queue)
+        actions = self.runs[vhid].machine.handle(event, timers.now())
+        timers.carry_out(actions, self.runs, self._timer, self._role_changed, self._queue)
+
+    def addresses_changed(self, ifname: str, own: dict) -> None:
+        """Our own addresses on ifname (family -> address): the bucket
+        elections' source address and tie-break."""
+        if ifname == self.interface:
+            for vhid in self.runs:
+                self.event(vhid, machine.AddressChanged(own.get(self.family)))
 
     def _queue(self, action) -> None:
         """A bucket machine's action, on carpd's ordered worker: a claim
         updates the owned set before the advert that follows it goes out."""
         if isinstance(action, (machine.AddVip, machine.RemoveVip)):
-            self.carpd.actions.put_nowait(SyncOwned())  # claim / release the bucket
+            self.host.queue(SyncOwned())  # claim / release the bucket
         elif isinstance(action, machine.SendAdvert):
-            self.carpd.actions.put_nowait(action)
+            self.host.queue(action)
         # Announce: a bucket has no address to announce.
 
     def _timer(self, vhid: int, at: float) -> None:
@@ -189,11 +209,9 @@ class Balancing:
     def _role_changed(self, run: BucketRun, change: machine.RoleChanged) -> None:
         log.info("bucket %d (vhid %d): %s -> %s (%s)", run.election.bucket, change.vhid,
                  change.old.value, change.new.value, change.reason)
-        self.carpd.ctl.publish({"event": "role", "vhid": change.vhid, "state": change.new.value,
+        self.host.publish({"event": "role", "vhid": change.vhid, "state": change.new.value,
                                 "time": time.time(), "bucket": run.election.bucket})
-        kick = getattr(self.carpd, "_metrics_kick", None)
-        if kick is not None:
-            kick.set()
+        self.host.changed()
 
     def role_snapshot(self, now: float) -> list[dict]:
         return [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now,
@@ -204,7 +222,7 @@ class Balancing:
             for vhid in self.runs:
                 self.event(vhid, machine.LinkChanged(up))
         if up and not self.stopping and any(v.interface == ifname for v in self.held):
-            self.carpd.actions.put_nowait(HoldVips(ifname))
+            self.host.queue(HoldVips(ifname))
 
     def demotion_changed(self, total: int) -> None:
         for vhid in self.runs:
@@ -213,15 +231,14 @@ class Balancing:
     def start(self) -> None:
         """At start nothing is ours: a carpd that was killed may have left
         its buckets in the set (they would be carried twice)."""
-        self.carpd.actions.put_nowait(SyncOwned())
-        self._retry = asyncio.get_running_loop().create_task(self._retry_owned())
-        self.carpd._tasks.append(self._retry)  # cancelled with carpd's own
+        self.host.queue(SyncOwned())
+        self._retry = self.host.spawn(self._retry_owned())
 
     def shutdown(self) -> None:
         self.stopping = True
         for vhid in self.runs:
             self.event(vhid, machine.Shutdown())
-        self.carpd.actions.put_nowait(Release())
+        self.host.queue(Release())
 
     def handles(self, action) -> bool:
         """Actions the balancing side carries out instead of carpd."""
@@ -272,7 +289,7 @@ class Balancing:
         if want == self.applied:
             return
         try:
-            await asyncio.to_thread(nft.set_owned_buckets, want, run_dir=self.carpd.cfg.run_dir)
+            await asyncio.to_thread(nft.set_owned_buckets, want, run_dir=self.host.cfg.run_dir)
         except (nft.RulesetError, OSError) as e:
             if self.error != str(e):
                 log.error("owned buckets %s not set: %s (retrying)", sorted(want), e)
@@ -290,12 +307,12 @@ class Balancing:
         while True:
             await asyncio.sleep(RETRY_OWNED)
             if not self.stopping and self.applied != self.owned():
-                self.carpd.actions.put_nowait(SyncOwned())
+                self.host.queue(SyncOwned())
 
     # --- adverts ---------------------------------------------------------------------
     def _send_advert(self, action: machine.SendAdvert) -> None:
         run = self.runs[action.vhid]
-        iface = self.carpd.ifaces[self.interface]
+        iface = self.host.iface(self.interface)
         sock = iface.socks.get(self.family)
         if sock is None:
             return
@@ -313,13 +330,13 @@ class Balancing:
 
     # --- vips on every member --------------------------------------------------------
     async def _hold(self, ifname: str) -> None:
-        iface = self.carpd.ifaces.get(ifname)
+        iface = self.host.iface(ifname)
         if iface is None or iface.index is None:
             return
         for v in self.held:
             if v.interface != ifname:
                 continue
-            self.carpd.links.add_vip(iface.index, v.address)
+            self.host.links.add_vip(iface.index, v.address)
             self._join(ifname, iface.index, hashbuckets.vip_mac(v.vhid))
             self._announce_vip(v.vhid)
 
@@ -340,7 +357,7 @@ class Balancing:
 
     def _announce_vip(self, vhid: int) -> None:
         v = next(v for v in self.held if v.vhid == vhid)
-        iface = self.carpd.ifaces.get(v.interface)
+        iface = self.host.iface(v.interface)
         if iface is None or iface.index is None or not iface.mac:
             return
         # Ethernet source: our own MAC (a bridge drops a multicast source);
@@ -355,9 +372,9 @@ class Balancing:
             self._retry.cancel()
         await self._sync_owned()  # stopping: empty
         for v in self.held:
-            iface = self.carpd.ifaces.get(v.interface)
+            iface = self.host.iface(v.interface)
             if iface is not None and iface.index is not None:
-                self.carpd.links.del_vip(iface.index, v.address)
+                self.host.links.del_vip(iface.index, v.address)
         for _, s in self._joined.values():
             s.close()
         self._joined.clear()

@@ -25,6 +25,7 @@ from fwcluster import ctlsock
 from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, metrics, netlink, timers
 from fwcluster.carp.core import machine, wire
+from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
@@ -86,8 +87,7 @@ class Carpd:
                                     preempt=cfg.carp.preempt, demotion=self.demotion.total)
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
             self.vips[v.vhid] = VipRun(v, m, wire.Auth(secret, v.vhid, [v.address.ip], cookie))
-        # Active-active: per-bucket elections and vips on every member (None otherwise).
-        self.balancing = active_active.Balancing.for_carpd(self, secret)
+        self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
         self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
@@ -101,6 +101,11 @@ class Carpd:
         self._metrics_server: asyncio.AbstractServer | None = None
         self._metrics_kick = asyncio.Event()  # a role or demotion changed
         self._textfile_last: str | None = None
+        # Active-active: per-bucket elections and vips on every member (None otherwise).
+        self.balancing = active_active.Balancing.create(active_active.Host(
+            cfg=cfg, node=node, iface=self.ifaces.get, links=self.links,
+            queue=self.actions.put_nowait, publish=self.ctl.publish,
+            changed=self._metrics_kick.set, spawn=self._spawn), secret, self.demotion.total)
 
     # --- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -124,8 +129,14 @@ class Carpd:
     def stop(self) -> None:
         self.stopping.set()
 
+    def _spawn(self, coro) -> asyncio.Task:
+        """A long-lived task, cancelled when carpd stops."""
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        return task
+
     async def _start(self, loop) -> None:
-        self._tasks.append(asyncio.create_task(self._worker()))
+        self._spawn(self._worker())
         if self.balancing is not None:
             self.balancing.start()
         links = await self.links.links()
@@ -138,8 +149,8 @@ class Carpd:
         await self._start_metrics()
         if self._sync_hold is None and SYNC_SOURCE in self.demotion.sources:
             self._sync_hold = loop.call_later(self.cfg.carp.sync_hold, self._sync_hold_over)
-        self._tasks.append(asyncio.create_task(self._watch()))
-        self._tasks.append(asyncio.create_task(self._retry_sockets()))
+        self._spawn(self._watch())
+        self._spawn(self._retry_sockets())
         log.info("carpd %s (cluster %s) started: vhids %s, advskew %d, demotion %d %s",
                  self.node, self.cfg.name, ",".join(str(v) for v in self.vips),
                  self.member.advskew, self.demotion.total, self.demotion.sources or "")
@@ -226,9 +237,11 @@ class Carpd:
         vips = {str(r.vip.address.ip) for r in self.vips.values()}
         for fam in (4, 6):
             iface.own[fam] = netlink.own_address(addrs, fam, vips)
-        for run in self.vips.values():
+        for vhid, run in self.vips.items():
             if run.vip.interface == iface.name:
-                run.machine.own_address = iface.own.get(run.vip.family)
+                self._event(vhid, machine.AddressChanged(iface.own.get(run.vip.family)))
+        if self.balancing is not None:
+            self.balancing.addresses_changed(iface.name, iface.own)
 
     def _link_changed(self, iface: Iface, up: bool) -> None:
         """Carrier of a vip interface: its vhids go INIT/BACKUP, and while it
@@ -322,7 +335,8 @@ class Carpd:
     def _event(self, vhid: int, event) -> None:
         if self.balancing is not None and vhid in self.balancing.runs:
             return self.balancing.event(vhid, event)
-        timers.step(self.vips[vhid], vhid, event, self._timer, self._role_changed, self._later)
+        timers.carry_out(self.group.handle(vhid, event, timers.now()), self.vips,
+                         self._timer, self._role_changed, self._later)
 
     def _later(self, action) -> None:
         """Gather a vip action; all of this loop turn's go out together."""
@@ -517,7 +531,7 @@ class Carpd:
                 log.error("metrics endpoint %s: %s (carrying on without it)", listen, e)
         if self.cfg.metrics.textfile_dir:
             self._metrics_kick.set()
-            self._tasks.append(asyncio.create_task(self._textfile_loop()))
+            self._spawn(self._textfile_loop())
 
     def _textfile_dir(self) -> str | None:
         configured = self.cfg.metrics.textfile_dir

@@ -1,6 +1,6 @@
-"""Driving one CARP machine from asyncio: its event in, its one timer moved
-by ArmTimer, the rest of its actions handed on. Vip and bucket machines
-both run this way."""
+"""Driving CARP machines from asyncio: each machine's one timer moved by
+ArmTimer, the rest of its actions handed on. Vip machines (one failover
+group) and bucket machines both run this way."""
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +18,18 @@ def rearm(run, at: float | None, callback, *args) -> None:
         run.timer = asyncio.get_running_loop().call_at(at, callback, *args)
 
 
-def step(run, vhid: int, event, fire, role_changed, act) -> None:
-    """Feed event to run.machine at the loop's time. ArmTimer moves run.timer
-    (fire(vhid, at) when due), RoleChanged goes to role_changed(run, change),
-    every other action to act(action)."""
-    for action in run.machine.handle(event, asyncio.get_running_loop().time()):
+def carry_out(actions, runs: dict, fire, role_changed, act) -> None:
+    """ArmTimer moves runs[vhid].timer (fire(vhid, at) when due), RoleChanged
+    goes to role_changed(run, change), every other action to act(action)."""
+    for action in actions:
         if isinstance(action, machine.ArmTimer):
-            rearm(run, action.at, fire, vhid, action.at)
+            rearm(runs[action.vhid], action.at, fire, action.vhid, action.at)
         elif isinstance(action, machine.RoleChanged):
-            role_changed(run, action)
+            role_changed(runs[action.vhid], action)
         else:
             act(action)
+
+
+def now() -> float:
+    """The machines' clock: the event loop's."""
+    return asyncio.get_running_loop().time()

@@ -80,6 +80,7 @@ def test_elections_follow_link_timers_and_demotion(tmp_path):
 
     async def go():
         d.ifaces["lan0"].own[4] = "192.0.2.11"
+        d.balancing.addresses_changed("lan0", d.ifaces["lan0"].own)  # as _refresh_addresses does
         d._link_changed(d.ifaces["lan0"], True)
         states = {v: r.machine.state for v, r in d.balancing.runs.items()}
         # Link up: BACKUP, waiting master-down; the vips of lan0 get held.

@@ -442,3 +442,132 @@ def test_three_members_worse_backup_that_heard_the_better_one_does_not_claim():
     settled = c.transitions
     s.run_until(40.0)
     assert c.state == m.State.BACKUP and c.transitions == settled
+
+
+# --- issue 9: flap, preempt off at advbase 0, ucarp's tie-break ----------------
+@pytest.mark.parametrize("demote", [240, 32, 1])
+def test_demoted_master_with_fast_timing_yields_once_and_stays_backup(demote):
+    # maintenance (240), sync hold (32) or any demotion on the master, at
+    # advbase 0: it must hand over once and not claim between the new
+    # master's adverts (each claim re-adds the vip and sends GARP).
+    a, b, s = started(10, 20, advbase=0)
+    s.run_until(2.0)
+    assert s.masters() == ["192.0.2.11"]
+    before = (a.transitions, b.transitions)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(demote), 2.0), 2.0)
+    s.run_until(8.5)
+    assert s.masters() == ["192.0.2.12"]
+    assert (a.transitions, b.transitions) == (before[0] + 1, before[1] + 1)
+
+
+def test_link_demotion_of_master_at_fast_timing_does_not_flap():
+    a, b, s = started(10, 20, advbase=0)
+    s.run_until(2.0)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(240), 2.0), 2.0)
+    s.run_until(5.0)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(0), 5.0), 5.0)  # link back
+    s.run_until(9.0)
+    assert s.masters() == ["192.0.2.11"]
+    assert a.transitions == 4 and b.transitions == 3  # up, down, back: no more
+
+
+def test_preempt_off_is_honoured_at_advbase_0():
+    # A backup with the better skew and preempt off must leave a working
+    # master alone, even when the master's skew exceeds ours at advbase 0.
+    x = vm(0, 10, preempt=False)
+    backup(x, 0)
+    t = 1.0
+    for _ in range(100):
+        x.handle(ad(0, 20), t)
+        assert x.state == m.State.BACKUP
+        t += 20 / 256
+
+
+def test_preempt_off_still_takes_over_a_master_slower_than_master_down():
+    x = vm(1, 0, preempt=False)
+    backup(x, 0)
+    x.handle(ad(4, 0), 1.0)
+    assert x.state == m.State.MASTER
+
+
+@pytest.mark.parametrize("ours,theirs,we_yield", [
+    # ucarp reads the IPv4 address in network order as a host (little-endian)
+    # integer: the last octet weighs most.
+    ("192.0.2.12", "198.51.100.11", True),   # .11 < .12 in the last octet
+    ("198.51.100.11", "192.0.2.12", False),
+    ("192.0.2.11", "203.0.113.11", False),   # last octets equal: the first decides
+    ("203.0.113.11", "192.0.2.11", True),
+])
+def test_equal_timing_tie_break_is_ucarps_byte_order(ours, theirs, we_yield):
+    expect = m.source_rank(theirs) < m.source_rank(ours)
+    assert expect == (bytes(reversed(bytes(map(int, theirs.split("."))))) <
+                      bytes(reversed(bytes(map(int, ours.split("."))))))
+    x = master(vm(1, 0, own_address=ours))
+    x.handle(m.AdvertReceived(Advert(1, 1, 0, 0, 1), theirs), 10.0)
+    assert (x.state == m.State.BACKUP) == expect
+
+
+def test_mixed_pair_differing_beyond_last_octet_settles_on_one_master():
+    a = m.VhidMachine(1, 1, 0, own_address="192.0.2.200")
+    b = m.VhidMachine(1, 1, 0, own_address="198.51.100.7")
+    s = Sim(a, b)
+    s.cut = True  # both claim, as after a split brain
+    s.start()
+    s.run_until(10.0)
+    assert len(s.masters()) == 2
+    s.cut = False
+    s.run_until(20.0)
+    # ucarp's order: .7 (last octet) beats .200, whatever the first octets,
+    # so a ucarp peer and carpd agree on who keeps the vip.
+    assert s.masters() == ["198.51.100.7"]
+
+
+# --- the failover group: a member's vips move together -------------------------
+def group_pair(preempt=True):
+    """Two members, each with a LAN vip (1) and a WAN vip (2) in one group."""
+    from fwcluster.carp.core.group import FailoverGroup
+    def member(k, skew):
+        ms = {v: m.VhidMachine(v, 1, skew, preempt=preempt, own_address=f"192.0.{v}.{k}")
+              for v in (1, 2)}
+        return FailoverGroup(ms)
+    return member(11, 0), member(12, 100)
+
+
+def test_group_preempts_all_vips_on_the_first_advert():
+    # fw1 comes back (links up) while fw2 holds both vips; fw2's LAN advert
+    # comes first: fw1 claims the WAN vip with it, not an interval later.
+    fw1, fw2 = group_pair()
+    for v in (1, 2):
+        fw1.handle(v, m.LinkChanged(True), 0.0)
+    out = fw1.handle(1, m.AdvertReceived(Advert(1, 1, 100, 0, 2), "192.0.1.12"), 0.5)
+    assert {v: x.state for v, x in fw1.machines.items()} == {1: m.State.MASTER, 2: m.State.MASTER}
+    assert [a.vhid for a in out if isinstance(a, m.AddVip)] == [1, 2]
+    assert [a.vhid for a in out if isinstance(a, m.SendAdvert)] == [1, 2]
+    assert any("with its failover group" in a.reason for a in out if isinstance(a, m.RoleChanged))
+
+
+def test_group_sibling_uses_its_own_masters_advert_when_it_has_one():
+    # The WAN master is a better member than the LAN one: the WAN vip stays.
+    fw1, _ = group_pair()
+    for v in (1, 2):
+        fw1.handle(v, m.LinkChanged(True), 0.0)
+    fw1.handle(2, m.AdvertReceived(Advert(2, 0, 200, 0, 1), "192.0.2.13"), 0.1)
+    fw1.handle(1, m.AdvertReceived(Advert(1, 1, 100, 0, 2), "192.0.1.12"), 0.2)
+    assert fw1.machines[1].state == m.State.MASTER
+    assert fw1.machines[2].state == m.State.BACKUP
+
+
+def test_group_does_not_spread_when_preempt_is_off():
+    fw1, _ = group_pair(preempt=False)
+    for v in (1, 2):
+        fw1.handle(v, m.LinkChanged(True), 0.0)
+        fw1.handle(v, m.AdvertReceived(Advert(v, 1, 100, 0, 1), f"192.0.{v}.12"), 1.0)
+    out = fw1.handle(1, m.AdvertReceived(Advert(1, 1, 100, 0, 2), "192.0.1.12"), 2.0)
+    assert out == [m.ArmTimer(1, 2.0 + 3.0)]
+    assert all(x.state == m.State.BACKUP for x in fw1.machines.values())
+
+
+def test_address_is_an_event():
+    x = vm(own_address=None)
+    assert x.handle(m.AddressChanged("192.0.2.77"), 0.0) == []
+    assert x.own_address == "192.0.2.77"

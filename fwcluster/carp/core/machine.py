@@ -12,17 +12,22 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   member; its timers keep the configured advskew.
 * MASTER hearing an advert: goes BACKUP if the sender has a lower demote, or
   an equal demote and a better timing, or an equal demote and equal timing
-  and a lower source address (ucarp's tie-break; OpenBSD would flap).
-  Hearing a worse master it re-announces the vip and advertises at once, so
-  that after a split brain the neighbours' caches point at the winner.
+  and a lower source address in ucarp's order (`source_rank`; OpenBSD would
+  flap). Hearing a worse master it re-announces the vip and advertises at
+  once, so that after a split brain the neighbours' caches point at the
+  winner.
 * BACKUP hearing an advert: becomes MASTER if preempting and the sender's
   timing is worse and its demote not lower; or if the sender's demote is
-  higher (regardless of preempt); or if the sender's timing is longer than our
-  master-down time (it would time out anyway; this is also how a bow-out
-  advert, advbase = advskew = 255, makes the backup take over at once).
-  Otherwise the master-down timer restarts.
+  higher (regardless of preempt); or, with advbase > 0, if the sender's
+  timing is longer than our master-down time (it would time out anyway); or
+  on a bow-out advert (advbase = advskew = 255). Otherwise it waits
+  `master_wait` for the next advert.
 * link down: INIT (vip released); link up: BACKUP, wait master-down.
 * shutdown: a MASTER sends the bow-out advert and releases the vip.
+
+Each rule is one function below (`advert_interval`, `master_down_interval`,
+`master_wait`, `yields_to`, `claims_from`, `source_rank`); the machine, the
+failover group (group.py), the benchmark and the docs use these.
 """
 from __future__ import annotations
 
@@ -61,6 +66,18 @@ class DemotionChanged:
 @dataclass(frozen=True)
 class LinkChanged:
     up: bool
+
+
+@dataclass(frozen=True)
+class AddressChanged:
+    address: str | None  # this member's own address on the vip's segment
+
+
+@dataclass(frozen=True)
+class SiblingClaimed:
+    """Another vip of the same failover group was claimed on `advert`."""
+    advert: Advert
+    source: str
 
 
 @dataclass(frozen=True)
@@ -107,17 +124,81 @@ class RoleChanged:
     reason: str
 
 
-def _tv(advbase: int, advskew: int) -> tuple[int, int]:
-    """Timing as a comparable pair (seconds, 1/256 s), like OpenBSD's timeval."""
-    return (advbase, advskew)
+Timing = tuple  # (advbase, advskew): compares as OpenBSD's timeval does
 
 
-def _source_key(addr: str | None):
+def advert_interval(advbase: int, advskew: int) -> float:
+    """Seconds between a master's adverts."""
+    t = advbase + advskew / 256
+    return t if t > 0 else 1 / 256
+
+
+def master_down_interval(advbase: int, advskew: int) -> float:
+    """CARP's master-down time: how long a backup waits with no master heard."""
+    t = 3 * advbase + advskew / 256
+    return t if t > 0 else 3 / 256
+
+
+def master_wait(advbase: int, advskew: int, heard: Advert | None) -> float:
+    """The one wait rule: how long a backup waits for the next advert of the
+    master it last heard (`heard`; None when it heard nobody yet).
+
+    CARP's master-down can be shorter than the master's own advert interval
+    when advbase is 0 and the master's skew is larger than ours: a member
+    that yielded (demoted, in maintenance, or preempt off) would then claim
+    the vips between two adverts of the new master, and flap. In that case
+    wait three of the master's intervals, as VRRPv3 does with the interval it
+    learns from the master."""
+    own = master_down_interval(advbase, advskew)
+    if heard is None:
+        return own
+    theirs = advert_interval(heard.advbase, heard.advskew)
+    if own < 1.5 * theirs:
+        return 3 * theirs + advskew / 256
+    return own
+
+
+def source_rank(addr: str | None):
+    """ucarp's tie-break order of source addresses (lower wins). ucarp
+    compares the IPv4 address as stored (network byte order) read as a host
+    integer, which on the little-endian machines it runs on is the packed
+    address read little-endian. IPv6 (no ucarp peer) compares numerically."""
     try:
         a = ipaddress.ip_address(addr)
-        return (a.version, int(a))
     except (TypeError, ValueError):
         return None
+    if a.version == 4:
+        return (4, int.from_bytes(a.packed, "little"))
+    return (6, int(a))
+
+
+def yields_to(ours: Timing, our_demote: int, ad: Advert, our_source: str | None,
+              source: str) -> bool:
+    """MASTER hearing `ad` from `source`: does it step down?"""
+    theirs = (ad.advbase, ad.advskew)
+    if ad.demote != our_demote:
+        return ad.demote < our_demote
+    if theirs != ours:
+        return theirs < ours
+    a, b = source_rank(source), source_rank(our_source)
+    return a is not None and b is not None and a < b
+
+
+def claims_from(ours: Timing, our_demote: int, preempt: bool, ad: Advert,
+                source: str | None) -> str | None:
+    """BACKUP hearing `ad` from its master: the reason to take over now, or None."""
+    theirs = (ad.advbase, ad.advskew)
+    if theirs == (BOW_OUT, BOW_OUT):
+        return f"{source} bowed out"
+    if preempt and ours < theirs and ad.demote >= our_demote:
+        return f"preempting {source}"
+    if ad.demote > our_demote:
+        return f"{source} is demoted ({ad.demote} > {our_demote})"
+    # OpenBSD's guard: with advbase 0 a slower master is not "going to time
+    # out" (its skew alone can exceed ours), and preempt = false must hold.
+    if ours[0] and (3 * ours[0], ours[1]) < theirs:
+        return f"{source} advertises slower than master-down"
+    return None
 
 
 class VhidMachine:
@@ -135,6 +216,7 @@ class VhidMachine:
         self.own_address = own_address
         self.state = State.INIT
         self.master: str | None = None
+        self.heard: Advert | None = None  # the master's last advert (BACKUP)
         self.transitions = 0
         self.deadline: float | None = None
         self.stopped = False
@@ -151,18 +233,21 @@ class VhidMachine:
             return DEMOTED_SKEW
         return self.advskew
 
+    @property
+    def timing(self) -> Timing:
+        """What this member advertises and compares with."""
+        return (self.advbase, self.effective_skew)
+
     # Timers run on the configured advskew even while demoted: with advbase 0
     # two members demoted alike would otherwise both use 240/256 s for the
     # advert interval and the master-down time, and flap.
     @property
     def advert_interval(self) -> float:
-        t = self.advbase + self.advskew / 256
-        return t if t > 0 else 1 / 256
+        return advert_interval(self.advbase, self.advskew)
 
     @property
     def master_down_interval(self) -> float:
-        t = 3 * self.advbase + self.advskew / 256
-        return t if t > 0 else 3 / 256
+        return master_down_interval(self.advbase, self.advskew)
 
     # --- entry point --------------------------------------------------------
     def handle(self, event, now: float) -> list:
@@ -176,6 +261,11 @@ class VhidMachine:
             return self._demotion(event.total, now)
         if isinstance(event, LinkChanged):
             return self._link(event.up, now)
+        if isinstance(event, AddressChanged):
+            self.own_address = event.address
+            return []
+        if isinstance(event, SiblingClaimed):
+            return self._sibling_claimed(event, now)
         if isinstance(event, Shutdown):
             return self._shutdown()
         raise TypeError(f"unknown event {event!r}")
@@ -195,63 +285,50 @@ class VhidMachine:
         return RoleChanged(self.vhid, old, new, reason)
 
     def _become_master(self, now: float, reason: str) -> list:
-        self.master = self.own_address
+        self.master, self.heard = self.own_address, None
         self._reannounce = self.REANNOUNCE_AFTER
         change = self._set(State.MASTER, reason)
         return [AddVip(self.vhid), *self._advert_now(now), Announce(self.vhid), change]
 
-    def _become_backup(self, now: float, reason: str, master: str | None) -> list:
-        was_master = self.state == State.MASTER
-        self.master = master
+    def _wait_for_master(self, now: float, master: str | None, heard: Advert | None) -> ArmTimer:
+        self.master, self.heard = master, heard
+        return self._arm(now + master_wait(self.advbase, self.advskew, heard))
+
+    def _become_backup(self, now: float, reason: str, master: str | None,
+                       heard: Advert | None) -> list:
+        out = [RemoveVip(self.vhid)] if self.state == State.MASTER else []
         change = self._set(State.BACKUP, reason)
-        out = [RemoveVip(self.vhid)] if was_master else []
-        return out + [self._arm(now + self.master_down_interval), change]
+        return out + [self._wait_for_master(now, master, heard), change]
 
     # --- event handlers -----------------------------------------------------
     def _advert(self, ad: Advert, source: str, now: float) -> list:
         if ad.vhid != self.vhid:
             return []
-        ours = _tv(self.advbase, self.effective_skew)
-        theirs = _tv(ad.advbase, ad.advskew)
-        mine = self.wire_demote
         if self.state == State.MASTER:
-            if ad.demote < mine or (ad.demote == mine and (
-                    theirs < ours or (theirs == ours and self._lower_source(source)))):
-                return self._become_backup(now, f"better master {source}", source)
+            if yields_to(self.timing, self.wire_demote, ad, self.own_address, source):
+                return self._become_backup(now, f"better master {source}", source, ad)
             # A worse master: make it hear us and make the segment learn us.
             return [Announce(self.vhid), *self._advert_now(now)]
         if self.state == State.BACKUP:
-            if self.preempt and ours < theirs and ad.demote >= mine:
-                return self._become_master(now, f"preempting {source}")
-            if ad.demote > mine:
-                return self._become_master(now, f"{source} is demoted ({ad.demote} > {mine})")
-            if (3 * self.advbase, self.effective_skew) < theirs:
-                why = "bowed out" if (ad.advbase, ad.advskew) == (BOW_OUT, BOW_OUT) else \
-                    "advertises slower than master-down"
-                return self._become_master(now, f"{source} {why}")
-            self.master = source
-            return [self._arm(now + self._master_down_after(ad))]
+            why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
+            if why is not None:
+                return self._become_master(now, why)
+            return [self._wait_for_master(now, source, ad)]
         return []  # INIT: not listening
 
-    def _master_down_after(self, ad: Advert) -> float:
-        """How long to wait for the next advert of a master we do not preempt.
-
-        CARP's master-down (3 x advbase + advskew/256) can be shorter than the
-        master's own advert interval when advbase is 0 and the master's skew is
-        larger than ours: a demoted member (ordered takeover) or one with
-        preempt off would then claim the vips between two adverts and flap.
-        In that case wait three of the master's intervals, as VRRPv3 does
-        with the interval it learns from the master.
-        """
-        own = self.master_down_interval
-        theirs = ad.advbase + ad.advskew / 256
-        if own < 1.5 * theirs:
-            return 3 * theirs + self.advskew / 256
-        return own
-
-    def _lower_source(self, source: str) -> bool:
-        theirs, ours = _source_key(source), _source_key(self.own_address)
-        return theirs is not None and ours is not None and theirs < ours
+    def _sibling_claimed(self, event: SiblingClaimed, now: float) -> list:
+        """Another vip of this member's failover group was just claimed on
+        an advert: apply the same rules now to our own master's last advert
+        (or, if we have heard none yet, to that one: the members advertise
+        every vip alike), rather than one advert interval later (group.py)."""
+        if self.state != State.BACKUP:
+            return []
+        heard, source = (self.heard, self.master) if self.heard is not None else \
+            (event.advert, event.source)
+        why = claims_from(self.timing, self.wire_demote, self.preempt, heard, source)
+        if why is None:
+            return []
+        return self._become_master(now, f"{why} (with its failover group)")
 
     def _timer(self, at: float, now: float) -> list:
         if self.deadline is None or at != self.deadline:
@@ -278,10 +355,10 @@ class VhidMachine:
 
     def _link(self, up: bool, now: float) -> list:
         if up and self.state == State.INIT:
-            return self._become_backup(now, "link up", None)
+            return self._become_backup(now, "link up", None, None)
         if not up and self.state != State.INIT:
             out = [RemoveVip(self.vhid)] if self.state == State.MASTER else []
-            self.master = None
+            self.master, self.heard = None, None
             return out + [self._arm(None), self._set(State.INIT, "link down")]
         return []
 
@@ -292,7 +369,7 @@ class VhidMachine:
             out += [SendAdvert(self.vhid, BOW_OUT, BOW_OUT, self.wire_demote), RemoveVip(self.vhid)]
         out.append(self._arm(None))
         if self.state != State.INIT:
-            self.master = None
+            self.master, self.heard = None, None
             out.append(self._set(State.INIT, "shutdown"))
         return out
 

@@ -1,0 +1,38 @@
+"""A member's failover group (pure): its vips move together.
+
+Each vip has its own CARP election (machine.VhidMachine), and the peers'
+adverts for the different vhids arrive at different moments, up to one
+advert interval apart. Left alone, a returning member would preempt its LAN
+vip before its WAN vip, and for that moment the two directions of a flow
+would cross different members: a strict stateful firewall drops the
+replies. So when one vip of the group is claimed on an advert (preemption,
+a demoted master, a bow-out), every other vip of the group applies the same
+rules at once to the last advert it heard from its own master (or, having
+heard none yet, as a member that has just come back, to the advert that
+decided: members advertise every vip with the same skew and demotion).
+
+A claim on the master-down timer is not spread: each vip's timer fires on
+its own, within the same few milliseconds after the master's last adverts.
+"""
+from __future__ import annotations
+
+from fwcluster.carp.core.machine import (AdvertReceived, RoleChanged, SiblingClaimed, State,
+                                         VhidMachine)
+
+
+class FailoverGroup:
+    def __init__(self, machines: dict[int, VhidMachine]):
+        self.machines = machines
+
+    def handle(self, vhid: int, event, now: float) -> list:
+        out = self.machines[vhid].handle(event, now)
+        if isinstance(event, AdvertReceived) and _claimed(out):
+            sibling = SiblingClaimed(event.advert, event.source)
+            for other, m in self.machines.items():
+                if other != vhid:
+                    out += m.handle(sibling, now)
+        return out
+
+
+def _claimed(actions: list) -> bool:
+    return any(isinstance(a, RoleChanged) and a.new == State.MASTER for a in actions)
