@@ -8,6 +8,12 @@ itself (config model with its own --node, template render, `nft -c`), and only
 then renames the files into place; if a rename or the ruleset apply fails, the
 previous files are put back, so a member ends with the old bundle or the new
 one, never a mix.
+
+On the appliance /etc/fwcluster is on the read-only root and its files are
+symlinks into /config: staging happens in the directory where the real files
+live (the links resolved), so the renames are atomic on that file system and
+the links keep pointing at the new files. A bundle whose changed files would
+land in more than one directory is refused.
 """
 from __future__ import annotations
 
@@ -17,21 +23,25 @@ import os
 import shutil
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 from fwcluster import configfile
-from fwcluster.core.bundle import Bundle, BundleError, check_names
+from fwcluster.core.bundle import MEMBER_LOCAL, Bundle, BundleError, check_names, check_receivable
 from fwcluster.core import config as _config
 
 
-def _beside(cfg_dir: Path, path: str, what: str) -> str:
+def _beside(cfg_path: Path, path: str, what: str) -> str:
+    cfg_dir = cfg_path.parent
     p = Path(path)
     if not p.is_absolute():
         p = cfg_dir / p
-    if p.parent.resolve() != cfg_dir.resolve():
+    # Beside the config's name (/etc/fwcluster) or its real file (/config).
+    homes = {cfg_dir.resolve(), cfg_path.resolve().parent}
+    if p.parent.resolve() not in homes:
         raise BundleError(f"{what} {path} is not beside the config in {cfg_dir}; "
                           "only files in that directory can be pushed")
+    if p.name in MEMBER_LOCAL:
+        raise BundleError(f"{p.name} is a member-local file; it is never pushed")
     return p.name
 
 
@@ -40,18 +50,18 @@ def collect(cfg: _config.Config, names: list[str] = (), *, generation: int = 0,
     """The local bundle: cluster.toml, its template, and the named extra files."""
     cfg_path = Path(cfg.path)
     cfg_dir = cfg_path.parent
-    secret = Path(cfg.secret_file).name if Path(cfg.secret_file).parent.resolve() == cfg_dir.resolve() else None
+    secret = Path(cfg.secret_file).name  # whatever directory it is in: receivers refuse the name
     wanted = [cfg_path.name]
     if cfg.firewall.template:
-        wanted.append(_beside(cfg_dir, cfg.firewall.template, "[firewall] template"))
+        wanted.append(_beside(cfg_path, cfg.firewall.template, "[firewall] template"))
     for n in names:
-        wanted.append(_beside(cfg_dir, n, "file"))
+        wanted.append(_beside(cfg_path, n, "file"))
     files = {}
     for name in wanted:
         if name == secret:
             raise BundleError(f"{name} is the cluster secret; it is never pushed")
         try:
-            files[name] = (cfg_dir / name).read_bytes()
+            files[name] = targets(cfg.path, [name])[name].read_bytes()
         except OSError as e:
             raise BundleError(f"cannot read {cfg_dir / name}: {e.strerror}") from None
     b = Bundle(files, cfg_path.name, generation, origin, time.time())
@@ -59,22 +69,34 @@ def collect(cfg: _config.Config, names: list[str] = (), *, generation: int = 0,
     return b
 
 
+def targets(config_path: str, names) -> dict[str, Path]:
+    """Where each file really lives (symlinks resolved); a new file goes
+    beside the real config file."""
+    cfg_dir = Path(config_path).parent
+    home = Path(os.path.realpath(config_path)).parent
+    return {n: Path(os.path.realpath(cfg_dir / n)) if os.path.lexists(cfg_dir / n) else home / n
+            for n in names}
+
+
+def staging_dir(config_path: str, where: dict[str, Path]) -> Path:
+    """The one directory every changed file lives in (that of the config if
+    nothing changed); refuses a bundle spread over several."""
+    dirs = sorted({str(p.parent) for p in where.values()})
+    if len(dirs) > 1:
+        spread = ", ".join(f"{n} in {p.parent}" for n, p in sorted(where.items()))
+        raise BundleError(f"changed files live in more than one directory ({spread}); a bundle "
+                          "installs into one: keep them beside the real cluster.toml")
+    return Path(dirs[0]) if dirs else Path(os.path.realpath(config_path)).parent
+
+
 def validate_staged(stage: Path, b: Bundle, node: str, secret_file: str,
                     check_ruleset) -> _config.Config:
     """Validate the staged copy as member `node`; returns its config."""
     path = stage / b.config_name
     try:
-        data = tomllib.loads(b.files[b.config_name].decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise BundleError(f"{b.config_name}: not valid TOML: {e}") from None
-    try:
-        cfg = _config.parse(data, str(path), node)
-    except _config.ConfigError as e:
-        raise BundleError(str(e)) from None
-    # The secret stays this member's own; the new config must still name it.
-    try:
-        configfile.read_secret(str(path), cfg.secret_file if Path(cfg.secret_file).is_absolute()
-                            else secret_file)
+        cfg = configfile.parse_bytes(b.files[b.config_name], str(path), node)
+        # The secret stays this member's own; the new config must still name it.
+        configfile.read_secret(str(path), cfg.secret_file)
     except _config.ConfigError as e:
         raise BundleError(str(e)) from None
     tmpl = cfg.firewall.template
@@ -93,10 +115,17 @@ def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
     check_ruleset(cfg, node) raises on a bad template; apply_ruleset(cfg, node)
     loads it into the kernel after the files are in place. Returns a summary.
     """
-    check_names(b)
+    check_receivable(b, Path(config_path).name, Path(secret_file).name)
     cfg_dir = Path(config_path).parent
-    stage = Path(tempfile.mkdtemp(prefix=".incoming-", dir=cfg_dir))
-    backup = Path(tempfile.mkdtemp(prefix=".previous-", dir=cfg_dir))
+    where = targets(config_path, b.files)
+    changed = [n for n, d in sorted(b.files.items())
+               if not where[n].is_file() or where[n].read_bytes() != d]
+    home = staging_dir(config_path, {n: where[n] for n in changed})
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".incoming-", dir=home))
+        backup = Path(tempfile.mkdtemp(prefix=".previous-", dir=home))
+    except OSError as e:
+        raise BundleError(f"cannot stage in {home}: {e.strerror}") from None
     moved: list[str] = []
     try:
         for name, data in b.files.items():
@@ -106,11 +135,9 @@ def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
         except Exception as e:
             # Name the operator's file, not the scratch copy.
             raise BundleError(str(e).replace(str(stage), str(cfg_dir))) from None
-        changed = [n for n, d in sorted(b.files.items())
-                   if not (cfg_dir / n).exists() or (cfg_dir / n).read_bytes() != d]
         try:
             for name in changed:
-                target = cfg_dir / name
+                target = where[name]
                 if target.exists():
                     shutil.copy2(target, backup / name)
                     os.chmod(stage / name, target.stat().st_mode & 0o777)
@@ -122,9 +149,9 @@ def install(b: Bundle, config_path: str, node: str, secret_file: str, *,
         except Exception:
             for name in moved:  # put the previous bundle back
                 if (backup / name).exists():
-                    os.replace(backup / name, cfg_dir / name)
+                    os.replace(backup / name, where[name])
                 else:
-                    os.unlink(cfg_dir / name)
+                    os.unlink(where[name])
             raise
         return {"changed": changed, "digest": b.digest, "generation": b.generation}
     finally:

@@ -19,7 +19,10 @@ from typing import AsyncIterator, Awaitable, Callable
 
 Handler = Callable[[dict], Awaitable[dict]]
 Stream = Callable[[dict], AsyncIterator[dict]]  # request -> the lines to send
-MAX_LINE = 1 << 20
+MAX_LINE = 1 << 20  # a reply (a client reads up to this per line)
+MAX_REQUEST = 64 << 10  # a request line; longer ones are refused and the connection closed
+MAX_CLIENTS = 32  # concurrent connections, streams included
+IDLE_TIMEOUT = 60.0  # seconds a connection may sit without sending a request
 
 
 class ControlError(Exception):
@@ -34,17 +37,41 @@ async def serve(path: str, handler: Handler,
                 streams: dict[str, Stream] | None = None) -> asyncio.AbstractServer:
     """Serve requests on a unix socket (mode 0600: root-only control).
     streams: commands whose reply is a stream of lines; the connection
-    carries that stream from then on, and closes when it ends."""
+    carries that stream from then on, and closes when it ends.
+
+    Bounded: MAX_CLIENTS connections, MAX_REQUEST bytes a request, and a
+    connection idle for IDLE_TIMEOUT is closed. Anything else a client sends
+    gets a one-line {"ok": false, "error": ...} reply, never a crash."""
     streams = streams or {}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    active = 0
+
+    def refuse(writer, error: str) -> None:
+        writer.write(json.dumps({"ok": False, "error": error}).encode() + b"\n")
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        nonlocal active
+        if active >= MAX_CLIENTS:
+            refuse(writer, f"busy: {MAX_CLIENTS} control connections open")
+            writer.close()
+            return
+        active += 1
         try:
-            while line := await reader.readline():
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT)
+                except asyncio.LimitOverrunError:
+                    refuse(writer, f"request longer than {MAX_REQUEST} bytes")
+                    await writer.drain()
+                    return
+                except asyncio.IncompleteReadError as e:
+                    if e.partial.strip():
+                        refuse(writer, "request not terminated by a newline")
+                    return
                 try:
                     req = json.loads(line)
                     if not isinstance(req, dict) or "cmd" not in req:
@@ -53,16 +80,25 @@ async def serve(path: str, handler: Handler,
                         await _stream(streams[req["cmd"]](req), reader, writer)
                         return
                     reply = await handler(req)
+                except RecursionError:
+                    reply = {"ok": False, "error": "request nested too deeply"}
                 except Exception as e:  # a bad request must never kill the daemon
                     reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             pass
         finally:
+            active -= 1
             writer.close()
 
-    server = await asyncio.start_unix_server(client, path=path, limit=MAX_LINE)
+    # Bound under a umask of 077: the socket is 0600 from its first moment
+    # (a chmod after bind leaves a window at the process umask).
+    old = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(client, path=path, limit=MAX_REQUEST)
+    finally:
+        os.umask(old)
     os.chmod(path, 0o600)
     return server
 

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Iterable
 
 import jinja2
+import jinja2.sandbox
 
-from fwcluster.core import hashbuckets
+from fwcluster.core import bundle, hashbuckets
 
 TABLE = "fwcluster"
 OWNED_SET = "owned_buckets"
@@ -140,8 +141,24 @@ def nft_names(items) -> str:
     return nft_set(json.dumps(str(i)) for i in items)
 
 
-def _environment(template_dir: str) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir),
+class _Loader(jinja2.FileSystemLoader):
+    """Templates from one directory, never a member-local file ({% include
+    "secret" %} would put the passphrase into the ruleset)."""
+
+    def __init__(self, directory: str, refuse: frozenset = frozenset()):
+        super().__init__(directory)
+        self.refuse = bundle.MEMBER_LOCAL | refuse
+
+    def get_source(self, environment, template):
+        if template.rsplit("/", 1)[-1] in self.refuse:
+            raise jinja2.TemplateNotFound(template)
+        return super().get_source(environment, template)
+
+
+def _environment(template_dir: str, refuse: frozenset = frozenset()) -> jinja2.Environment:
+    # Sandboxed: a template (which a config push carries) is data, and must
+    # not reach Python internals (e.g. ''.__class__.__mro__) to run code.
+    env = jinja2.sandbox.SandboxedEnvironment(loader=_Loader(template_dir, refuse),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
     env.filters["nft_set"] = nft_set
@@ -165,7 +182,8 @@ def render(cfg, node: str, template: str | None = None) -> Rendered:
     path = str(Path(template or cfg.firewall.template).resolve())
     ctx = context(cfg, node)
     try:
-        tmpl = _environment(str(Path(path).parent)).get_template(Path(path).name)
+        env = _environment(str(Path(path).parent), frozenset({Path(cfg.secret_file).name}))
+        tmpl = env.get_template(Path(path).name)
         text = tmpl.render(**ctx)
     except jinja2.TemplateNotFound:
         raise RulesetError("template not found", template=path) from None

@@ -1,11 +1,14 @@
 """Config sync between members: an authenticated TCP channel on the sync link.
 
-Every exchange is challenge-response so a recorded push cannot be replayed:
-the server opens with a random challenge, the client's request carries an
-HMAC-SHA256 over (challenge, request) and a nonce of its own, and the reply
-carries an HMAC over (nonce, reply). The key is derived from the cluster
-secret with HKDF under its own label, so it is never the CARP or the state
-sync key. It listens on TCP at this member's sync_address and the sync port.
+Every exchange is challenge-response so a recorded push cannot be replayed,
+and every message is authenticated before any of it is parsed: the framing
+(fwcluster.core.configwire) puts a MAC over the challenge, the nonce, a
+direction label and the body's digest in a short fixed-format header line,
+so at most configwire.MAX_HEADER unauthenticated bytes are read per message
+and JSON is parsed only from authenticated bytes. The key is derived from
+the cluster secret with HKDF under its own label, so it is never the CARP
+or the state sync key. It listens on TCP at this member's sync_address and
+the sync port, serving at most MAX_CLIENTS connections at a time.
 
 Operations: hello (generation and digest), fetch (the current bundle) and
 push (validate as this member, then install all-or-nothing).
@@ -13,8 +16,6 @@ push (validate as this member, then install all-or-nothing).
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import os
 import socket
@@ -22,14 +23,16 @@ import time
 
 from fwcluster import configstore, nft
 from fwcluster.core import bundle
+from fwcluster.core import configwire as wire
 from fwcluster.configstore import Generation
 from fwcluster.core.bundle import Bundle, BundleError
 from syncd.core.keys import hkdf
 
 log = logging.getLogger("syncd.config")
-MAX_LINE = 8 << 20
 TIMEOUT = 10.0
+AUTH_TIMEOUT = 5.0  # to send an authentic request header after connecting
 POLL_INTERVAL = 5.0
+MAX_CLIENTS = 8  # concurrent connections; more are closed at once and counted
 IP_FREEBIND, IPV6_FREEBIND = 15, 78  # linux/in.h, linux/in6.h
 
 
@@ -37,38 +40,40 @@ def config_key(secret: bytes, cluster: str) -> bytes:
     return hkdf(secret, b"fwcluster-syncd", b"config-hmac-v1 " + cluster.encode())
 
 
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _mac(key: bytes, prefix: bytes, obj) -> str:
-    return hmac.new(key, prefix + _canonical(obj), "sha256").hexdigest()
-
-
 class AuthError(Exception):
     pass
+
+
+async def _header(reader: asyncio.StreamReader) -> bytes:
+    """One header line, at most MAX_HEADER bytes (the reader's limit)."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        raise wire.FrameError("malformed", "connection closed mid-header" if e.partial
+                              else "connection closed") from None
+    except asyncio.LimitOverrunError:
+        raise wire.FrameError("oversize", f"header longer than {wire.MAX_HEADER} bytes") from None
+    return line
 
 
 async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
                timeout: float = TIMEOUT) -> dict:
     """One authenticated request to a peer; raises OSError/AuthError/TimeoutError."""
     async def exchange():
-        reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+        reader, writer = await asyncio.open_connection(host, port, limit=wire.MAX_HEADER)
         try:
-            hello = json.loads(await reader.readline())
-            challenge = bytes.fromhex(hello["challenge"])
+            challenge = wire.parse_hello(await _header(reader))
             nonce = os.urandom(16)
-            req = {"op": op, "from": node, "nonce": nonce.hex(), "body": body}
-            writer.write(_canonical({**req, "mac": _mac(key, challenge, req)}) + b"\n")
+            writer.write(wire.request(key, challenge, nonce,
+                                      wire.canonical({"op": op, "from": node, "body": body})))
             await writer.drain()
-            line = await reader.readline()
-            if not line:
-                raise AuthError("peer closed the connection (authentication refused?)")
-            answer = json.loads(line)
-            reply = answer.get("reply")
-            if not hmac.compare_digest(str(answer.get("mac", "")), _mac(key, nonce, reply)):
-                raise AuthError("reply failed authentication")
-            return reply
+            length, digest = wire.check_reply(key, challenge, nonce, await _header(reader))
+            return wire.open_body(await reader.readexactly(length), digest)
+        except wire.FrameError as e:
+            raise AuthError(f"peer closed the connection (authentication refused?)"
+                            if "closed" in str(e) else str(e)) from None
+        except asyncio.IncompleteReadError:
+            raise AuthError("peer closed the connection mid-reply") from None
         finally:
             writer.close()
     return await asyncio.wait_for(exchange(), timeout)
@@ -85,8 +90,9 @@ class ConfigService:
         self.peers: dict[str, dict] = {p.name: {"generation": None, "digest": None, "reachable": False,
                                                 "last_seen": None, "error": None}
                                        for p in cfg.peers(node)}
-        self.counters = {"auth_drops": 0, "malformed": 0, "pushes_received": 0,
-                         "pushes_refused": 0, "catch_ups": 0}
+        self.counters = {"auth_drops": 0, "malformed": 0, "oversize": 0, "busy_drops": 0,
+                         "pushes_received": 0, "pushes_refused": 0, "catch_ups": 0}
+        self._clients = 0
         self.server: asyncio.AbstractServer | None = None
         self.last_error: str | None = None
         self.last_catch_up: dict | None = None
@@ -95,7 +101,7 @@ class ConfigService:
     # --- serving ---------------------------------------------------------
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._client, sock=self._listen_socket(),
-                                                 limit=MAX_LINE)
+                                                 limit=wire.MAX_HEADER)
         if not self.own.digest:
             try:
                 self.own.digest = self.local_bundle().digest
@@ -116,30 +122,33 @@ class ConfigService:
         return s
 
     async def _client(self, reader, writer) -> None:
+        if self._clients >= MAX_CLIENTS:
+            self.counters["busy_drops"] += 1
+            writer.transport.abort()
+            return
+        self._clients += 1
         challenge = os.urandom(16)
         try:
-            writer.write(_canonical({"challenge": challenge.hex()}) + b"\n")
+            writer.write(wire.hello(challenge))
             await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), TIMEOUT)
-            try:
-                req = json.loads(line)
-                mac = req.pop("mac")
-                nonce = bytes.fromhex(req["nonce"])
-                op, body = req["op"], req["body"]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self.counters["malformed"] += 1
-                return
-            if not hmac.compare_digest(str(mac), _mac(self.key, challenge, req)):
-                self.counters["auth_drops"] += 1
-                log.warning("config channel: request from %s failed authentication",
-                            writer.get_extra_info("peername"))
-                return
-            reply = await self._serve(op, body, str(req.get("from", "?")))
-            writer.write(_canonical({"reply": reply, "mac": _mac(self.key, nonce, reply)}) + b"\n")
+            line = await asyncio.wait_for(_header(reader), AUTH_TIMEOUT)
+            nonce, length, digest = wire.check_request(self.key, challenge, line)
+            # Authenticated from here on: the peer knows the key.
+            req = wire.open_body(await asyncio.wait_for(reader.readexactly(length), TIMEOUT), digest)
+            op, body, sender = req.get("op"), req.get("body"), req.get("from", "?")
+            if not isinstance(op, str) or not isinstance(body, dict) or not isinstance(sender, str):
+                raise wire.FrameError("malformed", "request needs op, from (strings) and body (object)")
+            reply = await self._serve(op, body, sender)
+            writer.write(wire.reply(self.key, challenge, nonce, wire.canonical(reply)))
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except wire.FrameError as e:
+            self.counters[e.reason] = self.counters.get(e.reason, 0) + 1
+            if e.reason == "auth_drops":
+                log.warning("config channel: %s from %s", e, writer.get_extra_info("peername"))
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             self.counters["malformed"] += 1
         finally:
+            self._clients -= 1
             writer.close()
 
     async def _serve(self, op: str, body: dict, sender: str) -> dict:

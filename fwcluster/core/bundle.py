@@ -2,7 +2,10 @@
 its comparison. Staging and installing them is fwcluster.configstore's.
 
 A bundle is cluster.toml, the ruleset template and any named files that live
-beside cluster.toml (flat names only). The secret never travels.
+beside cluster.toml (flat names only). The secret never travels, and neither
+does any other member-local file: a receiver refuses a bundle that carries
+one whatever the sender did (check_receivable), because a push must not be
+able to change who a member is, its secret or its console password.
 """
 from __future__ import annotations
 
@@ -14,6 +17,10 @@ import re
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 MAX_BUNDLE = 4 << 20  # bytes of file content in one bundle
+# Files that belong to one member (image/customize.py CONFIG_LINKS, /config):
+# never carried, never installed, whatever the bundle says.
+MEMBER_LOCAL = frozenset({"secret", "node", "root-password", "hostname", "resolv.conf",
+                          "config-generation.json", "network", "state"})
 
 
 class BundleError(Exception):
@@ -63,6 +70,20 @@ def check_names(b: Bundle) -> None:
         total += len(data)
     if total > MAX_BUNDLE:
         raise BundleError(f"bundle is {total} bytes, more than {MAX_BUNDLE}")
+
+
+def check_receivable(b: Bundle, own_config: str, own_secret: str) -> None:
+    """What a receiver accepts: its own config file's name and files that are
+    not member-local (nor the name of this member's secret file). The
+    template renders sandboxed and cannot include a member-local file
+    (fwcluster.nft)."""
+    check_names(b)
+    if b.config_name != own_config:
+        raise BundleError(f"bundle's config is {b.config_name!r}, this member's is {own_config!r}")
+    local = MEMBER_LOCAL | {own_secret}
+    for name in sorted(b.files):
+        if name in local:
+            raise BundleError(f"bundle carries {name!r}, a member-local file; refused")
 
 
 def stale(own_generation: int, peers: dict[str, dict]) -> list[str]:

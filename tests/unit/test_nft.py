@@ -200,3 +200,20 @@ def test_fwctl_rules_bad_template_exits_1_with_the_line(tmp_path):
                         capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert cp.returncode == 1
     assert cp.stderr.startswith(f"error: {t}:2: template error:")
+
+
+@pytest.mark.parametrize("source,reason", [
+    # the classic escape to Python internals (os.system and the like)
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}\n", "unsafe"),
+    ("{{ cycler.__init__.__globals__.os.system('true') }}\n", "unsafe"),
+    ("{% include 'secret' %}\n", "template not found"),
+    ("{% include 'node' %}\n", "template not found"),
+])
+def test_template_is_sandboxed(cfg, tmp_path, source, reason):
+    (tmp_path / "secret").write_text("Unit-test-passphrase-4wYq\n")
+    (tmp_path / "node").write_text("fw1\n")
+    t = tmp_path / "t.nft.j2"
+    t.write_text(source)
+    with pytest.raises(nft.RulesetError) as ei:
+        nft.render(cfg, "fw1", str(t))
+    assert reason in str(ei.value).lower() and "passphrase" not in str(ei.value)
