@@ -21,7 +21,7 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 # Subcommand modules, in the order `fwctl --help` lists them. A module that
 # is not there yet (optional parts) is skipped.
 COMMANDS = ["status", "maintenance", "sync", "rules", "config", "drill",
-            "upgrade", "conntrack", "completion"]
+            "upgrade", "conntrack", "secret", "completion"]
 
 
 def emit(args, data, human) -> None:
