@@ -16,8 +16,16 @@ of members (unicast, so it works for any number of members):
   answered (or has stayed silent for `absent_after`), the member is in sync
   and may claim the vips (ordered takeover).
 
-Every message is authenticated (wire.py) and carries a per-boot epoch and a
-per-message sequence number checked against a replay window.
+Every message is authenticated (wire.py) and bound to the receiver: each
+member picks, per peer, a random session nonce for the stream it receives
+from that peer and sends it in RESYNC_REQ; the peer echoes it in every
+message it sends back. A receiver accepts only its current nonce, locks the
+session to the sender's per-run id on the first message it accepts, and
+checks a per-session replay window. A message that does not match makes the
+receiver ask again (at most once per resync_retry), with a fresh nonce once
+the old one was used. So a recording made in an earlier session never
+applies, and no clock or stored state decides who is accepted: nobody can
+be locked out (docs/sync.md, "Why a recording never applies").
 
 Nothing here does I/O: the shell feeds datagrams and local entries in, calls
 tick() with the time, and drains actions out (Send, Apply, Dump, InSync).
@@ -25,9 +33,10 @@ tick() with the time, and drains actions out (Send, Apply, Dump, InSync).
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from syncd.core import wire
 from syncd.core.entry import OP_UPSERT
@@ -72,13 +81,25 @@ class InSync(NamedTuple):
     value: bool
 
 
+MASK64 = (1 << 64) - 1
+_SYSRANDOM = random.SystemRandom()
+
+
+def _system_nonce() -> int:
+    return _SYSRANDOM.getrandbits(64)
+
+
 def _norm(addr) -> str:
     return str(ipaddress.ip_address(str(addr).split("%", 1)[0]))
 
 
 @dataclass
 class _Tx:
+    session: int = 0        # the receiver's nonce from its RESYNC_REQ (0: none yet)
+    req: tuple = (0, 0)     # (boot, seq) of the request that set it: older ones are ignored
+    seq: int = 0            # last seq sent to this peer: never reset in a run
     gen: int = 1
+    base: int = 0           # dseq of a generation start above this (0; tests start near a wrap)
     next_dseq: int = 1
     acked: int = 0
     queue: OrderedDict = field(default_factory=OrderedDict)  # dseq -> [type, arg, body, count, last_sent, flags]
@@ -89,7 +110,7 @@ class _Tx:
 
     def reset(self):
         self.gen += 1
-        self.next_dseq, self.acked = 1, 0
+        self.next_dseq, self.acked = self.base + 1, self.base
         self.queue.clear()
         self.pending.clear()
         self.pending_len = 0
@@ -97,9 +118,12 @@ class _Tx:
 
 @dataclass
 class _Rx:
-    epoch: int | None = None
+    session: int = 0              # our nonce for the peer's stream to us
+    boot: int | None = None       # the peer run this session accepted first
+    first_seq: int = 0            # and the seq of that first message
     window: ReplayWindow = field(default_factory=ReplayWindow)
     gen: int = 0
+    base: int = 0
     expected: int = 1
     early: dict = field(default_factory=dict)    # dseq -> Message
     ack_due: bool = False
@@ -107,8 +131,13 @@ class _Rx:
     ack_since: float = 0.0        # when the first of them arrived
     nack_at: float = float("-inf")
 
+    def new_session(self, nonce: int):
+        self.session, self.boot = nonce, None
+        self.window = ReplayWindow()
+        self.restart(0)
+
     def restart(self, gen: int):
-        self.gen, self.expected = gen, 1
+        self.gen, self.expected = gen, self.base + 1
         self.early.clear()
         self.ack_due = False
         self.ack_count = 0
@@ -134,23 +163,34 @@ class Peer:
     resync: str = "pending"         # pending | done | absent
     req_sent_at: float = float("-inf")
     table_size: int | None = None   # as the peer reports it in ALIVE
-    req_served: tuple | None = None  # (epoch, id) of the peer's last RESYNC_REQ
     counters: dict = field(default_factory=_counters)
+    # Not yet Prometheus series (syncd/metrics.py): status only.
+    sessions: int = 0               # sessions we started with the peer
+    off_session: int = 0            # its authentic datagrams outside our session
 
 
 class Sync:
     """The sync state of one member towards all its peers."""
 
     def __init__(self, members: list[tuple[str, str]], me: str, key: bytes, epoch: int,
-                 now: float, timing: Timing = Timing()):
+                 now: float, timing: Timing = Timing(), nonce: Callable[[], int] | None = None,
+                 counter_base: int = 0):
+        """epoch is a run number shown in status only: no decision uses it.
+        nonce() returns a fresh unpredictable 64-bit number (default: the
+        system's random source; tests pass a seeded one). counter_base starts
+        every sequence counter there (tests: near a wrap)."""
         names = [n for n, _ in members]
         self.me, self.my_index = me, names.index(me)
         self.key, self.epoch, self.t = key, epoch, timing
-        self.seq = 0
+        self.nonce = nonce or _system_nonce
+        self.boot = self.nonce() & MASK64
         self.started = now
-        self.req_id = 1                     # our resync request (unique per epoch)
         self.peers = {n: Peer(n, i, _norm(a)) for i, (n, a) in enumerate(members) if n != me}
         self.by_addr = {p.addr: p for p in self.peers.values()}
+        for p in self.peers.values():
+            p.tx.seq = p.tx.gen = p.tx.base = p.rx.base = counter_base
+            p.tx.reset()
+            self._new_session(p)
         self.in_sync = not self.peers
         self.local_entries = 0              # reported to peers in ALIVE
         self.drops: dict[str, int] = {}
@@ -180,8 +220,7 @@ class Sync:
         tx.pending_len = len(tx.pending)
         p.counters["bulk_sent"] += 1
         self._pack(p, now, wire.FLAG_BULK)
-        req = p.req_served[1] if p.req_served else 0
-        self._queue(p, wire.RESYNC_DONE, req, b"", 0, now)
+        self._queue(p, wire.RESYNC_DONE, 0, b"", 0, now)
 
     def datagram(self, addr: str, data: bytes, now: float) -> None:
         p = self.by_addr.get(addr)
@@ -204,21 +243,24 @@ class Sync:
             self._drop("misdirected")
             return
         rx = p.rx
-        if rx.epoch is None or m.epoch > rx.epoch:
-            if rx.epoch is not None:
-                # The peer restarted: its view of our stream is gone too.
-                p.tx.reset()
-            rx.epoch = m.epoch
-            rx.window = ReplayWindow()
-            rx.restart(0)
-        elif m.epoch < rx.epoch:
-            self._drop("replay")
-            p.counters["replay"] += 1
+        if m.session != rx.session or (rx.boot is not None and m.boot != rx.boot):
+            # Not our current session with this sender: a recording or a late
+            # datagram of an earlier one, or a peer that has not learned the
+            # session yet (it restarted, our request was lost). Never
+            # applied; ask again. A RESYNC_REQ needs no session: it only
+            # tells where to send.
+            p.off_session += 1
+            if m.boot != rx.boot or m.seq > rx.first_seq:
+                self._ask_again(p, now)   # else: sent before the peer joined this session
+            if m.type == wire.RESYNC_REQ:
+                self._on_request(p, m, now)
             return
         if not rx.window.check_and_mark(m.seq):
             self._drop("replay")
             p.counters["replay"] += 1
             return
+        if rx.boot is None:
+            rx.boot, rx.first_seq = m.boot, m.seq
         p.counters["msgs_received"] += 1
         was = p.state
         p.state, p.last_seen = "up", now
@@ -268,7 +310,7 @@ class Sync:
                 self.actions.append(Apply(p.name, m.records, bool(m.flags & wire.FLAG_BULK)))
         elif m.type == wire.RESYNC_DONE:
             p.counters["bulk_received"] += 1
-            if m.arg == self.req_id and p.resync != "done":
+            if p.resync != "done":   # a bulk in our current session: the whole table
                 p.resync = "done"
                 self._check_in_sync()
 
@@ -315,27 +357,31 @@ class Sync:
             self._nack(p, rx.expected, m.dseq, now)
 
     def _on_request(self, p: Peer, m: wire.Message, now: float) -> None:
-        # Repeats of a request already served (or being served) are ignored:
-        # the bulk and its RESYNC_DONE travel on the reliable stream.
-        if p.req_served == (m.epoch, m.arg):
+        """The peer asks for a bulk in a session of its choosing (m.arg).
+        Repeats, and requests older than the one followed (same run, lower
+        seq), change nothing: the bulk travels on the reliable stream."""
+        tx = p.tx
+        if m.arg == 0 or (m.boot == tx.req[0] and m.seq <= tx.req[1]):
             return
-        p.req_served = (m.epoch, m.arg)
+        tx.req = (m.boot, m.seq)
+        if m.arg == tx.session:
+            return
+        tx.session = m.arg
+        tx.reset()
         self.dumps_wanted.add(p.name)
 
     _handlers = {wire.DATA: _on_stream, wire.RESYNC_DONE: _on_stream, wire.ACK: _on_ack,
                  wire.NACK: _on_nack, wire.ALIVE: _on_alive, wire.RESYNC_REQ: _on_request}
 
     # --- output -------------------------------------------------------------------
-    def _next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
     def _send(self, p: Peer, mtype: int, gen: int, dseq: int, arg: int, body: bytes, now: float,
               flags: int = 0):
-        m = wire.Message(mtype, self.my_index, p.index, self.epoch, self._next_seq(), gen, dseq, arg,
-                         flags=flags)
+        tx = p.tx
+        tx.seq += 1
+        m = wire.Message(mtype, self.my_index, p.index, tx.session, self.boot, tx.seq, gen, dseq,
+                         arg, flags=flags)
         self.actions.append(Send(p.addr, wire.encode(self.key, m, body)))
-        p.tx.last_send = now
+        tx.last_send = now
         p.counters["msgs_sent"] += 1
 
     def _transmit(self, p: Peer, dseq: int, item: list, now: float) -> None:
@@ -380,7 +426,28 @@ class Sync:
 
     def _request(self, p: Peer, now: float) -> None:
         p.req_sent_at = now
-        self._send(p, wire.RESYNC_REQ, 0, 0, self.req_id, b"", now)
+        self._send(p, wire.RESYNC_REQ, 0, 0, p.rx.session, b"", now)
+
+    def _new_session(self, p: Peer) -> None:
+        """A fresh nonce for the peer's stream to us: whatever was sent in
+        earlier sessions no longer applies. The peer's bulk completes it."""
+        nonce = 0
+        while nonce == 0 or nonce == p.rx.session:
+            nonce = self.nonce() & MASK64
+        p.rx.new_session(nonce)
+        p.sessions += 1
+        if p.resync == "done":
+            p.resync = "pending"
+
+    def _ask_again(self, p: Peer, now: float) -> None:
+        """The peer sends outside our session: request it again, at most once
+        per resync_retry, with a fresh nonce once the current one was used
+        (its replay window may hold the peer's sequence numbers)."""
+        if now - p.req_sent_at < self.t.resync_retry:
+            return
+        if p.rx.boot is not None:
+            self._new_session(p)
+        self._request(p, now)
 
     def flush(self, now: float, delay_acks: bool = False) -> None:
         """Pack pending entries into messages and acknowledge what arrived
@@ -436,11 +503,9 @@ class Sync:
     def resync(self, now: float) -> None:
         """Ask every peer for a fresh bulk transfer (e.g. after losing the
         master role: the local entries went stale while the peer carried the
-        flows). Does not change in_sync."""
-        self.req_id += 1
+        flows): a new session with each. Does not change in_sync."""
         for p in self.peers.values():
-            if p.resync == "done":
-                p.resync = "pending"
+            self._new_session(p)
             p.req_sent_at = float("-inf")
         self.tick(now)
 
@@ -473,8 +538,9 @@ class Sync:
             peers[p.name] = {
                 "address": p.addr, "state": p.state, "resync": p.resync,
                 "last_seen": None if p.last_seen is None else round(now - p.last_seen, 3),
-                "epoch": p.rx.epoch, "table_size": p.table_size,
+                "session": f"{p.rx.session:016x}", "sessions": p.sessions,
+                "off_session": p.off_session, "table_size": p.table_size,
                 "unacked": len(q), "lag": 0.0 if oldest is None else round(now - oldest, 3),
                 **p.counters}
-        return {"epoch": self.epoch, "in_sync": self.in_sync, "local_entries": self.local_entries,
+        return {"epoch": self.epoch, "boot": f"{self.boot:016x}", "in_sync": self.in_sync, "local_entries": self.local_entries,
                 "drops": dict(self.drops), "peers": peers}

@@ -1,18 +1,23 @@
 """State-sync message format (pure: bytes in, bytes out; no sockets).
 
-Every datagram:
+Every datagram (version 2, big endian):
 
-  0  magic "FS"        2    8  epoch  u32  sender's per-boot epoch (grows)
-  2  version u8 (=1)   1   12  seq    u64  per-message counter (replay window)
-  3  type u8           1   20  gen    u32  stream generation sender->receiver
-  4  src u8            1   24  dseq   u32  data sequence (DATA/DONE), cumulative
-  5  dst u8            1                   ack (ACK), first missing (NACK),
-  6  flags u16         2                   last sent (ALIVE)
-     (1: bulk transfer)
-                           28  arg    u32  entry count (DATA), last missing
-                                           (NACK), resync id (REQ/DONE)
- 32  body: arg entry records (DATA only)
+  0  magic "FS"        2    8  session u64  the receiver's session nonce, as the
+  2  version u8 (=2)   1                    sender learned it (0: none yet)
+  3  type u8           1   16  boot  u64    the sender's random per-run id
+  4  src u8            1   24  seq   u64    per peer, never reset in a run
+  5  dst u8            1   32  gen   u64    stream generation sender->receiver
+  6  flags u16         2   40  dseq  u64    data sequence (DATA/DONE), cumulative
+     (1: bulk transfer)                     ack (ACK), first missing (NACK),
+                                            last sent (ALIVE)
+                           48  arg   u64    entry count (DATA), last missing
+                                            (NACK), table size (ALIVE), the
+                                            requester's new session (REQ)
+ 56  body: arg entry records (DATA only)
  ..  HMAC-SHA256(key, everything before it), 32 bytes
+
+Every counter is 64 bits: at a million messages a second one lasts 584,000
+years, so none wraps in a process lifetime (version 1 had u32 ones that did).
 
 src/dst are member indexes (config order), so a message captured on its way to
 one member cannot be replayed to another. Entry record (big endian):
@@ -33,14 +38,14 @@ from syncd.core.addrcache import ntop, pton
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
 MAGIC = b"FS"
-VERSION = 1
+VERSION = 2
 
 DATA, ACK, NACK, ALIVE, RESYNC_REQ, RESYNC_DONE = 1, 2, 3, 4, 5, 6
 FLAG_BULK = 0x0001
 TYPE_NAMES = {DATA: "data", ACK: "ack", NACK: "nack", ALIVE: "alive",
               RESYNC_REQ: "resync-req", RESYNC_DONE: "resync-done"}
 
-HEADER = struct.Struct("!2sBBBBHIQIII")
+HEADER = struct.Struct("!2sBBBBHQQQQQQ")
 MAC_LEN = 32
 REC_HEAD = struct.Struct("!BBBBHHIIIBBBB")
 PORTS = struct.Struct("!HH")
@@ -64,7 +69,8 @@ class Message(NamedTuple):
     type: int
     src: int
     dst: int
-    epoch: int
+    session: int      # the receiver's session nonce (see protocol.py)
+    boot: int         # the sender's per-run id
     seq: int
     gen: int = 0
     dseq: int = 0
@@ -112,7 +118,7 @@ def sign(key: bytes, data: bytes) -> bytes:
 def encode(key: bytes, m: Message, body: bytes = b"") -> bytes:
     """Sign a message. DATA bodies come pre-encoded (see encode_record) so a
     batch is encoded once however often it is resent."""
-    head = HEADER.pack(MAGIC, VERSION, m.type, m.src, m.dst, m.flags, m.epoch, m.seq,
+    head = HEADER.pack(MAGIC, VERSION, m.type, m.src, m.dst, m.flags, m.session, m.boot, m.seq,
                        m.gen, m.dseq, m.arg)
     return sign(key, head + body)
 
@@ -131,7 +137,7 @@ def decode(key: bytes, data: bytes) -> Message:
     mac = hmac.digest(key, data[:-MAC_LEN], "sha256")
     if not hmac.compare_digest(mac, data[-MAC_LEN:]):
         raise WireError("bad_auth")
-    (_m, _v, mtype, src, dst, flags, epoch, seq, gen, dseq, arg) = HEADER.unpack_from(data)
+    (_m, _v, mtype, src, dst, flags, session, boot, seq, gen, dseq, arg) = HEADER.unpack_from(data)
     if mtype not in TYPE_NAMES:
         raise WireError("bad_type", f"type {mtype}")
     records = ()
@@ -147,4 +153,4 @@ def decode(key: bytes, data: bytes) -> Message:
         records = tuple(recs)
     elif body_end != HEADER.size:
         raise WireError("malformed", f"{TYPE_NAMES[mtype]} with a body")
-    return Message(mtype, src, dst, epoch, seq, gen, dseq, arg, records, flags)
+    return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, records, flags)

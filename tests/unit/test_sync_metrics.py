@@ -62,7 +62,7 @@ def sync_status() -> dict:
         n.tick(1.0)
     exchange(nodes, 1.0)
     nodes["fw1"].datagram(ADDR["fw2"], data[-1], 1.2)           # a replay (fw2 -> fw1 last)
-    nodes["fw1"].datagram(ADDR["fw2"], b"FS\x01" + bytes(80), 1.2)  # forged: bad MAC
+    nodes["fw1"].datagram(ADDR["fw2"], b"FS\x02" + bytes(120), 1.2)  # forged: bad MAC
     nodes["fw1"].local_entries = 42
     return nodes["fw1"].status(1.5)
 

@@ -22,8 +22,11 @@ def entry(i: int) -> Entry:
 class Net:
     """Delivers datagrams between nodes with optional loss, duplication and reordering."""
 
-    def __init__(self, members, seed=1, loss=0.0, dup=0.0, reorder=0.0, epoch=100, now=0.0):
+    def __init__(self, members, seed=1, loss=0.0, dup=0.0, reorder=0.0, epoch=100, now=0.0,
+                 counter_base=0):
         self.members = members
+        self.counter_base = counter_base
+        self.nonces = random.Random(seed + 1)
         self.addr = dict(members)
         self.name_of = {a: n for n, a in members}
         self.rng = random.Random(seed)
@@ -36,7 +39,8 @@ class Net:
             self.start(name, epoch)
 
     def start(self, name, epoch):
-        self.nodes[name] = Sync(self.members, name, KEY, epoch, self.now, Timing())
+        self.nodes[name] = Sync(self.members, name, KEY, epoch, self.now, Timing(),
+                                lambda: self.nonces.getrandbits(64), self.counter_base)
         self.tables.setdefault(name, {})
         self.applied[name] = []
         self.insync[name] = []
@@ -101,6 +105,28 @@ class Net:
 
 def two(**kw):
     return Net(MEMBERS[:2], **kw)
+
+
+def handshake(nodes: dict, now: float) -> None:
+    """Exchange RESYNC_REQs and (empty) bulks until quiet, without a Net."""
+    addr = dict(MEMBERS)
+    name_of = {a: n for n, a in MEMBERS}
+    for n in nodes.values():
+        n.tick(now)
+    for _ in range(20):
+        moved = False
+        for name, n in nodes.items():
+            for a in n.drain():
+                if isinstance(a, Dump):
+                    n.bulk(a.peer, [], now)
+                elif isinstance(a, Send):
+                    nodes[name_of[a.addr]].datagram(addr[name], a.data, now)
+                    moved = True
+        for n in nodes.values():
+            n.flush(now)
+        if not moved:
+            break
+    assert all(p.resync == "done" for n in nodes.values() for p in n.peers.values())
 
 
 def test_startup_pair_syncs_and_reports_in_sync():
@@ -189,18 +215,118 @@ def test_forged_truncated_wrong_version_are_counted():
     assert net.applied["fw2"] == [] and net.tables["fw2"] == {}
 
 
-def test_old_epoch_is_refused_after_restart():
+def test_sender_restart_records_of_its_earlier_run_never_apply():
     net = two()
     net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(1))])
     old = [d for s, a, d in net.wire_log if s == "fw1"]
-    net.start("fw1", epoch=200)     # fw1 reboots with a higher epoch
-    net.run(0.5)
+    net.start("fw1", epoch=200)     # fw1 restarts (empty table)
+    net.tables["fw1"] = {}
+    net.run(1.5)
     fw2 = net.nodes["fw2"]
-    before = fw2.drops.get("replay", 0)
+    assert fw2.peers["fw1"].resync == "done"
+    table = dict(net.tables["fw2"])     # entry(1) stays (the kernel times it out)
+    applied = len(net.applied["fw2"])
     for d in old:
         fw2.datagram("203.0.113.1", d, net.now)
-    assert fw2.drops["replay"] - before == len(old)
-    assert fw2.peers["fw1"].rx.epoch == 200
+    net.pump()
+    assert len(net.applied["fw2"]) == applied and net.tables["fw2"] == table
+    assert fw2.peers["fw1"].off_session >= len(old)
+
+
+def test_lower_epoch_and_lost_state_are_not_locked_out():
+    """Issue 9 #5: a member back with an epoch below the one its peer saw
+    (clock behind, /config state lost) used to be refused for ever."""
+    net = two()
+    net.run(0.2)
+    net.local("fw2", [(OP_UPSERT, entry(i)) for i in range(10)])
+    net.run(1.0)
+    net.start("fw1", epoch=50)
+    net.tables["fw1"] = {}
+    net.run(1.0)
+    fw1 = net.nodes["fw1"]
+    assert net.insync["fw1"] == [True] and fw1.peers["fw2"].resync == "done"
+    assert net.tables["fw1"] == net.tables["fw2"]
+    net.local("fw1", [(OP_UPSERT, entry(99))])        # and its own entries are taken
+    assert entry(99).key in net.tables["fw2"]
+
+
+def test_recording_never_applies_after_the_receiver_restarts():
+    """Issue 9 #6: a restarted receiver used to adopt the first authentic
+    epoch it saw, so a recording of the peer's current stream applied."""
+    net = two()
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(5)])
+    net.local("fw1", [(OP_DELETE, entry(0))])
+    recording = [d for s, a, d in net.wire_log if s == "fw1"]
+    net.start("fw2", epoch=101)
+    net.tables["fw2"] = {}
+    fw2 = net.nodes["fw2"]
+    for d in recording:                 # before fw2 heard anything of fw1's new stream
+        fw2.datagram("203.0.113.1", d, net.now)
+    assert not [a for a in fw2.drain() if isinstance(a, Apply)]
+    net.run(1.0)                        # the handshake, fw1's bulk
+    assert net.tables["fw2"] == net.tables["fw1"]
+    applied = len(net.applied["fw2"])
+    for d in recording:                 # and after it
+        fw2.datagram("203.0.113.1", d, net.now)
+    net.pump()
+    assert len(net.applied["fw2"]) == applied
+
+
+def test_replayed_resync_request_costs_a_bulk_and_heals():
+    """A recorded RESYNC_REQ of fw2's earlier run points fw1 at a dead
+    session: fw2 notices fw1 sending outside its session and asks again."""
+    net = two()
+    net.run(0.2)
+    old_reqs = [d for s, a, d in net.wire_log if s == "fw2" and d[3] == wire.RESYNC_REQ]
+    net.start("fw2", epoch=101)
+    net.tables["fw2"] = {}
+    net.run(1.0)
+    for d in old_reqs:
+        net.nodes["fw1"].datagram("203.0.113.2", d, net.now)
+    net.pump()
+    net.local("fw1", [(OP_UPSERT, entry(7))])
+    net.run(3.0)
+    assert net.tables["fw2"] == net.tables["fw1"] and entry(7).key in net.tables["fw2"]
+
+
+def test_sequence_counters_are_per_peer():
+    """Issue 9 #7: one counter for all peers thinned each peer's window."""
+    net = Net(MEMBERS)
+    net.run(0.5)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(100)])
+    seqs = {}
+    for s, a, d in net.wire_log:
+        if s == "fw1":
+            seqs.setdefault(a, []).append(wire.decode(KEY, d).seq)
+    assert len(seqs) == 2
+    for got in seqs.values():
+        assert got == list(range(1, len(got) + 1))
+
+
+def test_counters_cross_the_u32_edge():
+    """Issue 9 #4: seq, gen and dseq were u32 on the wire; at 2**32 the
+    header pack raised and the ticker died. Every counter is 64-bit now."""
+    edge = 2**32 - 3
+    net = two(counter_base=edge)
+    net.run(0.2)
+    for i in range(10):
+        net.local("fw1", [(OP_UPSERT, entry(i))])
+    net.run(1.0)
+    assert net.tables["fw2"] == net.tables["fw1"] and len(net.tables["fw2"]) == 10
+    fw1 = net.nodes["fw1"]
+    tx = fw1.peers["fw2"].tx
+    assert tx.seq > 2**32 and tx.next_dseq > 2**32 and tx.acked == tx.next_dseq - 1
+    last = [wire.decode(KEY, d) for s, a, d in net.wire_log if s == "fw1"][-1]
+    assert last.type == wire.ALIVE and last.seq > 2**32     # the timers still run
+
+
+def test_counters_near_the_u64_top_still_work():
+    net = two(counter_base=2**63)
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(1))])
+    assert entry(1).key in net.tables["fw2"]
 
 
 def test_misdirected_message_is_dropped():
@@ -335,6 +461,8 @@ def test_delayed_ack_sent_after_ack_delay_ack_every_or_the_next_tick():
     t = Timing(ack_delay=0.25, ack_every=4)
     fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
     fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
+    handshake({"fw1": fw1, "fw2": fw2}, 9.0)
+    d0 = fw2.peers["fw1"].rx.expected - 1         # the handshake's bulk came first
 
     def deliver(n, now):
         """n DATA messages (one record each) from fw1 to fw2 at time now."""
@@ -356,7 +484,7 @@ def test_delayed_ack_sent_after_ack_delay_ack_every_or_the_next_tick():
     fw2.flush(10.125, delay_acks=True)             # younger than ack_delay
     assert acks() == []
     fw2.flush(10.25, delay_acks=True)              # ack_delay reached
-    assert acks() == [1]
+    assert acks() == [d0 + 1]
     fw2.flush(10.5, delay_acks=True)               # nothing new: no repeat
     assert acks() == []
 
@@ -365,14 +493,14 @@ def test_delayed_ack_sent_after_ack_delay_ack_every_or_the_next_tick():
     assert acks() == []
     deliver(1, 11.0)                               # the ack_every-th message: at once
     fw2.flush(11.0, delay_acks=True)
-    assert acks() == [5]
+    assert acks() == [d0 + 5]
 
     deliver(1, 12.0)
     fw2.flush(12.0, delay_acks=True)
     assert acks() == []
     fw2.tick(12.05)                                # the next tick sends it, however young
-    assert acks() == [6]
+    assert acks() == [d0 + 6]
 
     deliver(1, 13.0)
     fw2.flush(13.0)                                # without delay_acks: at once
-    assert acks() == [7]
+    assert acks() == [d0 + 7]

@@ -41,37 +41,51 @@ def test_sync_key_depends_on_cluster_and_secret():
 
 def data_msg(records, seq=5, src=0, dst=1):
     body = b"".join(wire.encode_record(op, e) for op, e in records)
-    m = wire.Message(wire.DATA, src, dst, 1234, seq, 2, 9, len(records))
+    m = wire.Message(wire.DATA, src, dst, 0xFEEDFACECAFEBEEF, 1234, seq, 2, 9, len(records))
     return wire.encode(KEY, m, body)
 
 
 def test_roundtrip_all_families_and_fields():
     recs = [(OP_UPSERT, TCP4), (OP_UPSERT, UDP6), (OP_DELETE, ICMP4)]
     m = wire.decode(KEY, data_msg(recs))
-    assert (m.type, m.src, m.dst, m.epoch, m.seq, m.gen, m.dseq, m.arg) == (
-        wire.DATA, 0, 1, 1234, 5, 2, 9, 3)
+    assert (m.type, m.src, m.dst, m.session, m.boot, m.seq, m.gen, m.dseq, m.arg) == (
+        wire.DATA, 0, 1, 0xFEEDFACECAFEBEEF, 1234, 5, 2, 9, 3)
     assert list(m.records) == recs
     assert m.records[0][1].snat and not m.records[0][1].dnat
 
 
 def test_control_message_roundtrip():
-    data = wire.encode(KEY, wire.Message(wire.NACK, 1, 0, 9, 2**40, 3, 10, 20))
+    data = wire.encode(KEY, wire.Message(wire.NACK, 1, 0, 7, 9, 2**40, 3, 10, 20))
     m = wire.decode(KEY, data)
     assert (m.type, m.seq, m.dseq, m.arg, m.records) == (wire.NACK, 2**40, 10, 20, ())
 
 
+def test_every_counter_is_64_bit():
+    """Version 1 packed gen, dseq and arg as u32: at 2**32 encode raised."""
+    top = 2**64 - 1
+    m = wire.decode(KEY, wire.encode(KEY, wire.Message(wire.ALIVE, 1, 0, top, top, top, top, top, top)))
+    assert (m.session, m.boot, m.seq, m.gen, m.dseq, m.arg) == (top,) * 6
+
+
+def test_version_1_datagrams_are_dropped_as_bad_version():
+    v1 = b"FS\x01" + bytes(29) + bytes(32)      # a version 1 header and MAC
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(KEY, v1 + bytes(24))
+    assert e.value.reason == "bad_version"
+
+
 def test_batch_fits_datagram():
     per = wire.REC_LEN[4]
-    assert wire.HEADER.size == 32
-    assert wire.MAX_BODY // per >= 25
+    assert wire.HEADER.size == 56
+    assert wire.MAX_BODY // per >= 25 and wire.MAX_BODY // wire.REC_LEN[6] >= 13
 
 
 @pytest.mark.parametrize("mutate,reason", [
-    (lambda d: d[:20], "truncated"),
+    (lambda d: d[:40], "truncated"),
     (lambda d: d[:-1], "bad_auth"),
     (lambda d: b"XX" + d[2:], "bad_magic"),
-    (lambda d: d[:2] + b"\x02" + d[3:], "bad_version"),
-    (lambda d: d[:40] + bytes([d[40] ^ 1]) + d[41:], "bad_auth"),
+    (lambda d: d[:2] + b"\x01" + d[3:], "bad_version"),
+    (lambda d: d[:60] + bytes([d[60] ^ 1]) + d[61:], "bad_auth"),
     (lambda d: d[:-32] + bytes(32), "bad_auth"),
 ])
 def test_bad_datagrams_raise_with_reason(mutate, reason):
@@ -92,12 +106,12 @@ def test_signed_but_malformed_bodies():
     # Valid MAC, but the body lies: must still be a clean drop, not a crash.
     rec = wire.encode_record(OP_UPSERT, TCP4)
     cases = [
-        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 2), rec, "truncated"),      # count too high
-        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 0), rec, "malformed"),      # trailing bytes
-        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1), b"\x09" + rec[1:], "malformed"),  # bad op
-        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1), rec[:1] + b"\x05" + rec[2:], "malformed"),
-        (wire.Message(99, 0, 1, 1, 1, 1, 1, 0), b"", "bad_type"),
-        (wire.Message(wire.ACK, 0, 1, 1, 1, 1, 1, 0), b"x", "malformed"),
+        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1, 2), rec, "truncated"),      # count too high
+        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1, 0), rec, "malformed"),      # trailing bytes
+        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1, 1), b"\x09" + rec[1:], "malformed"),  # bad op
+        (wire.Message(wire.DATA, 0, 1, 1, 1, 1, 1, 1, 1), rec[:1] + b"\x05" + rec[2:], "malformed"),
+        (wire.Message(99, 0, 1, 1, 1, 1, 1, 1, 0), b"", "bad_type"),
+        (wire.Message(wire.ACK, 0, 1, 1, 1, 1, 1, 1, 0), b"x", "malformed"),
     ]
     for m, body, reason in cases:
         with pytest.raises(wire.WireError) as e:
