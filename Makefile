@@ -42,6 +42,7 @@ deps venv: $(VENV)/.stamp
 
 test: deps
 	$(PY) -m pytest -q tests
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git status --porcelain)" ]; then git status --porcelain; echo "error: the checkout is not clean after the tests (debris of a test, a build output missing from .gitignore, or uncommitted work)" >&2; exit 1; fi
 
 test-unit: deps
 	$(PY) -m pytest -q tests/unit

@@ -12,11 +12,9 @@ from tests.labkit import Lab, SERVER4
 LOAD = str(Path(__file__).with_name("sync_load.py"))
 TCP_PORT, UDP_PORT = 5001, 5002
 PY = sys.executable
-# Default CARP timing (advbase 1; skews 0 and 100) and a sync hold so a
-# returning member waits for its bulk resync (ordered takeover). Sub-second
-# timing (advbase 0) cannot show ordered takeover: there a backup's
-# master-down time (advskew/256) is shorter than a master with a higher skew
-# advertises, so a returning fw1 claims the vips on its timer however demoted.
+# The default CARP timing an operator gets (advbase 1; skews 0 and 100) and
+# a sync hold, so that a returning member stays demoted until its bulk
+# resync is done (ordered takeover) and only then preempts.
 TIMING = {"advbase": 1, "carp": {"sync_hold": 20}}
 
 

@@ -61,8 +61,8 @@ def test_takeover_on_node_loss_and_preemption_back(carp_lab):
 
 
 def test_no_preemption_when_preempt_is_off(carp_lab):
-    # advbase 1: with advbase 0 a better backup's master-down is shorter than
-    # the master's interval, so it could not wait as a backup at all.
+    # Default timing (advbase 1): fw1's master-down is 3 s, fw2 advertises
+    # every 1.4 s.
     lab = carp_lab(members=2, ipv6=False, carp={"preempt": False})
     start_all(lab)
     wait_settled(lab, "fw1")
@@ -72,7 +72,7 @@ def test_no_preemption_when_preempt_is_off(carp_lab):
     lab.start_carpd("fw1")
     assert lab.wait_for(lambda: lab.vip_state("fw1", 1) == "BACKUP", 10)
     before = transitions(lab, "fw2")
-    time.sleep(4)  # longer than fw1's master-down: it would have preempted by now
+    time.sleep(4)  # past fw1's master-down and two of fw2's adverts: preempt would have fired
     assert settled(lab, "fw2") and transitions(lab, "fw2") == before
     assert lab.status("fw1")["preempt"] is False
 

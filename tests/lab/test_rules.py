@@ -177,14 +177,17 @@ def test_a_broken_template_or_rule_leaves_the_old_ruleset(case, ns, cluster, tmp
     assert _ruleset(ns) == before
 
 
-def test_owned_buckets_are_replaced_atomically_and_survive_apply(ns, cluster):
+def test_owned_buckets_are_replaced_atomically_and_survive_apply(ns, cluster, tmp_path):
     config = cluster(mode="active-active", buckets=12)
     assert _fwctl(ns, config, "apply")[0] == 0
+    # The run directory fwctl locks too (cluster.toml's run_dir), named
+    # explicitly: argv[0] of `python -c` is "-c", a directory in the cwd.
+    run_dir = str(tmp_path / "run")
     script = ("import sys, json; from fwcluster import nft\n"
-              "for arg in sys.argv[1:]:\n"
-              "    nft.set_owned_buckets(json.loads(arg), run_dir=sys.argv[0])\n"
+              "for arg in sys.argv[2:]:\n"
+              "    nft.set_owned_buckets(json.loads(arg), run_dir=sys.argv[1])\n"
               "print(json.dumps(sorted(nft.owned_buckets())))")
-    cp = _in(ns, [PY, "-c", script, "[1, 4, 7]", "[0, 3, 6, 9]"])
+    cp = _in(ns, [PY, "-c", script, run_dir, "[1, 4, 7]", "[0, 3, 6, 9]"])
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout) == [0, 3, 6, 9]
     assert "elements = { 0, 3, 6, 9 }" in _ruleset(ns)
@@ -198,7 +201,7 @@ def test_owned_buckets_are_replaced_atomically_and_survive_apply(ns, cluster):
     assert _fwctl(ns, config, "apply")[1]["owned_buckets"] == [0, 3]
 
     # An empty set is valid (this member owns nothing).
-    cp = _in(ns, [PY, "-c", script, "[]"])
+    cp = _in(ns, [PY, "-c", script, run_dir, "[]"])
     assert json.loads(cp.stdout) == []
 
 
