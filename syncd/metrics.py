@@ -1,12 +1,12 @@
 """syncd's Prometheus metrics, made from its status object (pure).
 
 Built from exactly what `{"cmd":"status"}` returns (`fwctl sync --json`),
-so a scrape and fwctl can never disagree. Rendering and the HTTP/textfile
-outputs are fwcluster.metrics'.
+so a scrape and fwctl can never disagree. The families are prometheus_client's;
+rendering and the HTTP/textfile outputs are fwcluster.metrics'.
 """
 from __future__ import annotations
 
-from fwcluster.metrics import Family
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PEER_STATES = ("unknown", "up", "down")
 RESYNC_STATES = ("pending", "done", "absent")
@@ -60,32 +60,40 @@ CONFIG_COUNTERS = {
 CONFIG_DROPS = {"auth_drops": "bad_auth", "malformed": "malformed"}
 
 
-def _gauge(name: str, help: str) -> Family:
-    return Family(f"fwcluster_sync_{name}", "gauge", help)
+def _gauge(name: str, help: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"fwcluster_sync_{name}", help, labels=labels)
 
 
-def _counter(name: str, help: str) -> Family:
-    return Family(f"fwcluster_sync_{name}_total", "counter", help)
+def _counter(name: str, help: str, *labels: str) -> CounterMetricFamily:
+    # Named with _total: the library takes it off the family and puts it
+    # back on the TYPE line and every sample, so the exposed name is this.
+    return CounterMetricFamily(f"fwcluster_sync_{name}_total", help, labels=labels)
 
 
-def families(status: dict) -> list[Family]:
+def _one(family: Metric, value: float) -> Metric:
+    """An unlabelled family with its one sample."""
+    family.add_metric([], value)
+    return family
+
+
+def families(status: dict) -> list[Metric]:
     """Metric families for one syncd status (see docs/metrics.md)."""
-    info = _gauge("info", "syncd of this member (labels: node, cluster)")
-    info.add(1, node=str(status.get("node")), cluster=str(status.get("cluster")))
-    in_sync = _gauge("in_sync", "1 once every peer has answered the bulk resync (or is absent)")
-    in_sync.add(int(bool(status.get("in_sync"))))
-    demotion = _gauge("demotion", "Demotion syncd asks carpd for (0 once in sync)")
-    demotion.add(status.get("demotion", 0))
-    carpd = _gauge("carpd_linked", "1 while syncd is connected to carpd's control socket")
-    carpd.add(int(bool(status.get("carpd"))))
-    local = _gauge("local_entries", "Entries in this member's conntrack table")
-    local.add(status.get("local_entries", 0))
-    epoch = _gauge("epoch", "This run's epoch (grows on every start)")
-    epoch.add(status.get("epoch", 0))
-    drops = _counter("drops", "Sync datagrams dropped, by reason")
+    info = _gauge("info", "syncd of this member (labels: node, cluster)", "node", "cluster")
+    info.add_metric([str(status.get("node")), str(status.get("cluster"))], 1)
+    in_sync = _one(_gauge("in_sync", "1 once every peer has answered the bulk resync (or is "
+                          "absent)"), int(bool(status.get("in_sync"))))
+    demotion = _one(_gauge("demotion", "Demotion syncd asks carpd for (0 once in sync)"),
+                    status.get("demotion", 0))
+    carpd = _one(_gauge("carpd_linked", "1 while syncd is connected to carpd's control socket"),
+                 int(bool(status.get("carpd"))))
+    local = _one(_gauge("local_entries", "Entries in this member's conntrack table"),
+                 status.get("local_entries", 0))
+    epoch = _one(_gauge("epoch", "This run's epoch (grows on every start)"),
+                 status.get("epoch", 0))
+    drops = _counter("drops", "Sync datagrams dropped, by reason", "reason")
     got = status.get("drops") or {}
     for reason in sorted(set(DROP_REASONS) | set(got)):
-        drops.add(got.get(reason, 0), reason=reason)
+        drops.add_metric([reason], got.get(reason, 0))
     out = [info, in_sync, demotion, carpd, local, epoch, drops]
     out += peer_families(status.get("peers") or {})
     out += daemon_families(status)
@@ -94,71 +102,73 @@ def families(status: dict) -> list[Family]:
     return out
 
 
-def peer_families(peers: dict) -> list[Family]:
+def peer_families(peers: dict) -> list[Metric]:
     """One series per peer (label `peer`)."""
-    up = _gauge("peer_up", "1 while the peer is heard from (state up)")
-    state = _gauge("peer_state", "1 for the state the peer is in, 0 for the others")
-    resync = _gauge("peer_resync", "1 for the state of our bulk resync from the peer")
+    up = _gauge("peer_up", "1 while the peer is heard from (state up)", "peer")
+    state = _gauge("peer_state", "1 for the state the peer is in, 0 for the others",
+                   "peer", "state")
+    resync = _gauge("peer_resync", "1 for the state of our bulk resync from the peer",
+                    "peer", "state")
     seen = _gauge("peer_last_seen_seconds", "Seconds since the peer's last authentic message "
-                  "(+Inf: never)")
-    table = _gauge("peer_entries", "Entries in the peer's conntrack table, as it reports them")
-    unacked = _gauge("peer_unacked_messages", "Messages sent to the peer and not yet acknowledged")
+                  "(+Inf: never)", "peer")
+    table = _gauge("peer_entries", "Entries in the peer's conntrack table, as it reports them",
+                   "peer")
+    unacked = _gauge("peer_unacked_messages", "Messages sent to the peer and not yet acknowledged",
+                     "peer")
     lag = _gauge("lag_seconds", "Age of the oldest message the peer has not acknowledged "
-                 "(0: all acknowledged)")
-    counters = {k: _counter(name, help) for k, (name, help) in PEER_COUNTERS.items()}
-    drops = _counter("peer_drops", "Datagrams from the peer dropped, by reason")
+                 "(0: all acknowledged)", "peer")
+    counters = {k: _counter(name, help, "peer") for k, (name, help) in PEER_COUNTERS.items()}
+    drops = _counter("peer_drops", "Datagrams from the peer dropped, by reason", "peer", "reason")
     for name, p in sorted(peers.items()):
-        up.add(int(p.get("state") == "up"), peer=name)
+        up.add_metric([name], int(p.get("state") == "up"))
         for s in PEER_STATES:
-            state.add(int(p.get("state") == s), peer=name, state=s)
+            state.add_metric([name, s], int(p.get("state") == s))
         for s in RESYNC_STATES:
-            resync.add(int(p.get("resync") == s), peer=name, state=s)
+            resync.add_metric([name, s], int(p.get("resync") == s))
         last = p.get("last_seen")
-        seen.add(float("inf") if last is None else last, peer=name)
+        seen.add_metric([name], float("inf") if last is None else last)
         if p.get("table_size") is not None:  # unknown until the peer's first ALIVE
-            table.add(p["table_size"], peer=name)
-        unacked.add(p.get("unacked", 0), peer=name)
-        lag.add(p.get("lag", 0.0), peer=name)
+            table.add_metric([name], p["table_size"])
+        unacked.add_metric([name], p.get("unacked", 0))
+        lag.add_metric([name], p.get("lag", 0.0))
         for k, fam in counters.items():
-            fam.add(p.get(k, 0), peer=name)
+            fam.add_metric([name], p.get(k, 0))
         for k, reason in PEER_DROPS.items():
-            drops.add(p.get(k, 0), peer=name, reason=reason)
+            drops.add_metric([name, reason], p.get(k, 0))
     return [up, state, resync, seen, table, unacked, lag, *counters.values(), drops]
 
 
-def daemon_families(status: dict) -> list[Family]:
+def daemon_families(status: dict) -> list[Metric]:
     c = status.get("counters") or {}
-    out = []
-    for k, (name, help) in DAEMON_COUNTERS.items():
-        out.append(_counter(name, help).add(c.get(k, 0)))
+    out = [_one(_counter(name, help), c.get(k, 0)) for k, (name, help) in DAEMON_COUNTERS.items()]
     kernel = status.get("kernel") or {}
     writes = _counter("kernel_writes", "Peer entries written to the kernel table, by result "
-                      "(kept: already present and left alone)")
+                      "(kept: already present and left alone)", "result")
     for result in KERNEL_RESULTS:
-        writes.add(kernel.get(result, 0), result=result)
+        writes.add_metric([result], kernel.get(result, 0))
     out.append(writes)
     return out
 
 
-def config_families(cfg: dict) -> list[Family]:
+def config_families(cfg: dict) -> list[Metric]:
     """Config sync (status["config"], syncd/configchannel.py)."""
-    gen = _gauge("config_generation", "Generation of the config this member runs")
-    gen.add(cfg.get("generation") or 0)
-    stale = _gauge("config_stale", "1 while a reachable peer runs a newer config generation")
-    stale.add(int(bool(cfg.get("stale"))))
-    peer_gen = _gauge("config_peer_generation", "Config generation a peer last reported")
-    reachable = _gauge("config_peer_reachable", "1 when the last config poll reached the peer")
+    gen = _one(_gauge("config_generation", "Generation of the config this member runs"),
+               cfg.get("generation") or 0)
+    stale = _one(_gauge("config_stale", "1 while a reachable peer runs a newer config generation"),
+                 int(bool(cfg.get("stale"))))
+    peer_gen = _gauge("config_peer_generation", "Config generation a peer last reported", "peer")
+    reachable = _gauge("config_peer_reachable", "1 when the last config poll reached the peer",
+                       "peer")
     for name, p in sorted((cfg.get("peers") or {}).items()):
-        reachable.add(int(bool(p.get("reachable"))), peer=name)
+        reachable.add_metric([name], int(bool(p.get("reachable"))))
         if p.get("generation") is not None:
-            peer_gen.add(p["generation"], peer=name)
+            peer_gen.add_metric([name], p["generation"])
     c = cfg.get("counters") or {}
     out = [gen, stale, peer_gen, reachable]
-    for k, (name, help) in CONFIG_COUNTERS.items():
-        out.append(_counter(name, help).add(c.get(k, 0)))
-    drops = _counter("config_drops", "Config channel requests dropped, by reason")
+    out += [_one(_counter(name, help), c.get(k, 0)) for k, (name, help) in CONFIG_COUNTERS.items()]
+    drops = _counter("config_drops", "Config channel requests dropped, by reason", "reason")
     for k, reason in CONFIG_DROPS.items():
-        drops.add(c.get(k, 0), reason=reason)
+        drops.add_metric([reason], c.get(k, 0))
     out.append(drops)
     return out
 

@@ -3,6 +3,7 @@
 textfile."""
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 
 from fwcluster import configfile
@@ -142,6 +143,21 @@ def test_endpoint_failure_is_not_fatal(tmp_path):
             await d._start_metrics()
             return d._metrics_server
         assert asyncio.run(go()) is None
+
+
+def test_a_listen_host_that_does_not_parse_is_one_log_line(tmp_path, caplog):
+    """Not an IP address: carpd says so in one line and runs on without it."""
+    d = Carpd(make_cfg(tmp_path, '\n[metrics]\nlisten = "localhost:9780"\n'), "fw1", b"s3cret")
+
+    async def go():
+        await d._start_metrics()
+        return d._metrics_server
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(go()) is None
+    lines = [r.getMessage() for r in caplog.records if "metrics" in r.getMessage()]
+    assert lines == ["metrics endpoint localhost:9780: metrics listen 'localhost:9780': "
+                     "'localhost' is not an IP address (IPv4, or IPv6 in brackets) "
+                     "(carrying on without it)"]
 
 
 def test_bucket_families_in_active_active():
