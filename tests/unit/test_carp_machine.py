@@ -361,7 +361,7 @@ def test_sim_both_demoted_alike_with_fast_timing_does_not_flap():
     # the backup's master-down (20/256 s) longer than the master's interval.
     a, b, s = started(10, 20, advbase=0, demotion=32)
     assert b.master_down_interval >= 2 * a.advert_interval  # room for jitter
-    s.run_until(2.0)
+    s.run_until(4.0)  # the first claim waits ~3 s (nobody heard yet)
     settled = (a.transitions, b.transitions)
     s.run_until(10.0)
     assert s.masters() == ["192.0.2.11"]
@@ -451,22 +451,22 @@ def test_demoted_master_with_fast_timing_yields_once_and_stays_backup(demote):
     # advbase 0: it must hand over once and not claim between the new
     # master's adverts (each claim re-adds the vip and sends GARP).
     a, b, s = started(10, 20, advbase=0)
-    s.run_until(2.0)
+    s.run_until(4.0)  # nobody heard yet: the first claim waits ~3 s (master_wait)
     assert s.masters() == ["192.0.2.11"]
     before = (a.transitions, b.transitions)
-    s.apply(a.own_address, a.handle(m.DemotionChanged(demote), 2.0), 2.0)
-    s.run_until(8.5)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(demote), 4.0), 4.0)
+    s.run_until(10.5)
     assert s.masters() == ["192.0.2.12"]
     assert (a.transitions, b.transitions) == (before[0] + 1, before[1] + 1)
 
 
 def test_link_demotion_of_master_at_fast_timing_does_not_flap():
     a, b, s = started(10, 20, advbase=0)
-    s.run_until(2.0)
-    s.apply(a.own_address, a.handle(m.DemotionChanged(240), 2.0), 2.0)
-    s.run_until(5.0)
-    s.apply(a.own_address, a.handle(m.DemotionChanged(0), 5.0), 5.0)  # link back
-    s.run_until(9.0)
+    s.run_until(4.0)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(240), 4.0), 4.0)
+    s.run_until(7.0)
+    s.apply(a.own_address, a.handle(m.DemotionChanged(0), 7.0), 7.0)  # link back
+    s.run_until(11.0)
     assert s.masters() == ["192.0.2.11"]
     assert a.transitions == 4 and b.transitions == 3  # up, down, back: no more
 

@@ -148,11 +148,15 @@ def master_wait(advbase: int, advskew: int, heard: Advert | None) -> float:
     that yielded (demoted, in maintenance, or preempt off) would then claim
     the vips between two adverts of the new master, and flap. In that case
     wait three of the master's intervals, as VRRPv3 does with the interval it
-    learns from the master."""
+    learns from the master. Having heard no master yet (start, link up), assume
+    the slowest one our advbase allows (advskew 255): with advbase 0 a member
+    then waits about 3 s before it claims, instead of claiming between two
+    adverts of a master it has not heard yet; failover after hearing the
+    master is not slowed. With advbase >= 1 CARP's own time is already long
+    enough."""
     own = master_down_interval(advbase, advskew)
-    if heard is None:
-        return own
-    theirs = advert_interval(heard.advbase, heard.advskew)
+    theirs = advert_interval(advbase, BOW_OUT) if heard is None else \
+        advert_interval(heard.advbase, heard.advskew)
     if own < 1.5 * theirs:
         return 3 * theirs + advskew / 256
     return own

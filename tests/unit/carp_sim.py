@@ -1,0 +1,296 @@
+"""A randomised, deterministic simulation of CARP members (pure cores only).
+
+Each simulated member runs what carpd runs: one machine.VhidMachine per vip
+in a group.FailoverGroup, and carpd's demotion table (machine.Demotion), fed
+the events carpd's shell would feed. Adverts travel over a simulated segment
+per vhid with loss, delay and duplication while the network is disturbed,
+and cleanly during quiet periods. "ucarp-like" members ignore the demote
+byte (they see every advert with demote 0 and never demote themselves), as
+ucarp does.
+
+A scenario is drawn from one seed; everything else follows from it, so a
+failing seed replays exactly.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from fwcluster.carp.core import machine as m
+from fwcluster.carp.core.group import FailoverGroup
+from fwcluster.carp.core.wire import Advert
+
+VHIDS = (1, 2)  # a LAN and a WAN vip of one failover group
+LINK_DEMOTE, MAINTENANCE_DEMOTE, SYNC_DEMOTE = 240, 240, 32
+
+
+class Solo(FailoverGroup):
+    """Machines that do not move together (ucarp)."""
+
+    def handle(self, vhid: int, event, now: float) -> list:
+        return self.machines[vhid].handle(event, now)
+
+
+@dataclass
+class Member:
+    name: str
+    k: int
+    skew: int
+    preempt: bool
+    ucarp: bool
+    advbase: int
+    alive: bool = True
+    links: dict = field(default_factory=lambda: {v: True for v in VHIDS})
+    demotion: m.Demotion = field(default_factory=m.Demotion)
+    group: FailoverGroup | None = None
+
+    def address(self, vhid: int) -> str:
+        return f"192.0.{vhid}.{10 + self.k}"
+
+    def boot(self, now: float) -> list:
+        """A fresh carpd (or ucarp, one process per vip: no group), new
+        machines, links as they are."""
+        self.group = (Solo if self.ucarp else FailoverGroup)({
+            v: m.VhidMachine(v, self.advbase, self.skew, preempt=self.preempt,
+                             demotion=self.demotion.total, own_address=self.address(v))
+            for v in VHIDS})
+        out = []
+        for v in VHIDS:
+            if self.links[v]:
+                out += self.group.handle(v, m.LinkChanged(True), now)
+        return out
+
+    def key(self):
+        """What the CARP rules rank members by (lower wins)."""
+        x = self.group.machines[VHIDS[0]]
+        demote = 0 if self.ucarp else x.wire_demote
+        return (demote, x.timing, m.source_rank(self.address(VHIDS[0])))
+
+
+class Sim:
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        r = self.rng
+        n = r.randint(2, 4)
+        self.advbase = r.choice((0, 1, 2))
+        lo, hi = (10, 60) if self.advbase == 0 else (0, 230)
+        self.preempt = r.random() < 0.7
+        skews = [r.randint(lo, hi) for _ in range(n)]
+        # ucarp knows no demotion, so its members must not outrank a demoted
+        # carpd member by skew (see docs/carp.md, "Mixing with ucarp").
+        self.members = [Member(f"m{i}", i + 1, skews[i], self.preempt,
+                               ucarp=self.preempt and r.random() < 0.25, advbase=self.advbase)
+                        for i in range(n)]
+        self.now = 0.0
+        self.queue: list = []
+        self.seq = 0
+        self.loss = self.dup = 0.0
+        self.max_delay = 0.0005
+        self.trace: list[str] = []
+        self.transitions = 0  # role changes seen (all members, all vhids)
+        for x in self.members:
+            self.carry_out(x, x.boot(0.0))
+
+    # --- the event queue ------------------------------------------------------
+    def push(self, at: float, what: tuple) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (at, self.seq, what))
+
+    def run_until(self, end: float) -> None:
+        while self.queue and self.queue[0][0] <= end:
+            at, _, what = heapq.heappop(self.queue)
+            self.now = at
+            kind, x, vhid, arg = what
+            if not x.alive or x.group is None or arg[0] is not x.group:
+                continue  # for a machine that has since been replaced
+            if kind == "timer":
+                self.carry_out(x, x.group.handle(vhid, m.TimerFired(arg[1]), at))
+            else:
+                ad, source = arg[1], arg[2]
+                if x.links[vhid]:
+                    self.carry_out(x, x.group.handle(vhid, m.AdvertReceived(ad, source), at))
+        self.now = end
+
+    def carry_out(self, x: Member, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, m.ArmTimer):
+                if a.at is not None:
+                    self.push(a.at, ("timer", x, a.vhid, (x.group, a.at)))
+            elif isinstance(a, m.SendAdvert):
+                self.send(x, a)
+            elif isinstance(a, m.RoleChanged):
+                self.transitions += 1
+                self.trace.append(f"{self.now:9.4f} {x.name} vhid {a.vhid}: "
+                                  f"{a.old.value}->{a.new.value} ({a.reason})")
+
+    def send(self, x: Member, a: m.SendAdvert) -> None:
+        if not x.links[a.vhid]:
+            return
+        for y in self.members:
+            if y is x or not y.alive:
+                continue
+            ad = Advert(a.vhid, a.advbase, a.advskew, 0 if y.ucarp else a.demote, 1)
+            copies = 0 if self.rng.random() < self.loss else 1
+            if copies and self.rng.random() < self.dup:
+                copies = 2
+            for _ in range(copies):
+                delay = self.rng.uniform(0, self.max_delay)
+                self.push(self.now + delay, ("advert", y, a.vhid, (y.group, ad, x.address(a.vhid))))
+
+    # --- stimuli, as carpd's shell turns them into events -----------------------
+    def set_demotion(self, x: Member, source: str, value: int) -> None:
+        if x.ucarp:
+            return
+        before = x.demotion.total
+        total = x.demotion.set(source, value)
+        if total != before and x.alive:
+            for v in VHIDS:
+                self.carry_out(x, x.group.handle(v, m.DemotionChanged(total), self.now))
+
+    def set_link(self, x: Member, vhid: int, up: bool) -> None:
+        x.links[vhid] = up
+        if x.alive:
+            if up:
+                self.set_demotion(x, f"link:{vhid}", 0)
+            self.carry_out(x, x.group.handle(vhid, m.LinkChanged(up), self.now))
+            if not up:
+                self.set_demotion(x, f"link:{vhid}", LINK_DEMOTE)
+        else:
+            x.demotion.set(f"link:{vhid}", 0 if up else LINK_DEMOTE)
+
+    def crash(self, x: Member) -> None:
+        x.alive = False
+        x.group = None
+
+    def restart(self, x: Member, sync_hold: bool) -> None:
+        x.alive = True
+        if sync_hold and not x.ucarp:
+            x.demotion.set("syncd", SYNC_DEMOTE)
+        self.carry_out(x, x.boot(self.now))
+
+    def stimulus(self) -> str:
+        r = self.rng
+        x = r.choice(self.members)
+        live = [y for y in self.members if y.alive]
+        choice = r.random()
+        if not x.alive:
+            self.restart(x, sync_hold=r.random() < 0.5)
+            return f"restart {x.name}"
+        if choice < 0.2 and len(live) > 1:
+            self.crash(x)
+            return f"crash {x.name}"
+        if choice < 0.4:
+            on = "maintenance" not in x.demotion.sources
+            self.set_demotion(x, "maintenance", MAINTENANCE_DEMOTE if on else 0)
+            return f"maintenance {'on' if on else 'off'} {x.name}"
+        if choice < 0.55:
+            held = "syncd" in x.demotion.sources
+            self.set_demotion(x, "syncd", 0 if held else SYNC_DEMOTE)
+            return f"sync hold {'off' if held else 'on'} {x.name}"
+        if choice < 0.8:
+            v = r.choice(VHIDS)
+            up = not x.links[v]
+            self.set_link(x, v, up)
+            return f"link {v} {'up' if up else 'down'} {x.name}"
+        return "network only"
+
+    # --- what must hold -----------------------------------------------------------
+    def settle_time(self) -> float:
+        """Three of the longest waits any member can be in (master_wait)."""
+        worst = max(m.advert_interval(self.advbase, max(y.skew for y in self.members)),
+                    m.advert_interval(self.advbase, m.DEMOTED_SKEW))
+        slowest = Advert(0, self.advbase, max(m.DEMOTED_SKEW, *(y.skew for y in self.members)), 0, 0)
+        waits = [m.master_wait(self.advbase, y.skew, slowest) for y in self.members]
+        return 3 * max(max(waits), worst)
+
+    def masters(self, vhid: int) -> list[Member]:
+        return [y for y in self.members if y.alive and y.links[vhid]
+                and y.group.machines[vhid].state == m.State.MASTER]
+
+    def expected(self, vhid: int) -> Member | None:
+        """With preempt: the best live member whose link is up."""
+        cands = [y for y in self.members if y.alive and y.links[vhid]]
+        return min(cands, key=Member.key) if cands else None
+
+
+class Violation(AssertionError):
+    pass
+
+
+def run_scenario(seed: int, steps: int = 3) -> Sim:
+    """One scenario: settle, then `steps` times a stimulus during a
+    disturbed spell followed by a quiet period, checking the invariants at
+    the end of every quiet period. Raises Violation."""
+    s = Sim(seed)
+    r = s.rng
+    quiet = s.settle_time()
+    s.run_until(quiet)
+    for step in range(steps):
+        masters_before = {v: s.masters(v) for v in VHIDS}
+        what = s.stimulus()
+        s.trace.append(f"{s.now:9.4f} stimulus: {what}")
+        # A disturbed spell: loss, delay, duplication.
+        s.loss, s.dup = r.uniform(0, 0.3), r.uniform(0, 0.2)
+        s.max_delay = r.uniform(0, 0.5) * m.advert_interval(s.advbase, min(y.skew for y in s.members))
+        if not s.preempt:
+            # A lost advert can time a backup out legitimately (CARP's
+            # master-down may be under two of the master's intervals), and
+            # without preemption the vip then stays moved: spells without
+            # loss here, so "a working master keeps its vips" is a rule the
+            # protocol must keep.
+            s.loss = 0.0
+        s.run_until(s.now + r.uniform(0, quiet / 3))
+        s.loss = s.dup = 0.0
+        s.max_delay = 0.0005
+        start, changes_before = s.now, s.transitions
+        s.run_until(start + 2 * quiet / 3)
+        changes_mid = s.transitions
+        s.run_until(start + quiet)
+        try:
+            check(s, step, what, masters_before, changes_before, changes_mid)
+        except Violation as e:
+            e.trace = s.trace
+            raise
+    return s
+
+
+def check(s: Sim, step: int, what: str, masters_before: dict, changes_before: int,
+          changes_mid: int) -> None:
+    def fail(msg: str) -> None:
+        raise Violation(f"step {step} ({what}): {msg}")
+    if s.transitions != changes_mid:
+        fail(f"roles still changing in the last third of the quiet period "
+             f"({s.transitions - changes_mid} changes)")
+    # Bounded churn: every member may claim and yield each vip a couple of
+    # times (three backups all claim when a master demotes, as in OpenBSD,
+    # and adverts delayed past newer ones can make a master yield once more).
+    n = len(s.members)
+    if s.transitions - changes_before > 4 * n * len(VHIDS):
+        fail(f"{s.transitions - changes_before} role changes in one quiet period (flapping)")
+    for v in VHIDS:
+        masters = s.masters(v)
+        up = [y for y in s.members if y.alive and y.links[v]]
+        if not up:
+            continue
+        if len(masters) != 1:
+            fail(f"vhid {v}: masters {[y.name for y in masters]} (want exactly one)")
+        got = masters[0]
+        if s.preempt:
+            # A backup does not preempt a master of equal demote and timing
+            # (the address decides only between two masters): any of those
+            # tied with the best is the rules' choice.
+            want = s.expected(v)
+            if got.key()[:2] != want.key()[:2]:
+                fail(f"vhid {v}: master {got.name} {got.key()}, the rules choose "
+                     f"{want.name} {want.key()}")
+        else:
+            # preempt off: a working master keeps its vip unless a peer is
+            # less demoted (demotion overrides preempt), or it lost its link.
+            before = [y for y in masters_before[v] if y.alive and y.links[v]]
+            if len(before) == 1 and before[0] is not got:
+                old = before[0]
+                if old.key()[0] <= got.key()[0]:
+                    fail(f"vhid {v}: preempt is off, yet {got.name} took the vip from "
+                         f"working master {old.name} (demote {old.key()[0]} vs {got.key()[0]})")
