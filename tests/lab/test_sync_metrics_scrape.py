@@ -6,6 +6,7 @@ textfile following a peer going down; the control command."""
 from __future__ import annotations
 
 from carp_helpers import fast, wait_settled
+from syncd.core import wire
 from tests.labkit import CLIENT4, PY, SERVER4, member_addr4
 from sync_helpers import ct_count, in_sync, logs, start_member, syncd_status
 from tests.prom_text import (between, key, listening, metrics_config, read_textfile, samples,
@@ -67,8 +68,10 @@ def insert_entries(lab, member: str, n: int) -> None:
 def forge(lab, src: str, dst_member: str) -> None:
     """One datagram with a sync header and a wrong MAC, from src's sync address."""
     dst = member_addr4(lab.index(dst_member), "sync")
+    # A well-formed header of the current wire version, so it is the MAC that fails.
+    forged = wire.MAGIC + bytes([wire.VERSION]) + bytes(wire.HEADER.size + wire.MAC_LEN)
     code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            f"s.sendto(b'FS\\x01' + bytes(80), ('{dst}', 3780))")
+            f"s.sendto({forged!r}, ('{dst}', 3780))")
     lab.run(src, [PY, "-c", code])
 
 
