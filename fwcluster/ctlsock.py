@@ -74,8 +74,8 @@ async def serve(path: str, handler: Handler,
                     return
                 try:
                     req = json.loads(line)
-                    if not isinstance(req, dict) or "cmd" not in req:
-                        raise ValueError("request must be an object with a 'cmd' key")
+                    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                        raise ValueError("request must be an object with a string 'cmd'")
                     if req["cmd"] in streams:
                         await _stream(streams[req["cmd"]](req), reader, writer)
                         return

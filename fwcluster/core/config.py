@@ -150,7 +150,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "metrics": {"listen": (str, ""), "textfile_dir": (str, "")},
 }
 _ARRAYS = {"member", "vip"}  # [[member]], [[vip]]
-_REQUIRED_TABLES = {"cluster", "sync", "member", "vip"}
+_REQUIRED_TABLES = ("cluster", "sync", "member", "vip")  # checked in this order
 BALANCE_MODES = ("active-standby", "active-active")
 
 # Documentation of every key, used by `fwctl config reference` and

@@ -60,6 +60,12 @@ def run(args) -> int:
     except FileNotFoundError as e:
         print(f"error: upgrade: {e.filename}: no such file", file=sys.stderr)
         return EXIT_USAGE
+    except UnicodeDecodeError:
+        print("error: upgrade: the checksum file is not text", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"error: upgrade: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 # --- the disk we booted from -----------------------------------------------
@@ -153,11 +159,38 @@ def open_image(image: Path):
 def read_exact(stream, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = stream.read(min(CHUNK, n - len(buf)))
+        try:
+            chunk = stream.read(min(CHUNK, n - len(buf)))
+        except EOFError:  # an .xz cut short (its checksum file may match the cut file)
+            raise ab.UpgradeError("image is truncated (compressed stream ends early)") from None
+        except lzma.LZMAError as e:
+            raise ab.UpgradeError(f"image is not a valid .xz stream: {e}") from None
         if not chunk:
             raise ab.UpgradeError("image is truncated")
         buf += chunk
     return bytes(buf)
+
+
+def slot_partition(head: bytes):
+    """The image's slot partition, refused if it is empty or overlaps the
+    partition table (a write would then be 0 bytes, or the table)."""
+    part = ab.find_partition(ab.parse_gpt(head), ab.SLOT_PARTLABEL["a"])
+    if part.last_lba < part.first_lba or part.size <= 0:
+        raise ab.UpgradeError(f"image's slot partition {part.name!r} is empty")
+    if part.offset < len(head):
+        raise ab.UpgradeError(f"image's slot partition {part.name!r} starts at sector "
+                              f"{part.first_lba}, inside the partition table")
+    return part
+
+
+def check_image(image: Path) -> None:
+    """Read the whole slot once before anything is written: a truncated or
+    corrupt image is refused while the target slot is still intact."""
+    with open_image(image) as src:
+        part = slot_partition(read_exact(src, 34 * 512))
+        left = part.offset + part.size - 34 * 512
+        while left > 0:
+            left -= len(read_exact(src, min(CHUNK, left)))
 
 
 def write_slot(image: Path, target_device: str, progress=None) -> int:
@@ -165,7 +198,7 @@ def write_slot(image: Path, target_device: str, progress=None) -> int:
     Works on a stream, so an .img.xz is never unpacked to disk."""
     with open_image(image) as src:
         head = read_exact(src, 34 * 512)
-        part = ab.find_partition(ab.parse_gpt(head), ab.SLOT_PARTLABEL["a"])
+        part = slot_partition(head)
         fd = os.open(target_device, os.O_WRONLY)
         try:
             room = os.lseek(fd, 0, os.SEEK_END)
@@ -215,6 +248,8 @@ def do_upgrade(args) -> int:
     device = disk.device(ab.SLOT_PARTLABEL[target])
     print(f"verifying {image.name} against {sums.name} ...", flush=True)
     verify(image, sums)
+    print(f"checking {image.name} ...", flush=True)
+    check_image(image)
     # Mark the target empty first: a write cut short must never be booted.
     env_store.write(ab.env_before_write(env, disk.slot))
     print(f"writing slot {target} ({device}) ...", flush=True)

@@ -1,0 +1,374 @@
+"""The bad-input corpus: config files (every key), the programs' exit status,
+the config channel (real TCP, tests/unit/badinput_channel.py in its own
+network namespace), the control socket (a real unix socket) and upgrade
+images. Each case asserts the input is refused with one line naming file,
+key and reason (exit 2 for programs), or dropped and counted, while the
+server keeps serving and nothing is lost.
+
+The figures (input class, cases, handled) are printed at the end of the run:
+    .venv/bin/python -m pytest -q tests/unit/test_bad_input.py
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import lzma
+import os
+import struct
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fwcluster import configfile, ctlsock
+from fwcluster.core import config, slots
+from fwcluster.fwctl import upgrade
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
+TALLY: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+
+
+def tally(cls: str, handled: bool) -> None:
+    TALLY[cls][0] += 1
+    TALLY[cls][1] += bool(handled)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def table(request):
+    yield
+    rows = [("input class", "cases", "handled")] + [(c, str(n), str(h)) for c, (n, h) in TALLY.items()]
+    rows.append(("total", str(sum(n for n, _ in TALLY.values())), str(sum(h for _, h in TALLY.values()))))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    text = "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}" for r in rows)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n\nbad-input corpus:\n" + text)
+
+
+# --- config files ------------------------------------------------------------------
+
+def _text(old: str | None = None, new: str = "") -> str:
+    text = EXAMPLE.read_text()
+    if old is None:
+        return text
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (case id, file bytes or a replacement (old, new), expected key in the error)
+_V0 = 'interface = "lan0"\naddress = "192.0.2.1/24"'
+_SYNC = 'interface = "sync0"'
+CONFIG_CASES: list[tuple[str, object, str]] = [
+    ("empty file", b"", "cluster"),
+    ("not UTF-8", b"[cluster]\nname = \"\xff\xfe\"\n", ""),
+    ("UTF-16", _text().encode("utf-16"), ""),
+    ("binary", bytes(range(256)) * 4, ""),
+    ("TOML syntax", b"[cluster\n", ""),
+    ("nested arrays", b"a = " + b"[" * 100000 + b"]" * 100000 + b"\n", ""),
+    ("nested inline tables", b"a = " + b"{b = " * 50000 + b"1" + b"}" * 50000 + b"\n", ""),
+    ("over 1 MiB", b"# " + b"x" * (1 << 20) + b"\n", ""),
+    ("key with a newline", ('"a\\nb" = 1\n' + _text()).encode(), "'a\\nb'"),
+    ("unknown table", ("[[fw]]\n" + _text()).encode(), "fw"),
+    ("cluster not a table", _text().replace("[cluster]", "[clusterx]").encode() + b"\ncluster = 1\n",
+     "clusterx"),
+    ("vip not an array", ("vip = 1\n" + _text().split("# Virtual addresses")[0]).encode(), "vip"),
+    ("cluster.name empty", ('name = "edge"', 'name = ""'), "cluster.name"),
+    ("cluster.name %", ('name = "edge"', 'name = "%s%n"'), "cluster.name"),
+    ("cluster.name 1 MB", ('name = "edge"', 'name = "' + "e" * (1 << 19) + '"'), "cluster.name"),
+    ("cluster.name control char", ('name = "edge"', 'name = "ed\\u0007ge"'), "cluster.name"),
+    ("secret_file relative", ('secret_file = "/etc/fwcluster/secret"', 'secret_file = "secret"'),
+     "cluster.secret_file"),
+    ("secret_file NUL", ('secret_file = "/etc/fwcluster/secret"', 'secret_file = "/etc/s\\u0000x"'),
+     "cluster.secret_file"),
+    ("run_dir relative", ('[cluster]', '[cluster]\nrun_dir = "run"'), "cluster.run_dir"),
+    ("state_dir relative", ('[cluster]', '[cluster]\nstate_dir = "../state"'), "cluster.state_dir"),
+    ("sync.port 0", ("port = 3780", "port = 0"), "sync.port"),
+    ("sync.port 65536", ("port = 3780", "port = 65536"), "sync.port"),
+    ("sync.port huge", ("port = 3780", "port = 99999999999999999999"), ""),
+    ("sync.port float", ("port = 3780", "port = 3780.0"), "sync.port"),
+    ("carp.sync_hold 3601", ("[sync]", "[carp]\nsync_hold = 3601\n\n[sync]"), "carp.sync_hold"),
+    ("carp.link_demote 256", ("[sync]", "[carp]\nlink_demote = 256\n\n[sync]"), "carp.link_demote"),
+    ("member name %", ('name = "fw2"', 'name = "fw%d"'), "member[1].name"),
+    ("member name space", ('name = "fw2"', 'name = "fw 2"'), "member[1].name"),
+    ("member name quote", ('name = "fw2"', 'name = "fw\\"2"'), "member[1].name"),
+    ("member name leading dash", ('name = "fw2"', 'name = "-fw2"'), "member[1].name"),
+    ("member name 64 chars", ('name = "fw2"', f'name = "{"f" * 64}"'), "member[1].name"),
+    ("member name empty", ('name = "fw2"', 'name = ""'), "member[1].name"),
+    ("sync_address multicast", ('sync_address = "203.0.113.2"', 'sync_address = "224.0.0.1"'),
+     "member[1].sync_address"),
+    ("sync_address unspecified", ('sync_address = "203.0.113.2"', 'sync_address = "::"'),
+     "member[1].sync_address"),
+    ("sync_address with prefix", ('sync_address = "203.0.113.2"', 'sync_address = "203.0.113.2/24"'),
+     "member[1].sync_address"),
+    ("vip 224.0.0.18/24", ('address = "192.0.2.1/24"', 'address = "224.0.0.18/24"'), "vip[0].address"),
+    ("vip 0.0.0.0/0", ('address = "192.0.2.1/24"', 'address = "0.0.0.0/0"'), "vip[0].address"),
+    ("vip /0", ('address = "192.0.2.1/24"', 'address = "192.0.2.1/0"'), "vip[0].address"),
+    ("vip loopback", ('address = "192.0.2.1/24"', 'address = "127.0.0.2/8"'), "vip[0].address"),
+    ("vip link-local v4", ('address = "192.0.2.1/24"', 'address = "169.254.1.1/16"'), "vip[0].address"),
+    ("vip broadcast", ('address = "192.0.2.1/24"', 'address = "192.0.2.255/24"'), "vip[0].address"),
+    ("vip ::/0", ('address = "2001:db8:1::1/64"', 'address = "::/0"'), "vip[2].address"),
+    ("vip ::1", ('address = "2001:db8:1::1/64"', 'address = "::1/128"'), "vip[2].address"),
+    ("vip v6 multicast", ('address = "2001:db8:1::1/64"', 'address = "ff02::12/64"'), "vip[2].address"),
+    ("vip /33", ('address = "192.0.2.1/24"', 'address = "192.0.2.1/33"'), "vip[0].address"),
+    ("vip no prefix", ('address = "192.0.2.1/24"', 'address = "192.0.2.1"'), "vip[0].address"),
+    ("metrics host not parsing", ("[firewall]", '[metrics]\nlisten = "not a host!:9780"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics v6 unbracketed", ("[firewall]", '[metrics]\nlisten = "::1:9780"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics bad bracket", ("[firewall]", '[metrics]\nlisten = "[::1:9780"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics 300.1.1.1", ("[firewall]", '[metrics]\nlisten = "300.1.1.1:9780"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics port 65535", ("[firewall]", '[metrics]\nlisten = "127.0.0.1:65535"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics port huge", ("[firewall]", '[metrics]\nlisten = "127.0.0.1:' + "9" * 5000 + '"\n\n[firewall]'),
+     "metrics.listen"),
+    ("metrics no port", ("[firewall]", '[metrics]\nlisten = "127.0.0.1"\n\n[firewall]'), "metrics.listen"),
+    ("textfile_dir relative", ("[firewall]", '[metrics]\ntextfile_dir = "prom"\n\n[firewall]'),
+     "metrics.textfile_dir"),
+    ("balance mode", ("[firewall]", '[balance]\nmode = "both"\n\n[firewall]'), "balance.mode"),
+    ("balance buckets 0", ("[firewall]", '[balance]\nmode = "active-active"\n\n[firewall]'),
+     "balance.buckets"),
+]
+for _name, _bad in [("empty", ""), ("16 bytes", "a" * 16), ("slash", "lan/0"), ("space", "lan 0"),
+                    ("tab", "lan\\t0"), ("NUL", "lan\\u00000"), ("dot", "."), ("dotdot", ".."),
+                    ("double quote", 'lan\\"0'), ("single quote", "lan'0"), ("backslash", "lan\\\\0"),
+                    ("colon", "lan:0"), ("wildcard", "lan*"), ("backtick", "lan`0"),
+                    ("quote injection", 'lan0\\" accept #'), ("newline", "lan\\n0"),
+                    ("15 multibyte", "é" * 8)]:
+    CONFIG_CASES.append((f"vip ifname {_name}", (_V0, _V0.replace('"lan0"', f'"{_bad}"')),
+                         "vip[0].interface"))
+    CONFIG_CASES.append((f"sync ifname {_name}", (_SYNC, f'interface = "{_bad}"'), "sync.interface"))
+# every key, the wrong type
+for _table, _keys in config._SCHEMA.items():
+    for _key, (_typ, _default) in _keys.items():
+        _wrong = '"x"' if _typ is not str else "[1]"
+        if _table in config._ARRAYS:
+            _old = {"name": 'name = "fw1"', "sync_address": 'sync_address = "203.0.113.1"',
+                    "advskew": "advskew = 0 ", "vhid": "vhid = 1", "interface": 'interface = "lan0"',
+                    "address": 'address = "192.0.2.1/24"', "advbase": "advbase = 1 "}[_key]
+            CONFIG_CASES.append((f"{_table}.{_key} wrong type",
+                                 (_old, f"{_key} = {_wrong} "), f"{_table}[0].{_key}"))
+        else:
+            CONFIG_CASES.append((f"{_table}.{_key} wrong type", ("[sync]" if _table != "sync" else "[[member]]",
+                                 f"[{_table}]\n{_key} = {_wrong}\n\n" + ("[sync]" if _table != "sync"
+                                                                          else "[[member]]")),
+                                 ""))
+
+
+def _write(tmp_path: Path, content) -> Path:
+    p = tmp_path / "cluster.toml"
+    if isinstance(content, tuple):
+        content = _text(*content).encode()
+    p.write_bytes(content)
+    return p
+
+
+@pytest.mark.parametrize("name,content,key", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_refused_on_one_line(tmp_path, name, content, key):
+    p = _write(tmp_path, content)
+    ok = False
+    try:
+        with pytest.raises(config.ConfigError) as ei:
+            configfile.load(p, "fw1")
+        msg = str(ei.value)
+        assert msg.startswith(f"{p}: ") and "\n" not in msg and len(msg) < 400, msg
+        if key:
+            assert ei.value.key == key, msg
+        ok = True
+    finally:
+        tally("config file (TOML, every key)", ok)
+
+
+def test_contract_examples_still_load():
+    for p in (EXAMPLE, ROOT.parent / "shared" / "examples" / "cluster.toml"):
+        if p.exists():
+            configfile.load(p, "fw1")
+
+
+def test_config_path_problems(tmp_path):
+    cases = {"missing": tmp_path / "nope.toml", "directory": tmp_path,
+             "NUL in path": str(tmp_path) + "/a\0b"}
+    for name, path in cases.items():
+        with pytest.raises(config.ConfigError) as ei:
+            configfile.load(path, "fw1")
+        tally("config path", "\n" not in str(ei.value))
+
+
+# --- the programs: one line, exit 2 --------------------------------------------------
+
+PROGRAMS = {"fwctl": ["-m", "fwcluster.fwctl"], "carpd": ["-m", "fwcluster.carpd"], "syncd": ["-m", "syncd"]}
+CLI_INPUTS = {
+    "not UTF-8": b"[cluster]\nname = \"\xff\"\n",
+    "nested TOML": b"a = " + b"[" * 100000 + b"]" * 100000 + b"\n",
+    "bad interface": _text('interface = "lan0"', 'interface = "lan0\\" accept #"').encode(),
+    "vip 0.0.0.0/0": _text('address = "192.0.2.1/24"', 'address = "0.0.0.0/0"').encode(),
+}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("case", list(CLI_INPUTS) + ["directory", "missing"])
+def test_program_exits_2_with_one_line(tmp_path, program, case):
+    if case == "directory":
+        path = tmp_path
+    elif case == "missing":
+        path = tmp_path / "missing.toml"
+    else:
+        path = tmp_path / "cluster.toml"
+        path.write_bytes(CLI_INPUTS[case])
+    args = [sys.executable, *PROGRAMS[program], "--config", str(path), "--node", "fw1"]
+    if program == "fwctl":
+        args.append("status")
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    lines = r.stderr.splitlines()
+    ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}")
+    tally(f"CLI and daemons ({', '.join(PROGRAMS)}), exit 2", ok)
+    assert ok, (r.returncode, r.stderr)
+
+
+# --- config channel ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def channel():
+    r = subprocess.run(["unshare", "-n", sys.executable, str(ROOT / "tests/unit/badinput_channel.py")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_config_channel_corpus(channel):
+    for c in channel["cases"]:
+        tally("config channel (real TCP)", c["handled"])
+    bad = [c for c in channel["cases"] if not c["handled"]]
+    assert not bad, bad
+    assert channel["files_unchanged"] and channel["generation"] == 0 and not channel["leftovers"]
+    # the flood and 10 MiB lines cost nothing: the server stops reading at the cap
+    assert max(c["seconds"] for c in channel["cases"] if "MiB" in c["case"]) < 2
+
+
+# --- control socket ---------------------------------------------------------------------
+
+CTL_CASES = [
+    ("not JSON", b"hello\n", "JSONDecodeError"),
+    ("JSON array", b"[1]\n", "string 'cmd'"),
+    ("no cmd", b'{"x": 1}\n', "string 'cmd'"),
+    ("not UTF-8", b'{"cmd": "\xff"}\n', "UnicodeDecodeError"),
+    ("NUL", b'{"cmd": "st\x00"}\n', "JSONDecodeError"),
+    ("deeply nested", b"[" * 30000 + b"]" * 30000 + b"\n", "nested too deeply"),
+    ("deeply nested object", b'{"cmd":' * 8000 + b"1" + b"}" * 8000 + b"\n", "nested too deeply"),
+    ("over-long line", b'{"cmd": "' + b"x" * (ctlsock.MAX_REQUEST + 10) + b'"}\n', "longer than"),
+    ("no newline at close", b'{"cmd": "status"', "not terminated"),
+    ("unknown cmd", b'{"cmd": "format-disk"}\n', "unknown command"),
+    ("handler raises", b'{"cmd": "boom"}\n', "RuntimeError"),
+    ("cmd not a string", b'{"cmd": {"a": 1}}\n', "string 'cmd'"),
+    ("huge number", b'{"cmd": "status", "n": ' + b"9" * 5000 + b"}\n", "ValueError"),
+]
+
+
+async def _ctl_server(path):
+    async def handler(req):
+        if req["cmd"] == "status":
+            return {"ok": True, "state": "serving"}
+        if req["cmd"] == "boom":
+            raise RuntimeError("handler failed")
+        return {"ok": False, "error": f"unknown command {req['cmd']!r}"}
+    return await ctlsock.serve(path, handler)
+
+
+async def _ctl_send(path, data: bytes, close_write=False) -> list[bytes]:
+    r, w = await asyncio.open_unix_connection(path, limit=1 << 22)
+    try:
+        w.write(data)
+        if close_write:
+            w.write_eof()
+        await w.drain()
+        return (await asyncio.wait_for(r.read(1 << 20), 5)).splitlines()
+    finally:
+        w.close()
+
+
+def test_control_socket_corpus(tmp_path):
+    path = str(tmp_path / "run" / "t.sock")
+
+    async def main():
+        old = os.umask(0)  # a careless umask: the socket is 0600 anyway
+        try:
+            srv = await _ctl_server(path)
+        finally:
+            os.umask(old)
+        results = {}
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        for name, data, expect in CTL_CASES:
+            lines = await _ctl_send(path, data, close_write=not data.endswith(b"\n"))
+            reply = json.loads(lines[0]) if len(lines) == 1 else None
+            alive = json.loads((await _ctl_send(path, b'{"cmd": "status"}\n'))[0])["ok"]
+            results[name] = alive and reply is not None and reply["ok"] is False and expect in reply["error"]
+        # too many connections: the excess gets a one-line "busy" and is closed
+        held = [await asyncio.open_unix_connection(path) for _ in range(ctlsock.MAX_CLIENTS)]
+        lines = await _ctl_send(path, b'{"cmd": "status"}\n')
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.05)
+        alive = json.loads((await _ctl_send(path, b'{"cmd": "status"}\n'))[0])["ok"]
+        results[f"{ctlsock.MAX_CLIENTS + 1} connections"] = alive and b"busy" in lines[0] and len(lines) == 1
+        srv.close()
+        return results
+    results = asyncio.run(main())
+    for ok in results.values():
+        tally("control socket (real unix socket)", ok)
+    assert all(results.values()), results
+
+
+# --- upgrade images -------------------------------------------------------------------
+
+def _gpt(first: int, last: int, name: str = "fwroot-a") -> bytes:
+    head = bytearray(34 * 512)
+    hdr = bytearray(92)
+    hdr[:8] = b"EFI PART"
+    struct.pack_into("<QII", hdr, 72, 2, 4, 128)
+    head[512:512 + 92] = hdr
+    e = bytearray(128)
+    e[:16], e[16:32] = uuid.uuid4().bytes_le, uuid.uuid4().bytes_le
+    struct.pack_into("<QQ", e, 32, first, last)
+    e[56:56 + 2 * len(name)] = name.encode("utf-16-le")
+    head[1024:1024 + 128] = e
+    return bytes(head)
+
+
+def _image(tmp_path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+UPGRADE_CASES = {
+    "empty slot partition": lambda t: _image(t, "a.img", _gpt(40, 39) + bytes(8 * 512)),
+    "slot overlaps the table": lambda t: _image(t, "a.img", _gpt(2, 40) + bytes(8 * 512)),
+    "no slot partition": lambda t: _image(t, "a.img", _gpt(40, 47, "other") + bytes(14 * 512)),
+    "no GPT": lambda t: _image(t, "a.img", bytes(40 * 512)),
+    "raw image truncated": lambda t: _image(t, "a.img", _gpt(40, 47) + bytes(512)),
+    "xz truncated": lambda t: _image(t, "a.img.xz", lzma.compress(_gpt(40, 47) + bytes(6 * 512) + os.urandom(8 * 512))[:-200]),
+    "xz corrupt": lambda t: _image(t, "a.img.xz", b"\xfd7zXZ\x00" + os.urandom(4000)),
+    "xz of nothing": lambda t: _image(t, "a.img.xz", lzma.compress(b"")),
+    "head truncated": lambda t: _image(t, "a.img", _gpt(40, 47)[:3000]),
+}
+
+
+@pytest.mark.parametrize("case", UPGRADE_CASES)
+def test_upgrade_image_refused_before_writing(tmp_path, case):
+    image = UPGRADE_CASES[case](tmp_path)
+    ok = False
+    try:
+        with pytest.raises(slots.UpgradeError) as ei:
+            upgrade.check_image(image)
+        ok = "\n" not in str(ei.value)
+    finally:
+        tally("upgrade image (checked before any write)", ok)
+
+
+def test_upgrade_good_image_passes_check(tmp_path):
+    upgrade.check_image(_image(tmp_path, "a.img.xz", lzma.compress(_gpt(40, 47) + os.urandom(14 * 512))))
