@@ -96,7 +96,8 @@ def _norm(addr) -> str:
 @dataclass
 class _Tx:
     session: int = 0        # the receiver's nonce from its RESYNC_REQ (0: none yet)
-    req: tuple = (0, 0)     # (boot, seq) of the request that set it: older ones are ignored
+    req: tuple = (0, 0)     # (boot, seq) of the newest request: older ones are ignored
+    served: int = 0         # the request id last answered with a bulk (in this session)
     seq: int = 0            # last seq sent to this peer: never reset in a run
     gen: int = 1
     base: int = 0           # dseq of a generation start above this (0; tests start near a wrap)
@@ -162,6 +163,7 @@ class Peer:
     last_seen: float | None = None
     resync: str = "pending"         # pending | done | absent
     req_sent_at: float = float("-inf")
+    req_id: int = 0                 # our current bulk request to the peer (REQ dseq, DONE arg)
     table_size: int | None = None   # as the peer reports it in ALIVE
     counters: dict = field(default_factory=_counters)
     # Not yet Prometheus series (syncd/metrics.py): status only.
@@ -220,7 +222,7 @@ class Sync:
         tx.pending_len = len(tx.pending)
         p.counters["bulk_sent"] += 1
         self._pack(p, now, wire.FLAG_BULK)
-        self._queue(p, wire.RESYNC_DONE, 0, b"", 0, now)
+        self._queue(p, wire.RESYNC_DONE, tx.served, b"", 0, now)
 
     def datagram(self, addr: str, data: bytes, now: float) -> None:
         p = self.by_addr.get(addr)
@@ -310,7 +312,7 @@ class Sync:
                 self.actions.append(Apply(p.name, m.records, bool(m.flags & wire.FLAG_BULK)))
         elif m.type == wire.RESYNC_DONE:
             p.counters["bulk_received"] += 1
-            if p.resync != "done":   # a bulk in our current session: the whole table
+            if m.arg == p.req_id and p.resync != "done":
                 p.resync = "done"
                 self._check_in_sync()
 
@@ -357,17 +359,19 @@ class Sync:
             self._nack(p, rx.expected, m.dseq, now)
 
     def _on_request(self, p: Peer, m: wire.Message, now: float) -> None:
-        """The peer asks for a bulk in a session of its choosing (m.arg).
-        Repeats, and requests older than the one followed (same run, lower
-        seq), change nothing: the bulk travels on the reliable stream."""
+        """The peer asks for bulk m.dseq in its session m.arg. Repeats, and
+        requests older than the newest one (same run, lower seq), change
+        nothing: the bulk travels on the reliable stream."""
         tx = p.tx
         if m.arg == 0 or (m.boot == tx.req[0] and m.seq <= tx.req[1]):
             return
         tx.req = (m.boot, m.seq)
-        if m.arg == tx.session:
+        if m.arg == tx.session and m.dseq == tx.served:
             return
-        tx.session = m.arg
-        tx.reset()
+        if m.arg != tx.session:
+            tx.session = m.arg
+            tx.reset()
+        tx.served = m.dseq
         self.dumps_wanted.add(p.name)
 
     _handlers = {wire.DATA: _on_stream, wire.RESYNC_DONE: _on_stream, wire.ACK: _on_ack,
@@ -426,7 +430,7 @@ class Sync:
 
     def _request(self, p: Peer, now: float) -> None:
         p.req_sent_at = now
-        self._send(p, wire.RESYNC_REQ, 0, 0, p.rx.session, b"", now)
+        self._send(p, wire.RESYNC_REQ, 0, p.req_id, p.rx.session, b"", now)
 
     def _new_session(self, p: Peer) -> None:
         """A fresh nonce for the peer's stream to us: whatever was sent in
@@ -436,6 +440,7 @@ class Sync:
             nonce = self.nonce() & MASK64
         p.rx.new_session(nonce)
         p.sessions += 1
+        p.req_id += 1
         if p.resync == "done":
             p.resync = "pending"
 
@@ -503,9 +508,12 @@ class Sync:
     def resync(self, now: float) -> None:
         """Ask every peer for a fresh bulk transfer (e.g. after losing the
         master role: the local entries went stale while the peer carried the
-        flows): a new session with each. Does not change in_sync."""
+        flows), in the current session: what is in flight still arrives.
+        Does not change in_sync."""
         for p in self.peers.values():
-            self._new_session(p)
+            p.req_id += 1
+            if p.resync == "done":
+                p.resync = "pending"
             p.req_sent_at = float("-inf")
         self.tick(now)
 
