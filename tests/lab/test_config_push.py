@@ -4,6 +4,7 @@ Each member gets its own config directory (in a real cluster each box has its
 own /config), so a push visibly changes the peer's files and ruleset.
 """
 import json
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -23,7 +24,8 @@ def _member_dirs(lab):
         d = lab.dir / f"etc-{m}"
         d.mkdir()
         text = lab.config_path.read_text()
-        text += '\n[firewall]\ntemplate = "ruleset.nft.j2"\n'
+        # the lab writes [firewall] template = <its site copy>: point it beside cluster.toml
+        text = re.sub(r'(?m)^template = .*$', 'template = "ruleset.nft.j2"', text, count=1)
         (d / "cluster.toml").write_text(text)
         shutil.copy(TEMPLATE, d / "ruleset.nft.j2")
         dirs[m] = d
