@@ -68,6 +68,11 @@ bench-sync: deps
 bench-balance: deps
 	$(PY) -m bench.balance
 
+# Nightly-style: the randomised protocol simulations with many more scenarios.
+.PHONY: soak
+soak: deps
+	SIM_SCENARIOS=$${SIM_SCENARIOS:-200000} $(PY) -m pytest -q tests/unit/test_*_simulation.py
+
 clean:
 	rm -rf build/stamps .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -10,7 +10,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from syncd.conntrack import Conntrack, Overrun
 from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core.policy import own_addresses, syncable
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
+from syncd.supervise import Supervisor
 
 log = logging.getLogger("syncd")
 
@@ -50,8 +50,9 @@ TEXTFILE_NAME = "syncd"
 
 
 def new_epoch(state_dir: str) -> int:
-    """A per-boot epoch that only grows: max(stored + 1, wall clock seconds).
-    Peers refuse messages of older epochs (replays of a previous run)."""
+    """A run number for operators (status, metrics): max(stored + 1, wall
+    clock seconds). The protocol never compares it: a clock behind or a lost
+    state_dir changes nothing (streams are bound to receiver sessions)."""
     path = Path(state_dir) / "syncd.epoch"
     try:
         old = int(path.read_text().strip() or 0)
@@ -102,7 +103,7 @@ class Daemon:
         self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
                          "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
                          "role_resyncs": 0, "stateless_refreshed": 0}
-        self.stopping = asyncio.Event()
+        self.sup = Supervisor(log)
         self._resync_timer = None
         # Config sync (fwctl config push/diff) shares the sync link and secret.
         self.configsvc = ConfigService(cfg, node, secret)
@@ -128,17 +129,17 @@ class Daemon:
         await self.configsvc.start()
         loop.add_reader(self.ct.fileno(), self.on_events)
         loop.add_reader(self.sock.fileno(), self.on_datagrams)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        tasks = [asyncio.create_task(self.ticker()), asyncio.create_task(self.carpd_link()),
-                 asyncio.create_task(self.housekeeping()),
-                 asyncio.create_task(self.configsvc.run())]
+        self.sup.install(loop)
+        tasks = [self.sup.start(self.ticker(), "ticker"),
+                 self.sup.start(self.carpd_link(), "carpd_link"),
+                 self.sup.start(self.housekeeping(), "housekeeping"),
+                 self.sup.start(self.configsvc.run(), "config")]
         metrics_server = await self.start_metrics(tasks)
         log.info("syncd %s: epoch %d, %s:%d, peers %s", self.node, self.epoch,
                  self.me.sync_address, self.port, ", ".join(n for n, _ in members if n != self.node))
         self.sync.tick(self.now())
         self.process()
-        await self.stopping.wait()
+        await self.sup.stopping.wait()
         for t in tasks:
             t.cancel()
         if metrics_server is not None:
@@ -149,7 +150,7 @@ class Daemon:
         self.server.close()
         self.ct.close()
         self.sock.close()
-        return 0
+        return self.sup.exit_status
 
     async def refresh_addresses(self) -> None:
         try:
@@ -407,7 +408,7 @@ class Daemon:
             except OSError as e:
                 log.error("metrics endpoint %s: %s (carrying on without it)", listen, e)
         if self.cfg.metrics.textfile_dir:
-            tasks.append(asyncio.create_task(self.textfile_loop()))
+            tasks.append(self.sup.start(self.textfile_loop(), "textfile"))
         return server
 
     def write_textfile(self) -> None:
