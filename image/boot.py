@@ -1,4 +1,5 @@
-"""GRUB for BIOS and UEFI without a loop device or grub-install.
+"""GRUB for BIOS and UEFI without a loop device or grub-install, made by the
+grub-mkimage and modules of the image's own release (image.base's tools root).
 
 Both platforms run the same grub.cfg and grubenv from /grub on the EFI
 system partition. UEFI: grub-mkimage builds /EFI/BOOT/BOOTX64.EFI (the
@@ -13,6 +14,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from image.base import release_tool
 from image.plan import SECTOR, Plan
 
 GRUB_DIR = "/grub"  # on the ESP
@@ -98,25 +100,30 @@ def patch_core_img(core: bytes, core_lba: int, room_sectors: int) -> bytes:
     return bytes(core)
 
 
-def mkimage(fmt: str, prefix: str, modules: list[str], out: Path) -> None:
-    subprocess.run(["grub-mkimage", "-O", fmt, "-p", prefix, "-o", str(out), *modules],
-                   check=True)
+def mkimage(tools: Path, fmt: str, prefix: str, modules: list[str], out: Path) -> None:
+    """The release's grub-mkimage with the release's modules (not the host's)."""
+    subprocess.run(release_tool(tools, "grub-mkimage", "-d", str(tools / "usr/lib/grub" / fmt),
+                                "-O", fmt, "-p", prefix, "-o", str(out), *modules),
+                   check=True, capture_output=True)
 
 
-def build_loaders(workdir: Path) -> tuple[Path, Path]:
-    """(core.img for BIOS, BOOTX64.EFI) built by the host's grub-mkimage."""
+def build_loaders(tools: Path, workdir: Path) -> tuple[Path, Path]:
+    """(core.img for BIOS, BOOTX64.EFI) built from the tools root's GRUB."""
     core = workdir / "core.img"
     efi = workdir / "BOOTX64.EFI"
     esp_number = 2  # image.plan puts the ESP second
     # "(,gptN)": the partition on the disk GRUB was loaded from.
-    mkimage("i386-pc", f"(,gpt{esp_number}){GRUB_DIR}", COMMON_MODULES + BIOS_MODULES, core)
+    mkimage(tools, "i386-pc", f"(,gpt{esp_number}){GRUB_DIR}", COMMON_MODULES + BIOS_MODULES, core)
     # No device: the device the EFI binary was loaded from (the ESP).
-    mkimage("x86_64-efi", GRUB_DIR, COMMON_MODULES + EFI_MODULES, efi)
+    mkimage(tools, "x86_64-efi", GRUB_DIR, COMMON_MODULES + EFI_MODULES, efi)
     return core, efi
 
 
-def install_bios(disk: Path, plan: Plan, core_img: Path,
-                 boot_img: Path = Path("/usr/lib/grub/i386-pc/boot.img")) -> None:
+def boot_img(tools: Path) -> Path:
+    return tools / "usr/lib/grub/i386-pc/boot.img"
+
+
+def install_bios(disk: Path, plan: Plan, core_img: Path, boot_img: Path) -> None:
     bios = plan.by_name("bios")
     core = patch_core_img(core_img.read_bytes(), bios.start, bios.size)
     with open(disk, "r+b") as f:
@@ -125,4 +132,3 @@ def install_bios(disk: Path, plan: Plan, core_img: Path,
         f.write(patch_boot_img(boot_img.read_bytes(), mbr, bios.start))
         f.seek(bios.offset)
         f.write(core)
-

@@ -1,9 +1,15 @@
 """profile -> build/<name>-<version>-<arch>.img (+ .img.xz, .sha256, .manifest).
 
-Stages (one progress line each): rootfs (mmdebstrap + customize hook),
-manifest, filesystems (mkfs.ext4 -d, mkfs.vfat + mtools: no loop devices,
-no mounts), disk (sfdisk on a sparse file, partitions copied in, GRUB for
-BIOS and UEFI), compress, checksum.
+Stages (one progress line each): rootfs (the cached base root of
+image/base.py copied, then image/customize.py adds overlays and fwcluster),
+manifest, filesystems (the release's mke2fs -d, mkfs.vfat + mtools: no loop
+devices, no mounts), disk (sfdisk on a sparse file, partitions copied in,
+the release's GRUB for BIOS and UEFI), compress, checksum.
+
+Reproducible: times come from SOURCE_DATE_EPOCH (default: the last commit's
+time), GUIDs and UUIDs from the profile, version and build id, mtimes are
+clamped, and an uncommitted change to the image's inputs adds "+dirty" to
+the version.
 
 Downloaded .debs and apt lists are kept in build/cache/apt and handed to
 mmdebstrap, so a rebuild downloads nothing new.
@@ -17,13 +23,14 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fwcluster import __version__ as FWCLUSTER_VERSION
 from fwcluster.core.slots import initial_env, render_grubenv
-from image import boot, manifest
+from image import base, boot, manifest
 from image.plan import MIB, Plan, make_plan, sfdisk_script
 from image.profile import Profile
 
@@ -85,36 +92,36 @@ def run(argv, log: Path | None = None, **kw) -> subprocess.CompletedProcess:
     return p
 
 
-def build_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def git(*args: str) -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(SRC), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "-C", str(SRC), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        rev = ""
+        return ""
+
+
+# What goes into the image: a change here (not yet committed) marks the version.
+IMAGE_INPUTS = ("image", "overlays", "fwcluster", "syncd")
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH, else the last commit's time (reproducible builds)."""
+    value = os.environ.get("SOURCE_DATE_EPOCH") or git("log", "-1", "--format=%ct")
+    if not value.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH: {value!r} is not a number of seconds "
+                         "(and the source tree has no git commit to take it from)")
+    return int(value)
+
+
+def tree_dirty() -> bool:
+    return bool(git("status", "--porcelain", "--untracked-files=normal", "--", *IMAGE_INPUTS))
+
+
+def build_id(epoch: int) -> str:
+    """`<SOURCE_DATE_EPOCH as UTC>-<commit>`: the same for every build of a commit."""
+    stamp = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    rev = git("rev-parse", "--short=12", "HEAD")
     return f"{stamp}-{rev}" if rev else stamp
-
-
-def mmdebstrap_argv(profile: Profile, rootfs: Path, cache: Path, customize: list[str]) -> list[str]:
-    archives, lists = cache / "archives", cache / "lists"
-    argv = ["mmdebstrap", "--variant=apt", "--mode=root", f"--arch={profile.architecture}",
-            f"--include={','.join(profile.packages)}"]
-    for path in profile.exclude_paths:
-        argv.append(f"--dpkgopt=path-exclude={path}")
-    for path in profile.keep_paths:  # after the excludes: dpkg applies them in order
-        argv.append(f"--dpkgopt=path-include={path}")
-    argv += [
-        # Keep the essential .debs in the archive dir so they can be cached too.
-        "--skip=essential/unlink",
-        "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives \"$1\"/var/lib/apt/lists",
-        f"--setup-hook=sync-in {archives} /var/cache/apt/archives",
-        f"--setup-hook=sync-in {lists} /var/lib/apt/lists",
-        f"--customize-hook=sync-out /var/cache/apt/archives {archives}",
-        f"--customize-hook=sync-out /var/lib/apt/lists {lists}",
-        "--customize-hook=" + shlex.join(customize) + " \"$1\"",
-        profile.release, str(rootfs), profile.mirror,
-    ]
-    return argv
 
 
 def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
@@ -136,19 +143,20 @@ def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
     return found
 
 
-def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: str, log: Path) -> Path:
+def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: str, log: Path,
+                 epoch: int) -> tuple[Path, Path]:
+    """(appliance root, tools root): the cached base copied and customized."""
+    roots = cache.parent / "roots"
+    base_root = base.cached_root("base", profile, profile.packages, roots, cache, run, log,
+                                 filtered=True)
+    tools = base.cached_root("tools", profile, base.TOOL_PACKAGES, roots, cache, run, log,
+                             filtered=False)
     rootfs = work / "rootfs"
     if rootfs.exists():
         shutil.rmtree(rootfs)
-    for d in ("archives", "lists"):
-        (cache / d).mkdir(parents=True, exist_ok=True)
-        # apt's own lock/partial entries must not be cached
-        for junk in ("lock", "partial"):
-            p = cache / d / junk
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    rootfs.mkdir()
+    run(["cp", "-a", "--reflink=auto", f"{base_root}/.", str(rootfs)])
+    (rootfs / ".complete").unlink()
     overlays = []
     for ov in profile.overlays:
         p = Path(ov) if Path(ov).is_absolute() else SRC / ov
@@ -157,20 +165,27 @@ def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: s
         overlays += ["--overlay", str(p)]
     for w in fetch_wheels(profile.wheels, cache, log):
         overlays += ["--wheel", str(w)]
-    customize = ["env", f"PYTHONPATH={SRC}", sys.executable, "-m", "image.customize", *overlays,
-                 "--version", version, "--build-id", bid, "--release", profile.release,
-                 "--hostname", profile.hostname, "--serial-console", profile.serial_console]
-    run(mmdebstrap_argv(profile, rootfs, cache, customize), log=log)
-    return rootfs
+    run([sys.executable, "-m", "image.customize", str(rootfs), *overlays,
+         "--version", version, "--build-id", bid, "--release", profile.release,
+         "--hostname", profile.hostname, "--serial-console", profile.serial_console,
+         "--epoch", str(epoch)], log=log, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    return rootfs, tools
 
 
-def stage_manifest(rootfs: Path, profile: Profile, version: str, bid: str, plan: Plan) -> str:
+GRUB_PACKAGES = ("grub-pc-bin", "grub-efi-amd64-bin")
+
+
+def stage_manifest(rootfs: Path, tools: Path, profile: Profile, version: str, bid: str,
+                   plan: Plan) -> str:
     q = run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
              manifest.DPKG_QUERY_FORMAT])
     pkgs = manifest.parse_dpkg_query(q.stdout)
     header = {"fwcluster": version, "build": bid, "debian": profile.release,
               "architecture": profile.architecture, "profile": Path(profile.path).name,
               "packages": str(len(pkgs)), "disk": plan.disk_uuid}
+    # The boot loader is not a package of the root: it comes from the tools root.
+    for name in GRUB_PACKAGES:
+        header[name] = base.package_version(tools, name)
     for p in plan.partitions:
         header[f"partition {p.number}"] = f"{p.name} {p.size_bytes // MIB} MiB {p.uuid}"
     text = manifest.render(pkgs, header)
@@ -184,40 +199,69 @@ def ext4_free(fs_image: Path) -> tuple[int, int]:
     return int(fields["Block count"]), int(fields["Free blocks"])
 
 
-def stage_filesystems(rootfs: Path, work: Path, plan: Plan, profile: Profile,
-                      slot_version: str, config_dir: Path | None) -> dict[str, Path]:
+@dataclass(frozen=True)
+class Repro:
+    """What makes two builds of one tree the same bytes: a time and a seed."""
+    epoch: int
+    seed: str
+
+    def uuid(self, what: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fwcluster:{self.seed}:{what}"))
+
+    @property
+    def env(self) -> dict:
+        return dict(os.environ, SOURCE_DATE_EPOCH=str(self.epoch), E2FSPROGS_FAKE_TIME=str(self.epoch))
+
+
+def stage_filesystems(rootfs: Path, tools: Path, work: Path, plan: Plan, profile: Profile,
+                      slot_version: str, config_dir: Path | None, repro: Repro) -> dict[str, Path]:
     slot = plan.slot("a")
     root_img = work / "root.ext4"
+    base.clamp_mtimes(rootfs, repro.epoch)
     # Read-only root: no journal, no reserved blocks.
-    mkfs_ext4(root_img, slot.size_bytes, rootfs, "fwroot", ["-m", "0", "-O", "^has_journal"])
+    mkfs_ext4(tools, root_img, slot.size_bytes, rootfs, "fwroot", ["-m", "0", "-O", "^has_journal"],
+              repro)
     cfg_img = work / "config.ext4"
     empty = work / "config-empty"
     empty.mkdir(exist_ok=True)
-    mkfs_ext4(cfg_img, plan.by_name("fwconfig").size_bytes, config_dir or empty, "fwconfig", [])
+    cfg = config_dir or empty
+    base.clamp_mtimes(cfg, repro.epoch)
+    mkfs_ext4(tools, cfg_img, plan.by_name("fwconfig").size_bytes, cfg, "fwconfig", [], repro)
     esp_img = work / "esp.vfat"
-    make_esp(esp_img, plan, profile, slot_version, work)
+    make_esp(tools, esp_img, plan, profile, slot_version, work, repro)
     return {"fwroot-a": root_img, "fwconfig": cfg_img, "fwesp": esp_img}
 
 
-def mkfs_ext4(path: Path, size: int, content: Path, label: str, extra: list[str]) -> None:
+def mkfs_ext4(tools: Path, path: Path, size: int, content: Path, label: str, extra: list[str],
+              repro: Repro) -> None:
+    """The release's mke2fs (SOURCE_DATE_EPOCH for its times, sorted -d),
+    with the file-system UUID and directory hash seed from the seed."""
     if path.exists():
         path.unlink()
-    run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(content), "-E", "root_owner=0:0",
-         *extra, str(path), f"{size // 1024}k"])
+    env = dict(repro.env, MKE2FS_CONFIG=str(tools / "etc/mke2fs.conf"))
+    run(base.release_tool(tools, "mke2fs", "-t", "ext4", "-q", "-F", "-L", label,
+                          "-U", repro.uuid(f"fs:{label}"), "-d", str(content),
+                          "-E", f"root_owner=0:0,hash_seed={repro.uuid(f'hash:{label}')}",
+                          *extra, str(path), f"{size // 1024}k"), env=env)
 
 
-def make_esp(path: Path, plan: Plan, profile: Profile, slot_version: str, work: Path) -> None:
+def make_esp(tools: Path, path: Path, plan: Plan, profile: Profile, slot_version: str, work: Path,
+             repro: Repro) -> None:
     if path.exists():
         path.unlink()
-    core, efi = boot.build_loaders(work)
+    core, efi = boot.build_loaders(tools, work)
     (work / "grub.cfg").write_text(boot.grub_cfg(plan, profile.serial_console))
     (work / "grubenv").write_bytes(render_grubenv(initial_env(slot_version)))
+    for f in (efi, work / "grub.cfg", work / "grubenv"):
+        os.utime(f, (repro.epoch, repro.epoch))
     size_kib = plan.by_name("fwesp").size_bytes // 1024
-    run(["mkfs.vfat", "-C", "-n", "FWESP", str(path), str(size_kib)])
-    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    volid = repro.uuid("fs:fwesp").replace("-", "")[:8]
+    run(["mkfs.vfat", "--invariant", "-i", volid, "-C", "-n", "FWESP", str(path), str(size_kib)],
+        env=repro.env)
+    env = dict(repro.env, MTOOLS_SKIP_CHECK="1")
     run(["mmd", "-i", str(path), "::/EFI", "::/EFI/BOOT", "::" + boot.GRUB_DIR], env=env)
-    run(["mcopy", "-i", str(path), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
-    run(["mcopy", "-i", str(path), str(work / "grub.cfg"), str(work / "grubenv"),
+    run(["mcopy", "-m", "-i", str(path), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    run(["mcopy", "-m", "-i", str(path), str(work / "grub.cfg"), str(work / "grubenv"),
          "::" + boot.GRUB_DIR + "/"], env=env)
 
 
@@ -236,7 +280,7 @@ def sparse_copy(src: Path, dst_file, offset: int, limit: int) -> None:
             pos += len(chunk)
 
 
-def stage_disk(image: Path, plan: Plan, parts: dict[str, Path], work: Path) -> None:
+def stage_disk(image: Path, plan: Plan, parts: dict[str, Path], work: Path, tools: Path) -> None:
     if image.exists():
         image.unlink()
     with open(image, "wb") as f:
@@ -247,13 +291,15 @@ def stage_disk(image: Path, plan: Plan, parts: dict[str, Path], work: Path) -> N
         for name, src in parts.items():
             p = plan.by_name(name)
             sparse_copy(src, f, p.offset, p.size_bytes)
-    boot.install_bios(image, plan, work / "core.img")
+    boot.install_bios(image, plan, work / "core.img", boot.boot_img(tools))
 
 
 def stage_compress(image: Path, level: int) -> Path:
     xz = image.with_name(image.name + ".xz")
+    # A fixed block size: the same .xz whatever the number of threads.
     with open(xz, "wb") as out:
-        subprocess.run(["xz", "-T0", f"-{level}", "-c", str(image)], stdout=out, check=True)
+        subprocess.run(["xz", "-T0", "--block-size=16MiB", f"-{level}", "-c", str(image)],
+                       stdout=out, check=True)
     return xz
 
 
@@ -272,33 +318,37 @@ def stage_checksum(files: list[Path], out: Path) -> None:
 def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
           work: Path | None = None, compress: bool = True, config_dir: Path | None = None,
           version: str | None = None, guid_seed: str | None = None) -> Result:
+    """guid_seed: what GUIDs and UUIDs derive from (default: profile, version
+    and build id, so the same commit gives the same image)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     work = work or out_dir / "work"
     cache = cache or SRC / "build" / "cache" / "apt"
     work.mkdir(parents=True, exist_ok=True)
-    version = version or FWCLUSTER_VERSION
-    bid = build_id()
-    base = f"{profile.name}-{version}-{profile.architecture}"
-    image = out_dir / f"{base}.img"
+    epoch = source_date_epoch()
+    version = version or FWCLUSTER_VERSION + ("+dirty" if tree_dirty() else "")
+    bid = build_id(epoch)
+    repro = Repro(epoch, guid_seed or f"{profile.name}:{version}+{bid}")
+    stem = f"{profile.name}-{version}-{profile.architecture}"
+    image = out_dir / f"{stem}.img"
     log = work / "build.log"
     log.write_text("")
     plan = make_plan(profile.size_mib, profile.bios_grub_mib, profile.esp_mib,
-                     profile.config_mib, seed=guid_seed)
+                     profile.config_mib, seed=repro.seed)
     stages = ["rootfs", "manifest", "filesystems", "disk"] + \
         (["compress"] if compress else []) + ["checksum"]
     pr = Progress(stages)
     print(f"building {image.name} from {profile.path} (Debian {profile.release}, "
-          f"log {log})", file=sys.stderr, flush=True)
-    rootfs = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log)
-    text = pr.run("manifest", stage_manifest, rootfs, profile, version, bid, plan)
-    parts = pr.run("filesystems", stage_filesystems, rootfs, work, plan, profile,
-                   f"{version}+{bid}", config_dir)
+          f"build {bid}, log {log})", file=sys.stderr, flush=True)
+    rootfs, tools = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log, epoch)
+    text = pr.run("manifest", stage_manifest, rootfs, tools, profile, version, bid, plan)
+    parts = pr.run("filesystems", stage_filesystems, rootfs, tools, work, plan, profile,
+                   f"{version}+{bid}", config_dir, repro)
     blocks, free = ext4_free(parts["fwroot-a"])
-    pr.run("disk", stage_disk, image, plan, parts, work)
+    pr.run("disk", stage_disk, image, plan, parts, work, tools)
     xz = pr.run("compress", stage_compress, image, profile.compress_level) if compress else None
-    sums = out_dir / f"{base}.sha256"
+    sums = out_dir / f"{stem}.sha256"
     pr.run("checksum", stage_checksum, [image] + ([xz] if xz else []), sums)
-    man = out_dir / f"{base}.manifest"
+    man = out_dir / f"{stem}.manifest"
     man.write_text(text.replace("# packages:",
                                 f"# root-slot-free: {100 * free / blocks:.1f}%\n# packages:", 1))
     for p in parts.values():

@@ -1,10 +1,15 @@
-"""Turn a fresh mmdebstrap root into the appliance root (runs as a customize
-hook: `python -m image.customize ROOT --overlay DIR ... --version V ...`).
+"""Turn a copy of the cached base root into the appliance root
+(`python -m image.customize ROOT --overlay DIR ... --version V ...`).
 
 Overlays are copied file by file (regular files only; the structural links
 to /config are made here, where they can be read in one place). Then the
 fwcluster packages are installed, units enabled, and the read-only-root
-layout (fstab, tmpfs, links to /config) put in place.
+layout (fstab, tmpfs, links to /config) put in place. Everything written
+here gets the build's SOURCE_DATE_EPOCH as mtime (before compileall, so the
+.pyc files record it), so two builds of one tree give the same root.
+
+Only product code goes in: the fwcluster and syncd packages without tests,
+lab or bench tooling (those live under tests/ and bench/, outside them).
 """
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from image.base import clamp_mtimes
 
 SRC = Path(__file__).resolve().parent.parent
 PY_PACKAGES = ("fwcluster", "syncd")
@@ -62,7 +70,7 @@ def copy_overlay(src: Path, root: Path) -> list[str]:
             d.parent.mkdir(parents=True, exist_ok=True)
             if d.is_symlink() or d.exists():
                 d.unlink()
-            shutil.copy2(s, d)
+            shutil.copy(s, d)  # not copy2: the checkout's mtimes are not the build's
             mode = 0o644 if not os.access(s, os.X_OK) else 0o755
             if "secret" in name:
                 mode = 0o600
@@ -85,7 +93,11 @@ def install_wheel(root: Path, wheel: Path) -> list[str]:
     return tops
 
 
-def install_python(root: Path, wheels: list[Path]) -> None:
+# Never product code, should any appear inside the packages.
+NOT_PRODUCT = shutil.ignore_patterns("__pycache__", "*.pyc", "test_*.py", "conftest.py")
+
+
+def install_python(root: Path, wheels: list[Path], epoch: int, since: float) -> None:
     dist = root / DIST
     dist.mkdir(parents=True, exist_ok=True)
     extra = []
@@ -94,18 +106,20 @@ def install_python(root: Path, wheels: list[Path]) -> None:
     for pkg in PY_PACKAGES:
         dst = dist / pkg
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(SRC / pkg, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(SRC / pkg, dst, ignore=NOT_PRODUCT, copy_function=shutil.copy)
     for name, module in LAUNCHERS.items():
         p = root / "usr/bin" / name
         p.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -m {module} \"$@\"\n")
         p.chmod(0o755)
-    # Compile now: the root is read-only at run time.
+    # Compile now: the root is read-only at run time. The sources' mtimes
+    # (recorded in the .pyc) and the hash seed (frozenset order) are fixed first.
+    clamp_mtimes(root, epoch, newer_than=since)
     chroot(root, "python3", "-m", "compileall", "-q",
            *(f"/{DIST}/{p}" for p in PY_PACKAGES + tuple(extra)))
 
 
 def chroot(root: Path, *argv: str) -> None:
-    subprocess.run(["chroot", str(root), *argv], check=True)
+    subprocess.run(["chroot", str(root), *argv], check=True, env=dict(os.environ, PYTHONHASHSEED="0"))
 
 
 def relink(root: Path, rel: str, target: str) -> None:
@@ -179,16 +193,20 @@ def main(argv=None) -> int:
     ap.add_argument("--release", required=True)
     ap.add_argument("--hostname", required=True)
     ap.add_argument("--serial-console", default="")
+    ap.add_argument("--epoch", type=int, required=True, help="SOURCE_DATE_EPOCH of the build")
     args = ap.parse_args(argv)
+    os.environ["SOURCE_DATE_EPOCH"] = str(args.epoch)
+    since = time.time() - 1
     root = args.root
     written = []
     for ov in args.overlay:
         written += copy_overlay(ov, root)
-    install_python(root, args.wheel)
+    install_python(root, args.wheel, args.epoch, since)
     install_completion(root)
     layout(root, args.hostname, args.serial_console)
     units = enable_units(root, written)
     write_release(root, args.version, args.build_id, args.release)
+    clamp_mtimes(root, args.epoch, newer_than=since)
     print(f"  overlays: {len(written)} files; units enabled: {', '.join(units)}", file=sys.stderr)
     return 0
 

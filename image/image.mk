@@ -1,6 +1,7 @@
 # Appliance image: `make image` (included by the top Makefile).
 #   make image [OVERLAYS="dir ..."] [PROFILE=image/profiles/x.toml]
 #   make bench-image
+#   make demo-vm      two appliances from the image under qemu (tests/vm, docs/vm-lab.md)
 # Build tools come from apt; the builder runs with Debian's python3 so that
 # `make image` needs no venv.
 IMAGE_APT_PKGS := mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils \
@@ -10,7 +11,7 @@ IMAGE_PY := /usr/bin/python3
 PROFILE ?= image/profiles/default.toml
 OVERLAYS ?=
 
-.PHONY: image bench-image image-deps
+.PHONY: image bench-image image-deps demo-vm
 
 $(STAMPS)/image-apt: image/image.mk | $(STAMPS)
 	@if ! dpkg -s $(IMAGE_APT_PKGS) >/dev/null 2>&1; then \
@@ -28,5 +29,8 @@ image: $(STAMPS)/image-apt
 bench-image: $(STAMPS)/image-apt deps
 	$(PY) -m bench.image
 
-# The image tests in tests/image need the build tools too.
+demo-vm: $(STAMPS)/image-apt deps
+	$(PY) -m tests.vm
+
+# The image tests in tests/image and tests/vm need the build tools too.
 test: $(STAMPS)/image-apt
