@@ -13,9 +13,8 @@ from tests.labkit.prober import Prober
 
 def demo(out=None, limit: float = 60.0) -> int:
     """Two members with the real carpd, a client pinging the LAN VIP (the
-    gateway) every 100 ms (the shipped ruleset answers at most 20 pings a
-    second); kill the master and show the failover live, then bring it back
-    and show it preempt. Bounded by `limit` seconds."""
+    gateway) every 50 ms; kill the master and show the failover live, then
+    bring it back and show it preempt. Bounded by `limit` seconds."""
     out = out or sys.stdout
     t0 = time.monotonic()
 
@@ -46,8 +45,8 @@ def demo(out=None, limit: float = 60.0) -> int:
                 say(f"ping: replies again after a {1000 * (recv - last):.0f} ms gap")
             misses["last"] = recv
 
-        with Prober(lab, "client", LAN_VIP4, interval=0.1, duration=limit, on_reply=on_reply) as probe:
-            until(lambda: len(probe.replies) >= 10, 3)
+        with Prober(lab, "client", LAN_VIP4, interval=0.05, duration=limit, on_reply=on_reply) as probe:
+            until(lambda: len(probe.replies) >= 20, 3)
             say(f"ping: {len(probe.replies)} replies from the gateway so far")
 
             def watch(want: dict, timeout: float) -> bool:
