@@ -31,6 +31,12 @@ class VMError(Exception):
     pass
 
 
+def disk_format(disk: Path) -> str:
+    """"qcow2" (a copy-on-write overlay) or "raw", from the file's magic."""
+    with open(disk, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
 def extract_kernel(image: Path, out_dir: Path) -> tuple[Path, Path]:
     """vmlinuz and initrd.img of slot A, read with debugfs (no mounting)."""
     with open(image, "rb") as f:
@@ -81,9 +87,13 @@ class VM:
     """One qemu guest on a serial console (stdin/stdout pipes)."""
 
     def __init__(self, disk: Path, log: Path, *, kvm: bool, uefi: bool = False,
-                 share: Path | None = None, memory: int = 768):
+                 share: Path | None = None, memory: int = 768, cpus: int = 2,
+                 taps: list[tuple[str, str]] | None = None, netns: str | None = None):
+        """taps: (MAC, tap device) per NIC instead of the two restricted
+        user-mode NICs; netns: run qemu in that network namespace (where
+        the tap devices are)."""
         self.disk, self.log_path, self.kvm, self.uefi = disk, log, kvm, uefi
-        self.share, self.memory = share, memory
+        self.share, self.memory, self.cpus, self.taps, self.netns = share, memory, cpus, taps, netns
         self.buf = bytearray()
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
@@ -92,12 +102,21 @@ class VM:
         self.tmp = tempfile.TemporaryDirectory(prefix="fwvm-")
 
     def argv(self) -> list[str]:
-        a = ["qemu-system-x86_64", "-accel", "kvm" if self.kvm else "tcg", "-m", str(self.memory),
-             "-smp", "2", "-nographic", "-nodefaults", "-serial", "stdio",
-             "-drive", f"file={self.disk},format=raw,if=virtio",
-             # Two NICs: the cluster config in the tests names them lan0 and sync0.
-             "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:10",
-             "-netdev", "user,id=n1,restrict=on", "-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:11"]
+        fmt = disk_format(self.disk)
+        a = (["ip", "netns", "exec", self.netns] if self.netns else []) + [
+            "qemu-system-x86_64", "-accel", "kvm" if self.kvm else "tcg", "-m", str(self.memory),
+            "-smp", str(self.cpus), "-nographic", "-nodefaults", "-serial", "stdio",
+            "-drive", f"file={self.disk},format={fmt},if=virtio"]
+        if self.taps:
+            for i, (mac, tap) in enumerate(self.taps):
+                a += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
+                      "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
+        else:
+            # Two NICs: the cluster config in the tests names them lan0 and sync0.
+            a += ["-netdev", "user,id=n0,restrict=on",
+                  "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:10",
+                  "-netdev", "user,id=n1,restrict=on",
+                  "-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:11"]
         if self.uefi:
             vars_fd = Path(self.tmp.name) / "vars.fd"
             shutil.copy(OVMF_VARS, vars_fd)

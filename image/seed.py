@@ -1,5 +1,7 @@
 """Write a /config file system from a directory into an existing image
-(pre-seed a card before flashing; the boot tests use it too)."""
+(pre-seed a card before flashing; the boot tests and the VM lab use it too).
+The image may be raw or a qcow2 overlay (written through qemu-io, so the
+backing image stays untouched)."""
 from __future__ import annotations
 
 import subprocess
@@ -8,18 +10,37 @@ import tempfile
 from pathlib import Path
 
 from fwcluster.core.slots import CONFIG_PARTLABEL, find_partition, parse_gpt
+from image.qemu import disk_format
+
+
+def _qemu(argv: list[str]) -> None:
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0 or "error" in p.stdout.lower():
+        raise ValueError(f"{argv[0]} failed: {(p.stderr or p.stdout).strip()[-300:]}")
 
 
 def seed_config(image: Path, directory: Path) -> None:
     if not directory.is_dir():
         raise ValueError(f"{directory}: not a directory")
-    with open(image, "rb") as f:
-        part = find_partition(parse_gpt(f.read(34 * 512)), CONFIG_PARTLABEL)
+    fmt = disk_format(image)
     with tempfile.TemporaryDirectory(prefix="fwseed-") as tmp:
+        if fmt == "qcow2":
+            head = Path(tmp) / "head"
+            _qemu(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=34",
+                   f"if={image}", f"of={head}"])
+            gpt = head.read_bytes()
+        else:
+            with open(image, "rb") as f:
+                gpt = f.read(34 * 512)
+        part = find_partition(parse_gpt(gpt), CONFIG_PARTLABEL)
         fs = Path(tmp) / "config.ext4"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "fwconfig", "-d", str(directory),
                         "-E", "root_owner=0:0", str(fs), f"{part.size // 1024}k"],
                        check=True, capture_output=True)
+        if fmt == "qcow2":
+            _qemu(["qemu-io", "-f", "qcow2", "-c",
+                   f"write -s {fs} {part.offset} {fs.stat().st_size}", str(image)])
+            return
         with open(fs, "rb") as src, open(image, "r+b") as dst:
             dst.seek(part.offset)
             while chunk := src.read(1 << 20):
@@ -41,29 +62,39 @@ def root_password_hash(password: str) -> str:
 VM_NICS = (("52:54:00:00:00:10", "lan0", "192.0.2.11/24"),
            ("52:54:00:00:00:11", "sync0", "203.0.113.1/24"))
 
+IMAGE_TEST_CLUSTER = (
+    '[cluster]\nname = "imgtest"\nsecret_file = "/etc/fwcluster/secret"\n\n'
+    '[sync]\ninterface = "sync0"\n\n'
+    '[[member]]\nname = "fw1"\nsync_address = "203.0.113.1"\n\n'
+    '[[member]]\nname = "fw2"\nsync_address = "203.0.113.2"\nadvskew = 100\n\n'
+    '[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "192.0.2.1/24"\n')
+
+
+def write_member_config(d: Path, node: str, cluster_toml: str, nics, secret: str,
+                        root_password: str | None = None) -> None:
+    """A /config directory for member `node`: cluster.toml, node, hostname,
+    secret, root-password (if given) and per NIC (MAC, name, address) a
+    .link file naming it and a .network file addressing it."""
+    (d / "network").mkdir(parents=True)
+    if root_password is not None:
+        (d / "root-password").write_text(root_password_hash(root_password) + "\n")
+        (d / "root-password").chmod(0o600)
+    (d / "cluster.toml").write_text(cluster_toml)
+    (d / "node").write_text(node + "\n")
+    (d / "hostname").write_text(node + "\n")
+    (d / "secret").write_text(secret + "\n")
+    (d / "secret").chmod(0o600)
+    for mac, name, addr in nics:
+        (d / "network" / f"10-{name}.link").write_text(
+            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
+        (d / "network" / f"20-{name}.network").write_text(
+            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")
+
 
 def write_vm_config(d: Path, root_password: str | None = None) -> None:
     """A /config for member fw1 of a two-member cluster, for a qemu guest
     with the NICs of image.qemu.VM (MACs in VM_NICS; .link files name them
     lan0 and sync0). Documentation addresses only. Without root_password
     root cannot log in (a configured member needs /config/root-password)."""
-    (d / "network").mkdir(parents=True)
-    if root_password is not None:
-        (d / "root-password").write_text(root_password_hash(root_password) + "\n")
-        (d / "root-password").chmod(0o600)
-    (d / "cluster.toml").write_text(
-        '[cluster]\nname = "imgtest"\nsecret_file = "/etc/fwcluster/secret"\n\n'
-        '[sync]\ninterface = "sync0"\n\n'
-        '[[member]]\nname = "fw1"\nsync_address = "203.0.113.1"\n\n'
-        '[[member]]\nname = "fw2"\nsync_address = "203.0.113.2"\nadvskew = 100\n\n'
-        '[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "192.0.2.1/24"\n')
-    (d / "node").write_text("fw1\n")
-    (d / "hostname").write_text("fw1\n")
-    secret = d / "secret"
-    secret.write_text("image-test-passphrase\n")
-    secret.chmod(0o600)
-    for mac, name, addr in VM_NICS:
-        (d / "network" / f"10-{name}.link").write_text(
-            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
-        (d / "network" / f"20-{name}.network").write_text(
-            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")
+    write_member_config(d, "fw1", IMAGE_TEST_CLUSTER, VM_NICS, "image-test-passphrase",
+                        root_password)

@@ -30,9 +30,9 @@ def input_key() -> str:
     return h.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def built_image() -> Path:
-    """A default-profile image (no .xz), built once per input change."""
+def cached_build() -> Path:
+    """A default-profile image (no .xz), built once per input change (the
+    VM lab in tests/vm uses it too)."""
     from image import profile
     from image.build import build
 
@@ -47,3 +47,8 @@ def built_image() -> Path:
         done.write_text(key + "\n")
     (img,) = out.glob("*.img")
     return img
+
+
+@pytest.fixture(scope="session")
+def built_image() -> Path:
+    return cached_build()
