@@ -1,6 +1,8 @@
 """Shared checks of the CARP lab tests (not a test module)."""
 from __future__ import annotations
 
+import time
+
 from tests.labkit import Lab
 
 # Sub-second timing that still leaves four adverts of margin on a busy
@@ -82,3 +84,61 @@ def neigh_mac(lab: Lab, role: str, address: str) -> str | None:
     out = lab.run(role, ["ip", "-j", "neigh", "show", address]).stdout
     entries = json.loads(out or "[]")
     return entries[0].get("lladdr") if entries else None
+
+
+# --- stability: roles that stay put, gateways that moved ------------------------
+
+def watch_period(lab: Lab) -> float:
+    """Three CARP master-down intervals of the slowest member, and at least
+    a little more than the longest wait a backup may be in behind the
+    configured master (machine.master_wait), so that a claim between two
+    adverts is seen."""
+    from fwcluster.carp.core import machine
+    from fwcluster.carp.core.wire import Advert
+    skews = list(lab.advskews.values())
+    periods = []
+    for v in lab.vips:
+        base = v.get("advbase", 1)
+        periods.append(3 * max(machine.master_down_interval(base, s) for s in skews))
+        periods += [1.2 * machine.master_wait(base, s, Advert(v["vhid"], base, master, 0, 0))
+                    for s in skews for master in skews if master != s]
+    return max(periods)
+
+
+def stays_settled(lab: Lab, master: str, members=None, vids=None, seconds: float | None = None) -> None:
+    """After a handover: the roles and the vips stay exactly where they are
+    for three master-down intervals (a flapping pair fails this: the
+    machines' transition counters must not move either)."""
+    members = list(members or lab.members)
+    seconds = watch_period(lab) if seconds is None else seconds
+    before = {m: transitions(lab, m) for m in members}
+    deadline = time.monotonic() + seconds
+    polls = 0
+    while time.monotonic() < deadline:
+        assert settled(lab, master, members, vids), (
+            f"{master} lost the roles {polls} polls into the watch: "
+            f"{ {v: lab.states(v, members) for v in (vids or vhids(lab))} }")
+        polls += 1
+        time.sleep(0.05)
+    after = {m: transitions(lab, m) for m in members}
+    assert after == before, (f"role changes while watched ({seconds:.2f} s): {before} -> {after}\n"
+                             + "\n".join(f"--- {m} carpd log:\n{lab.log_tail(m, 'carpd', 2500)}"
+                                          for m in members))
+
+
+def gateways_at(lab: Lab, member: str, timeout: float = 3.0) -> None:
+    """The client's LAN gateway and the server's WAN gateway (IPv4) both
+    resolve to member's MACs: its gratuitous ARPs arrived on both sides."""
+    from tests.labkit import LAN_VIP4, WAN_VIP4
+    want = {("client", LAN_VIP4): mac(lab, member, "lan0"),
+            ("server", WAN_VIP4): mac(lab, member, "wan0")}
+    ok = lab.wait_for(lambda: all(neigh_mac(lab, role, a) == m for (role, a), m in want.items()),
+                      timeout, 0.02)
+    assert ok, {k: (neigh_mac(lab, *k), m) for k, m in want.items()}
+
+
+def forwards(lab: Lab, target: str, timeout: float = 3.0) -> None:
+    """A new flow from the client reaches target within timeout (each probe
+    bounded; the first may still race a neighbour entry on the far side)."""
+    assert lab.wait_for(lambda: lab.ping("client", target, timeout=0.5), timeout, 0.05), \
+        f"client cannot reach {target}"
