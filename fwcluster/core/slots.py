@@ -13,7 +13,8 @@ check on the trial boot promotes it to good_slot when carpd and syncd run;
 otherwise it reboots, and GRUB falls back to good_slot.
 
 This module has no I/O beyond what its callers hand it (bytes and strings);
-fwcluster/fwctl/upgrade.py and fwcluster/health.py do the I/O.
+fwcluster/fwctl/upgrade.py does the I/O (its --boot-check is the health check
+that fwcluster-health.service runs).
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from fwcluster.args import add_common_args
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
-# Subcommand modules, in the order `fwctl --help` lists them. A module that
-# is not there yet (optional parts) is skipped.
+# Subcommand modules, in the order `fwctl --help` lists them. Every one must
+# import: a missing or broken module is a packaging mistake and fails loudly.
 COMMANDS = ["status", "maintenance", "sync", "rules", "config", "drill",
             "upgrade", "conntrack", "secret", "completion"]
 
@@ -74,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"fwcluster.fwctl.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"fwcluster.fwctl.{name}":
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f"fwcluster.fwctl.{name}").register(sub)
     return parser
 
 
