@@ -64,3 +64,9 @@ def test_contract_doc_is_generated_from_the_module():
     from fwcluster.core import contract
     assert (ROOT / "docs" / "contract.md").read_text() == contract.render_doc(), \
         "run: python -m fwcluster.core.contract > docs/contract.md"
+
+
+def test_carp_rules_doc_is_generated_from_the_core():
+    from fwcluster.carp import rulesdoc
+    assert (ROOT / "docs" / "carp-rules.md").read_text() == rulesdoc.rules_doc(), \
+        "run: python -m fwcluster.carp.rulesdoc > docs/carp-rules.md"

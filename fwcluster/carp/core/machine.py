@@ -396,3 +396,7 @@ class Demotion:
         else:
             self.sources.pop(source, None)
         return self.total
+
+
+# The election rules, in the order docs/carp-rules.md gives them.
+RULES = (advert_interval, master_down_interval, master_wait, yields_to, claims_from, source_rank)
