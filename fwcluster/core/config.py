@@ -59,8 +59,10 @@ class Carp:
     link_demote: int = 240
     maintenance_demote: int = 240
     # Seconds a starting carpd stays demoted waiting for syncd's bulk resync
-    # (ordered takeover, as pfsync does); syncd lifts it early. 0 = no wait.
-    sync_hold: int = 0
+    # (ordered takeover, as pfsync does); syncd lifts it as soon as it is in
+    # sync (about 3 s without live peers), the bound only covers a member
+    # whose syncd does not run. 0 = no wait.
+    sync_hold: int = 30
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "preempt": (bool, True),
         "link_demote": (int, 240),
         "maintenance_demote": (int, 240),
-        "sync_hold": (int, 0),
+        "sync_hold": (int, 30),
     },
     "member": {
         "name": (str, REQUIRED),
@@ -171,8 +173,10 @@ KEY_DOCS: dict[str, str] = {
     "carp.preempt": "A member with a better (lower) skew takes the vips back.",
     "carp.link_demote": "Demotion added while a vip interface has no carrier.",
     "carp.maintenance_demote": "Demotion added by `fwctl maintenance on`.",
-    "carp.sync_hold": "Seconds a starting carpd stays demoted until syncd reports "
-    "its bulk resync done (ordered takeover); 0 = do not wait.",
+    "carp.sync_hold": "Seconds (0-3600) a starting carpd stays demoted until syncd reports "
+    "its bulk resync done (ordered takeover, on by default). syncd lifts it as soon as every "
+    "live peer has sent its table (about 3 s when no peer answers), so the bound only "
+    "matters when syncd does not run; 0 = do not wait (carpd without syncd).",
     "member.name": "Member name; each daemon is told which one it is by --node. Same "
     "characters as cluster.name.",
     "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",

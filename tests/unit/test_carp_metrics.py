@@ -20,7 +20,8 @@ EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
 
 def make_cfg(tmp_path, extra=""):
     p = tmp_path / "cluster.toml"
-    p.write_text(EXAMPLE.read_text() + extra)
+    # carpd alone: no ordered-takeover hold (default 30 s)
+    p.write_text(EXAMPLE.read_text() + "\n[carp]\nsync_hold = 0\n" + extra)
     cfg = configfile.load(p, "fw1")
     return dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
 
