@@ -63,6 +63,10 @@ class Carp:
     # sync (about 3 s without live peers), the bound only covers a member
     # whose syncd does not run. 0 = no wait.
     sync_hold: int = 30
+    # "compatible": CARP v2 adverts as ucarp and OpenBSD send them;
+    # "hardened": every advert field MACed, counters replay-checked
+    # (docs/carp.md, "Trust models"). The two do not interoperate.
+    mode: str = "compatible"
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "link_demote": (int, 240),
         "maintenance_demote": (int, 240),
         "sync_hold": (int, 30),
+        "mode": (str, "compatible"),
     },
     "member": {
         "name": (str, REQUIRED),
@@ -154,6 +159,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 _ARRAYS = {"member", "vip"}  # [[member]], [[vip]]
 _REQUIRED_TABLES = ("cluster", "sync", "member", "vip")  # checked in this order
 BALANCE_MODES = ("active-standby", "active-active")
+CARP_MODES = ("compatible", "hardened")
 
 # Documentation of every key, used by `fwctl config reference` and
 # docs/configuration.md (a test keeps the two in step).
@@ -177,6 +183,11 @@ KEY_DOCS: dict[str, str] = {
     "its bulk resync done (ordered takeover, on by default). syncd lifts it as soon as every "
     "live peer has sent its table (about 3 s when no peer answers), so the bound only "
     "matters when syncd does not run; 0 = do not wait (carpd without syncd).",
+    "carp.mode": "compatible (CARP v2 as ucarp and OpenBSD speak it; its HMAC "
+    "does not cover advbase, advskew or demote, so edited or replayed adverts are accepted) "
+    "or hardened (every advert field authenticated under a key of its own, per-sender replay "
+    "window; does not interoperate with ucarp or OpenBSD). The same on every member; "
+    "see docs/carp.md, \"Trust models\".",
     "member.name": "Member name; each daemon is told which one it is by --node. Same "
     "characters as cluster.name.",
     "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",
@@ -349,6 +360,8 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     for k in ("link_demote", "maintenance_demote"):
         _in_range(path, f"carp.{k}", carp[k], 0, 255)
     _in_range(path, "carp.sync_hold", carp["sync_hold"], 0, 3600)
+    if carp["mode"] not in CARP_MODES:
+        raise ConfigError(path, "carp.mode", f"{_show(carp['mode'])} is not one of {', '.join(CARP_MODES)}")
 
     members = []
     seen_names: dict[str, int] = {}
