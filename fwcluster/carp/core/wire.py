@@ -23,7 +23,11 @@ The virtual addresses are the 4-byte IPv4 addresses in ascending order, then
 the 16-byte IPv6 addresses. ucarp hashes its single --addr exactly so.
 
 Received packets go through decode(), which returns an Advert or a Drop with
-one of DROP_REASONS; nothing here raises on hostile input.
+one of COMPATIBLE_DROP_REASONS; nothing here raises on hostile input.
+
+What this HMAC does not cover (advbase, advskew, demote) anyone on the
+segment can edit, and the only replay check is our own cookie: that is
+CARP's design. [carp] mode = "hardened" uses hardened.py instead.
 """
 from __future__ import annotations
 
@@ -47,8 +51,12 @@ GROUP6 = "ff02::12"
 # now" (OpenBSD's bow-out; their master-down check treats it as timed out).
 BOW_OUT = 255
 
-DROP_REASONS = ("bad_ttl", "bad_checksum", "bad_hmac", "bad_version", "bad_type",
-                "unknown_vhid", "truncated", "replay", "bad_authlen")
+COMPATIBLE_DROP_REASONS = ("bad_ttl", "bad_checksum", "bad_hmac", "bad_version", "bad_type",
+                           "unknown_vhid", "truncated", "replay", "bad_authlen")
+# Every reason either mode gives: hardened.py adds a v2 advert at a hardened
+# member ("unhardened") and an authentic counter older than the sender's
+# replay window ("stale"). Counters and metrics carry all of them.
+DROP_REASONS = COMPATIBLE_DROP_REASONS + ("unhardened", "stale")
 
 _HEADER = struct.Struct("!BBBBBBHQ20s")
 
@@ -68,7 +76,8 @@ def hmac_key(passphrase: bytes) -> bytes:
     return passphrase[:KEY_LEN]
 
 
-def _address_bytes(addresses: Iterable) -> bytes:
+def address_bytes(addresses: Iterable) -> bytes:
+    """The vip addresses as the HMAC covers them."""
     addrs = [ipaddress.ip_address(str(a).split("/")[0]) for a in addresses]
     v4 = sorted(int(a) for a in addrs if a.version == 4)
     v6 = [a.packed for a in addrs if a.version == 6]
@@ -86,7 +95,7 @@ class Auth:
     def __init__(self, passphrase: bytes, vhid: int, addresses: Iterable, cookie: int):
         self.vhid = vhid
         self.cookie = cookie & 0xFFFFFFFFFFFFFFFF
-        prefix = bytes((VERSION, TYPE_ADVERTISEMENT, vhid)) + _address_bytes(addresses)
+        prefix = bytes((VERSION, TYPE_ADVERTISEMENT, vhid)) + address_bytes(addresses)
         self._inner = hmac.new(hmac_key(passphrase), prefix, hashlib.sha1)
 
     def digest(self, counter: bytes) -> bytes:

@@ -1,0 +1,185 @@
+"""Hardened CARP adverts (pure): every field authenticated, no counter reused.
+
+The packet is the 36-byte CARP v2 header of wire.py with another version and
+another MAC, so it costs nothing more on the wire and a compatible-mode
+member, ucarp or OpenBSD drops it cleanly as `bad_version` (its checksum is
+valid; no CARP or VRRP version is 4):
+
+    0      version 4 (high nibble) | type 1 = advertisement (low nibble)
+    1      vhid
+    2      advskew
+    3      authlen 7 (counter + MAC in 32-bit words, as in v2)
+    4      demote
+    5      advbase
+    6-7    Internet checksum over the 36 bytes
+    8-15   counter: boot id (high 32 bits) | sequence in that boot (low 32)
+    16-35  HMAC-SHA256, first 160 bits
+
+MAC key: HKDF-SHA256 of the cluster secret with a label of its own (never a
+key sync or the config channel use), bound to the cluster name. MAC message:
+bytes 0-5, the counter, the sender's IP source address (length-prefixed: the
+replay window is keyed by it, so it must be authentic) and the vip addresses
+(as in v2). The checksum is left out: it is a function of the rest.
+
+Receivers keep, per sender (source address, vhid), the highest counter
+accepted and which of the WINDOW counters below it were seen; an authentic
+advert is accepted once and only if it is newer than the window's bottom.
+A sender's boot id grows strictly from one start to the next (the shell
+allocates it, see fwcluster/carp/bootid.py), so a restarted member's adverts
+are newer than anything of its previous life: accepted, while a recording of
+that life is `stale`.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+from typing import Callable, Iterable, Mapping
+
+from fwcluster.carp.core import wire
+from fwcluster.carp.core.wire import Advert, Drop
+from fwcluster.core.hkdf import hkdf
+
+VERSION = 4
+MAC_LEN = 20
+SEQ_MAX = 0xFFFFFFFF
+BOOT_MAX = 0xFFFFFFFF
+WINDOW = 64          # counters below the highest one that may still arrive late
+MAX_SENDERS = 1024   # windows kept; only key holders can create one
+_HEAD = struct.Struct("!BBBBBBHQ")
+
+
+def key(secret: bytes, cluster: str) -> bytes:
+    """The MAC key of hardened adverts in this cluster."""
+    return hkdf(secret, b"fwcluster-carpd", b"carp-hardened-hmac-v1 " + cluster.encode())
+
+
+class Auth:
+    """One vhid's key and vip addresses. Holds no counter: the member's
+    Counter is shared, so a re-keyed Auth never restarts a sequence."""
+
+    def __init__(self, mac_key: bytes, vhid: int, addresses: Iterable, cookie: int = 0):
+        self.vhid = vhid
+        self.cookie = cookie  # unused here; kept so both modes' Auths look alike
+        self._key = mac_key
+        self._addresses = wire.address_bytes(addresses)
+
+    def mac(self, head: bytes, counter: bytes, source: str) -> bytes | None:
+        """MAC over header bytes 0-5, counter, source, vips; None when source
+        is not an IP address (nothing authentic can come from it)."""
+        try:
+            src = ipaddress.ip_address(source).packed
+        except ValueError:
+            return None
+        msg = head[:6] + counter + bytes((len(src),)) + src + self._addresses
+        return hmac.new(self._key, msg, hashlib.sha256).digest()[:MAC_LEN]
+
+
+class Counter:
+    """This member's advert counter: strictly increasing for as long as boot
+    ids are (the shell persists them). renew() gives a new, higher boot id
+    when a boot's 2**32 sequence numbers are used up."""
+
+    def __init__(self, boot: int, renew: Callable[[], int]):
+        if not 0 < boot <= BOOT_MAX:
+            raise ValueError(f"boot id {boot} outside 1-{BOOT_MAX}")
+        self.boot, self.seq, self._renew = boot, 0, renew
+
+    def next(self) -> int:
+        if self.seq >= SEQ_MAX:
+            self.boot, self.seq = min(max(self._renew(), self.boot + 1), BOOT_MAX), 0
+        self.seq += 1
+        return self.boot << 32 | self.seq
+
+
+def encode(auth: Auth, counter: int, source: str, advbase: int, advskew: int,
+           demote: int = 0) -> bytes:
+    """The 36-byte hardened advert sent from source."""
+    ctr = struct.pack("!Q", counter)
+    head = _HEAD.pack((VERSION << 4) | wire.TYPE_ADVERTISEMENT, auth.vhid, advskew, wire.AUTHLEN,
+                      min(demote, 255), advbase, 0, counter)
+    md = auth.mac(head, ctr, source)
+    if md is None:
+        raise ValueError(f"advert source {source!r} is not an IP address")
+    pkt = head + md
+    return pkt[:6] + struct.pack("!H", wire.checksum(pkt)) + pkt[8:]
+
+
+class ReplayWindows:
+    """Per sender (source, vhid): the highest counter accepted and a bitmap
+    of the WINDOW counters below it. Only authentic adverts reach admit().
+    At most `senders` windows (least recently used dropped first)."""
+
+    def __init__(self, size: int = WINDOW, senders: int = MAX_SENDERS):
+        self.size, self.senders = size, senders
+        self._w: dict[tuple[str, int], tuple[int, int]] = {}  # -> (top, bits)
+
+    def admit(self, sender: tuple[str, int], counter: int) -> str | None:
+        """None if counter is new (and now recorded); else the drop reason."""
+        top, bits = self._w.pop(sender, (0, 0))
+        try:
+            if counter > top:
+                shift = counter - top
+                bits = ((bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+                top = counter
+                return None
+            offset = top - counter
+            if offset >= self.size:
+                return "stale"
+            if bits >> offset & 1:
+                return "replay"
+            bits |= 1 << offset
+            return None
+        finally:
+            self._w[sender] = (top, bits)  # re-inserted last: most recently used
+            if len(self._w) > self.senders:
+                del self._w[next(iter(self._w))]
+
+    def top(self, sender: tuple[str, int]) -> int:
+        return self._w.get(sender, (0, 0))[0]
+
+
+def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
+           windows: ReplayWindows, own: str | None = None) -> Advert | Drop:
+    """Check one received packet: form, then MAC, then freshness.
+
+    source is the packet's IP source address, own our address on that
+    interface and family (an authentic advert from it is ours, replayed).
+    Only an advert whose MAC is good may move a replay window.
+    """
+    vhid = payload[1] if len(payload) >= 2 else None
+    if ttl != wire.TTL:
+        return Drop("bad_ttl", vhid)
+    if len(payload) < wire.HEADER_LEN:
+        return Drop("truncated", vhid)
+    if wire.checksum(payload) != 0:
+        return Drop("bad_checksum", vhid)
+    vt, vhid, advskew, authlen, demote, advbase, _, counter = _HEAD.unpack_from(payload)
+    if vt >> 4 == wire.VERSION:
+        return Drop("unhardened", vhid)  # a compatible-mode member, ucarp, or a recording
+    if vt >> 4 != VERSION:
+        return Drop("bad_version", vhid)
+    if vt & 0x0F != wire.TYPE_ADVERTISEMENT:
+        return Drop("bad_type", vhid)
+    auth = auths.get(vhid)
+    if auth is None:
+        return Drop("unknown_vhid", vhid)
+    if authlen != wire.AUTHLEN or len(payload) != wire.HEADER_LEN:
+        return Drop("bad_authlen", vhid)  # every byte is covered: no trailing data
+    md = auth.mac(payload, payload[8:16], source)
+    if md is None or not hmac.compare_digest(md, payload[16:36]):
+        return Drop("bad_hmac", vhid)
+    if own is not None and _same_address(source, own):
+        return Drop("replay", vhid)  # our own advert: it left us, so it was sent back
+    stale = windows.admit((str(ipaddress.ip_address(source)), vhid), counter)
+    if stale:
+        return Drop(stale, vhid)
+    return Advert(vhid=vhid, advbase=advbase, advskew=advskew, demote=demote, counter=counter)
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
