@@ -134,13 +134,14 @@ class Host:
     publish: Callable[[dict], None]          # a role event for control-socket subscribers
     changed: Callable[[], None]              # a role changed (metrics)
     spawn: Callable[[Coroutine], object]     # a task carpd cancels when it stops
+    codec: object                            # fwcluster.carp.core.modes: signs the adverts
 
 
 @dataclass
 class BucketRun:
     election: hashbuckets.BucketElection
     machine: machine.VhidMachine
-    auth: wire.Auth
+    auth: object  # the codec's Auth (wire.Auth or hardened.Auth)
     counters: dict = field(default_factory=_counters)
     timer: asyncio.TimerHandle | None = None
 
@@ -159,7 +160,8 @@ class Balancing:
             m = machine.VhidMachine(e.vhid, e.advbase, e.advskew, preempt=cfg.carp.preempt,
                                     demotion=demotion)
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
-            self.runs[e.vhid] = BucketRun(e, m, wire.Auth(secret, e.vhid, [first.address.ip], cookie))
+            self.runs[e.vhid] = BucketRun(e, m, host.codec.auth(secret, e.vhid, [first.address.ip],
+                                                                cookie))
         # IPv4 vips only: see the module doc.
         self.held = [v for v in cfg.vips if v.family == 4]
         self.applied: frozenset | None = None  # contents of the nft set we last wrote
@@ -316,12 +318,16 @@ class Balancing:
         sock = iface.socks.get(self.family)
         if sock is None:
             return
-        payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
         source = iface.own.get(self.family)
+        payload = self.host.codec.encode(run.auth, action.advbase, action.advskew, action.demote,
+                                         source)
+        if payload is None:
+            return  # hardened: no address of ours yet to sign the advert's source with
         try:
             sock.send(payload, source)
         except OSError as e:
-            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source \
+                    and not self.host.codec.binds_source:
                 sock.send(payload, None)
             else:
                 log.debug("advert for bucket vhid %d not sent: %s", action.vhid, e)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from fwcluster.carp.core.wire import DROP_REASONS
+
 STATES = ("INIT", "BACKUP", "MASTER")
 # Demotion sources that always have a series (0 when inactive), so that an
 # alert on them does not see the series vanish when the source clears.
@@ -48,8 +50,11 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
         c = v.get("counters", {})
         sent.add_metric(who, c.get("adverts_sent", 0))
         recv.add_metric(who, c.get("adverts_received", 0))
-        for reason, n in sorted(c.get("drops", {}).items()):
-            drops.add_metric([*who, reason], n)
+        # Every reason of both modes (hardened adds "unhardened" and "stale")
+        # has a series, 0 until it happens: an alert never sees one appear.
+        seen = c.get("drops", {})
+        for reason in sorted(set(DROP_REASONS) | set(seen)):
+            drops.add_metric([*who, reason], seen.get(reason, 0))
         interval.add_metric(who, v["advbase"] + v["advskew"] / 256)
 
     demotion = GaugeMetricFamily("fwcluster_carp_demotion",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fwcluster import ctlsock
 from fwcluster import metrics as prom
-from fwcluster.carp import active_active, announce, metrics, netlink, timers
+from fwcluster.carp import active_active, announce, bootid, metrics, netlink, timers
 from fwcluster.carp.core import machine, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
@@ -81,12 +81,13 @@ class Carpd:
             self.demotion.set(MAINTENANCE_SOURCE, cfg.carp.maintenance_demote)
         if cfg.carp.sync_hold > 0:
             self.demotion.set(SYNC_SOURCE, SYNC_HOLD_DEMOTE)
+        self.codec = bootid.codec_for(cfg)  # [carp] mode: how adverts are signed and checked
         self.vips: dict[int, VipRun] = {}
         for v in cfg.vips:
             m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
                                     preempt=cfg.carp.preempt, demotion=self.demotion.total)
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
-            self.vips[v.vhid] = VipRun(v, m, wire.Auth(secret, v.vhid, [v.address.ip], cookie))
+            self.vips[v.vhid] = VipRun(v, m, self.codec.auth(secret, v.vhid, [v.address.ip], cookie))
         self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
@@ -105,7 +106,8 @@ class Carpd:
         self.balancing = active_active.Balancing.create(active_active.Host(
             cfg=cfg, node=node, iface=self.ifaces.get, links=self.links,
             queue=self.actions.put_nowait, publish=self.ctl.publish,
-            changed=self._metrics_kick.set, spawn=self._spawn), secret, self.demotion.total)
+            changed=self._metrics_kick.set, spawn=self._spawn, codec=self.codec), secret,
+            self.demotion.total)
 
     # --- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -319,7 +321,8 @@ class Carpd:
                 if r.vip.interface == iface.name and r.vip.family == family}
         if self.balancing is not None:
             here.update(self.balancing.runs_on(iface.name, family))
-        got = wire.decode(payload, ttl, {vhid: r.auth for vhid, r in here.items()})
+        got = self.codec.decode(payload, ttl, source, {vhid: r.auth for vhid, r in here.items()},
+                                iface.own.get(family))
         if isinstance(got, wire.Drop):
             targets = [here[got.vhid]] if got.vhid in here else \
                 [r for r in here.values() if isinstance(r, VipRun)]
@@ -435,11 +438,14 @@ class Carpd:
         sock = iface.socks.get(v.family)
         if sock is None:
             return
-        payload = wire.encode(run.auth, action.advbase, action.advskew, action.demote)
+        source = iface.own.get(v.family)
+        payload = self.codec.encode(run.auth, action.advbase, action.advskew, action.demote, source)
+        if payload is None:
+            return  # hardened: no address of ours yet to sign the advert's source with
         try:
-            sock.send(payload, iface.own.get(v.family))
+            sock.send(payload, source)
         except OSError as e:
-            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and iface.own.get(v.family):
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source and not self.codec.binds_source:
                 sock.send(payload, None)  # our address vanished: let the kernel pick
             else:
                 log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, e)

@@ -76,6 +76,16 @@ def test_every_drop_reason_has_a_series_per_vhid():
     assert reasons == set(wire.DROP_REASONS)
 
 
+def test_every_drop_reason_has_a_series_even_if_the_status_lacks_it():
+    old = {**STATUS, "vips": [{**STATUS["vips"][0], "counters": {"drops": {"bad_hmac": 2}}}]}
+    got = samples(render(metrics.families(old)))
+    lan1 = {"vhid": "1", "interface": "lan0"}
+    for reason in wire.DROP_REASONS:
+        assert got[key("fwcluster_carp_drops_total", **lan1, reason=reason)] == \
+            (2 if reason == "bad_hmac" else 0)
+    assert {"unhardened", "stale"} <= set(wire.DROP_REASONS)
+
+
 def test_metrics_command_matches_status(tmp_path):
     d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
 
