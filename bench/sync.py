@@ -5,15 +5,25 @@ sync link, same load):
 
 * new entries are put into fw1's conntrack table at a fixed rate (1k, 5k,
   10k per second, 3 s each) by an injector process that uses ctnetlink, so
-  the sync path is measured, not a traffic generator;
-* a watcher on fw2 timestamps each entry's NEW event as the daemon puts it
-  into fw2's kernel table (conntrackd runs with DisableExternalCache on, so
-  both inject straight into the kernel, pfsync style);
+  the sync path is measured, not a traffic generator; then the same entries
+  are updated (their mark set) and then deleted, at the same rate;
+* a watcher on fw2 timestamps each entry's NEW (UPDATE with the mark,
+  DESTROY) event as the daemon changes fw2's kernel table (conntrackd runs
+  with DisableExternalCache on, so both inject straight into the kernel,
+  pfsync style);
 * lag = presence on fw2 - creation on fw1 (one monotonic clock), p50/p99;
+  the same for updates and deletes;
 * peak: 20000 entries injected as fast as possible; the rate at which they
   all arrive on fw2;
 * CPU seconds (user+system, /proc) of the daemons on fw1 and fw2 per 10k
-  replicated entries.
+  replicated entries (during the NEW phase);
+* bulk: with 100k entries in the table, fw1 is made to send all of them to
+  fw2 (syncd: the `resync` control command; conntrackd -B) while new
+  entries arrive at 1k/s: their lag.
+
+--trace DIR runs syncd alone with SYNCD_TRACE (syncd/trace.py) and prints
+the per-step breakdown of the lag (docs/perf/sync.md); --profile DIR adds
+SYNCD_PROFILE (cProfile of each daemon).
 
 Prints JSON and a markdown table; writes docs/perf/sync.md.
   .venv/bin/python -m bench.sync [--levels 1000,5000,10000] [--seconds 3] [--peak 20000]
@@ -25,6 +35,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,18 +50,30 @@ def key_of(i: int, dport: int) -> tuple:
     return (f"192.0.2.{100 + i // SRC_PER_ADDR}", 1024 + i % SRC_PER_ADDR, dport)
 
 
-def entry(i: int, dport: int):
+def entry(i: int, dport: int, mark: int = 0):
     from syncd.core.entry import Entry
     src, sport, _ = key_of(i, dport)
     return Entry(4, 17, 0, src, "198.51.100.100", sport, dport,
-                 "198.51.100.100", src, dport, sport, status=0x8, timeout=600)
+                 "198.51.100.100", src, dport, sport, status=0x8, timeout=600, mark=mark)
+
+
+PHASES = ("new", "update", "destroy")
+UPDATE_MARK = 1          # an update sets this mark: the watcher tells it from others
+
+
+def phase_record(phase: str, i: int, dport: int):
+    from syncd.core.entry import OP_DELETE, OP_UPSERT
+    if phase == "destroy":
+        return OP_DELETE, entry(i, dport, UPDATE_MARK)
+    return OP_UPSERT, entry(i, dport, UPDATE_MARK if phase == "update" else 0)
 
 
 # --- workers (run inside the lab namespaces) ---------------------------------------
 def worker_inject(args) -> None:
     from syncd.conntrack import Conntrack
-    from syncd.core.entry import OP_UPSERT
     ct = Conntrack(events=False)
+    if args.phase == "update":     # they exist: an update, not a create that fails first
+        ct.known.update((entry(i, args.dport).key, None) for i in range(args.count))
     times = [0.0] * args.count
     start = time.monotonic()
     done = 0
@@ -60,7 +83,7 @@ def worker_inject(args) -> None:
         if due > done:
             n = min(due - done, 256)
             t = time.monotonic()
-            ct.apply([(OP_UPSERT, entry(i, args.dport)) for i in range(done, done + n)])
+            ct.apply([phase_record(args.phase, i, args.dport) for i in range(done, done + n)])
             for i in range(done, done + n):
                 times[i] = t
             done += n
@@ -92,7 +115,8 @@ def worker_watch(args) -> None:
             continue
         now = time.monotonic()
         for kind, e in events:
-            if kind == "new" and e.odport == args.dport:
+            if kind == args.phase and e.odport == args.dport and (
+                    kind != "update" or e.mark == UPDATE_MARK):
                 i = index.get((e.osrc, e.osport, e.odport))
                 if i is not None and seen[i] is None:
                     seen[i] = now
@@ -201,31 +225,53 @@ def flush(lab) -> None:
         last = now
 
 
-def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float) -> dict:
-    out_i, out_w = lab.dir / f"inject-{dport}.json", lab.dir / f"watch-{dport}.json"
+def lag_stats(lags: list) -> dict:
+    return {"lag_p50_ms": round(percentile(lags, 50) * 1000, 2) if lags else None,
+            "lag_p99_ms": round(percentile(lags, 99) * 1000, 2) if lags else None,
+            "lag_max_ms": round(max(lags) * 1000, 2) if lags else None}
+
+
+def one_phase(lab, impl: Impl, phase: str, rate: float, count: int, dport: int, timeout: float,
+              trigger=None) -> dict:
+    """One phase (new, update or destroy) of `count` entries at `rate`; with
+    trigger, it is called (in a thread) just before the injector starts."""
+    out_i, out_w = lab.dir / f"inject-{dport}-{phase}.json", lab.dir / f"watch-{dport}-{phase}.json"
     env = {"PYTHONPATH": str(REPO)}
     watch = lab.popen("fw2", [PY, "-m", "bench.sync", "worker-watch", "--count", count, "--dport", dport,
-                              "--timeout", timeout, "--out", out_w], env=env)
+                              "--phase", phase, "--timeout", timeout, "--out", out_w], env=env)
     if not lab.wait_for(lambda: Path(str(out_w) + ".ready").exists(), 15):
         raise RuntimeError("watcher did not start")
     cpu0 = impl.cpu()
+    thread = None
+    if trigger is not None:
+        thread = threading.Thread(target=trigger, daemon=True)
+        thread.start()
     lab.run("fw1", [PY, "-m", "bench.sync", "worker-inject", "--count", count, "--dport", dport,
-                    "--rate", rate, "--out", out_i], timeout=timeout + 60, env=env)
+                    "--phase", phase, "--rate", rate, "--out", out_i], timeout=timeout + 60, env=env)
     watch.wait(timeout + 30)
     cpu1 = impl.cpu()
+    if thread is not None:
+        thread.join(120)
     inj, w = json.loads(out_i.read_text()), json.loads(out_w.read_text())
     lags = [s - t for s, t in zip(w["seen"], inj["times"]) if s is not None]
     seen_times = [s for s in w["seen"] if s is not None]
-    res = {"rate": rate, "count": count, "replicated": len(lags), "inject_failed": inj["failed"],
+    res = {"replicated": len(lags), "inject_failed": inj["failed"],
            "inject_seconds": round(inj["seconds"], 3), "watch_overruns": w["overruns"],
-           "lag_p50_ms": round(percentile(lags, 50) * 1000, 2) if lags else None,
-           "lag_p99_ms": round(percentile(lags, 99) * 1000, 2) if lags else None,
-           "lag_max_ms": round(max(lags) * 1000, 2) if lags else None,
-           "cpu_s": {m: round(cpu1[m] - cpu0[m], 3) for m in cpu0}}
+           **lag_stats(lags), "cpu_s": {m: round(cpu1[m] - cpu0[m], 3) for m in cpu0}}
     if lags:
         span = max(seen_times) - min(inj["times"])
         res["replicated_per_s"] = round(len(lags) / span) if span > 0 else None
     res["cpu_s_per_10k"] = {m: round(v * 10000 / max(1, len(lags)), 3) for m, v in res["cpu_s"].items()}
+    return res
+
+
+def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float) -> dict:
+    """NEW, then UPDATE, then DESTROY of the same entries; the NEW phase's
+    figures stay at the top level (the table's columns)."""
+    res = {"rate": rate, "count": count}
+    for phase in PHASES:
+        res[phase] = one_phase(lab, impl, phase, rate, count, dport, timeout)
+    res.update({k: v for k, v in res["new"].items()})
     if impl.name == "fwcluster-syncd":
         st = lab.control("fw2", {"cmd": "status"}, daemon="syncd", timeout=60)
         src = lab.control("fw1", {"cmd": "status"}, daemon="syncd", timeout=60)
@@ -236,10 +282,29 @@ def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float
     return res
 
 
+def one_bulk(lab, impl: Impl, size: int, rate: float, seconds: float, dport: int) -> dict:
+    """Lag of new entries (rate/s for `seconds`) while fw1 sends its whole
+    table of `size` entries to fw2."""
+    one_phase(lab, impl, "new", 0, size, dport, 120)       # the table to send
+    if impl.name == "fwcluster-syncd":
+        def trigger():
+            lab.control("fw1", {"cmd": "resync"}, daemon="syncd", timeout=120)
+    else:
+        conf = lab.dir / "conntrackd-fw1" / "conntrackd.conf"
+
+        def trigger():
+            lab.run("fw1", ["conntrackd", "-C", str(conf), "-B"], check=False, timeout=120)
+    started = time.monotonic()
+    res = one_phase(lab, impl, "new", rate, int(rate * seconds), dport + 1, seconds + 60, trigger)
+    res.update({"size": size, "rate": rate, "seconds": round(time.monotonic() - started, 2)})
+    flush(lab)
+    return res
+
+
 def bench(args) -> dict:
-    """{impl: [{"levels": [...], "peak": {...}}, ...one per repetition]}.
-    Repetitions alternate the implementations, so a busy moment of the
-    machine does not land on one of them only."""
+    """{impl: [{"levels": [...], "peak": {...}, "bulk": {...}}, ...one per
+    repetition]}. Repetitions alternate the implementations, so a busy
+    moment of the machine does not land on one of them only."""
     from tests.labkit import Lab
     results = {name: [] for name in args.impls}
     with Lab(members=2, prefix="h4bs", ipv6=False) as lab:
@@ -250,7 +315,7 @@ def bench(args) -> dict:
             for name in args.impls:
                 impl = Impl(lab, name)
                 impl.start()
-                runs = []
+                runs, bulk = [], None
                 try:
                     for rate in args.levels:
                         dport += 1
@@ -264,10 +329,16 @@ def bench(args) -> dict:
                           file=sys.stderr, flush=True)
                     peak = one_run(lab, impl, 0, args.peak, dport, 60)
                     print("  ", json.dumps(peak), file=sys.stderr, flush=True)
+                    if args.bulk:
+                        dport += 2
+                        print(f"[{rep + 1}/{args.runs}] {name}: 1k/s during a bulk of {args.bulk} ...",
+                              file=sys.stderr, flush=True)
+                        bulk = one_bulk(lab, impl, args.bulk, 1000, args.seconds, dport)
+                        print("  ", json.dumps(bulk), file=sys.stderr, flush=True)
                 finally:
                     impl.stop()
                     flush(lab)
-                results[name].append({"levels": runs, "peak": peak})
+                results[name].append({"levels": runs, "peak": peak, "bulk": bulk})
     return results
 
 
@@ -294,17 +365,31 @@ def summarize(results: dict) -> dict:
                 "lag_p99_ms": _median([x["lag_p99_ms"] for x in xs]),
                 "lag_p99_range_ms": [min(x["lag_p99_ms"] for x in xs), max(x["lag_p99_ms"] for x in xs)],
                 "cpu_s_per_10k": {m: _median([x["cpu_s_per_10k"][m] for x in xs]) for m in ("fw1", "fw2")},
+                **{phase: _phase_median([x.get(phase) for x in xs]) for phase in PHASES[1:]},
             })
-        out[name] = rows
+        bulks = [r["bulk"] for r in reps if r.get("bulk")]
+        out[name] = {"levels": rows, "bulk": _phase_median(bulks) if bulks else None}
     return out
+
+
+def _phase_median(xs: list) -> dict | None:
+    xs = [x for x in xs if x]
+    if not xs:
+        return None
+    return {"replicated_min": min(x["replicated"] for x in xs),
+            "replicated_per_s": _median([x.get("replicated_per_s") for x in xs]),
+            "lag_p50_ms": _median([x["lag_p50_ms"] for x in xs]),
+            "lag_p99_ms": _median([x["lag_p99_ms"] for x in xs]),
+            "lag_p99_range_ms": [min(x["lag_p99_ms"] or 0 for x in xs), max(x["lag_p99_ms"] or 0 for x in xs)],
+            **({"size": xs[0]["size"], "seconds": _median([x["seconds"] for x in xs])} if "size" in xs[0] else {})}
 
 
 def render(summary: dict, args) -> str:
     headers = ["implementation", "offered new/s", "replicated", "lag p50", "lag p99 (range)",
                "CPU s/10k fw1", "CPU s/10k fw2"]
     rows = []
-    for name, levels in summary.items():
-        for x in levels:
+    for name, sm in summary.items():
+        for x in sm["levels"]:
             offered = "max (peak)" if x["rate"] == 0 else f"{x['rate']:,}"
             repl = "all" if x["replicated_all"] else f"min {x['replicated_min']}/{x['count']}"
             if x["rate"] == 0 and x.get("replicated_per_s"):
@@ -314,6 +399,126 @@ def render(summary: dict, args) -> str:
                          f"{x['lag_p99_ms']} ms ({lo}–{hi})",
                          f"{x['cpu_s_per_10k']['fw1']:.2f}", f"{x['cpu_s_per_10k']['fw2']:.2f}"])
     return markdown_table(headers, rows)
+
+
+def render_phases(summary: dict) -> str:
+    """UPDATE and DESTROY lag per level, and the lag during a bulk."""
+    headers = ["implementation", "offered/s", "UPDATE p50", "UPDATE p99 (range)", "DESTROY p50",
+               "DESTROY p99 (range)"]
+    rows = []
+
+    def cell(x, what):
+        if not x:
+            return "—"
+        if what == "p50":
+            return f"{x['lag_p50_ms']} ms"
+        lo, hi = x["lag_p99_range_ms"]
+        return f"{x['lag_p99_ms']} ms ({lo}–{hi})"
+    for name, sm in summary.items():
+        for x in sm["levels"]:
+            offered = "max (peak)" if x["rate"] == 0 else f"{x['rate']:,}"
+            if x["rate"] == 0:
+                offered += "".join(f", {p} {x[p]['replicated_per_s']:,}/s" for p in PHASES[1:]
+                                   if x.get(p) and x[p].get("replicated_per_s"))
+            rows.append([name, offered, cell(x.get("update"), "p50"), cell(x.get("update"), "p99"),
+                         cell(x.get("destroy"), "p50"), cell(x.get("destroy"), "p99")])
+    out = markdown_table(headers, rows)
+    bulk_rows = [[name, f"{sm['bulk']['size']:,}", f"{sm['bulk']['replicated_min']:,}",
+                  cell(sm["bulk"], "p50"), cell(sm["bulk"], "p99")]
+                 for name, sm in summary.items() if sm.get("bulk")]
+    if bulk_rows:
+        out += "\n\nNew entries at 1,000/s while fw1 sends its whole table to fw2:\n\n" + markdown_table(
+            ["implementation", "table sent", "new replicated (min)", "lag p50", "lag p99 (range)"], bulk_rows)
+    return out
+
+
+# --- the breakdown (--trace) --------------------------------------------------------
+STEPS = [("kernel event -> fw1 syncd wakes", "inject", "m_wake"),
+         ("fw1: read + parse events", "m_wake", "m_read"),
+         ("fw1: encode records", "m_read", "m_enc"),
+         ("fw1: pack, sign, sendto", "m_enc", "m_sent"),
+         ("network -> fw2 syncd wakes", "m_sent", "r_wake"),
+         ("fw2: recvfrom (batch)", None, "r_recv"),
+         ("fw2: authenticate + decode (batch)", None, "r_auth"),
+         ("fw2: to the kernel request", "r_received", "r_kernel"),
+         ("fw2: netlink apply (batch)", "r_kernel", "r_applied"),
+         ("fw2 kernel event -> watcher", "r_applied", "seen"),
+         ("total (lag)", "inject", "seen")]
+
+
+def _index(batches: list, stamp_names: tuple) -> dict:
+    """key -> stamps of the batches that carried it, oldest first."""
+    out: dict = {}
+    for b in batches:
+        stamps = dict(zip(stamp_names, b[:-1]))
+        for k in b[-1]:
+            out.setdefault(tuple(k), []).append(stamps)
+    return out
+
+
+def breakdown(lab_dir: Path, trace_dir: Path, levels: list, dports: list) -> list:
+    """Per level and phase: median and p99 of each step over the entries
+    whose every stamp is known."""
+    from syncd.core.entry import OP_DELETE, OP_UPSERT
+    sent = _index(json.loads((trace_dir / "trace-fw1.json").read_text())["sent"],
+                  ("m_wake", "m_read", "m_enc", "m_sent"))
+    applied = _index(json.loads((trace_dir / "trace-fw2.json").read_text())["applied"],
+                     ("r_wake", "r_recv", "r_auth", "r_received", "r_kernel", "r_applied"))
+    rows = []
+    for rate, dport in zip(levels, dports):
+        for phase in PHASES:
+            inj = json.loads((lab_dir / f"inject-{dport}-{phase}.json").read_text())["times"]
+            seen = json.loads((lab_dir / f"watch-{dport}-{phase}.json").read_text())["seen"]
+            op = OP_DELETE if phase == "destroy" else OP_UPSERT
+            mark = 0 if phase == "new" else UPDATE_MARK
+            steps = {name: [] for name, _, _ in STEPS}
+            for i, (t0, t9) in enumerate(zip(inj, seen)):
+                src, sport, _ = key_of(i, dport)
+                k = (src, sport, dport, op, mark)
+                if t9 is None or k not in sent or k not in applied:
+                    continue
+                st = {"inject": t0, "seen": t9, **sent[k][0], **applied[k][0]}
+                for name, a, b in STEPS:
+                    steps[name].append(st[b] - (st[a] if a else 0.0))
+            rows.append({"rate": rate, "phase": phase, "entries": len(steps["total (lag)"]),
+                         "steps": {name: [round(percentile(v, 50) * 1000, 3), round(percentile(v, 99) * 1000, 3)]
+                                   for name, v in steps.items() if v}})
+    return rows
+
+
+def render_breakdown(rows: list) -> str:
+    phases = [r for r in rows if r["phase"] == "new"]
+    headers = ["step (NEW entries)"] + [f"{r['rate']:,}/s p50 / p99 ms" for r in phases]
+    table = [[name] + [" / ".join(str(x) for x in r["steps"].get(name, ["—", "—"])) for r in phases]
+             for name, _, _ in STEPS]
+    return markdown_table(headers, table)
+
+
+def trace_run(args) -> dict:
+    """syncd alone, with SYNCD_TRACE (and SYNCD_PROFILE with --profile): the
+    levels once, then the joined breakdown."""
+    from tests.labkit import Lab
+    trace_dir = Path(args.trace).resolve()
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["SYNCD_TRACE"] = str(trace_dir / "trace")
+    if args.profile:
+        os.environ["SYNCD_PROFILE"] = str(trace_dir / "profile")
+    with Lab(members=2, prefix="h4bt", ipv6=False) as lab:
+        for m in lab.members:
+            lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"], check=False)
+        impl = Impl(lab, "fwcluster-syncd")
+        impl.start()
+        dports, runs = [], []
+        try:
+            for k, rate in enumerate(args.levels):
+                dports.append(DPORT_BASE + 100 + k)
+                print(f"trace: {rate}/s x {args.seconds}s ...", file=sys.stderr, flush=True)
+                runs.append(one_run(lab, impl, rate, int(rate * args.seconds), dports[-1], args.seconds + 30))
+                print("  ", json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        finally:
+            impl.stop()
+        rows = breakdown(lab.dir, trace_dir, args.levels, dports)
+    return {"runs": runs, "breakdown": rows}
 
 
 DOC_HEAD = """# State sync performance: fwcluster-syncd vs conntrackd (FTFW)
@@ -344,6 +549,7 @@ def main(argv=None) -> int:
         w.add_argument("--count", type=int, required=True)
         w.add_argument("--dport", type=int, required=True)
         w.add_argument("--rate", type=float, default=0)
+        w.add_argument("--phase", choices=PHASES, default="new")
         w.add_argument("--timeout", type=float, default=60)
         w.add_argument("--out", required=True)
     ap.add_argument("--levels", default="1000,5000,10000")
@@ -351,6 +557,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peak", type=int, default=20000)
     ap.add_argument("--impls", default="fwcluster-syncd,conntrackd")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
+    ap.add_argument("--bulk", type=int, default=100000, help="table size sent during the bulk lag run (0: none)")
+    ap.add_argument("--trace", help="directory: run syncd alone with SYNCD_TRACE, print the per-step breakdown")
+    ap.add_argument("--profile", action="store_true", help="with --trace: cProfile each daemon too")
     args = ap.parse_args(argv)
     if args.mode == "worker-inject":
         worker_inject(args)
@@ -362,21 +571,40 @@ def main(argv=None) -> int:
         return 2
     args.levels = [int(x) for x in args.levels.split(",")]
     args.impls = args.impls.split(",")
+    if args.trace:
+        out = trace_run(args)
+        print(json.dumps(out, indent=1))
+        print(render_breakdown(out["breakdown"]))
+        return 0
     load_start = os.getloadavg()
     results = bench(args)
     load_end = os.getloadavg()
     summary = summarize(results)
     print(json.dumps({"summary": summary, "runs": results}, indent=1))
-    table = render(summary, args)
+    table = render(summary, args) + "\n\nUPDATE and DESTROY of the same entries, at the same rate:\n\n" \
+        + render_phases(summary)
     print(table)
     if args.doc:
-        doc = Path(args.doc)
-        doc.parent.mkdir(parents=True, exist_ok=True)
         loads = {k: " / ".join(f"{x:.2f}" for x in v) for k, v in
                  (("load_start", load_start), ("load_end", load_end))}
-        doc.write_text(DOC_HEAD.format(seconds=args.seconds, peak=args.peak, runs=args.runs, **loads) + table
-                       + "\n\nMedians per cell:\n\n```json\n" + json.dumps(summary, indent=1) + "\n```\n")
+        write_doc(Path(args.doc), DOC_HEAD.format(seconds=args.seconds, peak=args.peak, runs=args.runs, **loads)
+                  + table + "\n\nMedians per cell:\n\n```json\n" + json.dumps(summary, indent=1) + "\n```\n")
     return 0
+
+
+BEGIN, END = "<!-- bench-sync: begin -->\n", "<!-- bench-sync: end -->\n"
+
+
+def write_doc(doc: Path, generated: str) -> None:
+    """The generated part goes between the BEGIN/END markers when the file
+    has them (the rest is written by hand: before/after, breakdown), else
+    it is the whole file."""
+    old = doc.read_text() if doc.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        generated = head + BEGIN + generated + END + rest.split(END, 1)[1]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(generated)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core.policy import own_addresses, syncable
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
+from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
 
@@ -107,6 +108,7 @@ class Daemon:
         self._resync_timer = None
         # Config sync (fwctl config push/diff) shares the sync link and secret.
         self.configsvc = ConfigService(cfg, node, secret)
+        self.trace = Trace.from_env(node)     # debug mode (syncd/trace.py): None in service
 
     def now(self) -> float:
         return time.monotonic()
@@ -114,6 +116,7 @@ class Daemon:
     # --- startup -----------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        prof, prof_path = profiler(self.node)
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
         self.sock = udp_socket(self.me.sync_address, self.port)
@@ -145,6 +148,11 @@ class Daemon:
         if metrics_server is not None:
             metrics_server.close()
         self.write_textfile()  # the state at a clean stop
+        if self.trace is not None:
+            self.trace.write()
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(prof_path)
         loop.remove_reader(self.ct.fileno())
         loop.remove_reader(self.sock.fileno())
         self.server.close()
@@ -165,6 +173,7 @@ class Daemon:
     # --- I/O callbacks -------------------------------------------------------------------
     def on_events(self) -> None:
         now = self.now()
+        trace = self.trace
         try:
             # A bounded batch keeps the loop responsive (acks, control socket);
             # the reader fires again while events are pending.
@@ -185,9 +194,15 @@ class Daemon:
             records.append((OP_DELETE if kind == "destroy" else OP_UPSERT, e))
         self.counters["events"] += len(events)
         if records:
+            if trace is not None:
+                read = self.now()
             self.sync.local(records, now)
+            if trace is not None:
+                encoded = self.now()
             self.sync.flush(now, delay_acks=True)
             self.process()
+            if trace is not None:
+                trace.sent_batch(now, read, encoded, self.now(), records)
 
     def full_refresh(self, now: float) -> None:
         self.counters["refreshes"] += 1
@@ -198,7 +213,11 @@ class Daemon:
 
     def on_datagrams(self) -> None:
         now = self.now()
+        trace = self.trace
+        recv_s = auth_s = 0.0
         for _ in range(DATAGRAM_BATCH):
+            if trace is not None:
+                t0 = self.now()
             try:
                 data, addr = self.sock.recvfrom(65535)
             except BlockingIOError:
@@ -206,11 +225,19 @@ class Daemon:
             except OSError as e:
                 log.debug("recv: %s", e)
                 break
+            if trace is not None:
+                t1 = self.now()
             self.sync.datagram(addr[0], data, now)
+            if trace is not None:
+                recv_s, auth_s = recv_s + t1 - t0, auth_s + self.now() - t1
+        if trace is not None:
+            received = self.now()
         # Acks wait for ack_every messages, ack_delay or the next tick: one
         # per datagram would wake the sender once per message it sends.
         self.sync.flush(now, delay_acks=True)
         self.process()
+        if trace is not None:
+            trace.applied_batch(now, recv_s, auth_s, received, self.now())
 
     def process(self) -> None:
         """Carry out the core's actions; a Dump feeds back into it at once, so
@@ -241,6 +268,8 @@ class Daemon:
         records = [(op, e) for op, e in a.records if syncable(e, own)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
         if records:
+            if self.trace is not None:
+                self.trace.applying(self.now(), records)
             # A bulk replaces stale local copies, except while this member is
             # master: then its own entries are the current ones.
             master = "MASTER" in self.roles.values()
