@@ -27,6 +27,17 @@ the old one was used. So a recording made in an earlier session never
 applies, and no clock or stored state decides who is accepted: nobody can
 be locked out (docs/sync.md, "Why a recording never applies").
 
+Anti-entropy (digest.py): each member keeps the set of entries it
+originated ("own": what it told its peers) and, per peer, the set that peer
+told it ("view"). anti_entropy() checks the own set against the kernel's
+table (repairing lost conntrack events) and sends a DIGEST of it per range
+on each reliable stream; the receiver compares it, in stream order, with its
+view, asks for the differing ranges (REPAIR_REQ) and gets their whole
+contents (FLAG_OWN records, REPAIR_DONE): what it holds from that peer in
+those ranges and was not in the contents is deleted. A view is dropped, not
+deleted from the kernel, when the peer starts a new run: a crashed master's
+flows now live on, carried by someone else.
+
 Nothing here does I/O: the shell feeds datagrams and local entries in, calls
 tick() with the time, and drains actions out (Send, Apply, Dump, InSync).
 """
@@ -38,8 +49,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from syncd.core import wire
-from syncd.core.entry import OP_UPSERT
+from syncd.core import digest, wire
+from syncd.core.digest import EntrySet, record_key
+from syncd.core.entry import OP_DELETE, OP_UPSERT
 from syncd.core.replay import ReplayWindow
 
 
@@ -70,6 +82,7 @@ class Apply(NamedTuple):
     peer: str
     records: tuple   # ((op, Entry), ...) in order
     replace: bool = False   # from a bulk transfer: replace local entries (see daemon)
+    fix: bool = False       # anti-entropy: a repair or correction, not a stream event
 
 
 class Dump(NamedTuple):
@@ -131,6 +144,7 @@ class _Rx:
     ack_count: int = 0            # messages taken in since the last ACK
     ack_since: float = 0.0        # when the first of them arrived
     nack_at: float = float("-inf")
+    seen: set = field(default_factory=set)   # keys of FLAG_OWN contents since the last DONE
 
     def new_session(self, nonce: int):
         self.session, self.boot = nonce, None
@@ -143,13 +157,16 @@ class _Rx:
         self.ack_due = False
         self.ack_count = 0
         self.nack_at = float("-inf")
+        self.seen.clear()
 
 
 def _counters() -> dict:
     return {k: 0 for k in (
         "msgs_sent", "msgs_received", "entries_sent", "entries_received",
         "msgs_acked", "msgs_resent", "msgs_lost", "nacks_sent", "nacks_received",
-        "duplicates", "bulk_sent", "bulk_received", "replay", "auth", "stale")}
+        "duplicates", "bulk_sent", "bulk_received", "replay", "auth", "stale",
+        "digests_sent", "digests_received", "ranges_differing", "ranges_repaired",
+        "repair_entries_sent", "stale_deleted", "views_dropped")}
 
 
 @dataclass
@@ -169,6 +186,8 @@ class Peer:
     # Not yet Prometheus series (syncd/metrics.py): status only.
     sessions: int = 0               # sessions we started with the peer
     off_session: int = 0            # its authentic datagrams outside our session
+    view: EntrySet = field(default_factory=EntrySet)   # the entries it originated, as it told us
+    view_boot: int | None = None    # the peer run the view came from
 
 
 class Sync:
@@ -198,6 +217,12 @@ class Sync:
         self.drops: dict[str, int] = {}
         self.dumps_wanted: set[str] = set()
         self.actions: list = []
+        self.own = EntrySet()               # entries we originated, as we told our peers
+        self.round = 0                      # anti-entropy rounds
+        self.corrections = 0                # own entries the kernel's table corrected
+        # Set by the shell while this member carries traffic (master, or no
+        # carpd): then an entry nobody speaks for is ours (anti_entropy, bulk).
+        self.carrying = False
         if self.in_sync:
             self.actions.append(InSync(True))
 
@@ -205,7 +230,18 @@ class Sync:
     def local(self, records, now: float) -> None:
         """Local conntrack changes ((op, Entry), ...) to replicate to every peer
         that is up; call flush() after a batch."""
-        encoded = [wire.encode_record(op, e) for op, e in records]
+        self._local_encoded([wire.encode_record(op, e) for op, e in records])
+
+    def _local_encoded(self, encoded: list[bytes]) -> None:
+        own, views = self.own, [p.view for p in self.peers.values() if p.view.size]
+        for rec in encoded:
+            key = record_key(rec)
+            if rec[0] == OP_DELETE:
+                own.remove(key)
+            else:
+                own.put(rec, key)
+            for v in views:      # we speak for it now
+                v.remove(key)
         for p in self.peers.values():
             if p.state != "down":
                 tx = p.tx
@@ -218,11 +254,133 @@ class Sync:
         p = self.peers[peer]
         tx = p.tx
         tx.reset()
-        tx.pending = [wire.encode_record(OP_UPSERT, e) for e in entries]
-        tx.pending_len = len(tx.pending)
+        own, others = [], []
+        # Not waiting for in_sync here: what we send as nobody's, the peer
+        # could never learn was deleted.
+        adopt = self._adopter(self.carrying)
+        for e in entries:
+            rec = wire.encode_record(OP_UPSERT, e)
+            key = record_key(rec)
+            if key in self.own or adopt(key):
+                self.own.put(rec, key)   # other peers: the next digest repairs them
+                own.append(rec)
+            else:
+                others.append(rec)
         p.counters["bulk_sent"] += 1
-        self._pack(p, now, wire.FLAG_BULK)
+        self._send_records(p, own, now, wire.FLAG_BULK | wire.FLAG_OWN)
+        self._send_records(p, others, now, wire.FLAG_BULK)
         self._queue(p, wire.RESYNC_DONE, tx.served, b"", 0, now)
+
+    def _send_records(self, p: Peer, recs: list[bytes], now: float, flags: int) -> None:
+        if p.tx.pending:
+            self._pack(p, now)
+        p.tx.pending, p.tx.pending_len = recs, len(recs)
+        self._pack(p, now, flags)
+
+    # --- anti-entropy -------------------------------------------------------------
+    def _adopter(self, ready: bool) -> Callable[[bytes], bool]:
+        """key -> whether we take an entry nobody speaks for as ours: only
+        while carrying traffic (and, for anti_entropy, once in sync: before,
+        our views are not filled yet and a peer's entries look like nobody's;
+        claiming one moves it to us until its origin speaks again)."""
+        if not (self.carrying and ready):
+            return lambda key: False
+        views = [p.view for p in self.peers.values() if p.view.size]
+        return lambda key: not any(key in v for v in views)
+
+    def anti_entropy(self, entries, now: float) -> int:
+        """One round, with the local table as the kernel has it now (the
+        syncable entries): correct the own set where conntrack events were
+        lost (an own entry gone: delete; changed: upsert; while carrying, an
+        entry nobody speaks for becomes ours), send the corrections, then a
+        DIGEST of the own set to every peer that is up. Returns the number
+        of corrections sent."""
+        seen, fixes = set(), []
+        adopt = self._adopter(self.in_sync)
+        for e in entries:
+            rec = wire.encode_record(OP_UPSERT, e)
+            key = record_key(rec)
+            seen.add(key)
+            held = self.own.get(key)
+            if held is not None:
+                if held[0] != digest.record_hash(rec):
+                    fixes.append(rec)
+            elif adopt(key):
+                fixes.append(rec)
+        fixes.extend(digest.as_delete(rec) for key, rec in list(self.own.items()) if key not in seen)
+        self.corrections += len(fixes)
+        if fixes:
+            for p in self.peers.values():
+                if p.tx.pending:
+                    self._pack(p, now)
+            self._local_encoded(fixes)
+            for p in self.peers.values():
+                if p.tx.pending:
+                    self._pack(p, now, wire.FLAG_OWN)
+        self.round += 1
+        body = digest.encode_digests(self.own.digests)
+        for p in self.peers.values():
+            if p.state == "up":
+                if p.tx.pending:
+                    self._pack(p, now)
+                p.counters["digests_sent"] += 1
+                self._queue(p, wire.DIGEST, self.round, body, 0, now)
+        return len(fixes)
+
+    def _learn(self, p: Peer, m: wire.Message) -> None:
+        """The peer's own entries as it tells them: its view; we no longer
+        speak for them, nor does another peer."""
+        view, rx = p.view, p.rx
+        contents = m.flags & wire.FLAG_OWN
+        others = [q.view for q in self.peers.values() if q is not p and q.view.size]
+        own = self.own
+        for rec in m.raw:
+            key = record_key(rec)
+            if rec[0] == OP_DELETE:
+                view.remove(key)
+            else:
+                view.put(rec, key)
+                if contents:
+                    rx.seen.add(key)
+            if own.size:
+                own.remove(key)
+            for v in others:
+                v.remove(key)
+
+    def _on_digest(self, p: Peer, m: wire.Message, now: float) -> None:
+        p.counters["digests_received"] += 1
+        diff = digest.differing(p.view.digests, digest.decode_digests(m.body))
+        if diff:
+            p.counters["ranges_differing"] += len(diff)
+            self._send(p, wire.REPAIR_REQ, p.rx.gen, 0, m.arg, digest.to_bitmap(diff), now)
+
+    def _on_repair_req(self, p: Peer, m: wire.Message, now: float) -> None:
+        """Send the whole contents of the asked ranges, then REPAIR_DONE, on
+        the reliable stream (after whatever is pending: the order the
+        receiver's view was built in)."""
+        if p.state == "down":
+            return
+        ranges = digest.from_bitmap(m.body)
+        recs = [rec for r in ranges for rec in self.own.records(r)]
+        p.counters["ranges_repaired"] += len(ranges)
+        p.counters["repair_entries_sent"] += len(recs)
+        self._send_records(p, recs, now, wire.FLAG_OWN)
+        self._queue(p, wire.REPAIR_DONE, m.arg, m.body, 0, now)
+
+    def _repair_done(self, p: Peer, m: wire.Message) -> None:
+        """The contents of these ranges are complete: what we hold from the
+        peer there and it did not send, it no longer has."""
+        view, seen = p.view, p.rx.seen
+        gone = []
+        for r in digest.from_bitmap(m.body):
+            for key in view.keys_in(r):
+                if key not in seen:
+                    rec = digest.as_delete(view.remove(key))
+                    gone.append(wire.decode_record(rec, 0)[:2])
+        seen.clear()
+        if gone:
+            p.counters["stale_deleted"] += len(gone)
+            self.actions.append(Apply(p.name, tuple(gone), False, True))
 
     def datagram(self, addr: str, data: bytes, now: float) -> None:
         p = self.by_addr.get(addr)
@@ -263,6 +421,13 @@ class Sync:
             return
         if rx.boot is None:
             rx.boot, rx.first_seq = m.boot, m.seq
+            if p.view_boot != m.boot:
+                # A new run of the peer: its own set starts afresh; what it
+                # told us before is kept in the kernel (someone may carry it).
+                if p.view.size:
+                    p.counters["views_dropped"] += 1
+                    p.view.clear()
+                p.view_boot = m.boot
         p.counters["msgs_received"] += 1
         was = p.state
         p.state, p.last_seen = "up", now
@@ -291,9 +456,9 @@ class Sync:
             if len(rx.early) == 1 or now - rx.nack_at >= self.t.rto:
                 self._nack(p, rx.expected, min(rx.early) - 1 if rx.early else m.dseq - 1, now)
             return
-        self._deliver(p, m)
+        self._deliver(p, m, now)
         while rx.expected in rx.early:
-            self._deliver(p, rx.early.pop(rx.expected))
+            self._deliver(p, rx.early.pop(rx.expected), now)
         self._ack_later(rx, now)
         if rx.early:
             self._nack(p, rx.expected, min(rx.early) - 1, now)
@@ -304,13 +469,22 @@ class Sync:
             rx.ack_due, rx.ack_since = True, now
         rx.ack_count += 1
 
-    def _deliver(self, p: Peer, m: wire.Message) -> None:
+    def _deliver(self, p: Peer, m: wire.Message, now: float) -> None:
         p.rx.expected = m.dseq + 1
         if m.type == wire.DATA:
             p.counters["entries_received"] += len(m.records)
+            bulk = bool(m.flags & wire.FLAG_BULK)
+            if m.flags & wire.FLAG_OWN or not bulk:
+                self._learn(p, m)
             if m.records:
-                self.actions.append(Apply(p.name, m.records, bool(m.flags & wire.FLAG_BULK)))
+                self.actions.append(Apply(p.name, m.records, bulk,
+                                          bool(m.flags & wire.FLAG_OWN) and not bulk))
+        elif m.type == wire.DIGEST:
+            self._on_digest(p, m, now)
+        elif m.type == wire.REPAIR_DONE:
+            self._repair_done(p, m)
         elif m.type == wire.RESYNC_DONE:
+            p.rx.seen.clear()
             p.counters["bulk_received"] += 1
             if m.arg == p.req_id and p.resync != "done":
                 p.resync = "done"
@@ -375,7 +549,9 @@ class Sync:
         self.dumps_wanted.add(p.name)
 
     _handlers = {wire.DATA: _on_stream, wire.RESYNC_DONE: _on_stream, wire.ACK: _on_ack,
-                 wire.NACK: _on_nack, wire.ALIVE: _on_alive, wire.RESYNC_REQ: _on_request}
+                 wire.NACK: _on_nack, wire.ALIVE: _on_alive, wire.RESYNC_REQ: _on_request,
+                 wire.DIGEST: _on_stream, wire.REPAIR_DONE: _on_stream,
+                 wire.REPAIR_REQ: _on_repair_req}
 
     # --- output -------------------------------------------------------------------
     def _send(self, p: Peer, mtype: int, gen: int, dseq: int, arg: int, body: bytes, now: float,

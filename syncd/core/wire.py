@@ -34,6 +34,7 @@ import hmac
 import struct
 from typing import NamedTuple
 
+from syncd.core import digest
 from syncd.core.addrcache import ntop, pton
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
@@ -41,9 +42,19 @@ MAGIC = b"FS"
 VERSION = 2
 
 DATA, ACK, NACK, ALIVE, RESYNC_REQ, RESYNC_DONE = 1, 2, 3, 4, 5, 6
+# Anti-entropy (digest.py): DIGEST (reliable; arg = round, body = the
+# sender's own-entry digest per range), REPAIR_REQ (arg = round, body = a
+# bitmap of differing ranges), REPAIR_DONE (reliable; body = the bitmap:
+# the ranges whose whole contents were just sent).
+DIGEST, REPAIR_REQ, REPAIR_DONE = 7, 8, 9
 FLAG_BULK = 0x0001
+FLAG_OWN = 0x0002    # DATA: the sender's own entries, contents of a bulk or repair
 TYPE_NAMES = {DATA: "data", ACK: "ack", NACK: "nack", ALIVE: "alive",
-              RESYNC_REQ: "resync-req", RESYNC_DONE: "resync-done"}
+              RESYNC_REQ: "resync-req", RESYNC_DONE: "resync-done",
+              DIGEST: "digest", REPAIR_REQ: "repair-req", REPAIR_DONE: "repair-done"}
+# Fixed body lengths of the other types that have one.
+BODY_LEN = {DIGEST: digest.DIGESTS.size, REPAIR_REQ: digest.BITMAP_LEN,
+            REPAIR_DONE: digest.BITMAP_LEN}
 
 HEADER = struct.Struct("!2sBBBBHQQQQQQ")
 MAC_LEN = 32
@@ -76,7 +87,9 @@ class Message(NamedTuple):
     dseq: int = 0
     arg: int = 0
     records: tuple = ()   # ((op, Entry), ...) for DATA
-    flags: int = 0        # FLAG_BULK: DATA of a bulk transfer
+    flags: int = 0        # FLAG_BULK: DATA of a bulk transfer; FLAG_OWN: see above
+    raw: tuple = ()       # DATA: each record's bytes (anti-entropy bookkeeping)
+    body: bytes = b""     # DIGEST, REPAIR_REQ, REPAIR_DONE
 
 
 # Whole records in one struct call per family; addresses through small
@@ -140,17 +153,22 @@ def decode(key: bytes, data: bytes) -> Message:
     (_m, _v, mtype, src, dst, flags, session, boot, seq, gen, dseq, arg) = HEADER.unpack_from(data)
     if mtype not in TYPE_NAMES:
         raise WireError("bad_type", f"type {mtype}")
-    records = ()
+    records = raw = ()
     body_end = len(data) - MAC_LEN
     if mtype == DATA:
-        recs, off = [], HEADER.size
+        recs, raws, off = [], [], HEADER.size
         body = data[:body_end]      # sliced once, not once per record
         for _ in range(arg):
+            start = off
             op, e, off = decode_record(body, off)
             recs.append((op, e))
+            raws.append(body[start:off])
         if off != body_end:
             raise WireError("malformed", "trailing bytes after entries")
-        records = tuple(recs)
-    elif body_end != HEADER.size:
-        raise WireError("malformed", f"{TYPE_NAMES[mtype]} with a body")
-    return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, records, flags)
+        records, raw = tuple(recs), tuple(raws)
+    elif body_end - HEADER.size != BODY_LEN.get(mtype, 0):
+        raise WireError("malformed", f"{TYPE_NAMES[mtype]} body of {body_end - HEADER.size} bytes")
+    else:
+        return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, (), flags,
+                       body=data[HEADER.size:body_end])
+    return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, records, flags, raw)
