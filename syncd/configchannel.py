@@ -97,6 +97,20 @@ class ConfigService:
         self.last_error: str | None = None
         self.last_catch_up: dict | None = None
         self._lock = asyncio.Lock()
+        # Called (no arguments) after an install that changed files: the
+        # daemons reload (syncd itself, carpd through its control socket).
+        self.on_installed = None
+
+    def reconfigure(self, cfg, secret: bytes) -> None:
+        """A reloaded config: new peers and key (the listening socket stays:
+        the sync address did not change, syncd/reload.py checks it)."""
+        self.cfg, self.key = cfg, config_key(secret, cfg.name)
+        self.me = cfg.member(self.node)
+        old = self.peers
+        self.peers = {p.name: old.get(p.name) or {"generation": None, "digest": None,
+                                                  "reachable": False, "last_seen": None,
+                                                  "error": None}
+                      for p in cfg.peers(self.node)}
 
     # --- serving ---------------------------------------------------------
     async def start(self) -> None:
@@ -202,6 +216,8 @@ class ConfigService:
             self.own.save(self.cfg.state_dir)
             log.info("config generation %d from %s installed (changed: %s)", b.generation,
                      b.origin or "?", ", ".join(result["changed"]) or "nothing")
+            if result["changed"] and self.on_installed is not None:
+                await self.on_installed()
             return {"ok": True, **result}
 
     def _install_sync(self, b: Bundle) -> dict:

@@ -27,6 +27,7 @@ from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core.policy import own_addresses, syncable
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
+from syncd import antientropy, reload as live_reload
 from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
@@ -133,6 +134,8 @@ class Daemon:
         loop.add_reader(self.ct.fileno(), self.on_events)
         loop.add_reader(self.sock.fileno(), self.on_datagrams)
         self.sup.install(loop)
+        self.sup.on_hangup = lambda: loop.create_task(self.reload())
+        self.configsvc.on_installed = self.reload
         tasks = [self.sup.start(self.ticker(), "ticker"),
                  self.sup.start(self.carpd_link(), "carpd_link"),
                  self.sup.start(self.housekeeping(), "housekeeping"),
@@ -298,10 +301,13 @@ class Daemon:
 
     async def housekeeping(self) -> None:
         last_addr = last_count = 0.0
-        last_refresh = self.now()
+        last_refresh = last_digest = self.now()
         while True:
             await asyncio.sleep(0.25)
             now = self.now()
+            if now - last_digest >= self.cfg.sync.digest_interval:
+                last_digest = now
+                antientropy.run_round(self)
             if now - last_addr >= ADDR_REFRESH:
                 last_addr = now
                 await self.refresh_addresses()
@@ -382,6 +388,16 @@ class Daemon:
             self.sync.resync(self.now())
             self.process()
 
+    # --- live reload (syncd/reload.py) ------------------------------------------------------------
+    async def reload(self) -> dict:
+        """SIGHUP, {"cmd": "reload"}, or a config push that changed files:
+        syncd reloads, then tells carpd to (it may not know the request)."""
+        reply = live_reload.reload(self)
+        if reply["ok"]:
+            self.process()
+            await live_reload.tell_carpd(self.cfg.run_dir)
+        return reply
+
     # --- control socket ------------------------------------------------------------------------
     async def handle(self, req: dict) -> dict:
         cmd = req.get("cmd")
@@ -404,6 +420,10 @@ class Daemon:
         if cmd == "resync":
             self.full_refresh(self.now())
             return {"ok": True}
+        if cmd == live_reload.RELOAD:
+            return await self.reload()
+        if cmd == antientropy.ROUND:
+            return {"ok": True, **antientropy.run_round(self)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict:
@@ -417,7 +437,8 @@ class Daemon:
                 "carpd": self.carpd_ok, "demotion": self.demotion(),
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                "counters": dict(self.counters), "config": self.configsvc.status(), **st}
+                "counters": dict(self.counters), "config": self.configsvc.status(),
+                "anti_entropy": getattr(self, "anti_entropy", None), **st}
 
     # --- metrics (docs/metrics.md) ------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -466,7 +487,8 @@ def merge_applies(actions: list) -> list:
     for a in actions:
         if (isinstance(a, Apply) and out and isinstance(out[-1], Apply)
                 and out[-1].replace == a.replace and out[-1].peer == a.peer):
-            out[-1] = Apply(out[-1].peer, out[-1].records + a.records, a.replace)
+            out[-1] = Apply(out[-1].peer, out[-1].records + a.records, a.replace,
+                            out[-1].fix and a.fix)
         else:
             out.append(a)
     return out

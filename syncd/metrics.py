@@ -34,6 +34,16 @@ PEER_COUNTERS = {
     "duplicates": ("duplicates", "Messages from the peer already delivered"),
     "bulk_sent": ("bulk_transfers_sent", "Bulk transfers (whole table) sent to the peer"),
     "bulk_received": ("bulk_transfers_received", "Bulk transfer messages received from the peer"),
+    "digests_sent": ("digests_sent", "Anti-entropy digests of our own entries sent to the peer"),
+    "digests_received": ("digests_received", "Anti-entropy digests received from the peer"),
+    "ranges_differing": ("digest_ranges_differing", "Ranges whose digest from the peer "
+                         "differed from what we hold from it (each asked to be repaired)"),
+    "ranges_repaired": ("digest_ranges_repaired", "Ranges the peer asked for, sent whole"),
+    "repair_entries_sent": ("repair_entries_sent", "Entries sent in repaired ranges"),
+    "stale_deleted": ("stale_entries_deleted", "Entries of the peer deleted here because its "
+                      "repaired ranges no longer held them"),
+    "views_dropped": ("views_dropped", "Times the peer started a new run and what it had told "
+                      "us was left to the kernel's timeouts"),
 }
 
 # Daemon counters: status["counters"] key -> (metric name, help).
@@ -57,7 +67,8 @@ CONFIG_COUNTERS = {
     "pushes_refused": ("config_pushes_refused", "Config pushes refused (validation failed)"),
     "catch_ups": ("config_catch_ups", "Newer configs fetched from a peer after being stale"),
 }
-CONFIG_DROPS = {"auth_drops": "bad_auth", "malformed": "malformed"}
+CONFIG_DROPS = {"auth_drops": "bad_auth", "malformed": "malformed", "oversize": "oversize",
+                "busy_drops": "busy"}
 
 
 def _gauge(name: str, help: str, *labels: str) -> GaugeMetricFamily:

@@ -5,8 +5,8 @@ reader callback that raises leaves a process that looks alive but no longer
 syncs (issue 9 #8: a dead ticker sends no ALIVEs and no resends while
 in_sync stays true). Any such failure ends the daemon with status 1 and one
 log line; systemd restarts it (Restart=on-failure) and the restarted run
-resynchronises from scratch. SIGTERM/SIGINT stop cleanly; SIGHUP is logged
-and ignored (no live reload yet: restart the unit to apply a new config).
+resynchronises from scratch. SIGTERM/SIGINT stop cleanly; SIGHUP calls
+on_hangup (syncd: live reload, syncd/reload.py).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Supervisor:
         self.log = log
         self.stopping = asyncio.Event()
         self.failure: str | None = None
+        self.on_hangup = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.set_exception_handler(self._loop_error)
@@ -63,4 +64,7 @@ class Supervisor:
         self.fail(context.get("message", "event loop error"), context.get("exception"))
 
     def _hangup(self) -> None:
-        self.log.info("SIGHUP ignored: no live reload; restart the unit to apply a new config")
+        if self.on_hangup is None:
+            self.log.info("SIGHUP ignored: no live reload")
+        else:
+            self.on_hangup()

@@ -1,5 +1,5 @@
 """syncd supervision (issue 9 #8): a failed task or callback ends the daemon
-with status 1 and one log line; SIGHUP is logged and ignored."""
+with status 1 and one log line; SIGHUP calls the reload hook."""
 import asyncio
 import logging
 import os
@@ -62,16 +62,18 @@ def test_a_raising_reader_callback_ends_the_daemon():
     assert sup.exit_status == 1 and len(lines) == 1 and "No buffer space" in lines[0]
 
 
-def test_sighup_is_ignored_and_sigterm_stops_cleanly():
+def test_sighup_reloads_and_sigterm_stops_cleanly():
+    hups = []
+
     async def body(sup):
+        sup.on_hangup = lambda: hups.append(1)
         os.kill(os.getpid(), signal.SIGHUP)
         await asyncio.sleep(0.05)
         assert not sup.stopping.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
 
     sup, lines = run(body)
-    assert sup.exit_status == 0
-    assert lines == ["SIGHUP ignored: no live reload; restart the unit to apply a new config"]
+    assert sup.exit_status == 0 and hups == [1] and lines == []
 
 
 def test_the_unit_restarts_a_failed_syncd():
