@@ -31,6 +31,11 @@ EVENT_GROUPS = sum(1 << (g - 1) for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRA
 # daemon is busy with a bulk dump.
 EVENT_RCVBUF = 64 << 20
 REQ_BATCH = 256                 # requests per sendmsg, acks read in between
+# recv(n) would allocate n bytes per call and shrink them (a 1 MiB buffer
+# is an mmap, page faults and a munmap per event): receive into one buffer
+# per socket instead and parse from it before the next read.
+EVENT_BUF = 1 << 16             # one event is a few hundred bytes
+REQ_BUF = 4 << 20               # a dump answer: many entries per read
 KNOWN_MAX = 1 << 20
 _COUNTED = frozenset(("created", "updated", "kept"))   # applyplan outcomes kept in stats
 
@@ -76,6 +81,8 @@ class Conntrack:
         self.req.bind((0, 0))
         self.req.settimeout(5)
         self.portid = self.req.getsockname()[0]
+        self._req_buf = bytearray(REQ_BUF)
+        self._req_view = memoryview(self._req_buf)
         self.seq = 0
         self.events = None
         if events:
@@ -83,6 +90,8 @@ class Conntrack:
             self.events.bind((0, EVENT_GROUPS))
             self.events.setblocking(False)
             drop_own_events(self.events, self.portid)
+            self._ev_buf = bytearray(EVENT_BUF)
+            self._ev_view = memoryview(self._ev_buf)
         # Keys we have put into the kernel, so an update is tried first for them.
         self.known: OrderedDict = OrderedDict()
         self.stats = {"created": 0, "updated": 0, "deleted": 0, "kept": 0, "failed": 0,
@@ -101,41 +110,49 @@ class Conntrack:
     def read_events(self, limit: int = 20000) -> list[tuple[str, Entry]]:
         """Drain pending events (non-blocking). Raises Overrun after ENOBUFS."""
         out = []
+        recv_into, view, portid = self.events.recv_into, self._ev_view, self.portid
+        split, event_kind, parse_entry = ctnl.split, ctnl.event_kind, ctnl.parse_entry
         while len(out) < limit:
             try:
-                buf = self.events.recv(1 << 20)
+                n = recv_into(view)
             except BlockingIOError:
                 break
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     raise Overrun() from None
                 raise
-            for mtype, flags, _seq, pid, off, end in ctnl.split(buf):
-                kind = ctnl.event_kind(mtype, flags)
+            buf = view[:n]
+            for mtype, flags, _seq, pid, off, end in split(buf):
+                kind = event_kind(mtype, flags)
                 if kind is None:
                     continue
-                if pid == self.portid:
+                if pid == portid:
                     self.stats["own_events"] += 1
                     continue
-                e = ctnl.parse_entry(buf, off, end)
+                e = parse_entry(buf, off, end)
                 if e is not None:
                     out.append((kind, e))
         return out
+
+    def _recv(self):
+        """One read of the request socket: a view of the shared buffer, valid
+        until the next read."""
+        return self._req_view[:self.req.recv_into(self._req_view)]
 
     # --- requests ----------------------------------------------------------------------
     def _next_seq(self) -> int:
         self.seq = self.seq % 0x7FFFFFFF + 1
         return self.seq
 
-    def _exchange(self, encode, bufsize: int = 1 << 16):
+    def _exchange(self, encode):
         """Send one request (encode(seq) -> bytes) and yield the messages of
         its answer as (type, buf, off, end), up to and including the closing
         NLMSG_DONE or NLMSG_ERROR (blocking; other sequence numbers are
-        leftovers of earlier requests)."""
+        leftovers of earlier requests). buf is valid until the next one."""
         seq = self._next_seq()
         self.req.send(encode(seq))
         while True:
-            buf = self.req.recv(bufsize)
+            buf = self._recv()
             for mtype, _flags, mseq, _pid, off, end in ctnl.split(buf):
                 if mseq != seq:
                     continue
@@ -146,7 +163,7 @@ class Conntrack:
     def dump(self) -> list[Entry]:
         """The whole table, both families (blocking)."""
         out = []
-        for mtype, buf, off, end in self._exchange(ctnl.encode_dump, 4 << 20):
+        for mtype, buf, off, end in self._exchange(ctnl.encode_dump):
             if mtype == ctnl.NLMSG_ERROR:
                 code = ctnl.error_code(buf, off)
                 if code:
