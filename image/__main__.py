@@ -1,5 +1,6 @@
 """python -m image build [--profile P] [--overlays "DIR ..."] [--out DIR]
-   python -m image seed-config IMAGE DIR   (put DIR's files on IMAGE's /config)
+   python -m image seed-config IMAGE DIR [--authorized-key FILE.pub ...]
+       (put DIR's files on IMAGE's /config, and the keys in ssh/authorized_keys)
 """
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ def main(argv=None) -> int:
     s = sub.add_parser("seed-config", help="replace an image's /config with a directory's files")
     s.add_argument("image", type=Path)
     s.add_argument("dir", type=Path)
+    s.add_argument("--authorized-key", action="append", default=[], type=Path, metavar="FILE",
+                   help="an ssh public key file for root's key-only ssh login "
+                        "(/config/ssh/authorized_keys); may be repeated")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "seed-config":
-            seed_config(args.image, args.dir)
-            print(f"{args.image}: /config now holds the files of {args.dir}")
+            seed_config(args.image, args.dir, args.authorized_key)
+            keys = f" and {len(args.authorized_key)} ssh key file(s)" if args.authorized_key else ""
+            print(f"{args.image}: /config now holds the files of {args.dir}{keys}")
             return 0
         prof = _profile.load(args.profile).with_overlays(args.overlays.split())
         r = build(prof, args.out, compress=not args.no_compress, config_dir=args.config_dir)

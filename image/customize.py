@@ -137,6 +137,10 @@ def layout(root: Path, hostname: str, serial_console: str) -> None:
     (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     for rel, target in CONFIG_LINKS.items():
         relink(root, rel, target)
+    # openssh-server's postinst made host keys: they would be the same on
+    # every card. Each member makes its own on /config (usr/lib/fwcluster/ssh-keys).
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
     (root / "etc/fstab").write_text(fstab(serial_console))
     (root / "etc/hostname").write_text(hostname + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n"

@@ -6,7 +6,7 @@
 # `make image` needs no venv.
 IMAGE_APT_PKGS := mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils \
 	grub-common grub-pc-bin grub-efi-amd64-bin ovmf dosfstools mtools e2fsprogs \
-	fdisk xz-utils python3-pip
+	fdisk xz-utils python3-pip openssh-client
 IMAGE_PY := /usr/bin/python3
 PROFILE ?= image/profiles/default.toml
 OVERLAYS ?=

@@ -4,12 +4,14 @@ The image may be raw or a qcow2 overlay (written through qemu-io, so the
 backing image stays untouched)."""
 from __future__ import annotations
 
+import base64
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from fwcluster.core.slots import CONFIG_PARTLABEL, find_partition, parse_gpt
+from fwcluster.core.slots import CONFIG_PARTLABEL, UpgradeError, find_partition, parse_gpt
 from image.qemu import disk_format
 
 
@@ -19,11 +21,71 @@ def _qemu(argv: list[str]) -> None:
         raise ValueError(f"{argv[0]} failed: {(p.stderr or p.stdout).strip()[-300:]}")
 
 
-def seed_config(image: Path, directory: Path) -> None:
+AUTHORIZED_KEYS = "ssh/authorized_keys"
+
+
+def public_key_line(line: str) -> bool:
+    """True if an authorized_keys line holds a public key: "[options] TYPE
+    BASE64 [comment]" where BASE64 decodes to a blob that names TYPE."""
+    words = line.split()
+    for i, word in enumerate(words[:-1]):
+        try:
+            blob = base64.b64decode(words[i + 1], validate=True)
+        except ValueError:
+            continue
+        n = int.from_bytes(blob[:4], "big")
+        if len(blob) > 4 + n and blob[4:4 + n] == word.encode():
+            return True
+    return False
+
+
+def authorized_keys_text(files: list[Path]) -> str:
+    """The public keys of files, for /config/ssh/authorized_keys; a line that
+    is not one (e.g. a private key given by mistake) is an error."""
+    out = []
+    for f in files:
+        try:
+            lines = f.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{f}: cannot read: {e}") from None
+        keys = []
+        for n, ln in enumerate(lines, 1):
+            ln = ln.strip()
+            if not ln or ln.startswith("#"):
+                continue
+            if not public_key_line(ln):
+                raise ValueError(f"{f}: line {n}: not an ssh public key (give the .pub file)")
+            keys.append(ln)
+        if not keys:
+            raise ValueError(f"{f}: no ssh public key in it")
+        out += keys
+    return "".join(k + "\n" for k in out)
+
+
+def with_authorized_keys(directory: Path, text: str, tmp: Path) -> Path:
+    """A copy of directory whose ssh/authorized_keys also holds text's keys."""
+    staged = tmp / "config"
+    shutil.copytree(directory, staged, symlinks=True)
+    ssh = staged / "ssh"
+    ssh.mkdir(exist_ok=True)
+    ssh.chmod(0o700)  # sshd's StrictModes; the appliance sets these modes at boot too
+    ak = staged / AUTHORIZED_KEYS
+    old = ak.read_text() if ak.exists() else ""
+    ak.write_text(old + ("\n" if old and not old.endswith("\n") else "") + text)
+    ak.chmod(0o600)
+    return staged
+
+
+def seed_config(image: Path, directory: Path, authorized_keys: list[Path] = ()) -> None:
+    """Replace image's /config with directory's files (plus the public keys of
+    authorized_keys in ssh/authorized_keys, if any)."""
     if not directory.is_dir():
         raise ValueError(f"{directory}: not a directory")
+    keys = authorized_keys_text(list(authorized_keys)) if authorized_keys else ""
     fmt = disk_format(image)
     with tempfile.TemporaryDirectory(prefix="fwseed-") as tmp:
+        if keys:
+            directory = with_authorized_keys(directory, keys, Path(tmp))
         if fmt == "qcow2":
             head = Path(tmp) / "head"
             _qemu(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=34",
@@ -32,7 +94,10 @@ def seed_config(image: Path, directory: Path) -> None:
         else:
             with open(image, "rb") as f:
                 gpt = f.read(34 * 512)
-        part = find_partition(parse_gpt(gpt), CONFIG_PARTLABEL)
+        try:
+            part = find_partition(parse_gpt(gpt), CONFIG_PARTLABEL)
+        except UpgradeError as e:
+            raise ValueError(f"{image}: {e}") from None
         fs = Path(tmp) / "config.ext4"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "fwconfig", "-d", str(directory),
                         "-E", "root_owner=0:0", str(fs), f"{part.size // 1024}k"],
