@@ -65,13 +65,8 @@ class Auth:
         self._key = mac_key
         self._addresses = wire.address_bytes(addresses)
 
-    def mac(self, head: bytes, counter: bytes, source: str) -> bytes | None:
-        """MAC over header bytes 0-5, counter, source, vips; None when source
-        is not an IP address (nothing authentic can come from it)."""
-        try:
-            src = ipaddress.ip_address(source).packed
-        except ValueError:
-            return None
+    def mac(self, head: bytes, counter: bytes, src: bytes) -> bytes:
+        """MAC over header bytes 0-5, counter, source (packed), vips."""
         msg = head[:6] + counter + bytes((len(src),)) + src + self._addresses
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:MAC_LEN]
 
@@ -99,10 +94,10 @@ def encode(auth: Auth, counter: int, source: str, advbase: int, advskew: int,
     ctr = struct.pack("!Q", counter)
     head = _HEAD.pack((VERSION << 4) | wire.TYPE_ADVERTISEMENT, auth.vhid, advskew, wire.AUTHLEN,
                       min(demote, 255), advbase, 0, counter)
-    md = auth.mac(head, ctr, source)
-    if md is None:
+    src = _packed(source)
+    if src is None:
         raise ValueError(f"advert source {source!r} is not an IP address")
-    pkt = head + md
+    pkt = head + auth.mac(head, ctr, src)
     return pkt[:6] + struct.pack("!H", wire.checksum(pkt)) + pkt[8:]
 
 
@@ -113,9 +108,9 @@ class ReplayWindows:
 
     def __init__(self, size: int = WINDOW, senders: int = MAX_SENDERS):
         self.size, self.senders = size, senders
-        self._w: dict[tuple[str, int], tuple[int, int]] = {}  # -> (top, bits)
+        self._w: dict[tuple[bytes, int], tuple[int, int]] = {}  # -> (top, bits)
 
-    def admit(self, sender: tuple[str, int], counter: int) -> str | None:
+    def admit(self, sender: tuple[bytes, int], counter: int) -> str | None:
         """None if counter is new (and now recorded); else the drop reason."""
         top, bits = self._w.pop(sender, (0, 0))
         try:
@@ -136,7 +131,7 @@ class ReplayWindows:
             if len(self._w) > self.senders:
                 del self._w[next(iter(self._w))]
 
-    def top(self, sender: tuple[str, int]) -> int:
+    def top(self, sender: tuple[bytes, int]) -> int:
         return self._w.get(sender, (0, 0))[0]
 
 
@@ -167,19 +162,20 @@ def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
         return Drop("unknown_vhid", vhid)
     if authlen != wire.AUTHLEN or len(payload) != wire.HEADER_LEN:
         return Drop("bad_authlen", vhid)  # every byte is covered: no trailing data
-    md = auth.mac(payload, payload[8:16], source)
-    if md is None or not hmac.compare_digest(md, payload[16:36]):
+    src = _packed(source)  # nothing authentic comes from a source that is no address
+    if src is None or not hmac.compare_digest(auth.mac(payload, payload[8:16], src), payload[16:36]):
         return Drop("bad_hmac", vhid)
-    if own is not None and _same_address(source, own):
+    if own is not None and src == _packed(own):
         return Drop("replay", vhid)  # our own advert: it left us, so it was sent back
-    stale = windows.admit((str(ipaddress.ip_address(source)), vhid), counter)
+    stale = windows.admit((src, vhid), counter)
     if stale:
         return Drop(stale, vhid)
     return Advert(vhid=vhid, advbase=advbase, advskew=advskew, demote=demote, counter=counter)
 
 
-def _same_address(a: str, b: str) -> bool:
+def _packed(address: str) -> bytes | None:
+    """The address as the MAC and the windows see it (one spelling per address)."""
     try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+        return ipaddress.ip_address(address).packed
     except ValueError:
-        return False
+        return None
