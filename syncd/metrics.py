@@ -60,6 +60,8 @@ DAEMON_COUNTERS = {
     "role_resyncs": ("role_resyncs", "Bulk transfers asked for after losing the master role"),
     "stateless_refreshed": ("stateless_refreshed", "Non-TCP entries re-sent to keep them "
                             "alive on the peers"),
+    "hearsay_skipped": ("bulk_hearsay_skipped", "Entries of a peer's bulk transfer it does not "
+                        "originate, not applied while this member carries traffic"),
 }
 KERNEL_RESULTS = ("created", "updated", "deleted", "kept", "failed")
 CONFIG_COUNTERS = {

@@ -83,6 +83,10 @@ class Apply(NamedTuple):
     records: tuple   # ((op, Entry), ...) in order
     replace: bool = False   # from a bulk transfer: replace local entries (see daemon)
     fix: bool = False       # anti-entropy: a repair or correction, not a stream event
+    # A bulk's entries the sender does not speak for (ours echoed back, a
+    # third member's): a member carrying traffic must not re-create them
+    # from this (it may have deleted them while the link was down).
+    hearsay: bool = False
 
 
 class Dump(NamedTuple):
@@ -477,8 +481,9 @@ class Sync:
             if m.flags & wire.FLAG_OWN or not bulk:
                 self._learn(p, m)
             if m.records:
-                self.actions.append(Apply(p.name, m.records, bulk,
-                                          bool(m.flags & wire.FLAG_OWN) and not bulk))
+                own = bool(m.flags & wire.FLAG_OWN)
+                self.actions.append(Apply(p.name, m.records, bulk, own and not bulk,
+                                          bulk and not own))
         elif m.type == wire.DIGEST:
             self._on_digest(p, m, now)
         elif m.type == wire.REPAIR_DONE:
