@@ -43,6 +43,10 @@ def main(argv=None) -> int:
     print(f"image:    {r.image} ({r.image.stat().st_size // 2**20} MiB)")
     if r.image_xz:
         print(f"xz:       {r.image_xz} ({r.image_xz.stat().st_size / 2**20:.1f} MiB)")
+    if r.bundle:
+        print(f"bundle:   {r.bundle} ({r.bundle.stat().st_size / 2**20:.1f} MiB, {r.signing}-signed)")
+        if r.signing == "development":
+            print("WARNING: DEVELOPMENT-SIGNED image and bundle (build/rauc-dev/): not for production")
     print(f"sha256:   {r.sha256}")
     print(f"manifest: {r.manifest}")
     print(f"root slot free: {100 * r.root_free_fraction:.1f}%")

@@ -6,9 +6,10 @@ mirror, package list, dpkg path filters, BUILDER_VERSION), so a change to
 fwcluster's code or overlays reuses them and the build only adds our files.
 
 - base:  the profile's packages, before overlays and fwcluster are added;
-- tools: GRUB (BIOS and EFI) and e2fsprogs of the image's own release, so
-  the boot loader and the file systems are made by the release's tools, not
-  the build host's (Debian 12 has GRUB 2.06 and mke2fs 1.47.0).
+- tools: GRUB (BIOS and EFI), e2fsprogs, RAUC and squashfs-tools of the
+  image's own release, so the boot loader, the file systems and the update
+  bundle are made by the release's tools, not the build host's (Debian 12
+  has GRUB 2.06, mke2fs 1.47.0 and RAUC 1.8).
 
 Files made while a root is built (ldconfig cache, initrd, .pyc, ...) get
 BASE_EPOCH as their mtime, so a base rebuilt another day is the same.
@@ -28,7 +29,8 @@ from image.profile import Profile
 # Bump when what goes into a cached root changes without its key changing.
 BUILDER_VERSION = "3"
 BASE_EPOCH = 1735689600  # 2025-01-01T00:00:00Z
-TOOL_PACKAGES = ("grub-common", "grub-pc-bin", "grub-efi-amd64-bin", "e2fsprogs")
+TOOL_PACKAGES = ("grub-common", "grub-pc-bin", "grub-efi-amd64-bin", "e2fsprogs", "rauc",
+                 "squashfs-tools")
 # Build-time leftovers that differ from run to run and are no use on the appliance.
 JUNK = ("var/log/apt", "var/log/dpkg.log", "var/log/alternatives.log", "var/log/bootstrap.log",
         "var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin", "var/cache/ldconfig/aux-cache",

@@ -1,10 +1,11 @@
-"""profile -> build/<name>-<version>-<arch>.img (+ .img.xz, .sha256, .manifest).
+"""profile -> build/<name>-<version>-<arch>.img (+ .img.xz, .raucb, .sha256, .manifest).
 
 Stages (one progress line each): rootfs (the cached base root of
 image/base.py copied, then image/customize.py adds overlays and fwcluster),
 manifest, filesystems (the release's mke2fs -d, mkfs.vfat + mtools: no loop
 devices, no mounts), disk (sfdisk on a sparse file, partitions copied in,
-the release's GRUB for BIOS and UEFI), compress, checksum.
+the release's GRUB for BIOS and UEFI), bundle (the root slot as a signed
+RAUC bundle, image/bundle.py), compress, checksum.
 
 Reproducible: times come from SOURCE_DATE_EPOCH (default: the last commit's
 time), GUIDs and UUIDs from the profile, version and build id, mtimes are
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from fwcluster import __version__ as FWCLUSTER_VERSION
 from fwcluster.core.slots import initial_env, render_grubenv
-from image import base, boot, manifest
+from image import base, boot, bundle, manifest
 from image.plan import MIB, Plan, make_plan, sfdisk_script
 from image.profile import Profile
 
@@ -53,6 +54,8 @@ class Result:
     root_slot_blocks: int = 0
     root_slot_free_blocks: int = 0
     stage_seconds: dict | None = None
+    bundle: Path | None = None
+    signing: str = "development"
 
     @property
     def root_free_fraction(self) -> float:
@@ -144,7 +147,7 @@ def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
 
 
 def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: str, log: Path,
-                 epoch: int) -> tuple[Path, Path]:
+                 epoch: int, signing: bundle.Signing) -> tuple[Path, Path]:
     """(appliance root, tools root): the cached base copied and customized."""
     roots = cache.parent / "roots"
     base_root = base.cached_root("base", profile, profile.packages, roots, cache, run, log,
@@ -169,6 +172,9 @@ def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: s
          "--version", version, "--build-id", bid, "--release", profile.release,
          "--hostname", profile.hostname, "--serial-console", profile.serial_console,
          "--epoch", str(epoch)], log=log, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    bundle.install_trust(rootfs, signing, bundle.compatible(profile.name, profile.architecture))
+    with open(rootfs / "usr/lib/fwcluster/release", "a") as f:
+        f.write(f"SIGNING={signing.kind}\n")
     return rootfs, tools
 
 
@@ -176,15 +182,19 @@ GRUB_PACKAGES = ("grub-pc-bin", "grub-efi-amd64-bin")
 
 
 def stage_manifest(rootfs: Path, tools: Path, profile: Profile, version: str, bid: str,
-                   plan: Plan) -> str:
+                   plan: Plan, signing: bundle.Signing) -> str:
     q = run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
              manifest.DPKG_QUERY_FORMAT])
     pkgs = manifest.parse_dpkg_query(q.stdout)
     header = {"fwcluster": version, "build": bid, "debian": profile.release,
               "architecture": profile.architecture, "profile": Path(profile.path).name,
-              "packages": str(len(pkgs)), "disk": plan.disk_uuid}
+              "packages": str(len(pkgs)), "disk": plan.disk_uuid,
+              "compatible": bundle.compatible(profile.name, profile.architecture),
+              "signing": signing.kind + (" (bundles signed with build/rauc-dev's key: "
+                                         "NOT FOR PRODUCTION)" if signing.development else ""),
+              "keyring": signing.keyring.name}
     # The boot loader is not a package of the root: it comes from the tools root.
-    for name in GRUB_PACKAGES:
+    for name in GRUB_PACKAGES + ("rauc",):
         header[name] = base.package_version(tools, name)
     for p in plan.partitions:
         header[f"partition {p.number}"] = f"{p.name} {p.size_bytes // MIB} MiB {p.uuid}"
@@ -214,7 +224,7 @@ class Repro:
 
 
 def stage_filesystems(rootfs: Path, tools: Path, work: Path, plan: Plan, profile: Profile,
-                      slot_version: str, config_dir: Path | None, repro: Repro) -> dict[str, Path]:
+                      config_dir: Path | None, repro: Repro) -> dict[str, Path]:
     slot = plan.slot("a")
     root_img = work / "root.ext4"
     base.clamp_mtimes(rootfs, repro.epoch)
@@ -228,7 +238,7 @@ def stage_filesystems(rootfs: Path, tools: Path, work: Path, plan: Plan, profile
     base.clamp_mtimes(cfg, repro.epoch)
     mkfs_ext4(tools, cfg_img, plan.by_name("fwconfig").size_bytes, cfg, "fwconfig", [], repro)
     esp_img = work / "esp.vfat"
-    make_esp(tools, esp_img, plan, profile, slot_version, work, repro)
+    make_esp(tools, esp_img, plan, profile, work, repro)
     return {"fwroot-a": root_img, "fwconfig": cfg_img, "fwesp": esp_img}
 
 
@@ -245,13 +255,13 @@ def mkfs_ext4(tools: Path, path: Path, size: int, content: Path, label: str, ext
                           *extra, str(path), f"{size // 1024}k"), env=env)
 
 
-def make_esp(tools: Path, path: Path, plan: Plan, profile: Profile, slot_version: str, work: Path,
+def make_esp(tools: Path, path: Path, plan: Plan, profile: Profile, work: Path,
              repro: Repro) -> None:
     if path.exists():
         path.unlink()
     core, efi = boot.build_loaders(tools, work)
     (work / "grub.cfg").write_text(boot.grub_cfg(plan, profile.serial_console))
-    (work / "grubenv").write_bytes(render_grubenv(initial_env(slot_version)))
+    (work / "grubenv").write_bytes(render_grubenv(initial_env()))
     for f in (efi, work / "grub.cfg", work / "grubenv"):
         os.utime(f, (repro.epoch, repro.epoch))
     size_kib = plan.by_name("fwesp").size_bytes // 1024
@@ -317,7 +327,8 @@ def stage_checksum(files: list[Path], out: Path) -> None:
 
 def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
           work: Path | None = None, compress: bool = True, config_dir: Path | None = None,
-          version: str | None = None, guid_seed: str | None = None) -> Result:
+          version: str | None = None, guid_seed: str | None = None,
+          signing: bundle.Signing | None = None) -> Result:
     """guid_seed: what GUIDs and UUIDs derive from (default: profile, version
     and build id, so the same commit gives the same image)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -334,24 +345,41 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
     log.write_text("")
     plan = make_plan(profile.size_mib, profile.bios_grub_mib, profile.esp_mib,
                      profile.config_mib, seed=repro.seed)
-    stages = ["rootfs", "manifest", "filesystems", "disk"] + \
+    stages = ["rootfs", "manifest", "filesystems", "disk", "bundle"] + \
         (["compress"] if compress else []) + ["checksum"]
     pr = Progress(stages)
+    try:
+        signing = signing or bundle.signing_from_env(SRC / "build")
+    except bundle.SigningError as e:
+        raise BuildError(str(e)) from None
     print(f"building {image.name} from {profile.path} (Debian {profile.release}, "
           f"build {bid}, log {log})", file=sys.stderr, flush=True)
-    rootfs, tools = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log, epoch)
-    text = pr.run("manifest", stage_manifest, rootfs, tools, profile, version, bid, plan)
+    if signing.development:
+        print(f"WARNING: DEVELOPMENT-SIGNED: no FWCLUSTER_SIGNING_KEY/FWCLUSTER_SIGNING_CERT given; "
+              f"the image trusts and the bundle is signed by {signing.cert} "
+              "(see docs/upgrade.md for a production key)", file=sys.stderr, flush=True)
+    rootfs, tools = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log, epoch,
+                           signing)
+    text = pr.run("manifest", stage_manifest, rootfs, tools, profile, version, bid, plan, signing)
     parts = pr.run("filesystems", stage_filesystems, rootfs, tools, work, plan, profile,
-                   f"{version}+{bid}", config_dir, repro)
+                   config_dir, repro)
     blocks, free = ext4_free(parts["fwroot-a"])
     pr.run("disk", stage_disk, image, plan, parts, work, tools)
+    raucb = out_dir / f"{stem}.raucb"
+    try:
+        pr.run("bundle", bundle.make_bundle, tools, parts["fwroot-a"], raucb,
+               bundle.compatible(profile.name, profile.architecture), f"{version}+{bid}", bid,
+               signing, work)
+    except bundle.SigningError as e:
+        raise BuildError(str(e)) from None
     xz = pr.run("compress", stage_compress, image, profile.compress_level) if compress else None
     sums = out_dir / f"{stem}.sha256"
-    pr.run("checksum", stage_checksum, [image] + ([xz] if xz else []), sums)
+    pr.run("checksum", stage_checksum, [image] + ([xz] if xz else []) + [raucb], sums)
     man = out_dir / f"{stem}.manifest"
     man.write_text(text.replace("# packages:",
                                 f"# root-slot-free: {100 * free / blocks:.1f}%\n# packages:", 1))
     for p in parts.values():
         p.unlink()
     shutil.rmtree(rootfs)
-    return Result(image, xz, sums, man, plan, version, bid, blocks, free, pr.times)
+    return Result(image, xz, sums, man, plan, version, bid, blocks, free, pr.times, raucb,
+                  signing.kind)

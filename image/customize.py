@@ -45,7 +45,9 @@ def fstab(serial_console: str) -> str:
 # everything that changes at run time is on tmpfs, /config is the only
 # persistent writable file system.
 PARTLABEL=fwconfig  /config         ext4   defaults,noatime,nodev,nosuid,commit=30  0 2
-PARTLABEL=fwesp     /boot/efi       vfat   noauto,umask=0077,shortname=mixed        0 0
+# the ESP (grubenv) is mounted on first use and let go when idle, so it
+# is rarely mounted when the power goes (RAUC's GRUB backend writes there)
+PARTLABEL=fwesp     /boot/efi       vfat   umask=0077,shortname=mixed,flush,nofail,x-systemd.automount,x-systemd.idle-timeout=20  0 0
 tmpfs               /tmp            tmpfs  mode=1777,nosuid,nodev,size=64M          0 0
 tmpfs               /var/tmp        tmpfs  mode=1777,nosuid,nodev,size=16M          0 0
 tmpfs               /var/log        tmpfs  mode=0755,nosuid,nodev,size=32M          0 0
@@ -178,6 +180,9 @@ def enable_units(root: Path, overlay_files: list[str]) -> list[str]:
                 p.suffix in (".service", ".timer") and "[Install]" in p.read_text():
             units.append(p.name)
     chroot(root, "systemctl", "enable", "--quiet", *units)
+    # fwcluster-health marks slots good (only when carpd and syncd run), not RAUC's own unit
+    if (root / "usr/lib/systemd/system/rauc-mark-good.service").exists():
+        chroot(root, "systemctl", "mask", "--quiet", "rauc-mark-good.service")
     return units
 
 

@@ -1,5 +1,7 @@
 # Appliance image: `make image` (included by the top Makefile).
 #   make image [OVERLAYS="dir ..."] [PROFILE=image/profiles/x.toml]
+#              [SIGNING_KEY=key.pem SIGNING_CERT=cert.pem [KEYRING=ca.pem]]
+#   (no SIGNING_KEY: a development key in build/rauc-dev/, see docs/upgrade.md)
 #   make bench-image
 #   make demo-vm      two appliances from the image under qemu (tests/vm, docs/vm-lab.md)
 # Build tools come from apt; the builder runs with Debian's python3 so that
@@ -10,6 +12,9 @@ IMAGE_APT_PKGS := mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils \
 IMAGE_PY := /usr/bin/python3
 PROFILE ?= image/profiles/default.toml
 OVERLAYS ?=
+SIGNING_KEY ?= $(FWCLUSTER_SIGNING_KEY)
+SIGNING_CERT ?= $(FWCLUSTER_SIGNING_CERT)
+KEYRING ?= $(FWCLUSTER_KEYRING)
 
 .PHONY: image bench-image image-deps demo-vm
 
@@ -24,7 +29,9 @@ $(STAMPS)/image-apt: image/image.mk | $(STAMPS)
 image-deps: $(STAMPS)/image-apt
 
 image: $(STAMPS)/image-apt
-	$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)")
+	FWCLUSTER_SIGNING_KEY="$(SIGNING_KEY)" FWCLUSTER_SIGNING_CERT="$(SIGNING_CERT)" \
+		FWCLUSTER_KEYRING="$(KEYRING)" \
+		$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)")
 
 bench-image: $(STAMPS)/image-apt deps
 	$(PY) -m bench.image

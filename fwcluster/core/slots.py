@@ -1,20 +1,23 @@
-"""A/B root slots: the pure logic of upgrades and boot fallback.
+"""A/B root slots under RAUC: the pure rules of updates and boot fallback.
 
-The disk (see image/plan.py) has two root slots, fwroot-a and fwroot-b. GRUB
-reads its environment block (grubenv on the EFI system partition):
+The disk (see image/plan.py) has two root slots, fwroot-a and fwroot-b,
+which RAUC knows as rootfs.0 (bootname A) and rootfs.1 (bootname B). GRUB
+reads its environment block (grubenv on the EFI system partition) in the
+scheme of RAUC's GRUB backend (image/boot.py has the grub.cfg):
 
-    good_slot   the slot that last came up healthy; booted by default
-    trial_slot  a slot to boot once; GRUB clears it *before* booting it, so
-                if that boot never reports healthy, the next boot is good_slot
-    a_version, b_version   what each slot holds (shown by `fwctl upgrade --status`)
+    ORDER       bootnames by priority ("A B"); an install puts its slot first
+    A_OK, B_OK  1: the slot may be booted (an install sets it, mark-bad clears it)
+    A_TRY, B_TRY  1: GRUB has booted it and it has not been marked good since;
+                GRUB skips such a slot, so an unconfirmed boot is tried once
 
-After an upgrade wrote the inactive slot, trial_slot names it. The health
-check on the trial boot promotes it to good_slot when carpd and syncd run;
-otherwise it reboots, and GRUB falls back to good_slot.
+The health check on every boot (fwctl upgrade --boot-check) marks the
+running slot good through RAUC when carpd and syncd run; a slot on trial
+(installed, never yet healthy) that is not healthy is marked bad and the
+member reboots into the other slot.
 
-This module has no I/O beyond what its callers hand it (bytes and strings);
-fwcluster/fwctl/upgrade.py does the I/O (its --boot-check is the health check
-that fwcluster-health.service runs).
+Images before RAUC (0.1) used good_slot/trial_slot instead; migrate_env()
+turns such an environment into this scheme on the first boot of the new
+image. This module has no I/O: fwcluster/fwctl/upgrade.py does it.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ from dataclasses import dataclass
 
 GRUBENV_SIZE = 1024
 GRUBENV_HEADER = b"# GRUB Environment Block\n"
-SLOTS = ("a", "b")
-SLOT_PARTLABEL = {"a": "fwroot-a", "b": "fwroot-b"}
+BOOTNAMES = ("A", "B")
+SLOT_PARTLABEL = {"A": "fwroot-a", "B": "fwroot-b"}
+RAUC_SLOT = {"A": "rootfs.0", "B": "rootfs.1"}
 ESP_PARTLABEL = "fwesp"
 CONFIG_PARTLABEL = "fwconfig"
-_VALUE = re.compile(r"^[A-Za-z0-9._+:~-]*$")
+_VALUE = re.compile(r"^[A-Za-z0-9._+:~ -]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -63,74 +67,83 @@ def render_grubenv(env: dict[str, str]) -> bytes:
     return body + b"#" * (GRUBENV_SIZE - len(body))
 
 
-def initial_env(version: str) -> dict[str, str]:
-    """The environment of a freshly flashed image: slot A good, B empty."""
-    return {"good_slot": "a", "trial_slot": "", "a_version": version, "b_version": ""}
+def initial_env() -> dict[str, str]:
+    """The environment of a freshly flashed image: A bootable, B empty."""
+    return {"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0"}
+
+
+def is_rauc_env(env: dict[str, str]) -> bool:
+    return bool(env.get("ORDER"))
+
+
+def migrate_env(env: dict[str, str], booted: str) -> dict[str, str]:
+    """A 0.1 environment (good_slot/trial_slot) in RAUC's scheme, written on
+    the first boot of a RAUC image, which the 0.1 grub.cfg started as a
+    one-shot trial. The booted slot is on trial (TRY=1: GRUB would not pick
+    it again unless it is marked good); the old good slot stays bootable, so
+    mark-bad (or no mark at all) falls back to it. The old variables stay for
+    the old image's own health check, should it run again."""
+    if booted not in BOOTNAMES:
+        raise UpgradeError(f"cannot tell which slot is running ({booted!r})")
+    other = other_slot(booted)
+    old_good = (env.get("good_slot") or "a").upper()
+    new = {k: v for k, v in env.items() if k not in ("ORDER", "A_OK", "A_TRY", "B_OK", "B_TRY")}
+    new["trial_slot"] = ""
+    new.update({"ORDER": f"{booted} {other}", f"{booted}_OK": "1", f"{booted}_TRY": "1",
+                f"{other}_OK": "1" if old_good == other else "0", f"{other}_TRY": "0"})
+    return new
 
 
 # --- slot decisions ---------------------------------------------------------
 
-def other(slot: str) -> str:
-    return "b" if slot == "a" else "a"
+def other_slot(bootname: str) -> str:
+    return "B" if bootname == "A" else "A"
 
 
 def booted_slot(cmdline: str) -> str | None:
-    """The slot the running kernel was started from (fwcluster.slot=X)."""
+    """The bootname the running kernel was started from: rauc.slot=X, or
+    fwcluster.slot=x of a 0.1 grub.cfg."""
     for word in cmdline.split():
-        if word.startswith("fwcluster.slot="):
-            slot = word.split("=", 1)[1]
-            return slot if slot in SLOTS else None
+        key, _, value = word.partition("=")
+        if key in ("rauc.slot", "fwcluster.slot") and value.upper() in BOOTNAMES:
+            return value.upper()
     return None
 
 
-def plan_upgrade(env: dict[str, str], running: str, version: str) -> tuple[str, dict[str, str]]:
-    """(slot to write, env to save after writing it). The target is always the
-    slot we are not running from, so a failed write can never hurt the
-    running system."""
-    if running not in SLOTS:
-        raise UpgradeError(f"cannot tell which slot is running ({running!r})")
-    target = other(running)
-    new = dict(env)
-    new["trial_slot"] = target
-    new[f"{target}_version"] = version
-    # The running slot is the fallback: it is good, or we would not be here.
-    new["good_slot"] = running
-    return target, new
+def commit_mark(bootname: str, installed: str | None) -> str:
+    """What the health check records for a slot it found healthy: the slot
+    and when RAUC installed it (none for the slot the card was flashed with)."""
+    return f"{bootname} {installed or '-'}"
 
 
-def env_before_write(env: dict[str, str], running: str) -> dict[str, str]:
-    """While the target slot is being overwritten it holds nothing bootable."""
-    target = other(running)
-    new = dict(env)
-    new[f"{target}_version"] = ""
-    if new.get("trial_slot") == target:
-        new["trial_slot"] = ""
-    new["good_slot"] = running
-    return new
+def on_trial(bootname: str, installed: str | None, committed: str) -> bool:
+    """A slot is on trial from its install until a boot of it is healthy."""
+    return commit_mark(bootname, installed) != committed.strip()
 
 
 @dataclass(frozen=True)
 class HealthVerdict:
-    action: str  # "commit" | "ok" | "reboot" | "degraded"
-    env: dict[str, str] | None  # env to save, or None to leave it
+    action: str  # "commit" | "ok" | "fallback" | "degraded"
+    mark: str  # what to tell RAUC about the running slot: "good" | "bad"
     message: str
 
 
-def health_verdict(env: dict[str, str], running: str, healthy: bool) -> HealthVerdict:
-    """What the boot health check does once it knows whether the daemons run."""
-    good = env.get("good_slot", "a")
-    trial = running != good
-    if healthy and trial:
-        new = dict(env)
-        new["good_slot"] = running
-        new["trial_slot"] = ""
-        return HealthVerdict("commit", new, f"slot {running} is healthy: it is now the default")
+def health_verdict(booted: str, healthy: bool, trial: bool, other_good: bool) -> HealthVerdict:
+    """What the boot health check does once it knows whether the daemons run.
+    GRUB has set the booted slot's TRY flag: only mark-good lets it boot again
+    by default, so a committed slot that is unhealthy is still marked good
+    (falling back to an older version would not fix a configuration problem,
+    and two unhealthy slots would take turns for ever)."""
+    other = other_slot(booted)
     if healthy:
-        return HealthVerdict("ok", None, f"slot {running} is healthy")
-    if trial:
-        return HealthVerdict("reboot", None,
-                             f"trial slot {running} is not healthy: rebooting into slot {good}")
-    return HealthVerdict("degraded", None, f"slot {running} (default) is not healthy")
+        if trial:
+            return HealthVerdict("commit", "good", f"slot {booted} is healthy: it is now the default")
+        return HealthVerdict("ok", "good", f"slot {booted} is healthy")
+    if trial and other_good:
+        return HealthVerdict("fallback", "bad",
+                             f"trial slot {booted} is not healthy: rebooting into slot {other}")
+    return HealthVerdict("degraded", "good", f"slot {booted} is not healthy; "
+                         f"{'no good slot to fall back to' if trial else 'it stays the default'}")
 
 
 # --- GPT --------------------------------------------------------------------
@@ -184,15 +197,148 @@ def find_partition(parts: list[GptPartition], name: str) -> GptPartition:
     raise UpgradeError(f"no partition named {name!r} (found: {', '.join(p.name for p in parts)})")
 
 
-# --- checksums --------------------------------------------------------------
+# --- grub.cfg -----------------------------------------------------------------
 
-def expected_sha256(sums_text: str, filename: str) -> str:
-    """The digest for filename from a sha256sum-style file."""
-    for line in sums_text.splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2 and parts[1].lstrip("*").rsplit("/", 1)[-1] == filename:
-            digest = parts[0].lower()
-            if not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise UpgradeError(f"malformed sha256 for {filename}: {parts[0]!r}")
-            return digest
-    raise UpgradeError(f"checksum file has no line for {filename}")
+def grub_cfg(parts: dict[str, tuple[int, str]], serial_console: str, timeout: int = 1) -> str:
+    """grub.cfg for slots {bootname: (GPT partition number, PARTUUID)}: pick
+    the slot in RAUC's GRUB scheme, the first of ORDER that is OK and not
+    already tried; booting it sets its TRY flag, which only `rauc status
+    mark-good` clears. If every slot is used up, the first OK one of ORDER
+    boots anyway (a member that boots nothing cannot be repaired from its
+    console). The image builder and the 0.1 -> RAUC migration both write it."""
+    console = f"console=tty0 console={serial_console}" if serial_console else "console=tty0"
+    lines = ["# fwcluster boot: generated by fwcluster.core.slots, do not edit.",
+             "# A/B slots driven by RAUC: ORDER, A_OK/A_TRY, B_OK/B_TRY in grubenv."]
+    if serial_console:
+        tty, speed = serial_console.split(",")
+        lines += [f"serial --unit={tty.removeprefix('ttyS')} --speed={speed}",
+                  "terminal_input serial console", "terminal_output serial console"]
+
+    def pick(cond: str, indent: str) -> list[str]:
+        return [f"{indent}for s in $ORDER; do", f"{indent}  if [ -z \"$slot\" ]; then"] + [
+            f"{indent}    if [ \"$s\" = {n} -a \"${n}_OK\" = 1{cond.format(n=n)} ]; then set slot={n}; fi"
+            for n in BOOTNAMES] + [f"{indent}  fi", f"{indent}done"]
+
+    lines += [
+        # $root is the ESP here; the slots are on the same disk.
+        "regexp --set=1:bootdisk '^(.*),[a-z]*[0-9]+$' \"$root\"",
+        *(f"set {k}=\"{v}\"" for k, v in initial_env().items()),
+        "load_env",
+        "set slot=",
+        *pick(" -a \"${n}_TRY\" != 1", ""),
+        "if [ -z \"$slot\" ]; then",
+        "  echo \"fwcluster: no untried slot left: booting the first good one of $ORDER\"",
+        *pick("", "  "),
+        "fi",
+        "if [ -z \"$slot\" ]; then set slot=A; fi",
+        "if [ \"$slot\" = A ]; then set A_TRY=1; else set B_TRY=1; fi",
+        "save_env A_TRY B_TRY",
+        "echo \"fwcluster: booting slot $slot (order $ORDER)\"",
+        "set default=\"$slot\"",
+        f"set timeout={timeout}",
+        "",
+    ]
+    for name in BOOTNAMES:
+        number, partuuid = parts[name]
+        lines += [f"menuentry 'fwcluster slot {name}' --id {name} {{",
+                  f"  set root=($bootdisk,gpt{number})",
+                  f"  linux /vmlinuz root=PARTUUID={partuuid} ro rauc.slot={name} "
+                  f"fwcluster.slot={name.lower()} {console} panic=10 quiet",
+                  "  initrd /initrd.img",
+                  "}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- RAUC's answers -----------------------------------------------------------
+
+_PROGRESS = re.compile(r"^\s*\d{1,3}% ")
+# (what RAUC says, what the operator reads): bundles RAUC refuses before it
+# writes anything, because it checks them when it opens them.
+REFUSALS = (
+    ("Signature size is 0", "it is not signed"),
+    ("signature verification failed", "its signature does not verify against /etc/rauc/keyring.pem "
+     "(signed by another key?)"),
+    ("payload is corrupted", "its content was changed after signing (verity check failed)"),
+    ("Verification of data area failed", "its content was changed after signing (verity check failed)"),
+    ("Compatible mismatch", "it is made for another system (compatible string differs)"),
+    ("exceeds bundle size", "it is truncated or not a RAUC bundle"),
+    ("Invalid bundle format", "it is truncated or not a RAUC bundle"),
+    ("too small", "it is truncated or not a RAUC bundle"),
+)
+
+
+def progress_line(line: str) -> bool:
+    """`rauc install` progress ("  40% Checking bundle")."""
+    return bool(_PROGRESS.match(line))
+
+
+def rauc_error_line(text: str) -> str:
+    """The one line of RAUC's output that says what went wrong."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("LastError:"):
+            return ln.split(":", 1)[1].strip()
+    for ln in reversed(lines):
+        if not progress_line(ln) and not ln.startswith(("Installing `", "idle", "installing")):
+            return re.sub(r"^rauc-Message: [\d:.]+: ", "", ln)
+    return lines[-1] if lines else "no output"
+
+
+def _refusal(text: str) -> str | None:
+    for needle, reason in REFUSALS:
+        if needle.lower() in text.lower():
+            return reason
+    return None
+
+
+def is_refusal(text: str) -> bool:
+    return _refusal(text) is not None
+
+
+def install_failure(text: str) -> str:
+    """One line for a failed `rauc install`."""
+    raw = rauc_error_line(text)
+    reason = _refusal(text)
+    if reason:
+        return f"refused: {reason}; nothing was written (rauc: {raw})"
+    return f"installation failed (rauc: {raw})"
+
+
+def cluster_blocker(carp: dict) -> str | None:
+    """Why this member must not be upgraded now, from carpd's status."""
+    if carp.get("maintenance"):
+        return None
+    held = [str(v["vhid"]) for v in carp.get("vips", []) if v.get("state") == "MASTER"]
+    if not held:
+        return None
+    return (f"this member is MASTER of vip {', '.join(held)}: run `fwctl maintenance on` first "
+            "(the peer takes the vips over), then upgrade; or give --force")
+
+
+def status_view(st: dict, release: dict[str, str]) -> dict:
+    """`rauc status --output-format=json` (+ the running release) as fwctl shows it."""
+    raw = st.get("slots") or []
+    items = [kv for d in raw for kv in d.items()] if isinstance(raw, list) else list(raw.items())
+    booted = st.get("booted")
+    primary = next((s.get("bootname") for n, s in items if n == st.get("boot_primary")), None)
+    slots = []
+    for name, s in sorted(items, key=lambda kv: kv[1].get("bootname") or ""):
+        if s.get("class") != "rootfs":
+            continue
+        ss = s.get("slot_status") or {}
+        bundle = ss.get("bundle") or {}
+        bootname = s.get("bootname")
+        version = bundle.get("version")
+        if not version and bootname == booted and release.get("VERSION"):
+            version = release["VERSION"] + (f"+{release['BUILD_ID']}" if release.get("BUILD_ID") else "")
+        state = []
+        if bootname == booted:
+            state.append("running")
+        if bootname == primary:
+            state.append("next boot")
+        state.append(s.get("boot_status") or "?")
+        slots.append({"slot": name, "bootname": bootname, "device": s.get("device", ""),
+                      "version": version, "boot_status": s.get("boot_status"),
+                      "installed": (ss.get("installed") or {}).get("timestamp"), "state": state})
+    return {"compatible": st.get("compatible"), "booted": booted, "primary": primary,
+            "signing": release.get("SIGNING", "unknown"), "slots": slots}

@@ -182,44 +182,82 @@ def test_manifest_rejects_garbage():
 # --- grubenv and slot decisions -------------------------------------------------
 
 def test_grubenv_round_trip_is_1024_bytes():
-    env = ab.initial_env("0.1.0+20260101T000000Z-abc")
+    env = ab.initial_env()
     data = ab.render_grubenv(env)
     assert len(data) == 1024 and data.startswith(b"# GRUB Environment Block\n")
-    assert ab.parse_grubenv(data) == env
+    assert ab.parse_grubenv(data) == env and env["ORDER"] == "A B"
     with pytest.raises(ab.UpgradeError):
-        ab.render_grubenv({"x": "a b"})
+        ab.render_grubenv({"x": "a=b"})
     with pytest.raises(ab.UpgradeError):
         ab.parse_grubenv(b"junk")
 
 
-def test_upgrade_writes_other_slot_and_arms_trial():
-    env = ab.initial_env("v1")
-    assert ab.booted_slot("BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro fwcluster.slot=a") == "a"
-    before = ab.env_before_write(env, "a")
-    assert before["b_version"] == "" and before["good_slot"] == "a"
-    target, new = ab.plan_upgrade(before, "a", "v2")
-    assert target == "b"
-    assert new == {"good_slot": "a", "trial_slot": "b", "a_version": "v1", "b_version": "v2"}
+def test_booted_slot_from_rauc_or_01_cmdline():
+    assert ab.booted_slot("root=PARTUUID=x ro rauc.slot=B fwcluster.slot=b") == "B"
+    assert ab.booted_slot("BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro fwcluster.slot=a") == "A"
+    assert ab.booted_slot("ro quiet") is None
+
+
+def test_migrate_01_env_puts_booted_slot_on_trial_with_old_good_as_fallback():
+    old = {"good_slot": "a", "trial_slot": "", "a_version": "v1", "b_version": "v2"}
+    new = ab.migrate_env(old, "B")
+    assert new["ORDER"] == "B A" and new["B_OK"] == "1" and new["B_TRY"] == "1"
+    assert new["A_OK"] == "1" and new["A_TRY"] == "0" and new["good_slot"] == "a"
+    assert ab.is_rauc_env(new) and not ab.is_rauc_env(old)
+    assert len(ab.render_grubenv(new)) == 1024
     with pytest.raises(ab.UpgradeError):
-        ab.plan_upgrade(env, "c", "v2")
+        ab.migrate_env(old, "c")
 
 
-def test_health_commit_rollback_and_steady_state():
-    trial = {"good_slot": "a", "trial_slot": "", "a_version": "v1", "b_version": "v2"}
-    # GRUB cleared trial_slot before booting b; b came up healthy: b becomes good.
-    v = ab.health_verdict(trial, "b", healthy=True)
-    assert v.action == "commit" and v.env["good_slot"] == "b"
-    v = ab.health_verdict(trial, "b", healthy=False)
-    assert v.action == "reboot" and v.env is None  # next boot is good_slot a
-    assert ab.health_verdict(trial, "a", healthy=True).action == "ok"
-    assert ab.health_verdict(trial, "a", healthy=False).action == "degraded"
+def test_health_commit_fallback_and_steady_state():
+    mark = ab.commit_mark("A", None)
+    assert not ab.on_trial("A", None, mark + "\n")
+    assert ab.on_trial("B", "2026-01-01T00:00:00Z", mark)
+    v = ab.health_verdict("B", healthy=True, trial=True, other_good=True)
+    assert (v.action, v.mark) == ("commit", "good")
+    v = ab.health_verdict("B", healthy=False, trial=True, other_good=True)
+    assert (v.action, v.mark) == ("fallback", "bad") and "slot A" in v.message
+    # a committed slot, or one with nothing to fall back to, stays (marked good)
+    v = ab.health_verdict("A", False, False, True)
+    assert (v.action, v.mark) == ("degraded", "good")
+    v = ab.health_verdict("A", False, True, False)
+    assert (v.action, v.mark) == ("degraded", "good")
+    assert ab.health_verdict("A", True, False, True).action == "ok"
 
 
-def test_expected_sha256():
-    sums = "a" * 64 + "  fw.img\n" + "b" * 64 + " *fw.img.xz\n"
-    assert ab.expected_sha256(sums, "fw.img.xz") == "b" * 64
-    with pytest.raises(ab.UpgradeError, match="no line"):
-        ab.expected_sha256(sums, "other.img")
+def test_rauc_install_failures_become_one_line():
+    out = ("installing\n  0% Installing\n 40% Checking bundle failed.\n100% Installing failed.\n"
+           "LastError: Failed to check bundle signature: signature verification failed: "
+           "Verify error: self-signed certificate\nInstalling `/x.raucb` failed\n")
+    line = ab.install_failure(out)
+    assert line.startswith("refused: its signature does not verify") and "nothing was written" in line
+    assert "\n" not in line and ab.is_refusal(out)
+    assert ab.progress_line(" 40% Checking bundle") and not ab.progress_line("LastError: x")
+    assert ab.install_failure("LastError: No space left").startswith("installation failed")
+    assert not ab.is_refusal("LastError: No space left")
+
+
+def test_cluster_blocker_names_the_vips_and_the_way_out():
+    master = {"maintenance": False, "vips": [{"vhid": 1, "state": "MASTER"},
+                                            {"vhid": 2, "state": "MASTER"}]}
+    why = ab.cluster_blocker(master)
+    assert "vip 1, 2" in why and "fwctl maintenance on" in why and "--force" in why
+    assert ab.cluster_blocker(dict(master, maintenance=True)) is None
+    assert ab.cluster_blocker({"vips": [{"vhid": 1, "state": "BACKUP"}]}) is None
+
+
+def test_status_view_from_rauc_json():
+    st = {"compatible": "fwcluster-amd64", "booted": "A", "boot_primary": "rootfs.1", "slots": [
+        {"rootfs.0": {"class": "rootfs", "device": "/dev/sda3", "bootname": "A",
+                      "boot_status": "good", "slot_status": {}}},
+        {"rootfs.1": {"class": "rootfs", "device": "/dev/sda4", "bootname": "B", "boot_status": "good",
+                      "slot_status": {"bundle": {"version": "0.2.0"},
+                                      "installed": {"timestamp": "T1"}}}}]}
+    v = ab.status_view(st, {"VERSION": "0.1.0", "BUILD_ID": "x", "SIGNING": "development"})
+    assert v["primary"] == "B" and v["signing"] == "development"
+    a, b = v["slots"]
+    assert a["version"] == "0.1.0+x" and a["state"] == ["running", "good"]
+    assert b["version"] == "0.2.0" and b["installed"] == "T1" and "next boot" in b["state"]
 
 
 # --- bootloader patching ------------------------------------------------------------
@@ -244,16 +282,29 @@ def test_core_img_block_list():
         boot.patch_core_img(bytes(core), 2048, 2)
 
 
-def test_grub_cfg_boots_good_slot_and_one_shot_trial():
+def test_grub_cfg_rauc_scheme():
     p = plan.make_plan(940, 1, 32, 32, seed="c")
     cfg = boot.grub_cfg(p, "ttyS0,115200")
-    assert "save_env trial_slot" in cfg and "load_env" in cfg
-    assert cfg.index("set trial_slot=") < cfg.index("save_env trial_slot")
-    for letter, number in (("a", 3), ("b", 4)):
+    assert cfg.index("load_env") < cfg.index("for s in $ORDER") < cfg.index("save_env A_TRY B_TRY")
+    assert '"$A_TRY" != 1' in cfg and '"$B_OK" = 1' in cfg
+    for name, number in (("A", 3), ("B", 4)):
         assert f"set root=($bootdisk,gpt{number})" in cfg
-        assert f"root=PARTUUID={p.slot(letter).uuid} ro fwcluster.slot={letter}" in cfg
+        assert f"root=PARTUUID={p.slot(name.lower()).uuid} ro rauc.slot={name} " in cfg
     assert "console=ttyS0,115200" in cfg and "serial --unit=0 --speed=115200" in cfg
     assert "serial" not in boot.grub_cfg(p, "").split("console=tty0")[0].replace("# ", "")
+
+
+def test_rauc_system_conf_and_manifest():
+    from image import bundle
+    conf = bundle.system_conf("fwcluster-amd64")
+    for line in ("compatible=fwcluster-amd64", "bootloader=grub", "grubenv=/boot/efi/grub/grubenv",
+                 "path=/etc/rauc/keyring.pem", "[slot.rootfs.0]", "bootname=B",
+                 "device=/dev/disk/by-partlabel/fwroot-b"):
+        assert line in conf.splitlines()
+    m = bundle.manifest("fwcluster-amd64", "0.2.0+b", "b", "development")
+    assert "format=verity" in m and "signing=development" in m and "filename=root.ext4" in m
+    with pytest.raises(bundle.SigningError, match="go together"):
+        bundle.signing_from("k.pem", None, None, Path("/nonexistent"))
 
 
 def test_serial_output_drops_forwarded_unit_lines():
