@@ -34,8 +34,8 @@ def load(old_cfg, node: str):
     cfg = dataclasses.replace(cfg, run_dir=old_cfg.run_dir, state_dir=old_cfg.state_dir)
     me, old_me = cfg.member(node), old_cfg.member(node)
     if me.sync_address != old_me.sync_address or cfg.sync.port != old_cfg.sync.port:
-        raise ConfigError(f"{cfg.path}: member {node}: a new sync_address or sync.port needs "
-                          "a restart of syncd")
+        key = "sync.port" if cfg.sync.port != old_cfg.sync.port else "member.sync_address"
+        raise ConfigError(cfg.path, key, f"a new value for {node} needs a restart of syncd")
     return cfg, secret
 
 
