@@ -13,6 +13,7 @@ updates keep their own ordered worker).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -21,16 +22,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fwcluster import ctlsock
+from fwcluster import configfile, ctlsock
 from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, bootid, metrics, netlink, timers
-from fwcluster.carp.core import machine, wire
+from fwcluster.carp.core import machine, reloadplan, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.core import contract
-from fwcluster.core.config import Config, Vip
+from fwcluster.core.config import Config, ConfigError, Vip
 from fwcluster.core.contract import MAINTENANCE_SOURCE, SYNC_HOLD_DEMOTE, SYNC_SOURCE
 
 log = logging.getLogger("carpd")
@@ -81,13 +82,9 @@ class Carpd:
             self.demotion.set(MAINTENANCE_SOURCE, cfg.carp.maintenance_demote)
         if cfg.carp.sync_hold > 0:
             self.demotion.set(SYNC_SOURCE, SYNC_HOLD_DEMOTE)
+        self.secret = secret
         self.codec = bootid.codec_for(cfg)  # [carp] mode: how adverts are signed and checked
-        self.vips: dict[int, VipRun] = {}
-        for v in cfg.vips:
-            m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
-                                    preempt=cfg.carp.preempt, demotion=self.demotion.total)
-            cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
-            self.vips[v.vhid] = VipRun(v, m, self.codec.auth(secret, v.vhid, [v.address.ip], cookie))
+        self.vips: dict[int, VipRun] = {v.vhid: self._new_run(v) for v in cfg.vips}
         self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
@@ -108,6 +105,15 @@ class Carpd:
             queue=self.actions.put_nowait, publish=self.ctl.publish,
             changed=self._metrics_kick.set, spawn=self._spawn, codec=self.codec), secret,
             self.demotion.total)
+
+    def _new_run(self, v: Vip) -> VipRun:
+        m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
+                                preempt=self.cfg.carp.preempt, demotion=self.demotion.total)
+        cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
+        return VipRun(v, m, self._auth(v, cookie))
+
+    def _auth(self, v: Vip, cookie: int):
+        return self.codec.auth(self.secret, v.vhid, [v.address.ip], cookie)
 
     # --- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -473,6 +479,67 @@ class Carpd:
             finally:
                 self.actions.task_done()
 
+    # --- live reload (SIGHUP, {"cmd": "reload"}) ------------------------------
+    async def reload(self) -> dict:
+        """Re-read cluster.toml and the secret and apply what changed
+        (fwcluster.carp.core.reloadplan): vips kept keep their role, removed
+        ones are bowed out of, new ones start as BACKUP. A config that is
+        bad, or that needs a restart, is refused and the old one runs on."""
+        try:
+            new = configfile.load(self.cfg.path, self.node)
+            secret = configfile.secret(new)
+        except ConfigError as e:
+            log.error("reload refused: %s (the running config stays)", e)
+            return {"ok": False, "error": str(e)}
+        for what in ("run_dir", "state_dir"):
+            if getattr(new, what) != getattr(self.cfg, what):
+                log.warning("reload: cluster.%s change applies at the next restart", what)
+        new = dataclasses.replace(new, run_dir=self.cfg.run_dir, state_dir=self.cfg.state_dir)
+        plan = reloadplan.plan(self.cfg, new, self.node, self.secret, secret)
+        if isinstance(plan, str):
+            log.error("reload refused: %s (the running config stays)", plan)
+            return {"ok": False, "error": plan}
+        self._apply_reload(new, secret, plan)
+        await self._resync()  # new vips and interfaces learn their links and addresses
+        log.info("reloaded %s: vips added %s, removed %s, kept %s%s%s", new.path,
+                 list(plan.added) or "none", list(plan.removed) or "none", list(plan.kept) or "none",
+                 ", new timing" if plan.retime else "", ", new key" if plan.rekey else "")
+        self._metrics_kick.set()
+        return {"ok": True, **plan.summary()}
+
+    def _apply_reload(self, new: Config, secret: bytes, plan: reloadplan.ReloadPlan) -> None:
+        for vhid in plan.removed:
+            self._event(vhid, machine.Shutdown())  # a master bows out and releases
+        self._flush()
+        for vhid in plan.removed:
+            run = self.vips.pop(vhid)
+            timers.rearm(run, None, None)
+        self.cfg, self.member, self.secret = new, new.member(self.node), secret
+        by_vhid = {v.vhid: v for v in new.vips}
+        for vhid in plan.kept:
+            run = self.vips[vhid]
+            run.vip = by_vhid[vhid]
+            if plan.rekey:
+                run.auth = self._auth(run.vip, run.auth.cookie)
+        for vhid in plan.added:
+            self.vips[vhid] = self._new_run(by_vhid[vhid])
+        self.vips = {v.vhid: self.vips[v.vhid] for v in new.vips}  # config order
+        self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
+        for name in new.interfaces:
+            self.ifaces.setdefault(name, Iface(name))
+        for name in [n for n in self.ifaces if n not in new.interfaces]:
+            self._close_sockets(self.ifaces.pop(name))
+            self._set_demotion(contract.LINK_SOURCE_PREFIX + name, 0)
+        if plan.retime:
+            for vhid in plan.kept:
+                self._event(vhid, machine.Reconfigured(self.member.advskew, new.carp.preempt))
+        if plan.carp_changed:
+            if self.maintenance:
+                self._set_demotion(MAINTENANCE_SOURCE, new.carp.maintenance_demote)
+            for iface in self.ifaces.values():
+                if iface.seen and not iface.carrier:
+                    self._set_demotion(contract.LINK_SOURCE_PREFIX + iface.name, new.carp.link_demote)
+
     # --- control requests ---------------------------------------------------
     async def handle_request(self, req: dict) -> dict:
         cmd = req.get("cmd")
@@ -484,6 +551,8 @@ class Carpd:
                 return {"ok": False, "error": "maintenance needs \"on\": true or false"}
             self.set_maintenance(on)
             return {"ok": True, "maintenance": self.maintenance}
+        if cmd == contract.RELOAD:
+            return await self.reload()
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
         if cmd == contract.SET_DEMOTION:
@@ -497,7 +566,7 @@ class Carpd:
                 self._sync_hold = None
             return {"ok": True, "demotion": self._set_demotion(source, value)}
         return {"ok": False, "error": f"unknown command {cmd!r} "
-                "(known: status, metrics, maintenance, set-demotion, subscribe)"}
+                "(known: status, metrics, maintenance, set-demotion, reload, subscribe)"}
 
     def status(self) -> dict:
         total = self.demotion.total

@@ -25,6 +25,7 @@ SYNC_HOLD_DEMOTE = 32
 # Requests carpd answers on its control socket.
 SET_DEMOTION = "set-demotion"    # {"cmd", "source": name 1-64 chars, "value": 0-255}
 SUBSCRIBE = "subscribe"          # then one {"event": "role", "vhid", "state", "time"[, "bucket"]} per change
+RELOAD = "reload"                # re-read cluster.toml and the secret (as SIGHUP does)
 SOURCE_MAX_LEN = 64
 DEMOTION_MAX = 255
 
@@ -71,6 +72,10 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
   demotion is the sum of its sources (clamped to 255 on the wire).
 * syncd follows carpd's role changes with `{{"cmd": "{SUBSCRIBE}"}}`: first one
   line per vhid with its current role, then one line per change.
+* `{{"cmd": "{RELOAD}"}}` makes either daemon re-read cluster.toml and the
+  secret, as SIGHUP does (after a config push that changed them); the
+  answer says what changed, or why the new config was refused (the old one
+  keeps running).
 """
 
 

@@ -571,3 +571,21 @@ def test_address_is_an_event():
     x = vm(own_address=None)
     assert x.handle(m.AddressChanged("192.0.2.77"), 0.0) == []
     assert x.own_address == "192.0.2.77"
+
+
+def test_reconfigured_master_keeps_the_role_and_advertises_the_new_skew():
+    x = master(vm(1, 0))
+    out = x.handle(m.Reconfigured(50, True), 10.0)
+    assert x.state == m.State.MASTER and x.advskew == 50
+    assert m.SendAdvert(1, 1, 50, 0) in out
+    assert x.handle(m.Reconfigured(50, True), 10.5) == []
+
+
+def test_reconfigured_backup_rearms_and_preempt_follows():
+    x = vm(1, 100, preempt=False)
+    backup(x, 0)
+    x.handle(ad(1, 50), 1.0)
+    out = x.handle(m.Reconfigured(0, True), 2.0)
+    assert x.state == m.State.BACKUP and out == [m.ArmTimer(1, 2.0 + 3.0)]
+    x.handle(ad(1, 50), 2.5)  # now better and preempting
+    assert x.state == m.State.MASTER

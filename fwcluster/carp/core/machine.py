@@ -81,6 +81,13 @@ class SiblingClaimed:
 
 
 @dataclass(frozen=True)
+class Reconfigured:
+    """A live reload changed this member's advskew or the preempt setting."""
+    advskew: int
+    preempt: bool
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
@@ -270,6 +277,8 @@ class VhidMachine:
             return []
         if isinstance(event, SiblingClaimed):
             return self._sibling_claimed(event, now)
+        if isinstance(event, Reconfigured):
+            return self._reconfigured(event, now)
         if isinstance(event, Shutdown):
             return self._shutdown()
         raise TypeError(f"unknown event {event!r}")
@@ -333,6 +342,18 @@ class VhidMachine:
         if why is None:
             return []
         return self._become_master(now, f"{why} (with its failover group)")
+
+    def _reconfigured(self, event: Reconfigured, now: float) -> list:
+        """New advskew or preempt, role kept: a master tells the peers at
+        once (they compare with the new timing), a backup re-arms its wait."""
+        if (event.advskew, event.preempt) == (self.advskew, self.preempt):
+            return []
+        self.advskew, self.preempt = event.advskew, event.preempt
+        if self.state == State.MASTER:
+            return self._advert_now(now)
+        if self.state == State.BACKUP:
+            return [self._wait_for_master(now, self.master, self.heard)]
+        return []
 
     def _timer(self, at: float, now: float) -> list:
         if self.deadline is None or at != self.deadline:
