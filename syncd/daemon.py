@@ -26,6 +26,7 @@ from syncd.core import keys
 from syncd.conntrack import Conntrack, Overrun
 from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core.policy import own_addresses, syncable
+from syncd.core.refreshfeed import RefreshFeed
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
 from syncd import antientropy, reload as live_reload
@@ -51,6 +52,11 @@ DATAGRAM_BATCH = 16         # datagrams per turn, then one netlink batch
 # Young-generation collections every 700 allocations cost a steady share
 # of the hot path, which allocates only acyclic objects (entries, bytes).
 GC_GEN0 = 20000
+# Full-table refreshes go out REFRESH_CHUNK entries at a time while peers
+# have at most REFRESH_WINDOW messages unacknowledged (above ack_every, so
+# acks keep it flowing): live events wait behind that much, not the table.
+REFRESH_CHUNK = 512
+REFRESH_WINDOW = 64
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
 # Textfile metrics: rewritten every TEXTFILE_PERIOD s (its mtime then shows
@@ -119,6 +125,8 @@ class Daemon:
         # Config sync (fwctl config push/diff) shares the sync link and secret.
         self.configsvc = ConfigService(cfg, node, secret)
         self.trace = Trace.from_env(node)     # debug mode (syncd/trace.py): None in service
+        self.feed = RefreshFeed(REFRESH_CHUNK, REFRESH_WINDOW)
+        self._feed_soon = False
 
     def now(self) -> float:
         return time.monotonic()
@@ -212,6 +220,7 @@ class Daemon:
         if records:
             if trace is not None:
                 read = self.now()
+            self.feed.touch(records)
             self.sync.local(records, now)
             if trace is not None:
                 encoded = self.now()
@@ -223,9 +232,29 @@ class Daemon:
     def full_refresh(self, now: float) -> None:
         self.counters["refreshes"] += 1
         entries = [e for e in self.ct.dump() if syncable(e, self.own)]
-        self.sync.local([(OP_UPSERT, e) for e in entries], now)
-        self.sync.flush(now)
-        self.process()
+        self.feed.start([(OP_UPSERT, e) for e in entries])
+        self.feed_refresh()
+
+    def backlog(self) -> int:
+        """Messages the slowest reachable peer has not acknowledged yet."""
+        return max((len(p.tx.queue) for p in self.sync.peers.values() if p.state == "up"), default=0)
+
+    def feed_refresh(self) -> None:
+        """Send the next chunk of a running refresh, if the peers keep up;
+        called again after each chunk, on acks (datagrams) and on ticks."""
+        self._feed_soon = False
+        chunk = self.feed.next_chunk(self.backlog())
+        if chunk is None:
+            return
+        if chunk:
+            now = self.now()
+            self.sync.local(chunk, now)
+            self.sync.flush(now, delay_acks=True)
+            self.process()
+        if self.feed.active and not self._feed_soon:
+            # After the loop's next look at the sockets: live events first.
+            self._feed_soon = True
+            asyncio.get_running_loop().call_soon(self.feed_refresh)
 
     def on_datagrams(self) -> None:
         now = self.now()
@@ -254,6 +283,8 @@ class Daemon:
         self.process()
         if trace is not None:
             trace.applied_batch(now, recv_s, auth_s, received, self.now())
+        if self.feed.active and not self._feed_soon:
+            self.feed_refresh()     # acks may have opened the window
 
     def process(self) -> None:
         """Carry out the core's actions; a Dump feeds back into it at once, so
@@ -304,18 +335,20 @@ class Daemon:
             await asyncio.sleep(TICK)
             self.sync.tick(self.now())
             self.process()
+            if self.feed.active and not self._feed_soon:
+                self.feed_refresh()   # a peer that went down no longer holds it back
 
     def refresh_stateless(self) -> None:
         """Re-send non-TCP entries while this member carries traffic."""
         if self.roles and "MASTER" not in self.roles.values():
             return
+        if self.feed.active:
+            return      # a refresh is on its way: it re-sends these too
         entries = [e for e in self.ct.dump() if e.proto != TCP and syncable(e, self.own)]
         if entries:
             self.counters["stateless_refreshed"] += len(entries)
-            now = self.now()
-            self.sync.local([(OP_UPSERT, e) for e in entries], now)
-            self.sync.flush(now)
-            self.process()
+            self.feed.start([(OP_UPSERT, e) for e in entries], replace=False)
+            self.feed_refresh()
 
     async def housekeeping(self) -> None:
         last_addr = last_count = 0.0

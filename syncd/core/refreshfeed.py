@@ -1,0 +1,51 @@
+"""A whole-table refresh sent in chunks between live events (pure).
+
+Sending a dump of 100k entries at once puts every live event read after it
+behind 100k records on the stream, seconds of lag for new sessions (the
+window a failover loses). So the shell hands the refresh out a chunk at a
+time, only while the peers have acknowledged all but `window` messages: a
+live event then waits behind at most that much. A dump entry whose key a
+live event touched since the dump is dropped: the event carried newer state
+(a DESTROY included) and the old copy must not overwrite it.
+"""
+from __future__ import annotations
+
+
+class RefreshFeed:
+    def __init__(self, chunk: int = 512, window: int = 64):
+        self.chunk, self.window = chunk, window
+        self.left: list = []        # (op, Entry) still to send, in dump order
+        self.pos = 0
+        self.touched: set = set()
+
+    @property
+    def active(self) -> bool:
+        return self.pos < len(self.left)
+
+    def start(self, records: list, replace: bool = True) -> bool:
+        """Begin a refresh of records; a running one is replaced by a newer
+        dump only with replace (a full refresh covers a partial one). False:
+        a refresh was running and is kept."""
+        if self.active and not replace:
+            return False
+        self.left, self.pos, self.touched = list(records), 0, set()
+        return True
+
+    def touch(self, records) -> None:
+        """Live records sent since the dump."""
+        if self.active:
+            self.touched.update(e.key for _op, e in records)
+
+    def next_chunk(self, backlog: int) -> list | None:
+        """The next records to send (possibly empty: all were touched), or
+        None while the peers' backlog (unacknowledged messages) is at the
+        window or nothing is left."""
+        if not self.active or backlog >= self.window:
+            return None
+        end = min(self.pos + self.chunk, len(self.left))
+        touched = self.touched
+        out = [r for r in self.left[self.pos:end] if r[1].key not in touched]
+        self.pos = end
+        if not self.active:
+            self.left, self.pos, self.touched = [], 0, set()
+        return out

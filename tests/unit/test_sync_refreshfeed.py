@@ -1,0 +1,41 @@
+"""A whole-table refresh handed out in chunks, behind live events."""
+from __future__ import annotations
+
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.refreshfeed import RefreshFeed
+
+
+def rec(port: int, op: int = OP_UPSERT):
+    return op, Entry(4, 17, 0, "192.0.2.1", "198.51.100.1", port, 53, "198.51.100.1", "192.0.2.1", 53, port)
+
+
+def test_chunks_in_order_only_while_the_window_is_open():
+    f = RefreshFeed(chunk=3, window=10)
+    f.start([rec(p) for p in range(7)])
+    assert f.next_chunk(backlog=10) is None          # peers behind: wait
+    assert [e.osport for _, e in f.next_chunk(0)] == [0, 1, 2]
+    assert [e.osport for _, e in f.next_chunk(9)] == [3, 4, 5]
+    assert [e.osport for _, e in f.next_chunk(0)] == [6]
+    assert not f.active and f.next_chunk(0) is None
+
+
+def test_a_live_event_wins_over_the_older_dump_copy():
+    f = RefreshFeed(chunk=10, window=10)
+    f.start([rec(p) for p in range(4)])
+    f.touch([rec(2, OP_DELETE), rec(99)])            # deleted live after the dump
+    assert [e.osport for _, e in f.next_chunk(0)] == [0, 1, 3]
+
+
+def test_touch_while_idle_keeps_nothing():
+    f = RefreshFeed()
+    f.touch([rec(1)])
+    f.start([rec(1)])
+    assert [e.osport for _, e in f.next_chunk(0)] == [1]
+
+
+def test_a_partial_refresh_does_not_replace_a_running_one():
+    f = RefreshFeed(chunk=1, window=10)
+    f.start([rec(1), rec(2)])
+    assert not f.start([rec(7)], replace=False)
+    assert f.start([rec(5)])                          # a newer full dump does
+    assert [e.osport for _, e in f.next_chunk(0)] == [5]
