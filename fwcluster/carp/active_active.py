@@ -154,6 +154,7 @@ class Balancing:
         cfg = host.cfg
         first = cfg.vips[0]
         self.interface, self.family = first.interface, first.family
+        self.peers = first.peers  # unicast CARP: bucket adverts go where the first vip's go
         self.plan = tuple(plan)
         self.runs: dict[int, BucketRun] = {}
         for e in self.plan:
@@ -318,20 +319,11 @@ class Balancing:
         sock = iface.socks.get(self.family)
         if sock is None:
             return
-        source = iface.own.get(self.family)
-        payload = self.host.codec.encode(run.auth, action.advbase, action.advskew, action.demote,
-                                         source)
-        if payload is None:
-            return  # hardened: no address of ours yet to sign the advert's source with
-        try:
-            sock.send(payload, source)
-        except OSError as e:
-            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source \
-                    and not self.host.codec.binds_source:
-                sock.send(payload, None)
-            else:
-                log.debug("advert for bucket vhid %d not sent: %s", action.vhid, e)
-                return
+        err = sock.send_advert(self.host.codec, run.auth, action, iface.own.get(self.family),
+                               self.peers)
+        if err is not None:
+            log.debug("advert for bucket vhid %d not sent: %s", action.vhid, err)
+            return
         run.counters["adverts_sent"] += 1
 
     # --- vips on every member --------------------------------------------------------

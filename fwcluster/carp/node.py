@@ -444,18 +444,10 @@ class Carpd:
         sock = iface.socks.get(v.family)
         if sock is None:
             return
-        source = iface.own.get(v.family)
-        payload = self.codec.encode(run.auth, action.advbase, action.advskew, action.demote, source)
-        if payload is None:
-            return  # hardened: no address of ours yet to sign the advert's source with
-        try:
-            sock.send(payload, source)
-        except OSError as e:
-            if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source and not self.codec.binds_source:
-                sock.send(payload, None)  # our address vanished: let the kernel pick
-            else:
-                log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, e)
-                return
+        err = sock.send_advert(self.codec, run.auth, action, iface.own.get(v.family), v.peers)
+        if err is not None:
+            log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, err)
+            return
         run.counters["adverts_sent"] += 1
 
     def _announce(self, action: machine.Announce) -> None:

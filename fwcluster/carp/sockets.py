@@ -1,11 +1,13 @@
 """Raw IP-protocol-112 sockets, one per (interface, family).
 
 Each socket is bound to its interface, joined to the CARP group there, sends
-with TTL/hop limit 255 and does not loop its own multicast back. Received
+with TTL/hop limit 255 (to the group, or unicast to configured peers) and
+does not loop its own multicast back. Received
 packets come out as (payload, ttl, source) for wire.decode().
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -55,20 +57,42 @@ class CarpSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, payload: bytes, source: str | None) -> None:
-        """Send to the CARP group from source (our own address, not a vip)."""
+    def send(self, payload: bytes, source: str | None, dest: str | None = None) -> None:
+        """Send to the CARP group (or, unicast CARP, to dest) from source (our
+        own address, not a vip)."""
         if self.family == 4:
             anc = []
             if source:
                 anc = [(socket.IPPROTO_IP, IP_PKTINFO,
                         struct.pack("@i4s4s", self.ifindex, socket.inet_aton(source), bytes(4)))]
-            self.sock.sendmsg([payload], anc, 0, (wire.GROUP4, 0))
+            self.sock.sendmsg([payload], anc, 0, (dest or wire.GROUP4, 0))
         else:
             anc = []
             if source:
                 anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
                         socket.inet_pton(socket.AF_INET6, source) + struct.pack("@I", self.ifindex))]
-            self.sock.sendmsg([payload], anc, 0, (wire.GROUP6, 0, 0, self.ifindex))
+            self.sock.sendmsg([payload], anc, 0, (dest or wire.GROUP6, 0, 0, self.ifindex))
+
+    def send_advert(self, codec, auth, action, source: str | None, peers=()) -> OSError | None:
+        """Encode one advert (machine.SendAdvert) and send it to the group, or
+        to each unicast peer but ourselves. Returns the error that kept it
+        (or a copy of it) from going out, None when it went out."""
+        payload = codec.encode(auth, action.advbase, action.advskew, action.demote, source)
+        if payload is None:
+            return OSError(errno.EADDRNOTAVAIL, "no address of ours to sign the advert with")
+        err = None
+        for dest in ([p for p in peers if p != source] if peers else [None]):
+            try:
+                self.send(payload, source, dest)
+            except OSError as e:
+                if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) and source and not codec.binds_source:
+                    try:
+                        self.send(payload, None, dest)  # our address vanished: let the kernel pick
+                        continue
+                    except OSError as e2:
+                        e = e2
+                err = e
+        return err
 
     def receive(self) -> tuple[bytes, int, str] | None:
         """One packet as (CARP payload, ttl, source); None if nothing or unparsable IP."""

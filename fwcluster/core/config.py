@@ -39,6 +39,9 @@ class Vip:
     interface: str
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     advbase: int = 1
+    # Unicast CARP: the members' own addresses on this segment. Adverts go to
+    # each of them (our own skipped) instead of the CARP multicast group.
+    peers: tuple = ()
 
     @property
     def family(self) -> int:
@@ -154,6 +157,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "interface": (str, REQUIRED),
         "address": (str, REQUIRED),
         "advbase": (int, 1),
+        "peers": (list, ()),
     },
     "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
@@ -206,6 +210,9 @@ KEY_DOCS: dict[str, str] = {
     "not multicast, unspecified, loopback, IPv4 link-local or broadcast, and no /0.",
     "vip.advbase": "Seconds between adverts (0-254); 0 with advskew > 0 gives "
     "sub-second intervals of advskew/256 s.",
+    "vip.peers": "Unicast CARP (as keepalived's unicast_peer): every member's own address "
+    "on this vip's segment, same family as the vip; adverts go to these (not to "
+    "224.0.0.18 / ff02::12) where multicast is dropped or filtered. Empty = multicast.",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
@@ -294,6 +301,31 @@ def check_vip(path: str, key: str, addr) -> None:
         raise ConfigError(path, key, f"{addr} is the broadcast address of its network")
 
 
+MAX_PEERS = 16
+
+
+def check_peers(path: str, key: str, peers: list, vip) -> tuple:
+    """Unicast CARP destinations: distinct unicast addresses of the vip's family."""
+    if len(peers) > MAX_PEERS:
+        raise ConfigError(path, key, f"{len(peers)} addresses, at most {MAX_PEERS}")
+    out = []
+    for i, p in enumerate(peers):
+        if not isinstance(p, str):
+            raise ConfigError(path, f"{key}[{i}]", f"must be a string, got {_show(p)}")
+        try:
+            ip = ipaddress.ip_address(p)
+        except ValueError:
+            raise ConfigError(path, f"{key}[{i}]", f"{_show(p)} is not an IP address") from None
+        if ip.version != vip.version:
+            raise ConfigError(path, f"{key}[{i}]", f"{ip} is IPv{ip.version}, the vip is IPv{vip.version}")
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip == vip.ip:
+            raise ConfigError(path, f"{key}[{i}]", f"{ip} is not a member's own unicast address")
+        if str(ip) in out:
+            raise ConfigError(path, f"{key}[{i}]", f"duplicate address {ip}")
+        out.append(str(ip))
+    return tuple(out)
+
+
 def check_abs_path(path: str, key: str, value: str) -> None:
     if not posixpath.isabs(value):
         raise ConfigError(path, key, f"{_show(value)} must be an absolute path")
@@ -302,7 +334,8 @@ def check_abs_path(path: str, key: str, value: str) -> None:
 def _type_name(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(x.__name__ for x in t)
-    return {"str": "string", "int": "integer", "bool": "boolean"}.get(t.__name__, t.__name__)
+    return {"str": "string", "int": "integer", "bool": "boolean",
+            "list": "list"}.get(t.__name__, t.__name__)
 
 
 def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
@@ -423,7 +456,8 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
                     raise ConfigError(path, f"{key}.advbase",
                                       f"advbase 0 with member[{j}] ({m.name}) advskew 0 gives a zero "
                                       "advert interval; give that member advskew > 0")
-        vips.append(Vip(v["vhid"], v["interface"], addr, v["advbase"]))
+        vips.append(Vip(v["vhid"], v["interface"], addr, v["advbase"],
+                        check_peers(path, f"{key}.peers", v["peers"], addr)))
 
     b = tables["balance"]
     if b["mode"] not in BALANCE_MODES:

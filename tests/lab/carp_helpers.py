@@ -142,3 +142,25 @@ def forwards(lab: Lab, target: str, timeout: float = 3.0) -> None:
     bounded; the first may still race a neighbour entry on the far side)."""
     assert lab.wait_for(lambda: lab.ping("client", target, timeout=0.5), timeout, 0.05), \
         f"client cannot reach {target}"
+
+
+def loss_and_preemption_back(lab: Lab, target: str) -> None:
+    """fw1 (the best member) is lost: fw2 takes over, both gateways move,
+    roles stay, the client reaches target. fw1 returns and preempts: the
+    same checks the other way. Its LAN and WAN vips move as one failover
+    group: were they claimed an advert apart, the two directions of a flow
+    would cross different members for that moment and a strict ruleset
+    without state sync would drop the replies."""
+    forwards(lab, target)  # both gateways resolved: gratuitous ARP updates, never creates
+    gateways_at(lab, "fw1")
+    lab.node_loss("fw1")
+    wait_settled(lab, "fw2", timeout=5, members=["fw2"])
+    gateways_at(lab, "fw2")
+    stays_settled(lab, "fw2", members=["fw2"])
+    forwards(lab, target)
+    lab.node_return("fw1")
+    lab.start_carpd("fw1")
+    wait_settled(lab, "fw1", timeout=8)
+    gateways_at(lab, "fw1")
+    stays_settled(lab, "fw1")
+    forwards(lab, target)

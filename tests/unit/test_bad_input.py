@@ -149,15 +149,23 @@ for _table, _keys in config._SCHEMA.items():
         if _table in config._ARRAYS:
             _old = {"name": 'name = "fw1"', "sync_address": 'sync_address = "203.0.113.1"',
                     "advskew": "advskew = 0 ", "vhid": "vhid = 1", "interface": 'interface = "lan0"',
-                    "address": 'address = "192.0.2.1/24"', "advbase": "advbase = 1 "}[_key]
+                    "address": 'address = "192.0.2.1/24"', "advbase": "advbase = 1 "}.get(_key)
+            # a key the example leaves out is added beside the vip's address
+            _new = f"{_key} = {_wrong} " if _old else f'address = "192.0.2.1/24"\n{_key} = {_wrong}'
             CONFIG_CASES.append((f"{_table}.{_key} wrong type",
-                                 (_old, f"{_key} = {_wrong} "), f"{_table}[0].{_key}"))
+                                 (_old or 'address = "192.0.2.1/24"', _new), f"{_table}[0].{_key}"))
         else:
             CONFIG_CASES.append((f"{_table}.{_key} wrong type", ("[sync]" if _table != "sync" else "[[member]]",
                                  f"[{_table}]\n{_key} = {_wrong}\n\n" + ("[sync]" if _table != "sync"
                                                                           else "[[member]]")),
                                  ""))
 
+for _name, _bad, _where in [
+        ("multicast", '["224.0.0.18"]', "[0]"), ("other family", '["2001:db8:1::12"]', "[0]"),
+        ("the vip itself", '["192.0.2.1"]', "[0]"), ("duplicate", '["192.0.2.12", "192.0.2.12"]', "[1]"),
+        ("not an address", '["fw2"]', "[0]"), ("not a string", "[12]", "[0]"),
+        ("too many", "[" + ", ".join(f'"192.0.2.{20 + i}"' for i in range(17)) + "]", "")]:
+    CONFIG_CASES.append((f"vip peers {_name}", (_V0, _V0 + f"\npeers = {_bad}"), f"vip[0].peers{_where}"))
 
 def _write(tmp_path: Path, content) -> Path:
     p = tmp_path / "cluster.toml"
