@@ -81,6 +81,9 @@ def context(cfg, node: str) -> dict:
             "address": str(v.address), "ip": str(v.address.ip),
             "prefixlen": v.address.network.prefixlen, "network": str(v.address.network),
             "mac": hashbuckets.vip_mac(v.vhid) if active else None,
+            # raw forms for payload matches (@th,...): the address and the MAC
+            "ip_hex": "0x" + v.address.ip.packed.hex(),
+            "mac_hex": "0x" + hashbuckets.vip_mac(v.vhid).replace(":", "") if active else None,
         })
     peers = [member(m) for m in cfg.peers(node)]
     # Active-active members NAT to the same vip independently: each takes

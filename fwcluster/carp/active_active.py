@@ -1,5 +1,5 @@
 """Active-active balancing inside carpd: one CARP election per hash bucket,
-the owned-bucket set in nftables, and the IPv4 vips held on every member.
+the owned-bucket set in nftables, and the vips held on every member.
 
 fwcluster.core.hashbuckets decides (pure): the buckets, each one's vhid and rotated
 advskew, which buckets a set of CARP states owns. This module is carpd's
@@ -14,12 +14,15 @@ and demotion changes, shutdown and status.
   so a returning member takes its buckets back only once it is in sync.
 * A bucket machine's AddVip / RemoveVip mean "claim" / "release": the
   worker makes the nft owned set match the machines (one transaction).
-* IPv4 vips resolve to their multicast MAC (the template rewrites the
-  members' ARP; our gratuitous ARP is built with that MAC) and are held on
-  every member whose interface is up; the MAC is joined with a packet
-  socket, so a killed carpd leaves no membership behind. IPv6 vips stay
-  active-standby (held by their CARP master only): the kernel would answer
-  neighbour solicitations with each member's own MAC, see docs/firewall.md.
+* Every vip resolves to its multicast MAC and is held on every member whose
+  interface is up; the MAC is joined with a packet socket, so a killed
+  carpd leaves no membership behind. IPv4: the template rewrites the
+  members' ARP, our gratuitous ARP is built with that MAC. IPv6: the kernel
+  would answer neighbour solicitations with the member's own MAC (and nft
+  cannot rewrite an ICMPv6 option and its checksum), so the template drops
+  the kernel's advertisements for a balanced vip and carpd answers the
+  solicitations itself (a raw ICMPv6 socket per interface, hop limit 255
+  checked), naming the vip's MAC, and announces it with unsolicited NAs.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ from fwcluster.carp.core import machine, wire
 log = logging.getLogger("carpd")
 
 SOL_PACKET = 263
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_MULTICAST = 0
 RETRY_OWNED = 1.0  # seconds between attempts to set the owned set after a failure
@@ -51,7 +56,7 @@ RETRY_OWNED = 1.0  # seconds between attempts to set the owned set after a failu
 
 @dataclass(frozen=True)
 class HoldVips:
-    """Add an interface's IPv4 vips, join their MACs, announce them."""
+    """Add an interface's vips, join their MACs, announce them."""
     interface: str
 
 
@@ -94,6 +99,13 @@ def bucket_status(plan, states: dict, masters: dict, applied, error: str | None,
             "owned": sorted(hashbuckets.owned_buckets(states, plan)),
             "applied": None if applied is None else sorted(applied),
             "error": error, "by_master": by_master, "per_bucket": per}
+
+
+def _hop_limit(ancillary) -> int:
+    for level, kind, value in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_HOPLIMIT and len(value) >= 4:
+            return struct.unpack("@i", value[:4])[0]
+    return -1
 
 
 def membership_request(ifindex: int, mac: str) -> bytes:
@@ -163,12 +175,12 @@ class Balancing:
             cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
             self.runs[e.vhid] = BucketRun(e, m, host.codec.auth(secret, e.vhid, [first.address.ip],
                                                                 cookie))
-        # IPv4 vips only: see the module doc.
-        self.held = [v for v in cfg.vips if v.family == 4]
+        self.held = list(cfg.vips)
         self.applied: frozenset | None = None  # contents of the nft set we last wrote
         self.error: str | None = None
         self.stopping = False
         self._joined: dict[str, tuple[int, socket.socket]] = {}  # ifname -> (ifindex, packet socket)
+        self._ns: dict[str, tuple[int, socket.socket]] = {}  # ifname -> (ifindex, ICMPv6 NS socket)
         self._retry: asyncio.Task | None = None
 
     @classmethod
@@ -336,7 +348,56 @@ class Balancing:
                 continue
             self.host.links.add_vip(iface.index, v.address)
             self._join(ifname, iface.index, hashbuckets.vip_mac(v.vhid))
+            if v.family == 6:
+                self._listen_ns(ifname, iface.index)
             self._announce_vip(v.vhid)
+
+    def _listen_ns(self, ifname: str, ifindex: int) -> None:
+        """Answer neighbour solicitations for the interface's IPv6 vips."""
+        old = self._ns.get(ifname)
+        if old is not None and old[0] == ifindex:
+            return
+        if old is not None:  # interface re-created
+            self._close_ns(ifname)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, announce.SO_BINDTODEVICE, ifname.encode())
+            s.setsockopt(socket.IPPROTO_ICMPV6, announce.ICMP6_FILTER, announce.ns_filter())
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+        except OSError as e:
+            s.close()
+            log.error("cannot answer neighbour solicitations on %s: %s", ifname, e)
+            return
+        self._ns[ifname] = (ifindex, s)
+        asyncio.get_running_loop().add_reader(s.fileno(), self._ns_readable, ifname)
+
+    def _close_ns(self, ifname: str) -> None:
+        _, s = self._ns.pop(ifname)
+        asyncio.get_running_loop().remove_reader(s.fileno())
+        s.close()
+
+    def _ns_readable(self, ifname: str) -> None:
+        ifindex, s = self._ns[ifname]
+        mine = {str(v.address.ip): v.vhid for v in self.held
+                if v.interface == ifname and v.family == 6}
+        for _ in range(64):  # bounded: a flood must not starve the loop
+            try:
+                data, anc, _flags, addr = s.recvmsg(512, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("neighbour solicitation on %s: %s", ifname, e)
+                return
+            target = announce.ns_target(data)
+            if target not in mine or _hop_limit(anc) != 255:
+                continue  # another address, or not from the link itself
+            source = addr[0].split("%")[0]
+            try:
+                announce.send_na(ifname, ifindex, hashbuckets.vip_mac(mine[target]), target,
+                                 to=None if source == "::" else source)
+            except OSError as e:
+                log.debug("answering %s for %s on %s: %s", source, target, ifname, e)
 
     def _join(self, ifname: str, ifindex: int, mac: str) -> None:
         """The NIC must accept the vip's multicast MAC. A packet socket with
@@ -359,11 +420,15 @@ class Balancing:
         if iface is None or iface.index is None or not iface.mac:
             return
         # Ethernet source: our own MAC (a bridge drops a multicast source);
-        # ARP sender: the vip's multicast MAC.
+        # ARP sender / NA target link-layer address: the vip's multicast MAC.
         try:
-            send_frames(iface.name, garp_frames(iface.mac, hashbuckets.vip_mac(vhid), str(v.address.ip)))
+            if v.family == 6:
+                announce.send_na(iface.name, iface.index, hashbuckets.vip_mac(vhid), str(v.address.ip))
+            else:
+                send_frames(iface.name, garp_frames(iface.mac, hashbuckets.vip_mac(vhid),
+                                                    str(v.address.ip)))
         except OSError as e:
-            log.debug("gratuitous ARP for %s on %s: %s", v.address.ip, iface.name, e)
+            log.debug("announcing %s on %s: %s", v.address.ip, iface.name, e)
 
     async def _release(self) -> None:
         if self._retry is not None:
@@ -376,3 +441,5 @@ class Balancing:
         for _, s in self._joined.values():
             s.close()
         self._joined.clear()
+        for ifname in list(self._ns):
+            self._close_ns(ifname)

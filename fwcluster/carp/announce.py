@@ -14,8 +14,11 @@ import struct
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
 ALL_NODES = "ff02::1"
+ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
+NA_FLAG_SOLICITED = 0x40000000
 NA_FLAG_OVERRIDE = 0x20000000
+ICMP6_FILTER = 1  # <netinet/icmp6.h>: a socket option at IPPROTO_ICMPV6
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
@@ -37,11 +40,27 @@ def garp_frames(mac: str, vip: str) -> list[bytes]:
     return frames
 
 
-def na_message(mac: str, vip: str) -> bytes:
+def na_message(mac: str, vip: str, solicited: bool = False) -> bytes:
     """ICMPv6 neighbour advertisement body (the kernel fills the checksum)."""
     target = ipaddress.IPv6Address(vip).packed
     option = struct.pack("!BB6s", 2, 1, mac_bytes(mac))  # target link-layer address
-    return struct.pack("!BBHI", ND_NEIGHBOR_ADVERT, 0, 0, NA_FLAG_OVERRIDE) + target + option
+    flags = NA_FLAG_OVERRIDE | (NA_FLAG_SOLICITED if solicited else 0)
+    return struct.pack("!BBHI", ND_NEIGHBOR_ADVERT, 0, 0, flags) + target + option
+
+
+def ns_target(message: bytes) -> str | None:
+    """The target of an ICMPv6 neighbour solicitation, or None for anything
+    else (hop limit and source checks are the caller's)."""
+    if len(message) < 24 or message[0] != ND_NEIGHBOR_SOLICIT or message[1] != 0:
+        return None
+    return str(ipaddress.IPv6Address(message[8:24]))
+
+
+def ns_filter() -> bytes:
+    """struct icmp6_filter passing neighbour solicitations only (a set bit blocks)."""
+    words = [0xFFFFFFFF] * 8
+    words[ND_NEIGHBOR_SOLICIT >> 5] &= ~(1 << (ND_NEIGHBOR_SOLICIT & 31))
+    return struct.pack("@8I", *words)
 
 
 def send_garp(ifname: str, mac: str, vip: str) -> None:
@@ -51,13 +70,15 @@ def send_garp(ifname: str, mac: str, vip: str) -> None:
             s.send(frame)
 
 
-def send_na(ifname: str, ifindex: int, mac: str, vip: str) -> None:
+def send_na(ifname: str, ifindex: int, mac: str, vip: str, to: str | None = None) -> None:
+    """An unsolicited NA to all-nodes, or (to=) the answer to a solicitation."""
     with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-        msg = na_message(mac, vip)
-        dest = (ALL_NODES, 0, 0, ifindex)
+        msg = na_message(mac, vip, solicited=to is not None)
+        dest = (to or ALL_NODES, 0, 0, ifindex)
         pktinfo = [(socket.IPPROTO_IPV6, IPV6_PKTINFO,
                     ipaddress.IPv6Address(vip).packed + struct.pack("@I", ifindex))]
         try:

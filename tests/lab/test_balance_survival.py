@@ -1,6 +1,6 @@
 """Active-active with the real daemons: three members, carpd's per-bucket
-elections, syncd, the default template. 300 TCP sessions from 300 client
-addresses are spread over the members; one member is lost (its sessions
+elections, syncd, the default template. 300 IPv4 and 60 IPv6 TCP sessions
+from as many client addresses are spread over the members; one member is lost (its sessions
 continue on the two survivors, which split its buckets) and returns (it
 takes its buckets back once in sync; no session is lost).
 
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from fwcluster.core import hashbuckets
-from tests.labkit import LAN_VIP6, SERVER4, SERVER6, Lab
+from carp_helpers import neigh_mac
+from tests.labkit import LAN_VIP6, SERVER4, SERVER6, WAN_VIP6, Lab
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ PORT = 5101
 # range that the members route to the client (the LAN has too few).
 EXTRA_NET = "203.0.113"  # .101-.250; the sync link uses .1-.4 of the same /24
 CLIENTS = [f"192.0.2.{i}" for i in range(101, 251)] + [f"{EXTRA_NET}.{i}" for i in range(101, 251)]
+CLIENTS6 = [f"2001:db8:1::{i:x}" for i in range(0x200, 0x23c)]
 CONFIG = {"balance": {"mode": "active-active", "buckets": BUCKETS},
           "carp": {"sync_hold": 20}, "firewall": {"template": str(TEMPLATE)}}
 MEASURE_TTL = 3  # seconds a forwarded source is remembered
@@ -95,8 +97,10 @@ asyncio.run(main())
 
 MEASURE = f"""table inet fwmeasure {{
   set carried {{ type ipv4_addr; flags dynamic, timeout; timeout {MEASURE_TTL}s; }}
+  set carried6 {{ type ipv6_addr; flags dynamic, timeout; timeout {MEASURE_TTL}s; }}
   chain forward {{ type filter hook forward priority 10; policy accept;
-    iifname "lan0" update @carried {{ ip saddr }}
+    iifname "lan0" meta nfproto ipv4 update @carried {{ ip saddr }}
+    iifname "lan0" meta nfproto ipv6 update @carried6 {{ ip6 saddr }}
   }}
 }}
 """
@@ -115,6 +119,7 @@ def _prepare(lab: Lab) -> None:
         lab.run(m, ["nft", "-f", "-"], input=MEASURE)
         _routes(lab, m)
     extra = [f"addr add {a}/{24 if a.startswith('192.') else 32} dev eth0" for a in CLIENTS]
+    extra += [f"addr add {a}/64 dev eth0 nodad" for a in CLIENTS6]
     lab.run("client", ["ip", "-batch", "-"], input="\n".join(extra) + "\n")
 
 
@@ -134,21 +139,22 @@ def _wait_owned(lab: Lab, alive, timeout: float) -> None:
                 + "\n".join(f"--- {m}:\n{lab.log_tail(m, 'carpd', 1200)}" for m in alive))
 
 
-def _carried(lab: Lab, members) -> dict[str, set[str]]:
+def _carried(lab: Lab, members, which: str = "carried") -> dict[str, set[str]]:
     """Client addresses each member forwarded in the last MEASURE_TTL s."""
     out = {}
     for m in members:
-        data = json.loads(lab.run(m, ["nft", "-j", "list", "set", "inet", "fwmeasure", "carried"]).stdout)
+        data = json.loads(lab.run(m, ["nft", "-j", "list", "set", "inet", "fwmeasure", which]).stdout)
         elems = next(i["set"] for i in data["nftables"] if "set" in i).get("elem", [])
         out[m] = {e["elem"]["val"] if isinstance(e, dict) else e for e in elems}
     return out
 
 
 class Load:
-    def __init__(self, lab: Lab, duration: float, interval: float = 0.2, srcs=CLIENTS):
+    def __init__(self, lab: Lab, duration: float, interval: float = 0.2, srcs=CLIENTS,
+                 target: str = SERVER4):
         self.srcs = list(srcs)
-        self.status_path = lab.dir / "balance-load.json"
-        self.proc = lab.popen("client", [PY, "-c", CLIENT, SERVER4, PORT, duration, interval,
+        self.status_path = lab.dir / f"balance-load-{target}.json"
+        self.proc = lab.popen("client", [PY, "-c", CLIENT, target, PORT, duration, interval,
                                          self.status_path, *self.srcs])
 
     def status(self) -> dict:
@@ -173,20 +179,22 @@ class Load:
 
 def _spread_check(lab: Lab, members, alive, label: str) -> dict[str, int]:
     time.sleep(MEASURE_TTL + 0.5)  # forget who carried what before
-    carried = _carried(lab, members)
-    counts = {m: len(s) for m, s in carried.items()}
+    counts = {}
+    for which, clients, server in (("carried", CLIENTS, SERVER4), ("carried6", CLIENTS6, SERVER6)):
+        carried = _carried(lab, members, which)
+        counts[which] = {m: len(s) for m, s in carried.items()}
+        where: dict[str, list[str]] = {}
+        for m, srcs in carried.items():
+            for s in srcs:
+                where.setdefault(s, []).append(m)
+        # Every session is carried, by exactly one member: the owner of its bucket.
+        assert sorted(where) == sorted(clients), f"{which}: {len(where)} of {len(clients)} flows carried"
+        assert {s: ms for s, ms in where.items() if len(ms) != 1} == {}
+        owner = hashbuckets.owners(BUCKETS, lab.members, alive)
+        want = {s: owner[hashbuckets.flow_bucket(s, server, BUCKETS)] for s in clients}
+        assert {s: ms[0] for s, ms in where.items()} == want
     print(f"\n{label}: flows carried per member {counts}")
-    where: dict[str, list[str]] = {}
-    for m, srcs in carried.items():
-        for s in srcs:
-            where.setdefault(s, []).append(m)
-    # Every session is carried, by exactly one member: the owner of its bucket.
-    assert sorted(where) == sorted(CLIENTS), f"{len(where)} of {len(CLIENTS)} flows carried"
-    assert {s: ms for s, ms in where.items() if len(ms) != 1} == {}
-    owner = hashbuckets.owners(BUCKETS, lab.members, alive)
-    want = {s: owner[hashbuckets.flow_bucket(s, SERVER4, BUCKETS)] for s in CLIENTS}
-    assert {s: ms[0] for s, ms in where.items()} == want
-    return counts
+    return counts["carried"]
 
 
 def test_three_members_share_300_sessions_and_keep_them_through_loss_and_return():
@@ -197,20 +205,25 @@ def test_three_members_share_300_sessions_and_keep_them_through_loss_and_return(
         for m in lab.members:
             lab.start_carpd(m)
         _wait_owned(lab, lab.members, 30)
-        # Every member holds the IPv4 vips and accepts their multicast MACs;
-        # IPv6 vips stay with their CARP master (fw1), which carries IPv6.
+        # Every member holds the vips of both families and accepts their
+        # multicast MACs; the client resolves the IPv6 vip to its MAC too
+        # (carpd answers the solicitation, the kernel's own answer is dropped).
         for m in lab.members:
             assert lab.has_addr(m, "lan0", "192.0.2.1") and lab.has_addr(m, "wan0", "198.51.100.1")
-            assert hashbuckets.vip_mac(1) in lab.run(m, ["ip", "maddr", "show", "dev", "lan0"]).stdout
-        assert lab.wait_for(lambda: [m for m in lab.members if lab.has_addr(m, "lan0", LAN_VIP6)] == ["fw1"], 5)
+            assert lab.has_addr(m, "lan0", LAN_VIP6) and lab.has_addr(m, "wan0", WAN_VIP6)
+            maddr = lab.run(m, ["ip", "maddr", "show", "dev", "lan0"]).stdout
+            assert hashbuckets.vip_mac(1) in maddr and hashbuckets.vip_mac(3) in maddr
         assert lab.ping("client", SERVER6, timeout=3)
+        assert neigh_mac(lab, "client", LAN_VIP6) == hashbuckets.vip_mac(3)
 
         lab.popen("server", [PY, "-c", SERVER, PORT, 300])
         assert lab.wait_for(lambda: f":{PORT} " in lab.run("server", ["ss", "-ltn"]).stdout, 10)
         t_start = time.time()
         load = Load(lab, duration=240)
+        load6 = Load(lab, duration=240, srcs=CLIENTS6, target=SERVER6)
         alive = load.wait_all_alive_since(lab, t_start, 30)
         assert alive == len(CLIENTS), load.errors()
+        assert load6.wait_all_alive_since(lab, t_start, 30) == len(CLIENTS6), load6.errors()
 
         # 1. Spread: each member carries a third, +- 8 points.
         counts = _spread_check(lab, lab.members, lab.members, "all members up")
@@ -234,8 +247,11 @@ def test_three_members_share_300_sessions_and_keep_them_through_loss_and_return(
         assert took < 6, took
         assert {m: len(o) for m, o in _owned(lab).items() if m in survivors} == {"fw2": 15, "fw3": 15}
         alive = load.wait_all_alive_since(lab, t_taken, 30)
-        print(f"\nafter the loss of fw1: {alive} of {len(CLIENTS)} sessions alive")
+        alive6 = load6.wait_all_alive_since(lab, t_taken, 30)
+        print(f"\nafter the loss of fw1: {alive} of {len(CLIENTS)} IPv4 and "
+              f"{alive6} of {len(CLIENTS6)} IPv6 sessions alive")
         assert alive == len(CLIENTS), (load.errors(), lab.log_tail("fw2", "syncd", 1500))
+        assert alive6 == len(CLIENTS6), load6.errors()
         counts = _spread_check(lab, survivors, survivors, "fw1 lost")
 
         # 3. fw1 returns (a reboot: empty conntrack table, no owned buckets),
@@ -255,10 +271,13 @@ def test_three_members_share_300_sessions_and_keep_them_through_loss_and_return(
         _wait_owned(lab, lab.members, 20)
         t_back = time.time()
         alive = load.wait_all_alive_since(lab, t_back, 30)
-        print(f"\nafter fw1 returned: {alive} of {len(CLIENTS)} sessions alive")
+        alive6 = load6.wait_all_alive_since(lab, t_back, 30)
+        print(f"\nafter fw1 returned: {alive} of {len(CLIENTS)} IPv4 and "
+              f"{alive6} of {len(CLIENTS6)} IPv6 sessions alive")
         assert alive == len(CLIENTS), load.errors()
+        assert alive6 == len(CLIENTS6), load6.errors()
         counts = _spread_check(lab, lab.members, lab.members, "fw1 back")
-        assert load.errors() == {}
+        assert load.errors() == {} and load6.errors() == {}
 
 
 def test_control_without_state_sync_the_lost_members_sessions_die():

@@ -116,10 +116,10 @@ def test_sync_hold_demotes_bucket_elections_from_the_start(tmp_path):
 def test_which_vip_actions_balancing_takes_over(tmp_path):
     d = make(tmp_path)
     b = d.balancing
-    # IPv4 vips stay held when their election is lost; announced with the vip MAC.
+    # Vips of both families stay held when their election is lost, and are
+    # announced with the vip MAC (GARP for IPv4, NA for IPv6).
     assert b.handles(machine.RemoveVip(1)) and b.handles(machine.Announce(2))
-    # IPv6 vips stay active-standby: carpd adds and removes them as before.
-    assert not b.handles(machine.RemoveVip(3)) and not b.handles(machine.Announce(3))
+    assert b.handles(machine.RemoveVip(3)) and b.handles(machine.Announce(3))
     assert not b.handles(machine.AddVip(1))
     assert b.handles(machine.SendAdvert(253, 1, 0, 0))
 

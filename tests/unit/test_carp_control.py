@@ -236,3 +236,18 @@ def test_control_serve_streams_a_command_then_closes(tmp_path):
         return lines
     assert run(go()) == [{"ok": True, "cmd": "status"}, {"i": 0}, {"i": 1}, {"i": 2}]
     assert ended == ["count"]
+
+
+def test_neighbour_solicitation_parsing_and_answer():
+    import ipaddress as ip
+    ns = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + ip.IPv6Address("2001:db8:1::1").packed
+    assert announce.ns_target(ns) == "2001:db8:1::1"
+    assert announce.ns_target(ns[:20]) is None
+    assert announce.ns_target(bytes([136]) + ns[1:]) is None  # an advertisement
+    na = announce.na_message("01:00:5e:00:01:03", "2001:db8:1::1", solicited=True)
+    flags = struct.unpack("!I", na[4:8])[0]
+    assert na[0] == 136 and flags == announce.NA_FLAG_SOLICITED | announce.NA_FLAG_OVERRIDE
+    assert na[24:26] == b"\x02\x01" and na[26:32] == bytes.fromhex("01005e000103")
+    words = struct.unpack("@8I", announce.ns_filter())
+    passed = [t for t in range(256) if not words[t >> 5] & (1 << (t & 31))]
+    assert passed == [135]
