@@ -471,7 +471,7 @@ class Daemon:
         if cmd == "resync":
             self.full_refresh(self.now())
             return {"ok": True}
-        if cmd == live_reload.RELOAD:
+        if cmd == contract.RELOAD:
             return await self.reload()
         if cmd == antientropy.ROUND:
             return {"ok": True, **antientropy.run_round(self)}

@@ -23,7 +23,6 @@ from syncd.core import keys
 from syncd.core.protocol import Sync
 
 log = logging.getLogger("syncd")
-RELOAD = "reload"     # the control request, for syncd and carpd alike (contract.RELOAD)
 
 
 def load(old_cfg, node: str):
@@ -94,7 +93,7 @@ async def tell_carpd(run_dir: str) -> None:
     stopped one does not answer: neither is an error of ours."""
     path = ctlsock.socket_path(run_dir, contract.CARPD)
     try:
-        reply = await ctlsock.arequest(path, {"cmd": RELOAD})
+        reply = await ctlsock.arequest(path, {"cmd": contract.RELOAD})
     except (ctlsock.ControlError, OSError, ValueError) as e:
         log.info("carpd not told to reload: %s", e)
         return

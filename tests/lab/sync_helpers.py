@@ -19,8 +19,13 @@ TIMING = {"advbase": 1, "carp": {"sync_hold": 20}}
 
 
 def start_server(lab: Lab, duration: float = 400):
-    return lab.popen("server", [PY, LOAD, "server", "--tcp", TCP_PORT, "--udp", UDP_PORT,
+    """The echo server, listening when this returns (a client started at once
+    must not meet a refused connection)."""
+    proc = lab.popen("server", [PY, LOAD, "server", "--tcp", TCP_PORT, "--udp", UDP_PORT,
                                 "--duration", duration])
+    assert lab.wait_for(lambda: f":{TCP_PORT} " in lab.run("server", ["ss", "-ltn"]).stdout, 10), \
+        "echo server not listening"
+    return proc
 
 
 class Load:
