@@ -1,7 +1,8 @@
 """The bad-input corpus: config files (every key), the programs' exit status,
 the config channel (real TCP, tests/unit/badinput_channel.py in its own
-network namespace), the control socket (a real unix socket) and upgrade
-images. Each case asserts the input is refused with one line naming file,
+network namespace), the control socket (a real unix socket), upgrade
+bundles, CARP adverts (a real carpd, both modes), sync datagrams (the
+protocol core) and the metrics endpoint (a real socket). Each case asserts the input is refused with one line naming file,
 key and reason (exit 2 for programs), or dropped and counted, while the
 server keeps serving and nothing is lost.
 
@@ -355,3 +356,119 @@ def test_upgrade_bundle_refusal_is_one_line(case):
     finally:
         tally("upgrade bundle (refused by RAUC before any write)", ok)
 
+
+
+# --- CARP adverts: a real Carpd fed as its sockets feed it --------------------------
+
+def _carpd(tmp_path, mode: str):
+    import dataclasses
+    from fwcluster.carp.node import Carpd
+    p = tmp_path / "cluster.toml"
+    p.write_text(EXAMPLE.read_text() + f'\n[carp]\nsync_hold = 0\nmode = "{mode}"\n')
+    cfg = dataclasses.replace(configfile.load(p, "fw1"), run_dir=str(tmp_path / "run"),
+                              state_dir=str(tmp_path / "state"))
+    return Carpd(cfg, "fw1", b"s3cret")
+
+
+def _carp_cases() -> list[tuple[str, bytes, int]]:
+    """(name, payload, ttl) of bad adverts: truncations, every single byte
+    flipped, wrong TTL, garbage."""
+    import random
+    from fwcluster.carp.core import wire
+    good = wire.encode(wire.Auth(b"s3cret", 1, ["192.0.2.1"], 77), 1, 100, 0)
+    cases = [(f"truncated to {n}", good[:n], 255) for n in range(0, len(good), 3)]
+    for i in range(len(good)):
+        b = bytearray(good)
+        b[i] ^= 0x41
+        cases.append((f"byte {i} flipped", bytes(b), 255))
+    cases += [("ttl 254", good, 254), ("ttl 1", good, 1)]
+    rng = random.Random(7)
+    cases += [(f"garbage {i}", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))), 255)
+              for i in range(20)]
+    return cases
+
+
+@pytest.mark.parametrize("mode", ["compatible", "hardened"])
+def test_carp_bad_adverts_dropped_and_counted(tmp_path, mode):
+    import asyncio
+    d = _carpd(tmp_path, mode)
+
+    def drops() -> int:
+        return sum(sum(v["counters"]["drops"].values()) for v in d.status()["vips"])
+
+    async def go():
+        for name, payload, ttl in _carp_cases():
+            before, roles = drops(), [v["state"] for v in d.status()["vips"]]
+            d._packet(d.ifaces["lan0"], 4, payload, ttl, "192.0.2.12")
+            ok = drops() == before + 1 and [v["state"] for v in d.status()["vips"]] == roles
+            tally(f"CARP adverts ({mode} mode, real carpd)", ok)
+            assert ok, f"{name}: drops {before} -> {drops()}"
+    asyncio.run(go())
+
+
+# --- sync datagrams: the protocol core as syncd runs it -------------------------------
+
+def test_sync_bad_datagrams_dropped_and_counted():
+    import random
+    from tests.unit.test_sync_protocol import two
+    net = two()
+    net.run(0.2)
+    fw2 = net.nodes["fw2"]
+    good = [data for src, _a, data in net.wire_log if src == "fw1"][-1]
+    rng = random.Random(11)
+    cases = [(f"truncated to {n}", good[:n]) for n in range(0, len(good), max(1, len(good) // 40))]
+    for i in range(0, len(good), max(1, len(good) // 40)):
+        b = bytearray(good)
+        b[i] ^= 0x20
+        cases.append((f"byte {i} flipped", bytes(b)))
+    cases += [(f"garbage {i}", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 1500))))
+              for i in range(20)]
+    cases += [("oversize", good + bytes(70000 - len(good)))]
+    for name, data in cases:
+        before, table = sum(fw2.drops.values()), dict(net.tables["fw2"])
+        fw2.datagram("203.0.113.1", data, net.now)
+        net.pump()
+        ok = sum(fw2.drops.values()) == before + 1 and net.tables["fw2"] == table
+        tally("sync datagrams (protocol core)", ok)
+        assert ok, f"{name}: drops {before} -> {sum(fw2.drops.values())}"
+
+
+# --- metrics endpoint: bad HTTP on a real socket ---------------------------------------
+
+def test_metrics_bad_requests_refused_and_serving_goes_on():
+    import asyncio
+    import socket
+    from fwcluster import metrics
+    cases = [("oversize request line", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"),
+             ("header flood", b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 3000 + b"\r\n"),
+             ("POST", b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+             ("other path", b"GET /etc/passwd HTTP/1.1\r\n\r\n"),
+             ("not HTTP", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40)),
+             ("no version", b"GET /metrics\r\n\r\n"), ("empty line", b"\r\n\r\n"),
+             ("NUL in path", b"GET /met\x00rics HTTP/1.1\r\n\r\n"),
+             ("non-UTF-8", b"GET /\xff\xfe HTTP/1.1\r\n\r\n"),
+             ("closed at once", b"")]
+
+    def ask(port: int, data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            if data:
+                s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    async def go():
+        server = await metrics.serve("127.0.0.1:0", lambda: "fwcluster_up 1\n")
+        port = server.sockets[0].getsockname()[1] if hasattr(server, "sockets") else server.port
+        try:
+            for name, data in cases:
+                answer = await asyncio.to_thread(ask, port, data)
+                good = await asyncio.to_thread(ask, port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                ok = (answer == b"" or answer.split(b" ", 2)[1][:1] == b"4") and b"fwcluster_up 1" in good
+                tally("metrics endpoint (real socket)", ok)
+                assert ok, f"{name}: {answer[:80]!r} / {good[:80]!r}"
+        finally:
+            server.close()
+    asyncio.run(go())
