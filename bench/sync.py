@@ -42,6 +42,10 @@ from pathlib import Path
 from bench.common import REPO, arg_parser, have_root, markdown_table, percentile
 
 PY = sys.executable
+# The injector and the watcher run SCHED_RR 99 (as conntrackd does by
+# default): on a machine shared with other work their own waits for a CPU
+# would otherwise be measured as lag, for every implementation.
+MEASURE = ["chrt", "-r", "99", PY]
 DPORT_BASE = 20000
 SRC_PER_ADDR = 50000
 
@@ -124,6 +128,66 @@ def worker_watch(args) -> None:
     Path(args.out).write_text(json.dumps({"seen": seen, "overruns": overruns}))
 
 
+# --- the floor: Python's least work per event ---------------------------------------------
+# What any Python implementation has to do, and nothing else: read kernel
+# events, encode records, HMAC, sendto; recvfrom, verify, decode, one
+# netlink batch. No reliability (acks, resends, sessions), no asyncio, no
+# policy. Its lag is how close a Python syncd can get at best.
+FLOOR_PORT = 3780          # the lab ruleset opens the sync port only; syncd is stopped meanwhile
+FLOOR_KEY = b"\x01" * 32
+
+
+def _floor_gc() -> None:
+    import gc      # as syncd/daemon.py does: the floor gets every trick syncd has
+    from syncd.daemon import GC_GEN0
+    gc.freeze()
+    gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
+
+
+def worker_floor_send(args) -> None:
+    from syncd.conntrack import Conntrack
+    from syncd.core import wire
+    from syncd.core.entry import OP_DELETE, OP_UPSERT
+    import socket
+    _floor_gc()
+    ct = Conntrack()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("203.0.113.1", FLOOR_PORT))
+    seq = 0
+    per = wire.MAX_BODY // wire.REC_LEN[4]
+    while True:
+        select.select([ct.events], [], [])
+        recs = [wire.encode_record(OP_DELETE if k == "destroy" else OP_UPSERT, e)
+                for k, e in ct.read_events(limit=128)]
+        for i in range(0, len(recs), per):
+            seq += 1
+            body = recs[i:i + per]
+            m = wire.Message(wire.DATA, 0, 1, 1, 1, seq, 1, seq, len(body))
+            sock.sendto(wire.encode(FLOOR_KEY, m, b"".join(body)), ("203.0.113.2", FLOOR_PORT))
+
+
+def worker_floor_recv(args) -> None:
+    from syncd.conntrack import Conntrack
+    from syncd.core import wire
+    import socket
+    _floor_gc()
+    ct = Conntrack(events=False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(("203.0.113.2", FLOOR_PORT))
+    sock.setblocking(False)
+    while True:
+        select.select([sock], [], [])
+        records = []
+        for _ in range(16):
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                break
+            records.extend(wire.decode(FLOOR_KEY, data).records)
+        ct.apply(records)
+
+
 # --- the run ---------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -174,6 +238,14 @@ class Impl:
                                           for m in lab.members), 15)
             if not ok:
                 raise RuntimeError("syncd did not get in sync")
+        elif self.name == "python-floor":
+            env = {"PYTHONPATH": str(REPO)}
+            self.procs["fw1"] = lab.popen("fw1", [PY, "-m", "bench.sync", "worker-floor-send"], env=env)
+            self.procs["fw2"] = lab.popen("fw2", [PY, "-m", "bench.sync", "worker-floor-recv"], env=env)
+            time.sleep(1.5)
+            for m, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"floor worker on {m} exited {p.returncode}")
         else:
             for k, m in enumerate(lab.members, start=1):
                 d = lab.dir / f"conntrackd-{m}"
@@ -189,6 +261,20 @@ class Impl:
                 if p.poll() is not None:
                     raise RuntimeError(f"conntrackd on {m} exited: "
                                        f"{(lab.dir / f'conntrackd-{m}' / 'conntrackd.log').read_text()[-800:]}")
+
+    def schedule(self, rr: bool) -> str:
+        """conntrackd gives itself SCHED_RR 99 (its Scheduler section's
+        default); with rr the Python implementations get the same, else
+        they run as shipped (SCHED_OTHER). Returns the policies in force."""
+        if rr and self.name != "conntrackd":
+            for p in self.procs.values():
+                subprocess.run(["chrt", "-a", "-r", "-p", "99", str(p.pid)], check=True)
+        out = set()
+        for p in self.procs.values():
+            cp = subprocess.run(["chrt", "-p", str(p.pid)], capture_output=True, text=True)
+            pol = [l.split(":")[-1].strip() for l in cp.stdout.splitlines()]
+            out.add(" ".join(pol))
+        return "; ".join(sorted(out))
 
     def cpu(self) -> dict:
         return {m: cpu_seconds(p.pid) for m, p in self.procs.items()}
@@ -237,7 +323,7 @@ def one_phase(lab, impl: Impl, phase: str, rate: float, count: int, dport: int, 
     trigger, it is called (in a thread) just before the injector starts."""
     out_i, out_w = lab.dir / f"inject-{dport}-{phase}.json", lab.dir / f"watch-{dport}-{phase}.json"
     env = {"PYTHONPATH": str(REPO)}
-    watch = lab.popen("fw2", [PY, "-m", "bench.sync", "worker-watch", "--count", count, "--dport", dport,
+    watch = lab.popen("fw2", [*MEASURE, "-m", "bench.sync", "worker-watch", "--count", count, "--dport", dport,
                               "--phase", phase, "--timeout", timeout, "--out", out_w], env=env)
     if not lab.wait_for(lambda: Path(str(out_w) + ".ready").exists(), 15):
         raise RuntimeError("watcher did not start")
@@ -246,7 +332,7 @@ def one_phase(lab, impl: Impl, phase: str, rate: float, count: int, dport: int, 
     if trigger is not None:
         thread = threading.Thread(target=trigger, daemon=True)
         thread.start()
-    lab.run("fw1", [PY, "-m", "bench.sync", "worker-inject", "--count", count, "--dport", dport,
+    lab.run("fw1", [*MEASURE, "-m", "bench.sync", "worker-inject", "--count", count, "--dport", dport,
                     "--phase", phase, "--rate", rate, "--out", out_i], timeout=timeout + 60, env=env)
     watch.wait(timeout + 30)
     cpu1 = impl.cpu()
@@ -307,6 +393,7 @@ def bench(args) -> dict:
     moment of the machine does not land on one of them only."""
     from tests.labkit import Lab
     results = {name: [] for name in args.impls}
+    sched = results["_sched"] = {}
     with Lab(members=2, prefix="h4bs", ipv6=False) as lab:
         for m in lab.members:
             lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"], check=False)
@@ -315,6 +402,7 @@ def bench(args) -> dict:
             for name in args.impls:
                 impl = Impl(lab, name)
                 impl.start()
+                sched[name] = impl.schedule(args.sched == "rr")
                 runs, bulk = [], None
                 try:
                     for rate in args.levels:
@@ -329,7 +417,7 @@ def bench(args) -> dict:
                           file=sys.stderr, flush=True)
                     peak = one_run(lab, impl, 0, args.peak, dport, 60)
                     print("  ", json.dumps(peak), file=sys.stderr, flush=True)
-                    if args.bulk:
+                    if args.bulk and name != "python-floor":
                         dport += 2
                         print(f"[{rep + 1}/{args.runs}] {name}: 1k/s during a bulk of {args.bulk} ...",
                               file=sys.stderr, flush=True)
@@ -352,6 +440,8 @@ def summarize(results: dict) -> dict:
     p99 range), since one shared 2-core machine makes single runs noisy."""
     out = {}
     for name, reps in results.items():
+        if name.startswith("_"):
+            continue
         rows = []
         n_levels = len(reps[0]["levels"])
         for i in list(range(n_levels)) + ["peak"]:
@@ -508,6 +598,7 @@ def trace_run(args) -> dict:
             lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"], check=False)
         impl = Impl(lab, "fwcluster-syncd")
         impl.start()
+        print("trace: syncd", impl.schedule(args.sched == "rr"), file=sys.stderr, flush=True)
         dports, runs = [], []
         try:
             for k, rate in enumerate(args.levels):
@@ -544,6 +635,8 @@ are pessimistic; the side-by-side comparison is the point. Load average
 def main(argv=None) -> int:
     ap = arg_parser("sync", __doc__)
     sub = ap.add_subparsers(dest="mode")
+    for name in ("worker-floor-send", "worker-floor-recv"):
+        sub.add_parser(name)
     for name in ("worker-inject", "worker-watch"):
         w = sub.add_parser(name)
         w.add_argument("--count", type=int, required=True)
@@ -555,11 +648,13 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default="1000,5000,10000")
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--peak", type=int, default=20000)
-    ap.add_argument("--impls", default="fwcluster-syncd,conntrackd")
+    ap.add_argument("--impls", default="fwcluster-syncd,conntrackd,python-floor")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
     ap.add_argument("--bulk", type=int, default=100000, help="table size sent during the bulk lag run (0: none)")
     ap.add_argument("--trace", help="directory: run syncd alone with SYNCD_TRACE, print the per-step breakdown")
     ap.add_argument("--profile", action="store_true", help="with --trace: cProfile each daemon too")
+    ap.add_argument("--sched", choices=("shipped", "rr"), default="shipped",
+                    help="rr: syncd and the floor get conntrackd's own SCHED_RR 99 (like for like)")
     args = ap.parse_args(argv)
     if args.mode == "worker-inject":
         worker_inject(args)
@@ -567,6 +662,10 @@ def main(argv=None) -> int:
     if args.mode == "worker-watch":
         worker_watch(args)
         return 0
+    if args.mode == "worker-floor-send":
+        worker_floor_send(args)
+    if args.mode == "worker-floor-recv":
+        worker_floor_recv(args)
     if not have_root():
         return 2
     args.levels = [int(x) for x in args.levels.split(",")]
@@ -581,7 +680,8 @@ def main(argv=None) -> int:
     load_end = os.getloadavg()
     summary = summarize(results)
     print(json.dumps({"summary": summary, "runs": results}, indent=1))
-    table = render(summary, args) + "\n\nUPDATE and DESTROY of the same entries, at the same rate:\n\n" \
+    table = "Scheduling: " + "; ".join(f"{k} {v}" for k, v in results["_sched"].items()) + ".\n\n" \
+        + render(summary, args) + "\n\nUPDATE and DESTROY of the same entries, at the same rate:\n\n" \
         + render_phases(summary)
     print(table)
     if args.doc:
