@@ -27,7 +27,9 @@ def vmlab():
     if why:
         pytest.skip(why)
     image = cached_build()
-    with VMLab(image, ROOT / "build" / "vm-lab") as lab:
+    share = ROOT / "build" / "vm-share"  # bundles for the upgrade tests (test_vm_upgrade.py)
+    share.mkdir(parents=True, exist_ok=True)
+    with VMLab(image, ROOT / "build" / "vm-lab", share=share) as lab:
         lab.boot_all()
         lab.state = {}  # what one test leaves for the next (sessions, figures)
         yield lab

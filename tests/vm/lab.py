@@ -71,8 +71,10 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
 
 
 class VMLab:
-    def __init__(self, image: Path, work: Path, prefix: str = PREFIX, kvm: bool | None = None):
+    def __init__(self, image: Path, work: Path, prefix: str = PREFIX, kvm: bool | None = None,
+                 share: Path | None = None):
         self.image, self.work, self.prefix = image, work, prefix
+        self.share = share  # a host directory every member sees as 9p tag "upgrade" (bundles)
         self.tag = reaper.free_tag(prefix)
         self.kvm = kvm if kvm is not None else kvm_works(image, ROOT / "build/stamps/qemu-accel")
         self.vms: dict[str, VM] = {}
@@ -155,7 +157,7 @@ class VMLab:
             disk = self.make_disk(member)
         taps = [(mac(k, seg), f"{member}{seg}") for seg in SEGMENTS]
         vm = VM(disk, self.work / f"{member}-console.log", kvm=self.kvm, uefi=uefi, memory=640,
-                cpus=1, taps=taps, netns=self.ns("sw"))
+                cpus=1, taps=taps, netns=self.ns("sw"), share=self.share)
         self.vms[member] = vm.start()
         return vm
 
