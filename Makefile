@@ -41,7 +41,7 @@ $(VENV)/.stamp: requirements.txt $(STAMPS)/apt
 deps venv: $(VENV)/.stamp
 
 test: deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git status --porcelain)" ]; then git status --porcelain; echo "error: the checkout is not clean after the tests (debris of a test, a build output missing from .gitignore, or uncommitted work)" >&2; exit 1; fi
 
 test-unit: deps
