@@ -93,7 +93,7 @@ def cleanup_stale(prefix: str) -> list[str]:
     gone (e.g. killed with SIGKILL). Only this prefix, only dead PIDs."""
     cp = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     removed = []
-    pat = re.compile(rf"^{re.escape(prefix)}(\d+)[b-z]?-(client|server|sw|fw\d+)$")
+    pat = re.compile(rf"^{re.escape(prefix)}(\d+)[b-z]?-(client|server|mgmt|sw|fw\d+)$")
     for line in cp.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         m = pat.match(name)

@@ -15,7 +15,7 @@ from tests.vm.lab import Sessions, VMLab
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
         return "VM lab tests need root (network namespaces, tap devices)"
-    for tool in ("ip", "qemu-system-x86_64", "qemu-img", "qemu-io", "mmdebstrap"):
+    for tool in ("ip", "qemu-system-x86_64", "qemu-img", "qemu-io", "mmdebstrap", "ssh-keygen", "ssh"):
         if not shutil.which(tool):
             return f"VM lab tests need {tool} (make image-deps)"
     return None

@@ -3,12 +3,14 @@ like the namespace lab but with the real image on both members.
 
     client ── [brlan] ── lan0  fw1, fw2  wan0 ── [brwan] ── server
                                sync0
-                                 └── [brsync]
+                                 └── [brsync] ── mgmt (the operator's ssh)
 
 The bridges, the members' tap devices and the qemu processes are in the
-namespace "<prefix><pid>-sw"; client and server have namespaces of their
-own behind veth pairs. Each member boots from its own qcow2 overlay on the
-shared image, with /config seeded by `python -m image seed-config`.
+namespace "<prefix><pid>-sw"; client, server and mgmt have namespaces of
+their own behind veth pairs. Each member boots from its own qcow2 overlay
+on the shared image, with /config seeded by `python -m image seed-config`;
+every member's /config authorizes the lab's throwaway ssh key (made with
+ssh-keygen when the lab starts).
 Addresses come from the documentation ranges only. Namespaces are deleted
 and our qemu processes killed (by PID) when the lab is left, also on an
 exception, and by the namespace lab's safety net (tests.labkit.reaper).
@@ -40,7 +42,7 @@ SECRET = "vm-lab-sync-passphrase-2001db8"
 SYNC_HOLD = 60  # seconds: the rebooted member waits for its bulk sync at most this long
 METRICS = "127.0.0.1:9100"
 BOOT_TIMEOUT = 480  # TCG, two guests on two cores
-CLIENT, SERVER = "192.0.2.100", "198.51.100.100"
+CLIENT, SERVER, MGMT = "192.0.2.100", "198.51.100.100", "203.0.113.100"
 LAN_VIP, WAN_VIP = "192.0.2.1", "198.51.100.1"
 SEGMENTS = {"lan": ("lan0", "192.0.2.1{k}/24"), "wan": ("wan0", "198.51.100.1{k}/24"),
             "sync": ("sync0", "203.0.113.{k}/24")}
@@ -79,6 +81,7 @@ class VMLab:
         self.kvm = kvm if kvm is not None else kvm_works(image, ROOT / "build/stamps/qemu-accel")
         self.vms: dict[str, VM] = {}
         self.boots: dict[str, float] = {}
+        self.host_keys: dict[str, list[str]] = {}  # member: its ssh host key at each boot
         self.procs: list[subprocess.Popen] = []
 
     def ns(self, role: str) -> str:
@@ -105,7 +108,7 @@ class VMLab:
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True)
         sw = self.ns("sw")
-        for role in ("sw", "client", "server"):
+        for role in ("sw", "client", "server", "mgmt"):
             ip("netns", "add", self.ns(role))
             ip("link", "set", "lo", "up", ns=self.ns(role))
         for seg in SEGMENTS:
@@ -117,13 +120,18 @@ class VMLab:
                 ip("tuntap", "add", "dev", tap, "mode", "tap", ns=sw)
                 ip("link", "set", tap, "master", f"br{seg}", "up", ns=sw)
         for role, seg, addr, gw in (("client", "lan", CLIENT, LAN_VIP),
-                                    ("server", "wan", SERVER, WAN_VIP)):
+                                    ("server", "wan", SERVER, WAN_VIP),
+                                    ("mgmt", "sync", MGMT, None)):
             ip("link", "add", f"v{role}", "type", "veth", "peer", "name", "eth0",
                "netns", self.ns(role), ns=sw)
             ip("link", "set", f"v{role}", "master", f"br{seg}", "up", ns=sw)
             ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=self.ns(role))
             ip("link", "set", "eth0", "up", ns=self.ns(role))
-            ip("route", "add", "default", "via", gw, ns=self.ns(role))
+            if gw:
+                ip("route", "add", "default", "via", gw, ns=self.ns(role))
+        self.ssh_key = self.work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vm-lab",
+                        "-f", str(self.ssh_key)], check=True, capture_output=True)
 
     def teardown(self) -> None:
         for p in self.procs:
@@ -132,7 +140,7 @@ class VMLab:
                 p.wait(10)
         for vm in self.vms.values():
             self._stop_vm(vm)
-        for role in ("client", "server", "sw"):
+        for role in ("client", "server", "mgmt", "sw"):
             ip("netns", "delete", self.ns(role), check=False)
         reaper.unregister(self)
 
@@ -146,7 +154,8 @@ class VMLab:
         cfg = self.work / f"{member}-config"
         nics = [(mac(k, seg), name, addr.format(k=k)) for seg, (name, addr) in SEGMENTS.items()]
         write_member_config(cfg, member, cluster_toml(), nics, SECRET, ROOT_PASSWORD)
-        subprocess.run([sys.executable, "-m", "image", "seed-config", str(disk), str(cfg)],
+        subprocess.run([sys.executable, "-m", "image", "seed-config", str(disk), str(cfg),
+                        "--authorized-key", f"{self.ssh_key}.pub"],
                        check=True, capture_output=True, cwd=ROOT)
         return disk
 
@@ -167,6 +176,9 @@ class VMLab:
         # The login prompt comes before multi-user.target (it waits for the health check).
         vm.check("timeout 240 sh -c 'until systemctl is-active -q multi-user.target; do sleep 1; done'",
                  timeout=270)
+        # kept on /config across reboots and upgrades (tests/vm/test_vm_ssh.py)
+        self.host_keys.setdefault(member, []).append(
+            vm.run("cat /config/ssh/ssh_host_ed25519_key.pub")[1])
         return self.boots[member]
 
     def boot_all(self) -> None:
