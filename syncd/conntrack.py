@@ -74,6 +74,62 @@ def _netlink(rcvbuf: int) -> socket.socket:
     return s
 
 
+class Dumper:
+    """A dump of the whole table read a few buffers at a time, so a daemon's
+    loop goes on reading events between two reads (a blocking dump of 100k
+    entries stalls it for half a second). It has a socket of its own: the
+    request socket's answers are read up to the ack the apply waits for."""
+
+    def __init__(self):
+        self.sock = _netlink(8 << 20)
+        self.sock.bind((0, 0))
+        self.sock.setblocking(False)
+        self._view = memoryview(bytearray(REQ_BUF))
+        self.seq = 0
+        self.running = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def start(self) -> None:
+        """Ask for a dump; a running one is abandoned (its leftovers are
+        skipped by sequence number)."""
+        self.seq = self.seq % 0x7FFFFFFF + 1
+        self.sock.send(ctnl.encode_dump(self.seq))
+        self.running = True
+
+    def read(self, limit: int) -> tuple[list[Entry], bool]:
+        """(entries read now, done). Non-blocking; stops after `limit`
+        entries (one buffer holds ~100). Raises ConntrackError."""
+        out = []
+        view, recv_into, parse_entry = self._view, self.sock.recv_into, ctnl.parse_entry
+        while self.running and len(out) < limit:
+            try:
+                n = recv_into(view)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self.running = False
+                raise ConntrackError(f"dump: {e}") from None
+            buf = view[:n]
+            for mtype, _flags, seq, _pid, off, end in ctnl.split(buf):
+                if seq != self.seq:
+                    continue
+                if mtype == ctnl.NLMSG_DONE or mtype == ctnl.NLMSG_ERROR:
+                    self.running = False
+                    code = ctnl.error_code(buf, off) if mtype == ctnl.NLMSG_ERROR else 0
+                    if code:
+                        raise ConntrackError(f"dump: {errno.errorcode.get(-code, code)}")
+                    break
+                e = parse_entry(buf, off, end)
+                if e is not None:
+                    out.append(e)
+        return out, not self.running
+
+
 class Conntrack:
     def __init__(self, events: bool = True, rcvbuf: int = EVENT_RCVBUF):
         self.req = _netlink(8 << 20)

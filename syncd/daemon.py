@@ -23,7 +23,7 @@ from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
 from syncd import metrics
 from syncd.core import keys
-from syncd.conntrack import Conntrack, Overrun
+from syncd.conntrack import Conntrack, ConntrackError, Dumper, Overrun
 from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core.policy import own_addresses, syncable
 from syncd.core.refreshfeed import RefreshFeed
@@ -57,6 +57,7 @@ GC_GEN0 = 20000
 # acks keep it flowing): live events wait behind that much, not the table.
 REFRESH_CHUNK = 512
 REFRESH_WINDOW = 64
+DUMP_TURN = 1024            # refresh dump entries read per loop turn
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
 # Textfile metrics: rewritten every TEXTFILE_PERIOD s (its mtime then shows
@@ -141,6 +142,7 @@ class Daemon:
         gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
+        self.dumper = Dumper()
         self.sock = udp_socket(self.me.sync_address, self.port)
         members = [(m.name, str(m.sync_address)) for m in self.cfg.members]
         for m in self.cfg.peers(self.node):
@@ -178,6 +180,8 @@ class Daemon:
             prof.disable()
             prof.dump_stats(prof_path)
         loop.remove_reader(self.ct.fileno())
+        loop.remove_reader(self.dumper.fileno())
+        self.dumper.close()
         loop.remove_reader(self.sock.fileno())
         self.server.close()
         self.ct.close()
@@ -231,9 +235,33 @@ class Daemon:
 
     def full_refresh(self, now: float) -> None:
         self.counters["refreshes"] += 1
-        entries = [e for e in self.ct.dump() if syncable(e, self.own)]
-        self.feed.start([(OP_UPSERT, e) for e in entries])
-        self.feed_refresh()
+        self.start_dump(stateless=False)
+
+    def start_dump(self, stateless: bool) -> None:
+        """A refresh from a dump read between live events (on_dump); a full
+        one replaces a running one, a stateless one never does."""
+        if not self.feed.start([], replace=not stateless, open=True):
+            return
+        self._dump_stateless = stateless
+        self.dumper.start()
+        asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
+
+    def on_dump(self) -> None:
+        try:
+            entries, done = self.dumper.read(DUMP_TURN)
+        except ConntrackError as e:
+            log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)", e)
+            entries, done = [], True
+        own = self.own
+        if self._dump_stateless:
+            entries = [e for e in entries if e.proto != TCP]
+            self.counters["stateless_refreshed"] += len(entries)
+        self.feed.add([(OP_UPSERT, e) for e in entries if syncable(e, own)])
+        if done:
+            asyncio.get_running_loop().remove_reader(self.dumper.fileno())
+            self.feed.end()
+        if not self._feed_soon:
+            self.feed_refresh()
 
     def backlog(self) -> int:
         """Messages the slowest reachable peer has not acknowledged yet."""
@@ -251,7 +279,7 @@ class Daemon:
             self.sync.local(chunk, now)
             self.sync.flush(now, delay_acks=True)
             self.process()
-        if self.feed.active and not self._feed_soon:
+        if self.feed.pending and not self._feed_soon:
             # After the loop's next look at the sockets: live events first.
             self._feed_soon = True
             asyncio.get_running_loop().call_soon(self.feed_refresh)
@@ -283,7 +311,7 @@ class Daemon:
         self.process()
         if trace is not None:
             trace.applied_batch(now, recv_s, auth_s, received, self.now())
-        if self.feed.active and not self._feed_soon:
+        if self.feed.pending and not self._feed_soon:
             self.feed_refresh()     # acks may have opened the window
 
     def process(self) -> None:
@@ -335,20 +363,14 @@ class Daemon:
             await asyncio.sleep(TICK)
             self.sync.tick(self.now())
             self.process()
-            if self.feed.active and not self._feed_soon:
+            if self.feed.pending and not self._feed_soon:
                 self.feed_refresh()   # a peer that went down no longer holds it back
 
     def refresh_stateless(self) -> None:
         """Re-send non-TCP entries while this member carries traffic."""
         if self.roles and "MASTER" not in self.roles.values():
             return
-        if self.feed.active:
-            return      # a refresh is on its way: it re-sends these too
-        entries = [e for e in self.ct.dump() if e.proto != TCP and syncable(e, self.own)]
-        if entries:
-            self.counters["stateless_refreshed"] += len(entries)
-            self.feed.start([(OP_UPSERT, e) for e in entries], replace=False)
-            self.feed_refresh()
+        self.start_dump(stateless=True)     # no-op while a refresh is on its way
 
     async def housekeeping(self) -> None:
         last_addr = last_count = 0.0

@@ -5,8 +5,9 @@ behind 100k records on the stream, seconds of lag for new sessions (the
 window a failover loses). So the shell hands the refresh out a chunk at a
 time, only while the peers have acknowledged all but `window` messages: a
 live event then waits behind at most that much. A dump entry whose key a
-live event touched since the dump is dropped: the event carried newer state
-(a DESTROY included) and the old copy must not overwrite it.
+live event touched since the dump began is dropped: the event carried newer
+state (a DESTROY included) and the old copy must not overwrite it. The dump
+itself may arrive in pieces (open: add() more, end() when it is complete).
 """
 from __future__ import annotations
 
@@ -17,19 +18,40 @@ class RefreshFeed:
         self.left: list = []        # (op, Entry) still to send, in dump order
         self.pos = 0
         self.touched: set = set()
+        self.open = False           # more of the dump is to come
+
+    @property
+    def pending(self) -> bool:
+        """Records are waiting to be sent."""
+        return self.pos < len(self.left)
 
     @property
     def active(self) -> bool:
-        return self.pos < len(self.left)
+        return self.pending or self.open
 
-    def start(self, records: list, replace: bool = True) -> bool:
+    def start(self, records: list, replace: bool = True, open: bool = False) -> bool:
         """Begin a refresh of records; a running one is replaced by a newer
         dump only with replace (a full refresh covers a partial one). False:
         a refresh was running and is kept."""
         if self.active and not replace:
             return False
-        self.left, self.pos, self.touched = list(records), 0, set()
+        self.left, self.pos, self.touched, self.open = list(records), 0, set(), open
         return True
+
+    def add(self, records) -> None:
+        """More of an open dump."""
+        if self.pos == len(self.left):     # all sent: let the memory go
+            self.left, self.pos = [], 0
+        self.left.extend(records)
+
+    def end(self) -> None:
+        """The dump is complete (or failed: what came is still sent)."""
+        self.open = False
+        self._done_if_empty()
+
+    def _done_if_empty(self) -> None:
+        if not self.active:
+            self.left, self.pos, self.touched = [], 0, set()
 
     def touch(self, records) -> None:
         """Live records sent since the dump."""
@@ -39,13 +61,12 @@ class RefreshFeed:
     def next_chunk(self, backlog: int) -> list | None:
         """The next records to send (possibly empty: all were touched), or
         None while the peers' backlog (unacknowledged messages) is at the
-        window or nothing is left."""
-        if not self.active or backlog >= self.window:
+        window or nothing is waiting."""
+        if not self.pending or backlog >= self.window:
             return None
         end = min(self.pos + self.chunk, len(self.left))
         touched = self.touched
         out = [r for r in self.left[self.pos:end] if r[1].key not in touched]
         self.pos = end
-        if not self.active:
-            self.left, self.pos, self.touched = [], 0, set()
+        self._done_if_empty()
         return out

@@ -39,3 +39,18 @@ def test_a_partial_refresh_does_not_replace_a_running_one():
     assert not f.start([rec(7)], replace=False)
     assert f.start([rec(5)])                          # a newer full dump does
     assert [e.osport for _, e in f.next_chunk(0)] == [5]
+
+
+def test_a_dump_that_arrives_in_pieces():
+    f = RefreshFeed(chunk=2, window=10)
+    f.start([], open=True)
+    assert f.active and not f.pending and f.next_chunk(0) is None   # waiting for the dump
+    f.touch([rec(3, OP_DELETE)])                     # live, after the dump began
+    f.add([rec(1), rec(2), rec(3)])
+    assert [e.osport for _, e in f.next_chunk(0)] == [1, 2]
+    assert [e.osport for _, e in f.next_chunk(0)] == []            # 3: the live delete wins
+    assert f.active and f.next_chunk(0) is None
+    f.add([rec(4)])
+    f.end()
+    assert [e.osport for _, e in f.next_chunk(0)] == [4]
+    assert not f.active
