@@ -617,17 +617,22 @@ DOC_HEAD = """# State sync performance: fwcluster-syncd vs conntrackd (FTFW)
 Measured by `make bench-sync` (`bench/sync.py`) in the namespace lab: two
 members on one kernel, sync over the lab's sync bridge, both
 implementations injecting peers' entries straight into the kernel table
-(conntrackd: FTFW, `DisableExternalCache on`). New UDP entries are inserted
-into fw1's table by a ctnetlink injector at a fixed rate for {seconds} s;
-a watcher on fw2 timestamps each one's NEW event there. Lag = presence on
-fw2 - creation on fw1. Peak: {peak} entries inserted as fast as the
-injector can; "replicated at N/s" is the rate at which they all arrived.
-CPU: user+system seconds of the daemon on each member per 10k replicated
-entries. Every cell is the median of {runs} repetitions (implementations
-alternate); "lag p99 (range)" also gives the lowest and highest p99 seen. The machine has 2 cores shared by the injector, the watcher and
-both daemons of a run (and anything else running), so absolute numbers
-are pessimistic; the side-by-side comparison is the point. Load average
-(1/5/15 min) when the run started: {load_start}; when it ended: {load_end}.
+(conntrackd: FTFW, `DisableExternalCache on`). UDP entries are inserted
+into fw1's table by a ctnetlink injector at a fixed rate for {seconds} s,
+then updated (mark set), then deleted, at the same rate; a watcher on fw2
+timestamps each one's NEW, UPDATE and DESTROY event there. Lag = change on
+fw2 - change on fw1 (one monotonic clock). Peak: {peak} entries at once;
+"replicated at N/s" is the rate at which they all arrived. CPU:
+user+system seconds of the daemon on each member per 10k replicated
+entries (NEW phase). python-floor is the least a Python implementation
+must do (read, encode, HMAC, sendto; recvfrom, verify, decode, one netlink
+batch; no reliability). Every cell is the median of {runs} repetitions
+(implementations alternate); "lag p99 (range)" also gives the lowest and
+highest p99 seen. Injector and watcher run SCHED_RR 99, like conntrackd
+itself. The machine has 2 cores, shared with other developers' test runs
+while this ran (loaded): absolute numbers are pessimistic, the side-by-side
+comparison is the point. Load average (1/5/15 min) when the run started:
+{load_start}; when it ended: {load_end}.
 
 """
 
