@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := build/stamps
 export PYTHONDONTWRITEBYTECODE := 1
+# Downloaded packages and the cached base roots of the image, shared by
+# every clone on the machine (image/build.py cache_dir); override to move.
+export FWCLUSTER_CACHE ?= /var/cache/fwcluster
 
 # Debian packages the daemons, the lab and the side-by-side benchmarks need.
 APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \

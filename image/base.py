@@ -1,6 +1,6 @@
 """Cached Debian roots: the appliance's base rootfs and the release's tools.
 
-Both are mmdebstrap runs of the profile's suite, kept in build/cache/roots/
+Both are mmdebstrap runs of the profile's suite, kept in $FWCLUSTER_CACHE/roots/
 under a key of everything that decides their content (suite, architecture,
 mirror, package list, dpkg path filters, BUILDER_VERSION), so a change to
 fwcluster's code or overlays reuses them and the build only adds our files.

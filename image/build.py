@@ -12,7 +12,7 @@ time), GUIDs and UUIDs from the profile, version and build id, mtimes are
 clamped, and an uncommitted change to the image's inputs adds "+dirty" to
 the version.
 
-Downloaded .debs and apt lists are kept in build/cache/apt and handed to
+Downloaded .debs and apt lists are kept in $FWCLUSTER_CACHE/apt (cache_dir()) and handed to
 mmdebstrap, so a rebuild downloads nothing new.
 """
 from __future__ import annotations
@@ -325,6 +325,13 @@ def stage_checksum(files: list[Path], out: Path) -> None:
     out.write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
 
 
+def cache_dir() -> Path:
+    """Where downloaded .debs, wheels and the cached base roots live:
+    $FWCLUSTER_CACHE (the Makefile sets /var/cache/fwcluster, so every clone
+    on a machine shares them), else build/cache in the tree."""
+    return Path(os.environ.get("FWCLUSTER_CACHE") or SRC / "build" / "cache")
+
+
 def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
           work: Path | None = None, compress: bool = True, config_dir: Path | None = None,
           version: str | None = None, guid_seed: str | None = None,
@@ -333,7 +340,7 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
     and build id, so the same commit gives the same image)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     work = work or out_dir / "work"
-    cache = cache or SRC / "build" / "cache" / "apt"
+    cache = cache or cache_dir() / "apt"
     work.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch()
     version = version or FWCLUSTER_VERSION + ("+dirty" if tree_dirty() else "")

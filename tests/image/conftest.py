@@ -2,7 +2,8 @@
 
 The build is reused while nothing that goes into the image changed (profile,
 overlays, builder, fwcluster and syncd sources), so a warm `make test` does
-not rebuild. Downloaded .debs are cached in build/cache/apt either way.
+not rebuild. Downloaded .debs and the base roots are cached in
+$FWCLUSTER_CACHE (image/build.py cache_dir) either way.
 """
 from __future__ import annotations
 

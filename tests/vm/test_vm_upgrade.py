@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from fwcluster.core import slots as ab
-from image import base, bundle, profile
+from image import base, build, bundle, profile
 from tests.image.conftest import ROOT
 from tests.vm.lab import ROOT_PASSWORD, SYNC_HOLD
 from tests.vm.test_vm_cluster import SESSIONS, in_sync, wait_roles
@@ -58,7 +58,7 @@ def bundles(vmlab):
         shutil.rmtree(work)
     work.mkdir(parents=True)
     prof = profile.load(ROOT / "image/profiles/default.toml")
-    tools = ROOT / "build/cache/roots" / f"tools-{base.root_key('tools', prof, base.TOOL_PACKAGES, False)}"
+    tools = build.cache_dir() / "roots" / f"tools-{base.root_key('tools', prof, base.TOOL_PACKAGES, False)}"
     dev = bundle.dev_signing(ROOT / "build")
     other = bundle.dev_signing(work / "other")
     root = root_slot(vmlab.image, work / "root.ext4")
