@@ -72,7 +72,7 @@ def _toml_table(header: str, table: dict) -> str:
 
 
 
-class Lab:
+class Lab(reaper.TornDown):
     """A namespace cluster of `members` (2..4) firewalls. See module doc."""
 
     def __init__(self, members: int = 2, prefix: str = "fwt", ipv6: bool = True,
@@ -132,17 +132,6 @@ class Lab:
         return member_addr6(self.index(member), seg)
 
     # --- lifecycle --------------------------------------------------------------
-    def __enter__(self) -> "Lab":
-        try:
-            self.setup()
-        except BaseException:
-            self.teardown()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.teardown()
-
     def setup(self) -> None:
         t0 = time.monotonic()
         reaper.register(self)

@@ -21,6 +21,22 @@ _live_lock = threading.Lock()
 _net_installed = False
 
 
+class TornDown:
+    """A lab as a context manager: whatever setup() made is torn down on
+    leaving, and also when setup() itself fails half-way."""
+
+    def __enter__(self):
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+
 def free_tag(prefix: str) -> str:
     """"<prefix><pid>", or with a letter after the pid when a lab of this
     process already uses it (a test may run two labs at once)."""

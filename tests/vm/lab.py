@@ -72,7 +72,7 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
     return p
 
 
-class VMLab:
+class VMLab(reaper.TornDown):
     def __init__(self, image: Path, work: Path, prefix: str = PREFIX, kvm: bool | None = None,
                  share: Path | None = None):
         self.image, self.work, self.prefix = image, work, prefix
@@ -86,17 +86,6 @@ class VMLab:
 
     def ns(self, role: str) -> str:
         return f"{self.tag}-{role}"
-
-    def __enter__(self) -> "VMLab":
-        try:
-            self.setup()
-        except BaseException:
-            self.teardown()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.teardown()
 
     # --- network -------------------------------------------------------------
     def setup(self) -> None:
