@@ -106,6 +106,11 @@ def test_daemons_active_with_config(lab):
     vm.check("ip -br link show lan0 && ip -br link show sync0")
     out = vm.check("systemctl is-active fwcluster-carpd fwcluster-syncd", timeout=60)
     assert out.split() == ["active", "active"]
+    # as the units say: real-time, carpd above syncd
+    for unit, prio in (("fwcluster-carpd", 40), ("fwcluster-syncd", 30)):
+        pid = vm.check(f"systemctl show -p MainPID --value {unit}")
+        sched = vm.check(f"chrt -p {pid}")
+        assert "SCHED_RR" in sched and f"priority: {prio}" in sched, sched
     status = json.loads(vm.check("fwctl status --json", timeout=60))
     assert status["node"] == "fw1" and status["cluster"] == "imgtest"
 
