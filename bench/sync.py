@@ -62,6 +62,7 @@ def entry(i: int, dport: int, mark: int = 0):
 
 
 PHASES = ("new", "update", "destroy")
+HARNESS = "harness"      # no daemon: the probes alone (see Impl.source)
 UPDATE_MARK = 1          # an update sets this mark: the watcher tells it from others
 
 
@@ -74,58 +75,45 @@ def phase_record(phase: str, i: int, dport: int):
 
 # --- workers (run inside the lab namespaces) ---------------------------------------
 def worker_inject(args) -> None:
-    from syncd.conntrack import Conntrack
-    ct = Conntrack(events=False)
-    if args.phase == "update":     # they exist: an update, not a create that fails first
-        ct.known.update((entry(i, args.dport).key, None) for i in range(args.count))
-    times = [0.0] * args.count
-    start = time.monotonic()
-    done = 0
-    while done < args.count:
-        now = time.monotonic()
-        due = args.count if args.rate <= 0 else min(args.count, int((now - start) * args.rate) + 1)
-        if due > done:
-            n = min(due - done, 256)
-            t = time.monotonic()
-            ct.apply([phase_record(args.phase, i, args.dport) for i in range(done, done + n)])
-            for i in range(done, done + n):
-                times[i] = t
-            done += n
-        else:
-            time.sleep(0.0005)
-    Path(args.out).write_text(json.dumps({"times": times, "failed": ct.stats["failed"],
-                                          "seconds": time.monotonic() - start}))
+    from bench.ctprobe import run_injector
+    entries = [phase_record(args.phase, i, args.dport)[1] for i in range(args.count)]
+    Path(args.out).write_text(json.dumps(run_injector(args.phase, entries, args.rate)))
 
 
 def worker_watch(args) -> None:
-    from syncd.conntrack import Conntrack, Overrun
-    ct = Conntrack(events=True)
+    from bench.ctprobe import Watcher
+    w = Watcher()
     index = {key_of(i, args.dport): i for i in range(args.count)}
     seen = [None] * args.count
     left = args.count
     Path(args.out + ".ready").write_text("ready")
     deadline = time.monotonic() + args.timeout
     overruns = 0
+    cpu = None
     while left and time.monotonic() < deadline:
-        r, _, _ = select.select([ct.events], [], [], 0.2)
+        r, _, _ = select.select([w], [], [], 0.2)
         if not r:
             continue
-        # Small reads, each timestamped when it returns: a big batch would
-        # stamp late arrivals with an early time.
-        try:
-            events = ct.read_events(limit=8)
-        except Overrun:
-            overruns += 1
-            continue
-        now = time.monotonic()
-        for kind, e in events:
-            if kind == args.phase and e.odport == args.dport and (
-                    kind != "update" or e.mark == UPDATE_MARK):
-                i = index.get((e.osrc, e.osport, e.odport))
-                if i is not None and seen[i] is None:
-                    seen[i] = now
-                    left -= 1
-    Path(args.out).write_text(json.dumps({"seen": seen, "overruns": overruns}))
+        for _ in range(8):
+            try:
+                got = w.read()
+            except OSError:       # ENOBUFS: events lost, those entries stay unseen
+                overruns += 1
+                continue
+            if got is None:
+                break
+            now, keys = got
+            if cpu is None:        # from the first event on: the probe's own cost
+                cpu = time.process_time()
+            for kind, src, sport, dport, mark in keys:
+                if kind == args.phase and dport == args.dport and (
+                        kind != "update" or mark == UPDATE_MARK):
+                    i = index.get((src, sport, dport))
+                    if i is not None and seen[i] is None:
+                        seen[i] = now
+                        left -= 1
+    cpu = time.process_time() - cpu if cpu is not None else 0.0
+    Path(args.out).write_text(json.dumps({"seen": seen, "overruns": overruns, "cpu_s": cpu}))
 
 
 # --- the floor: Python's least work per event ---------------------------------------------
@@ -202,8 +190,8 @@ CONNTRACKD_CONF = """General {{
     Syslog off
     LockFile {dir}/conntrackd.lock
     UNIX {{ Path {dir}/conntrackd.sock }}
-    NetlinkBufferSize 8388608
-    NetlinkBufferSizeMaxGrowth 67108864
+    NetlinkBufferSize 67108864
+    NetlinkBufferSizeMaxGrowth 134217728
     NetlinkEventsReliable off
 }}
 Sync {{
@@ -224,13 +212,34 @@ Sync {{
 """
 
 
+SYNCD_UNIT = REPO / "overlays/cluster/usr/lib/systemd/system/fwcluster-syncd.service"
+
+
+def shipped_sched() -> tuple[str, str]:
+    """(chrt policy, priority) of the shipped syncd unit."""
+    conf = dict(line.split("=", 1) for line in SYNCD_UNIT.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    policy = {"rr": "rr", "fifo": "fifo", "batch": "batch", "idle": "idle"}.get(
+        conf.get("CPUSchedulingPolicy", "other"), "other")
+    return policy, conf.get("CPUSchedulingPriority", "0") if policy in ("rr", "fifo") else "0"
+
+
 class Impl:
     def __init__(self, lab, name: str):
         self.lab, self.name = lab, name
         self.procs = {}
 
+    # Where the injector writes: the harness row injects into the watched
+    # table itself (no replication), which gives the probes' own lag and
+    # the highest rate they can measure.
+    @property
+    def source(self) -> str:
+        return "fw2" if self.name == HARNESS else "fw1"
+
     def start(self) -> None:
         lab = self.lab
+        if self.name == HARNESS:
+            return
         if self.name == "fwcluster-syncd":
             for m in lab.members:
                 self.procs[m] = lab.start_syncd(m)
@@ -265,10 +274,12 @@ class Impl:
     def schedule(self, rr: bool) -> str:
         """conntrackd gives itself SCHED_RR 99 (its Scheduler section's
         default); with rr the Python implementations get the same, else
-        they run as shipped (SCHED_OTHER). Returns the policies in force."""
-        if rr and self.name != "conntrackd":
+        they run as shipped: what fwcluster-syncd.service sets
+        (CPUSchedulingPolicy/Priority). Returns the policies in force."""
+        if self.name != "conntrackd":
+            policy, prio = ("rr", "99") if rr else shipped_sched()
             for p in self.procs.values():
-                subprocess.run(["chrt", "-a", "-r", "-p", "99", str(p.pid)], check=True)
+                subprocess.run(["chrt", "-a", f"--{policy}", "-p", prio, str(p.pid)], check=True)
         out = set()
         for p in self.procs.values():
             cp = subprocess.run(["chrt", "-p", str(p.pid)], capture_output=True, text=True)
@@ -277,6 +288,8 @@ class Impl:
         return "; ".join(sorted(out))
 
     def cpu(self) -> dict:
+        if self.name == HARNESS:
+            return {"fw1": 0.0, "fw2": 0.0}
         return {m: cpu_seconds(p.pid) for m, p in self.procs.items()}
 
     def stop(self) -> None:
@@ -332,7 +345,7 @@ def one_phase(lab, impl: Impl, phase: str, rate: float, count: int, dport: int, 
     if trigger is not None:
         thread = threading.Thread(target=trigger, daemon=True)
         thread.start()
-    lab.run("fw1", [*MEASURE, "-m", "bench.sync", "worker-inject", "--count", count, "--dport", dport,
+    lab.run(impl.source, [*MEASURE, "-m", "bench.sync", "worker-inject", "--count", count, "--dport", dport,
                     "--phase", phase, "--rate", rate, "--out", out_i], timeout=timeout + 60, env=env)
     watch.wait(timeout + 30)
     cpu1 = impl.cpu()
@@ -343,7 +356,10 @@ def one_phase(lab, impl: Impl, phase: str, rate: float, count: int, dport: int, 
     seen_times = [s for s in w["seen"] if s is not None]
     res = {"replicated": len(lags), "inject_failed": inj["failed"],
            "inject_seconds": round(inj["seconds"], 3), "watch_overruns": w["overruns"],
-           **lag_stats(lags), "cpu_s": {m: round(cpu1[m] - cpu0[m], 3) for m in cpu0}}
+           **lag_stats(lags), "cpu_s": {m: round(cpu1[m] - cpu0[m], 3) for m in cpu0},
+           # the probes' own CPU per 10k (injector's send loop, watcher from its first event)
+           "probe_cpu_s_per_10k": {"inject": round(inj.get("cpu_s", 0) * 10000 / max(1, count), 3),
+                                   "watch": round(w.get("cpu_s", 0) * 10000 / max(1, count), 3)}}
     if lags:
         span = max(seen_times) - min(inj["times"])
         res["replicated_per_s"] = round(len(lags) / span) if span > 0 else None
@@ -417,7 +433,7 @@ def bench(args) -> dict:
                           file=sys.stderr, flush=True)
                     peak = one_run(lab, impl, 0, args.peak, dport, 60)
                     print("  ", json.dumps(peak), file=sys.stderr, flush=True)
-                    if args.bulk and name != "python-floor":
+                    if args.bulk and name not in ("python-floor", HARNESS):
                         dport += 2
                         print(f"[{rep + 1}/{args.runs}] {name}: 1k/s during a bulk of {args.bulk} ...",
                               file=sys.stderr, flush=True)
@@ -455,6 +471,8 @@ def summarize(results: dict) -> dict:
                 "lag_p99_ms": _median([x["lag_p99_ms"] for x in xs]),
                 "lag_p99_range_ms": [min(x["lag_p99_ms"] for x in xs), max(x["lag_p99_ms"] for x in xs)],
                 "cpu_s_per_10k": {m: _median([x["cpu_s_per_10k"][m] for x in xs]) for m in ("fw1", "fw2")},
+                "probe_cpu_s_per_10k": {k: _median([x.get("probe_cpu_s_per_10k", {}).get(k) for x in xs])
+                                        for k in ("inject", "watch")},
                 **{phase: _phase_median([x.get(phase) for x in xs]) for phase in PHASES[1:]},
             })
         bulks = [r["bulk"] for r in reps if r.get("bulk")]
@@ -620,13 +638,17 @@ implementations injecting peers' entries straight into the kernel table
 (conntrackd: FTFW, `DisableExternalCache on`). UDP entries are inserted
 into fw1's table by a ctnetlink injector at a fixed rate for {seconds} s,
 then updated (mark set), then deleted, at the same rate; a watcher on fw2
-timestamps each one's NEW, UPDATE and DESTROY event there. Lag = change on
-fw2 - change on fw1 (one monotonic clock). Peak: {peak} entries at once;
+timestamps each one's NEW, UPDATE and DESTROY event there (bench/ctprobe.py:
+requests encoded before the clock starts, raw event decoding). Lag = change
+on fw2 - change on fw1 (one monotonic clock). Peak: {peak} entries at once;
 "replicated at N/s" is the rate at which they all arrived. CPU:
 user+system seconds of the daemon on each member per 10k replicated
 entries (NEW phase). python-floor is the least a Python implementation
 must do (read, encode, HMAC, sendto; recvfrom, verify, decode, one netlink
-batch; no reliability). Every cell is the median of {runs} repetitions
+batch; no reliability). harness is no implementation at all: the injector
+writes into fw2's table, where the watcher is, so its lag is what the
+probes themselves add to every row and its peak the highest rate they can
+measure. Every cell is the median of {runs} repetitions
 (implementations alternate); "lag p99 (range)" also gives the lowest and
 highest p99 seen. Injector and watcher run SCHED_RR 99, like conntrackd
 itself. The machine has 2 cores, shared with other developers' test runs
@@ -653,7 +675,7 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default="1000,5000,10000")
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--peak", type=int, default=20000)
-    ap.add_argument("--impls", default="fwcluster-syncd,conntrackd,python-floor")
+    ap.add_argument("--impls", default=f"fwcluster-syncd,conntrackd,python-floor,{HARNESS}")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
     ap.add_argument("--bulk", type=int, default=100000, help="table size sent during the bulk lag run (0: none)")
     ap.add_argument("--trace", help="directory: run syncd alone with SYNCD_TRACE, print the per-step breakdown")
