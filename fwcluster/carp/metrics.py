@@ -71,8 +71,11 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
                               value=int(bool(status.get("maintenance"))))
     preempt = GaugeMetricFamily("fwcluster_carp_preempt", "1 when preemption is on",
                                 value=int(bool(status.get("preempt"))))
+    hardened = GaugeMetricFamily("fwcluster_carp_hardened",
+                                 "1 when adverts are hardened ([carp] mode), 0 when compatible",
+                                 value=int(status.get("mode") == "hardened"))
     out = [info, state, master, trans, sent, recv, drops, interval, demotion, by_source,
-           maint, preempt]
+           maint, preempt, hardened]
     if status.get("buckets"):
         out += bucket_families(status["buckets"])
     return out

@@ -577,7 +577,9 @@ class Carpd:
             })
         out = {"node": self.node, "cluster": self.cfg.name, "demotion": total,
                "demotion_sources": dict(self.demotion.sources),
-               "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt, "vips": vips}
+               "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt,
+               # every member must agree on both (they do not interoperate)
+               "mode": self.cfg.carp.mode, "balance": self.cfg.balance.mode, "vips": vips}
         if self.balancing is not None:
             out["buckets"] = self.balancing.status()
         return out

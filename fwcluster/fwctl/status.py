@@ -42,7 +42,9 @@ def human(d: dict) -> None:
     src = " (" + ", ".join(f"{k}={v}" for k, v in sorted(sources.items())) + ")" if sources else ""
     print(f"node {d.get('node')}  cluster {d.get('cluster')}  demotion {d.get('demotion')}{src}  "
           f"maintenance {'on' if d.get('maintenance') else 'off'}  "
-          f"preempt {'on' if d.get('preempt') else 'off'}")
+          f"preempt {'on' if d.get('preempt') else 'off'}"
+          + (f"  carp {d['mode']}" if d.get("mode") else "")
+          + (f"  balance {d['balance']}" if d.get("balance") else ""))
     head = ("VHID", "INTERFACE", "ADDRESS", "STATE", "MASTER", "ADVBASE", "ADVSKEW",
             "TRANS", "SENT", "RECV", "DROPS")
     rows = [head]

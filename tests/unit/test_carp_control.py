@@ -42,7 +42,7 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
         return await d.handle_request({"cmd": "status"})
     st = run(go())
     assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
-                       "preempt", "vips"}
+                       "preempt", "mode", "balance", "vips"}
     assert st["ok"] is True and st["node"] == "fw1" and st["cluster"] == "edge"
     assert st["demotion"] == 0 and st["demotion_sources"] == {} and st["preempt"] is True
     assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]

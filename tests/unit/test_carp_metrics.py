@@ -29,6 +29,7 @@ def make_cfg(tmp_path, extra=""):
 STATUS = {
     "node": "fw1", "cluster": "edge", "demotion": 240,
     "demotion_sources": {"maintenance": 240}, "maintenance": True, "preempt": True,
+    "mode": "hardened", "balance": "active-standby",
     "vips": [
         {"vhid": 1, "interface": "lan0", "address": "192.0.2.1/24", "family": 4, "state": "MASTER",
          "master": "192.0.2.11", "advbase": 1, "advskew": 64, "demotion": 240, "transitions": 2,
@@ -68,6 +69,9 @@ def test_families_carry_the_status_values():
     assert got[key("fwcluster_carp_demotion_source", source="link:wan0")] == 0
     assert got[key("fwcluster_carp_maintenance")] == 1
     assert got[key("fwcluster_carp_preempt")] == 1
+    assert got[key("fwcluster_carp_hardened")] == 1
+    compatible = samples(render(metrics.families({**STATUS, "mode": "compatible"})))
+    assert compatible[key("fwcluster_carp_hardened")] == 0
 
 
 def test_every_drop_reason_has_a_series_per_vhid():
@@ -98,6 +102,8 @@ def test_metrics_command_matches_status(tmp_path):
     got = samples(reply["text"])
     assert got[key("fwcluster_carp_maintenance")] == 1
     assert got[key("fwcluster_carp_demotion")] == st["demotion"] == 240
+    assert (st["mode"], st["balance"]) == ("compatible", "active-standby")
+    assert got[key("fwcluster_carp_hardened")] == 0
     for v in st["vips"]:
         who = {"vhid": str(v["vhid"]), "interface": v["interface"]}
         assert got[key("fwcluster_carp_state", **who, address=v["address"], state="INIT")] == 1

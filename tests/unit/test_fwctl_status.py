@@ -22,6 +22,7 @@ EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
 CARPD_STATUS = {
     "ok": True, "node": "fw1", "cluster": "edge", "demotion": 240,
     "demotion_sources": {"link:wan0": 240}, "maintenance": False, "preempt": True,
+    "mode": "hardened", "balance": "active-standby",
     "vips": [{"vhid": 1, "interface": "lan0", "address": "192.0.2.1/24", "family": 4,
               "state": "MASTER", "master": "192.0.2.11", "advbase": 1, "advskew": 0,
               "demotion": 240, "transitions": 2,
@@ -115,6 +116,7 @@ def test_status_human_table(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "demotion 240 (link:wan0=240)" in lines[0] and "maintenance off" in lines[0]
+    assert "carp hardened" in lines[0] and "balance active-standby" in lines[0]
     assert lines[1].split()[:5] == ["VHID", "INTERFACE", "ADDRESS", "STATE", "MASTER"]
     assert lines[2].split() == ["1", "lan0", "192.0.2.1/24", "MASTER", "192.0.2.11", "1", "0",
                                 "2", "5", "1", "bad_hmac=3"]
