@@ -380,7 +380,7 @@ class Daemon:
             now = self.now()
             if now - last_digest >= self.cfg.sync.digest_interval:
                 last_digest = now
-                antientropy.run_round(self)
+                antientropy.start_round(self)   # read between live events
             if now - last_addr >= ADDR_REFRESH:
                 last_addr = now
                 await self.refresh_addresses()
@@ -496,7 +496,7 @@ class Daemon:
         if cmd == contract.RELOAD:
             return await self.reload()
         if cmd == antientropy.ROUND:
-            return {"ok": True, **antientropy.run_round(self)}
+            return {"ok": True, **await antientropy.run_round(self)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict:

@@ -49,10 +49,15 @@ class EntrySet:
         self.ranges: list[dict] = [{} for _ in range(RANGES)]   # key -> (hash, record)
         self.digests = [0] * RANGES
         self.size = 0
+        # While an anti-entropy round reads its dump: every key put or
+        # removed since (its dump copy may be older than the change).
+        self.touched: set | None = None
 
     def put(self, rec: bytes, key: bytes | None = None) -> bool:
         """Add or replace; True if the entry changed (new, or another hash)."""
         key = key or record_key(rec)
+        if self.touched is not None:
+            self.touched.add(key)
         r = range_of(key)
         h = record_hash(rec)
         old = self.ranges[r].get(key)
@@ -68,6 +73,8 @@ class EntrySet:
 
     def remove(self, key: bytes) -> bytes | None:
         """Drop a key; its record, or None if absent."""
+        if self.touched is not None:
+            self.touched.add(key)
         r = range_of(key)
         old = self.ranges[r].pop(key, None)
         if old is None:
@@ -86,7 +93,11 @@ class EntrySet:
         return self.size
 
     def clear(self) -> None:
+        touched = self.touched
+        if touched is not None:
+            touched.update(key for key, _rec in self.items())
         self.__init__()
+        self.touched = touched
 
     def items(self):
         for rng in self.ranges:

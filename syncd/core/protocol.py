@@ -227,6 +227,8 @@ class Sync:
         # Set by the shell while this member carries traffic (master, or no
         # carpd): then an entry nobody speaks for is ours (anti_entropy, bulk).
         self.carrying = False
+        self.anti_entropy_abort()   # no round running
+        self.ae_entries = 0
         if self.in_sync:
             self.actions.append(InSync(True))
 
@@ -293,25 +295,99 @@ class Sync:
         return lambda key: not any(key in v for v in views)
 
     def anti_entropy(self, entries, now: float) -> int:
-        """One round, with the local table as the kernel has it now (the
-        syncable entries): correct the own set where conntrack events were
-        lost (an own entry gone: delete; changed: upsert; while carrying, an
-        entry nobody speaks for becomes ours), send the corrections, then a
-        DIGEST of the own set to every peer that is up. Returns the number
-        of corrections sent."""
-        seen, fixes = set(), []
+        """One round with the whole dump at hand (anti_entropy_begin, _add,
+        _finish); returns the number of corrections sent."""
+        self.anti_entropy_begin(now)
+        self.anti_entropy_add(entries, now)
+        return self.anti_entropy_finish(now)
+
+    def anti_entropy_begin(self, now: float) -> None:
+        """Start a round whose dump of the local table (the syncable
+        entries) comes in pieces (anti_entropy_add) between live events.
+        From now on every change to the own set (live events, a peer taking
+        an entry over, a bulk adopting one) marks its key: the dump's copy
+        may be older than the change, so the round corrects nothing for it
+        (the next round covers it). A running round is dropped."""
+        self.own.touched = set()
+        self._ae_seen: set = set()
+        self._ae_fix: dict = {}     # key -> record that may need a correction
+        self._ae_gone: list = []    # keys of own entries the dump did not show
+        self._ae_swept = 0          # ranges looked through for them
+        self.ae_entries = 0
+
+    @property
+    def anti_entropy_running(self) -> bool:
+        return self.own.touched is not None
+
+    def anti_entropy_add(self, entries, now: float) -> None:
+        """A piece of the round's dump: note which own entries it shows
+        changed, and (while we could adopt) which ones nobody speaks for."""
+        if self.own.touched is None:
+            return
+        own, seen, fix, touched = self.own, self._ae_seen, self._ae_fix, self.own.touched
         adopt = self._adopter(self.in_sync)
         for e in entries:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
             seen.add(key)
-            held = self.own.get(key)
+            if key in touched:
+                continue
+            held = own.get(key)
             if held is not None:
                 if held[0] != digest.record_hash(rec):
-                    fixes.append(rec)
+                    fix[key] = rec
             elif adopt(key):
+                fix[key] = rec
+        self.ae_entries += len(entries)
+
+    def anti_entropy_sweep(self, ranges: int) -> bool:
+        """Once the whole dump is in: look through `ranges` more ranges of
+        the own set for entries the dump did not show (gone from the kernel
+        unless touched since the round began). True when all are done; a
+        shell calls it a few ranges per loop turn (all 100k keys at once
+        took ~25 ms), finish() does what is left."""
+        own, seen, touched = self.own, self._ae_seen, self.own.touched
+        if touched is None:
+            return True
+        end = min(self._ae_swept + ranges, digest.RANGES)
+        for rng in own.ranges[self._ae_swept:end]:
+            # The difference iterates the range's side (small), not seen's.
+            for key in set(rng).difference(seen):
+                if key not in touched:
+                    self._ae_gone.append(key)
+        self._ae_swept = end
+        return end == digest.RANGES
+
+    def anti_entropy_abort(self) -> None:
+        """The dump failed: no corrections, no digest (the next round)."""
+        self.own.touched = None
+        self._ae_seen, self._ae_fix, self._ae_gone = set(), {}, []
+
+    def anti_entropy_finish(self, now: float) -> int:
+        """The dump is complete: correct the own set where conntrack events
+        were lost (an own entry gone: delete; changed: upsert; while
+        carrying, an entry nobody speaks for becomes ours), leaving out
+        every key touched since the round began, send the corrections, then
+        a DIGEST of the own set as it is now to every peer that is up.
+        Returns the number of corrections sent."""
+        touched = self.own.touched
+        if touched is None:
+            return 0
+        self.anti_entropy_sweep(digest.RANGES)
+        self.own.touched = None
+        own = self.own
+        fixes = []
+        adopt = self._adopter(self.in_sync)
+        # An untouched key's own state is what it was when its piece came
+        # (or its range was swept): the check then still holds (views may
+        # have grown since: ask again).
+        for key, rec in self._ae_fix.items():
+            if key not in touched and (key in own or adopt(key)):
                 fixes.append(rec)
-        fixes.extend(digest.as_delete(rec) for key, rec in list(self.own.items()) if key not in seen)
+        for key in self._ae_gone:
+            if key not in touched:
+                fixes.append(digest.as_delete(own.get(key)[1]))
+        self._ae_seen, self._ae_fix, self._ae_gone = set(), {}, []
         self.corrections += len(fixes)
         if fixes:
             for p in self.peers.values():
@@ -322,7 +398,7 @@ class Sync:
                 if p.tx.pending:
                     self._pack(p, now, wire.FLAG_OWN)
         self.round += 1
-        body = digest.encode_digests(self.own.digests)
+        body = digest.encode_digests(own.digests)
         for p in self.peers.values():
             if p.state == "up":
                 if p.tx.pending:
