@@ -49,15 +49,19 @@ class EntrySet:
         self.ranges: list[dict] = [{} for _ in range(RANGES)]   # key -> (hash, record)
         self.digests = [0] * RANGES
         self.size = 0
-        # While an anti-entropy round reads its dump: every key put or
-        # removed since (its dump copy may be older than the change).
-        self.touched: set | None = None
+        # While someone reads a dump against this set (an anti-entropy
+        # round, a bulk transfer): key -> stamp of its last put or remove,
+        # so each can tell what changed since it began (its dump copy may
+        # be older than the change). None while nobody watches.
+        self.touched: dict | None = None
+        self.stamp = 0
+        self.watchers = 0
 
     def put(self, rec: bytes, key: bytes | None = None) -> bool:
         """Add or replace; True if the entry changed (new, or another hash)."""
         key = key or record_key(rec)
         if self.touched is not None:
-            self.touched.add(key)
+            self.touched[key] = self.stamp
         r = range_of(key)
         h = record_hash(rec)
         old = self.ranges[r].get(key)
@@ -74,7 +78,7 @@ class EntrySet:
     def remove(self, key: bytes) -> bytes | None:
         """Drop a key; its record, or None if absent."""
         if self.touched is not None:
-            self.touched.add(key)
+            self.touched[key] = self.stamp
         r = range_of(key)
         old = self.ranges[r].pop(key, None)
         if old is None:
@@ -93,11 +97,28 @@ class EntrySet:
         return self.size
 
     def clear(self) -> None:
-        touched = self.touched
-        if touched is not None:
-            touched.update(key for key, _rec in self.items())
+        watch = self.touched, self.stamp, self.watchers
+        if self.touched is not None:
+            self.touched.update((key, self.stamp) for key, _rec in self.items())
         self.__init__()
-        self.touched = touched
+        self.touched, self.stamp, self.watchers = watch
+
+    def watch(self) -> int:
+        """Start noting changes; the mark to pass to changed_since()."""
+        if self.touched is None:
+            self.touched = {}
+        self.watchers += 1
+        self.stamp += 1
+        return self.stamp
+
+    def unwatch(self) -> None:
+        self.watchers -= 1
+        if self.watchers <= 0:
+            self.touched, self.watchers = None, 0
+
+    def changed_since(self, key: bytes, mark: int) -> bool:
+        """Put or removed since watch() returned mark (and still watched)."""
+        return self.touched is not None and self.touched.get(key, -1) >= mark
 
     def items(self):
         for rng in self.ranges:

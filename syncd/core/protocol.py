@@ -90,7 +90,8 @@ class Apply(NamedTuple):
 
 
 class Dump(NamedTuple):
-    """Dump the local table and hand it to Sync.bulk(peer, entries, now)."""
+    """Dump the local table and hand it to Sync.bulk(peer, entries, now), or
+    in pieces (bulk_begin, bulk_add, bulk_end) between live events."""
     peer: str
 
 
@@ -192,6 +193,7 @@ class Peer:
     off_session: int = 0            # its authentic datagrams outside our session
     view: EntrySet = field(default_factory=EntrySet)   # the entries it originated, as it told us
     view_boot: int | None = None    # the peer run the view came from
+    bulk_mark: int | None = None    # own.watch() mark of the bulk being sent to it
 
 
 class Sync:
@@ -227,6 +229,7 @@ class Sync:
         # Set by the shell while this member carries traffic (master, or no
         # carpd): then an entry nobody speaks for is ours (anti_entropy, bulk).
         self.carrying = False
+        self._ae_mark = None
         self.anti_entropy_abort()   # no round running
         self.ae_entries = 0
         if self.in_sync:
@@ -255,27 +258,70 @@ class Sync:
                 tx.pending_len += len(encoded)
 
     def bulk(self, peer: str, entries, now: float) -> None:
-        """The answer to a Dump action: start a new generation towards the peer
-        and send it the whole table, then RESYNC_DONE."""
+        """The answer to a Dump action with the whole table at hand:
+        bulk_begin, bulk_add, bulk_end."""
+        self.bulk_begin(peer, now)
+        self.bulk_add(peer, entries, now)
+        self.bulk_end(peer, now)
+
+    def bulk_begin(self, peer: str, now: float) -> None:
+        """The answer to a Dump action, in pieces: start a new generation
+        towards the peer; the table follows in bulk_add pieces (read from
+        the kernel after this call, sent between live events), then
+        bulk_end sends RESYNC_DONE. A running bulk to the peer is dropped.
+        Every change to the own set from now on marks its key, and a dump
+        copy of a marked key is not sent: the live event (on the same
+        stream, after the bulk's start) carried newer state."""
         p = self.peers[peer]
-        tx = p.tx
-        tx.reset()
-        own, others = [], []
+        self.bulk_abort(peer, again=False)
+        p.tx.reset()
+        p.bulk_mark = self.own.watch()
+        p.counters["bulk_sent"] += 1
+
+    def bulk_add(self, peer: str, entries, now: float) -> int:
+        """A piece of the table for a bulk begun with bulk_begin; returns
+        the number of entries sent (a touched key's copy is not)."""
+        p = self.peers[peer]
+        mark = p.bulk_mark
+        if mark is None:
+            return 0
+        own = self.own
+        recs, others = [], []
         # Not waiting for in_sync here: what we send as nobody's, the peer
         # could never learn was deleted.
         adopt = self._adopter(self.carrying)
         for e in entries:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
-            if key in self.own or adopt(key):
-                self.own.put(rec, key)   # other peers: the next digest repairs them
-                own.append(rec)
+            if own.changed_since(key, mark):
+                continue
+            if key in own or adopt(key):
+                own.put(rec, key)   # other peers: the next digest repairs them
+                recs.append(rec)
             else:
                 others.append(rec)
-        p.counters["bulk_sent"] += 1
-        self._send_records(p, own, now, wire.FLAG_BULK | wire.FLAG_OWN)
+        self._send_records(p, recs, now, wire.FLAG_BULK | wire.FLAG_OWN)
         self._send_records(p, others, now, wire.FLAG_BULK)
-        self._queue(p, wire.RESYNC_DONE, tx.served, b"", 0, now)
+        return len(recs) + len(others)
+
+    def bulk_end(self, peer: str, now: float) -> None:
+        """The table is all sent: RESYNC_DONE for the request served."""
+        p = self.peers[peer]
+        if p.bulk_mark is None:
+            return
+        self.bulk_abort(peer, again=False)
+        self._queue(p, wire.RESYNC_DONE, p.tx.served, b"", 0, now)
+
+    def bulk_abort(self, peer: str, again: bool = True) -> None:
+        """Drop a running bulk without RESYNC_DONE (its dump failed); with
+        again, the peer gets another one (a new Dump action): it would not
+        ask again for the same request."""
+        p = self.peers[peer]
+        if p.bulk_mark is not None:
+            p.bulk_mark = None
+            self.own.unwatch()
+            if again:
+                self.dumps_wanted.add(peer)
 
     def _send_records(self, p: Peer, recs: list[bytes], now: float, flags: int) -> None:
         if p.tx.pending:
@@ -308,29 +354,29 @@ class Sync:
         an entry over, a bulk adopting one) marks its key: the dump's copy
         may be older than the change, so the round corrects nothing for it
         (the next round covers it). A running round is dropped."""
-        self.own.touched = set()
-        self._ae_seen: set = set()
-        self._ae_fix: dict = {}     # key -> record that may need a correction
-        self._ae_gone: list = []    # keys of own entries the dump did not show
-        self._ae_swept = 0          # ranges looked through for them
+        self.anti_entropy_abort()
+        self._ae_mark = self.own.watch()
         self.ae_entries = 0
 
     @property
     def anti_entropy_running(self) -> bool:
-        return self.own.touched is not None
+        return self._ae_mark is not None
+
+    def _ae_touched(self, key: bytes) -> bool:
+        return self.own.changed_since(key, self._ae_mark)
 
     def anti_entropy_add(self, entries, now: float) -> None:
         """A piece of the round's dump: note which own entries it shows
         changed, and (while we could adopt) which ones nobody speaks for."""
-        if self.own.touched is None:
+        if self._ae_mark is None:
             return
-        own, seen, fix, touched = self.own, self._ae_seen, self._ae_fix, self.own.touched
+        own, seen, fix, touched = self.own, self._ae_seen, self._ae_fix, self._ae_touched
         adopt = self._adopter(self.in_sync)
         for e in entries:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
             seen.add(key)
-            if key in touched:
+            if touched(key):
                 continue
             held = own.get(key)
             if held is not None:
@@ -346,22 +392,27 @@ class Sync:
         unless touched since the round began). True when all are done; a
         shell calls it a few ranges per loop turn (all 100k keys at once
         took ~25 ms), finish() does what is left."""
-        own, seen, touched = self.own, self._ae_seen, self.own.touched
-        if touched is None:
+        if self._ae_mark is None:
             return True
+        own, seen, touched = self.own, self._ae_seen, self._ae_touched
         end = min(self._ae_swept + ranges, digest.RANGES)
         for rng in own.ranges[self._ae_swept:end]:
             # The difference iterates the range's side (small), not seen's.
             for key in set(rng).difference(seen):
-                if key not in touched:
+                if not touched(key):
                     self._ae_gone.append(key)
         self._ae_swept = end
         return end == digest.RANGES
 
     def anti_entropy_abort(self) -> None:
         """The dump failed: no corrections, no digest (the next round)."""
-        self.own.touched = None
-        self._ae_seen, self._ae_fix, self._ae_gone = set(), {}, []
+        if self._ae_mark is not None:
+            self.own.unwatch()
+        self._ae_mark = None
+        self._ae_seen: set = set()
+        self._ae_fix: dict = {}     # key -> record that may need a correction
+        self._ae_gone: list = []    # keys of own entries the dump did not show
+        self._ae_swept = 0          # ranges looked through for them
 
     def anti_entropy_finish(self, now: float) -> int:
         """The dump is complete: correct the own set where conntrack events
@@ -370,24 +421,22 @@ class Sync:
         every key touched since the round began, send the corrections, then
         a DIGEST of the own set as it is now to every peer that is up.
         Returns the number of corrections sent."""
-        touched = self.own.touched
-        if touched is None:
+        if self._ae_mark is None:
             return 0
         self.anti_entropy_sweep(digest.RANGES)
-        self.own.touched = None
-        own = self.own
+        own, touched = self.own, self._ae_touched
         fixes = []
         adopt = self._adopter(self.in_sync)
         # An untouched key's own state is what it was when its piece came
         # (or its range was swept): the check then still holds (views may
         # have grown since: ask again).
         for key, rec in self._ae_fix.items():
-            if key not in touched and (key in own or adopt(key)):
+            if not touched(key) and (key in own or adopt(key)):
                 fixes.append(rec)
         for key in self._ae_gone:
-            if key not in touched:
+            if not touched(key):
                 fixes.append(digest.as_delete(own.get(key)[1]))
-        self._ae_seen, self._ae_fix, self._ae_gone = set(), {}, []
+        self.anti_entropy_abort()     # the round's state is done with
         self.corrections += len(fixes)
         if fixes:
             for p in self.peers.values():

@@ -4,7 +4,9 @@
 duplication) and a fake clock; members restart with and without their
 tables (a syncd restart keeps the kernel table, a reboot loses it); every
 counter can start just below 2**32 or far up the 64-bit range. Every datagram
-ever sent is tapped, and old ones are replayed at random.
+ever sent is tapped, and old ones are replayed at random. Bulk transfers go
+out paced, as the daemon sends them: a few dump entries per step, changes
+and datagrams in between.
 
 Invariants:
   * a record is applied only in the receiver session it was sent for: never
@@ -102,6 +104,7 @@ class Sim:
         self.applied = {}         # receiver -> set of stream stamps applied in this run
         self.orphans = set()      # (receiver, origin): leftovers allowed (see module doc)
         self.lost = 0             # changes whose events were lost
+        self.paced = {}           # (origin, receiver) -> (node, dump entries not yet sent)
         for name in self.names:
             self.table[name] = {}
             self.replica[name] = {o: {} for o in self.names if o != name}
@@ -176,11 +179,27 @@ class Sim:
                     assert a.value is True
 
     def bulk(self, name: str, peer: str) -> None:
+        """Paced, as the daemon sends it: the dump (taken now) goes out a
+        few entries per step (feed_bulks), changes going on in between."""
         node = self.nodes[name]
         bid = len(self.bulks) + 1
         entries = [e._replace(mark=bid) for e in self.table[name].values()]
-        node.bulk(peer, entries, self.t(name))
+        node.bulk_begin(peer, self.t(name))
+        self.paced[(name, peer)] = (node, entries)
         self.bulks[bid] = (name, peer, node.peers[peer].tx.session)
+
+    def feed_bulks(self) -> None:
+        for (name, peer), (node, entries) in list(self.paced.items()):
+            if node is not self.nodes[name]:     # restarted: that run's bulk is gone
+                del self.paced[(name, peer)]
+                continue
+            n = self.rng.randint(1, 8)
+            piece, entries[:n] = entries[:n], []
+            node.bulk_add(peer, piece, self.t(name))
+            if not entries:
+                del self.paced[(name, peer)]
+                node.bulk_end(peer, self.t(name))
+            self.process(name)
 
     def apply(self, name: str, a: Apply) -> None:
         node, origin = self.nodes[name], a.peer
@@ -244,6 +263,7 @@ class Sim:
         for name in self.names:
             self.nodes[name].tick(self.t(name))
             self.process(name)
+        self.feed_bulks()
         if round(self.now / STEP) % round(AE_INTERVAL / STEP) == 0:
             for name in self.names:
                 self.nodes[name].anti_entropy(list(self.table[name].values()), self.t(name))
