@@ -1,4 +1,5 @@
-"""How long syncd's event loop stalls during an anti-entropy round.
+"""How long syncd's event loop stalls during an anti-entropy round, and
+(--bulk N) the lag of new entries during the protocol's bulk transfer.
 
 fw1's table is filled with N entries (bench.sync's injector, ctnetlink);
 then new entries go in at 2k/s for 1.5 s (bench.sync's injector and
@@ -8,7 +9,13 @@ the entries created during it. Each size: one run without a round (the
 baseline), then `--rounds` runs with one. The round's own figures
 (longest_turn_cpu_s: the longest loop turn it took) are printed beside.
 
+With --bulk N: fw1 holds N entries and fw2 asks it for a bulk transfer
+(RESYNC_REQ, as after losing the master role: bench.sync's one_bulk with
+--bulk-via request) while new entries go in at 1k/s for 3 s, `--rounds`
+times.
+
   flock /tmp/bench.lock .venv/bin/python -m bench.loopstall [--sizes 30000,100000] [--rounds 3]
+  flock /tmp/bench.lock .venv/bin/python -m bench.loopstall --bulk 100000 [--rounds 3]
 """
 from __future__ import annotations
 
@@ -19,6 +26,16 @@ import time
 RATE, SECONDS, DELAY = 2000, 1.5, 0.3
 
 
+def bulks(lab, impl, size: int, rounds: int) -> None:
+    from bench.sync import one_bulk
+    for run in range(rounds):
+        res = one_bulk(lab, impl, size, 1000, 3, 40000 + 10 * run, via="request")
+        st = lab.control("fw1", {"cmd": "status"}, daemon="syncd")["peers"]["fw2"]
+        print(json.dumps({"bulk": size, "replicated": res["replicated"], "watch_overruns": res["watch_overruns"],
+                          **{k: res[k] for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms")},
+                          "bulk_sent": st["bulk_sent"]}), flush=True)
+
+
 def main() -> None:
     from bench.sync import Impl, one_phase
     from tests.labkit import Lab
@@ -26,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="30000,100000")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bulk", type=int, default=0, help="table size: measure the protocol bulk instead")
     args = ap.parse_args()
     with Lab(members=2, prefix="lst", ipv6=False, sync={"digest_interval": 3600}) as lab:
         for m in lab.members:
@@ -33,7 +51,7 @@ def main() -> None:
         impl = Impl(lab, "fwcluster-syncd")
         impl.start()
         have, dport = 0, 30000
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in () if args.bulk else (int(s) for s in args.sizes.split(",")):
             out = lab.dir / f"fill-{size}.json"
             lab.run("fw1", [PY, "-m", "bench.sync", "worker-inject", "--count", str(size - have),
                             "--dport", str(dport), "--rate", "0", "--out", str(out)], timeout=300)
@@ -54,6 +72,8 @@ def main() -> None:
                                   **{k: figures.get(k) for k in ("entries", "corrections", "wall_s",
                                                                  "turns", "longest_turn_cpu_s",
                                                                  "error") if figures}}), flush=True)
+        if args.bulk:
+            bulks(lab, impl, args.bulk, args.rounds)
     with open("/proc/loadavg") as f:
         print("load average:", " ".join(f.read().split()[:3]))
 

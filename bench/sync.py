@@ -384,13 +384,18 @@ def one_run(lab, impl: Impl, rate: float, count: int, dport: int, timeout: float
     return res
 
 
-def one_bulk(lab, impl: Impl, size: int, rate: float, seconds: float, dport: int) -> dict:
+def one_bulk(lab, impl: Impl, size: int, rate: float, seconds: float, dport: int,
+             via: str = "refresh") -> dict:
     """Lag of new entries (rate/s for `seconds`) while fw1 sends its whole
-    table of `size` entries to fw2."""
+    table of `size` entries to fw2. syncd: via "refresh" fw1 pushes a full
+    refresh (resync); via "request" fw2 asks fw1 for the protocol's bulk
+    (RESYNC_REQ, as after losing the master role)."""
     one_phase(lab, impl, "new", 0, size, dport, 120)       # the table to send
     if impl.name == "fwcluster-syncd":
+        member, cmd = ("fw2", "resync-request") if via == "request" else ("fw1", "resync")
+
         def trigger():
-            lab.control("fw1", {"cmd": "resync"}, daemon="syncd", timeout=120)
+            lab.control(member, {"cmd": cmd}, daemon="syncd", timeout=120)
     else:
         conf = lab.dir / "conntrackd-fw1" / "conntrackd.conf"
 
@@ -437,7 +442,7 @@ def bench(args) -> dict:
                         dport += 2
                         print(f"[{rep + 1}/{args.runs}] {name}: 1k/s during a bulk of {args.bulk} ...",
                               file=sys.stderr, flush=True)
-                        bulk = one_bulk(lab, impl, args.bulk, 1000, args.seconds, dport)
+                        bulk = one_bulk(lab, impl, args.bulk, 1000, args.seconds, dport, args.bulk_via)
                         print("  ", json.dumps(bulk), file=sys.stderr, flush=True)
                 finally:
                     impl.stop()
@@ -678,6 +683,8 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", default=f"fwcluster-syncd,conntrackd,python-floor,{HARNESS}")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (medians are reported)")
     ap.add_argument("--bulk", type=int, default=100000, help="table size sent during the bulk lag run (0: none)")
+    ap.add_argument("--bulk-via", choices=("refresh", "request"), default="refresh",
+                    help="syncd's bulk: fw1's full refresh, or fw2's RESYNC_REQ (the protocol's bulk)")
     ap.add_argument("--trace", help="directory: run syncd alone with SYNCD_TRACE, print the per-step breakdown")
     ap.add_argument("--profile", action="store_true", help="with --trace: cProfile each daemon too")
     ap.add_argument("--sched", choices=("shipped", "rr"), default="shipped",

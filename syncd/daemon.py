@@ -29,7 +29,7 @@ from syncd.core.policy import own_addresses, syncable
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
-from syncd import antientropy, reload as live_reload
+from syncd import antientropy, bulk, reload as live_reload
 from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
@@ -315,11 +315,12 @@ class Daemon:
             self.feed_refresh()     # acks may have opened the window
 
     def process(self) -> None:
-        """Carry out the core's actions; a Dump feeds back into it at once, so
-        the bulk is ordered before any event read after it."""
+        """Carry out the core's actions; a Dump starts a paced bulk
+        (syncd/bulk.py)."""
         while True:
             actions = merge_applies(self.sync.drain())
             if not actions:
+                bulk.wake(self)     # acks may have opened a bulk's window
                 return
             for a in actions:
                 if isinstance(a, Send):
@@ -331,9 +332,7 @@ class Daemon:
                 elif isinstance(a, Apply):
                     self.apply(a)
                 elif isinstance(a, Dump):
-                    entries = [e for e in self.ct.dump() if syncable(e, self.own)]
-                    log.info("bulk transfer of %d entries to %s", len(entries), a.peer)
-                    self.sync.bulk(a.peer, entries, self.now())
+                    bulk.start(self, a.peer)    # read and sent between live events
                 elif isinstance(a, InSync):
                     log.info("in sync: %s", a.value)
                     asyncio.get_running_loop().create_task(self.tell_carpd())
@@ -492,6 +491,10 @@ class Daemon:
             return reply
         if cmd == "resync":
             self.full_refresh(self.now())
+            return {"ok": True}
+        if cmd == "resync-request":   # ask every peer for a bulk, as after losing MASTER
+            self.sync.resync(self.now())
+            self.process()
             return {"ok": True}
         if cmd == contract.RELOAD:
             return await self.reload()

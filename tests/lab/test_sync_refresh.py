@@ -1,7 +1,8 @@
-"""A full-table refresh (`resync`, an event overrun) goes out in chunks
-behind live events (syncd/core/refreshfeed.py): every entry arrives, and an
-entry deleted while the refresh runs is not brought back on the peer by the
-older copy in the dump."""
+"""A full-table refresh (`resync`, an event overrun) and the protocol's bulk
+transfer (fw2's RESYNC_REQ, as after losing the master role) go out in
+chunks behind live events (syncd/core/refreshfeed.py, syncd/bulk.py): every
+entry arrives, and an entry deleted while the transfer runs is not brought
+back on the peer by the older copy in the dump."""
 from __future__ import annotations
 
 import sys
@@ -15,16 +16,18 @@ PY = sys.executable
 DPORT, N, DELETED = 30001, 40000, 10000
 
 SNIPPET = """
-import sys
+import sys, time
 from syncd.conntrack import Conntrack
 from syncd.core.entry import Entry, OP_DELETE, OP_UPSERT
 op, lo, hi, DPORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0   # between batches: spread over the transfer
 ct = Conntrack(events=False)
 es = [Entry(4, 17, 0, "192.0.2.%d" % (100 + i // 50000), "198.51.100.100", 1024 + i % 50000, DPORT,
             "198.51.100.100", "192.0.2.%d" % (100 + i // 50000), DPORT, 1024 + i % 50000,
             status=0x8, timeout=600) for i in range(lo, hi)]
 for k in range(0, len(es), 256):
     ct.apply([(OP_DELETE if op == "delete" else OP_UPSERT, e) for e in es[k:k + 256]])
+    time.sleep(pause)
 assert ct.stats["failed"] == 0, ct.last_error
 """
 
@@ -38,7 +41,8 @@ def status(lab, member: str) -> dict:
     return lab.control(member, {"cmd": "status"}, daemon="syncd", timeout=30)
 
 
-def test_refresh_sends_every_entry_and_resurrects_no_deleted_one():
+@pytest.mark.parametrize("via", ["refresh", "request"])
+def test_refresh_sends_every_entry_and_resurrects_no_deleted_one(via):
     with Lab(members=2, prefix="h4rf", ipv6=False) as lab:
         for m in lab.members:
             lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"], check=False)
@@ -47,11 +51,22 @@ def test_refresh_sends_every_entry_and_resurrects_no_deleted_one():
         lab.run("fw1", [PY, "-c", SNIPPET, "create", "0", str(N), str(DPORT)], timeout=120)
         assert lab.wait_for(lambda: count(lab, "fw2") == N, 60), count(lab, "fw2")
         sent = status(lab, "fw1")["peers"]["fw2"]["entries_sent"]
-        assert lab.control("fw1", {"cmd": "resync"}, daemon="syncd", timeout=60)["ok"]
-        lab.run("fw1", [PY, "-c", SNIPPET, "delete", "0", str(DELETED), str(DPORT)], timeout=120)
+        bulks = status(lab, "fw2")["peers"]["fw1"]["bulk_received"]
+        # Deletes spread over ~1 s, the transfer started while they run.
+        deleting = lab.popen("fw1", [PY, "-c", SNIPPET, "delete", "0", str(DELETED), str(DPORT), "0.025"])
+        assert lab.wait_for(lambda: count(lab, "fw1") < N, 20)
+        if via == "refresh":
+            assert lab.control("fw1", {"cmd": "resync"}, daemon="syncd", timeout=60)["ok"]
+        else:
+            assert lab.control("fw2", {"cmd": "resync-request"}, daemon="syncd", timeout=60)["ok"]
+        assert deleting.wait(60) == 0 and count(lab, "fw1") == N - DELETED
         # The refresh is done when fw1 sent the table again and fw2 acknowledged everything.
         assert lab.wait_for(lambda: status(lab, "fw1")["peers"]["fw2"]["entries_sent"] >= sent + N - DELETED
                             and status(lab, "fw1")["peers"]["fw2"]["unacked"] == 0, 60)
         assert lab.wait_for(lambda: count(lab, "fw2") == N - DELETED, 20), count(lab, "fw2")
-        assert status(lab, "fw1")["counters"]["refreshes"] == 1
+        if via == "refresh":
+            assert status(lab, "fw1")["counters"]["refreshes"] == 1
+        else:
+            assert lab.wait_for(lambda: status(lab, "fw2")["peers"]["fw1"]["bulk_received"] == bulks + 1, 10)
+            assert status(lab, "fw2")["peers"]["fw1"]["resync"] == "done"
         assert count(lab, "fw2") == N - DELETED       # still: nothing came back late
