@@ -26,8 +26,28 @@ import time
 RATE, SECONDS, DELAY = 2000, 1.5, 0.3
 
 
+def bulk_duration(lab, impl, size: int, dport: int) -> float:
+    """Seconds from fw2's request to its RESYNC_DONE, with no other load:
+    how long a returning member waits for its bulk (ordered takeover)."""
+    from bench.sync import flush, one_phase
+    one_phase(lab, impl, "new", 0, size, dport, 120)
+
+    def received() -> int:
+        return lab.control("fw2", {"cmd": "status"}, daemon="syncd")["peers"]["fw1"]["bulk_received"]
+    before = received()
+    t = time.monotonic()
+    lab.control("fw2", {"cmd": "resync-request"}, daemon="syncd")
+    lab.wait_for(lambda: received() > before, 60, 0.02)
+    took = time.monotonic() - t
+    flush(lab)
+    return took
+
+
 def bulks(lab, impl, size: int, rounds: int) -> None:
     from bench.sync import one_bulk
+    for run in range(rounds):
+        print(json.dumps({"bulk": size, "duration_s": round(bulk_duration(lab, impl, size, 39000 + run), 2)}),
+              flush=True)
     for run in range(rounds):
         res = one_bulk(lab, impl, size, 1000, 3, 40000 + 10 * run, via="request")
         st = lab.control("fw1", {"cmd": "status"}, daemon="syncd")["peers"]["fw2"]
