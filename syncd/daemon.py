@@ -253,10 +253,11 @@ class Daemon:
             log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)", e)
             entries, done = [], True
         own = self.own
+        entries = self.sync.claimable(e for e in entries if syncable(e, own))
         if self._dump_stateless:
             entries = [e for e in entries if e.proto != TCP]
             self.counters["stateless_refreshed"] += len(entries)
-        self.feed.add([(OP_UPSERT, e) for e in entries if syncable(e, own)])
+        self.feed.add([(OP_UPSERT, e) for e in entries])
         if done:
             asyncio.get_running_loop().remove_reader(self.dumper.fileno())
             self.feed.end()

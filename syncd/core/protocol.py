@@ -329,6 +329,20 @@ class Sync:
         p.tx.pending, p.tx.pending_len = recs, len(recs)
         self._pack(p, now, flags)
 
+    def claimable(self, entries) -> list:
+        """The entries of a refresh dump this member may send as its own:
+        all but those a peer that is not down speaks for. Sending such a
+        replica would take it over with an old copy, and bring back on its
+        origin what was deleted there since our dump (active-active, or no
+        carpd: every member refreshes). A down peer's entries are fair game:
+        this member carries them now, and the others must keep them alive."""
+        views = [p.view for p in self.peers.values() if p.state != "down" and p.view.size]
+        if not views:
+            return list(entries)
+        encode = wire.encode_record
+        return [e for e in entries
+                if not any(record_key(encode(OP_UPSERT, e)) in v for v in views)]
+
     # --- anti-entropy -------------------------------------------------------------
     def _adopter(self, ready: bool) -> Callable[[bytes], bool]:
         """key -> whether we take an entry nobody speaks for as ours: only

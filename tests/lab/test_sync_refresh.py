@@ -70,3 +70,25 @@ def test_refresh_sends_every_entry_and_resurrects_no_deleted_one(via):
             assert lab.wait_for(lambda: status(lab, "fw2")["peers"]["fw1"]["bulk_received"] == bulks + 1, 10)
             assert status(lab, "fw2")["peers"]["fw1"]["resync"] == "done"
         assert count(lab, "fw2") == N - DELETED       # still: nothing came back late
+
+
+def test_a_refresh_does_not_send_a_peer_its_own_entries_back():
+    """No carpd here, so both members count as carrying traffic, as both do
+    in active-active: fw2's refresh must leave out the replicas of fw1's
+    entries. Sent back as fw2's, old copies would overwrite fw1's entries and
+    bring back on fw1 what it deleted since fw2's dump."""
+    n = 2000
+    with Lab(members=2, prefix="h4rb", ipv6=False) as lab:
+        for m in lab.members:
+            lab.start_syncd(m)
+        assert lab.wait_for(lambda: all(status(lab, m)["in_sync"] for m in lab.members), 15)
+        lab.run("fw1", [PY, "-c", SNIPPET, "create", "0", str(n), str(DPORT)], timeout=60)
+        assert lab.wait_for(lambda: count(lab, "fw2") == n, 30), count(lab, "fw2")
+        before = status(lab, "fw1")["kernel"]
+        sent = status(lab, "fw2")["peers"]["fw1"]["entries_sent"]
+        assert lab.control("fw2", {"cmd": "resync"}, daemon="syncd", timeout=60)["ok"]
+        assert lab.wait_for(lambda: status(lab, "fw2")["counters"]["refreshes"] == 1, 10)
+        lab.wait_for(lambda: False, 2)                 # let a wrong refresh arrive
+        assert status(lab, "fw2")["peers"]["fw1"]["entries_sent"] == sent
+        assert status(lab, "fw1")["kernel"] == before  # fw1 applied nothing
+        assert count(lab, "fw1") == count(lab, "fw2") == n

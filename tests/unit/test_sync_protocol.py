@@ -504,3 +504,22 @@ def test_delayed_ack_sent_after_ack_delay_ack_every_or_the_next_tick():
     deliver(1, 13.0)
     fw2.flush(13.0)                                # without delay_acks: at once
     assert acks() == [d0 + 7]
+
+
+def test_a_refresh_claims_no_entry_an_up_peer_speaks_for():
+    """Active-active (or no carpd): every member refreshes its table. A
+    replica of fw1's entry in fw2's dump must not go back to fw1 as fw2's:
+    it would take the entry over with an old copy and bring back on fw1
+    what fw1 deleted since fw2's dump. Once fw1 is down, fw2 carries its
+    entries and may claim them; fw2's own are always claimable."""
+    net = Net(MEMBERS)
+    net.run(0.2)
+    net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(10)])
+    net.local("fw2", [(OP_UPSERT, entry(i)) for i in range(10, 15)])
+    fw2 = net.nodes["fw2"]
+    dump = [entry(i) for i in range(20)]          # 15..19: nobody's
+    assert fw2.claimable(dump) == dump[10:]
+    net.down.add("fw1")
+    net.run(fw2.t.peer_timeout + 1)
+    assert fw2.peers["fw1"].state == "down"
+    assert fw2.claimable(dump) == dump
