@@ -348,6 +348,9 @@ class Daemon:
         records = [(op, e) for op, e in a.records if syncable(e, own)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
         if records:
+            # A refresh's dump copy of what a peer changed since is stale:
+            # sent as ours, it would undo that change on the peer.
+            self.feed.touch(records)
             if self.trace is not None:
                 self.trace.applying(self.now(), records)
             # A bulk replaces stale local copies, except while this member is

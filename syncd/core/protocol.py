@@ -370,6 +370,9 @@ class Sync:
         (the next round covers it). A running round is dropped."""
         self.anti_entropy_abort()
         self._ae_mark = self.own.watch()
+        # A peer's change (its live delete, above all) also makes the dump's
+        # copy stale: adopting that copy would send the deleted entry back.
+        self._ae_views = [(p.view, p.view.watch()) for p in self.peers.values()]
         self.ae_entries = 0
 
     @property
@@ -377,7 +380,8 @@ class Sync:
         return self._ae_mark is not None
 
     def _ae_touched(self, key: bytes) -> bool:
-        return self.own.changed_since(key, self._ae_mark)
+        return self.own.changed_since(key, self._ae_mark) or any(
+            v.changed_since(key, m) for v, m in self._ae_views)
 
     def anti_entropy_add(self, entries, now: float) -> None:
         """A piece of the round's dump: note which own entries it shows
@@ -422,7 +426,10 @@ class Sync:
         """The dump failed: no corrections, no digest (the next round)."""
         if self._ae_mark is not None:
             self.own.unwatch()
+            for view, _mark in self._ae_views:
+                view.unwatch()
         self._ae_mark = None
+        self._ae_views: list = []
         self._ae_seen: set = set()
         self._ae_fix: dict = {}     # key -> record that may need a correction
         self._ae_gone: list = []    # keys of own entries the dump did not show

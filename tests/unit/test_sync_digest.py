@@ -272,3 +272,22 @@ def test_the_sweep_for_gone_entries_runs_in_steps_and_respects_later_live_events
     p.pump(1)
     assert finish(p) == 1                      # the delete of 1003 only
     assert p.table["b"] == p.table["a"] and 1002 in p.table["b"]
+
+
+def test_a_replica_the_origin_deleted_during_the_round_is_not_adopted_back():
+    # Active-active: b carries traffic too, so a replica nobody speaks for
+    # looks like b's to take. Its dump still held 1040 when a's DESTROY
+    # arrived: adopting that copy would send the closed session back to a.
+    p = synced_pair()
+    b = p.n["b"]
+    b.carrying = True
+    assert b.in_sync
+    stale = list(p.table["b"].values())        # b's dump, read before the delete
+    b.anti_entropy_begin(p.now)
+    p.change([(OP_DELETE, ent(1040))])
+    p.pump(1)
+    assert 1040 not in p.table["b"]
+    b.anti_entropy_add(stale, p.now)
+    assert b.anti_entropy_finish(p.now) == 0
+    p.pump(5)
+    assert 1040 not in p.table["a"] and record_key(rec(ent(1040))) not in b.own
