@@ -18,15 +18,17 @@ import asyncio
 import logging
 import time
 
+from syncd import pacing
 from syncd.conntrack import ConntrackError, Dumper
 from syncd.core.policy import syncable
 
 log = logging.getLogger("syncd")
 ROUND = "anti-entropy"
-# Per loop turn, a few ms of CPU each: dump entries read and checked, then
-# ranges of the own set looked through for entries the dump did not show.
-AE_TURN = 512
-AE_SWEEP = 16
+# Per loop turn, about 1 ms of CPU each (paced, syncd/pacing.py): dump
+# entries read and checked, then ranges of the own set looked through for
+# entries the dump did not show.
+AE_TURN = pacing.BACKGROUND_TURN
+AE_SWEEP = 4
 
 
 class Rounds:
@@ -84,22 +86,31 @@ class Rounds:
         sync.anti_entropy_add([e for e in entries if syncable(e, own)], d.now())
         self.turns += 1
         self.longest = max(self.longest, time.process_time() - t0)
+        # Routine work: the next turn after a pause (syncd/pacing.py).
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.dumper.fileno())
         if done:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.dumper.fileno())
-            loop.call_soon(self.sweep)
+            loop.call_later(pacing.pause(t0), self.sweep)
+        else:
+            loop.call_later(pacing.pause(t0), self._resume, sync)
+
+    def _resume(self, sync) -> None:
+        if self.running and self.sync is sync:
+            asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
 
     def sweep(self) -> None:
         """The own set looked through a few ranges per turn, then the end."""
         t0 = time.process_time()
         d, sync = self.d, self.sync
+        if not self.running:         # ended meanwhile (a reload, a failed dump)
+            return
         if d.sync is not sync:
             self._end({"error": "reloaded during the round"})
             return
         self.turns += 1
         if not sync.anti_entropy_sweep(AE_SWEEP):
             self.longest = max(self.longest, time.process_time() - t0)
-            asyncio.get_running_loop().call_soon(self.sweep)
+            asyncio.get_running_loop().call_later(pacing.pause(t0), self.sweep)
             return
         fixes = sync.anti_entropy_finish(d.now())
         d.process()

@@ -29,7 +29,7 @@ from syncd.core.policy import own_addresses, syncable
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
-from syncd import antientropy, bulk, reload as live_reload
+from syncd import antientropy, bulk, pacing, reload as live_reload
 from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
@@ -57,6 +57,10 @@ GC_GEN0 = 20000
 # acks keep it flowing): live events wait behind that much, not the table.
 REFRESH_CHUNK = 512
 REFRESH_WINDOW = 64
+# The 30 s refresh of non-TCP entries is routine, not a repair: smaller
+# chunks and window, so a live event waits behind ~400 records at most (a
+# few ms), not ~1700. Still ~20k entries/s (acks every ack_delay).
+STATELESS_PACE = (128, 16)
 DUMP_TURN = 1024            # refresh dump entries read per loop turn
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 UDP_BUF = 8 << 20
@@ -128,6 +132,7 @@ class Daemon:
         self.trace = Trace.from_env(node)     # debug mode (syncd/trace.py): None in service
         self.feed = RefreshFeed(REFRESH_CHUNK, REFRESH_WINDOW)
         self._feed_soon = False
+        self._dump_stateless, self._dump_gen = False, 0
 
     def now(self) -> float:
         return time.monotonic()
@@ -240,15 +245,23 @@ class Daemon:
     def start_dump(self, stateless: bool) -> None:
         """A refresh from a dump read between live events (on_dump); a full
         one replaces a running one, a stateless one never does."""
-        if not self.feed.start([], replace=not stateless, open=True):
+        if not self.feed.start([], replace=not stateless, open=True,
+                               pace=STATELESS_PACE if stateless else None):
             return
         self._dump_stateless = stateless
+        self._dump_gen += 1
         self.dumper.start()
         asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
 
+    def _resume_dump(self, gen: int) -> None:
+        if gen == self._dump_gen and self.dumper.running:     # not replaced meanwhile
+            asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
+
     def on_dump(self) -> None:
+        t0 = pacing.mark()
         try:
-            entries, done = self.dumper.read(DUMP_TURN)
+            entries, done = self.dumper.read(pacing.BACKGROUND_TURN if self._dump_stateless
+                                             else DUMP_TURN)
         except ConntrackError as e:
             log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)", e)
             entries, done = [], True
@@ -258,11 +271,16 @@ class Daemon:
             entries = [e for e in entries if e.proto != TCP]
             self.counters["stateless_refreshed"] += len(entries)
         self.feed.add([(OP_UPSERT, e) for e in entries])
+        loop = asyncio.get_running_loop()
         if done:
-            asyncio.get_running_loop().remove_reader(self.dumper.fileno())
+            loop.remove_reader(self.dumper.fileno())
             self.feed.end()
         if not self._feed_soon:
             self.feed_refresh()
+        if not done and self._dump_stateless:
+            # Routine work: the next read after a pause (syncd/pacing.py).
+            loop.remove_reader(self.dumper.fileno())
+            loop.call_later(pacing.pause(t0), self._resume_dump, self._dump_gen)
 
     def backlog(self) -> int:
         """Messages the slowest reachable peer has not acknowledged yet."""
@@ -272,6 +290,7 @@ class Daemon:
         """Send the next chunk of a running refresh, if the peers keep up;
         called again after each chunk, on acks (datagrams) and on ticks."""
         self._feed_soon = False
+        t0 = pacing.mark()
         chunk = self.feed.next_chunk(self.backlog())
         if chunk is None:
             return
@@ -281,9 +300,14 @@ class Daemon:
             self.sync.flush(now, delay_acks=True)
             self.process()
         if self.feed.pending and not self._feed_soon:
-            # After the loop's next look at the sockets: live events first.
+            # After the loop's next look at the sockets: live events first;
+            # a routine refresh after a pause too (syncd/pacing.py).
             self._feed_soon = True
-            asyncio.get_running_loop().call_soon(self.feed_refresh)
+            loop = asyncio.get_running_loop()
+            if self._dump_stateless:
+                loop.call_later(pacing.pause(t0), self.feed_refresh)
+            else:
+                loop.call_soon(self.feed_refresh)
 
     def on_datagrams(self) -> None:
         now = self.now()
@@ -377,7 +401,11 @@ class Daemon:
 
     async def housekeeping(self) -> None:
         last_addr = last_count = 0.0
-        last_refresh = last_digest = self.now()
+        last_digest = self.now()
+        # Half an interval out of step with the anti-entropy rounds (both
+        # default to 30 s): two background jobs at once would take twice
+        # their CPU share, and live events would queue behind them.
+        last_refresh = last_digest - REFRESH_INTERVAL / 2
         while True:
             await asyncio.sleep(0.25)
             now = self.now()

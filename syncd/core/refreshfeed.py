@@ -14,6 +14,7 @@ from __future__ import annotations
 
 class RefreshFeed:
     def __init__(self, chunk: int = 512, window: int = 64):
+        self.defaults = chunk, window
         self.chunk, self.window = chunk, window
         self.left: list = []        # (op, Entry) still to send, in dump order
         self.pos = 0
@@ -29,13 +30,16 @@ class RefreshFeed:
     def active(self) -> bool:
         return self.pending or self.open
 
-    def start(self, records: list, replace: bool = True, open: bool = False) -> bool:
+    def start(self, records: list, replace: bool = True, open: bool = False,
+              pace: tuple[int, int] | None = None) -> bool:
         """Begin a refresh of records; a running one is replaced by a newer
         dump only with replace (a full refresh covers a partial one). False:
-        a refresh was running and is kept."""
+        a refresh was running and is kept. pace: (chunk, window) for this
+        refresh instead of the defaults (a background one goes gentler)."""
         if self.active and not replace:
             return False
         self.left, self.pos, self.touched, self.open = list(records), 0, set(), open
+        self.chunk, self.window = pace or self.defaults
         return True
 
     def add(self, records) -> None:

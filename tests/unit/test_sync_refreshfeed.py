@@ -54,3 +54,13 @@ def test_a_dump_that_arrives_in_pieces():
     f.end()
     assert [e.osport for _, e in f.next_chunk(0)] == [4]
     assert not f.active
+
+
+def test_a_background_refresh_goes_at_its_own_pace_and_the_next_one_at_the_default():
+    f = RefreshFeed(chunk=3, window=10)
+    f.start([rec(p) for p in range(5)], pace=(2, 4))
+    assert f.next_chunk(backlog=4) is None           # its own, smaller window
+    assert [e.osport for _, e in f.next_chunk(3)] == [0, 1]
+    assert len(f.next_chunk(0)) == 2 and len(f.next_chunk(0)) == 1
+    f.start([rec(p) for p in range(5)])
+    assert len(f.next_chunk(backlog=9)) == 3          # defaults again
