@@ -298,7 +298,7 @@ class Conntrack:
             done = False
             while not done:
                 try:
-                    buf = self.req.recv(1 << 20)
+                    buf = self._recv()     # not recv(1 MiB): an mmap per batch
                 except socket.timeout:
                     for kind, e in pending.values():
                         self._failed(kind, e, "no answer from the kernel")
