@@ -164,10 +164,23 @@ class Conntrack:
 
     # --- events ----------------------------------------------------------------------
     def read_events(self, limit: int = 20000) -> list[tuple[str, Entry]]:
-        """Drain pending events (non-blocking). Raises Overrun after ENOBUFS."""
+        """Drain pending events (non-blocking) as (kind, Entry). Raises
+        Overrun after ENOBUFS."""
+        def parse(buf, off, end, kind):
+            e = ctnl.parse_entry(buf, off, end)
+            return None if e is None else (kind, e)
+        return self._drain(limit, parse)
+
+    def read_records(self, limit: int = 20000) -> list[bytes]:
+        """Drain pending events (non-blocking) as wire records, packed
+        straight from the buffer (the live path: no Entry per event). Raises
+        Overrun after ENOBUFS."""
+        return self._drain(limit, ctnl.event_record)
+
+    def _drain(self, limit: int, convert) -> list:
         out = []
         recv_into, view, portid = self.events.recv_into, self._ev_view, self.portid
-        split, event_kind, parse_entry = ctnl.split, ctnl.event_kind, ctnl.parse_entry
+        split, event_kind = ctnl.split, ctnl.event_kind
         while len(out) < limit:
             try:
                 n = recv_into(view)
@@ -185,9 +198,9 @@ class Conntrack:
                 if pid == portid:
                     self.stats["own_events"] += 1
                     continue
-                e = parse_entry(buf, off, end)
-                if e is not None:
-                    out.append((kind, e))
+                item = convert(buf, off, end, kind)
+                if item is not None:
+                    out.append(item)
         return out
 
     def _recv(self):

@@ -19,7 +19,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_
                                                    nfct_msg, nfct_stats)
 
 from syncd.core.addrcache import ntop, pton
-from syncd.core.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, TCP, Entry
+from syncd.core.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, OP_DELETE, OP_UPSERT, TCP, Entry
+from syncd.core.wire import ADDR_LEN, encode_record
 
 CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
@@ -256,13 +257,18 @@ def _parse_tuple(buf, span, family: int):
     return proto, src, dst, sport, dport
 
 
-def _entry(buf, a: dict, family: int, proto: int, orig, reply) -> Entry:
-    """The Entry of both parsers: tuples orig/reply as (src, dst, sport, dport),
-    the rest from the top-level attributes a."""
-    def be32(k):
-        return struct.unpack_from("!I", buf, a[k][0])[0] if k in a else 0
+_BE32 = struct.Struct("!I")
+_BE16 = struct.Struct("!H")
 
-    zone = struct.unpack_from("!H", buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
+
+def _extras(buf, a: dict) -> tuple:
+    """(zone, status, timeout, mark, tcp_state, wscale_orig, wscale_reply,
+    flags_orig, flags_reply) from the top-level attributes a."""
+    be32 = _BE32.unpack_from
+    zone = _BE16.unpack_from(buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
+    status = be32(buf, a[CTA_STATUS][0])[0] if CTA_STATUS in a else 0
+    timeout = be32(buf, a[CTA_TIMEOUT][0])[0] if CTA_TIMEOUT in a else 0
+    mark = be32(buf, a[CTA_MARK][0])[0] if CTA_MARK in a else 0
     state = wso = wsr = fo = fr = 0
     if CTA_PROTOINFO in a:
         pi = _attrs_of(buf, *a[CTA_PROTOINFO])
@@ -272,8 +278,14 @@ def _entry(buf, a: dict, family: int, proto: int, orig, reply) -> Entry:
             state = get(CTA_PROTOINFO_TCP_STATE)
             wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
             fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
-    return Entry(family, proto, zone, *orig, *reply,
-                 be32(CTA_STATUS), be32(CTA_TIMEOUT), be32(CTA_MARK), state, wso, wsr, fo, fr)
+    return zone, status, timeout, mark, state, wso, wsr, fo, fr
+
+
+def _entry(buf, a: dict, family: int, proto: int, orig, reply) -> Entry:
+    """The Entry of both parsers: tuples orig/reply as (src, dst, sport, dport),
+    the rest from the top-level attributes a."""
+    zone, status, timeout, mark, state, wso, wsr, fo, fr = _extras(buf, a)
+    return Entry(family, proto, zone, *orig, *reply, status, timeout, mark, state, wso, wsr, fo, fr)
 
 
 def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
@@ -313,8 +325,9 @@ def event_kind(mtype: int, flags: int) -> str | None:
 # network-order values byte-swapped by hand). Anything else (ICMP, odd
 # layouts) takes the generic path above; the tests check both agree.
 _N = NLA_F_NESTED
-_TUPLE = {4: struct.Struct("=HHHHHH4sHH4sHHHHB3xHHH2xHHH2x"),
-          6: struct.Struct("=HHHHHH16sHH16sHHHHB3xHHH2xHHH2x")}
+# Ports as their raw (network order) bytes: they go into wire records as they are.
+_TUPLE = {4: struct.Struct("=HHHHHH4sHH4sHHHHB3xHH2s2xHH2s2x"),
+          6: struct.Struct("=HHHHHH16sHH16sHHHHB3xHH2s2xHH2s2x")}
 _TUPLE_LEN = {4: 52, 6: 76}
 _IP_LEN = {4: 20, 6: 44}
 _ALEN = {4: 8, 6: 20}
@@ -339,7 +352,7 @@ def _fast_tuple(t: int, f: int, proto: int, src: str, dst: str, sport: int, dpor
     return _TUPLE[f].pack(_TUPLE_LEN[f], t | _N, _IP_LEN[f], CTA_TUPLE_IP | _N,
                           _ALEN[f], s_attr, pton(src), _ALEN[f], d_attr, pton(dst),
                           28, CTA_TUPLE_PROTO | _N, 5, CTA_PROTO_NUM, proto,
-                          6, CTA_PROTO_SRC_PORT, _swap16(sport), 6, CTA_PROTO_DST_PORT, _swap16(dport))
+                          6, CTA_PROTO_SRC_PORT, _BE16.pack(sport), 6, CTA_PROTO_DST_PORT, _BE16.pack(dport))
 
 
 def _fast_nat(t: int, f: int, addr: str, port: int) -> bytes:
@@ -400,9 +413,9 @@ def encode_update(e: Entry, seq: int) -> bytes:
     return _fast_message(CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, e.family, body)
 
 
-def _fast_parse_tuple(buf, off: int, f: int, t: int):
+def _raw_tuple(buf, off: int, f: int, t: int):
     """(proto, src, dst, sport, dport) if the tuple at off has the fixed
-    layout, else None."""
+    layout, else None; addresses and ports as packed bytes."""
     st = _TUPLE[f]
     if len(buf) - off < st.size:
         return None
@@ -413,24 +426,57 @@ def _fast_parse_tuple(buf, off: int, f: int, t: int):
             or da != d_attr or pl != 28 or na != CTA_PROTO_NUM or spa != CTA_PROTO_SRC_PORT
             or dpa != CTA_PROTO_DST_PORT):
         return None
-    return proto, ntop(src), ntop(dst), _swap16(sport), _swap16(dport)
+    return proto, src, dst, sport, dport
+
+
+def _fixed(buf, off: int, end: int):
+    """(family, orig, reply, top-level attributes) of a message whose tuples
+    have the fixed layout; None: the generic parser decides."""
+    family = _VER.get(buf[off])
+    if family is None:
+        return None
+    p = off + 4
+    o = _raw_tuple(buf, p, family, CTA_TUPLE_ORIG)
+    r = _raw_tuple(buf, p + _TUPLE_LEN[family], family, CTA_TUPLE_REPLY) if o else None
+    if r is None:
+        return None
+    return family, o, r, _attrs_of(buf, p + 2 * _TUPLE_LEN[family], end)
 
 
 def parse_entry(buf, off: int, end: int) -> Entry | None:
     """Entry from a ctnetlink NEW/DELETE message payload (after nlmsghdr);
     None for families/shapes sync does not carry."""
-    family = _VER.get(buf[off])
-    if family is None:
-        return None
-    p = off + 4
-    o = _fast_parse_tuple(buf, p, family, CTA_TUPLE_ORIG)
-    r = _fast_parse_tuple(buf, p + _TUPLE_LEN[family], family, CTA_TUPLE_REPLY) if o else None
-    if r is None:
+    fixed = _fixed(buf, off, end)
+    if fixed is None:
         return parse_entry_generic(buf, off, end)
-    a = _attrs_of(buf, p + 2 * _TUPLE_LEN[family], end)
+    family, o, r, a = fixed
+    return _entry(buf, a, family, o[0], (ntop(o[1]), ntop(o[2]), _port(o[3]), _port(o[4])),
+                  (ntop(r[1]), ntop(r[2]), _port(r[3]), _port(r[4])))
 
-    return _entry(buf, a, family, o[0], o[1:], r[1:])
+
+def _port(raw: bytes) -> int:
+    return raw[0] << 8 | raw[1]
+
+
+# wire.py's record with addresses and ports as packed bytes.
+_REC = {f: struct.Struct(f"!BBBBHHIIIBBBB{n}s{n}s2s2s{n}s{n}s2s2s") for f, n in ADDR_LEN.items()}
+
+
+def event_record(buf, off: int, end: int, kind: str) -> bytes | None:
+    """The wire record (syncd.core.wire) of an event's payload: the bytes of
+    wire.encode_record(op, parse_entry(...)) packed straight from the netlink
+    buffer, without an Entry and address text in between (the live event
+    path). None for families/shapes sync does not carry."""
+    op = OP_DELETE if kind == EV_DESTROY else OP_UPSERT
+    fixed = _fixed(buf, off, end)
+    if fixed is None:
+        e = parse_entry_generic(buf, off, end)
+        return None if e is None else encode_record(op, e)
+    family, o, r, a = fixed
+    zone, status, timeout, mark, state, wso, wsr, fo, fr = _extras(buf, a)
+    return _REC[family].pack(op, family, o[0], state, zone, 0, status, timeout, mark,
+                             wso, wsr, fo, fr, o[1], o[2], o[3], o[4], r[1], r[2], r[3], r[4])
 
 
 __all__ = ["encode_create", "encode_update", "encode_delete", "encode_dump", "encode_get",
-           "split", "parse_entry", "event_kind", "error_code", "NLMSG_ERROR", "NLMSG_DONE"]
+           "split", "parse_entry", "event_record", "event_kind", "error_code", "NLMSG_ERROR", "NLMSG_DONE"]

@@ -25,7 +25,8 @@ from syncd import metrics
 from syncd.core import keys
 from syncd.conntrack import Conntrack, ConntrackError, Dumper, Overrun
 from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
-from syncd.core.policy import own_addresses, syncable
+from syncd.core import wire
+from syncd.core.policy import own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
@@ -210,7 +211,7 @@ class Daemon:
         try:
             # A bounded batch keeps the loop responsive (acks, control socket);
             # the reader fires again while events are pending.
-            events = self.ct.read_events(limit=EVENT_BATCH)
+            events = self.ct.read_records(limit=EVENT_BATCH)
         except Overrun:
             # Events were lost: send the whole table again (upserts repair
             # NEW/UPDATE; lost DESTROYs leave entries on peers to time out).
@@ -218,19 +219,16 @@ class Daemon:
             log.warning("conntrack event overrun: refreshing peers from a full dump")
             self.full_refresh(now)
             return
-        records = []
-        own = self.own
-        for kind, e in events:
-            if not syncable(e, own):
-                self.counters["events_skipped"] += 1
-                continue
-            records.append((OP_DELETE if kind == "destroy" else OP_UPSERT, e))
+        own = packed(self.own)
+        records = [r for r in events if syncable_record(r, own)]
         self.counters["events"] += len(events)
+        self.counters["events_skipped"] += len(events) - len(records)
         if records:
             if trace is not None:
                 read = self.now()
-            self.feed.touch(records)
-            self.sync.local(records, now)
+            if self.feed.active:    # it wants the entries' keys
+                self.feed.touch([wire.decode_record(r, 0)[:2] for r in records])
+            self.sync.local_records(records)
             if trace is not None:
                 encoded = self.now()
             self.sync.flush(now, delay_acks=True)

@@ -16,6 +16,8 @@ import cProfile
 import json
 import os
 
+from syncd.core import wire
+
 MAX_BATCHES = 500_000    # bounded: a forgotten trace must not eat the memory
 
 
@@ -38,8 +40,10 @@ class Trace:
         return cls(f"{prefix}-{node}.json") if prefix else None
 
     def sent_batch(self, wake: float, read: float, encoded: float, sent: float, records) -> None:
+        """records: the batch's wire records."""
         if len(self.sent) < MAX_BATCHES:
-            self.sent.append((wake, read, encoded, sent, _keys(records)))
+            self.sent.append((wake, read, encoded, sent,
+                              _keys([wire.decode_record(r, 0)[:2] for r in records])))
 
     def applying(self, start: float, records) -> None:
         if self.kernel_start is None:

@@ -241,6 +241,10 @@ class Sync:
         that is up; call flush() after a batch."""
         self._local_encoded([wire.encode_record(op, e) for op, e in records])
 
+    def local_records(self, encoded: list[bytes]) -> None:
+        """local() of changes already in wire records (wire.encode_record)."""
+        self._local_encoded(encoded)
+
     def _local_encoded(self, encoded: list[bytes]) -> None:
         own, views = self.own, [p.view for p in self.peers.values() if p.view.size]
         for rec in encoded:

@@ -4,7 +4,8 @@ import socket
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from syncd import ctnl
-from syncd.core.entry import Entry
+from syncd.core import wire
+from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
 TCP_SNAT = Entry(4, 6, 0, "192.0.2.100", "198.51.100.100", 40000, 80,
                  "198.51.100.100", "198.51.100.1", 80, 61000, status=0x19e, timeout=431999,
@@ -133,3 +134,15 @@ def test_fast_parser_equals_generic():
     for e in VARIANTS:
         data = pyroute2_event(e)
         assert ctnl.parse_entry(data, 16, len(data)) == ctnl.parse_entry_generic(data, 16, len(data)) == e
+
+
+def test_event_record_is_the_wire_record_of_the_parsed_entry():
+    for e in VARIANTS:
+        data = pyroute2_event(e)
+        for kind, op in ((ctnl.EV_NEW, OP_UPSERT), (ctnl.EV_UPDATE, OP_UPSERT), (ctnl.EV_DESTROY, OP_DELETE)):
+            rec = ctnl.event_record(data, 16, len(data), kind)
+            assert rec == wire.encode_record(op, e), e
+            assert wire.decode_record(rec, 0)[:2] == (op, e)
+    bad = bytearray(pyroute2_event(TCP_SNAT))
+    bad[16] = 99     # a family sync does not carry
+    assert ctnl.event_record(bytes(bad), 16, len(bad), ctnl.EV_NEW) is None

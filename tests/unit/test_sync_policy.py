@@ -1,6 +1,7 @@
 """syncd.core.policy: which entries are replicated (pure)."""
-from syncd.core.entry import Entry
-from syncd.core.policy import own_addresses, syncable
+from syncd.core import wire
+from syncd.core.entry import OP_UPSERT, Entry
+from syncd.core.policy import own_addresses, packed, syncable as syncable_entry, syncable_record
 
 OWN = own_addresses(["192.0.2.11", "198.51.100.11", "203.0.113.1", "198.51.100.1", "fe80::1%lan0"],
                     ["192.0.2.1/24", "198.51.100.1/24"], ["203.0.113.1", "203.0.113.2"])
@@ -10,6 +11,13 @@ def e(proto=6, osrc="192.0.2.100", odst="198.51.100.100", sport=40000, dport=80,
       rsrc=None, rdst=None, status=0):
     return Entry(4, proto, 0, osrc, odst, sport, dport, rsrc or odst, rdst or osrc, dport, sport,
                  status=status)
+
+
+def syncable(entry, own) -> bool:
+    """Both forms of the policy, on the entry and on its wire record, agree."""
+    verdict = syncable_entry(entry, own)
+    assert syncable_record(wire.encode_record(OP_UPSERT, entry), packed(own)) == verdict, entry
+    return verdict
 
 
 def test_forwarded_flows_are_synced_also_snat_to_a_vip():
@@ -28,3 +36,13 @@ def test_skipped_flows():
     assert not syncable(e(odst="224.0.0.251"), OWN)                            # multicast
     assert not syncable(e(osrc="127.0.0.1", odst="127.0.0.1"), OWN)
     assert not syncable(e(status=1 << 12), OWN)                                # untracked
+    assert not syncable(e(status=1 << 11), OWN)                                # template
+
+
+def test_ipv6():
+    own = own_addresses(["2001:db8:1::11"], [], ["2001:db8:ff::1"])
+    v6 = Entry(6, 17, 0, "2001:db8:2::5", "2001:db8:3::5", 5000, 53, "2001:db8:3::5", "2001:db8:2::5", 53, 5000)
+    assert syncable(v6, own)
+    assert not syncable(v6._replace(rdst="2001:db8:1::11"), own)
+    assert not syncable(v6._replace(odst="ff02::fb"), own)
+    assert not syncable(v6._replace(osrc="fe80::1"), own)

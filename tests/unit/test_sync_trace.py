@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from syncd.core import wire
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 from syncd.trace import Trace, profiler
 
@@ -21,7 +22,7 @@ def test_off_by_default(monkeypatch):
 def test_batches_written_with_their_keys(monkeypatch, tmp_path):
     monkeypatch.setenv("SYNCD_TRACE", str(tmp_path / "trace"))
     t = Trace.from_env("fw2")
-    t.sent_batch(1.0, 1.1, 1.2, 1.3, [(OP_UPSERT, E)])
+    t.sent_batch(1.0, 1.1, 1.2, 1.3, [wire.encode_record(OP_UPSERT, E)])   # what the daemon sends
     t.applied_batch(2.0, 0.0, 0.0, 2.1, 2.2)            # nothing applied: no record
     t.applying(2.3, [(OP_DELETE, E)])
     t.applied_batch(2.0, 0.01, 0.02, 2.1, 2.4)
