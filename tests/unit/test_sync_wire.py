@@ -1,4 +1,6 @@
 """syncd wire format, HKDF and replay window (pure)."""
+import hmac
+
 import pytest
 
 from syncd.core import keys, wire
@@ -93,6 +95,14 @@ def test_bad_datagrams_raise_with_reason(mutate, reason):
     with pytest.raises(wire.WireError) as e:
         wire.decode(KEY, mutate(d))
     assert e.value.reason == reason
+
+
+def test_mac_is_hmac_sha256():
+    for key in (b"", KEY, bytes(range(64)), bytes(range(65)), b"k" * 200):
+        for data in (b"", b"x", bytes(range(256)) * 6):
+            assert wire.mac(key, data) == hmac.digest(key, data, "sha256"), (len(key), len(data))
+    d = data_msg([(OP_UPSERT, TCP4)])
+    assert d[-wire.MAC_LEN:] == hmac.digest(KEY, d[:-wire.MAC_LEN], "sha256")
 
 
 def test_wrong_key_is_bad_auth():
