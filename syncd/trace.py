@@ -2,7 +2,8 @@
 
 SYNCD_TRACE=/dir/prefix makes the daemon stamp, with time.monotonic() (one
 clock for every network namespace of a host), each batch of kernel events
-it sends and each batch of datagrams it applies, per step, and write the
+it sends and each batch of datagrams it applies, per step, and each garbage
+collection (start, duration, generation), and write the
 stamps to /dir/prefix-NODE.json when it stops. SYNCD_PROFILE=/dir/prefix
 writes a cProfile of the run to /dir/prefix-NODE.prof the same way.
 `python -m bench.sync --trace` joins the stamps with the injector's and the
@@ -13,8 +14,10 @@ Off (the default) the daemon pays one `is None` test per batch.
 from __future__ import annotations
 
 import cProfile
+import gc
 import json
 import os
+import time
 
 from syncd.core import wire
 
@@ -33,6 +36,15 @@ class Trace:
         self.applied: list = []    # (wake, recv_s, auth_s, received, kernel_start, applied, keys)
         self.pending: list = []    # records applied in the current datagram batch
         self.kernel_start = None
+        self.gc: list = []         # (start, seconds, generation) of each collection
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        elif len(self.gc) < MAX_BATCHES:
+            self.gc.append((self._gc_start, time.monotonic() - self._gc_start, info["generation"]))
 
     @classmethod
     def from_env(cls, node: str) -> "Trace | None":
@@ -60,7 +72,7 @@ class Trace:
 
     def write(self) -> None:
         with open(self.path, "w") as f:
-            json.dump({"sent": self.sent, "applied": self.applied}, f)
+            json.dump({"sent": self.sent, "applied": self.applied, "gc": self.gc}, f)
 
 
 def profiler(node: str):

@@ -30,3 +30,16 @@ def test_batches_written_with_their_keys(monkeypatch, tmp_path):
     data = json.loads((tmp_path / "trace-fw2.json").read_text())
     assert data["sent"] == [[1.0, 1.1, 1.2, 1.3, [["192.0.2.100", 1024, 20001, OP_UPSERT, 1]]]]
     assert data["applied"] == [[2.0, 0.01, 0.02, 2.1, 2.3, 2.4, [["192.0.2.100", 1024, 20001, OP_DELETE, 1]]]]
+
+
+def test_collections_recorded(monkeypatch, tmp_path):
+    import gc
+    monkeypatch.setenv("SYNCD_TRACE", str(tmp_path / "trace"))
+    t = Trace.from_env("fw1")
+    try:
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(t._on_gc)
+    t.write()
+    data = json.loads((tmp_path / "trace-fw1.json").read_text())
+    assert [g[2] for g in data["gc"]] == [0] and data["gc"][0][1] >= 0
