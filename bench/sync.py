@@ -135,7 +135,6 @@ def _floor_gc() -> None:
 def worker_floor_send(args) -> None:
     from syncd.conntrack import Conntrack
     from syncd.core import wire
-    from syncd.core.entry import OP_DELETE, OP_UPSERT
     import socket
     _floor_gc()
     ct = Conntrack()
@@ -145,8 +144,7 @@ def worker_floor_send(args) -> None:
     per = wire.MAX_BODY // wire.REC_LEN[4]
     while True:
         select.select([ct.events], [], [])
-        recs = [wire.encode_record(OP_DELETE if k == "destroy" else OP_UPSERT, e)
-                for k, e in ct.read_events(limit=128)]
+        recs = ct.read_records(limit=128)      # as syncd reads them: straight into records
         for i in range(0, len(recs), per):
             seq += 1
             body = recs[i:i + per]
