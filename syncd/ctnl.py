@@ -179,7 +179,7 @@ def _attrs(e: Entry) -> list[bytes]:
     return out
 
 
-def encode_delete(e: Entry, seq: int) -> bytes:
+def encode_delete_generic(e: Entry, seq: int) -> bytes:
     body = _tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + _zone(e)
     return _message(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, _FAM[e.family], body)
 
@@ -411,6 +411,16 @@ def encode_update(e: Entry, seq: int) -> bytes:
         return encode_update_generic(e, seq)
     body = _fast_tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport) + _fast_attrs(e)
     return _fast_message(CT_NEW, NLM_F_REQUEST | NLM_F_ACK, seq, e.family, body)
+
+
+def encode_delete(e: Entry, seq: int) -> bytes:
+    """IPCTNL_MSG_CT_DELETE of the entry's original tuple (and zone)."""
+    if e.proto not in _PORTED or not (e.osport or e.odport):   # the generic one omits zero ports
+        return encode_delete_generic(e, seq)
+    body = _fast_tuple(CTA_TUPLE_ORIG, e.family, e.proto, e.osrc, e.odst, e.osport, e.odport)
+    if e.zone:
+        body += _U16.pack(6, CTA_ZONE, _swap16(e.zone))
+    return _fast_message(CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, e.family, body)
 
 
 def _raw_tuple(buf, off: int, f: int, t: int):

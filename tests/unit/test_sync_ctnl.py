@@ -128,6 +128,8 @@ def test_fast_encoders_equal_generic():
         assert ctnl.encode_create(e, 9) == ctnl.encode_create_generic(e, 9), e
         assert ctnl.encode_create(e, 9, exclusive=False) == ctnl.encode_create_generic(e, 9, False)
         assert ctnl.encode_update(e, 4) == ctnl.encode_update_generic(e, 4), e
+    for e in VARIANTS + [UDP6_ZONE._replace(osport=0, odport=0, zone=0)]:
+        assert ctnl.encode_delete(e, 5) == ctnl.encode_delete_generic(e, 5), e
 
 
 def test_fast_parser_equals_generic():
