@@ -38,6 +38,7 @@ EVENT_BUF = 1 << 16             # one event is a few hundred bytes
 REQ_BUF = 4 << 20               # a dump answer: many entries per read
 KNOWN_MAX = 1 << 20
 _COUNTED = frozenset(("created", "updated", "kept"))   # applyplan outcomes kept in stats
+_OK = {k: applyplan.outcome(k, 0)[0] for k in ("create", "update", "add", "delete", "unlink")}
 
 
 SO_ATTACH_FILTER = 26
@@ -323,9 +324,26 @@ class Conntrack:
                     kind, e = pending.pop(seq)
                     self._outcome(kind, e, -ctnl.error_code(buf, off), retry)
                     done = done or seq == last
-            for kind, e in pending.values():     # no error reported: done
-                self._outcome(kind, e, 0, retry)
+            self._succeeded(pending.values())   # no error reported: done
         return retry
+
+    def _succeeded(self, items) -> None:
+        """_outcome(kind, e, 0) of each item, without a call per item (the
+        common case: nearly every request of a batch succeeds)."""
+        known, stats = self.known, self.stats
+        for kind, e in items:
+            what = _OK[kind]
+            if what in _COUNTED:
+                key = e.key
+                known[key] = None
+                known.move_to_end(key)
+                stats[what] += 1
+            else:       # deleted or gone
+                known.pop(e.key, None)
+                if what == "deleted":
+                    stats["deleted"] += 1
+        while len(known) > KNOWN_MAX:
+            known.popitem(last=False)
 
     def _outcome(self, kind: str, e: Entry, code: int, retry: list) -> None:
         what, again = applyplan.outcome(kind, code)
