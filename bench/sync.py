@@ -274,6 +274,8 @@ class Impl:
         default); with rr the Python implementations get the same, else
         they run as shipped: what fwcluster-syncd.service sets
         (CPUSchedulingPolicy/Priority). Returns the policies in force."""
+        if self.name == HARNESS:
+            return "(no daemon)"
         if self.name != "conntrackd":
             policy, prio = ("rr", "99") if rr else shipped_sched()
             for p in self.procs.values():
@@ -654,9 +656,9 @@ probes themselves add to every row and its peak the highest rate they can
 measure. Every cell is the median of {runs} repetitions
 (implementations alternate); "lag p99 (range)" also gives the lowest and
 highest p99 seen. Injector and watcher run SCHED_RR 99, like conntrackd
-itself. The machine has 2 cores, shared with other developers' test runs
-while this ran (loaded): absolute numbers are pessimistic, the side-by-side
-comparison is the point. Load average (1/5/15 min) when the run started:
+itself. The machine has 2 cores and may be shared with other work (the
+load averages below tell): absolute numbers depend on it, the side-by-side
+comparison in one run is the point. Load average (1/5/15 min) when the run started:
 {load_start}; when it ended: {load_end}.
 
 """
