@@ -43,6 +43,9 @@ ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
 # out on the peers (30-180 s) while the master keeps it alive: re-send
 # non-TCP entries (with their current timeouts) this often.
 REFRESH_INTERVAL = 30.0
+# ... but only entries whose copies on the peers run out within this: the
+# next refresh, and the time a paced refresh itself may take, come first.
+REFRESH_HORIZON = 2 * REFRESH_INTERVAL
 # Latency: what is read in one loop turn is sent (or applied) before the
 # next read, so these bound how long the first event of a burst waits for
 # the last. Small enough that the peer works on one chunk while this member
@@ -232,7 +235,7 @@ class Daemon:
                 read = self.now()
             if self.feed.active:    # it wants the entries' keys
                 self.feed.touch([wire.decode_record(r, 0)[:2] for r in records])
-            self.sync.local_records(records)
+            self.sync.local_records(records, now)
             if trace is not None:
                 encoded = self.now()
             self.sync.flush(now, delay_acks=True)
@@ -268,10 +271,13 @@ class Daemon:
             log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)", e)
             entries, done = [], True
         own = self.own
-        entries = self.sync.claimable(e for e in entries if syncable(e, own))
+        entries = [e for e in entries if syncable(e, own)]
         if self._dump_stateless:
-            entries = [e for e in entries if e.proto != TCP]
+            entries = self.sync.refreshable([e for e in entries if e.proto != TCP], self.now(),
+                                            REFRESH_HORIZON)
             self.counters["stateless_refreshed"] += len(entries)
+        else:                       # a repair: everything we may speak for
+            entries = self.sync.claimable(entries)
         self.feed.add([(OP_UPSERT, e) for e in entries])
         loop = asyncio.get_running_loop()
         if done:
@@ -525,6 +531,9 @@ class Daemon:
             return reply
         if cmd == "resync":
             self.full_refresh(self.now())
+            return {"ok": True}
+        if cmd == "refresh":          # the routine non-TCP refresh, now (tests, operators)
+            self.refresh_stateless()
             return {"ok": True}
         if cmd == "resync-request":   # ask every peer for a bulk, as after losing MASTER
             self.sync.resync(self.now())

@@ -224,6 +224,9 @@ class Sync:
         self.dumps_wanted: set[str] = set()
         self.actions: list = []
         self.own = EntrySet()               # entries we originated, as we told our peers
+        # own key -> when the peers' copies run out: sent at + its timeout
+        # (a refresh re-sends only what runs out before the next one)
+        self.told: dict[bytes, float] = {}
         self.round = 0                      # anti-entropy rounds
         self.corrections = 0                # own entries the kernel's table corrected
         # Set by the shell while this member carries traffic (master, or no
@@ -239,20 +242,23 @@ class Sync:
     def local(self, records, now: float) -> None:
         """Local conntrack changes ((op, Entry), ...) to replicate to every peer
         that is up; call flush() after a batch."""
-        self._local_encoded([wire.encode_record(op, e) for op, e in records])
+        self._local_encoded([wire.encode_record(op, e) for op, e in records], now)
 
-    def local_records(self, encoded: list[bytes]) -> None:
+    def local_records(self, encoded: list[bytes], now: float) -> None:
         """local() of changes already in wire records (wire.encode_record)."""
-        self._local_encoded(encoded)
+        self._local_encoded(encoded, now)
 
-    def _local_encoded(self, encoded: list[bytes]) -> None:
-        own, views = self.own, [p.view for p in self.peers.values() if p.view.size]
+    def _local_encoded(self, encoded: list[bytes], now: float) -> None:
+        own, views, told = self.own, [p.view for p in self.peers.values() if p.view.size], self.told
+        timeout = wire.record_timeout
         for rec in encoded:
             key = record_key(rec)
             if rec[0] == OP_DELETE:
                 own.remove(key)
+                told.pop(key, None)
             else:
                 own.put(rec, key)
+                told[key] = now + timeout(rec)
             for v in views:      # we speak for it now
                 v.remove(key)
         for p in self.peers.values():
@@ -346,6 +352,20 @@ class Sync:
         encode = wire.encode_record
         return [e for e in entries
                 if not any(record_key(encode(OP_UPSERT, e)) in v for v in views)]
+
+    def refreshable(self, entries, now: float, horizon: float) -> list:
+        """The claimable entries whose copies on the peers run out within
+        `horizon` seconds (or were never sent as ours): what the periodic
+        refresh of non-TCP entries must re-send. An entry a live event sent
+        lately went out with its full timeout and needs nothing yet."""
+        views = [p.view for p in self.peers.values() if p.state != "down" and p.view.size]
+        encode, told, due = wire.encode_record, self.told, now + horizon
+        out = []
+        for e in entries:
+            key = record_key(encode(OP_UPSERT, e))
+            if told.get(key, -1.0) < due and not any(key in v for v in views):
+                out.append(e)
+        return out
 
     # --- anti-entropy -------------------------------------------------------------
     def _adopter(self, ready: bool) -> Callable[[bytes], bool]:
@@ -467,7 +487,7 @@ class Sync:
             for p in self.peers.values():
                 if p.tx.pending:
                     self._pack(p, now)
-            self._local_encoded(fixes)
+            self._local_encoded(fixes, now)
             for p in self.peers.values():
                 if p.tx.pending:
                     self._pack(p, now, wire.FLAG_OWN)
@@ -487,7 +507,7 @@ class Sync:
         view, rx = p.view, p.rx
         contents = m.flags & wire.FLAG_OWN
         others = [q.view for q in self.peers.values() if q is not p and q.view.size]
-        own = self.own
+        own, told = self.own, self.told
         for rec in m.raw:
             key = record_key(rec)
             if rec[0] == OP_DELETE:
@@ -498,6 +518,7 @@ class Sync:
                     rx.seen.add(key)
             if own.size:
                 own.remove(key)
+                told.pop(key, None)
             for v in others:
                 v.remove(key)
 

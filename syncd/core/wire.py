@@ -96,6 +96,14 @@ class Message(NamedTuple):
 # Whole records in one struct call per family; addresses through small
 # caches (a sync stream repeats the same few thousand addresses endlessly).
 _REC = {f: struct.Struct(f"!BBBBHHIIIBBBB{n}s{n}sHH{n}s{n}sHH") for f, n in ADDR_LEN.items()}
+_TIMEOUT = struct.Struct("!I")        # a record's timeout field (after op..status)
+
+
+def record_timeout(rec: bytes) -> int:
+    """Seconds the entry had left when the record was made."""
+    return _TIMEOUT.unpack_from(rec, 12)[0]
+
+
 def encode_record(op: int, e: Entry) -> bytes:
     f = e.family
     return _REC[f].pack(op, f, e.proto, e.tcp_state, e.zone, 0, e.status, e.timeout, e.mark,

@@ -92,3 +92,24 @@ def test_a_refresh_does_not_send_a_peer_its_own_entries_back():
         assert status(lab, "fw2")["peers"]["fw1"]["entries_sent"] == sent
         assert status(lab, "fw1")["kernel"] == before  # fw1 applied nothing
         assert count(lab, "fw1") == count(lab, "fw2") == n
+
+
+def test_the_routine_refresh_resends_only_entries_about_to_run_out_on_the_peer():
+    """fw1's refresh of non-TCP entries re-sends the flow whose copy on fw2
+    runs out within a minute (20 s left), not the one a live event sent with
+    10 minutes left; fw2 refreshes none of fw1's entries."""
+    snippet = SNIPPET.replace("timeout=600", "timeout=int(sys.argv[6])")
+    with Lab(members=2, prefix="h4rr", ipv6=False) as lab:
+        for m in lab.members:
+            lab.start_syncd(m)
+        assert lab.wait_for(lambda: all(status(lab, m)["in_sync"] for m in lab.members), 15)
+        lab.run("fw1", [PY, "-c", snippet, "create", "0", "50", str(DPORT), "0", "600"], timeout=60)
+        lab.run("fw1", [PY, "-c", snippet, "create", "50", "53", str(DPORT), "0", "20"], timeout=60)
+        assert lab.wait_for(lambda: count(lab, "fw2") == 53, 30), count(lab, "fw2")
+        for m in lab.members:
+            assert lab.control(m, {"cmd": "refresh"}, daemon="syncd", timeout=30)["ok"]
+        assert lab.wait_for(lambda: status(lab, "fw1")["counters"]["stateless_refreshed"] == 3, 10)
+        lab.wait_for(lambda: False, 1)
+        assert status(lab, "fw1")["counters"]["stateless_refreshed"] == 3
+        assert status(lab, "fw2")["counters"]["stateless_refreshed"] == 0
+        assert count(lab, "fw1") == count(lab, "fw2") == 53

@@ -523,3 +523,22 @@ def test_a_refresh_claims_no_entry_an_up_peer_speaks_for():
     net.run(fw2.t.peer_timeout + 1)
     assert fw2.peers["fw1"].state == "down"
     assert fw2.claimable(dump) == dump
+
+
+def test_the_routine_refresh_resends_only_what_runs_out_on_the_peers_before_long():
+    """An entry a live event sent at t=0 with 300 s left needs no refresh
+    at t=10 (a 60 s horizon); at t=250 it does. One with 30 s left (an
+    unreplied UDP flow) always does, as does one never sent as ours; the
+    peer's own entries never."""
+    net = Net(MEMBERS[:2])
+    net.run(0.2)
+    fw1 = net.nodes["fw1"]
+    t0 = net.now
+    long_lived, short = entry(1), entry(2)._replace(timeout=30)
+    net.local("fw1", [(OP_UPSERT, long_lived), (OP_UPSERT, short)])
+    net.local("fw2", [(OP_UPSERT, entry(3))])
+    dump = [long_lived, short, entry(3), entry(4)]
+    assert fw1.refreshable(dump, t0 + 10, 60) == [short, entry(4)]
+    assert fw1.refreshable(dump, t0 + 250, 60) == [long_lived, short, entry(4)]
+    net.local("fw1", [(OP_DELETE, long_lived)])
+    assert long_lived in fw1.refreshable(dump, t0 + 10, 60)     # sent again as new if it is back
