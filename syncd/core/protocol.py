@@ -346,24 +346,26 @@ class Sync:
         origin what was deleted there since our dump (active-active, or no
         carpd: every member refreshes). A down peer's entries are fair game:
         this member carries them now, and the others must keep them alive."""
-        views = [p.view for p in self.peers.values() if p.state != "down" and p.view.size]
-        if not views:
-            return list(entries)
-        encode = wire.encode_record
-        return [e for e in entries
-                if not any(record_key(encode(OP_UPSERT, e)) in v for v in views)]
+        return self._claim(entries, None)
 
     def refreshable(self, entries, now: float, horizon: float) -> list:
         """The claimable entries whose copies on the peers run out within
         `horizon` seconds (or were never sent as ours): what the periodic
         refresh of non-TCP entries must re-send. An entry a live event sent
         lately went out with its full timeout and needs nothing yet."""
+        return self._claim(entries, now + horizon)
+
+    def _claim(self, entries, due: float | None) -> list:
+        """Entries no peer that is up speaks for; with due, only those whose
+        copies on the peers run out before it (told)."""
         views = [p.view for p in self.peers.values() if p.state != "down" and p.view.size]
-        encode, told, due = wire.encode_record, self.told, now + horizon
+        if not views and due is None:
+            return list(entries)
+        encode, told = wire.encode_record, self.told
         out = []
         for e in entries:
             key = record_key(encode(OP_UPSERT, e))
-            if told.get(key, -1.0) < due and not any(key in v for v in views):
+            if (due is None or told.get(key, -1.0) < due) and not any(key in v for v in views):
                 out.append(e)
         return out
 
