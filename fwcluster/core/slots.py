@@ -305,14 +305,20 @@ def install_failure(text: str) -> str:
 
 
 def cluster_blocker(carp: dict) -> str | None:
-    """Why this member must not be upgraded now, from carpd's status."""
+    """Why this member must not be upgraded now, from carpd's status: it
+    carries traffic, as master of a vip or (active-active) as owner of hash
+    buckets. The vips of an active-active cluster are held on every member,
+    so their elections' master alone does not say who carries flows."""
     if carp.get("maintenance"):
         return None
     held = [str(v["vhid"]) for v in carp.get("vips", []) if v.get("state") == "MASTER"]
-    if not held:
+    owned = [str(b) for b in (carp.get("buckets") or {}).get("owned") or ()]
+    what = ([f"MASTER of vip {', '.join(held)}"] if held else []) + \
+        ([f"the owner of bucket {', '.join(owned)}"] if owned else [])
+    if not what:
         return None
-    return (f"this member is MASTER of vip {', '.join(held)}: run `fwctl maintenance on` first "
-            "(the peer takes the vips over), then upgrade; or give --force")
+    return (f"this member is {' and '.join(what)}: run `fwctl maintenance on` first "
+            "(the peers take its traffic over), then upgrade; or give --force")
 
 
 def status_view(st: dict, release: dict[str, str]) -> dict:

@@ -4,7 +4,8 @@ A front-end to RAUC (`rauc install`, `rauc status`): RAUC checks the
 bundle's signature against /etc/rauc/keyring.pem, its compatible string and
 every block of its payload before it writes the inactive root slot, and
 drives GRUB's A/B variables (fwcluster.core.slots has the rules; this is
-the I/O). On a member that holds vips it refuses unless maintenance is on.
+the I/O). On a member that carries traffic (master of a vip, owner of
+buckets in active-active) it refuses unless maintenance is on.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--status", action="store_true", help="show both slots and the keyring")
     p.add_argument("--reboot", action="store_true", help="reboot into the new slot when installed")
     p.add_argument("--force", action="store_true",
-                   help="install even though this member holds vips and is not in maintenance")
+                   help="install even though this member carries traffic and is not in maintenance")
     p.add_argument("--boot-check", action="store_true",
                    help="(run at boot by fwcluster-health.service) mark this slot good or fall back")
     p.add_argument("--timeout", type=float, default=60.0,
@@ -91,7 +92,7 @@ def release(path: Path = RELEASE_FILE) -> dict[str, str]:
 
 def cluster_blocker(force: bool) -> str | None:
     """Why installing now would hurt the cluster (None: go on). A member
-    that is not configured, or whose carpd does not answer, holds no vips."""
+    that is not configured, or whose carpd does not answer, carries nothing."""
     if force or not CONFIG_FILE.exists():
         return None
     from fwcluster import configfile
