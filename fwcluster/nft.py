@@ -91,7 +91,7 @@ def context(cfg, node: str) -> dict:
     nat_ports = None
     if active:
         size = (65536 - NAT_PORT_LOW) // len(cfg.members)
-        low = NAT_PORT_LOW + [m.name for m in cfg.members].index(node) * size
+        low = NAT_PORT_LOW + cfg.wire_index(node) * size  # by name: table order may differ
         nat_ports = f"{low}-{low + size - 1}"
     listen_host, _, listen_port = cfg.metrics.listen.rpartition(":")
     listen_host = listen_host.strip("[]")

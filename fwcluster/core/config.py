@@ -118,12 +118,25 @@ class Config:
     def peers(self, name: str) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.name != name)
 
+    def wire_index(self, name: str) -> int:
+        """The member's id on the sync wire (see wire_indexes)."""
+        return wire_indexes(m.name for m in self.members)[name]
+
     @property
     def interfaces(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for v in self.vips:
             seen.setdefault(v.interface)
         return tuple(seen)
+
+
+def wire_indexes(names) -> dict[str, int]:
+    """Each member's u8 id on the sync wire (src/dst of a datagram): its
+    position among the member names sorted. Members that list the
+    [[member]] tables in another order agree on every id; adding or
+    removing a member renumbers, which a reload carries as a new protocol
+    run (docs/sync.md, "Live reload")."""
+    return {n: i for i, n in enumerate(sorted(names))}
 
 
 # --- schema -----------------------------------------------------------------

@@ -49,6 +49,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+from fwcluster.core.config import wire_indexes
 from syncd.core import digest, wire
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.entry import OP_DELETE, OP_UPSERT
@@ -206,13 +207,13 @@ class Sync:
         nonce() returns a fresh unpredictable 64-bit number (default: the
         system's random source; tests pass a seeded one). counter_base starts
         every sequence counter there (tests: near a wrap)."""
-        names = [n for n, _ in members]
-        self.me, self.my_index = me, names.index(me)
+        ids = wire_indexes(n for n, _ in members)   # by name: config order does not matter
+        self.me, self.my_index = me, ids[me]
         self.key, self.epoch, self.t = key, epoch, timing
         self.nonce = nonce or _system_nonce
         self.boot = self.nonce() & MASK64
         self.started = now
-        self.peers = {n: Peer(n, i, _norm(a)) for i, (n, a) in enumerate(members) if n != me}
+        self.peers = {n: Peer(n, ids[n], _norm(a)) for n, a in members if n != me}
         self.by_addr = {p.addr: p for p in self.peers.values()}
         for p in self.peers.values():
             p.tx.seq = p.tx.gen = p.tx.base = p.rx.base = counter_base

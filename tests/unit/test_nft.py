@@ -90,6 +90,11 @@ def test_active_active_members_nat_from_disjoint_port_slices(aa, tmp_path):
                             'snat ip to 198.51.100.1:33280-65535']
 
 
+def test_nat_slices_stay_disjoint_when_one_member_lists_the_members_in_another_order(aa):
+    reordered = dataclasses.replace(aa, members=tuple(reversed(aa.members)))
+    assert nft.context(aa, "fw1")["nat"]["ports"] != nft.context(reordered, "fw2")["nat"]["ports"]
+
+
 def test_undefined_variable_names_the_template_line(cfg, tmp_path):
     t = tmp_path / "t.j2"
     t.write_text("table inet x {\n\n  # {{ no_such_thing }}\n}\n")
