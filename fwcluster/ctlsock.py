@@ -17,6 +17,8 @@ import socket
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
+from fwcluster.core import contract
+
 Handler = Callable[[dict], Awaitable[dict]]
 Stream = Callable[[dict], AsyncIterator[dict]]  # request -> the lines to send
 MAX_LINE = 1 << 20  # a reply (a client reads up to this per line)
@@ -166,3 +168,14 @@ async def arequest(path: str, msg: dict, timeout: float = 5.0) -> dict:
     if not line:
         raise ControlError(f"{path}: daemon closed the connection")
     return json.loads(line)
+
+
+async def ask_reload(run_dir: str, target: str, sender: str) -> str | None:
+    """Ask the other daemon to reload after our own (fwcluster.core.contract):
+    None when it did, else why not. A daemon that does not run, or an older
+    one that does not know the request, is not an error of ours."""
+    try:
+        reply = await arequest(socket_path(run_dir, target), contract.reload_request(sender))
+    except (ControlError, OSError, ValueError) as e:
+        return f"{target} not told to reload: {e}"
+    return None if reply.get("ok") else f"{target} did not reload: {reply.get('error')}"

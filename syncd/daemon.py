@@ -126,7 +126,6 @@ class Daemon:
         self.port = cfg.sync.port
         self.key = keys.sync_key(secret, cfg.name)
         self.timing = timing
-        self.vips = [str(v.address) for v in cfg.vips]
         self.own = frozenset()
         self.roles: dict[int, str] = {}
         self.carpd_ok = False
@@ -208,7 +207,8 @@ class Daemon:
         except OSError as e:
             log.warning("cannot read local addresses: %s", e)
             return
-        self.own = own_addresses([a for a in addrs if a], self.vips,
+        # The vips of the config in force (one copy: a reload of either daemon reloads both).
+        self.own = own_addresses([a for a in addrs if a], [str(v.address) for v in self.cfg.vips],
                                  [m.sync_address for m in self.cfg.members])
 
     # --- I/O callbacks -------------------------------------------------------------------
@@ -501,13 +501,19 @@ class Daemon:
             self.process()
 
     # --- live reload (syncd/reload.py) ------------------------------------------------------------
-    async def reload(self) -> dict:
-        """SIGHUP, {"cmd": "reload"}, or a config push that changed files:
-        syncd reloads, then tells carpd to (it may not know the request)."""
+    async def reload(self, told_by: str | None = None) -> dict:
+        """SIGHUP, {"cmd": "reload"}, a config push that changed files, or
+        carpd's reload: syncd reloads, then tells carpd to (unless carpd
+        asked; an older carpd may not know the request)."""
         reply = live_reload.reload(self)
         if reply["ok"]:
+            if "vips" in reply["changed"]:
+                await self.refresh_addresses()   # a new vip is not an own address
             self.process()
-            await live_reload.tell_carpd(self.cfg.run_dir)
+            if told_by != contract.CARPD:
+                why = await ctlsock.ask_reload(self.cfg.run_dir, contract.CARPD, contract.SYNCD)
+                if why:
+                    log.info("%s", why)
         return reply
 
     # --- control socket ------------------------------------------------------------------------
@@ -540,7 +546,7 @@ class Daemon:
             self.process()
             return {"ok": True}
         if cmd == contract.RELOAD:
-            return await self.reload()
+            return await self.reload(req.get(contract.RELOAD_FROM))
         if cmd == antientropy.ROUND:
             return {"ok": True, **await antientropy.run_round(self)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -25,12 +25,12 @@ from pathlib import Path
 from fwcluster import configfile, ctlsock
 from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, bootid, metrics, netlink, timers
-from fwcluster.carp.core import machine, reloadplan, wire
+from fwcluster.carp.core import machine, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
-from fwcluster.core import contract
+from fwcluster.core import contract, reloadplan
 from fwcluster.core.config import Config, ConfigError, Vip
 from fwcluster.core.contract import MAINTENANCE_SOURCE, SYNC_HOLD_DEMOTE, SYNC_SOURCE
 
@@ -472,11 +472,13 @@ class Carpd:
                 self.actions.task_done()
 
     # --- live reload (SIGHUP, {"cmd": "reload"}) ------------------------------
-    async def reload(self) -> dict:
+    async def reload(self, told_by: str | None = None) -> dict:
         """Re-read cluster.toml and the secret and apply what changed
-        (fwcluster.carp.core.reloadplan): vips kept keep their role, removed
-        ones are bowed out of, new ones start as BACKUP. A config that is
-        bad, or that needs a restart, is refused and the old one runs on."""
+        (fwcluster.core.reloadplan, the plan syncd's reload uses too): vips
+        kept keep their role, removed ones are bowed out of, new ones start
+        as BACKUP. A config that is bad, or that needs a restart, is refused
+        and the old one runs on. Then syncd is told to reload, unless it
+        asked: its own-address filter and keys come from the same config."""
         try:
             new = configfile.load(self.cfg.path, self.node)
             secret = configfile.secret(new)
@@ -487,19 +489,24 @@ class Carpd:
             if getattr(new, what) != getattr(self.cfg, what):
                 log.warning("reload: cluster.%s change applies at the next restart", what)
         new = dataclasses.replace(new, run_dir=self.cfg.run_dir, state_dir=self.cfg.state_dir)
-        plan = reloadplan.plan(self.cfg, new, self.node, self.secret, secret)
-        if isinstance(plan, str):
-            log.error("reload refused: %s (the running config stays)", plan)
-            return {"ok": False, "error": plan}
+        both = reloadplan.plan(self.cfg, new, self.node, secret != self.secret)
+        if isinstance(both, str):
+            log.error("reload refused: %s (the running config stays)", both)
+            return {"ok": False, "error": both}
+        plan = both.carpd
         self._apply_reload(new, secret, plan)
         await self._resync()  # new vips and interfaces learn their links and addresses
         log.info("reloaded %s: vips added %s, removed %s, kept %s%s%s", new.path,
                  list(plan.added) or "none", list(plan.removed) or "none", list(plan.kept) or "none",
                  ", new timing" if plan.retime else "", ", new key" if plan.rekey else "")
         self._metrics_kick.set()
+        if told_by != contract.SYNCD:
+            why = await ctlsock.ask_reload(new.run_dir, contract.SYNCD, contract.CARPD)
+            if why:
+                log.info("%s", why)
         return {"ok": True, **plan.summary()}
 
-    def _apply_reload(self, new: Config, secret: bytes, plan: reloadplan.ReloadPlan) -> None:
+    def _apply_reload(self, new: Config, secret: bytes, plan: reloadplan.CarpPlan) -> None:
         for vhid in plan.removed:
             self._event(vhid, machine.Shutdown())  # a master bows out and releases
         self._flush()
@@ -507,6 +514,8 @@ class Carpd:
             run = self.vips.pop(vhid)
             timers.rearm(run, None, None)
         self.cfg, self.member, self.secret = new, new.member(self.node), secret
+        if plan.rekey:
+            self.codec = self.codec.renamed(new.name)  # hardened: the key binds the name
         by_vhid = {v.vhid: v for v in new.vips}
         for vhid in plan.kept:
             run = self.vips[vhid]
@@ -544,7 +553,7 @@ class Carpd:
             self.set_maintenance(on)
             return {"ok": True, "maintenance": self.maintenance}
         if cmd == contract.RELOAD:
-            return await self.reload()
+            return await self.reload(req.get(contract.RELOAD_FROM))
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
         if cmd == contract.SET_DEMOTION:

@@ -213,7 +213,8 @@ KEY_DOCS: dict[str, str] = {
     "window; does not interoperate with ucarp or OpenBSD). The same on every member; "
     "see docs/carp.md, \"Trust models\".",
     "member.name": "Member name; each daemon is told which one it is by --node. Same "
-    "characters as cluster.name.",
+    "characters as cluster.name. Its place among the names, sorted, is the member's id on "
+    "the sync wire: the order of the [[member]] tables does not matter.",
     "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",
     "member.advskew": "CARP advskew (0-254) of this member for every vip; "
     "the lowest wins the election.",

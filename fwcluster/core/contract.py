@@ -26,6 +26,7 @@ SYNC_HOLD_DEMOTE = 32
 SET_DEMOTION = "set-demotion"    # {"cmd", "source": name 1-64 chars, "value": 0-255}
 SUBSCRIBE = "subscribe"          # then one {"event": "role", "vhid", "state", "time"[, "bucket"]} per change
 RELOAD = "reload"                # re-read cluster.toml and the secret (as SIGHUP does)
+RELOAD_FROM = "from"             # in a reload one daemon asks of the other: who asks
 SOURCE_MAX_LEN = 64
 DEMOTION_MAX = 255
 
@@ -33,6 +34,12 @@ DEMOTION_MAX = 255
 def set_demotion(source: str, value: int) -> dict:
     """The request a daemon sends carpd to set its demotion source."""
     return {"cmd": SET_DEMOTION, "source": source, "value": value}
+
+
+def reload_request(sender: str) -> dict:
+    """The reload a daemon asks of the other after its own: both run one
+    config (vips, members, keys). The other does not ask back."""
+    return {"cmd": RELOAD, RELOAD_FROM: sender}
 
 
 def check_set_demotion(req: dict) -> tuple[str, int] | str:
@@ -75,7 +82,12 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
 * `{{"cmd": "{RELOAD}"}}` makes either daemon re-read cluster.toml and the
   secret, as SIGHUP does (after a config push that changed them); the
   answer says what changed, or why the new config was refused (the old one
-  keeps running).
+  keeps running). Both take the new config by one plan
+  (`fwcluster/core/reloadplan.py`), so both refuse the same configs.
+* After its own reload (SIGHUP, a request, a config push) a daemon asks the
+  other with `{{"cmd": "{RELOAD}", "{RELOAD_FROM}": "<its name>"}}`, so the vips,
+  members and keys in force are always those of the one file; a reload
+  asked by the other daemon is not passed back.
 """
 
 

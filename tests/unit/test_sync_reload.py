@@ -8,7 +8,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from fwcluster import configfile
+from fwcluster import configfile, ctlsock
 from syncd import reload as live
 from syncd.configchannel import ConfigService
 from syncd.core import keys, wire
@@ -74,7 +74,8 @@ def test_a_bad_config_is_refused_and_the_old_one_keeps_running(tmp_path, caplog)
     assert reply["ok"] is False and d.sync is old_sync and d.cfg is old_cfg
     conf.write_text(text.replace('sync_address = "203.0.113.1"', 'sync_address = "203.0.113.11"'))
     reply = live.reload(d)
-    assert reply["ok"] is False and "needs a restart" in reply["error"] and d.sync is old_sync
+    assert reply["ok"] is False and "sync_address" in reply["error"] and "restart" in reply["error"]
+    assert d.sync is old_sync
     refused = [r for r in caplog.records if "reload refused" in r.getMessage()]
     assert len(refused) == 2
 
@@ -86,5 +87,6 @@ def test_nothing_changed_keeps_the_protocol_run(tmp_path):
     assert d.sync is old
 
 
-def test_tell_carpd_tolerates_no_carpd(tmp_path):
-    asyncio.run(live.tell_carpd(str(tmp_path)))     # no socket: logged, no error
+def test_asking_carpd_to_reload_tolerates_no_carpd(tmp_path):
+    why = asyncio.run(ctlsock.ask_reload(str(tmp_path), "carpd", "syncd"))  # no socket
+    assert why.startswith("carpd not told to reload")

@@ -23,6 +23,9 @@ class Compatible:
     def auth(self, secret: bytes, vhid: int, addresses: Iterable, cookie: int) -> wire.Auth:
         return wire.Auth(secret, vhid, addresses, cookie)
 
+    def renamed(self, cluster: str) -> "Compatible":
+        return self  # v2's key is the secret itself: the name is not in it
+
     def encode(self, auth: wire.Auth, advbase: int, advskew: int, demote: int,
                source: str | None) -> bytes | None:
         return wire.encode(auth, advbase, advskew, demote)
@@ -48,6 +51,11 @@ class Hardened:
         if k is None:
             k = self._keys[secret] = hardened.key(secret, self.cluster)
         return hardened.Auth(k, vhid, addresses, cookie)
+
+    def renamed(self, cluster: str) -> "Hardened":
+        """The codec of the cluster under a new name (its key derives from
+        the name); the counter and the peers' replay windows carry over."""
+        return self if cluster == self.cluster else Hardened(cluster, self.counter, self.windows)
 
     def encode(self, auth: hardened.Auth, advbase: int, advskew: int, demote: int,
                source: str | None) -> bytes | None:
