@@ -146,14 +146,15 @@ class ConfigService:
             writer.write(wire.hello(challenge))
             await writer.drain()
             line = await asyncio.wait_for(_header(reader), AUTH_TIMEOUT)
-            nonce, length, digest = wire.check_request(self.key, challenge, line)
+            key = self.key   # the reply goes under it, though a push may rekey us meanwhile
+            nonce, length, digest = wire.check_request(key, challenge, line)
             # Authenticated from here on: the peer knows the key.
             req = wire.open_body(await asyncio.wait_for(reader.readexactly(length), TIMEOUT), digest)
             op, body, sender = req.get("op"), req.get("body"), req.get("from", "?")
             if not isinstance(op, str) or not isinstance(body, dict) or not isinstance(sender, str):
                 raise wire.FrameError("malformed", "request needs op, from (strings) and body (object)")
             reply = await self._serve(op, body, sender)
-            writer.write(wire.reply(self.key, challenge, nonce, wire.canonical(reply)))
+            writer.write(wire.reply(key, challenge, nonce, wire.canonical(reply)))
             await writer.drain()
         except wire.FrameError as e:
             self.counters[e.reason] = self.counters.get(e.reason, 0) + 1
@@ -230,8 +231,9 @@ class ConfigService:
                                   check_ruleset=check, apply_ruleset=apply)
 
     # --- talking to peers ------------------------------------------------
-    async def _call_peer(self, member, op: str, body: dict) -> dict:
-        return await call(str(member.sync_address), self.cfg.sync.port, self.key, self.node, op, body)
+    async def _call_peer(self, member, op: str, body: dict, key: bytes | None = None) -> dict:
+        return await call(str(member.sync_address), self.cfg.sync.port, key or self.key,
+                          self.node, op, body)
 
     async def poll_once(self) -> None:
         """Hello every peer; catch up from the newest if we are behind."""
@@ -283,21 +285,26 @@ class ConfigService:
             b = configstore.collect(self.cfg, names, generation=newest + 1, origin=self.node)
         except BundleError as e:
             return {"ok": False, "error": str(e), "results": {}}
+        # The peers hold the key in force now; installing here may rekey us
+        # (a new secret or cluster name) before they have the bundle.
+        key, peers = self.key, self.cfg.peers(self.node)
         local = await self.install(b.to_json())
         if not local["ok"]:
             return {"ok": False, "error": f"refused locally: {local['error']}", "results": {self.node: local}}
+        if not local["changed"] and self.on_installed is not None:
+            await self.on_installed()   # files edited in place: the daemons take them now too
         results = {self.node: local}
 
         async def one(m):
             try:
-                r = await self._call_peer(m, "push", {"bundle": b.to_json()})
+                r = await self._call_peer(m, "push", {"bundle": b.to_json()}, key)
             except (OSError, AuthError, asyncio.TimeoutError, ValueError) as e:
                 r = {"ok": False, "error": f"unreachable: {str(e) or type(e).__name__}", "stale": True}
-            if r.get("ok"):
+            if r.get("ok") and m.name in self.peers:
                 self.peers[m.name].update(generation=b.generation, digest=b.digest, reachable=True,
                                           last_seen=time.time(), error=None)
             results[m.name] = r
-        await asyncio.gather(*(one(m) for m in self.cfg.peers(self.node)))
+        await asyncio.gather(*(one(m) for m in peers))
         return {"ok": all(r.get("ok") for r in results.values()), "generation": b.generation,
                 "digest": b.digest, "results": results}
 

@@ -73,7 +73,7 @@ def test_push_reaches_every_member_and_applies(cluster):
     rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
     assert rc == 0 and st["generation"] == out["generation"] and not st["stale"]
     rc, diff, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "diff")
-    assert rc == 0 and diff["peers"]["fw2"]["same"]
+    assert rc == 0 and diff["peers"]["fw2"]["same"], diff
 
 
 def test_invalid_push_is_refused_and_changes_nothing(cluster):
@@ -136,3 +136,18 @@ def test_forged_config_request_is_dropped(cluster):
     assert r.stdout.startswith("refused")
     rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
     assert st["counters"]["auth_drops"] >= 1
+
+
+def test_a_pushed_cluster_rename_reaches_every_member(cluster):
+    """A new name rekeys the config channel: the pusher installs it first, so
+    it must still reach its peers (and read their replies) under the key
+    they hold until they install it."""
+    lab, dirs = cluster
+    text = (dirs["fw1"] / "cluster.toml").read_text()
+    (dirs["fw1"] / "cluster.toml").write_text(text.replace('name = "lab"', 'name = "renamed"', 1))
+    rc, out, err = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 0 and out["results"]["fw2"]["ok"], (out, err)
+    assert 'name = "renamed"' in (dirs["fw2"] / "cluster.toml").read_text()
+    assert lab.control("fw2", {"cmd": "status"}, daemon="syncd")["cluster"] == "renamed"
+    rc, diff, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "diff")   # the new key on both
+    assert rc == 0 and diff["peers"]["fw2"]["same"], diff
