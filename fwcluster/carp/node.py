@@ -58,6 +58,13 @@ class VipRun:
     auth: wire.Auth
     counters: dict = field(default_factory=new_counters)
     timer: asyncio.TimerHandle | None = None
+    told_master: str | None = None  # the heard master the last role line named
+
+
+def heard_master(m: machine.VhidMachine) -> str | None:
+    """The master a BACKUP hears adverts from (None otherwise): syncd's
+    view of its peers' liveness (contract.peer_absent)."""
+    return m.master if m.state == machine.State.BACKUP else None
 
 
 @dataclass
@@ -346,6 +353,11 @@ class Carpd:
             return self.balancing.event(vhid, event)
         timers.carry_out(self.group.handle(vhid, event, timers.now()), self.vips,
                          self._timer, self._role_changed, self._later)
+        # A BACKUP that starts hearing a master changes no role, but syncd
+        # must know (a peer heard through CARP is never absent).
+        for r in self.vips.values():
+            if heard_master(r.machine) != r.told_master:
+                self._publish_role(r)
 
     def _later(self, action) -> None:
         """Gather a vip action; all of this loop turn's go out together."""
@@ -362,17 +374,21 @@ class Carpd:
         v = run.vip
         log.info("vhid %d (%s %s): %s -> %s (%s)", v.vhid, v.interface, v.address,
                  change.old.value, change.new.value, change.reason)
-        self.ctl.publish({"event": "role", "vhid": v.vhid, "state": change.new.value,
-                          "time": time.time()})
+        self._publish_role(run)
         self._metrics_kick.set()
+
+    def _publish_role(self, run: VipRun) -> None:
+        run.told_master = heard_master(run.machine)
+        self.ctl.publish(contract.role_line(run.vip.vhid, run.machine.state.value,
+                                            run.told_master, time.time()))
 
     def _role_snapshot(self) -> list[dict]:
         now = time.time()
-        lines = [{"event": "role", "vhid": vhid, "state": r.machine.state.value, "time": now}
+        lines = [contract.role_line(vhid, r.machine.state.value, heard_master(r.machine), now)
                  for vhid, r in self.vips.items()]
         if self.balancing is not None:
             lines += self.balancing.role_snapshot(now)
-        return lines
+        return lines + [{"event": contract.SNAPSHOT_END}]
 
     def _set_demotion(self, source: str, value: int) -> int:
         before = self.demotion.total

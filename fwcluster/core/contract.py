@@ -24,11 +24,48 @@ SYNC_HOLD_DEMOTE = 32
 
 # Requests carpd answers on its control socket.
 SET_DEMOTION = "set-demotion"    # {"cmd", "source": name 1-64 chars, "value": 0-255}
-SUBSCRIBE = "subscribe"          # then one {"event": "role", "vhid", "state", "time"[, "bucket"]} per change
+SUBSCRIBE = "subscribe"          # then ROLE lines (snapshot, SNAPSHOT_END, changes)
 RELOAD = "reload"                # re-read cluster.toml and the secret (as SIGHUP does)
 RELOAD_FROM = "from"             # in a reload one daemon asks of the other: who asks
 SOURCE_MAX_LEN = 64
 DEMOTION_MAX = 255
+
+# The subscribe stream: one ROLE line per vhid, SNAPSHOT_END, then a ROLE
+# line per change. A ROLE line is {"event": "role", "vhid", "state", "time",
+# "master"[, "bucket"]}; "master" is the source address of the master a
+# BACKUP hears adverts from (null when it hears none, or is not BACKUP), and
+# a line is sent also when only that changes.
+ROLE = "role"
+SNAPSHOT_END = "snapshot-end"
+MASTER = "MASTER"
+
+
+def sync_demotion(in_sync: bool, carrying: bool) -> int:
+    """The demotion syncd asks of carpd. A member that carries traffic (a vip
+    or a bucket MASTER) keeps it even before it is in sync: its kernel table,
+    untouched by a restart of syncd, is the authority for its flows, and
+    demoting it would move every vip twice (to a peer and back after the
+    bulk) and stall the flows meanwhile."""
+    return 0 if in_sync or carrying else SYNC_HOLD_DEMOTE
+
+
+def peer_absent(silent_for: float, absent_after: float, heard_by_carp: bool) -> bool:
+    """Whether a peer that has not answered our bulk request counts as absent
+    (so we are in sync without its table and may claim the vips). Silence on
+    the sync link alone is not enough while carpd hears a master advert from
+    a peer: that peer carries the flows, and only the sync link is broken;
+    taking over then would lose every session it carries."""
+    return silent_for >= absent_after and not heard_by_carp
+
+
+def carrying(roles) -> bool:
+    """Whether roles (the states of a member's vips and buckets) carry traffic."""
+    return MASTER in roles
+
+
+def role_line(vhid: int, state: str, master: str | None, time: float) -> dict:
+    """One ROLE line of the subscribe stream."""
+    return {"event": ROLE, "vhid": vhid, "state": state, "time": time, "master": master}
 
 
 def set_demotion(source: str, value: int) -> dict:
@@ -70,15 +107,31 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
 | link demotion sources | `{LINK_SOURCE_PREFIX}<ifname>` (value: `[carp] link_demote`) |
 
 * syncd sends `{{"cmd": "{SET_DEMOTION}", "source": "{SYNC_SOURCE}", "value": N}}` to carpd:
-  N = {SYNC_HOLD_DEMOTE} until its bulk resync from every live peer is done, then 0. It
-  sends it again each time it connects to carpd.
+  N = {SYNC_HOLD_DEMOTE} until its bulk resync from every live peer is done, then 0
+  (`sync_demotion`). A member that carries traffic (a vip or a bucket
+  {MASTER}) gets 0 at once: its kernel table, untouched by a restart of
+  syncd, is the authority for its flows, so a restart of syncd on the
+  master moves no vip. syncd sends N each time it connects to carpd, after
+  reading carpd's snapshot (so it knows whether it carries traffic), and
+  whenever N changes.
+* A peer that has not answered syncd's bulk request counts as absent (syncd
+  is then in sync without it) once it has been silent on the sync link for
+  3 s, but never while carpd, as BACKUP, hears a master advert
+  (`peer_absent`): the sync link is broken, not the peer, and taking over
+  from it would lose every session it carries. The member waits, demoted,
+  until the sync link returns.
 * carpd holds `{SYNC_SOURCE}` = {SYNC_HOLD_DEMOTE} by itself from start when
   `[carp] sync_hold` > 0, until syncd first sets it or `sync_hold` seconds
   pass (a member without syncd is not held forever).
 * A source name is 1-{SOURCE_MAX_LEN} characters, a value 0-{DEMOTION_MAX}; the member's
   demotion is the sum of its sources (clamped to 255 on the wire).
 * syncd follows carpd's role changes with `{{"cmd": "{SUBSCRIBE}"}}`: first one
-  line per vhid with its current role, then one line per change.
+  line per vhid with its current role, then `{{"event": "{SNAPSHOT_END}"}}`, then
+  one line per change. A role line is `{{"event": "{ROLE}", "vhid", "state",
+  "time", "master"[, "bucket"]}}`; `master` is the source address of the
+  master a BACKUP hears adverts from, null when it hears none or is not
+  BACKUP (bucket lines carry none yet). A line goes out also when only
+  `master` changes (a BACKUP that starts hearing a master).
 * `{{"cmd": "{RELOAD}"}}` makes either daemon re-read cluster.toml and the
   secret, as SIGHUP does (after a config push that changed them); the
   answer says what changed, or why the new config was refused (the old one

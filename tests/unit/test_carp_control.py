@@ -251,3 +251,31 @@ def test_neighbour_solicitation_parsing_and_answer():
     words = struct.unpack("@8I", announce.ns_filter())
     passed = [t for t in range(256) if not words[t >> 5] & (1 << (t & 31))]
     assert passed == [135]
+
+
+def test_role_lines_name_the_heard_master_and_a_backup_that_starts_hearing_one(tmp_path):
+    """syncd counts a peer heard through CARP as never absent
+    (contract.peer_absent): carpd's role lines carry the heard master, and a
+    BACKUP that starts hearing one says so although its role is unchanged."""
+    d = Carpd(make_cfg(tmp_path), "fw1", b"s3cret")
+    lines = []
+    d.ctl.publish = lines.append
+
+    async def go():
+        d._event(1, machine.LinkChanged(True))         # INIT -> BACKUP, nobody heard yet
+        backup = list(lines)
+        lines.clear()
+        better = wire.Advert(1, 1, 0, 0, 5)
+        d._event(1, machine.AdvertReceived(better, "192.0.2.12"))
+        d._event(1, machine.AdvertReceived(better, "192.0.2.12"))   # no change: no line
+        heard = list(lines)
+        snap = d._role_snapshot()
+        for r in d.vips.values():
+            if r.timer is not None:
+                r.timer.cancel()
+        return backup, heard, snap
+    backup, heard, snap = run(go())
+    assert [(x["vhid"], x["state"], x["master"]) for x in backup] == [(1, "BACKUP", None)]
+    assert [(x["vhid"], x["state"], x["master"]) for x in heard] == [(1, "BACKUP", "192.0.2.12")]
+    assert snap[0]["master"] == "192.0.2.12" and snap[1]["master"] is None
+    assert snap[-1] == {"event": "snapshot-end"}
