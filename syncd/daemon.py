@@ -128,7 +128,11 @@ class Daemon:
         self.timing = timing
         self.own = frozenset()
         self.roles: dict[int, str] = {}
+        self.heard: dict[int, str | None] = {}   # vhid -> the master carpd hears as BACKUP
         self.carpd_ok = False
+        self.carpd_ready = False    # carpd's role snapshot read on the current link
+        self.told_demotion: int | None = None
+        self._tell_lock = asyncio.Lock()
         self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
                          "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
                          "role_resyncs": 0, "stateless_refreshed": 0, "hearsay_skipped": 0}
@@ -437,20 +441,30 @@ class Daemon:
                     log.warning("refresh of non-TCP entries failed: %s", e)
 
     # --- carpd ------------------------------------------------------------------------------
+    def carrying(self) -> bool:
+        return contract.carrying(self.roles.values())
+
     def demotion(self) -> int:
-        return 0 if self.sync.in_sync else contract.SYNC_HOLD_DEMOTE
+        return contract.sync_demotion(self.sync.in_sync, self.carrying())
 
     async def tell_carpd(self) -> None:
+        """Send carpd our demotion as it is when the request goes out; one
+        request at a time, so an older value never arrives last."""
         path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
-        try:
-            await ctlsock.arequest(path, contract.set_demotion(contract.SYNC_SOURCE, self.demotion()))
-            self.carpd_ok = True
-        except (ctlsock.ControlError, OSError, ValueError) as e:
-            self.carpd_ok = False
-            log.debug("carpd: %s", e)
+        async with self._tell_lock:
+            value = self.demotion()
+            try:
+                await ctlsock.arequest(path, contract.set_demotion(contract.SYNC_SOURCE, value))
+                self.carpd_ok, self.told_demotion = True, value
+            except (ctlsock.ControlError, OSError, ValueError) as e:
+                self.carpd_ok = False
+                log.debug("carpd: %s", e)
 
     async def carpd_link(self) -> None:
-        """Follow carpd's role changes; (re)tell it our demotion on every connect."""
+        """Follow carpd's role lines. Our demotion is told once carpd's
+        snapshot is read (whether we carry traffic decides it: a restarted
+        syncd on the master must not ask for the sync hold), again on every
+        connect, and whenever it changes."""
         path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
         while True:
             try:
@@ -459,27 +473,39 @@ class Daemon:
                 self.carpd_ok = False
                 await asyncio.sleep(0.5)
                 continue
+            self.carpd_ready, self.told_demotion = False, None
             try:
-                await self.tell_carpd()
-                writer.write(json.dumps({"cmd": "subscribe"}).encode() + b"\n")
+                writer.write(json.dumps({"cmd": contract.SUBSCRIBE}).encode() + b"\n")
                 await writer.drain()
                 while line := await reader.readline():
                     try:
                         ev = json.loads(line)
                     except ValueError:
                         continue
-                    if isinstance(ev, dict) and ev.get("event") == "role":
-                        self.on_role(ev.get("vhid"), ev.get("state"))
+                    if isinstance(ev, dict):
+                        self.on_carpd_line(ev)
             except (OSError, ValueError):
                 pass
             finally:
                 writer.close()
-            self.carpd_ok = False
+            self.carpd_ok = self.carpd_ready = False
             await asyncio.sleep(0.5)
 
-    def on_role(self, vhid, state) -> None:
+    def on_carpd_line(self, ev: dict) -> None:
+        if ev.get("event") == contract.ROLE:
+            self.on_role(ev.get("vhid"), ev.get("state"), ev.get("master"))
+        elif ev.get("event") == contract.SNAPSHOT_END:
+            self.carpd_ready = True
+        if self.carpd_ready and self.demotion() != self.told_demotion:
+            asyncio.get_running_loop().create_task(self.tell_carpd())
+
+    def on_role(self, vhid, state, master=None) -> None:
         old = self.roles.get(vhid)
         self.roles[vhid] = state
+        if master != self.heard.get(vhid):
+            self.heard[vhid] = master
+            log.info("vhid %s: %s, carpd hears master %s", vhid, state, master or "none")
+        self.sync.set_carp_heard(any(self.heard.values()))
         if old == state:
             return
         log.info("vhid %s: %s", vhid, state)
@@ -509,6 +535,7 @@ class Daemon:
         if reply["ok"]:
             if "vips" in reply["changed"]:
                 await self.refresh_addresses()   # a new vip is not an own address
+            self.sync.set_carp_heard(any(self.heard.values()))   # a new run may have begun
             self.process()
             if told_by != contract.CARPD:
                 why = await ctlsock.ask_reload(self.cfg.run_dir, contract.CARPD, contract.SYNCD)
@@ -561,6 +588,7 @@ class Daemon:
                 "sync_address": str(self.me.sync_address), "port": self.port,
                 "carpd": self.carpd_ok, "demotion": self.demotion(),
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
+                "carp_heard": self.sync.carp_heard, "waiting": waiting(st, self.sync.carp_heard),
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
                 "counters": dict(self.counters), "config": self.configsvc.status(),
                 "anti_entropy": getattr(self, "anti_entropy", None), **st}
@@ -603,6 +631,23 @@ class Daemon:
                 self.write_textfile()
                 last_health, last_write = health, self.now()
             await asyncio.sleep(TEXTFILE_CHECK)
+
+
+def waiting(st: dict, carp_heard: bool) -> dict[str, str]:
+    """Why each peer still holds up in_sync (fwctl status and sync say it)."""
+    if st["in_sync"]:
+        return {}
+    out = {}
+    for name, p in st["peers"].items():
+        if p["resync"] != "pending":
+            continue
+        if p["state"] == "up":
+            out[name] = "bulk transfer under way"
+        elif carp_heard:
+            out[name] = "heard by CARP, silent on the sync link"
+        else:
+            out[name] = "silent on the sync link"
+    return out
 
 
 def merge_applies(actions: list) -> list:

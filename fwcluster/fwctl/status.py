@@ -64,12 +64,20 @@ def human(d: dict) -> None:
         brief = ", ".join(f"{k}={v}" for k, v in sorted(s.items())
                           if isinstance(v, (str, int, float, bool)))
         print(f"sync: {brief or 'running'}")
+        waiting(s)
         conf = s.get("config")
         if isinstance(conf, dict):
             state = ("STALE: newer config on " + ", ".join(conf["newer_on"])) if conf.get("stale") \
                 else "current"
             behind = f"; behind us: {', '.join(conf['peers_behind'])}" if conf.get("peers_behind") else ""
             print(f"config: generation {conf.get('generation')} {state}{behind}")
+
+
+def waiting(s: dict) -> None:
+    """Why syncd is not in sync yet, per peer (while it is, carpd keeps this
+    member demoted unless it carries traffic)."""
+    for peer, why in sorted((s.get("waiting") or {}).items()):
+        print(f"waiting for {peer}: {why}")
 
 
 def _ranges(numbers) -> str:

@@ -2,13 +2,14 @@
 
 Per peer: state, last seen, messages and entries sent/received/acked/resent/
 lost, replay and auth drops, lag (age of the oldest unacknowledged message);
-the local table size and each peer's as it reports it. Exit 1 while not in
+the local table size and each peer's as it reports it; while not in sync,
+what it waits for from each peer. Exit 1 while not in
 sync or a peer is down, 3 when syncd does not answer.
 """
 from __future__ import annotations
 
 from fwcluster.args import load_from_args
-from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, ask, emit
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, ask, emit, status
 
 
 def register(sub) -> None:
@@ -38,6 +39,7 @@ def human(d: dict) -> None:
     print(f"node {d.get('node')}  epoch {d.get('epoch')}  in sync: {'yes' if d.get('in_sync') else 'NO'}  "
           f"local entries {d.get('local_entries')}  carpd {'linked' if d.get('carpd') else 'not linked'}"
           f"  demotion {d.get('demotion')}")
+    status.waiting(d)
     print(f"drops: {drops}")
     head = ("PEER", "STATE", "RESYNC", "LAST SEEN", "ENTRIES", "MSGS TX/RX", "ENTRIES TX/RX",
             "ACKED", "RESENT", "LOST", "REPLAY", "AUTH", "UNACKED", "LAG")

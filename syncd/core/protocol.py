@@ -13,7 +13,8 @@ of members (unicast, so it works for any number of members):
   tell that a peer is up;
 * a starting member sends RESYNC_REQ to every peer; each peer answers with a
   bulk transfer of its table followed by RESYNC_DONE. When every peer has
-  answered (or has stayed silent for `absent_after`), the member is in sync
+  answered (or has stayed silent for `absent_after` while carpd hears no
+  master advert: contract.peer_absent), the member is in sync
   and may claim the vips (ordered takeover).
 
 Every message is authenticated (wire.py) and bound to the receiver: each
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from fwcluster.core.config import wire_indexes
+from fwcluster.core import contract
 from syncd.core import digest, wire
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.entry import OP_DELETE, OP_UPSERT
@@ -233,6 +235,9 @@ class Sync:
         # Set by the shell while this member carries traffic (master, or no
         # carpd): then an entry nobody speaks for is ours (anti_entropy, bulk).
         self.carrying = False
+        # Set by the shell from carpd's role lines: a BACKUP hears a master
+        # advert, so a silent peer is not absent (contract.peer_absent).
+        self.carp_heard = False
         self._ae_mark = None
         self.anti_entropy_abort()   # no round running
         self.ae_entries = 0
@@ -849,16 +854,21 @@ class Sync:
                 rx = p.rx
                 if rx.early and now - rx.nack_at >= t.rto:
                     self._nack(p, rx.expected, min(rx.early) - 1, now)
-            if p.resync == "pending" and (p.state == "down" or (
-                    p.state == "unknown" and now - self.started >= t.absent_after)):
-                p.resync = "absent"
-                self._check_in_sync()
+            if p.resync == "pending" and p.state != "up":
+                silent_since = self.started if p.last_seen is None else p.last_seen
+                if contract.peer_absent(now - silent_since, t.absent_after, self.carp_heard):
+                    p.resync = "absent"
+                    self._check_in_sync()
             # Keep asking (also an absent peer: it may come later with state).
             if p.resync != "done" and p.state != "down" and now - p.req_sent_at >= t.resync_retry:
                 self._request(p, now)
             if now - p.tx.last_send >= t.alive:
                 self._send(p, wire.ALIVE, p.tx.gen, p.tx.next_dseq - 1, self.local_entries, b"", now)
         self.flush(now)
+
+    def set_carp_heard(self, heard: bool) -> None:
+        """carpd hears (or stops hearing) a master advert from a peer."""
+        self.carp_heard = heard
 
     def resync(self, now: float) -> None:
         """Ask every peer for a fresh bulk transfer (e.g. after losing the

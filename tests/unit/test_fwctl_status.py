@@ -122,6 +122,16 @@ def test_status_human_table(tmp_path):
                                 "2", "5", "1", "bad_hmac=3"]
 
 
+def test_status_says_what_syncd_waits_for(tmp_path):
+    """Sync link down, CARP up: the member stays demoted, and says why."""
+    why = {"fw2": "heard by CARP, silent on the sync link"}
+    with Daemons(tmp_path, syncd=True, replies={"status": {"ok": True, "in_sync": False,
+                                                           "demotion": 32, "waiting": why}}):
+        r = fwctl(tmp_path, "status")
+    assert r.returncode == 0, r.stderr
+    assert "waiting for fw2: heard by CARP, silent on the sync link" in r.stdout.splitlines()
+
+
 @pytest.mark.parametrize("state,on", [("on", True), ("off", False)])
 def test_maintenance_sends_request(tmp_path, state, on):
     with Daemons(tmp_path, syncd=False) as d:

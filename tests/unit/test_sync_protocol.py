@@ -382,6 +382,36 @@ def test_alone_member_becomes_in_sync_after_absent_timeout():
     assert net.nodes["fw1"].peers["fw2"].resync == "absent"
 
 
+def test_a_peer_heard_through_carp_is_not_absent_however_long_its_sync_silence():
+    """Sync link down, CARP link up (issue 19 #4): the rebooted member must
+    not count the master it hears as absent and claim the vips with an empty
+    table. Once carpd stops hearing it (or the sync link returns), it is."""
+    net = two()
+    net.down.add("fw2")
+    del net.nodes["fw2"]
+    net.nodes["fw1"].set_carp_heard(True)
+    net.run(30)
+    assert not net.nodes["fw1"].in_sync and net.nodes["fw1"].peers["fw2"].resync == "pending"
+    net.nodes["fw1"].set_carp_heard(False)
+    net.run(0.1)
+    assert net.nodes["fw1"].in_sync and net.nodes["fw1"].peers["fw2"].resync == "absent"
+
+
+def test_a_peer_that_went_down_is_absent_after_its_silence_unless_heard_through_carp():
+    net = two()
+    net.run(0.5)
+    net.nodes["fw1"].resync(net.now)      # pending again; in_sync stays
+    net.nodes["fw1"].in_sync = False      # as a new run would be
+    net.nodes["fw1"].set_carp_heard(True)
+    net.down.add("fw2")
+    net.run(10)
+    assert net.nodes["fw1"].peers["fw2"].state == "down"
+    assert net.nodes["fw1"].peers["fw2"].resync == "pending" and not net.nodes["fw1"].in_sync
+    net.nodes["fw1"].set_carp_heard(False)
+    net.run(0.1)
+    assert net.nodes["fw1"].in_sync
+
+
 def test_queue_overflow_repaired_by_bulk():
     net = two()
     net.run(0.2)
