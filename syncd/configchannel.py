@@ -100,6 +100,9 @@ class ConfigService:
         # Called (no arguments) after an install that changed files: the
         # daemons reload (syncd itself, carpd through its control socket).
         self.on_installed = None
+        # Called (where, exception) on an unexpected error of one connection:
+        # logged and counted, never the end of syncd (syncd/supervise.py).
+        self.on_error = None
 
     def reconfigure(self, cfg, secret: bytes) -> None:
         """A reloaded config: new peers and key (the listening socket stays:
@@ -162,6 +165,10 @@ class ConfigService:
                 log.warning("config channel: %s from %s", e, writer.get_extra_info("peername"))
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             self.counters["malformed"] += 1
+        except Exception as e:
+            if self.on_error is None:
+                raise
+            self.on_error("config channel connection", e)
         finally:
             self._clients -= 1
             writer.close()

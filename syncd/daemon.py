@@ -77,6 +77,10 @@ UDP_BUF = 8 << 20
 TEXTFILE_PERIOD = 5.0
 TEXTFILE_CHECK = 1.0
 TEXTFILE_NAME = "syncd"
+# Control requests that drive the Sync core: an error in one is fatal (the
+# core may be half-way through a change); any other request's is contained
+# (syncd/supervise.py).
+CORE_COMMANDS = frozenset({"resync", "refresh", "resync-request", antientropy.ROUND})
 
 
 def new_epoch(state_dir: str) -> int:
@@ -175,6 +179,7 @@ class Daemon:
         self.sup.install(loop)
         self.sup.on_hangup = lambda: loop.create_task(self.reload())
         self.configsvc.on_installed = self.reload
+        self.configsvc.on_error = self.sup.contain
         tasks = [self.sup.start(self.ticker(), "ticker"),
                  self.sup.start(self.carpd_link(), "carpd_link"),
                  self.sup.start(self.housekeeping(), "housekeeping"),
@@ -426,13 +431,16 @@ class Daemon:
                 antientropy.start_round(self)   # read between live events
             if now - last_addr >= ADDR_REFRESH:
                 last_addr = now
-                await self.refresh_addresses()
+                try:
+                    await self.refresh_addresses()
+                except Exception as e:  # the old addresses stay in force
+                    self.sup.contain("address refresh", e)
             if now - last_count >= COUNT_REFRESH:
                 last_count = now
                 try:
                     self.sync.local_entries = self.ct.count()
-                except Exception as e:  # never let a stats hiccup stop the daemon
-                    log.debug("count: %s", e)
+                except Exception as e:  # a figure for status; the next one may work
+                    self.sup.contain("table size refresh", e)
             if now - last_refresh >= REFRESH_INTERVAL:
                 last_refresh = now
                 try:
@@ -531,7 +539,11 @@ class Daemon:
         """SIGHUP, {"cmd": "reload"}, a config push that changed files, or
         carpd's reload: syncd reloads, then tells carpd to (unless carpd
         asked; an older carpd may not know the request)."""
-        reply = live_reload.reload(self)
+        try:
+            reply = live_reload.reload(self)
+        except Exception as e:  # a reload must never end syncd: the old config runs on
+            self.sup.contain("reload (old config kept)", e)
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
         if reply["ok"]:
             if "vips" in reply["changed"]:
                 await self.refresh_addresses()   # a new vip is not an own address
@@ -545,6 +557,19 @@ class Daemon:
 
     # --- control socket ------------------------------------------------------------------------
     async def handle(self, req: dict) -> dict:
+        """A control request; an error is fatal only if the request drove
+        the core (CORE_COMMANDS), else contained and answered."""
+        try:
+            return await self.handle_request(req)
+        except Exception as e:
+            where = f"control request {req.get('cmd')!r}"
+            if req.get("cmd") in CORE_COMMANDS:
+                self.sup.fail(where, e)
+            else:
+                self.sup.contain(where, e)
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    async def handle_request(self, req: dict) -> dict:
         cmd = req.get("cmd")
         reply = await self.configsvc.handle_control(req)
         if reply is not None:
@@ -590,7 +615,8 @@ class Daemon:
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
                 "carp_heard": self.sync.carp_heard, "waiting": waiting(st, self.sync.carp_heard),
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                "counters": dict(self.counters), "config": self.configsvc.status(),
+                "counters": {**self.counters, "callback_errors": self.sup.contained},
+                "config": self.configsvc.status(),
                 "anti_entropy": getattr(self, "anti_entropy", None), **st}
 
     # --- metrics (docs/metrics.md) ------------------------------------------------------------
@@ -626,10 +652,13 @@ class Daemon:
     async def textfile_loop(self) -> None:
         last_health, last_write = None, float("-inf")
         while True:
-            health = metrics.health(self.status())
-            if health != last_health or self.now() - last_write >= TEXTFILE_PERIOD:
-                self.write_textfile()
-                last_health, last_write = health, self.now()
+            try:
+                health = metrics.health(self.status())
+                if health != last_health or self.now() - last_write >= TEXTFILE_PERIOD:
+                    self.write_textfile()
+                    last_health, last_write = health, self.now()
+            except Exception as e:  # metrics only; the next turn tries again
+                self.sup.contain("metrics textfile", e)
             await asyncio.sleep(TEXTFILE_CHECK)
 
 

@@ -62,6 +62,9 @@ DAEMON_COUNTERS = {
                             "alive on the peers"),
     "hearsay_skipped": ("bulk_hearsay_skipped", "Entries of a peer's bulk transfer it does not "
                         "originate, not applied while this member carries traffic"),
+    "callback_errors": ("callback_errors", "Errors contained in work that cannot corrupt the "
+                        "sync state (control requests that read, metrics, address refresh, "
+                        "config channel connections, reload)"),
 }
 KERNEL_RESULTS = ("created", "updated", "deleted", "kept", "failed")
 CONFIG_COUNTERS = {

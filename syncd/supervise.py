@@ -1,12 +1,28 @@
-"""Let it crash: syncd's long-lived tasks and loop callbacks are supervised.
+"""syncd's long-lived tasks and loop callbacks are supervised; an error is
+either contained or fatal, by where it happened.
 
-A task that ends (by an exception, or by returning: they are loops) or a
-reader callback that raises leaves a process that looks alive but no longer
-syncs (issue 9 #8: a dead ticker sends no ALIVEs and no resends while
-in_sync stays true). Any such failure ends the daemon with status 1 and one
-log line; systemd restarts it (Restart=on-failure) and the restarted run
-resynchronises from scratch. SIGTERM/SIGINT stop cleanly; SIGHUP calls
-on_hangup (syncd: live reload, syncd/reload.py).
+Fatal (status 1, one log line; systemd restarts syncd, Restart=on-failure):
+an error that may leave the Sync core or syncd's view of the kernel table
+inconsistent: inside Sync.* calls, the readers on_events / on_datagrams /
+on_dump, apply, the ticker and the carpd link, a control request that
+drives the core (resync, refresh, resync-request, anti-entropy), and a
+long-lived task that ends. Carrying on there would leave a process that
+looks alive but no longer syncs (issue 9 #8: a dead ticker sends no ALIVEs
+and no resends while in_sync stays true). A restart costs little: the
+kernel table stays, and a member that carries traffic is not demoted while
+the new run resyncs (contract.sync_demotion).
+
+Contained (one log line naming the place, counted in status as
+counters.callback_errors, fwcluster_sync_callback_errors_total): an error
+in work that only reads state or talks to one client: a control request
+that reads (status, metrics, conntrack, config), the metrics textfile,
+housekeeping's address and table-size refreshes, one connection of the
+config channel, and a reload (the old config keeps running). Ending syncd
+for those would turn one bad request into a restart, and a restart of the
+master's syncd used to move every vip twice.
+
+SIGTERM/SIGINT stop cleanly; SIGHUP calls on_hangup (syncd: live reload,
+syncd/reload.py).
 """
 from __future__ import annotations
 
@@ -31,6 +47,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.failure: str | None = None
         self.on_hangup = None
+        self.contained = 0      # callback_errors: contained errors so far
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.set_exception_handler(self._loop_error)
@@ -49,6 +66,11 @@ class Supervisor:
             self.failure = f"{what}: {exc!r}{_where(exc)}" if exc else what
             self.log.error("%s; exiting (status %d) to be restarted", self.failure, EXIT_FAILURE)
         self.stopping.set()
+
+    def contain(self, where: str, exc: BaseException) -> None:
+        """An error in work that cannot corrupt syncd's state: one line, counted."""
+        self.contained += 1
+        self.log.error("%s failed (contained, carrying on): %r%s", where, exc, _where(exc))
 
     @property
     def exit_status(self) -> int:
