@@ -47,12 +47,18 @@ def watch_roles(lab: Lab, master: str, seconds: float) -> list[str]:
     return moved
 
 
-def test_a_syncd_restart_on_the_master_moves_no_vip(lab):
+def loaded(lab: Lab, name: str) -> Load:
+    """fw1 master and in sync, 200 sessions through it, all on fw2 too."""
     bring_up(lab)
-    tcp = Load(lab, "restart", 200)
+    tcp = Load(lab, name, 200)
     t0 = time.time()
     assert tcp.wait_alive_since(t0 + 1, 30) == 200
     assert lab.wait_for(lambda: replicated(lab, 200), 20), logs(lab)
+    return tcp
+
+
+def test_a_syncd_restart_on_the_master_moves_no_vip(lab):
+    tcp = loaded(lab, "restart")
     before = {m: transitions(lab, m) for m in lab.members}
     lab.stop_daemon("fw1", "syncd")
     lab.start_syncd("fw1")
@@ -67,11 +73,7 @@ def test_a_syncd_restart_on_the_master_moves_no_vip(lab):
 
 
 def test_sync_link_down_and_a_reboot_of_the_preferred_member_loses_no_session(lab):
-    bring_up(lab)
-    tcp = Load(lab, "reboot", 200)
-    t0 = time.time()
-    assert tcp.wait_alive_since(t0 + 1, 30) == 200
-    assert lab.wait_for(lambda: replicated(lab, 200), 20), logs(lab)
+    tcp = loaded(lab, "reboot")
     lab.cut("fw1", "sync")
     lab.node_loss("fw1")                    # fw2 takes over with every session
     try:
