@@ -54,10 +54,7 @@ class Rounds:
         self.done = loop.create_future()
         self.wall, self.cpu, self.dump_cpu, self.longest = time.monotonic(), time.process_time(), 0.0, 0.0
         self.turns = 0
-        self.sync = sync = d.sync
-        # An entry nobody speaks for is ours only while we carry traffic
-        # (master of some vip, or no carpd to say otherwise).
-        sync.carrying = not d.roles or "MASTER" in d.roles.values()
+        self.sync = sync = d.sync   # it adopts what this member forwards (set_forwarding)
         if self.dumper is None:
             self.dumper = Dumper()
         sync.anti_entropy_begin(d.now())

@@ -18,7 +18,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from fwcluster import ctlsock
-from fwcluster.core import contract
+from fwcluster.core import contract, hashbuckets
 from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
 from syncd import metrics
@@ -28,7 +28,8 @@ from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core import wire
 from syncd.core.policy import own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
-from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
+from syncd.core import ownership
+from syncd.core.protocol import Apply, Claim, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
 from syncd import antientropy, bulk, pacing, reload as live_reload
 from syncd.trace import Trace, profiler
@@ -133,13 +134,16 @@ class Daemon:
         self.own = frozenset()
         self.roles: dict[int, str] = {}
         self.heard: dict[int, str | None] = {}   # vhid -> the master carpd hears as BACKUP
+        # Active-active: vhid -> bucket of each bucket election (carpd's
+        # role events name them); empty in active-standby.
+        self.bucket_vhids = {e.vhid: e.bucket for e in hashbuckets.elections_for(cfg, node)}
         self.carpd_ok = False
         self.carpd_ready = False    # carpd's role snapshot read on the current link
         self.told_demotion: int | None = None
         self._tell_lock = asyncio.Lock()
         self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
                          "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
-                         "role_resyncs": 0, "stateless_refreshed": 0, "hearsay_skipped": 0}
+                         "role_resyncs": 0, "stateless_refreshed": 0, "claim_refreshes": 0}
         self.sup = Supervisor(log)
         self._resync_timer = None
         # Config sync (fwctl config push/diff) shares the sync link and secret.
@@ -375,16 +379,16 @@ class Daemon:
                     self.apply(a)
                 elif isinstance(a, Dump):
                     bulk.start(self, a.peer)    # read and sent between live events
+                elif isinstance(a, Claim):
+                    self.counters["claim_refreshes"] += 1
+                    self.start_dump(stateless=False)    # claimable(): what we forward now
                 elif isinstance(a, InSync):
                     log.info("in sync: %s", a.value)
                     asyncio.get_running_loop().create_task(self.tell_carpd())
 
     def apply(self, a: Apply) -> None:
-        if a.hearsay and (not self.roles or "MASTER" in self.roles.values()):
-            # Carrying traffic: what the peer only echoes back may be what
-            # we deleted while the link was down (docs/sync.md, anti-entropy).
-            self.counters["hearsay_skipped"] += len(a.records)
-            return
+        """The core split what is ours (a.keep: flows we forward) from the
+        rest and dropped what must not touch our flows."""
         own = self.own
         records = [(op, e) for op, e in a.records if syncable(e, own)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
@@ -394,11 +398,9 @@ class Daemon:
             self.feed.touch(records)
             if self.trace is not None:
                 self.trace.applying(self.now(), records)
-            # A bulk replaces stale local copies, except while this member is
-            # master: then its own entries are the current ones.
-            master = "MASTER" in self.roles.values()
-            self.ct.apply(records, replace=a.replace and not master,
-                          keep_existing=a.replace and master)
+            # A bulk replaces stale copies of flows others forward; the
+            # entries of flows we forward are the live ones: kept.
+            self.ct.apply(records, replace=a.replace and not a.keep, keep_existing=a.keep)
             self.counters["applied_records"] += len(records)
 
     # --- timers ----------------------------------------------------------------------------
@@ -411,9 +413,10 @@ class Daemon:
                 self.feed_refresh()   # a peer that went down no longer holds it back
 
     def refresh_stateless(self) -> None:
-        """Re-send non-TCP entries while this member carries traffic."""
-        if self.roles and "MASTER" not in self.roles.values():
-            return
+        """Re-send the non-TCP entries of the flows this member forwards
+        (Sync.refreshable decides which)."""
+        if self.sync.forwarding == ownership.NOTHING:
+            return      # a backup: no dump for nothing
         self.start_dump(stateless=True)     # no-op while a refresh is on its way
 
     async def housekeeping(self) -> None:
@@ -517,6 +520,9 @@ class Daemon:
         if old == state:
             return
         log.info("vhid %s: %s", vhid, state)
+        self.sync.set_forwarding(ownership.from_roles(self.roles, self.bucket_vhids,
+                                                      self.cfg.balance.buckets), self.now())
+        self.process()
         if old == "MASTER":
             # A peer carries our flows from now on and our entries go stale
             # (TCP windows): ask for a bulk that replaces them (debounced, all
@@ -615,7 +621,8 @@ class Daemon:
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
                 "carp_heard": self.sync.carp_heard, "waiting": waiting(st, self.sync.carp_heard),
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                "counters": {**self.counters, "callback_errors": self.sup.contained},
+                "counters": {**self.counters, **self.sync.owner_counters,
+                             "callback_errors": self.sup.contained},
                 "config": self.configsvc.status(),
                 "anti_entropy": getattr(self, "anti_entropy", None), **st}
 
@@ -686,9 +693,9 @@ def merge_applies(actions: list) -> list:
     for a in actions:
         if (isinstance(a, Apply) and out and isinstance(out[-1], Apply)
                 and out[-1].replace == a.replace and out[-1].peer == a.peer
-                and out[-1].hearsay == a.hearsay):
+                and out[-1].keep == a.keep):
             out[-1] = Apply(out[-1].peer, out[-1].records + a.records, a.replace,
-                            out[-1].fix and a.fix, a.hearsay)
+                            out[-1].fix and a.fix, a.keep)
         else:
             out.append(a)
     return out

@@ -61,7 +61,18 @@ DAEMON_COUNTERS = {
     "stateless_refreshed": ("stateless_refreshed", "Non-TCP entries re-sent to keep them "
                             "alive on the peers"),
     "hearsay_skipped": ("bulk_hearsay_skipped", "Entries of a peer's bulk transfer it does not "
-                        "originate, not applied while this member carries traffic"),
+                        "originate, of flows this member forwards: not applied"),
+    "ours_kept": ("peer_deletes_ignored", "Peers' deletes of flows this member forwards, not "
+                  "applied (their copies ran out; the flow lives here)"),
+    "deletes_withheld": ("deletes_withheld", "Local deletes of flows another member forwards "
+                         "(an expired copy), not sent to the peers"),
+    "claims": ("claims", "Times this member began forwarding flows it did not (a handover) "
+               "and claimed them at once"),
+    "claim_refreshes": ("claim_refreshes", "Table dumps sent as this member's after a claim"),
+    "bulks_restarted": ("bulks_restarted", "Bulk transfers started over because the change "
+                        "log overflowed (watch bound)"),
+    "rounds_abandoned": ("rounds_abandoned", "Anti-entropy rounds abandoned because the change "
+                         "log overflowed (watch bound)"),
     "callback_errors": ("callback_errors", "Errors contained in work that cannot corrupt the "
                         "sync state (control requests that read, metrics, address refresh, "
                         "config channel connections, reload)"),

@@ -43,7 +43,8 @@ def successor(old: Sync, cfg, node: str, key: bytes, now: float) -> Sync:
     """A new protocol run for the new members and key that keeps what the
     old one knew (own entries, views of the peers that stay, in_sync)."""
     new = Sync(members(cfg), node, key, old.epoch, now, old.t)
-    new.own, new.carrying, new.local_entries = old.own, old.carrying, old.local_entries
+    new.own, new.told, new.local_entries = old.own, old.told, old.local_entries
+    new.forwarding, new.owner_counters = old.forwarding, old.owner_counters
     new.round, new.corrections = old.round, old.corrections
     for name, p in new.peers.items():
         was = old.peers.get(name)

@@ -21,6 +21,14 @@ from syncd.core.entry import OP_DELETE, TCP, Entry
 
 # include/uapi/linux/netfilter/nf_conntrack_tcp.h
 TCP_FLAG_BE_LIBERAL = 0x08
+# Seconds a replica of a non-TCP flow outlives the timeout it was sent
+# with. The owner re-sends such a flow every 30 s (daemon.REFRESH_INTERVAL)
+# with the timeout the kernel reports in whole seconds (truncated), on
+# 0.25 s housekeeping ticks, paced behind live events: sent with exactly
+# its timeout, a 30 s flow's copy ran out just before the refresh that
+# keeps it. A whole missed refresh of slack costs nothing: the owner's
+# DESTROY removes the copy when the flow really ends.
+REPLICA_GRACE = 30
 
 
 def replica(e: Entry) -> Entry:
@@ -29,8 +37,11 @@ def replica(e: Entry) -> Entry:
     own mid-stream pickup (and conntrackd without TCPWindowTracking) that
     pickup must be liberal, or a flow whose first packets after a takeover
     come in an awkward order (both members briefly master, retransmissions,
-    ACKs for data the new master never saw) is dropped as INVALID for good."""
-    if e.proto != TCP or not e.tcp_state:
+    ACKs for data the new master never saw) is dropped as INVALID for good.
+    A non-TCP replica gets REPLICA_GRACE more seconds (above)."""
+    if e.proto != TCP:
+        return e._replace(timeout=e.timeout + REPLICA_GRACE)
+    if not e.tcp_state:
         return e
     lib = TCP_FLAG_BE_LIBERAL
     if e.flags_orig & e.flags_reply & lib:

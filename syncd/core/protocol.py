@@ -54,6 +54,7 @@ from fwcluster.core.config import wire_indexes
 from fwcluster.core import contract
 from syncd.core import digest, wire
 from syncd.core.digest import EntrySet, record_key
+from syncd.core.ownership import ORIGIN, STANDBY, Forwarding, forwards, gained
 from syncd.core.entry import OP_DELETE, OP_UPSERT
 from syncd.core.replay import ReplayWindow
 
@@ -67,6 +68,11 @@ class Timing:
     absent_after: float = 3.0     # a peer silent this long after start is absent
     max_queue: int = 20000        # messages kept for resend, per peer
     max_reorder: int = 4096       # early messages buffered, per peer
+    # Keys of a peer's FLAG_OWN contents kept until its REPAIR_DONE or
+    # RESYNC_DONE; past this the next REPAIR_DONE deletes nothing (the next
+    # round repairs again) rather than memory growing with a stream of
+    # contents whose end never comes.
+    max_seen: int = 1 << 18
     resend_burst: int = 32        # timer resends per tick, per peer
     # Delayed ACKs: one per ack_every messages or once ack_delay has passed
     # (the next flush/tick after it), not one per datagram, which would wake
@@ -86,10 +92,9 @@ class Apply(NamedTuple):
     records: tuple   # ((op, Entry), ...) in order
     replace: bool = False   # from a bulk transfer: replace local entries (see daemon)
     fix: bool = False       # anti-entropy: a repair or correction, not a stream event
-    # A bulk's entries the sender does not speak for (ours echoed back, a
-    # third member's): a member carrying traffic must not re-create them
-    # from this (it may have deleted them while the link was down).
-    hearsay: bool = False
+    # Flows this member forwards (ownership.forwards): create what is
+    # missing, never overwrite (our entry is the live one); no deletes.
+    keep: bool = False
 
 
 class Dump(NamedTuple):
@@ -100,6 +105,13 @@ class Dump(NamedTuple):
 
 class InSync(NamedTuple):
     value: bool
+
+
+class Claim(NamedTuple):
+    """This member forwards flows it did not before (set_forwarding): dump
+    the local table and send what claimable() returns, paced like a full
+    refresh, so the peers learn the new owner before the old one's copies
+    run out."""
 
 
 MASK64 = (1 << 64) - 1
@@ -153,6 +165,7 @@ class _Rx:
     ack_since: float = 0.0        # when the first of them arrived
     nack_at: float = float("-inf")
     seen: set = field(default_factory=set)   # keys of FLAG_OWN contents since the last DONE
+    seen_full: bool = False       # seen hit its bound: the next REPAIR_DONE deletes nothing
 
     def new_session(self, nonce: int):
         self.session, self.boot = nonce, None
@@ -165,7 +178,11 @@ class _Rx:
         self.ack_due = False
         self.ack_count = 0
         self.nack_at = float("-inf")
+        self.clear_seen()
+
+    def clear_seen(self):
         self.seen.clear()
+        self.seen_full = False
 
 
 def _counters() -> dict:
@@ -197,6 +214,7 @@ class Peer:
     view: EntrySet = field(default_factory=EntrySet)   # the entries it originated, as it told us
     view_boot: int | None = None    # the peer run the view came from
     bulk_mark: int | None = None    # own.watch() mark of the bulk being sent to it
+    bulk_views: list = field(default_factory=list)   # [(view, mark)] of that bulk
 
 
 class Sync:
@@ -232,12 +250,14 @@ class Sync:
         self.told: dict[bytes, float] = {}
         self.round = 0                      # anti-entropy rounds
         self.corrections = 0                # own entries the kernel's table corrected
-        # Set by the shell while this member carries traffic (master, or no
-        # carpd): then an entry nobody speaks for is ours (anti_entropy, bulk).
-        self.carrying = False
         # Set by the shell from carpd's role lines: a BACKUP hears a master
         # advert, so a silent peer is not absent (contract.peer_absent).
         self.carp_heard = False
+        # What this member forwards now (ownership.py; set_forwarding):
+        # every decision about whose a flow is asks forwards() of it.
+        self.forwarding = Forwarding()
+        self.owner_counters = {"deletes_withheld": 0, "ours_kept": 0, "hearsay_skipped": 0,
+                               "claims": 0, "bulks_restarted": 0, "rounds_abandoned": 0}
         self._ae_mark = None
         self.anti_entropy_abort()   # no round running
         self.ae_entries = 0
@@ -245,6 +265,16 @@ class Sync:
             self.actions.append(InSync(True))
 
     # --- inputs -----------------------------------------------------------------
+    def set_forwarding(self, fwd: Forwarding, now: float) -> None:
+        """What this member forwards from now on (from carpd's roles). When
+        it forwards flows it did not, it claims them at once (a Claim
+        action): the old owner stops refreshing them, and its copies must
+        not be what the peers go by."""
+        old, self.forwarding = self.forwarding, fwd
+        if gained(old, fwd):
+            self.owner_counters["claims"] += 1
+            self.actions.append(Claim())
+
     def local(self, records, now: float) -> None:
         """Local conntrack changes ((op, Entry), ...) to replicate to every peer
         that is up; call flush() after a batch."""
@@ -256,17 +286,27 @@ class Sync:
 
     def _local_encoded(self, encoded: list[bytes], now: float) -> None:
         own, views, told = self.own, [p.view for p in self.peers.values() if p.view.size], self.told
-        timeout = wire.record_timeout
+        timeout, fwd, held = wire.record_timeout, self.forwarding, None
         for rec in encoded:
             key = record_key(rec)
             if rec[0] == OP_DELETE:
                 own.remove(key)
                 told.pop(key, None)
+                if forwards(key, fwd) is False:
+                    # A copy of a flow someone else forwards ran out here
+                    # (or was removed here): the flow lives on there.
+                    held = held or []
+                    held.append(rec)
+                    continue
             else:
                 own.put(rec, key)
                 told[key] = now + timeout(rec)
             for v in views:      # we speak for it now
                 v.remove(key)
+        if held:
+            self.owner_counters["deletes_withheld"] += len(held)
+            gone = set(map(id, held))
+            encoded = [rec for rec in encoded if id(rec) not in gone]
         for p in self.peers.values():
             if p.state != "down":
                 tx = p.tx
@@ -292,6 +332,9 @@ class Sync:
         self.bulk_abort(peer, again=False)
         p.tx.reset()
         p.bulk_mark = self.own.watch()
+        # A peer's change makes a dump copy stale too (its origin deleted
+        # it: sent as hearsay, a third member would re-create it for good).
+        p.bulk_views = [(q.view, q.view.watch()) for q in self.peers.values()]
         p.counters["bulk_sent"] += 1
 
     def bulk_add(self, peer: str, entries, now: float) -> int:
@@ -301,17 +344,23 @@ class Sync:
         mark = p.bulk_mark
         if mark is None:
             return 0
-        own = self.own
+        own, views = self.own, p.bulk_views
+        if not (own.valid(mark) and all(v.valid(m) for v, m in views)):
+            # The change logs overflowed: the bulk cannot tell stale copies
+            # any more. Start it over (a new generation replaces this one).
+            self.owner_counters["bulks_restarted"] += 1
+            self.bulk_abort(peer)
+            return 0
         recs, others = [], []
         # Not waiting for in_sync here: what we send as nobody's, the peer
         # could never learn was deleted.
-        adopt = self._adopter(self.carrying)
+        ours = self._speaks_for(True)
         for e in entries:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
-            if own.changed_since(key, mark):
+            if own.changed_since(key, mark) or any(v.changed_since(key, m) for v, m in views):
                 continue
-            if key in own or adopt(key):
+            if ours(key):
                 own.put(rec, key)   # other peers: the next digest repairs them
                 recs.append(rec)
             else:
@@ -336,6 +385,9 @@ class Sync:
         if p.bulk_mark is not None:
             p.bulk_mark = None
             self.own.unwatch()
+            for view, _mark in p.bulk_views:
+                view.unwatch()
+            p.bulk_views = []
             if again:
                 self.dumps_wanted.add(peer)
 
@@ -362,29 +414,39 @@ class Sync:
         return self._claim(entries, now + horizon)
 
     def _claim(self, entries, due: float | None) -> list:
-        """Entries no peer that is up speaks for; with due, only those whose
-        copies on the peers run out before it (told)."""
+        """Entries we forward (ORIGIN: no peer that is up speaks for); with
+        due, only those whose copies on the peers run out before it (told)."""
+        fwd = self.forwarding
+        if fwd.mode == STANDBY and not fwd.owned:
+            return []
         views = [p.view for p in self.peers.values() if p.state != "down" and p.view.size]
-        if not views and due is None:
+        if fwd.mode == ORIGIN and not views and due is None:
             return list(entries)
         encode, told = wire.encode_record, self.told
         out = []
         for e in entries:
             key = record_key(encode(OP_UPSERT, e))
-            if (due is None or told.get(key, -1.0) < due) and not any(key in v for v in views):
+            if due is not None and told.get(key, -1.0) >= due:
+                continue
+            mine = forwards(key, fwd)
+            if mine or (mine is None and not any(key in v for v in views)):
                 out.append(e)
         return out
 
     # --- anti-entropy -------------------------------------------------------------
-    def _adopter(self, ready: bool) -> Callable[[bytes], bool]:
-        """key -> whether we take an entry nobody speaks for as ours: only
-        while carrying traffic (and, for anti_entropy, once in sync: before,
-        our views are not filled yet and a peer's entries look like nobody's;
-        claiming one moves it to us until its origin speaks again)."""
-        if not (self.carrying and ready):
-            return lambda key: False
+    def _speaks_for(self, ready: bool) -> Callable[[bytes], bool]:
+        """key -> whether an entry of our table is ours to tell: a flow we
+        forward. ORIGIN (nobody knows who forwards): what we told as ours,
+        and, once ready (anti_entropy: in sync; before, our views are not
+        filled yet and a peer's entries look like nobody's), what no peer
+        speaks for."""
+        fwd, own = self.forwarding, self.own
+        if fwd.mode != ORIGIN:
+            return lambda key: forwards(key, fwd)
+        if not ready:
+            return own.__contains__
         views = [p.view for p in self.peers.values() if p.view.size]
-        return lambda key: not any(key in v for v in views)
+        return lambda key: key in own or not any(key in v for v in views)
 
     def anti_entropy(self, entries, now: float) -> int:
         """One round with the whole dump at hand (anti_entropy_begin, _add,
@@ -415,24 +477,25 @@ class Sync:
         return self.own.changed_since(key, self._ae_mark) or any(
             v.changed_since(key, m) for v, m in self._ae_views)
 
+    def _ae_valid(self) -> bool:
+        """The round's change logs still cover it (none overflowed)."""
+        return self.own.valid(self._ae_mark) and all(v.valid(m) for v, m in self._ae_views)
+
     def anti_entropy_add(self, entries, now: float) -> None:
         """A piece of the round's dump: note which own entries it shows
         changed, and (while we could adopt) which ones nobody speaks for."""
         if self._ae_mark is None:
             return
         own, seen, fix, touched = self.own, self._ae_seen, self._ae_fix, self._ae_touched
-        adopt = self._adopter(self.in_sync)
+        ours = self._speaks_for(self.in_sync)
         for e in entries:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
             seen.add(key)
-            if touched(key):
+            if touched(key) or not ours(key):
                 continue
             held = own.get(key)
-            if held is not None:
-                if held[0] != digest.record_hash(rec):
-                    fix[key] = rec
-            elif adopt(key):
+            if held is None or held[0] != digest.record_hash(rec):
                 fix[key] = rec
         self.ae_entries += len(entries)
 
@@ -476,15 +539,21 @@ class Sync:
         Returns the number of corrections sent."""
         if self._ae_mark is None:
             return 0
+        if not self._ae_valid():
+            # Too much changed while the dump was read to tell what is
+            # stale: no corrections and no digest (the next round).
+            self.owner_counters["rounds_abandoned"] += 1
+            self.anti_entropy_abort()
+            return 0
         self.anti_entropy_sweep(digest.RANGES)
         own, touched = self.own, self._ae_touched
         fixes = []
-        adopt = self._adopter(self.in_sync)
+        ours = self._speaks_for(self.in_sync)
         # An untouched key's own state is what it was when its piece came
         # (or its range was swept): the check then still holds (views may
-        # have grown since: ask again).
+        # have grown since, or the forwarding changed: ask again).
         for key, rec in self._ae_fix.items():
-            if not touched(key) and (key in own or adopt(key)):
+            if not touched(key) and ours(key):
                 fixes.append(rec)
         for key in self._ae_gone:
             if not touched(key):
@@ -511,20 +580,25 @@ class Sync:
 
     def _learn(self, p: Peer, m: wire.Message) -> None:
         """The peer's own entries as it tells them: its view; we no longer
-        speak for them, nor does another peer."""
+        speak for them (unless we forward the flow: then its word is an
+        echo or stale, ours stands), nor does another peer."""
         view, rx = p.view, p.rx
         contents = m.flags & wire.FLAG_OWN
         others = [q.view for q in self.peers.values() if q is not p and q.view.size]
-        own, told = self.own, self.told
+        own, told, fwd = self.own, self.told, self.forwarding
+        seen, limit = rx.seen, self.t.max_seen
         for rec in m.raw:
             key = record_key(rec)
             if rec[0] == OP_DELETE:
                 view.remove(key)
             else:
                 view.put(rec, key)
-                if contents:
-                    rx.seen.add(key)
-            if own.size:
+                if contents and not rx.seen_full:
+                    seen.add(key)
+                    if len(seen) > limit:
+                        rx.seen_full = True
+                        seen.clear()
+            if own.size and not forwards(key, fwd):
                 own.remove(key)
                 told.pop(key, None)
             for v in others:
@@ -554,16 +628,19 @@ class Sync:
         """The contents of these ranges are complete: what we hold from the
         peer there and it did not send, it no longer has."""
         view, seen = p.view, p.rx.seen
+        if p.rx.seen_full:      # what was sent is not known: delete nothing
+            p.rx.clear_seen()
+            return
         gone = []
         for r in digest.from_bitmap(m.body):
             for key in view.keys_in(r):
                 if key not in seen:
-                    rec = digest.as_delete(view.remove(key))
-                    gone.append(wire.decode_record(rec, 0)[:2])
-        seen.clear()
+                    gone.append(digest.as_delete(view.remove(key)))
+        p.rx.clear_seen()
         if gone:
             p.counters["stale_deleted"] += len(gone)
-            self.actions.append(Apply(p.name, tuple(gone), False, True))
+            self._apply(p, tuple(wire.decode_record(rec, 0)[:2] for rec in gone), gone,
+                        fix=True)
 
     def datagram(self, addr: str, data: bytes, now: float) -> None:
         p = self.by_addr.get(addr)
@@ -661,18 +738,49 @@ class Sync:
                 self._learn(p, m)
             if m.records:
                 own = bool(m.flags & wire.FLAG_OWN)
-                self.actions.append(Apply(p.name, m.records, bulk, own and not bulk,
-                                          bulk and not own))
+                self._apply(p, m.records, m.raw, bulk, own and not bulk, bulk and not own)
         elif m.type == wire.DIGEST:
             self._on_digest(p, m, now)
         elif m.type == wire.REPAIR_DONE:
             self._repair_done(p, m)
         elif m.type == wire.RESYNC_DONE:
-            p.rx.seen.clear()
+            p.rx.clear_seen()
             p.counters["bulk_received"] += 1
             if m.arg == p.req_id and p.resync != "done":
                 p.resync = "done"
                 self._check_in_sync()
+
+    def _apply(self, p: Peer, records: tuple, raw, replace: bool = False, fix: bool = False,
+               hearsay: bool = False) -> None:
+        """Apply a peer's records, except what would touch a flow we
+        forward: that one is only created where it is missing (Apply.keep:
+        one made on the old owner just before a handover), never deleted
+        or overwritten, and a bulk's hearsay of it (the sender does not
+        speak for it either) not at all: it may be what we deleted."""
+        fwd, counters = self.forwarding, self.owner_counters
+        if fwd.mode == STANDBY and not fwd.owned:       # a backup: none is ours
+            self.actions.append(Apply(p.name, records, replace, fix))
+            return
+        if fwd.mode == ORIGIN:      # every member carries traffic: as if all were ours
+            if hearsay:
+                counters["hearsay_skipped"] += len(records)
+            else:
+                self.actions.append(Apply(p.name, records, replace, fix))
+            return
+        ours, theirs = [], []
+        for item, rec in zip(records, raw):
+            if not forwards(record_key(rec), fwd):
+                theirs.append(item)
+            elif hearsay:
+                counters["hearsay_skipped"] += 1
+            elif item[0] == OP_DELETE:
+                counters["ours_kept"] += 1
+            else:
+                ours.append(item)
+        if theirs:
+            self.actions.append(Apply(p.name, tuple(theirs), replace, fix))
+        if ours:
+            self.actions.append(Apply(p.name, tuple(ours), replace, fix, True))
 
     def _on_ack(self, p: Peer, m: wire.Message, now: float) -> None:
         tx = p.tx
@@ -836,6 +944,10 @@ class Sync:
                 p.state = "down"
                 p.tx.queue.clear()
                 p.tx.pending.clear()
+                # Its bulk ends (it gets a new one when it is back) and with
+                # it the bulk's change logs; its repair contents are void.
+                self.bulk_abort(p.name, again=False)
+                p.rx.clear_seen()
             if p.state == "up":
                 # Gaps are repaired by NACKs (the receiver sees later messages
                 # or an ALIVE with the last dseq); the timer only probes when

@@ -21,7 +21,7 @@ def test_replicas_track_tcp_windows_liberally_in_both_directions():
     assert r.flags_orig == 0x23 | TCP_FLAG_BE_LIBERAL and r.flags_reply == 0x33 | TCP_FLAG_BE_LIBERAL
     assert r._replace(flags_orig=0x23, flags_reply=0x33) == tcp(1)   # nothing else changes
     assert replica(r) is r
-    assert replica(UDP) is UDP
+    assert replica(UDP)._replace(timeout=UDP.timeout) == UDP     # only its timeout grows (grace)
     assert replica(tcp(2)._replace(tcp_state=0)).flags_orig == 0x23   # no protoinfo: nothing to mark
 
 

@@ -32,7 +32,6 @@ class PacedNet(Net):
 def synced(n: int = 50) -> PacedNet:
     net = PacedNet(MEMBERS[:2])
     net.run(0.2)
-    net.nodes["fw1"].carrying = True
     net.local("fw1", [(OP_UPSERT, entry(i)) for i in range(n)])
     assert net.tables["fw2"] == net.tables["fw1"]
     net.paced = True
@@ -90,7 +89,7 @@ def test_pieces_go_out_with_the_bulk_flags_and_own_entries_are_the_peers_view():
         if isinstance(a, Send):
             fw2.datagram(dict(MEMBERS)["fw1"], a.data, net.now)
     applies = [a for a in fw2.drain() if isinstance(a, Apply)]
-    assert applies and all(a.replace and not a.hearsay for a in applies)
+    assert applies and all(a.replace and not a.keep for a in applies)
     end(net)
     assert len(fw2.peers["fw1"].view) == 10
 

@@ -55,7 +55,6 @@ class Pair:
     def __init__(self):
         self.now = 0.0
         self.n = {m: Sync(MEMBERS, m, KEY, 1, 0.0) for m, _ in MEMBERS}
-        self.n["a"].carrying = True
         self.table = {"a": {}, "b": {}}       # a's own flows; b's replica of them
         self.addr = {a: m for m, a in MEMBERS}
 
@@ -280,7 +279,6 @@ def test_a_replica_the_origin_deleted_during_the_round_is_not_adopted_back():
     # arrived: adopting that copy would send the closed session back to a.
     p = synced_pair()
     b = p.n["b"]
-    b.carrying = True
     assert b.in_sync
     stale = list(p.table["b"].values())        # b's dump, read before the delete
     b.anti_entropy_begin(p.now)

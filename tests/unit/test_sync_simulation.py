@@ -118,7 +118,7 @@ class Sim:
         self.nodes[name] = self.sync_class(self.members, name, KEY, self.rng.randrange(1, 2**32),
                                            self.t(name), TIMING, lambda: self.rng.getrandbits(64),
                                            self.base)
-        self.nodes[name].carrying = True    # every member's table here is its own traffic
+        # ORIGIN forwarding (the default): every member carries its own table
         self.started[name] = self.now
         self.applied[name] = set()
 
