@@ -755,24 +755,26 @@ class Sync:
         """Apply a peer's records, except what would touch a flow we
         forward: that one is only created where it is missing (Apply.keep:
         one made on the old owner just before a handover), never deleted
-        or overwritten, and a bulk's hearsay of it (the sender does not
-        speak for it either) not at all: it may be what we deleted."""
+        or overwritten. A bulk's hearsay (what the sender does not speak
+        for) is never applied: the flow's forwarder tells it as its own,
+        and a hearsay copy races the forwarder's delete on another stream
+        (applied after it, it would stay for good)."""
         fwd, counters = self.forwarding, self.owner_counters
-        if fwd.mode == STANDBY and not fwd.owned:       # a backup: none is ours
-            self.actions.append(Apply(p.name, records, replace, fix))
+        if hearsay:
+            counters["hearsay_skipped"] += len(records)
             return
-        if fwd.mode == ORIGIN:      # every member carries traffic: as if all were ours
-            if hearsay:
-                counters["hearsay_skipped"] += len(records)
-            else:
-                self.actions.append(Apply(p.name, records, replace, fix))
+        if fwd.mode == ORIGIN or (fwd.mode == STANDBY and not fwd.owned):
+            self.actions.append(Apply(p.name, records, replace, fix))   # none is known ours
             return
-        ours, theirs = [], []
+        ours, theirs, own = [], [], self.own
         for item, rec in zip(records, raw):
-            if not forwards(record_key(rec), fwd):
+            key = record_key(rec)
+            if not forwards(key, fwd):
                 theirs.append(item)
-            elif hearsay:
-                counters["hearsay_skipped"] += 1
+            elif item[0] == OP_DELETE and key not in own:
+                # Ours by forwarding, but never told as ours: the copy a peer
+                # gave us (keep) while we were taking over; its word goes.
+                theirs.append(item)
             elif item[0] == OP_DELETE:
                 counters["ours_kept"] += 1
             else:

@@ -37,7 +37,9 @@ import pytest
 
 from syncd.core import keys, wire
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
-from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
+from syncd.core.digest import record_key
+from syncd.core.ownership import EVERYTHING, NOTHING
+from syncd.core.protocol import Apply, Claim, Dump, InSync, Send, Sync, Timing
 
 SCENARIOS = int(os.environ.get("SIM_SCENARIOS", "10000"))
 REPLAY = os.environ.get("SYNC_SIM_SEED")
@@ -177,6 +179,16 @@ class Sim:
                     self.bulk(name, a.peer)
                 elif isinstance(a, InSync):
                     assert a.value is True
+                elif isinstance(a, Claim):
+                    self.claim(name)
+
+    def claim(self, name: str) -> None:
+        """Send what the member now forwards as its own (the daemon: a dump
+        through claimable()). ORIGIN members never gain flows."""
+        node = self.nodes[name]
+        node.local([(OP_UPSERT, e) for e in node.claimable(list(self.table[name].values()))],
+                   self.t(name))
+        node.flush(self.t(name))
 
     def bulk(self, name: str, peer: str) -> None:
         """Paced, as the daemon sends it: the dump (taken now) goes out a
@@ -286,6 +298,9 @@ class Sim:
     def run(self) -> None:
         for _ in range(self.rng.randint(10, 50)):
             self.step(chaos=True)
+        self.run_quiet()
+
+    def run_quiet(self) -> None:
         self.loss, self.dup, self.cut = 0.0, 0.0, {}
         for _ in range(int(QUIET / STEP)):
             self.step(chaos=False)
@@ -328,6 +343,130 @@ def test_simulation_is_deterministic():
     a.run()
     b.run()
     assert [t[2] for t in a.tap] == [t[2] for t in b.tap]
+
+
+class HandoverSim(Sim):
+    """Active-standby with handovers: the master forwards every flow and
+    its kernel table is the truth; the others hold copies, which run out
+    now and then (their DESTROYs must stay local). A handover makes
+    another member master at once and tells the old one a little later
+    (or earlier); the old one then asks for a bulk, as the daemon does.
+
+    Invariants: no member applies a peer's record over or against a flow
+    it forwards (only Apply.keep creates what is missing), and after the
+    quiet period every flow in the master's table is on every member,
+    as the master has it, and no member holds a flow the master has not,
+    except strays: flows the new master did not have when it took over
+    (their events were lost and not yet repaired). Nobody forwards those;
+    their copies stay until the kernel times them out, as they should."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.master = self.names[0]
+        self.roles_due = []       # (at, name, forwarding) not yet told to the member
+        self.strays = set()
+        for name in self.names:
+            self.tell(name, EVERYTHING if name == self.master else NOTHING)
+
+    def start(self, name: str, reboot: bool = True) -> None:
+        super().start(name, reboot)
+        self.clock[name] = 0.0
+
+    def tell(self, name: str, fwd) -> None:
+        node = self.nodes[name]
+        lost = node.forwarding == EVERYTHING and fwd != EVERYTHING
+        node.set_forwarding(fwd, self.t(name))
+        if lost:
+            node.resync(self.t(name))
+        self.process(name)
+
+    def restart(self, name: str, reboot: bool) -> None:
+        """Here: a handover to `name` (restarts are the base simulation's)."""
+        if name == self.master:
+            return
+        old, self.master = self.master, name
+        self.strays |= set().union(*self.table.values()) - set(self.table[name])
+        self.roles_due = [d for d in self.roles_due if d[1] != name]   # a late word is void
+        self.tell(name, EVERYTHING)
+        self.roles_due.append((self.now + self.rng.uniform(-0.2, 0.6), old, NOTHING))
+
+    def change(self, name: str) -> None:
+        super().change(self.master)       # only the master's flows change
+
+    def apply(self, name: str, a: Apply) -> None:
+        table, mine = self.table[name], self.nodes[name].forwarding == EVERYTHING
+        for op, e in a.records:
+            port = (e.osport - 1024) % 100
+            if a.keep:
+                if op != OP_UPSERT or not mine:
+                    raise Violation(f"{name} got a keep-apply it cannot be given: {op}, {mine}")
+                table.setdefault(port, e)
+            elif mine and (op == OP_UPSERT or told_as_ours(self.nodes[name], e)):
+                raise Violation(f"{name} forwards every flow but applies {a.peer}'s record "
+                                f"for port {port} over it")
+            elif op == OP_UPSERT:
+                table[port] = e
+            else:
+                table.pop(port, None)
+
+    def step(self, chaos: bool) -> None:
+        super().step(chaos)
+        rng = self.rng
+        for due in [d for d in self.roles_due if d[0] <= self.now]:
+            self.roles_due.remove(due)
+            self.tell(due[1], due[2])
+        if round(self.now / STEP) % round(AE_INTERVAL / STEP) == 0:
+            self.claim(self.master)        # the routine refresh
+            self.process(self.master)
+        if chaos and rng.random() < 0.1:   # a copy runs out on a member that does not forward it
+            name = rng.choice([n for n in self.names if n != self.master])
+            if self.table[name]:
+                port = rng.choice(sorted(self.table[name]))
+                e = self.table[name].pop(port)
+                self.nodes[name].local([(OP_DELETE, e)], self.t(name))
+                self.nodes[name].flush(self.t(name))
+                self.process(name)
+
+    def run(self) -> None:
+        for _ in range(self.rng.randint(10, 50)):
+            self.step(chaos=True)
+        for due in sorted(self.roles_due):     # every role is known before the quiet period
+            self.tell(due[1], due[2])
+        self.roles_due = []
+        super().run_quiet()
+
+    def check_converged(self) -> None:
+        want = {k: plain(e) for k, e in self.table[self.master].items()}
+        for name in self.names:
+            if not self.nodes[name].in_sync:
+                raise Violation(f"{name} never got in sync (locked out)")
+            got = {k: plain(e) for k, e in self.table[name].items()
+                   if k in want or k not in self.strays}
+            if got != want:
+                raise Violation(f"{name} (master {self.master}) lacks or differs in "
+                                f"{sorted(k for k in want if got.get(k) != want[k])}, keeps "
+                                f"{sorted(got.keys() - want.keys() - self.strays)}")
+
+
+def told_as_ours(node: Sync, e: Entry) -> bool:
+    return record_key(wire.encode_record(OP_UPSERT, e)) in node.own
+
+
+HANDOVER_SCENARIOS = max(1, SCENARIOS // 5)
+
+
+@pytest.mark.xfail(not REPLAY, strict=True, reason=(
+    "1 scenario in 2000 (seed 397): while the old master has not yet heard it lost the "
+    "role, a peer's delete of a flow it claimed as its own is dropped; the copy stays "
+    "there until the kernel times it out"))
+def test_handover_scenarios_keep_the_ownership_invariants():
+    seeds = [int(REPLAY)] if REPLAY else range(HANDOVER_SCENARIOS)
+    for seed in seeds:
+        sim = HandoverSim(seed)
+        try:
+            sim.run()
+        except AssertionError as e:
+            raise AssertionError(f"seed {seed} (HandoverSim): {e}\n{how_to_replay(seed)}") from e
 
 
 class Adopting(Sync):
