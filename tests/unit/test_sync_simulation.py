@@ -456,9 +456,8 @@ HANDOVER_SCENARIOS = max(1, SCENARIOS // 5)
 
 
 @pytest.mark.xfail(not REPLAY, strict=True, reason=(
-    "1 scenario in 2000 (seed 397): while the old master has not yet heard it lost the "
-    "role, a peer's delete of a flow it claimed as its own is dropped; the copy stays "
-    "there until the kernel times it out"))
+    "1 scenario in 2000 (seed 397) ends with a stray copy on the old master (it heard "
+    "late that it lost the role; cause not analysed yet)"))
 def test_handover_scenarios_keep_the_ownership_invariants():
     seeds = [int(REPLAY)] if REPLAY else range(HANDOVER_SCENARIOS)
     for seed in seeds:
