@@ -12,6 +12,7 @@ from fwcluster import configfile, ctlsock
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.core import contract
 from syncd.core import keys
+from syncd.conntrack import Dumper
 from syncd.core.protocol import Sync
 from syncd.daemon import Daemon, waiting
 
@@ -26,6 +27,9 @@ def daemon(tmp_path) -> Daemon:
     d = Daemon(cfg, "fw1", b"s3cret")
     members = [(m.name, str(m.sync_address)) for m in cfg.members]
     d.sync = Sync(members, "fw1", keys.sync_key(b"s3cret", cfg.name), 1, 0.0)   # a new run
+    # A master's first role line makes it claim its flows (a table dump
+    # sent as its own): give it the real dump socket it reads that from.
+    d.dumper = Dumper()
     return d
 
 
@@ -54,7 +58,9 @@ def told(tmp_path, snapshot: list[dict], later: list[dict] = ()) -> tuple[list[i
         await asyncio.sleep(0.2)        # anything more it would say
         link.cancel()
         await srv.stop()
+        asyncio.get_running_loop().remove_reader(d.dumper.fileno())
     asyncio.run(go())
+    d.dumper.close()
     return values, d
 
 
