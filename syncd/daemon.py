@@ -24,7 +24,8 @@ from syncd.configchannel import ConfigService
 from syncd import metrics
 from syncd.core import keys
 from syncd.conntrack import Conntrack, ConntrackError, Dumper, Overrun
-from syncd.core.entry import OP_DELETE, OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
+from syncd.core.digest import record_key
+from syncd.core.entry import OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core import wire
 from syncd.core.policy import own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
@@ -246,8 +247,8 @@ class Daemon:
         if records:
             if trace is not None:
                 read = self.now()
-            if self.feed.active:    # it wants the entries' keys
-                self.feed.touch([wire.decode_record(r, 0)[:2] for r in records])
+            if self.feed.active:    # a dump copy older than these must not go
+                self.feed.touch(map(record_key, records))
             self.sync.local_records(records, now)
             if trace is not None:
                 encoded = self.now()
@@ -291,7 +292,8 @@ class Daemon:
             self.counters["stateless_refreshed"] += len(entries)
         else:                       # a repair: everything we may speak for
             entries = self.sync.claimable(entries)
-        self.feed.add([(OP_UPSERT, e) for e in entries])
+        encode = wire.encode_record
+        self.feed.add([encode(OP_UPSERT, e) for e in entries])
         loop = asyncio.get_running_loop()
         if done:
             loop.remove_reader(self.dumper.fileno())
@@ -317,7 +319,7 @@ class Daemon:
             return
         if chunk:
             now = self.now()
-            self.sync.local(chunk, now)
+            self.sync.local_records(chunk, now)
             self.sync.flush(now, delay_acks=True)
             self.process()
         if self.feed.pending and not self._feed_soon:
@@ -395,7 +397,8 @@ class Daemon:
         if records:
             # A refresh's dump copy of what a peer changed since is stale:
             # sent as ours, it would undo that change on the peer.
-            self.feed.touch(records)
+            if self.feed.active:
+                self.feed.touch(record_key(wire.encode_record(op, e)) for op, e in records)
             if self.trace is not None:
                 self.trace.applying(self.now(), records)
             # A bulk replaces stale copies of flows others forward; the

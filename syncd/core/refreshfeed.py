@@ -8,15 +8,22 @@ live event then waits behind at most that much. A dump entry whose key a
 live event touched since the dump began is dropped: the event carried newer
 state (a DESTROY included) and the old copy must not overwrite it. The dump
 itself may arrive in pieces (open: add() more, end() when it is complete).
+
+Records are wire records and keys their record keys (digest.record_key):
+the live path has events as records already and touches them without
+decoding one. A feed nobody touches (a bulk transfer: the core drops a
+touched key's copy itself) may hold anything.
 """
 from __future__ import annotations
+
+from syncd.core.digest import record_key
 
 
 class RefreshFeed:
     def __init__(self, chunk: int = 512, window: int = 64):
         self.defaults = chunk, window
         self.chunk, self.window = chunk, window
-        self.left: list = []        # (op, Entry) still to send, in dump order
+        self.left: list = []        # records still to send, in dump order
         self.pos = 0
         self.touched: set = set()
         self.open = False           # more of the dump is to come
@@ -57,10 +64,10 @@ class RefreshFeed:
         if not self.active:
             self.left, self.pos, self.touched = [], 0, set()
 
-    def touch(self, records) -> None:
-        """Live records sent since the dump."""
+    def touch(self, keys) -> None:
+        """Record keys of live changes since the dump (sent or applied)."""
         if self.active:
-            self.touched.update(e.key for _op, e in records)
+            self.touched.update(keys)
 
     def next_chunk(self, backlog: int) -> list | None:
         """The next records to send (possibly empty: all were touched), or
@@ -70,7 +77,9 @@ class RefreshFeed:
             return None
         end = min(self.pos + self.chunk, len(self.left))
         touched = self.touched
-        out = [r for r in self.left[self.pos:end] if r[1].key not in touched]
+        out = self.left[self.pos:end]
+        if touched:
+            out = [r for r in out if record_key(r) not in touched]
         self.pos = end
         self._done_if_empty()
         return out
