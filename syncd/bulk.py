@@ -4,121 +4,119 @@ core's: Sync.bulk_begin / bulk_add / bulk_end).
 A peer that starts, or lost the master role, asks for the whole table
 (RESYNC_REQ). Answered with a blocking dump and the whole table queued at
 once, it stalled the loop for the dump (~0.4 s at 100k entries) and put
-every live event read after it behind 100k records on the stream. So, as
-full refreshes are (daemon.start_dump): the dump is read on a netlink
-socket of its own (one per peer served, never shared with a refresh or an
-anti-entropy round), DUMP_TURN entries per loop turn, into a RefreshFeed
-that hands it to the core REFRESH_CHUNK entries at a time while the peer
-has at most REFRESH_WINDOW messages unacknowledged, behind live events.
-The core drops a dump copy of an entry a live event changed since the bulk
-began (the event, on the same stream, carried newer state).
+every live event read after it behind 100k records on the stream. So the
+dump is read as every dump is (syncd/dumps.py: a socket of its own per
+peer served, `turn` entries per loop turn; not paced, a peer waits for
+it) into a RefreshFeed that hands it to the core `chunk` entries at a
+time while the peer has at most `window` messages unacknowledged, behind
+live events. The core drops a dump copy of an entry a live event changed
+since the bulk began (the event, on the same stream, carried newer state),
+so the feed is never touched.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import partial
 
-from syncd.conntrack import ConntrackError, Dumper
 from syncd.core.entry import OP_UPSERT
 from syncd.core.policy import syncable
+from syncd.core.protocol import Sync
 from syncd.core.refreshfeed import RefreshFeed
+from syncd.dumps import Host, PacedDump
 
 log = logging.getLogger("syncd")
 
 
 @dataclass
 class _Bulk:
-    sync: object                 # the core it was begun on (a reload replaces it)
+    sync: Sync                   # the core it was begun on (a reload replaces it)
     feed: RefreshFeed
     sent: int = 0
     soon: bool = False           # a feed step is scheduled
-    reading: bool = True         # its dump socket is being read
 
 
 class Bulks:
-    def __init__(self, daemon, chunk: int, window: int, turn: int):
-        self.d = daemon
+    def __init__(self, host: Host, chunk: int, window: int, turn: int):
+        self.host = host
         self.chunk, self.window, self.turn = chunk, window, turn
         self.running: dict[str, _Bulk] = {}
-        self.dumpers: dict[str, Dumper] = {}
+        self.dumps: dict[str, PacedDump] = {}
 
     def start(self, peer: str) -> None:
         """Answer a Dump action (a running bulk to the peer starts over)."""
-        d, loop = self.d, asyncio.get_running_loop()
-        self._stop_reading(peer)
+        h = self.host
         feed = RefreshFeed(self.chunk, self.window)
         feed.start([], open=True)
-        b = self.running[peer] = _Bulk(d.sync, feed)
-        d.sync.bulk_begin(peer, d.now())
-        dumper = self.dumpers.get(peer)
-        if dumper is None:
-            dumper = self.dumpers[peer] = Dumper()
-        try:
-            dumper.start()
-        except OSError as e:
-            self._abort(peer, b, f"dump: {e}")
-            return
-        loop.add_reader(dumper.fileno(), self.on_dump, peer)
+        self.running[peer] = _Bulk(h.sync, feed)
+        h.sync.bulk_begin(peer, h.now())
+        dump = self.dumps.get(peer)
+        if dump is None:
+            dump = self.dumps[peer] = PacedDump(asyncio.get_running_loop(),
+                                                partial(self._piece, peer),
+                                                partial(self._end, peer), self.turn, paced=False)
+        dump.start()
 
-    def _stop_reading(self, peer: str) -> None:
-        b = self.running.get(peer)
-        if b is not None and b.reading:
-            asyncio.get_running_loop().remove_reader(self.dumpers[peer].fileno())
-            b.reading = False
+    def close(self) -> None:
+        for dump in self.dumps.values():
+            dump.close()
 
-    def _abort(self, peer: str, b: _Bulk, why: str) -> None:
+    def _drop(self, peer: str) -> _Bulk:
+        self.dumps[peer].abort()
+        return self.running.pop(peer)
+
+    def _abort(self, peer: str, why: str) -> None:
+        b = self._drop(peer)
         log.warning("bulk transfer to %s: %s (starting again)", peer, why)
-        self._stop_reading(peer)
-        del self.running[peer]
-        b.sync.bulk_abort(peer, again=b.sync is self.d.sync)
-        self.d.process()
+        b.sync.bulk_abort(peer, again=b.sync is self.host.sync)
+        self.host.process()
 
-    def _current(self, peer: str, b: _Bulk) -> bool:
-        if b.sync is self.d.sync:
-            return True
-        # A reload replaced the core: its new sessions bring their own bulks.
-        self._stop_reading(peer)
-        del self.running[peer]
-        b.sync.bulk_abort(peer, again=False)
-        return False
-
-    def on_dump(self, peer: str) -> None:
+    def _current(self, peer: str) -> _Bulk | None:
         b = self.running.get(peer)
-        if b is None or not self._current(peer, b):
+        if b is None or b.sync is self.host.sync:
+            return b
+        # A reload replaced the core: its new sessions bring their own bulks.
+        self._drop(peer).sync.bulk_abort(peer, again=False)
+        return None
+
+    def _piece(self, peer: str, entries: list) -> None:
+        b = self._current(peer)
+        if b is None:
             return
-        try:
-            entries, done = self.dumpers[peer].read(self.turn)
-        except ConntrackError as e:
-            self._abort(peer, b, str(e))
-            return
-        own = self.d.own
+        own = self.host.own
         b.feed.add([(OP_UPSERT, e) for e in entries if syncable(e, own)])
-        if done:
-            self._stop_reading(peer)
-            b.feed.end()
         if not b.soon:
             self.feed(peer)
+
+    def _end(self, peer: str, error: str | None) -> None:
+        if error is not None:
+            if peer in self.running:
+                self._abort(peer, error)
+            return
+        b = self._current(peer)
+        if b is not None:
+            b.feed.end()
+            if not b.soon:
+                self.feed(peer)
 
     def feed(self, peer: str) -> None:
         """Hand the core the next chunk if the peer keeps up; end the bulk
         once the dump is read and sent."""
-        b = self.running.get(peer)
+        b = self._current(peer)
         if b is None:
             return
         b.soon = False
-        if not self._current(peer, b):
-            return
-        d, sync = self.d, b.sync
+        h, sync = self.host, b.sync
         chunk = b.feed.next_chunk(len(sync.peers[peer].tx.queue))
         if chunk:
-            b.sent += sync.bulk_add(peer, [e for _op, e in chunk], d.now())
-            d.process()
+            b.sent += sync.bulk_add(peer, [e for _op, e in chunk], h.now())
+            h.process()
         if not b.feed.active:
             del self.running[peer]
-            sync.bulk_end(peer, d.now())
+            sync.bulk_end(peer, h.now())
             log.info("bulk transfer of %d entries to %s", b.sent, peer)
-            d.process()
+            h.process()
         elif chunk is not None and b.feed.pending:
             self._soon(peer, b)     # else the window is full: acks wake it
 
@@ -133,19 +131,3 @@ class Bulks:
         for peer, b in self.running.items():
             if b.feed.pending:
                 self._soon(peer, b)
-
-
-def start(daemon, peer: str) -> None:
-    """process()'s answer to a Dump action."""
-    b = daemon.__dict__.get("_bulks")
-    if b is None:
-        from syncd import daemon as shell     # its pacing constants (it imports us)
-        b = daemon._bulks = Bulks(daemon, shell.REFRESH_CHUNK, shell.REFRESH_WINDOW,
-                                  shell.DUMP_TURN)
-    b.start(peer)
-
-
-def wake(daemon) -> None:
-    b = daemon.__dict__.get("_bulks")
-    if b is not None and b.running:
-        b.wake()

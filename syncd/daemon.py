@@ -23,7 +23,7 @@ from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
 from syncd import metrics
 from syncd.core import keys
-from syncd.conntrack import Conntrack, ConntrackError, Dumper, Overrun
+from syncd.conntrack import Conntrack, Overrun
 from syncd.core.digest import record_key
 from syncd.core.entry import OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
 from syncd.core import wire
@@ -32,7 +32,10 @@ from syncd.core.refreshfeed import RefreshFeed
 from syncd.core import ownership
 from syncd.core.protocol import Apply, Claim, Dump, InSync, Send, Sync, Timing
 from syncd.supervise import Supervisor
-from syncd import antientropy, bulk, pacing, reload as live_reload
+from syncd import antientropy, pacing, reload as live_reload
+from syncd.antientropy import Rounds
+from syncd.bulk import Bulks
+from syncd.dumps import PacedDump
 from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
@@ -150,9 +153,15 @@ class Daemon:
         # Config sync (fwctl config push/diff) shares the sync link and secret.
         self.configsvc = ConfigService(cfg, node, secret)
         self.trace = Trace.from_env(node)     # debug mode (syncd/trace.py): None in service
+        # The jobs that read the whole table, each on dump sockets of its
+        # own (syncd/dumps.py): the refresh (feed, refresh_dump), bulk
+        # transfers, anti-entropy rounds.
         self.feed = RefreshFeed(REFRESH_CHUNK, REFRESH_WINDOW)
         self._feed_soon = False
-        self._dump_stateless, self._dump_gen = False, 0
+        self._dump_stateless = False
+        self.refresh_dump: PacedDump | None = None
+        self.bulks = Bulks(self, REFRESH_CHUNK, REFRESH_WINDOW, DUMP_TURN)
+        self.rounds = Rounds(self)
 
     def now(self) -> float:
         return time.monotonic()
@@ -167,7 +176,7 @@ class Daemon:
         gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
-        self.dumper = Dumper()
+        self.refresh_dump = PacedDump(loop, self.on_dump, self.on_dump_end, DUMP_TURN, paced=False)
         self.sock = udp_socket(self.me.sync_address, self.port)
         members = [(m.name, str(m.sync_address)) for m in self.cfg.members]
         for m in self.cfg.peers(self.node):
@@ -206,8 +215,8 @@ class Daemon:
             prof.disable()
             prof.dump_stats(prof_path)
         loop.remove_reader(self.ct.fileno())
-        loop.remove_reader(self.dumper.fileno())
-        self.dumper.close()
+        for job in (self.refresh_dump, self.bulks, self.rounds):
+            job.close()
         loop.remove_reader(self.sock.fileno())
         self.server.close()
         self.ct.close()
@@ -263,27 +272,16 @@ class Daemon:
 
     def start_dump(self, stateless: bool) -> None:
         """A refresh from a dump read between live events (on_dump); a full
-        one replaces a running one, a stateless one never does."""
+        one replaces a running one, a stateless one never does. A full
+        refresh is a repair and not paced; a stateless one is routine."""
         if not self.feed.start([], replace=not stateless, open=True,
                                pace=STATELESS_PACE if stateless else None):
             return
         self._dump_stateless = stateless
-        self._dump_gen += 1
-        self.dumper.start()
-        asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
+        self.refresh_dump.start(turn=pacing.BACKGROUND_TURN if stateless else DUMP_TURN,
+                                paced=stateless)
 
-    def _resume_dump(self, gen: int) -> None:
-        if gen == self._dump_gen and self.dumper.running:     # not replaced meanwhile
-            asyncio.get_running_loop().add_reader(self.dumper.fileno(), self.on_dump)
-
-    def on_dump(self) -> None:
-        t0 = pacing.mark()
-        try:
-            entries, done = self.dumper.read(pacing.BACKGROUND_TURN if self._dump_stateless
-                                             else DUMP_TURN)
-        except ConntrackError as e:
-            log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)", e)
-            entries, done = [], True
+    def on_dump(self, entries: list) -> None:
         own = self.own
         entries = [e for e in entries if syncable(e, own)]
         if self._dump_stateless:
@@ -294,16 +292,16 @@ class Daemon:
             entries = self.sync.claimable(entries)
         encode = wire.encode_record
         self.feed.add([encode(OP_UPSERT, e) for e in entries])
-        loop = asyncio.get_running_loop()
-        if done:
-            loop.remove_reader(self.dumper.fileno())
-            self.feed.end()
         if not self._feed_soon:
             self.feed_refresh()
-        if not done and self._dump_stateless:
-            # Routine work: the next read after a pause (syncd/pacing.py).
-            loop.remove_reader(self.dumper.fileno())
-            loop.call_later(pacing.pause(t0), self._resume_dump, self._dump_gen)
+
+    def on_dump_end(self, error: str | None) -> None:
+        if error is not None:
+            log.warning("refresh: %s (what was read is sent; the next refresh repairs the rest)",
+                        error)
+        self.feed.end()
+        if not self._feed_soon:
+            self.feed_refresh()
 
     def backlog(self) -> int:
         """Messages the slowest reachable peer has not acknowledged yet."""
@@ -368,7 +366,7 @@ class Daemon:
         while True:
             actions = merge_applies(self.sync.drain())
             if not actions:
-                bulk.wake(self)     # acks may have opened a bulk's window
+                self.bulks.wake()   # acks may have opened a bulk's window
                 return
             for a in actions:
                 if isinstance(a, Send):
@@ -380,7 +378,7 @@ class Daemon:
                 elif isinstance(a, Apply):
                     self.apply(a)
                 elif isinstance(a, Dump):
-                    bulk.start(self, a.peer)    # read and sent between live events
+                    self.bulks.start(a.peer)    # read and sent between live events
                 elif isinstance(a, Claim):
                     self.counters["claim_refreshes"] += 1
                     self.start_dump(stateless=False)    # claimable(): what we forward now
@@ -434,7 +432,7 @@ class Daemon:
             now = self.now()
             if now - last_digest >= self.cfg.sync.digest_interval:
                 last_digest = now
-                antientropy.start_round(self)   # read between live events
+                self.rounds.start()             # read between live events
             if now - last_addr >= ADDR_REFRESH:
                 last_addr = now
                 try:
@@ -609,7 +607,7 @@ class Daemon:
         if cmd == contract.RELOAD:
             return await self.reload(req.get(contract.RELOAD_FROM))
         if cmd == antientropy.ROUND:
-            return {"ok": True, **await antientropy.run_round(self)}
+            return {"ok": True, **await self.rounds.run()}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def status(self) -> dict:
@@ -627,7 +625,7 @@ class Daemon:
                 "counters": {**self.counters, **self.sync.owner_counters,
                              "callback_errors": self.sup.contained},
                 "config": self.configsvc.status(),
-                "anti_entropy": getattr(self, "anti_entropy", None), **st}
+                "anti_entropy": self.rounds.last, **st}
 
     # --- metrics (docs/metrics.md) ------------------------------------------------------------
     def metrics_text(self) -> str:
