@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from syncd import metrics
 from syncd.core import keys
 from syncd.conntrack import Conntrack, Overrun
 from syncd.core.digest import record_key
-from syncd.core.entry import OP_UPSERT, PROTO_NAMES, TCP, TCP_STATES
+from syncd.core.entry import OP_UPSERT, TCP
 from syncd.core import wire
 from syncd.core.policy import own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
@@ -35,6 +34,7 @@ from syncd.supervise import Supervisor
 from syncd import antientropy, pacing, reload as live_reload
 from syncd.antientropy import Rounds
 from syncd.bulk import Bulks
+from syncd.ctshow import Queries
 from syncd.dumps import PacedDump
 from syncd.trace import Trace, profiler
 
@@ -155,13 +155,14 @@ class Daemon:
         self.trace = Trace.from_env(node)     # debug mode (syncd/trace.py): None in service
         # The jobs that read the whole table, each on dump sockets of its
         # own (syncd/dumps.py): the refresh (feed, refresh_dump), bulk
-        # transfers, anti-entropy rounds.
+        # transfers, anti-entropy rounds, fwctl conntrack.
         self.feed = RefreshFeed(REFRESH_CHUNK, REFRESH_WINDOW)
         self._feed_soon = False
         self._dump_stateless = False
         self.refresh_dump: PacedDump | None = None
         self.bulks = Bulks(self, REFRESH_CHUNK, REFRESH_WINDOW, DUMP_TURN)
         self.rounds = Rounds(self)
+        self.queries = Queries()
 
     def now(self) -> float:
         return time.monotonic()
@@ -215,7 +216,7 @@ class Daemon:
             prof.disable()
             prof.dump_stats(prof_path)
         loop.remove_reader(self.ct.fileno())
-        for job in (self.refresh_dump, self.bulks, self.rounds):
+        for job in (self.refresh_dump, self.bulks, self.rounds, self.queries):
             job.close()
         loop.remove_reader(self.sock.fileno())
         self.server.close()
@@ -585,15 +586,8 @@ class Daemon:
             return {"ok": True, **self.status()}
         if cmd == "metrics":
             return {"ok": True, "text": self.metrics_text()}
-        if cmd == "conntrack":
-            entries = self.ct.dump()
-            flt = req.get("filter") or {}
-            matched = [e for e in entries if match(e, flt)]
-            reply = {"ok": True, "total": len(entries), "count": len(matched)}
-            if req.get("entries", True):
-                limit = int(req.get("limit", 1000))
-                reply["entries"] = [e.describe() for e in matched[:limit]]
-            return reply
+        if cmd == "conntrack":        # fwctl conntrack show|count, from a paced dump
+            return await self.queries.answer(req)
         if cmd == "resync":
             self.full_refresh(self.now())
             return {"ok": True}
@@ -700,25 +694,3 @@ def merge_applies(actions: list) -> list:
         else:
             out.append(a)
     return out
-
-
-def match(e, flt: dict) -> bool:
-    """fwctl conntrack filters: proto, family, src, dst, sport, dport, state."""
-    if "proto" in flt and PROTO_NAMES.get(e.proto, str(e.proto)) != str(flt["proto"]).lower() \
-            and str(e.proto) != str(flt["proto"]):
-        return False
-    if "family" in flt and e.family != int(flt["family"]):
-        return False
-    for key, vals in (("src", (e.osrc, e.rdst)), ("dst", (e.odst, e.rsrc))):
-        if key in flt:
-            want = ipaddress.ip_network(flt[key], strict=False)
-            if not any(ipaddress.ip_address(v) in want for v in vals if
-                       ipaddress.ip_address(v).version == want.version):
-                return False
-    if "sport" in flt and e.osport != int(flt["sport"]):
-        return False
-    if "dport" in flt and e.odport != int(flt["dport"]):
-        return False
-    if "state" in flt and TCP_STATES.get(e.tcp_state, "") != str(flt["state"]).upper():
-        return False
-    return True

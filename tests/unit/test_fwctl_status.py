@@ -186,6 +186,13 @@ def test_conntrack_bad_filter_is_a_usage_error(tmp_path):
                               "entries": True, "limit": 1000}
 
 
+def test_conntrack_busy_is_a_problem_not_a_usage_error(tmp_path):
+    busy = {"ok": False, "retry": True, "error": "busy: 4 conntrack requests already running or waiting"}
+    with Daemons(tmp_path, syncd=True, replies={"conntrack": busy}):
+        r = fwctl(tmp_path, "conntrack", "count")
+    assert r.returncode == 1 and one_error_line(r) == f"error: syncd: {busy['error']}"
+
+
 def test_conntrack_count(tmp_path):
     with Daemons(tmp_path, syncd=True, replies={"conntrack": {"ok": True, "total": 7, "count": 2}}):
         r = fwctl(tmp_path, "conntrack", "count", "--dport", "80", "--json")

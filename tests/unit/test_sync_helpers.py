@@ -1,5 +1,5 @@
-"""syncd daemon helpers that decide without I/O: epochs, Apply merging, fwctl filters."""
-from syncd.daemon import match, merge_applies, new_epoch
+"""syncd daemon helpers that decide without I/O: epochs, Apply merging."""
+from syncd.daemon import merge_applies, new_epoch
 from syncd.core.entry import OP_UPSERT, Entry
 from syncd.core.protocol import Apply, Send
 
@@ -27,11 +27,3 @@ def test_merge_applies_keeps_order_and_boundaries():
     out = merge_applies(acts)
     assert out == [Apply("fw2", r1 + r2), Send("x", b""), Apply("fw2", r3, True), Apply("fw3", r1, True)]
 
-
-def test_conntrack_filters():
-    assert match(E, {}) and match(E, {"proto": "tcp", "dport": 80, "state": "established"})
-    assert match(E, {"src": "192.0.2.0/24"}) and match(E, {"dst": "198.51.100.100"})
-    assert match(E, {"src": "198.51.100.1"})          # the NATed source counts too
-    assert not match(E, {"proto": "udp"}) and not match(E, {"sport": 1})
-    assert not match(E, {"src": "2001:db8::/32"}) and match(E6, {"src": "2001:db8::/32", "family": 6})
-    assert match(E6, {"proto": "17"}) and not match(E6, {"state": "ESTABLISHED"})
