@@ -24,10 +24,13 @@ from tests.labkit.lab import PY
 SIZE = 150_000
 FILL_DPORT, LIVE_DPORT = 31000, 31001
 RATE, SECONDS = 100, 30          # live entries, for longer than the queries take
-# A live event waits behind one turn of routine work (~1 ms, pacing.py),
-# the delayed ack (20 ms) and the refresh window; 0.1 s leaves the loaded
-# machine its margin and is far below the ~2 s of the blocking answer.
-LAG_BOUND = 0.1
+# A live event waits behind one turn of routine work (~2 ms, pacing.py)
+# at most; 0.1 s for 99% of them leaves a loaded machine its margin (with
+# no query at all, its slowest entries took up to ~70 ms at load 5 on two
+# cores). None may wait a quarter of the peer timeout (2 s): the blocking
+# answer held every one of them ~1.7 s.
+LAG_P99 = 0.1
+LAG_MAX = 2.0 / 4
 ENV = {"PYTHONPATH": str(REPO)}
 
 
@@ -100,9 +103,9 @@ def test_fwctl_conntrack_on_a_big_table_keeps_the_peer_up_and_live_entries_flowi
         assert len(during) >= RATE * (t1 - t0) / 2, len(during)
         missing = sum(1 for _c, s in during if s is None)
         lags = sorted(s - c for c, s in during if s is not None)
-        assert not missing and lags[-1] <= LAG_BOUND, (
-            f"{missing} of {len(during)} live entries never reached fw2; lag max "
-            f"{lags[-1] if lags else None:.3f} s, p50 {lags[len(lags) // 2] if lags else None} s "
-            f"during {t1 - t0:.1f} s of queries")
-        print(f"queries took {t1 - t0:.2f} s; lag of {len(lags)} live entries during them: "
-              f"p50 {lags[len(lags) // 2] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
+        assert not missing, f"{missing} of {len(during)} live entries never reached fw2"
+        p50, p99, top = (lags[len(lags) // 2], lags[len(lags) * 99 // 100], lags[-1])
+        figures = (f"queries took {t1 - t0:.2f} s; lag of {len(lags)} live entries during them: "
+                   f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {top * 1000:.1f} ms")
+        print(figures)
+        assert p99 <= LAG_P99 and top <= LAG_MAX, figures
