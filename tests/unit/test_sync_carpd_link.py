@@ -12,9 +12,9 @@ from fwcluster import configfile, ctlsock
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.core import contract
 from syncd.core import keys
-from syncd.conntrack import Dumper
+from syncd.dumps import PacedDump
 from syncd.core.protocol import Sync
-from syncd.daemon import Daemon, waiting
+from syncd.daemon import DUMP_TURN, Daemon, waiting
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "cluster.toml"
 
@@ -27,9 +27,6 @@ def daemon(tmp_path) -> Daemon:
     d = Daemon(cfg, "fw1", b"s3cret")
     members = [(m.name, str(m.sync_address)) for m in cfg.members]
     d.sync = Sync(members, "fw1", keys.sync_key(b"s3cret", cfg.name), 1, 0.0)   # a new run
-    # A master's first role line makes it claim its flows (a table dump
-    # sent as its own): give it the real dump socket it reads that from.
-    d.dumper = Dumper()
     return d
 
 
@@ -48,6 +45,10 @@ def told(tmp_path, snapshot: list[dict], later: list[dict] = ()) -> tuple[list[i
         srv = ControlServer(ctlsock.socket_path(d.cfg.run_dir, contract.CARPD), handler,
                             lambda: list(snapshot))
         await srv.start()
+        # A master's first role line makes it claim its flows (a table dump
+        # sent as its own): give it the real paced dump run() would.
+        d.refresh_dump = PacedDump(asyncio.get_running_loop(), d.on_dump, d.on_dump_end,
+                                   DUMP_TURN, paced=False)
         link = asyncio.create_task(d.carpd_link())
         for _ in range(200):
             if values:
@@ -58,9 +59,8 @@ def told(tmp_path, snapshot: list[dict], later: list[dict] = ()) -> tuple[list[i
         await asyncio.sleep(0.2)        # anything more it would say
         link.cancel()
         await srv.stop()
-        asyncio.get_running_loop().remove_reader(d.dumper.fileno())
+        d.refresh_dump.close()
     asyncio.run(go())
-    d.dumper.close()
     return values, d
 
 
