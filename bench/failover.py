@@ -71,7 +71,8 @@ class Ucarp(Impl):
     interval, master_down = 1.0, 3 + 100 / 256
 
     def lab_kwargs(self):
-        return {"vips": [dict(LAN_VIP[0], advbase=1)]}
+        # ucarp speaks CARP v2 only: its cluster says compatible explicitly.
+        return {"vips": [dict(LAN_VIP[0], advbase=1)], "carp": {"mode": "compatible"}}
 
     def start(self, lab, member):
         up, down = lab.dir / "ucarp-up.sh", lab.dir / "ucarp-down.sh"

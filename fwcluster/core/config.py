@@ -71,8 +71,9 @@ class Carp:
     sync_hold: int = 30
     # "compatible": CARP v2 adverts as ucarp and OpenBSD send them;
     # "hardened": every advert field MACed, counters replay-checked
-    # (docs/carp.md, "Trust models"). The two do not interoperate.
-    mode: str = "compatible"
+    # (docs/carp.md, "Trust models"). The two do not interoperate; only a
+    # ucarp or OpenBSD peer needs compatible, so it must be asked for.
+    mode: str = "hardened"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "link_demote": (int, 240),
         "maintenance_demote": (int, 240),
         "sync_hold": (int, 30),
-        "mode": (str, "compatible"),
+        "mode": (str, "hardened"),
     },
     "member": {
         "name": (str, REQUIRED),
@@ -207,10 +208,11 @@ KEY_DOCS: dict[str, str] = {
     "its bulk resync done (ordered takeover, on by default). syncd lifts it as soon as every "
     "live peer has sent its table (about 3 s when no peer answers), so the bound only "
     "matters when syncd does not run; 0 = do not wait (carpd without syncd).",
-    "carp.mode": "compatible (CARP v2 as ucarp and OpenBSD speak it; its HMAC "
-    "does not cover advbase, advskew or demote, so edited or replayed adverts are accepted) "
-    "or hardened (every advert field authenticated under a key of its own, per-sender replay "
-    "window; does not interoperate with ucarp or OpenBSD). The same on every member; "
+    "carp.mode": "hardened (default: every advert field authenticated under a key of its own, "
+    "per-sender replay window; does not interoperate with ucarp or OpenBSD) or compatible "
+    "(CARP v2 as ucarp and OpenBSD speak it; its HMAC does not cover advbase, advskew or "
+    "demote, so edited or replayed adverts are accepted: only for a cluster with a ucarp or "
+    "OpenBSD member). The same on every member; "
     "see docs/carp.md, \"Trust models\".",
     "member.name": "Member name; each daemon is told which one it is by --node. Same "
     "characters as cluster.name. Its place among the names, sorted, is the member's id on "

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 from fwcluster import nft
 from fwcluster.args import load_from_args
 from fwcluster.core.bundle import Bundle, diff_bundles
@@ -39,15 +41,29 @@ def _syncd(args, msg: dict, timeout: float = 60.0) -> tuple[str, dict]:
     return node, ask(cfg, "syncd", msg, timeout)
 
 
+# What compatible mode trusts, said by `config check` (docs/carp.md, "Trust models").
+COMPATIBLE_WARNING = (
+    "[carp] mode is compatible: CARP v2's HMAC leaves advbase, advskew and demote "
+    "unauthenticated and does not stop a recorded advert being replayed, so anyone who can "
+    "send on a vip segment can take or hold the vips with edited or replayed adverts; use it "
+    "only beside a ucarp or OpenBSD member (docs/carp.md, \"Trust models\")")
+
+
 def _check(args) -> int:
     cfg, node, _ = load_from_args(args, need_secret=True)
-    result = {"ok": True, "config": cfg.path, "node": node}
+    result = {"ok": True, "config": cfg.path, "node": node, "warnings": []}
+    if cfg.carp.mode == "compatible":
+        result["warnings"].append(COMPATIBLE_WARNING)
     try:
         nft.check(nft.render(cfg, node))
     except nft.RulesetError as e:
         result.update(ok=False, error=str(e))
-    emit(args, result, lambda r: print(f"{r['config']}: valid for {node}" if r["ok"]
-                                       else f"error: {r['error']}"))
+
+    def human(r):
+        for w in r["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"{r['config']}: valid for {node}" if r["ok"] else f"error: {r['error']}")
+    emit(args, result, human)
     return EXIT_OK if result["ok"] else EXIT_PROBLEM
 
 

@@ -100,7 +100,9 @@ class Injector:
 
 @pytest.fixture
 def armed(carp_lab):
-    lab = carp_lab(members=2, ipv6=True, **fast())
+    # v2 adverts as ucarp and OpenBSD send them: compatible mode, said so
+    # (hardened is the default; test_carp_edited_adverts covers it).
+    lab = carp_lab(members=2, ipv6=True, carp={"mode": "compatible"}, **fast())
     for m in lab.members:
         lab.start_carpd(m)
     wait_settled(lab, "fw1")

@@ -43,7 +43,8 @@ def only_holder(lab: Lab, member: str) -> bool:
 
 @pytest.fixture
 def ulab(carp_lab):
-    return carp_lab(members=2, ipv6=False, vips=VIPS)
+    # ucarp speaks CARP v2 only: a cluster with a ucarp member says so.
+    return carp_lab(members=2, ipv6=False, vips=VIPS, carp={"mode": "compatible"})
 
 
 def test_carpd_master_ucarp_backup_then_ucarp_takes_over_and_gives_back(ulab):

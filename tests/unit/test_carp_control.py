@@ -24,7 +24,8 @@ def make_cfg(tmp_path, extra=""):
     text = EXAMPLE.read_text()
     p = tmp_path / "cluster.toml"
     if "[carp]" not in extra:   # carpd alone: no ordered-takeover hold (default 30 s)
-        extra = "\n[carp]\nsync_hold = 0\n" + extra
+        # and the v2 adverts these tests feed it: compatible mode, said so
+        extra = '\n[carp]\nsync_hold = 0\nmode = "compatible"\n' + extra
     p.write_text(text + extra)
     cfg = configfile.load(p, "fw1")
     import dataclasses

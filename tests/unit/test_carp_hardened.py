@@ -258,7 +258,7 @@ def test_config_mode_key():
     from pathlib import Path
     example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "cluster.toml"
     data = tomllib.loads(example.read_text())
-    assert config.parse(data, "c.toml").carp.mode == "compatible"
+    assert config.parse(data, "c.toml").carp.mode == "hardened"  # unless a ucarp peer needs v2
     for mode in config.CARP_MODES:
         assert config.parse({**data, "carp": {"mode": mode}}, "c.toml").carp.mode == mode
     with pytest.raises(config.ConfigError) as e:

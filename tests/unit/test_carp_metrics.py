@@ -102,8 +102,8 @@ def test_metrics_command_matches_status(tmp_path):
     got = samples(reply["text"])
     assert got[key("fwcluster_carp_maintenance")] == 1
     assert got[key("fwcluster_carp_demotion")] == st["demotion"] == 240
-    assert (st["mode"], st["balance"]) == ("compatible", "active-standby")
-    assert got[key("fwcluster_carp_hardened")] == 0
+    assert (st["mode"], st["balance"]) == ("hardened", "active-standby")  # the default
+    assert got[key("fwcluster_carp_hardened")] == 1
     for v in st["vips"]:
         who = {"vhid": str(v["vhid"]), "interface": v["interface"]}
         assert got[key("fwcluster_carp_state", **who, address=v["address"], state="INIT")] == 1

@@ -60,8 +60,8 @@ def test_refusals_name_the_reason():
     other = config.parse(tomllib.loads(BASE.format(skew=0, wan="198.51.100.1/24", extra="")
                                        .replace('"fw1"', '"fw9"')), "c.toml", "fw9")
     assert "no longer a member" in reloadplan.plan(cfg(), other, "fw1", False)
-    hardened = '[carp]\nmode = "hardened"\n'
-    assert "carp.mode" in reloadplan.plan(cfg(), cfg(extra=hardened), "fw1", False)
+    compatible = '[carp]\nmode = "compatible"\n'
+    assert "carp.mode" in reloadplan.plan(cfg(), cfg(extra=compatible), "fw1", False)
     aa = '[balance]\nmode = "active-active"\nbuckets = 4\n'
     assert "active-active" in reloadplan.plan(cfg(), cfg(extra=aa), "fw1", False)
     assert "active-active" in reloadplan.plan(cfg(extra=aa), cfg(extra=aa), "fw1", True)

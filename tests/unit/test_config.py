@@ -168,3 +168,27 @@ def test_secret_owner_must_be_euid(tmp_path):
     os.chown(sec, os.geteuid() + 1, -1)
     with pytest.raises(config.ConfigError, match="is owned by uid"):
         configfile.secret(cfg)
+
+
+
+# --- [carp] mode: hardened unless a ucarp member needs compatible ---------------------------
+
+def test_carp_mode_is_hardened_unless_said():
+    assert configfile.load(EXAMPLE, "fw1").carp.mode == "hardened"  # the example has no [carp]
+
+
+@pytest.mark.parametrize("mode", ["hardened", "compatible"])
+def test_config_check_warns_about_compatible_mode(tmp_path, mode):
+    sec = tmp_path / "secret"
+    sec.write_text("Xk9-qT2_vLmZ8wRb4nPc\n")
+    os.chmod(sec, 0o600)
+    (tmp_path / "ruleset.nft.j2").write_text("table inet fwcheck { }\n")
+    p = tmp_path / "cluster.toml"
+    p.write_text(EXAMPLE.read_text().replace("/etc/fwcluster/secret", str(sec))
+                 .replace("/etc/fwcluster/ruleset.nft.j2", str(tmp_path / "ruleset.nft.j2"))
+                 + f'\n[carp]\nmode = "{mode}"\n')
+    r = subprocess.run([sys.executable, "-m", "fwcluster.fwctl", "--config", str(p), "--node", "fw1",
+                        "config", "check"], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: [carp] mode is compatible")]
+    assert len(warned) == (1 if mode == "compatible" else 0)
