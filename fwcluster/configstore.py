@@ -96,7 +96,7 @@ def validate_staged(stage: Path, b: Bundle, node: str, secret_file: str,
     try:
         cfg = configfile.parse_bytes(b.files[b.config_name], str(path), node)
         # The secret stays this member's own; the new config must still name it.
-        configfile.read_secret(str(path), cfg.secret_file)
+        configfile.secret(cfg)
     except _config.ConfigError as e:
         raise BundleError(str(e)) from None
     tmpl = cfg.firewall.template

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from fwcluster.core.passphrase import UCARP_MAX
+from fwcluster.fwctl.secret import make as make_passphrase
 from tests.labkit import reaper, ruleset
 from tests.labkit.addresses import (LAN4, LAN6, LAN_VIP4, LAN_VIP6, MEMBER_IFS, SEGMENTS,
                                     SERVER4, SERVER6, SYNC_PORT, WAN_VIP4, WAN_VIP6,
@@ -98,8 +100,9 @@ class Lab(reaper.TornDown):
         # The shipped template with the lab's site policy ([firewall] template
         # of cluster.toml unless a test names its own).
         self.template_path = self.dir / "ruleset.nft.j2"
-        # ucarp takes at most 19 bytes of passphrase: keep it short.
-        self.secret = "lab-" + os.urandom(6).hex()
+        # ucarp takes at most 19 bytes of passphrase: as long as that, drawn
+        # as `fwctl secret generate` draws (strong enough for either mode).
+        self.secret = make_passphrase(UCARP_MAX)
         self._procs: list[tuple[str, subprocess.Popen]] = []
         self._daemons: dict[tuple[str, str], subprocess.Popen] = {}
         self._created: list[str] = []

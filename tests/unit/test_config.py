@@ -133,7 +133,7 @@ def _secret_cfg(tmp_path, text: bytes, mode=0o600):
 
 @pytest.mark.parametrize("text,mode,reason", [
     (b"s3cret\n", 0o600, "use at least 16"),
-    (b"aaaaaaaaaaaaaaaaaaaaaaaa\n", 0o600, "different characters"),
+    (b"aaaaaaaaaaaaaaaaaaaaaaaa\n", 0o600, "too guessable"),
     (b"abcdefghijklmnop\n", 0o600, "too guessable"),
     (b"1234567890123456\n", 0o600, "too guessable"),
     (b"\n" + STRONG.encode(), 0o600, "is empty"),
@@ -169,6 +169,101 @@ def test_secret_owner_must_be_euid(tmp_path):
     with pytest.raises(config.ConfigError, match="is owned by uid"):
         configfile.secret(cfg)
 
+
+# --- the passphrase estimate (zxcvbn) --------------------------------------------------
+
+@pytest.mark.parametrize("text", [b"Password123!Password123!", b"abcdefghijklmnopqrstuvwxyz",
+                                  b"1234567890123456789012345", b"qwertyuiopasdfghjklzxcvbnm",
+                                  b"P@ssw0rdP@ssw0rd2024"])
+def test_structured_weak_passphrases_refused(tmp_path, text):
+    cfg, _ = _secret_cfg(tmp_path, text + b"\n")
+    with pytest.raises(config.ConfigError, match="too guessable"):
+        configfile.secret(cfg)
+
+
+WEAK_KEY = b"passwordpassword1234" + b"Xk9-qT2_vLmZ8wRb4nPc"  # CARP v2 keys on the first 20
+
+
+def test_compatible_mode_checks_the_bytes_carp_keys_on(tmp_path):
+    cfg, _ = _secret_cfg(tmp_path, WEAK_KEY + b"\n")
+    assert configfile.secret(cfg) == WEAK_KEY  # hardened (the default) keys on all of it
+    p = tmp_path / "cluster.toml"
+    p.write_text(p.read_text() + '\n[carp]\nmode = "compatible"\n')
+    with pytest.raises(config.ConfigError, match="first 20 bytes"):
+        configfile.secret(configfile.load(p, "fw1"))
+
+
+# --- files the daemons read: regular, root's, never a blocked read ----------------------
+
+def test_secret_that_is_a_directory_is_one_line(tmp_path):
+    (tmp_path / "s").mkdir()
+    with pytest.raises(config.ConfigError, match="is a directory"):
+        configfile.read_secret("c.toml", str(tmp_path / "s"))
+
+
+def test_config_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "cluster.toml"
+    os.mkfifo(fifo)
+    # a child, so that a blocking open on the old code fails the test instead of hanging it
+    r = subprocess.run([sys.executable, "-c", "import sys; from fwcluster import configfile as c\n"
+                        "try: c.load(sys.argv[1])\nexcept Exception as e: print(e)", str(fifo)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=20)
+    assert "not a regular file" in r.stdout, (r.stdout, r.stderr)
+
+
+def _site(tmp_path, mode_dir=0o755, mode_file=0o644):
+    d = tmp_path / "site"
+    d.mkdir()
+    p = d / "cluster.toml"
+    p.write_text(EXAMPLE.read_text())
+    os.chmod(p, mode_file)
+    os.chmod(d, mode_dir)
+    return p
+
+
+@pytest.mark.parametrize("mode_dir,mode_file,reason", [
+    (0o775, 0o644, "directory .* is writable by group or others"),
+    (0o757, 0o644, "directory .* is writable by group or others"),
+    (0o1777, 0o644, "directory .* is writable by group or others"),
+    (0o755, 0o664, "writable by group or others"),
+    (0o755, 0o646, "writable by group or others"),
+])
+def test_config_modes_refused(tmp_path, mode_dir, mode_file, reason):
+    p = _site(tmp_path, mode_dir, mode_file)
+    with pytest.raises(config.ConfigError, match=reason):
+        configfile.load(p, "fw1")
+
+
+def test_config_owner_refused(tmp_path):
+    p = _site(tmp_path)
+    os.chown(p, os.geteuid() + 1, -1)
+    with pytest.raises(config.ConfigError, match="owned by uid"):
+        configfile.load(p, "fw1")
+
+
+def test_secret_final_symlink_followed_only_from_a_trusted_place(tmp_path):
+    real = tmp_path / "config"
+    real.mkdir()
+    (real / "secret").write_text(STRONG + "\n")
+    os.chmod(real / "secret", 0o600)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone could have placed this link
+    (shared / "secret").symlink_to(real / "secret")
+    with pytest.raises(config.ConfigError, match="writable by group or others"):
+        configfile.read_secret("c.toml", str(shared / "secret"))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "secret").symlink_to(real / "secret")
+    os.lchown(etc / "secret", os.geteuid() + 1, -1)  # a link someone else made
+    with pytest.raises(config.ConfigError, match="symlink owned by uid"):
+        configfile.read_secret("c.toml", str(etc / "secret"))
+    (etc / "loop").symlink_to(etc / "loop")
+    with pytest.raises(config.ConfigError, match="chain of more than"):
+        configfile.read_secret("c.toml", str(etc / "loop"))
+    (etc / "zero").symlink_to("/dev/zero")
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        configfile.read_secret("c.toml", str(etc / "zero"))
 
 
 # --- [carp] mode: hardened unless a ucarp member needs compatible ---------------------------
