@@ -6,6 +6,13 @@ fwcluster owns the whole ruleset of the appliance: every apply is
 kernel takes all of it or none of it -- a broken rule leaves the running
 ruleset as it was.
 
+Templates are data: the loader knows only the files a config bundle can
+carry (flat names beside the template, never a member-local one), and when
+a pushed bundle is rendered, only that bundle's own bytes -- so what was
+checked in the staging directory is what is applied, and no file of the
+receiving member can be pulled into the ruleset or into an error sent back
+to the pusher. A pushed ruleset may not use nft's own `include` either.
+
 Errors name the template line. jinja2 reports its own; for an nft error the
 template is rendered a second time with a marker in front of every source
 line, and the marker nearest before the failing column says which template
@@ -29,11 +36,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import jinja2
 import jinja2.sandbox
 
+from fwcluster import configfile
 from fwcluster.core import bundle, hashbuckets
 
 TABLE = "fwcluster"
@@ -46,6 +54,9 @@ _NFT_ERROR = re.compile(r"^(?P<file>[^\n]*?):(?P<line>\d+):(?P<col>\d+)(?:-\d+)?
                         re.M)
 # Lines the apply puts in front of the rendered text.
 _PREFIX = "flush ruleset\n"
+MAX_TEMPLATE = 1 << 20  # bytes of one template file
+# nft's include statement, at the start of a line or after a ";".
+_NFT_INCLUDE = re.compile(r"(?:^|;)\s*include\b", re.M)
 
 
 class RulesetError(Exception):
@@ -125,6 +136,7 @@ class Rendered:
     text: str
     template: str
     context: dict
+    loader: "_Loader | None" = None  # what rendered it (the same files map the error back)
 
     def template_line(self, rendered_line: int, column: int = 1) -> int | None:
         """Template line that produced `column` of a rendered line (1-based)."""
@@ -144,26 +156,46 @@ def nft_names(items) -> str:
     return nft_set(json.dumps(str(i)) for i in items)
 
 
-class _Loader(jinja2.FileSystemLoader):
-    """Templates from one directory, never a member-local file ({% include
-    "secret" %} would put the passphrase into the ruleset)."""
+class _Loader(jinja2.BaseLoader):
+    """The files a bundle can carry and nothing else: flat names, none of them
+    member-local or the secret's name ({% include "secret" %} would put the
+    passphrase into the ruleset). files: a pushed bundle's own bytes, and
+    then only those; else the files beside the template, read as
+    configfile reads what the daemons trust (regular, capped, root's)."""
 
-    def __init__(self, directory: str, refuse: frozenset = frozenset()):
-        super().__init__(directory)
+    def __init__(self, directory: str, refuse: frozenset = frozenset(),
+                 files: Mapping[str, bytes] | None = None):
+        self.directory = directory
         self.refuse = bundle.MEMBER_LOCAL | refuse
+        self.files = files
 
     def get_source(self, environment, template):
-        if template.rsplit("/", 1)[-1] in self.refuse:
+        if not bundle.SAFE_NAME.match(template) or template in self.refuse:
             raise jinja2.TemplateNotFound(template)
-        return super().get_source(environment, template)
+        if self.files is not None:
+            if template not in self.files:
+                raise jinja2.TemplateNotFound(template)
+            raw = self.files[template]
+        else:
+            path = os.path.join(self.directory, template)
+            try:
+                raw, _ = configfile.read_trusted(path, MAX_TEMPLATE)
+            except configfile.Untrusted as e:
+                if str(e) == "does not exist":
+                    raise jinja2.TemplateNotFound(template) from None
+                raise OSError(f"{path} {e}") from None
+        if len(raw) > MAX_TEMPLATE:
+            raise OSError(f"{template} is larger than {MAX_TEMPLATE} bytes")
+        # The full name: jinja2 puts it in tracebacks, where _jinja_line finds it.
+        return raw.decode("utf-8"), os.path.join(self.directory, template), lambda: False
 
 
-def _environment(template_dir: str, refuse: frozenset = frozenset()) -> jinja2.Environment:
+def _environment(loader: _Loader) -> jinja2.Environment:
     # Sandboxed: a template (which a config push carries) is data, and must
     # not reach Python internals (e.g. ''.__class__.__mro__) to run code.
-    env = jinja2.sandbox.SandboxedEnvironment(loader=_Loader(template_dir, refuse),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             autoescape=False)
+    env = jinja2.sandbox.SandboxedEnvironment(loader=loader, undefined=jinja2.StrictUndefined,
+                                              keep_trailing_newline=True, autoescape=False,
+                                              cache_size=0)
     env.filters["nft_set"] = nft_set
     env.filters["nft_names"] = nft_names
     return env
@@ -180,12 +212,16 @@ def _jinja_line(exc: BaseException, template: str) -> int | None:
     return line
 
 
-def render(cfg, node: str, template: str | None = None) -> Rendered:
-    """Render the [firewall] template (or `template`) for `node`."""
+def render(cfg, node: str, template: str | None = None,
+           files: Mapping[str, bytes] | None = None) -> Rendered:
+    """Render the [firewall] template (or `template`) for `node`. files: the
+    pushed bundle being checked or applied; the template and whatever it
+    includes then come from it alone, and nft's include is refused."""
     path = str(Path(template or cfg.firewall.template).resolve())
     ctx = context(cfg, node)
+    loader = _Loader(str(Path(path).parent), frozenset({Path(cfg.secret_file).name}), files)
     try:
-        env = _environment(str(Path(path).parent), frozenset({Path(cfg.secret_file).name}))
+        env = _environment(loader)
         tmpl = env.get_template(Path(path).name)
         text = tmpl.render(**ctx)
     except jinja2.TemplateNotFound:
@@ -204,7 +240,11 @@ def render(cfg, node: str, template: str | None = None) -> Rendered:
         raise RulesetError(f"buckets.mode is active-active but the rendered ruleset declares no "
                            f"set {OWNED_SET} (in table inet {TABLE}); see docs/firewall.md",
                            template=path)
-    return Rendered(text, path, ctx)
+    if files is not None and _NFT_INCLUDE.search(text):
+        # nft would read a file of this member that the bundle does not carry.
+        raise RulesetError("a pushed ruleset may not use nft's include (it would read files "
+                           "outside the bundle); put the rules in the template", template=path)
+    return Rendered(text, path, ctx, loader)
 
 
 def _mark_source(source: str) -> str:
@@ -239,8 +279,9 @@ def _mark_source(source: str) -> str:
 
 def _template_line(r: Rendered, rendered_line: int, column: int) -> int | None:
     try:
-        source = Path(r.template).read_text()
-        env = _environment(str(Path(r.template).parent))
+        loader = r.loader or _Loader(str(Path(r.template).parent))
+        env = _environment(loader)
+        source, _, _ = loader.get_source(env, Path(r.template).name)
         out = env.from_string(_mark_source(source)).render(**r.context)
     except Exception:
         return None
@@ -294,7 +335,10 @@ def _nft_error(r: Rendered, err: str, offset: int, source: str | None = None) ->
     with that file's own name and line)."""
     m = _NFT_ERROR.search(err)
     if not m:
-        return RulesetError(f"nft: {err.strip() or 'failed'}", template=r.template)
+        # Only the first "Error:" line: the lines nft prints under it echo
+        # the source, which may be a file the ruleset included.
+        first = next((ln for ln in err.splitlines() if "Error:" in ln), "").strip()
+        return RulesetError(f"nft: {first or 'failed'}", template=r.template)
     if source is not None and m.group("file") != source:
         return RulesetError(f"nft: {m.group('file')}:{m.group('line')}: {m.group('msg').strip()}",
                             template=r.template)

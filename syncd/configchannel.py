@@ -229,11 +229,13 @@ class ConfigService:
             return {"ok": True, **result}
 
     def _install_sync(self, b: Bundle) -> dict:
+        # The bundle's own bytes, not the files on disk: what staging checked
+        # is what is applied, and no file of this member can be pulled in.
         def check(cfg, node):
-            nft.check(nft.render(cfg, node))
+            nft.check(nft.render(cfg, node, files=b.files))
 
         def apply(cfg, node):
-            nft.apply(nft.render(cfg, node), run_dir=self.cfg.run_dir)
+            nft.apply(nft.render(cfg, node, files=b.files), run_dir=self.cfg.run_dir)
         return configstore.install(b, self.cfg.path, self.node, self.cfg.secret_file,
                                   check_ruleset=check, apply_ruleset=apply)
 

@@ -244,10 +244,52 @@ async def main() -> dict:
         return b"", None
     await case(f"{configchannel.MAX_CLIENTS + 12} connections at once", flood(), "busy_drops")
 
+    cases += await pushed_templates()
     after = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     return {"cases": cases, "counters": svc.counters, "files_unchanged": before == after,
             "generation": svc.own.generation,
             "leftovers": sorted(p.name for p in d.iterdir() if p.name.startswith("."))}
+
+
+# A member's private file a pushed template must never reach: nft fails on
+# its first line, so a render that pulled it in would quote it back.
+HOST_KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE-not-a-real-key\n" \
+           b"-----END OPENSSH PRIVATE KEY-----\n"
+LEAKS = {
+    # absent from the staging directory (the check passes), there at apply
+    "include of ssh/ host key, ignore missing": "{% include 'ssh/ssh_host_ed25519_key' ignore missing %}",
+    # a flat file of the member's own that the bundle does not carry
+    "include of a flat file beside the config": "{% include 'ssh_host_ed25519_key' ignore missing %}",
+    "nft include of the host key": "include \"DIR/ssh/ssh_host_ed25519_key\"",
+}
+
+
+async def pushed_templates() -> list[dict]:
+    """Each LEAKS template pushed to a fresh member (its own directory, its
+    own netns ruleset): the reply, the log and the ruleset never carry the
+    key; the push is refused or installs a ruleset without it."""
+    out = []
+    for name, include in LEAKS.items():
+        d = Path(tempfile.mkdtemp(prefix="fwleak-"))
+        cfg = site(d)
+        for key_path in (d / "ssh" / "ssh_host_ed25519_key", d / "ssh_host_ed25519_key"):
+            key_path.parent.mkdir(mode=0o700, exist_ok=True)
+            key_path.write_bytes(HOST_KEY)
+            os.chmod(key_path, 0o600)
+        svc = ConfigService(cfg, "fw1", SECRET.encode())
+        files = {"cluster.toml": (d / "cluster.toml").read_bytes(),
+                 "ruleset.nft.j2": (include.replace("DIR", str(d)) + "\ntable inet fw { }\n").encode()}
+        reply = await svc.install(bundle_json(files))
+        ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+        leaked = any(b"OPENSSH" in blob or b"not-a-real-key" in blob
+                     for blob in (json.dumps(reply).encode(), ruleset.encode()))
+        out.append({"class": "pushed template (files outside the bundle)", "case": name,
+                    # nft's include is refused outright: it would read the file
+                    "handled": not leaked and "\n" not in str(reply.get("error", ""))
+                    and ("nft include" not in name or "may not use nft's include" in str(reply)),
+                    "counters": {}, "reply": str(reply)[:160], "seconds": 0.0})
+    subprocess.run(["nft", "flush", "ruleset"], check=False)
+    return out
 
 
 if __name__ == "__main__":
