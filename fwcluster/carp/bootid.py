@@ -9,11 +9,17 @@ makes ids grow while it survives; the clock alone while it never goes back
 past the last start; only losing both at once (a wiped /config and a clock
 reset) can repeat one, and then peers refuse the member's adverts as
 `stale` until its ids pass the old ones (docs/carp.md, "Trust models").
+
+The wire carries 32 bits. A persisted id the next one cannot follow (2^32 - 1
+or more: an edited or corrupt file; the clock reaches it only in 2106) is not
+pinned at the top, which would repeat it on every start: the member starts
+afresh from the clock (or, past 2106, a random id), and says so.
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -37,7 +43,13 @@ def allocate(state_dir: str, now: float | None = None) -> int:
     except (OSError, ValueError, IndexError) as e:
         log.warning("hardened CARP: %s unreadable (%s); boot id from the clock", path, e)
     clock = int(time.time() if now is None else now)
-    boot = min(max(last + 1, clock, 1), hardened.BOOT_MAX)
+    if last >= hardened.BOOT_MAX:
+        fresh = clock if 1 <= clock <= hardened.BOOT_MAX else 1 + secrets.randbelow(1 << 31)
+        log.warning("hardened CARP: persisted boot id %d in %s leaves no higher id on the wire "
+                    "(32 bits); starting afresh at %d: peers that saw a higher id drop this "
+                    "member's adverts as stale until they restart", last, path, fresh)
+        last = fresh - 1
+    boot = max(last + 1, clock if clock <= hardened.BOOT_MAX else 0, 1)
     try:
         _write_durably(path, f"{boot}\n")
     except OSError as e:

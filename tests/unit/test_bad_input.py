@@ -207,6 +207,102 @@ def test_config_path_problems(tmp_path):
         tally("config path", "\n" not in str(ei.value))
 
 
+# Files the daemons read: each setup makes cluster.toml (or the secret) bad
+# in one way; load() + secret() must refuse it on one line, never block.
+def _fifo(p: Path):
+    p.unlink()
+    os.mkfifo(p)
+
+
+def _other_owner(p: Path):
+    os.chown(p, os.geteuid() + 1, -1)
+
+
+def _dir_instead(p: Path):
+    p.unlink()
+    p.mkdir()
+
+
+def _link_to(target: str):
+    def make(p: Path):
+        p.unlink()
+        p.symlink_to(target)
+    return make
+
+
+FILE_CASES = {
+    "config FIFO": ("cluster.toml", _fifo, "not a regular file"),
+    "config directory": ("cluster.toml", _dir_instead, "is a directory"),
+    "config -> /dev/zero": ("cluster.toml", _link_to("/dev/zero"), "not a regular file"),
+    "config group-writable": ("cluster.toml", lambda p: os.chmod(p, 0o664), "writable by group"),
+    "config owned by another uid": ("cluster.toml", _other_owner, "owned by uid"),
+    "config symlink loop": ("cluster.toml", lambda p: (p.unlink(), p.symlink_to(p)), "chain of more"),
+    "directory world-writable": (".", lambda p: os.chmod(p, 0o1777), "writable by group or others"),
+    "secret FIFO": ("secret", _fifo, "not a regular file"),
+    "secret directory": ("secret", _dir_instead, "is a directory"),
+    "secret -> /dev/zero": ("secret", _link_to("/dev/zero"), "not a regular file"),
+    "secret owned by another uid": ("secret", _other_owner, "owned by uid"),
+    "secret world-readable": ("secret", lambda p: os.chmod(p, 0o644), "world-readable"),
+    "secret link owned by another uid": ("secret", lambda p: (_link_to(str(p.parent / "real"))(p),
+                                                              os.lchown(p, os.geteuid() + 1, -1)),
+                                         "symlink owned by uid"),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_files_the_daemons_read(tmp_path, case):
+    name, spoil, reason = FILE_CASES[case]
+    d = tmp_path / "site"
+    d.mkdir()
+    for n in ("secret", "real"):
+        (d / n).write_text("Xk9-qT2_vLmZ8wRb4nPc\n")
+        os.chmod(d / n, 0o600)
+    (d / "cluster.toml").write_text(_text('secret_file = "/etc/fwcluster/secret"',
+                                          f'secret_file = "{d}/secret"'))
+    spoil(d / name)
+    # a child, so that a read that blocks fails this case instead of hanging the run
+    r = subprocess.run([sys.executable, "-c", "import sys\nfrom fwcluster import configfile as c\n"
+                        "try: c.secret(c.load(sys.argv[1], 'fw1'))\nexcept Exception as e: "
+                        "print(type(e).__name__, e)", str(d / "cluster.toml")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=20)
+    lines = r.stdout.splitlines()
+    ok = len(lines) == 1 and lines[0].startswith("ConfigError ") and reason in lines[0] and not r.stderr
+    tally("files the daemons read", ok)
+    assert ok, (r.stdout, r.stderr)
+
+
+PASSPHRASES = {
+    "repeated word+digits": (b"Password123!Password123!", "hardened"),
+    "the alphabet": (b"abcdefghijklmnopqrstuvwxyz", "hardened"),
+    "25 digits": (b"1234567890123456789012345", "hardened"),
+    "keyboard walk": (b"qwertyuiopasdfghjklzxcvbnm", "hardened"),
+    "l33t repeat": (b"P@ssw0rdP@ssw0rd2024", "hardened"),
+    "weak first 20, compatible": (b"passwordpassword1234Xk9-qT2_vLmZ8wRb4nPc", "compatible"),
+    "date and name": (b"JohnSmith1984-06-15!!", "hardened"),
+}
+
+
+@pytest.mark.parametrize("case", PASSPHRASES)
+def test_weak_passphrases(case):
+    from fwcluster.core import passphrase
+    text, mode = PASSPHRASES[case]
+    ok = passphrase.weakness(text, carp_key_only=mode == "compatible") is not None
+    tally("weak passphrases (zxcvbn)", ok)
+    assert ok
+
+
+@pytest.mark.parametrize("persisted", ["4294967295", "4294967296", str(1 << 63), "9" * 40, "-5",
+                                       "0", "garbage", ""])
+def test_persisted_boot_ids(tmp_path, persisted):
+    from fwcluster.carp import bootid
+    from fwcluster.carp.core import hardened
+    (tmp_path / bootid.BOOT_FILE).write_text(persisted + "\n")
+    ids = [bootid.allocate(str(tmp_path), now=1000) for _ in range(3)]
+    ok = all(1 <= i <= hardened.BOOT_MAX for i in ids) and ids[0] < ids[1] < ids[2]
+    tally("persisted boot id", ok)
+    assert ok, ids
+
+
 # --- the programs: one line, exit 2 --------------------------------------------------
 
 PROGRAMS = {"fwctl": ["-m", "fwcluster.fwctl"], "carpd": ["-m", "fwcluster.carpd"], "syncd": ["-m", "syncd"]}

@@ -3,7 +3,10 @@ clock floor), the codec picked by [carp] mode, and packet accounting by
 reason in a Carpd fed as its sockets would feed it."""
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
+
+import pytest
 
 from fwcluster import configfile
 from fwcluster.carp import bootid
@@ -30,6 +33,22 @@ def test_boot_ids_grow_from_start_to_start(tmp_path):
     assert (Path(d) / bootid.BOOT_FILE).read_text() == "1002\n"
     assert bootid.allocate(d, now=5000) == 5000  # the clock moved on: it leads
     assert bootid.allocate(d, now=10) == 5001   # the clock went back: the file leads
+
+
+@pytest.mark.parametrize("persisted", [hardened.BOOT_MAX, hardened.BOOT_MAX + 1, 1 << 40])
+def test_boot_id_at_the_wire_limit_starts_afresh_not_pinned(tmp_path, caplog, persisted):
+    d = tmp_path / "state"
+    d.mkdir()
+    (d / bootid.BOOT_FILE).write_text(f"{persisted}\n")
+    with caplog.at_level(logging.WARNING, logger="carpd"):
+        first = bootid.allocate(str(d), now=1000)
+    second = bootid.allocate(str(d), now=1000)
+    # a pinned id (2^32 - 1 on every start) would be `stale` to peers for ever
+    assert (first, second) == (1000, 1001)
+    assert "starting afresh" in caplog.text
+    caplog.clear()
+    (d / bootid.BOOT_FILE).write_text(f"{persisted}\n")
+    assert 1 <= bootid.allocate(str(d), now=hardened.BOOT_MAX + 5) <= hardened.BOOT_MAX  # past 2106
 
 
 def test_boot_id_survives_a_lost_or_broken_file_by_the_clock(tmp_path):
