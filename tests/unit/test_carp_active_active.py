@@ -56,7 +56,7 @@ def test_one_election_per_bucket_with_rotated_skews(tmp_path):
 
 
 def test_bucket_adverts_are_checked_and_counted_on_their_bucket(tmp_path):
-    d = make(tmp_path)
+    d = make(tmp_path, ACTIVE + '\n[carp]\nmode = "compatible"\n')  # fed v2 adverts
     # Bucket adverts are signed over the first vip's address.
     peer, forged = signers(254, cookie=5)
     src = "192.0.2.12"
