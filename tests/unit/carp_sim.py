@@ -90,6 +90,7 @@ class Sim:
         self.max_delay = 0.0005
         self.trace: list[str] = []
         self.transitions = 0  # role changes seen (all members, all vhids)
+        self.left_behind: list[str] = []  # vips a demotion claim did not take along
         for x in self.members:
             self.carry_out(x, x.boot(0.0))
 
@@ -110,7 +111,9 @@ class Sim:
             else:
                 ad, source = arg[1], arg[2]
                 if x.links[vhid]:
-                    self.carry_out(x, x.group.handle(vhid, m.AdvertReceived(ad, source), at))
+                    actions = x.group.handle(vhid, m.AdvertReceived(ad, source), at)
+                    self.carry_out(x, actions)
+                    self.took_the_group(x, actions)
         self.now = end
 
     def carry_out(self, x: Member, actions: list) -> None:
@@ -124,6 +127,17 @@ class Sim:
                 self.transitions += 1
                 self.trace.append(f"{self.now:9.4f} {x.name} vhid {a.vhid}: "
                                   f"{a.old.value}->{a.new.value} ({a.reason})")
+
+    def took_the_group(self, x: Member, actions: list) -> None:
+        """A claim because the master is demoted claims the member's whole
+        failover group at once: a member's demotion is one figure for all
+        its vips, so its other vips' masters are demoted alike."""
+        if x.ucarp or not any(isinstance(a, m.RoleChanged) and a.new == m.State.MASTER
+                              and "is demoted" in a.reason for a in actions):
+            return
+        for v, y in x.group.machines.items():
+            if y.state == m.State.BACKUP:
+                self.left_behind.append(f"{self.now:.4f} {x.name}: vhid {v} left behind")
 
     def send(self, x: Member, a: m.SendAdvert) -> None:
         if not x.links[a.vhid]:
@@ -260,6 +274,8 @@ def check(s: Sim, step: int, what: str, masters_before: dict, changes_before: in
           changes_mid: int) -> None:
     def fail(msg: str) -> None:
         raise Violation(f"step {step} ({what}): {msg}")
+    if s.left_behind:
+        fail(f"a demotion claim left vips behind: {s.left_behind[:3]}")
     if s.transitions != changes_mid:
         fail(f"roles still changing in the last third of the quiet period "
              f"({s.transitions - changes_mid} changes)")

@@ -589,3 +589,84 @@ def test_reconfigured_backup_rearms_and_preempt_follows():
     assert x.state == m.State.BACKUP and out == [m.ArmTimer(1, 2.0 + 3.0)]
     x.handle(ad(1, 50), 2.5)  # now better and preempting
     assert x.state == m.State.MASTER
+
+
+# --- issue 20: a demoted master's cable pulled, and the wait behind it ---------
+def fast_group_pair(demotion=32):
+    """fw1 (skew 10) and fw2 (skew 20) at advbase 0, both held by the sync
+    hold, each with a LAN vip (1) and a WAN vip (2) in one failover group."""
+    from fwcluster.carp.core.group import FailoverGroup
+    def member(k, skew):
+        return FailoverGroup({v: m.VhidMachine(v, 0, skew, demotion=demotion,
+                                               own_address=f"192.0.{v}.{k}") for v in (1, 2)})
+    return member(11, 10), member(12, 20)
+
+
+def test_group_sibling_claims_at_once_when_the_deciding_advert_is_a_demotion():
+    # fw1 (master, held) loses its LAN cable: its LAN vhid goes INIT and only
+    # its WAN advert, sent at once, says it is demoted now (32 + 240). fw2's
+    # LAN vhid last heard fw1 at 32, as held as itself: it must move with
+    # the WAN vip, not wait out its timer (2.9 s behind a skew-240 advert).
+    _, fw2 = fast_group_pair()
+    for v in (1, 2):
+        fw2.handle(v, m.LinkChanged(True), 0.0)
+        fw2.handle(v, m.AdvertReceived(Advert(v, 0, m.DEMOTED_SKEW, 32, 1), f"192.0.{v}.11"), 1.0)
+    out = fw2.handle(2, m.AdvertReceived(Advert(2, 0, m.DEMOTED_SKEW, 255, 2), "192.0.2.11"), 1.01)
+    assert {v: x.state for v, x in fw2.machines.items()} == {1: m.State.MASTER, 2: m.State.MASTER}
+    assert [a.vhid for a in out if isinstance(a, m.AddVip)] == [2, 1]
+
+
+def test_group_sibling_claims_at_once_on_a_demotion_without_any_hold():
+    # The same pull with sync_hold = 0: fw2's LAN vhid heard fw1 at (0, 10,
+    # demote 0), better than itself; only the demotion the WAN advert
+    # carries makes it claim.
+    _, fw2 = fast_group_pair(demotion=0)
+    for v in (1, 2):
+        fw2.handle(v, m.LinkChanged(True), 0.0)
+        fw2.handle(v, m.AdvertReceived(Advert(v, 0, 10, 0, 1), f"192.0.{v}.11"), 1.0)
+    fw2.handle(2, m.AdvertReceived(Advert(2, 0, m.DEMOTED_SKEW, 240, 2), "192.0.2.11"), 1.01)
+    assert fw2.machines[1].state == m.State.MASTER
+
+
+def held_backup_hearing(master_skew, own_skew, until=1.0):
+    """A held backup (demotion 32) hearing a held master whose timers keep
+    `master_skew` (it advertises 240) from t=0 to `until`; returns it."""
+    x = vm(0, own_skew, demotion=32)
+    backup(x, -5.0)
+    interval, t = m.advert_interval(0, master_skew), 0.0
+    while t <= until:
+        x.handle(m.AdvertReceived(Advert(1, 0, m.DEMOTED_SKEW, 32, 1), PEER), t)
+        assert x.state == m.State.BACKUP, t
+        t += interval
+    return x, t - interval
+
+
+def test_a_held_master_is_waited_for_at_its_real_interval_not_the_stated_240():
+    # Both held (ordered takeover with advbase 0): fw1 (skew 10) is master,
+    # advertising skew 240 every 10/256 s. When it dies, fw2 (skew 20) must
+    # take over after its own master-down (78 ms), not 3 x 240/256 s.
+    x, last = held_backup_hearing(10, 20)
+    assert x.deadline == pytest.approx(last + m.master_down_interval(0, 20))
+
+
+def test_a_held_slower_master_is_still_not_claimed_between_its_adverts():
+    # The address made the slower member (skew 20) master of two held ones:
+    # the faster backup (skew 10) must wait three of its real intervals.
+    x, last = held_backup_hearing(20, 10)
+    assert x.deadline == pytest.approx(last + 3 * 20 / 256 + 10 / 256)
+
+
+def test_one_early_advert_does_not_shorten_the_wait():
+    # A master advertises at once when its demotion changes: one short gap.
+    x, last = held_backup_hearing(20, 10)
+    x.handle(m.AdvertReceived(Advert(1, 0, m.DEMOTED_SKEW, 32, 1), PEER), last + 0.002)
+    assert x.deadline >= last + 0.002 + 3 * 20 / 256
+
+
+@pytest.mark.parametrize("gaps,stated", [((), 240 / 256), ((0.05,), 240 / 256),
+                                         ((0.05, 2.0), 240 / 256), ((0.01, 0.05), 0.05)])
+def test_master_interval_learns_only_behind_a_demoted_240(gaps, stated):
+    assert m.master_interval(Advert(1, 0, 240, 32, 1), gaps) == pytest.approx(stated)
+    # an undemoted 240, or any other skew, is what it says
+    assert m.master_interval(Advert(1, 0, 240, 0, 1), (0.01, 0.01)) == pytest.approx(240 / 256)
+    assert m.master_interval(Advert(1, 0, 100, 32, 1), (0.01, 0.01)) == pytest.approx(100 / 256)

@@ -46,7 +46,8 @@ def test_simulation_can_see_a_flap():
     # master-down whatever it heard (the bug fixed in issue 9) must be caught.
     from fwcluster.carp.core import machine
     real = machine.master_wait
-    machine.master_wait = lambda advbase, advskew, heard: machine.master_down_interval(advbase, advskew)
+    machine.master_wait = lambda advbase, advskew, heard, gaps=(): \
+        machine.master_down_interval(advbase, advskew)
     try:
         caught = 0
         for seed in range(300):
@@ -57,3 +58,22 @@ def test_simulation_can_see_a_flap():
         assert caught > 0
     finally:
         machine.master_wait = real
+
+
+def test_simulation_sees_a_demotion_claim_that_leaves_vips_behind():
+    # Issue 20: a sibling applied a demotion claim to its master's older
+    # advert, so a pulled cable moved one vip at once and the other 2.9 s
+    # later. The invariant must catch a group that does that.
+    from fwcluster.carp.core import machine
+    real = machine.VhidMachine._sibling_claimed
+    machine.VhidMachine._sibling_claimed = lambda self, event, now: []
+    try:
+        caught = 0
+        for seed in range(300):
+            try:
+                run_scenario(seed)
+            except Violation as e:
+                caught += "left vips behind" in str(e)
+        assert caught > 0
+    finally:
+        machine.VhidMachine._sibling_claimed = real

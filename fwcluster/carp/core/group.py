@@ -9,7 +9,10 @@ replies. So when one vip of the group is claimed on an advert (preemption,
 a demoted master, a bow-out), every other vip of the group applies the same
 rules at once to the last advert it heard from its own master (or, having
 heard none yet, as a member that has just come back, to the advert that
-decided: members advertise every vip with the same skew and demotion).
+decided: members advertise every vip with the same skew and demotion), with
+the deciding advert's demotion when that is higher: a master that lost one
+link says so only on its other segments, so a claim on a demotion takes the
+whole group at once (machine.VhidMachine._sibling_claimed).
 
 A claim on the master-down timer is not spread: each vip's timer fires on
 its own, within the same few milliseconds after the master's last adverts.

@@ -32,7 +32,7 @@ failover group (group.py), the benchmark and the docs use these.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from fwcluster.carp.core.wire import BOW_OUT, Advert
@@ -146,24 +146,41 @@ def master_down_interval(advbase: int, advskew: int) -> float:
     return t if t > 0 else 3 / 256
 
 
-def master_wait(advbase: int, advskew: int, heard: Advert | None) -> float:
+def master_interval(heard: Advert, gaps: tuple = ()) -> float:
+    """The advert interval of the master a backup hears: the one its advert
+    states, except behind a demoted advert of advskew DEMOTED_SKEW. A
+    demoted member advertises that skew while its timers keep its own (see
+    the module doc), so there the real interval is anything up to the stated
+    one: take the longer of the last two gaps between the master's adverts
+    as they arrived (`gaps`; one early advert, sent at once on a demotion
+    change, makes one short gap), never more than the stated interval, and
+    the stated one until two gaps are known. Lost adverts make a gap
+    longer, never shorter."""
+    stated = advert_interval(heard.advbase, heard.advskew)
+    if heard.demote and heard.advskew == DEMOTED_SKEW and len(gaps) >= 2:
+        return min(stated, max(gaps[-2:]))
+    return stated
+
+
+def master_wait(advbase: int, advskew: int, heard: Advert | None, gaps: tuple = ()) -> float:
     """The one wait rule: how long a backup waits for the next advert of the
-    master it last heard (`heard`; None when it heard nobody yet).
+    master it last heard (`heard`, its adverts `gaps` apart as they arrived;
+    None when it heard nobody yet).
 
     CARP's master-down can be shorter than the master's own advert interval
-    when advbase is 0 and the master's skew is larger than ours: a member
-    that yielded (demoted, in maintenance, or preempt off) would then claim
-    the vips between two adverts of the new master, and flap. In that case
-    wait three of the master's intervals, as VRRPv3 does with the interval it
-    learns from the master. Having heard no master yet (start, link up), assume
-    the slowest one our advbase allows (advskew 255): with advbase 0 a member
-    then waits about 3 s before it claims, instead of claiming between two
-    adverts of a master it has not heard yet; failover after hearing the
-    master is not slowed. With advbase >= 1 CARP's own time is already long
-    enough."""
+    (`master_interval`) when advbase is 0 and the master's skew is larger
+    than ours: a member that yielded (demoted, in maintenance, or preempt
+    off) would then claim the vips between two adverts of the new master,
+    and flap. In that case wait three of the master's intervals, as VRRPv3
+    does with the interval it learns from the master. Having heard no master
+    yet (start, link up), assume the slowest one our advbase allows (advskew
+    255): with advbase 0 a member then waits about 3 s before it claims,
+    instead of claiming between two adverts of a master it has not heard
+    yet; failover after hearing the master is not slowed. With advbase >= 1
+    CARP's own time is already long enough."""
     own = master_down_interval(advbase, advskew)
     theirs = advert_interval(advbase, BOW_OUT) if heard is None else \
-        advert_interval(heard.advbase, heard.advskew)
+        master_interval(heard, gaps)
     if own < 1.5 * theirs:
         return 3 * theirs + advskew / 256
     return own
@@ -228,6 +245,8 @@ class VhidMachine:
         self.state = State.INIT
         self.master: str | None = None
         self.heard: Advert | None = None  # the master's last advert (BACKUP)
+        self.heard_at: float | None = None  # when it arrived
+        self.gaps: tuple = ()  # the last two gaps between the master's adverts
         self.transitions = 0
         self.deadline: float | None = None
         self.stopped = False
@@ -305,7 +324,16 @@ class VhidMachine:
 
     def _wait_for_master(self, now: float, master: str | None, heard: Advert | None) -> ArmTimer:
         self.master, self.heard = master, heard
-        return self._arm(now + master_wait(self.advbase, self.advskew, heard))
+        return self._arm(now + master_wait(self.advbase, self.advskew, heard, self.gaps))
+
+    def _heard_at(self, source: str, now: float) -> None:
+        """An advert of `source` arrived: the gap since the last one, if
+        it is the master we wait for (a new master starts afresh)."""
+        if source == self.master and self.heard_at is not None:
+            self.gaps = (*self.gaps[-1:], now - self.heard_at)
+        else:
+            self.gaps = ()
+        self.heard_at = now
 
     def _become_backup(self, now: float, reason: str, master: str | None,
                        heard: Advert | None) -> list:
@@ -319,6 +347,7 @@ class VhidMachine:
             return []
         if self.state == State.MASTER:
             if yields_to(self.timing, self.wire_demote, ad, self.own_address, source):
+                self._heard_at(source, now)
                 return self._become_backup(now, f"better master {source}", source, ad)
             # A worse master: make it hear us and make the segment learn us.
             return [Announce(self.vhid), *self._advert_now(now)]
@@ -326,6 +355,7 @@ class VhidMachine:
             why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
             if why is not None:
                 return self._become_master(now, why)
+            self._heard_at(source, now)
             return [self._wait_for_master(now, source, ad)]
         return []  # INIT: not listening
 
@@ -333,11 +363,17 @@ class VhidMachine:
         """Another vip of this member's failover group was just claimed on
         an advert: apply the same rules now to our own master's last advert
         (or, if we have heard none yet, to that one: the members advertise
-        every vip alike), rather than one advert interval later (group.py)."""
+        every vip alike), rather than one advert interval later (group.py).
+        A member's demotion is one figure for all its vips, and the deciding
+        advert carries its latest: a master that lost its link on our
+        segment can only say so on the others, and its last advert here
+        still shows the old figure."""
         if self.state != State.BACKUP:
             return []
         heard, source = (self.heard, self.master) if self.heard is not None else \
             (event.advert, event.source)
+        if event.advert.demote > heard.demote:
+            heard = replace(heard, demote=event.advert.demote)
         why = claims_from(self.timing, self.wire_demote, self.preempt, heard, source)
         if why is None:
             return []
@@ -420,4 +456,4 @@ class Demotion:
 
 
 # The election rules, in the order docs/carp-rules.md gives them.
-RULES = (advert_interval, master_down_interval, master_wait, yields_to, claims_from, source_rank)
+RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from, source_rank)
