@@ -164,3 +164,78 @@ def loss_and_preemption_back(lab: Lab, target: str) -> None:
     gateways_at(lab, "fw1")
     stays_settled(lab, "fw1")
     forwards(lab, target)
+
+
+# --- single faults, measured at the client ---------------------------------------
+
+# What a loaded 2-core machine needs beyond the protocol's own time: link
+# detection, the daemons' loop turns, the address write, the ARP on both sides.
+MARGIN = 0.15
+PROBE_EVERY = 0.005
+
+
+def hold(lab: Lab, members) -> None:
+    """The sync hold's demotion (as syncd sets it) on these members, the
+    current master last so that it keeps the vips when all are held."""
+    from fwcluster.core import contract
+    for m in members:
+        assert lab.control(m, contract.set_demotion(contract.SYNC_SOURCE,
+                                                    contract.SYNC_HOLD_DEMOTE))["ok"]
+
+
+def takeover_bound(lab: Lab, master: str, backup: str) -> float:
+    """The longest the protocol lets backup wait once master falls silent
+    (machine.master_wait behind master's real advert interval), plus MARGIN."""
+    from fwcluster.carp.core import machine
+    from fwcluster.carp.core.wire import Advert
+    base = lab.vips[0].get("advbase", 1)
+    heard = Advert(1, base, lab.advskews[master], 0, 0)
+    return machine.master_wait(base, lab.advskews[backup], heard) + MARGIN
+
+
+class ArpWatch:
+    """Gratuitous ARPs for `address` seen in a namespace (AF_PACKET), with
+    their time on time.monotonic(); for faults that leave the old master
+    forwarding (a killed carpd leaves its vips), where the client sees the
+    takeover as the new master's announcement, not as lost replies."""
+
+    def __init__(self, lab: Lab, role: str, address: str, duration: float):
+        import socket
+        import threading
+        self.sock = lab.socket(role, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+        self.address = socket.inet_aton(address)
+        self.seen: list[tuple[float, str]] = []  # (time, sender MAC)
+        self.end = time.monotonic() + duration
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import select
+        while (left := self.end - time.monotonic()) > 0:
+            if not select.select([self.sock], [], [], left)[0]:
+                continue
+            frame = self.sock.recv(128)
+            t = time.monotonic()
+            arp = frame[14:]
+            if len(arp) >= 28 and arp[14:18] == self.address:
+                self.seen.append((t, arp[8:14].hex(":")))
+
+    def first_from(self, mac_: str, after: float) -> float | None:
+        self._thread.join(max(0.0, self.end - time.monotonic()) + 1)
+        self.sock.close()
+        return next((t for t, m in self.seen if m == mac_ and t >= after), None)
+
+
+def largest_gap(lab: Lab, target: str, fault, watch: float) -> float:
+    """Ping target from the client every PROBE_EVERY s, call fault() (the
+    fault happens in it), keep probing `watch` s more; returns the largest
+    gap between replies, the end of the watch counting as one (a client
+    never answered again has a gap as long as the watch)."""
+    from tests.labkit import Prober
+    with Prober(lab, "client", target, interval=PROBE_EVERY, duration=watch + 2.0) as p:
+        assert lab.wait_for(lambda: len(p.replies) >= 20, 1.0, 0.01), "no replies before the fault"
+        fault()
+        time.sleep(watch)
+        end = time.monotonic()
+    times = [t for t in p.reply_times() if t < end] + [end]
+    return max(b - a for a, b in zip(times, times[1:]))

@@ -71,3 +71,17 @@ def test_sync_hold_at_subsecond_timing_hands_over_once(carp_lab):
     assert lab.control("fw1", contract.set_demotion(contract.SYNC_SOURCE, 0))["ok"]
     wait_settled(lab, "fw1", timeout=5)
     stays_settled(lab, "fw1")
+
+
+def test_both_held_slower_master_is_not_claimed_between_its_adverts(carp_lab):
+    # Both held by the sync hold, fw1 also in maintenance: fw2 (skew 200)
+    # is master and advertises skew 240 while its adverts keep 200/256 s.
+    # fw1 (master-down 50/256 s) takes fw2's interval from the gaps between
+    # its adverts (machine.master_interval); taken too short, it would
+    # claim between two of them and flap.
+    from carp_helpers import hold
+    lab = _pair(carp_lab)
+    hold(lab, ["fw2", "fw1"])
+    assert lab.fwctl_raw("fw1", "maintenance", "on").returncode == 0
+    wait_settled(lab, "fw2", timeout=5)
+    stays_settled(lab, "fw2")
