@@ -126,13 +126,6 @@ def garp_frames(eth_source: str, sender_mac: str, vip: str) -> list[bytes]:
     return frames
 
 
-def send_frames(ifname: str, frames: list[bytes]) -> None:
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(announce.ETH_P_ARP)) as s:
-        s.bind((ifname, announce.ETH_P_ARP))
-        for frame in frames:
-            s.send(frame)
-
-
 # --- the I/O side --------------------------------------------------------------------
 
 @dataclass
@@ -425,7 +418,7 @@ class Balancing:
             if v.family == 6:
                 announce.send_na(iface.name, iface.index, hashbuckets.vip_mac(vhid), str(v.address.ip))
             else:
-                send_frames(iface.name, garp_frames(iface.mac, hashbuckets.vip_mac(vhid),
+                announce.send_frames(iface.name, garp_frames(iface.mac, hashbuckets.vip_mac(vhid),
                                                     str(v.address.ip)))
         except OSError as e:
             log.debug("announcing %s on %s: %s", v.address.ip, iface.name, e)

@@ -63,11 +63,27 @@ def ns_filter() -> bytes:
     return struct.pack("@8I", *words)
 
 
+# One packet socket for every frame carpd sends itself, opened on first use
+# and kept: opening a packet socket for ARP and binding it, and closing any
+# packet socket, each wait in the kernel for an RCU grace period
+# (synchronize_net). Measured on the loaded 2-core lab host: 9 ms before a
+# takeover's first gratuitous ARP could leave, and 15 ms more of the event
+# loop at the close. Protocol 0: it receives nothing, so it hooks into
+# nothing and needs no bind; each frame names its interface.
+_packet_socket: socket.socket | None = None
+
+
+def send_frames(ifname: str, frames: list[bytes]) -> None:
+    """Ethernet frames (ARP) out of ifname."""
+    global _packet_socket
+    if _packet_socket is None:
+        _packet_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    for frame in frames:
+        _packet_socket.sendto(frame, (ifname, ETH_P_ARP))
+
+
 def send_garp(ifname: str, mac: str, vip: str) -> None:
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((ifname, ETH_P_ARP))
-        for frame in garp_frames(mac, vip):
-            s.send(frame)
+    send_frames(ifname, garp_frames(mac, vip))
 
 
 def send_na(ifname: str, ifindex: int, mac: str, vip: str, to: str | None = None) -> None:
