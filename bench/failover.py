@@ -7,6 +7,11 @@ reply received before the loss to the first reply after it (from fw2). fw1
 then comes back, takes the address back, and the next trial starts.
 
     .venv/bin/python -m bench.failover [--trials 10] [--only fast,keepalived]
+        [--fault node-loss|lan-cable]
+
+--fault lan-cable pulls fw1's LAN cable instead (its switch port goes
+down; fw1 and its daemon keep running, and take the address back once the
+cable is back).
 
 Prints per-trial progress on stderr, JSON on stdout, a table at the end, and
 writes the table to docs/perf/failover.md.
@@ -148,11 +153,17 @@ IMPLS = [
     # And at about the same master-down time as the fast carpd (78 ms): VRRP
     # waits 3 intervals, CARP with advbase 0 only advskew/256.
     Keepalived("keepalived-md", "keepalived VRRPv3, equal master-down", 0.02),
+    # The fastest settings of each (issue 20): carpd at advskew 4/8 (a
+    # master-down of 31 ms, two of the master's intervals), keepalived at its
+    # smallest advert_int, 10 ms (master-down 36 ms).
+    Carpd("fastest", "fwcluster-carpd, fastest timing", 0, (4, 8)),
+    Keepalived("keepalived-fastest", "keepalived VRRPv3, fastest", 0.01),
 ]
+FAULTS = ("node-loss", "lan-cable")
 
 
-def measure(impl: Impl, trials: int, seed: int, log=sys.stderr) -> dict:
-    print(f"== {impl.label} ({impl.timing}): {trials} trials", file=log, flush=True)
+def measure(impl: Impl, trials: int, seed: int, log=sys.stderr, fault: str = "node-loss") -> dict:
+    print(f"== {impl.label} ({impl.timing}): {trials} trials of {fault}", file=log, flush=True)
     settle = max(10.0, 6 * impl.master_down + 5)
     with Lab(members=2, prefix="fwb", ipv6=False, **impl.lab_kwargs()) as lab:
 
@@ -185,13 +196,20 @@ def measure(impl: Impl, trials: int, seed: int, log=sys.stderr) -> dict:
                 # time out a live master; such a trial measures nothing.
                 if not impl.is_master(lab, "fw1"):
                     raise RuntimeError("flap: fw1 lost the VIP before the loss (live master timed out)")
-                t_loss = lab.node_loss("fw1")  # when fw1's links were down
+                if fault == "lan-cable":
+                    lab.cut("fw1", "lan", carrier=False)
+                    t_loss = time.monotonic()
+                else:
+                    t_loss = lab.node_loss("fw1")  # when fw1's links were down
                 got = lab.wait_for(lambda: bool(probe.replies) and probe.replies[-1][2] > t_loss,
                                    limit, 0.005)
                 gap = probe.gap_around(t_loss) if got else None
-            took_over = lab.has_addr("fw2", "lan0", LAN_VIP4)  # fw1 is dead: only fw2 counts
-            lab.node_return("fw1")
-            impl.start(lab, "fw1")
+            took_over = lab.has_addr("fw2", "lan0", LAN_VIP4)  # fw1 is cut off: only fw2 counts
+            if fault == "lan-cable":
+                lab.heal("fw1", "lan")
+            else:
+                lab.node_return("fw1")
+                impl.start(lab, "fw1")
             if gap is None:
                 raise RuntimeError(f"no reply within {limit:.0f} s of the loss")
             if not took_over:
@@ -202,7 +220,7 @@ def measure(impl: Impl, trials: int, seed: int, log=sys.stderr) -> dict:
         impl.start(lab, "fw2")
         rng = random.Random(seed)
         values, failures = run_trials(trial, trials, time_limit=trials * (settle + 15), log=log)
-    return {"key": impl.key, "label": impl.label, "timing": impl.timing,
+    return {"key": impl.key, "label": impl.label, "timing": impl.timing, "fault": fault,
             "advert_interval_s": impl.interval, "master_down_s": impl.master_down,
             "gaps_s": values, "failures": failures, **{k: v for k, v in summary(values).items()}}
 
@@ -234,6 +252,8 @@ def ratios(results: list[dict]) -> dict:
         "fast_vs_keepalived_equal_master_down_median": ratio(med("fast"), med("keepalived-md")),
         "hardened_vs_fast_median": ratio(med("fast-hardened"), med("fast")),
         "hardened_vs_fast_p95": ratio(p95("fast-hardened"), p95("fast")),
+        "fastest_vs_keepalived_fastest_median": ratio(med("fastest"), med("keepalived-fastest")),
+        "fastest_vs_keepalived_fastest_p95": ratio(p95("fastest"), p95("keepalived-fastest")),
     }
 
 
@@ -254,7 +274,9 @@ def ratio_lines(r: dict) -> list[str]:
              "fast_vs_keepalived_equal_master_down_median":
                  "fast carpd / keepalived at equal master-down (median)",
              "hardened_vs_fast_median": "fast carpd hardened / compatible mode (median)",
-             "hardened_vs_fast_p95": "fast carpd hardened / compatible mode (p95)"}
+             "hardened_vs_fast_p95": "fast carpd hardened / compatible mode (p95)",
+             "fastest_vs_keepalived_fastest_median": "fastest carpd / fastest keepalived (median)",
+             "fastest_vs_keepalived_fastest_p95": "fastest carpd / fastest keepalived (p95)"}
     return [f"- {names[k]}: {v:.2f}" for k, v in r.items() if v is not None]
 
 
@@ -324,6 +346,8 @@ def main(argv=None) -> int:
     parser = arg_parser("failover", __doc__)
     parser.add_argument("--trials", type=int, default=10, help="trials per implementation (default 10)")
     parser.add_argument("--seed", type=int, help="seed of the random loss phase (default: random)")
+    parser.add_argument("--fault", default="node-loss", choices=FAULTS,
+                        help="what befalls the master (default node-loss)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(i.key for i in IMPLS)}")
     args = parser.parse_args(argv)
     if not have_root():
@@ -340,7 +364,7 @@ def main(argv=None) -> int:
     env = environment()
     env["loadavg_start"] = _loadavg()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    results = [measure(i, args.trials, seed) for i in impls]
+    results = [measure(i, args.trials, seed, fault=args.fault) for i in impls]
     rat = ratios(results)
     env["loadavg_end"] = _loadavg()
     cost = hardening_cost_ms(results)
@@ -354,7 +378,7 @@ def main(argv=None) -> int:
     if cost is not None:
         print(f"- hardened minus compatible mode, fast timing (median gap): {cost:+.1f} ms",
               file=sys.stderr)
-    if args.doc and not wanted:
+    if args.doc and not wanted and args.fault == "node-loss":
         write_doc(Path(args.doc), results, rat, env, args.trials)
         with open(Path(args.doc).with_suffix(".json"), "w") as f:
             emit_json(record, f)  # the raw figures next to the table
