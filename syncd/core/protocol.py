@@ -752,10 +752,14 @@ class Sync:
 
     def _apply(self, p: Peer, records: tuple, raw, replace: bool = False, fix: bool = False,
                hearsay: bool = False) -> None:
-        """Apply a peer's records, except what would touch a flow we
-        forward: that one is only created where it is missing (Apply.keep:
-        one made on the old owner just before a handover), never deleted
-        or overwritten. A bulk's hearsay (what the sender does not speak
+        """Apply a peer's records, except what would undo a flow we
+        forward: a delete of it is not applied (its copy there ran out;
+        the flow lives here), and a bulk's or a repair's copy of it is only
+        created where it is missing (Apply.keep: one made on the old owner
+        just before a handover). A live update of it is applied: it is the
+        old owner's last word on the flow's state (an ESTABLISHED after our
+        copy's SYN_SENT, sent while the vips moved), newer than our copy,
+        which no packet may have touched yet. A bulk's hearsay (what the sender does not speak
         for) is never applied: the flow's forwarder tells it as its own,
         and a hearsay copy races the forwarder's delete on another stream
         (applied after it, it would stay for good)."""
@@ -779,6 +783,8 @@ class Sync:
                 counters["ours_kept"] += 1
             else:
                 ours.append(item)
+        if not (replace or fix):
+            theirs, ours = theirs + ours, []      # live updates: see above
         if theirs:
             self.actions.append(Apply(p.name, tuple(theirs), replace, fix))
         if ours:
