@@ -88,8 +88,9 @@ def test_deletes_during_a_bulk_stay_deleted_on_every_member():
         held = {m: origin_ports(lab, m) for m in ("fw1", "fw3")}
         back = {m: sorted(held[m] & deleted) for m in held}
         missing = {m: len(kept - held[m]) for m in held}
-        print(f"\nthree members: B deleted {len(deleted)} of {N} during {t_bulk - t_deletes:.1f} s "
-              f"(C's bulks took up to then); back on A: {len(back['fw1'])}, on C: {len(back['fw3'])}; "
+        print(f"\nthree members: B deleted {len(deleted)} of {N}; C's bulks were done "
+              f"{t_bulk - t_deletes:.1f} s after the deletes began; back on A: {len(back['fw1'])}, "
+              f"on C: {len(back['fw3'])}; "
               f"missing on A: {missing['fw1']}, on C: {missing['fw3']}")
         assert back == {"fw1": [], "fw3": []}, \
             {m: (len(p), p[:10]) for m, p in back.items()}
