@@ -94,6 +94,39 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    mac: str  # lower case, colon separated
+    ip: ipaddress.IPv4Address
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    """One [[dhcp]] table: Kea serves DHCPv4 on `interface`, whose IPv4 vip
+    gives the subnet and the defaults of router and DNS."""
+    interface: str
+    subnet: ipaddress.IPv4Network
+    vip: ipaddress.IPv4Address
+    pools: tuple  # ((first, last), ...) IPv4Address pairs, inclusive
+    router: ipaddress.IPv4Address
+    dns: tuple  # IPv4Address, ...
+    domain: str = ""
+    lease_time: int = 3600
+    reservations: tuple = ()  # Reservation, ...
+
+
+@dataclass(frozen=True)
+class DhcpHa:
+    # Kea's HA mode (docs/dhcp.md): one server answers, the other takes over
+    # at partner-down; or both answer, each for half of the clients.
+    mode: str = "hot-standby"
+    port: int = 8647  # kea-ctrl-agent on each member's sync address
+    # Seconds without an answer from the partner before a survivor serves
+    # its clients too (Kea's max-response-delay).
+    partner_down: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     name: str
@@ -108,6 +141,8 @@ class Config:
     balance: Balance
     metrics: Metrics
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    dhcp: tuple[Dhcp, ...] = ()  # empty: no DHCP server
+    dhcp_ha: DhcpHa = DhcpHa()
 
     def member(self, name: str) -> Member:
         for m in self.members:
@@ -176,11 +211,28 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
     "metrics": {"listen": (str, ""), "textfile_dir": (str, "")},
+    "dhcp": {
+        "interface": (str, REQUIRED),
+        "pools": (list, REQUIRED),
+        "router": (str, ""),
+        "dns": (list, ()),
+        "domain": (str, ""),
+        "lease_time": (int, 3600),
+        "reservations": (list, ()),
+    },
+    "dhcp_ha": {"mode": (str, "hot-standby"), "port": (int, 8647), "partner_down": (int, 3)},
 }
-_ARRAYS = {"member", "vip"}  # [[member]], [[vip]]
+_ARRAYS = {"member", "vip", "dhcp"}  # [[member]], [[vip]], [[dhcp]]
+_OPTIONAL_ARRAYS = {"dhcp"}  # may be absent: no DHCP server
 _REQUIRED_TABLES = ("cluster", "sync", "member", "vip")  # checked in this order
 BALANCE_MODES = ("active-standby", "active-active")
 CARP_MODES = ("compatible", "hardened")
+DHCP_HA_MODES = ("hot-standby", "load-balancing")
+# Every pool address of the cluster together: bounds Kea's lease file on
+# /config (about 150 bytes a lease, twice that between two compactions).
+MAX_DHCP_ADDRESSES = 16384
+RESERVATION_KEYS = ("mac", "ip", "hostname")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 # Documentation of every key, used by `fwctl config reference` and
 # docs/configuration.md (a test keeps the two in step).
@@ -237,6 +289,28 @@ KEY_DOCS: dict[str, str] = {
     "IPv6 address in brackets or a host name); syncd serves on the same "
     "host at port + 1 (so the port must be at most 65534); empty = off.",
     "metrics.textfile_dir": "Directory (absolute path) for node-exporter textfile output; empty = off.",
+    "dhcp.interface": "LAN interface Kea serves DHCPv4 on; it must carry an IPv4 [[vip]], whose "
+    "prefix is the subnet. One [[dhcp]] table per interface; none = no DHCP server (docs/dhcp.md).",
+    "dhcp.pools": "Address ranges handed out, as \"first-last\" or a CIDR prefix, inside the "
+    "subnet, not overlapping each other, not holding the vip, the network or the broadcast "
+    f"address; at most {MAX_DHCP_ADDRESSES} addresses in all pools of the cluster (bounds the "
+    "lease file on /config).",
+    "dhcp.router": "Router option (3); empty = the interface's IPv4 vip.",
+    "dhcp.dns": "DNS server option (6), IPv4 addresses; empty = the interface's IPv4 vip.",
+    "dhcp.domain": "Domain name option (15); empty = not sent.",
+    "dhcp.lease_time": "Lease time in seconds (60-604800); clients renew at half of it.",
+    "dhcp.reservations": "Fixed addresses: inline tables {mac = \"02:00:00:00:00:01\", ip = "
+    "\"192.0.2.160\", hostname = \"printer\"}; each ip inside one of the pools, each mac and "
+    "ip once.",
+    "dhcp_ha.mode": "Kea High Availability mode: hot-standby (the CARP-preferred member, lowest "
+    "advskew, answers; the next one takes over at partner-down) or load-balancing (both answer, "
+    "each for its half of the clients). Members beyond two are Kea backups.",
+    "dhcp_ha.port": "TCP port of kea-ctrl-agent on each member's sync address: Kea's lease "
+    "updates and heartbeats between members, HTTP basic auth under a key derived from the "
+    "cluster secret (1-65535, not the sync port).",
+    "dhcp_ha.partner_down": "Seconds (2-60) without an answer from the partner over the sync "
+    "link before a member serves the partner's clients too (Kea's max-response-delay; "
+    "heartbeats every second).",
 }
 
 
@@ -397,6 +471,9 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     for top, schema in _SCHEMA.items():
         if top in _ARRAYS:
             items = data.get(top, [])
+            if top in _OPTIONAL_ARRAYS and top not in data:
+                tables[top] = []
+                continue
             if not isinstance(items, list) or not items:
                 raise ConfigError(path, top, f"must be one or more [[{top}]] tables")
             tables[top] = [_check_table(path, f"{top}[{i}]", t, schema)
@@ -497,15 +574,142 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     if fw["template"] and not posixpath.isabs(fw["template"]):
         # Relative to cluster.toml, so one file works wherever a member keeps it.
         fw["template"] = posixpath.join(posixpath.dirname(path), fw["template"])
+    dhcp = tuple(_dhcp(path, i, t, vips, tables["dhcp"]) for i, t in enumerate(tables["dhcp"]))
+    dhcp_ha = _dhcp_ha(path, tables["dhcp_ha"], s["port"])
+    _check_dhcp_cluster(path, dhcp)
     cfg = Config(
         path=path, name=c["name"], secret_file=c["secret_file"], run_dir=c["run_dir"],
         state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"], s["digest_interval"]),
         carp=Carp(**carp), members=tuple(members), vips=tuple(vips),
         firewall=Firewall(**tables["firewall"]), balance=Balance(**b),
-        metrics=Metrics(**met), raw=data,
+        metrics=Metrics(**met), raw=data, dhcp=dhcp, dhcp_ha=dhcp_ha,
     )
     if node is not None:
         if node not in seen_names:
             raise ConfigError(path, "--node", f"{_show(node)} is not a member "
                               f"(members: {', '.join(seen_names)})")
     return cfg
+
+
+# --- [[dhcp]] ---------------------------------------------------------------------
+
+def _ipv4(path: str, key: str, value) -> ipaddress.IPv4Address:
+    if not isinstance(value, str):
+        raise ConfigError(path, key, f"must be a string, got {_show(value)}")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ConfigError(path, key, f"{_show(value)} is not an IPv4 address") from None
+
+
+def _pool(path: str, key: str, value, subnet, vip) -> tuple:
+    """A pool as (first, last): inside the subnet, never the vip, the network
+    or the broadcast address (a client given one of those breaks the LAN)."""
+    if not isinstance(value, str):
+        raise ConfigError(path, key, f"must be a string, got {_show(value)}")
+    if "/" in value:
+        try:
+            net = ipaddress.IPv4Network(value.strip(), strict=True)
+        except ValueError as e:
+            raise ConfigError(path, key, f"{_show(value)} is not an IPv4 prefix: {_show(str(e), 80)}") from None
+        first, last = net.network_address, net.broadcast_address
+    else:
+        a, sep, b = value.partition("-")
+        if not sep:
+            raise ConfigError(path, key, f"{_show(value)} is neither \"first-last\" nor a prefix")
+        first, last = _ipv4(path, key, a.strip()), _ipv4(path, key, b.strip())
+    if first > last:
+        raise ConfigError(path, key, f"{_show(value)}: first address after the last")
+    if first not in subnet or last not in subnet:
+        raise ConfigError(path, key, f"{_show(value)} is outside {subnet}, the subnet of the vip")
+    for what, addr in (("the vip", vip), ("the network address", subnet.network_address),
+                       ("the broadcast address", subnet.broadcast_address)):
+        if first <= addr <= last and (what == "the vip" or subnet.prefixlen < 31):
+            raise ConfigError(path, key, f"{_show(value)} holds {what} {addr}")
+    return first, last
+
+
+def _reservation(path: str, key: str, value, pools) -> Reservation:
+    if not isinstance(value, dict):
+        raise ConfigError(path, key, "must be an inline table {mac = ..., ip = ...}")
+    for k in value:
+        if k not in RESERVATION_KEYS:
+            raise ConfigError(path, f"{key}.{_key(k)}", f"unknown key (known: {', '.join(RESERVATION_KEYS)})")
+    for k in ("mac", "ip"):
+        if k not in value:
+            raise ConfigError(path, f"{key}.{k}", "missing required key")
+    mac = value["mac"]
+    if not isinstance(mac, str) or not _MAC_RE.match(mac):
+        raise ConfigError(path, f"{key}.mac", f"{_show(mac)} is not a MAC address (02:00:00:00:00:01)")
+    ip = _ipv4(path, f"{key}.ip", value["ip"])
+    if not any(first <= ip <= last for first, last in pools):
+        raise ConfigError(path, f"{key}.ip", f"{ip} is outside the pools of this interface")
+    hostname = value.get("hostname", "")
+    if not isinstance(hostname, str):
+        raise ConfigError(path, f"{key}.hostname", f"must be a string, got {_show(hostname)}")
+    if hostname:
+        check_host(path, f"{key}.hostname", hostname)
+    return Reservation(mac.lower(), ip, hostname)
+
+
+def _dhcp(path: str, i: int, t: dict, vips, all_tables) -> Dhcp:
+    key = f"dhcp[{i}]"
+    check_ifname(path, f"{key}.interface", t["interface"])
+    for j in range(i):
+        if all_tables[j]["interface"] == t["interface"]:
+            raise ConfigError(path, f"{key}.interface", f"{t['interface']} already has dhcp[{j}]")
+    vip4 = [v.address for v in vips if v.interface == t["interface"] and v.family == 4]
+    if not vip4:
+        raise ConfigError(path, f"{key}.interface", f"{_show(t['interface'])} carries no IPv4 "
+                          "[[vip]]: DHCP needs one (its prefix is the subnet, its address the router)")
+    subnet, vip = vip4[0].network, vip4[0].ip
+    if not t["pools"]:
+        raise ConfigError(path, f"{key}.pools", "must name at least one pool")
+    pools = [_pool(path, f"{key}.pools[{n}]", p, subnet, vip) for n, p in enumerate(t["pools"])]
+    for n, (first, last) in enumerate(pools):
+        for m in range(n):
+            if first <= pools[m][1] and pools[m][0] <= last:
+                raise ConfigError(path, f"{key}.pools[{n}]", f"overlaps {key}.pools[{m}]")
+    router = vip if not t["router"] else _ipv4(path, f"{key}.router", t["router"])
+    if router not in subnet:
+        raise ConfigError(path, f"{key}.router", f"{router} is outside {subnet}")
+    dns = tuple(_ipv4(path, f"{key}.dns[{n}]", d) for n, d in enumerate(t["dns"])) or (vip,)
+    if t["domain"]:
+        check_host(path, f"{key}.domain", t["domain"])
+    _in_range(path, f"{key}.lease_time", t["lease_time"], 60, 604800)
+    reservations = tuple(_reservation(path, f"{key}.reservations[{n}]", r, pools)
+                         for n, r in enumerate(t["reservations"]))
+    for n, r in enumerate(reservations):
+        for m in range(n):
+            for what in ("mac", "ip"):
+                if getattr(r, what) == getattr(reservations[m], what):
+                    raise ConfigError(path, f"{key}.reservations[{n}].{what}",
+                                      f"{getattr(r, what)} also in {key}.reservations[{m}]")
+    return Dhcp(t["interface"], subnet, vip, tuple(pools), router, dns, t["domain"],
+                t["lease_time"], reservations)
+
+
+def _dhcp_ha(path: str, t: dict, sync_port: int) -> DhcpHa:
+    if t["mode"] not in DHCP_HA_MODES:
+        raise ConfigError(path, "dhcp_ha.mode", f"{_show(t['mode'])} is not one of {', '.join(DHCP_HA_MODES)}")
+    _in_range(path, "dhcp_ha.port", t["port"], 1, 65535)
+    if t["port"] == sync_port:
+        raise ConfigError(path, "dhcp_ha.port", f"{t['port']} is the sync port")
+    _in_range(path, "dhcp_ha.partner_down", t["partner_down"], 2, 60)
+    return DhcpHa(**t)
+
+
+def _check_dhcp_cluster(path: str, dhcp) -> None:
+    """Rules across [[dhcp]] tables: pools of two interfaces may share a
+    subnet only if they do not overlap; the total bounds the lease file."""
+    total = 0
+    for i, d in enumerate(dhcp):
+        for n, (first, last) in enumerate(d.pools):
+            total += int(last) - int(first) + 1
+            for j in range(i):
+                for m, (f2, l2) in enumerate(dhcp[j].pools):
+                    if first <= l2 and f2 <= last:
+                        raise ConfigError(path, f"dhcp[{i}].pools[{n}]", f"overlaps dhcp[{j}].pools[{m}]")
+    if total > MAX_DHCP_ADDRESSES:
+        raise ConfigError(path, "dhcp", f"{total} pool addresses in all, at most {MAX_DHCP_ADDRESSES} "
+                          "(the lease file lives on the small /config partition)")

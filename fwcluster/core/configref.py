@@ -5,7 +5,7 @@ when the committed file and the model disagree, so the reference cannot rot.
 """
 from __future__ import annotations
 
-from fwcluster.core.config import _ARRAYS, _SCHEMA, KEY_DOCS, REQUIRED, _type_name
+from fwcluster.core.config import _ARRAYS, _OPTIONAL_ARRAYS, _SCHEMA, KEY_DOCS, REQUIRED, _type_name
 
 HEADER = """# Configuration reference
 
@@ -34,7 +34,9 @@ def render() -> str:
     for table, keys in _SCHEMA.items():
         title = f"[[{table}]]" if table in _ARRAYS else f"[{table}]"
         out.append(f"\n## `{title}`\n")
-        if table in _ARRAYS:
+        if table in _OPTIONAL_ARRAYS:
+            out.append(f"Zero or more tables; each `[[{table}]]` adds one {table}.\n")
+        elif table in _ARRAYS:
             out.append(f"One or more tables; each `[[{table}]]` adds one {table}.\n")
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key, (typ, default) in keys.items():
@@ -51,6 +53,10 @@ def render() -> str:
 - `--node` must name a `[[member]]`.
 - `cluster.secret_file` must exist, be a regular file, not be world-readable,
   and have a non-empty first line.
+- `[[dhcp]]`: one table per interface, on an interface with an IPv4 vip; pools
+  inside the vip's subnet and not overlapping (within or across tables);
+  reservations inside a pool; `fwctl config check` also runs Kea's own
+  `kea-dhcp4 -t` on the rendered configuration where Kea is installed.
 """)
     return "\n".join(out)
 
