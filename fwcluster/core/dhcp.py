@@ -1,0 +1,179 @@
+"""Kea's configuration from the cluster model: kea-dhcp4 and kea-ctrl-agent.
+
+Pure: the caller hands in the paths and the secret; the result is a dict
+ready for json.dumps. Lease sync is Kea's own High Availability hook
+(libdhcp_ha.so with libdhcp_lease_cmds.so): each member's kea-dhcp4 sends
+lease updates and heartbeats to its partners' kea-ctrl-agent, which listens
+on the member's sync address and checks HTTP basic auth (Kea 2.2's own HA
+listener takes no authentication, the control agent does).
+
+Roles are static (docs/dhcp.md, "Roles"): the member CARP prefers
+(lowest advskew, then the name) is Kea's primary, the next one standby (or
+secondary in load-balancing), the rest backups.
+"""
+from __future__ import annotations
+
+import base64
+
+from fwcluster.core import hkdf
+
+# Kea HA timings, milliseconds. Heartbeats every second; a partner silent for
+# partner_down seconds is down (max-unacked-clients 0: do not also wait for
+# DHCP clients to go unanswered, a small LAN may have none renewing then).
+HEARTBEAT_MS = 1000
+MAX_ACK_DELAY_MS = 1000
+MAX_UNACKED_CLIENTS = 0
+# kea-lfc compacts the lease file this often (seconds): with the pool bound
+# of the config this keeps the file below a few MB on /config.
+LFC_INTERVAL = 600
+HOOKS_DIR = "/usr/lib/x86_64-linux-gnu/kea/hooks"
+HA_LABEL = b"fwcluster dhcp ha basic auth v1"
+SUBNET_ID_BASE = 1
+
+
+def ha_roles(cfg) -> dict[str, str]:
+    """Member name -> Kea HA role. The CARP-preferred member (lowest
+    advskew) is primary; the name breaks a tie because Kea needs exactly
+    one primary."""
+    order = sorted(cfg.members, key=lambda m: (m.advskew, m.name))
+    second = "standby" if cfg.dhcp_ha.mode == "hot-standby" else "secondary"
+    roles = {}
+    for i, m in enumerate(order):
+        roles[m.name] = "primary" if i == 0 else second if i == 1 else "backup"
+    return roles
+
+
+def ha_password(secret: bytes, cluster: str) -> str:
+    """The basic-auth password every member uses towards its partners'
+    control agents: derived from the cluster secret, so it changes with it
+    and is never the secret itself."""
+    key = hkdf.hkdf(secret, cluster.encode(), HA_LABEL, 24)
+    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
+def _url(member, port: int) -> str:
+    host = str(member.sync_address)
+    if member.sync_address.version == 6:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
+def _pool_text(first, last) -> str:
+    return f"{first} - {last}"
+
+
+def _subnet(index: int, d) -> dict:
+    options = [{"name": "routers", "data": str(d.router)},
+               {"name": "domain-name-servers", "data": ", ".join(str(a) for a in d.dns)}]
+    # The server identifier stays Kea's default, the member's own address:
+    # Kea's packet filter takes unicast only to addresses the interface had
+    # when Kea opened it, so a vip that arrives later would lose renewals
+    # (docs/dhcp.md, "Renewal and rebinding").
+    if d.domain:
+        options.append({"name": "domain-name", "data": d.domain})
+    subnet = {
+        "id": SUBNET_ID_BASE + index,
+        "subnet": str(d.subnet),
+        "interface": d.interface,
+        "valid-lifetime": d.lease_time,
+        "pools": [{"pool": _pool_text(f, l)} for f, l in d.pools],
+        "option-data": options,
+    }
+    if d.reservations:
+        subnet["reservations"] = [
+            {"hw-address": r.mac, "ip-address": str(r.ip), **({"hostname": r.hostname} if r.hostname else {})}
+            for r in d.reservations]
+    return subnet
+
+
+def dhcp4(cfg, node: str, *, secret: bytes, lease_file: str, control_socket: str,
+          hooks_dir: str = HOOKS_DIR, log_output: str = "syslog") -> dict:
+    """kea-dhcp4's configuration for `node` (cfg.dhcp must not be empty)."""
+    roles = ha_roles(cfg)
+    password = ha_password(secret, cfg.name)
+    peers = [{"name": m.name, "url": _url(m, cfg.dhcp_ha.port), "role": roles[m.name],
+              "auto-failover": roles[m.name] != "backup",
+              "basic-auth-user": cfg.name, "basic-auth-password": password}
+             for m in sorted(cfg.members, key=lambda m: m.name)]
+    ha = {
+        "this-server-name": node,
+        "mode": cfg.dhcp_ha.mode,
+        "heartbeat-delay": HEARTBEAT_MS,
+        "max-response-delay": cfg.dhcp_ha.partner_down * 1000,
+        "max-ack-delay": MAX_ACK_DELAY_MS,
+        "max-unacked-clients": MAX_UNACKED_CLIENTS,
+        "peers": peers,
+    }
+    return {"Dhcp4": {
+        "interfaces-config": {"interfaces": [d.interface for d in cfg.dhcp],
+                              "dhcp-socket-type": "raw",
+                              # the LAN may come up after Kea: retry binding
+                              "service-sockets-max-retries": 30,
+                              "service-sockets-retry-wait-time": 2000},
+        "lease-database": {"type": "memfile", "persist": True, "name": lease_file,
+                           "lfc-interval": LFC_INTERVAL},
+        # The HA hook without multi-threading talks through kea-ctrl-agent,
+        # which is what checks the partner's credentials.
+        "multi-threading": {"enable-multi-threading": False},
+        "control-socket": {"socket-type": "unix", "socket-name": control_socket},
+        "hooks-libraries": [
+            {"library": f"{hooks_dir}/libdhcp_lease_cmds.so"},
+            {"library": f"{hooks_dir}/libdhcp_ha.so",
+             "parameters": {"high-availability": [ha]}},
+        ],
+        "valid-lifetime": max(d.lease_time for d in cfg.dhcp),
+        "subnet4": [_subnet(i, d) for i, d in enumerate(cfg.dhcp)],
+        "loggers": [{"name": "kea-dhcp4", "severity": "INFO",
+                     "output_options": [{"output": log_output}]}],
+    }}
+
+
+def ctrl_agent(cfg, node: str, *, secret: bytes, control_socket: str,
+               log_output: str = "syslog") -> dict:
+    """kea-ctrl-agent's configuration: the HA endpoint on the sync address,
+    basic auth with the derived password."""
+    me = cfg.member(node)
+    return {"Control-agent": {
+        "http-host": str(me.sync_address),
+        "http-port": cfg.dhcp_ha.port,
+        "authentication": {"type": "basic", "realm": f"fwcluster {cfg.name}",
+                           "clients": [{"user": cfg.name,
+                                        "password": ha_password(secret, cfg.name)}]},
+        "control-sockets": {"dhcp4": {"socket-type": "unix", "socket-name": control_socket}},
+        "loggers": [{"name": "kea-ctrl-agent", "severity": "INFO",
+                     "output_options": [{"output": log_output}]}],
+    }}
+
+
+def ha_summary(status_get: dict) -> dict:
+    """The HA part of kea-dhcp4's `status-get` reply, flattened for fwctl
+    and metrics: own role and state, the partner's last state as seen."""
+    ha = (status_get.get("high-availability") or [{}])[0]
+    servers = ha.get("ha-servers", {})
+    local, remote = servers.get("local", {}), servers.get("remote", {})
+    return {"mode": ha.get("ha-mode"), "role": local.get("role"), "state": local.get("state"),
+            "scopes": local.get("scopes", []),
+            "partner_role": remote.get("role"), "partner_state": remote.get("last-state"),
+            "partner_in_touch": remote.get("in-touch"), "partner_age": remote.get("age"),
+            "unacked_clients": remote.get("unacked-clients")}
+
+
+def _stat(stats: dict, name: str) -> int | None:
+    """A value of Kea's statistic-get-all reply ({name: [[value, time], ...]})."""
+    samples = stats.get(name)
+    if not samples or not isinstance(samples[0], list) or not samples[0]:
+        return None
+    value = samples[0][0]
+    return value if isinstance(value, int) else None
+
+
+def lease_counts(cfg, stats: dict) -> list[dict]:
+    """Per [[dhcp]] interface: addresses leased and in the pools, from
+    Kea's statistics (subnet ids as dhcp4() numbers them)."""
+    out = []
+    for i, d in enumerate(cfg.dhcp):
+        sid = SUBNET_ID_BASE + i
+        out.append({"interface": d.interface, "subnet": str(d.subnet),
+                    "assigned": _stat(stats, f"subnet[{sid}].assigned-addresses"),
+                    "total": _stat(stats, f"subnet[{sid}].total-addresses")})
+    return out
