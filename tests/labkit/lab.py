@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DEFAULT_SKEWS = (0, 100, 150, 200)
 CONFIG_KEYS = {"advbase", "advskews", "vips", "carp", "balance", "metrics", "sync", "name",
-               "firewall"}
+               "firewall", "dhcp", "dhcp_ha"}
 
 __all__ = ["Lab", "LabError", "PY", "REPO"]
 
@@ -64,6 +64,8 @@ def _toml_value(v) -> str:
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} to TOML")
 
 
@@ -252,7 +254,7 @@ class Lab(reaper.TornDown):
         """(Re)write cluster.toml. Overrides add to those given before (to the
         constructor or an earlier call): write_config(carp={...}) keeps an
         advbase=0 given at construction. Keys: advbase, advskews, vips, carp,
-        balance, metrics, sync, firewall, name. The running rulesets stay as
+        balance, metrics, sync, firewall, dhcp (list of [[dhcp]] tables), dhcp_ha, name. The running rulesets stay as
         they are until apply_rules(), as on an appliance."""
         unknown = set(overrides) - CONFIG_KEYS
         if unknown:
@@ -265,6 +267,7 @@ class Lab(reaper.TornDown):
                       vips: list[dict] | None = None, carp: dict | None = None,
                       balance: dict | None = None, metrics: dict | None = None,
                       sync: dict | None = None, firewall: dict | None = None,
+                      dhcp: list[dict] | None = None, dhcp_ha: dict | None = None,
                       name: str = "lab") -> Path:
         """advbase applies to every default vip; advskews maps member ->
         advskew (default 0,100,150,200; with advbase 0 10,20,30,40 since a
@@ -298,6 +301,10 @@ class Lab(reaper.TornDown):
                                                "advskew": skews[m]})
         for v in vips:
             text += _toml_table("[[vip]]", v)
+        for d in dhcp or ():
+            text += _toml_table("[[dhcp]]", d)
+        if dhcp_ha:
+            text += _toml_table("[dhcp_ha]", dhcp_ha)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.config_path)

@@ -1,0 +1,61 @@
+"""Kea in the namespace lab: each member's kea-dhcp4 and kea-ctrl-agent run
+directly (not through systemd) with the configuration fwcluster renders,
+leases and sockets in the lab's directory."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fwcluster import configfile, dhcpsvc
+
+KEA_PROGRAMS = ("kea-dhcp4", "kea-ctrl-agent")
+# What the lab's LAN needs: pools clear of the client's static .100-.10x and
+# the members' .1K addresses.
+POOL = "192.0.2.150-192.0.2.199"
+
+
+def need_kea():
+    missing = [p for p in KEA_PROGRAMS if not shutil.which(p, path="/usr/sbin:/usr/bin:/sbin")]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (make deps installs them)")
+
+
+def paths(lab, member: str) -> dhcpsvc.Paths:
+    base = lab.dir / member / "kea"
+    return dhcpsvc.Paths(conf_dir=str(base), lease_file=str(base / "dhcp4.leases"),
+                         control_socket=str(base / "dhcp4.sock"), log_output="stdout")
+
+
+def start_kea(lab, member: str, wait: float = 10.0):
+    """Render this member's Kea configuration from the lab's cluster.toml and
+    start kea-dhcp4 and kea-ctrl-agent in its namespace; return once
+    kea-dhcp4 answers on its control socket."""
+    cfg = configfile.load(lab.config_path, node=member)
+    p = paths(lab, member)
+    dhcpsvc.write(dhcpsvc.render(cfg, member, configfile.secret(cfg), p))
+    env = {"KEA_PIDFILE_DIR": p.conf_dir, "KEA_LOCKFILE_DIR": p.conf_dir}
+    d4 = lab.popen(member, ["kea-dhcp4", "-c", p.dhcp4], env=env)
+    ca = lab.popen(member, ["kea-ctrl-agent", "-c", p.ctrl_agent], env=env)
+
+    def answers():
+        try:
+            return dhcpsvc.command(p.control_socket, "status-get")["result"] == 0
+        except (OSError, ValueError):
+            return False
+    assert lab.wait_for(answers, wait, 0.1), f"{member}: kea-dhcp4 did not answer in {wait}s"
+    return d4, ca
+
+
+def ha_state(lab, member: str) -> str | None:
+    try:
+        reply = dhcpsvc.command(paths(lab, member).control_socket, "ha-heartbeat")
+    except (OSError, ValueError):
+        return None
+    return (reply.get("arguments") or {}).get("state")
+
+
+def leases(lab, member: str) -> dict[str, str]:
+    """ip -> hardware address of every lease member's Kea holds."""
+    reply = dhcpsvc.command(paths(lab, member).control_socket, "lease4-get-all")
+    return {le["ip-address"]: le["hw-address"] for le in (reply.get("arguments") or {}).get("leases", [])}
