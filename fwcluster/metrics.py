@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,46 @@ def render(families: Iterable[Metric]) -> str:
     """Prometheus text (format 0.0.4) of these families."""
     families = list(families)
     return generate_latest(registry(lambda: families)).decode()
+
+
+# Kea's HA states (Kea 2.2 and 2.6), so that each series exists at 0
+# before the state it names is entered (an alert sees it change, not appear).
+KEA_HA_STATES = ("backup", "communication-recovery", "hot-standby", "load-balancing",
+                 "in-maintenance", "partner-down", "partner-in-maintenance", "passive-backup",
+                 "ready", "syncing", "terminated", "waiting")
+
+
+def dhcp_families(status: dict, cluster: str) -> list[Metric]:
+    """`fwctl dhcp --prom`: this member's Kea (fwcluster.dhcpsvc.status)."""
+    node = str(status.get("node", ""))
+    enabled = GaugeMetricFamily("fwcluster_dhcp_enabled", "1 when [[dhcp]] is configured",
+                                labels=("node", "cluster"))
+    enabled.add_metric([node, cluster], 1 if status.get("enabled") else 0)
+    out: list[Metric] = [enabled]
+    if not status.get("enabled"):
+        return out
+    up = GaugeMetricFamily("fwcluster_dhcp_kea_up", "1 while kea-dhcp4 answers on its control socket")
+    up.add_metric([], 1 if status.get("running") else 0)
+    out.append(up)
+    for name, key, what in (("fwcluster_dhcp_ha_state", "state", "this member's"),
+                            ("fwcluster_dhcp_partner_state", "partner_state",
+                             "the partner's (as Kea last heard it)")):
+        fam = GaugeMetricFamily(name, f"1 for {what} Kea HA state, 0 for the others",
+                                labels=("state",))
+        current = status.get(key)
+        for st in sorted(set(KEA_HA_STATES) | ({current} if current else set())):
+            fam.add_metric([st], 1 if st == current else 0)
+        out.append(fam)
+    leases = GaugeMetricFamily("fwcluster_dhcp_leases", "Addresses leased, per interface",
+                               labels=("interface",))
+    total = GaugeMetricFamily("fwcluster_dhcp_pool_addresses", "Addresses in the pools, per interface",
+                              labels=("interface",))
+    for sub in status.get("subnets", []):
+        if sub.get("assigned") is not None:
+            leases.add_metric([sub["interface"]], sub["assigned"])
+        if sub.get("total") is not None:
+            total.add_metric([sub["interface"]], sub["total"])
+    return out + [leases, total]
 
 
 # Both daemons serve on the host of [metrics] listen: carpd on its port,

@@ -21,7 +21,7 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 # Subcommand modules, in the order `fwctl --help` lists them. Every one must
 # import: a missing or broken module is a packaging mistake and fails loudly.
 COMMANDS = ["status", "maintenance", "sync", "rules", "config", "drill",
-            "upgrade", "conntrack", "secret", "completion"]
+            "upgrade", "conntrack", "secret", "dhcp", "completion"]
 
 
 def emit(args, data, human) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from fwcluster import nft
+from fwcluster import configfile, dhcpsvc, nft
 from fwcluster.args import load_from_args
 from fwcluster.core.bundle import Bundle, diff_bundles
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, Refused, ask, emit
@@ -58,6 +58,11 @@ def _check(args) -> int:
         nft.check(nft.render(cfg, node))
     except nft.RulesetError as e:
         result.update(ok=False, error=str(e))
+    if result["ok"] and cfg.dhcp:
+        # Kea's own check of what fwcluster renders for it, where installed.
+        problems = dhcpsvc.check(cfg, node, configfile.secret(cfg))
+        if problems:
+            result.update(ok=False, error="; ".join(problems))
 
     def human(r):
         for w in r["warnings"]:

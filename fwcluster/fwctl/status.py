@@ -5,9 +5,10 @@ answers. Exit 3 when carpd is not reachable.
 """
 from __future__ import annotations
 
-from fwcluster import ctlsock
+from fwcluster import ctlsock, dhcpsvc
 from fwcluster.args import load_from_args
 from fwcluster.fwctl import EXIT_OK, ask, emit
+from fwcluster.fwctl.dhcp import line as dhcp_line
 
 
 def register(sub) -> None:
@@ -23,6 +24,8 @@ def fetch(cfg) -> dict:
         data["sync"] = ask(cfg, "syncd", {"cmd": "status"}, timeout=2.0)
     except ctlsock.ControlError:
         pass  # syncd is optional here
+    if cfg.dhcp:
+        data["dhcp"] = dhcpsvc.status(cfg, data.get("node") or "")
     return data
 
 
@@ -71,6 +74,8 @@ def human(d: dict) -> None:
                 else "current"
             behind = f"; behind us: {', '.join(conf['peers_behind'])}" if conf.get("peers_behind") else ""
             print(f"config: generation {conf.get('generation')} {state}{behind}")
+    if "dhcp" in d:
+        print(dhcp_line(d["dhcp"]))
 
 
 def waiting(s: dict) -> None:

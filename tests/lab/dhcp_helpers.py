@@ -59,3 +59,9 @@ def leases(lab, member: str) -> dict[str, str]:
     """ip -> hardware address of every lease member's Kea holds."""
     reply = dhcpsvc.command(paths(lab, member).control_socket, "lease4-get-all")
     return {le["ip-address"]: le["hw-address"] for le in (reply.get("arguments") or {}).get("leases", [])}
+
+
+def status(lab, member: str) -> dict:
+    """What `fwctl dhcp --json` shows on member (its Kea's socket in the lab)."""
+    cfg = configfile.load(lab.config_path, node=member)
+    return dhcpsvc.status(cfg, member, paths(lab, member).control_socket)

@@ -71,6 +71,13 @@ def test_client_keeps_its_address_through_member_loss_and_return():
         assert a.renew(first).ip == first.ip
         # Kea's lease update reached the standby before the client's ACK.
         assert dh.leases(lab, "fw2").get(first.ip) == "02:00:00:00:0a:01"
+        # The partner's state as of fw1's last heartbeat (one a second).
+        assert lab.wait_for(lambda: dh.status(lab, "fw1").get("partner_state") == "hot-standby",
+                            2 * core.HEARTBEAT_MS / 1000 + MARGIN, 0.1)
+        st = dh.status(lab, "fw1")
+        assert (st["role"], st["state"], st["partner_role"], st["partner_state"]) == \
+            ("primary", "hot-standby", "standby", "hot-standby")
+        assert st["subnets"][0]["assigned"] == 1 and st["subnets"][0]["total"] == 50
 
         t_loss = lab.node_loss("fw1")
         # Renewal goes to the lost member's own address: unanswered.
@@ -82,7 +89,8 @@ def test_client_keeps_its_address_through_member_loss_and_return():
         renewed = a.renew(rebound)
         renew_after = time.monotonic() - t_loss
         assert renewed is not None and renewed.ip == first.ip
-        assert dh.ha_state(lab, "fw2") == "partner-down"
+        st = dh.status(lab, "fw2")
+        assert st["state"] == "partner-down" and st["partner_age"] >= PARTNER_DOWN
         print(f"\nmember loss -> first rebind through the survivor {rebind_after:.2f}s, "
               f"first renewal there {renew_after:.2f}s (bound {SURVIVOR_BOUND:.1f}s)")
 

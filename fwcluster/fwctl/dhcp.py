@@ -1,0 +1,113 @@
+"""fwctl dhcp: the DHCP server (Kea) of this member.
+
+  fwctl dhcp [status]   Kea's HA role and state here, the partner's state as
+                        Kea last saw it, leases per interface (--prom: as
+                        Prometheus text, for a textfile collector)
+  fwctl dhcp enabled    exit 0 when [[dhcp]] is configured (the Kea units'
+                        ExecCondition: off until configured)
+  fwctl dhcp render     write Kea's configuration files for this member
+  fwctl dhcp apply      render, then start, reload or stop Kea to match
+
+Exit 1 from status when Kea is configured but does not answer or is not in
+a serving HA state; a Kea problem never demotes the member (docs/dhcp.md).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+
+from fwcluster import configfile, dhcpsvc, metrics
+from fwcluster.args import load_from_args
+from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, emit
+
+# HA states in which this member's part of the service is working.
+HEALTHY = ("hot-standby", "load-balancing", "partner-down", "backup")
+UNITS = ("kea-ctrl-agent.service", "kea-dhcp4-server.service")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dhcp", help="the DHCP server (Kea): HA state, partner, leases")
+    p.add_argument("action", nargs="?", default="status",
+                   choices=["status", "enabled", "render", "apply"], help="default: status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--prom", action="store_true", help="status as Prometheus text")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg, node, _ = load_from_args(args)
+    if args.action == "enabled":
+        return EXIT_OK if cfg.dhcp else EXIT_PROBLEM
+    if args.action in ("render", "apply"):
+        return _render(args, cfg, node)
+    data = dhcpsvc.status(cfg, node)
+    if args.prom:
+        sys.stdout.write(metrics.render(metrics.dhcp_families(data, cfg.name)))
+    else:
+        emit(args, data, human)
+    return EXIT_OK if healthy(data) else EXIT_PROBLEM
+
+
+def healthy(d: dict) -> bool:
+    return not d.get("enabled") or (bool(d.get("running")) and d.get("state") in HEALTHY)
+
+
+def _lease_dir() -> None:
+    """/config/dhcp, Kea's lease directory (the units bind it onto
+    /var/lib/kea), owned by the user Kea runs as."""
+    os.makedirs(dhcpsvc.LEASE_DIR_ON_CONFIG, mode=0o750, exist_ok=True)
+    try:
+        kea = pwd.getpwnam(dhcpsvc.KEA_GROUP)
+    except KeyError:
+        return
+    os.chown(dhcpsvc.LEASE_DIR_ON_CONFIG, kea.pw_uid, kea.pw_gid)
+
+
+def _systemctl(*argv: str) -> int:
+    return subprocess.run(["systemctl", *argv], check=False).returncode
+
+
+def _render(args, cfg, node) -> int:
+    result = {"enabled": bool(cfg.dhcp), "changed": []}
+    if cfg.dhcp:
+        result["changed"] = dhcpsvc.write(dhcpsvc.render(cfg, node, configfile.secret(cfg)))
+        if os.path.isdir("/config"):
+            _lease_dir()
+    if args.action == "apply":
+        if not cfg.dhcp:
+            result["systemctl"] = _systemctl("stop", *UNITS)
+        elif result["changed"]:
+            result["systemctl"] = _systemctl("reload-or-restart", *UNITS)
+        else:
+            result["systemctl"] = _systemctl("start", *UNITS)
+    emit(args, result, lambda r: print(
+        ("DHCP off" if not r["enabled"] else
+         f"Kea configuration: {', '.join(r['changed']) or 'unchanged'}")
+        + (f" (systemctl exit {r['systemctl']})" if r.get("systemctl") else "")))
+    return EXIT_OK if not result.get("systemctl") else EXIT_PROBLEM
+
+
+def line(d: dict) -> str:
+    """One line for fwctl status."""
+    if not d.get("enabled"):
+        return "dhcp: off"
+    if not d.get("running"):
+        return f"dhcp: {d.get('role')}, Kea NOT running ({d.get('error', 'no answer')})"
+    leases = ", ".join(f"{s['interface']} {_n(s['assigned'])}/{_n(s['total'])}"
+                       for s in d.get("subnets", []))
+    partner = f"{d.get('partner_role')} {d.get('partner_state') or 'unknown'}"
+    age = d.get("partner_age")
+    return (f"dhcp: {d.get('mode')} {d.get('role')} {d.get('state')}; partner {partner}"
+            f"{'' if age is None else f' (heard {age}s ago)'}; leases {leases or '-'}")
+
+
+def _n(v) -> str:
+    return "?" if v is None else str(v)
+
+
+def human(d: dict) -> None:
+    print(line(d))
+    if d.get("running") and d.get("unacked_clients"):
+        print(f"  clients the partner left unanswered: {d['unacked_clients']}")

@@ -1,0 +1,59 @@
+"""fwctl dhcp and the dhcp line of fwctl status; the metric families."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fwcluster import metrics
+from fwcluster.fwctl import dhcp as fwdhcp
+from tests.prom_text import key, samples as prom_parse
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "examples" / "cluster-dhcp.toml"
+CONTRACT = ROOT / "docs" / "examples" / "cluster.toml"
+
+
+def fwctl(config, *argv):
+    return subprocess.run([sys.executable, "-m", "fwcluster.fwctl", "--config", str(config),
+                           "--node", "fw1", *argv], capture_output=True, text=True, cwd=ROOT, timeout=30)
+
+
+def test_enabled_is_the_units_condition():
+    assert fwctl(EXAMPLE, "dhcp", "enabled").returncode == 0
+    assert fwctl(CONTRACT, "dhcp", "enabled").returncode == 1
+
+
+def test_status_off_and_not_running():
+    off = fwctl(CONTRACT, "dhcp", "--json")
+    assert off.returncode == 0 and json.loads(off.stdout) == {"enabled": False}
+    down = fwctl(EXAMPLE, "dhcp")  # no Kea answers on this machine's appliance socket
+    assert down.returncode == 1, down.stderr
+    assert down.stdout.startswith("dhcp: primary, Kea NOT running")
+
+
+RUNNING = {"enabled": True, "node": "fw2", "mode": "hot-standby", "role": "standby", "running": True,
+           "state": "partner-down", "partner_role": "primary", "partner_state": "hot-standby",
+           "partner_age": 12, "subnets": [{"interface": "lan0", "subnet": "192.0.2.0/24",
+                                                   "assigned": 3, "total": 50}]}
+
+
+def test_status_line():
+    assert fwdhcp.line({"enabled": False}) == "dhcp: off"
+    assert fwdhcp.line(RUNNING) == ("dhcp: hot-standby standby partner-down; partner primary "
+                                    "hot-standby (heard 12s ago); leases lan0 3/50")
+    assert fwdhcp.healthy(RUNNING) and not fwdhcp.healthy({**RUNNING, "state": "waiting"})
+    assert not fwdhcp.healthy({**RUNNING, "running": False})
+
+
+def test_metric_families():
+    text = metrics.render(metrics.dhcp_families(RUNNING, "edge"))
+    samples = prom_parse(text)
+    assert samples[key("fwcluster_dhcp_enabled", cluster="edge", node="fw2")] == 1
+    assert samples[key("fwcluster_dhcp_kea_up")] == 1
+    assert samples[key("fwcluster_dhcp_ha_state", state="partner-down")] == 1
+    assert samples[key("fwcluster_dhcp_ha_state", state="hot-standby")] == 0
+    assert samples[key("fwcluster_dhcp_partner_state", state="hot-standby")] == 1
+    assert samples[key("fwcluster_dhcp_leases", interface="lan0")] == 3
+    assert samples[key("fwcluster_dhcp_pool_addresses", interface="lan0")] == 50
+    off = prom_parse(metrics.render(metrics.dhcp_families({"enabled": False}, "edge")))
+    assert list(off.values()) == [0]
