@@ -7,6 +7,7 @@
                         ExecCondition: off until configured)
   fwctl dhcp render     write Kea's configuration files for this member
   fwctl dhcp apply      render, then start, reload or stop Kea to match
+  fwctl dhcp textfile   the --prom text into [metrics] textfile_dir (a timer)
 
 Exit 1 from status when Kea is configured but does not answer or is not in
 a serving HA state; a Kea problem never demotes the member (docs/dhcp.md).
@@ -30,7 +31,7 @@ UNITS = ("kea-ctrl-agent.service", "kea-dhcp4-server.service")
 def register(sub) -> None:
     p = sub.add_parser("dhcp", help="the DHCP server (Kea): HA state, partner, leases")
     p.add_argument("action", nargs="?", default="status",
-                   choices=["status", "enabled", "render", "apply"], help="default: status")
+                   choices=["status", "enabled", "render", "apply", "textfile"], help="default: status")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--prom", action="store_true", help="status as Prometheus text")
     p.set_defaults(func=run)
@@ -43,6 +44,11 @@ def run(args) -> int:
     if args.action in ("render", "apply"):
         return _render(args, cfg, node)
     data = dhcpsvc.status(cfg, node)
+    if args.action == "textfile":
+        if cfg.metrics.textfile_dir and cfg.dhcp:
+            metrics.write_textfile(metrics.textfile_dir(cfg.metrics.textfile_dir, node), "fwcluster-dhcp",
+                                   metrics.render(metrics.dhcp_families(data, cfg.name)))
+        return EXIT_OK
     if args.prom:
         sys.stdout.write(metrics.render(metrics.dhcp_families(data, cfg.name)))
     else:
