@@ -147,7 +147,12 @@ for _name, _bad in [("empty", ""), ("16 bytes", "a" * 16), ("slash", "lan/0"), (
 for _table, _keys in config._SCHEMA.items():
     for _key, (_typ, _default) in _keys.items():
         _wrong = '"x"' if _typ is not str else "[1]"
-        if _table in config._ARRAYS:
+        if _table in config._OPTIONAL_ARRAYS:  # not in the example: a whole table of its own
+            _fields = {"interface": '"lan0"', "pools": '["192.0.2.100-192.0.2.199"]', _key: _wrong}
+            _body = "\n".join(f"{k} = {v}" for k, v in _fields.items())
+            CONFIG_CASES.append((f"{_table}.{_key} wrong type",
+                                 ("[firewall]", f"[[{_table}]]\n{_body}\n\n[firewall]"), f"{_table}[0].{_key}"))
+        elif _table in config._ARRAYS:
             _old = {"name": 'name = "fw1"', "sync_address": 'sync_address = "203.0.113.1"',
                     "advskew": "advskew = 0 ", "vhid": "vhid = 1", "interface": 'interface = "lan0"',
                     "address": 'address = "192.0.2.1/24"', "advbase": "advbase = 1 "}.get(_key)

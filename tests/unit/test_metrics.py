@@ -88,7 +88,9 @@ def test_every_family_is_documented_with_its_type():
         server.close()
         return server.own_families()
     own = asyncio.run(endpoint_families())
-    exposed = _exposed(metrics.render(carp + sync + own))
+    dhcp = metrics.dhcp_families({"enabled": True, "running": True, "state": "hot-standby",
+                                  "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}]}, "c")
+    exposed = _exposed(metrics.render(carp + sync + own + dhcp))
     assert exposed == _documented()
 
 
