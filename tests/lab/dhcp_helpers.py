@@ -3,7 +3,9 @@ directly (not through systemd) with the configuration fwcluster renders,
 leases and sockets in the lab's directory."""
 from __future__ import annotations
 
+import base64
 import shutil
+import socket
 
 import pytest
 
@@ -65,3 +67,23 @@ def status(lab, member: str) -> dict:
     """What `fwctl dhcp --json` shows on member (its Kea's socket in the lab)."""
     cfg = configfile.load(lab.config_path, node=member)
     return dhcpsvc.status(cfg, member, paths(lab, member).control_socket)
+
+
+def ha_post(lab, src: str, dst: str, auth: str | None = None) -> int:
+    """HTTP status of an HA heartbeat from src's namespace to dst's
+    kea-ctrl-agent, with Authorization `auth` (a "user:password") or none."""
+    cfg = configfile.load(lab.config_path, node=dst)
+    body = b'{"command": "ha-heartbeat", "service": ["dhcp4"]}'
+    head = (f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    if auth:
+        head += f"Authorization: Basic {base64.b64encode(auth.encode()).decode()}\r\n"
+    s = lab.socket(src, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(3)
+        s.connect((str(cfg.member(dst).sync_address), cfg.dhcp_ha.port))
+        s.sendall(head.encode() + b"\r\n" + body)
+        status_line = s.recv(4096).split(b"\r\n", 1)[0]
+    finally:
+        s.close()
+    return int(status_line.split()[1])

@@ -62,6 +62,13 @@ def test_client_keeps_its_address_through_member_loss_and_return():
         assert lab.wait_for(lambda: _both(lab, "hot-standby"), SYNC_BOUND, 0.1), \
             {m: dh.ha_state(lab, m) for m in lab.members}
 
+        # HA traffic is authenticated: the control agent refuses a request
+        # without the password derived from the secret, or with another one.
+        password = core.ha_password(lab.secret.encode(), "lab")
+        assert dh.ha_post(lab, "fw2", "fw1") == 401
+        assert dh.ha_post(lab, "fw2", "fw1", "lab:" + password[::-1]) == 401
+        assert dh.ha_post(lab, "fw2", "fw1", "lab:" + password) == 200
+
         a = DhcpClient(lab, "02:00:00:00:0a:01")
         first = a.obtain()
         assert first is not None, "no lease from the cluster"
