@@ -2,10 +2,11 @@
 runs does not come back on the member that receives the bulk (issue 19,
 case 9).
 
-fw2 (B) originates N entries; fw1 (A, master) and fw3 (C) hold copies. C
-reboots (syncd stops, its table is flushed, syncd starts again: it asks A
-and B for bulk transfers, and as a backup it takes from A's bulk the
-entries A holds for B). While those bulks run, B deletes entries, in
+fw2 (B, the preferred master: the member that forwards flows is their
+origin, syncd/core/ownership.py) originates N entries; fw1 (A) and fw3 (C)
+hold copies. C reboots (syncd stops, its table is flushed, syncd starts
+again: it asks A and B for bulk transfers, and as a backup it is offered in
+A's bulk the entries A holds for B). While those bulks run, B deletes entries, in
 batches with pauses so that the deletes span the transfers. A's bulk reads
 its dump a piece at a time: a copy it read before B's delete reached it can
 still go to C after C applied that delete, and C re-creates the entry.
@@ -55,11 +56,11 @@ def bulk_done(lab: Lab, member: str) -> bool:
 
 def test_deletes_during_a_bulk_stay_deleted_on_every_member():
     with Lab(members=3, prefix="tb3", ipv6=False, sync={"digest_interval": DIGEST_INTERVAL},
-             **TIMING) as lab:
+             advskews={"fw1": 100, "fw2": 0, "fw3": 150}, **TIMING) as lab:
         for m in lab.members:
             lab.run(m, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_max=262144"])
             start_member(lab, m)
-        assert lab.wait_for(lambda: settled(lab, "fw1") and in_sync(lab), 30), logs(lab)
+        assert lab.wait_for(lambda: settled(lab, "fw2") and in_sync(lab), 30), logs(lab)
         lab.run("fw2", [PY, "-c", SNIPPET, "create", "0", str(N), str(DPORT)], timeout=120)
         assert lab.wait_for(lambda: all(len(origin_ports(lab, m)) == N for m in lab.members), 60), \
             {m: len(origin_ports(lab, m)) for m in lab.members}
