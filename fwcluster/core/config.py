@@ -127,6 +127,31 @@ class DhcpHa:
 
 
 @dataclass(frozen=True)
+class Track:
+    """Something whose failure demotes the member by `weight` (docs/tracking.md)."""
+    name: str
+    type: str  # one of TRACK_TYPES
+    interface: str = ""  # interface: the one watched; icmp/tcp: the probe's device
+    reverse: bool = False
+    target: str = ""
+    port: int = 0
+    command: tuple = ()
+    user: str = "nobody"
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    weight: int = 240
+    flap_limit: int = 4
+
+
+@dataclass(frozen=True)
+class Hooks:
+    directory: str = "/config/hooks/role.d"
+    timeout: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     name: str
@@ -140,6 +165,8 @@ class Config:
     firewall: Firewall
     balance: Balance
     metrics: Metrics
+    tracks: tuple[Track, ...] = ()
+    hooks: Hooks = Hooks()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     dhcp: tuple[Dhcp, ...] = ()  # empty: no DHCP server
     dhcp_ha: DhcpHa = DhcpHa()
@@ -221,9 +248,37 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "reservations": (list, ()),
     },
     "dhcp_ha": {"mode": (str, "hot-standby"), "port": (int, 8647), "partner_down": (int, 3)},
+    "track": {
+        "name": (str, REQUIRED),
+        "type": (str, REQUIRED),
+        "interface": (str, ""),
+        "reverse": (bool, False),
+        "target": (str, ""),
+        "port": (int, 0),
+        "command": (list, ()),
+        "user": (str, "nobody"),
+        "interval": ((int, float), 1),
+        "timeout": ((int, float), 1),
+        "rise": (int, 2),
+        "fall": (int, 3),
+        "weight": (int, 240),
+        "flap_limit": (int, 4),
+    },
+    "hooks": {"directory": (str, "/config/hooks/role.d"), "timeout": (int, 10)},
 }
-_ARRAYS = {"member", "vip", "dhcp"}  # [[member]], [[vip]], [[dhcp]]
-_OPTIONAL_ARRAYS = {"dhcp"}  # may be absent: no DHCP server
+_ARRAYS = {"member", "vip", "dhcp", "track"}  # [[member]], [[vip]], [[dhcp]], [[track]]
+_OPTIONAL_ARRAYS = {"dhcp", "track"}  # may be absent: no DHCP server, no tracks
+# The keys each kind of track uses beyond the common ones (a key set for a
+# kind that ignores it is an error: it would look like it did something).
+TRACK_TYPES = {
+    "interface": {"interface"},
+    "icmp": {"target", "interface"},
+    "tcp": {"target", "port", "interface"},
+    "script": {"command", "user"},
+}
+TRACK_COMMON = {"name", "type", "reverse", "interval", "timeout", "rise", "fall", "weight",
+                "flap_limit"}
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _REQUIRED_TABLES = ("cluster", "sync", "member", "vip")  # checked in this order
 BALANCE_MODES = ("active-standby", "active-active")
 CARP_MODES = ("compatible", "hardened")
@@ -311,6 +366,34 @@ KEY_DOCS: dict[str, str] = {
     "dhcp_ha.partner_down": "Seconds (2-60) without an answer from the partner over the sync "
     "link before a member serves the partner's clients too (Kea's max-response-delay; "
     "heartbeats every second).",
+    "track.name": "Name of the track (same characters as member names, unique); its demotion "
+    "source is `track:<name>` (docs/tracking.md).",
+    "track.type": "interface (carrier and operstate of a link, with or without a vip), icmp "
+    "(echo to `target`), tcp (a connect to `target`:`port`) or script (`command` exits 0).",
+    "track.interface": "interface: the interface watched (it need not carry a vip). icmp, "
+    "tcp: optional, the device the probe is bound to.",
+    "track.reverse": "Invert the result: the track fails while the check succeeds (e.g. a "
+    "standby uplink that is up only when the main one is down).",
+    "track.target": "icmp, tcp: the IPv4 or IPv6 address probed (the upstream gateway, a "
+    "host beyond it).",
+    "track.port": "tcp: the port connected to (1-65535).",
+    "track.command": "script: the argv to run, the program as an absolute path; exit status "
+    "0 is success. No shell.",
+    "track.user": "script: the user it runs as; `root` is allowed with a warning in the log.",
+    "track.interval": "Seconds between checks (0.1-3600).",
+    "track.timeout": "Seconds (0.05-300) a probe or script may take; longer is a failure "
+    "(a script is killed).",
+    "track.rise": "Successes in a row (1-100) that make a failed track good.",
+    "track.fall": "Failures in a row (1-100) that make a good track fail.",
+    "track.weight": "Demotion (0-255) the member gets while this track fails; the failing "
+    "tracks' weights add up with the other demotion sources. 0 = watch only.",
+    "track.flap_limit": "State changes (2-60) the track may make within a minute; a track "
+    "that would change more stays failed until its last minute has fewer changes, so a "
+    "flapping target cannot move the vips more often.",
+    "hooks.directory": "Directory of role hooks: executables run, in lexical order, on "
+    "every role change of the failover group (docs/tracking.md, \"Role hooks\"). A missing "
+    "directory means no hooks.",
+    "hooks.timeout": "Seconds (1-3600) a hook may run before it is killed.",
 }
 
 
@@ -421,11 +504,52 @@ def check_abs_path(path: str, key: str, value: str) -> None:
         raise ConfigError(path, key, f"{_show(value)} must be an absolute path")
 
 
+def check_track(path: str, key: str, t: dict, given: dict) -> Track:
+    """One [[track]] table: its kind, the keys that kind uses, their ranges."""
+    check_name(path, f"{key}.name", t["name"])
+    kind = t["type"]
+    if kind not in TRACK_TYPES:
+        raise ConfigError(path, f"{key}.type", f"{_show(kind)} is not one of {', '.join(TRACK_TYPES)}")
+    for k in given:
+        if k not in TRACK_COMMON and k not in TRACK_TYPES[kind]:
+            raise ConfigError(path, f"{key}.{_key(k)}", f"not used by a track of type {kind}")
+    if t["interface"] or kind == "interface":
+        check_ifname(path, f"{key}.interface", t["interface"])
+    if kind in ("icmp", "tcp"):
+        try:
+            ip = ipaddress.ip_address(t["target"])
+        except ValueError:
+            raise ConfigError(path, f"{key}.target", f"{_show(t['target'])} is not an IP address") from None
+        if ip.is_multicast or ip.is_unspecified:
+            raise ConfigError(path, f"{key}.target", f"{ip} is not a unicast address")
+    if kind == "tcp":
+        _in_range(path, f"{key}.port", t["port"], 1, 65535)
+    command = tuple(t["command"])
+    if kind == "script":
+        if not command:
+            raise ConfigError(path, f"{key}.command", "must name the program to run")
+        for j, arg in enumerate(command):
+            if not isinstance(arg, str) or "\0" in arg:
+                raise ConfigError(path, f"{key}.command[{j}]", f"must be a string, got {_show(arg)}")
+        check_abs_path(path, f"{key}.command[0]", command[0])
+        if not USER_RE.match(t["user"]):
+            raise ConfigError(path, f"{key}.user", f"{_show(t['user'])} is not a user name")
+    for k, lo, hi in (("interval", 0.1, 3600), ("timeout", 0.05, 300)):
+        _in_range(path, f"{key}.{k}", t[k], lo, hi)
+    for k, lo, hi in (("rise", 1, 100), ("fall", 1, 100), ("weight", 0, 255), ("flap_limit", 2, 60)):
+        _in_range(path, f"{key}.{k}", t[k], lo, hi)
+    return Track(t["name"], kind, t["interface"], t["reverse"], t["target"], t["port"], command,
+                 t["user"], float(t["interval"]), float(t["timeout"]), t["rise"], t["fall"],
+                 t["weight"], t["flap_limit"])
+
+
 def _type_name(t) -> str:
+    if t == (int, float):
+        return "number"
     if isinstance(t, tuple):
         return " or ".join(x.__name__ for x in t)
     return {"str": "string", "int": "integer", "bool": "boolean",
-            "list": "list"}.get(t.__name__, t.__name__)
+            "list": "list", "float": "number"}.get(t.__name__, t.__name__)
 
 
 def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
@@ -443,7 +567,7 @@ def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
             continue
         value = table[key]
         # bool is an int subclass in Python; do not accept true as a number.
-        if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
+        if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
             name = _type_name(typ)
             article = "an" if name[0] in "aeiou" else "a"
             raise ConfigError(path, f"{prefix}.{key}", f"must be {article} {name}, got {_show(value)}")
@@ -474,7 +598,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
             if top in _OPTIONAL_ARRAYS and top not in data:
                 tables[top] = []
                 continue
-            if not isinstance(items, list) or not items:
+            if not isinstance(items, list) or (not items and top not in _OPTIONAL_ARRAYS):
                 raise ConfigError(path, top, f"must be one or more [[{top}]] tables")
             tables[top] = [_check_table(path, f"{top}[{i}]", t, schema)
                            for i, t in enumerate(items)]
@@ -570,6 +694,18 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     if met["textfile_dir"]:
         check_abs_path(path, "metrics.textfile_dir", met["textfile_dir"])
 
+    tracks = tuple(check_track(path, f"track[{i}]", t, data["track"][i])
+                   for i, t in enumerate(tables["track"]))
+    seen_tracks: dict[str, int] = {}
+    for i, t in enumerate(tracks):
+        if t.name in seen_tracks:
+            raise ConfigError(path, f"track[{i}].name",
+                              f"duplicate track name {t.name!r} (also track[{seen_tracks[t.name]}])")
+        seen_tracks[t.name] = i
+    hooks = tables["hooks"]
+    check_abs_path(path, "hooks.directory", hooks["directory"])
+    _in_range(path, "hooks.timeout", hooks["timeout"], 1, 3600)
+
     fw = tables["firewall"]
     if fw["template"] and not posixpath.isabs(fw["template"]):
         # Relative to cluster.toml, so one file works wherever a member keeps it.
@@ -582,7 +718,8 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
         state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"], s["digest_interval"]),
         carp=Carp(**carp), members=tuple(members), vips=tuple(vips),
         firewall=Firewall(**tables["firewall"]), balance=Balance(**b),
-        metrics=Metrics(**met), raw=data, dhcp=dhcp, dhcp_ha=dhcp_ha,
+        metrics=Metrics(**met), tracks=tracks, hooks=Hooks(**hooks), raw=data, dhcp=dhcp,
+        dhcp_ha=dhcp_ha,
     )
     if node is not None:
         if node not in seen_names:

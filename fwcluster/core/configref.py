@@ -5,7 +5,7 @@ when the committed file and the model disagree, so the reference cannot rot.
 """
 from __future__ import annotations
 
-from fwcluster.core.config import _ARRAYS, _OPTIONAL_ARRAYS, _SCHEMA, KEY_DOCS, REQUIRED, _type_name
+from fwcluster.core.config import _ARRAYS, _OPTIONAL_ARRAYS, _SCHEMA, TRACK_COMMON, TRACK_TYPES, KEY_DOCS, REQUIRED, _type_name
 
 HEADER = """# Configuration reference
 
@@ -34,10 +34,9 @@ def render() -> str:
     for table, keys in _SCHEMA.items():
         title = f"[[{table}]]" if table in _ARRAYS else f"[{table}]"
         out.append(f"\n## `{title}`\n")
-        if table in _OPTIONAL_ARRAYS:
-            out.append(f"Zero or more tables; each `[[{table}]]` adds one {table}.\n")
-        elif table in _ARRAYS:
-            out.append(f"One or more tables; each `[[{table}]]` adds one {table}.\n")
+        if table in _ARRAYS:
+            many = "Any number of" if table in _OPTIONAL_ARRAYS else "One or more"
+            out.append(f"{many} tables; each `[[{table}]]` adds one {table}.\n")
         out.append("| key | type | default | meaning |\n|---|---|---|---|")
         for key, (typ, default) in keys.items():
             out.append(f"| `{key}` | {_type_name(typ)} | {_default(default)} | "
@@ -50,6 +49,10 @@ def render() -> str:
   advbase + advskew/256 seconds and must not be zero).
 - `vip.address` and `member.sync_address` must be valid addresses; vips need a
   prefix length.
+- `track.name` unique; each track `type` takes the common keys
+  ({common}) and only its own:
+{kinds}
+  (docs/tracking.md).
 - `--node` must name a `[[member]]`.
 - `cluster.secret_file` must exist, be a regular file, not be world-readable,
   and have a non-empty first line.
@@ -58,7 +61,10 @@ def render() -> str:
   reservations inside a pool; `fwctl config check` also runs Kea's own
   `kea-dhcp4 -t` on the rendered configuration where Kea is installed.
 """)
-    return "\n".join(out)
+    common = ", ".join(f"`{k}`" for k in sorted(TRACK_COMMON))
+    kinds = "\n".join(f"  - `{kind}`: " + ", ".join(f"`{k}`" for k in sorted(keys))
+                      for kind, keys in TRACK_TYPES.items())
+    return "\n".join(out).replace("{common}", common).replace("{kinds}", kinds)
 
 
 if __name__ == "__main__":

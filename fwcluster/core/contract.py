@@ -17,6 +17,7 @@ SYNCD = "syncd"
 SYNC_SOURCE = "syncd"            # set by syncd through set-demotion
 MAINTENANCE_SOURCE = "maintenance"  # fwctl maintenance on|off
 LINK_SOURCE_PREFIX = "link:"     # link:<ifname>, while a vip interface has no carrier
+TRACK_SOURCE_PREFIX = "track:"   # track:<name>, while a [[track]] fails (its weight)
 
 # The demotion syncd asks for while not in sync, and the one carpd holds by
 # itself from start until syncd first speaks (within [carp] sync_hold).
@@ -105,6 +106,7 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
 | demotion while not in sync | {SYNC_HOLD_DEMOTE} |
 | maintenance demotion source | `{MAINTENANCE_SOURCE}` (value: `[carp] maintenance_demote`) |
 | link demotion sources | `{LINK_SOURCE_PREFIX}<ifname>` (value: `[carp] link_demote`) |
+| track demotion sources | `{TRACK_SOURCE_PREFIX}<name>` (value: the track's `weight`, docs/tracking.md) |
 
 * syncd sends `{{"cmd": "{SET_DEMOTION}", "source": "{SYNC_SOURCE}", "value": N}}` to carpd:
   N = {SYNC_HOLD_DEMOTE} until its bulk resync from every live peer is done, then 0

@@ -133,6 +133,32 @@ CONFIG_CASES: list[tuple[str, object, str]] = [
     ("balance mode", ("[firewall]", '[balance]\nmode = "both"\n\n[firewall]'), "balance.mode"),
     ("balance buckets 0", ("[firewall]", '[balance]\nmode = "active-active"\n\n[firewall]'),
      "balance.buckets"),
+    ("track type", ("[firewall]", '[[track]]\nname = "gw"\ntype = "ping"\n\n[firewall]'), "track[0].type"),
+    ("track key of another type", ("[firewall]", '[[track]]\nname = "gw"\ntype = "icmp"\n'
+     'target = "198.51.100.100"\nport = 7\n\n[firewall]'), "track[0].port"),
+    ("track icmp no target", ("[firewall]", '[[track]]\nname = "gw"\ntype = "icmp"\n\n[firewall]'),
+     "track[0].target"),
+    ("track target multicast", ("[firewall]", '[[track]]\nname = "gw"\ntype = "icmp"\n'
+     'target = "224.0.0.1"\n\n[firewall]'), "track[0].target"),
+    ("track tcp no port", ("[firewall]", '[[track]]\nname = "gw"\ntype = "tcp"\n'
+     'target = "198.51.100.100"\n\n[firewall]'), "track[0].port"),
+    ("track interface missing", ("[firewall]", '[[track]]\nname = "up"\ntype = "interface"\n\n[firewall]'),
+     "track[0].interface"),
+    ("track script relative", ("[firewall]", '[[track]]\nname = "s"\ntype = "script"\n'
+     'command = ["check"]\n\n[firewall]'), "track[0].command[0]"),
+    ("track script no command", ("[firewall]", '[[track]]\nname = "s"\ntype = "script"\n\n[firewall]'),
+     "track[0].command"),
+    ("track script bad user", ("[firewall]", '[[track]]\nname = "s"\ntype = "script"\n'
+     'command = ["/bin/true"]\nuser = "no body"\n\n[firewall]'), "track[0].user"),
+    ("track interval 0", ("[firewall]", '[[track]]\nname = "up"\ntype = "interface"\n'
+     'interface = "wan1"\ninterval = 0\n\n[firewall]'), "track[0].interval"),
+    ("track flap_limit 1", ("[firewall]", '[[track]]\nname = "up"\ntype = "interface"\n'
+     'interface = "wan1"\nflap_limit = 1\n\n[firewall]'), "track[0].flap_limit"),
+    ("track duplicate name", ("[firewall]", '[[track]]\nname = "up"\ntype = "interface"\n'
+     'interface = "wan1"\n[[track]]\nname = "up"\ntype = "interface"\ninterface = "wan2"\n\n[firewall]'),
+     "track[1].name"),
+    ("hooks directory relative", ("[firewall]", '[hooks]\ndirectory = "hooks"\n\n[firewall]'),
+     "hooks.directory"),
 ]
 for _name, _bad in [("empty", ""), ("16 bytes", "a" * 16), ("slash", "lan/0"), ("space", "lan 0"),
                     ("tab", "lan\\t0"), ("NUL", "lan\\u00000"), ("dot", "."), ("dotdot", ".."),
@@ -147,7 +173,13 @@ for _name, _bad in [("empty", ""), ("16 bytes", "a" * 16), ("slash", "lan/0"), (
 for _table, _keys in config._SCHEMA.items():
     for _key, (_typ, _default) in _keys.items():
         _wrong = '"x"' if _typ is not str else "[1]"
-        if _table in config._OPTIONAL_ARRAYS:  # not in the example: a whole table of its own
+        if _table == "track":
+            _t = '[[track]]\nname = "gw"\ntype = "tcp"\ntarget = "198.51.100.100"\nport = 53\n'
+            _t = "\n".join(x for x in _t.splitlines() if not x.startswith(_key + " "))
+            CONFIG_CASES.append((f"track.{_key} wrong type",
+                                 ("[firewall]", f"{_t}\n{_key} = {_wrong}\n\n[firewall]"),
+                                 f"track[0].{_key}"))
+        elif _table == "dhcp":  # not in the example: a whole table of its own
             _fields = {"interface": '"lan0"', "pools": '["192.0.2.100-192.0.2.199"]', _key: _wrong}
             _body = "\n".join(f"{k} = {v}" for k, v in _fields.items())
             CONFIG_CASES.append((f"{_table}.{_key} wrong type",
