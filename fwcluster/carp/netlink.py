@@ -17,6 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
 from fwcluster.carp.core.addrmsg import AddrChange, encode_batch, parse_acks
@@ -40,6 +41,7 @@ class LinkState:
     carrier: bool  # administratively up and lower layer up
     mac: str | None
     gone: bool = False
+    operstate: str | None = None  # RFC 2863 operational state, lower case ("up", "down", ...)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def _link_state(msg, gone=False) -> LinkState:
     flags = msg.get("flags") or 0
     return LinkState(ifname=msg.get("ifname"), index=msg.get("index"),
                      carrier=not gone and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP),
-                     mac=msg.get("address"), gone=gone)
+                     mac=msg.get("address"), gone=gone,
+                     operstate=(msg.get("IFLA_OPERSTATE") or "").lower() or None)
 
 
 def _addr_flags(msg) -> int:
@@ -91,6 +94,16 @@ class Links:
 
     async def links(self) -> dict[str, LinkState]:
         return {m.get("ifname"): _link_state(m) async for m in await self._ipr.link("dump")}
+
+    async def link(self, ifname: str) -> LinkState | None:
+        """One interface's state by name; None when there is no such interface."""
+        try:
+            msgs = list(await self._ipr.link("get", ifname=ifname))
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+        return _link_state(msgs[0]) if msgs else None
 
     async def addresses(self, index: int) -> list[Address]:
         out = []

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from fwcluster import configfile, ctlsock
 from fwcluster import metrics as prom
-from fwcluster.carp import active_active, announce, bootid, metrics, netlink, timers
-from fwcluster.carp.core import machine, wire
+from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, timers, tracking
+from fwcluster.carp.core import hookevent, machine, tracks, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
@@ -95,6 +95,12 @@ class Carpd:
         self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
+        # [[track]]: each starts failed (demoting by its weight) until it rises.
+        self.tracker = tracking.Tracker(cfg.tracks, self._track_changed, self.links)
+        for source, value in self.tracker.demotions().items():
+            self.demotion.set(source, value)
+        self.hooks = hooks.HookRunner(lambda: self.cfg.hooks)
+        self.group_role = hookevent.INIT  # what role hooks were last told
         self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
                                  self._role_snapshot)
         self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
@@ -129,7 +135,9 @@ class Carpd:
         try:
             await self._start(loop)
             await self.stopping.wait()
+            self.tracker.stop()
             await self._shutdown()
+            await self.hooks.drain(self.cfg.hooks.timeout)
             self._write_textfile()  # leave the final (released) state behind
         finally:
             for t in self._tasks:
@@ -152,6 +160,7 @@ class Carpd:
 
     async def _start(self, loop) -> None:
         self._spawn(self._worker())
+        self._spawn(self.hooks.run())
         if self.balancing is not None:
             self.balancing.start()
         links = await self.links.links()
@@ -166,6 +175,7 @@ class Carpd:
             self._sync_hold = loop.call_later(self.cfg.carp.sync_hold, self._sync_hold_over)
         self._spawn(self._watch())
         self._spawn(self._retry_sockets())
+        self.tracker.start()
         log.info("carpd %s (cluster %s) started: vhids %s, advskew %d, demotion %d %s",
                  self.node, self.cfg.name, ",".join(str(v) for v in self.vips),
                  self.member.advskew, self.demotion.total, self.demotion.sources or "")
@@ -376,6 +386,18 @@ class Carpd:
                  change.old.value, change.new.value, change.reason)
         self._publish_role(run)
         self._metrics_kick.set()
+        self._group_role_changed(change.reason)
+
+    def _group_role_changed(self, reason: str) -> None:
+        """Role hooks run when the group's role changes (core.hookevent)."""
+        role = hookevent.group_role(r.machine.state.value for r in self.vips.values())
+        if role != self.group_role:
+            self.hooks.transition(hookevent.event(self.cfg.name, self.vips, self.group_role, role,
+                                                  reason, self.node, time.time()))
+            self.group_role = role
+
+    def _track_changed(self, name: str, demotion: int) -> None:
+        self._set_demotion(tracks.source(name), demotion)
 
     def _publish_role(self, run: VipRun) -> None:
         run.told_master = heard_master(run.machine)
@@ -511,6 +533,7 @@ class Carpd:
             return {"ok": False, "error": both}
         plan = both.carpd
         self._apply_reload(new, secret, plan)
+        self.tracker.reconfigure(new.tracks)
         await self._resync()  # new vips and interfaces learn their links and addresses
         log.info("reloaded %s: vips added %s, removed %s, kept %s%s%s", new.path,
                  list(plan.added) or "none", list(plan.removed) or "none", list(plan.kept) or "none",
@@ -604,7 +627,10 @@ class Carpd:
                "demotion_sources": dict(self.demotion.sources),
                "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt,
                # every member must agree on both (they do not interoperate)
-               "mode": self.cfg.carp.mode, "balance": self.cfg.balance.mode, "vips": vips}
+               "mode": self.cfg.carp.mode, "balance": self.cfg.balance.mode, "vips": vips,
+               "tracks": self.tracker.status(), "group_role": self.group_role,
+               "hooks": {"runs": self.hooks.runs, "failures": self.hooks.failures,
+                         "dropped": self.hooks.dropped}}
         if self.balancing is not None:
             out["buckets"] = self.balancing.status()
         return out

@@ -43,7 +43,8 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
         return await d.handle_request({"cmd": "status"})
     st = run(go())
     assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
-                       "preempt", "mode", "balance", "vips"}
+                       "preempt", "mode", "balance", "vips", "tracks", "group_role", "hooks"}
+    assert st["tracks"] == [] and st["group_role"] == "INIT"
     assert st["ok"] is True and st["node"] == "fw1" and st["cluster"] == "edge"
     assert st["demotion"] == 0 and st["demotion_sources"] == {} and st["preempt"] is True
     assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]
@@ -55,6 +56,19 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
     assert set(v["counters"]) == {"adverts_sent", "adverts_received", "drops"}
     assert set(v["counters"]["drops"]) == set(wire.DROP_REASONS)
     json.dumps(st)  # serialisable as is
+
+
+def test_a_track_demotes_by_its_weight_until_it_rises(tmp_path):
+    d = Carpd(make_cfg(tmp_path, '\n[[track]]\nname = "gw"\ntype = "script"\n'
+                                 'command = ["/bin/true"]\nweight = 50\nrise = 1\n'), "fw1", b"s3cret")
+    assert d.demotion.sources == {"track:gw": 50}
+    [t] = d.status()["tracks"]
+    assert t["name"] == "gw" and t["state"] == "failed" and t["weight"] == 50 and t["last_ok"] is None
+
+    async def go():
+        d.tracker._result(d.tracker.specs["gw"], True, "exit 0")
+    run(go())
+    assert d.demotion.sources == {} and d.status()["tracks"][0]["state"] == "ok"
 
 
 def test_maintenance_demotes_and_persists_across_restart(tmp_path):

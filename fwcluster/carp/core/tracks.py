@@ -45,6 +45,19 @@ class TrackState:
         return self.failed and not self.counted_failed
 
 
+# Operational states of a working link: "unknown" is what drivers without
+# operstate support (dummy, some tunnels) report while up.
+WORKING_OPERSTATES = ("up", "unknown")
+
+
+def interface_ok(exists: bool, carrier: bool, operstate: str | None) -> bool:
+    """An interface track's check: the link exists, is administratively up
+    with carrier, and its operational state says it works (a link can have
+    carrier and still be "dormant" or "lowerlayerdown", e.g. 802.1X or a
+    VLAN on a dead parent)."""
+    return exists and carrier and (operstate or "unknown") in WORKING_OPERSTATES
+
+
 def counted(failed: bool, streak: int, ok: bool, rise: int, fall: int) -> tuple[bool, int]:
     """Rise/fall: `rise` successes in a row make a failed track good, `fall`
     failures in a row make a good one fail. Returns (failed, streak)."""
