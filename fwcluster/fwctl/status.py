@@ -1,4 +1,5 @@
-"""fwctl status: each vip's CARP role, master, timing, demotion and counters.
+"""fwctl status: each vip's CARP role, master, timing, demotion and counters,
+and each track's state.
 
 --json prints carpd's status object (without "ok"), plus "sync" when syncd
 answers. Exit 3 when carpd is not reachable.
@@ -60,6 +61,8 @@ def human(d: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    if d.get("tracks"):
+        tracks(d["tracks"])
     if "buckets" in d:
         buckets(d["buckets"], d.get("vips", []))
     if "sync" in d:
@@ -76,6 +79,21 @@ def human(d: dict) -> None:
             print(f"config: generation {conf.get('generation')} {state}{behind}")
     if "dhcp" in d:
         print(dhcp_line(d["dhcp"]))
+
+
+def tracks(rows: list) -> None:
+    """Each [[track]]: its state, the weight it demotes by while failed, and
+    its last check (docs/tracking.md)."""
+    table = [("TRACK", "CHECK", "STATE", "WEIGHT", "LAST", "AGO", "CHANGES/MIN")]
+    for t in rows:
+        last = "-" if t.get("last_ok") is None else ("ok" if t["last_ok"] else "fail")
+        detail = f"{last}: {t['last_detail']}" if t.get("last_detail") else last
+        age = "-" if t.get("last_age") is None else f"{t['last_age']:.1f}s"
+        table.append((str(t.get("name")), str(t.get("check")), str(t.get("state")),
+                      str(t.get("weight")), detail, age, str(t.get("changes_last_minute", 0))))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
 def waiting(s: dict) -> None:

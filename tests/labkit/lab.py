@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DEFAULT_SKEWS = (0, 100, 150, 200)
 CONFIG_KEYS = {"advbase", "advskews", "vips", "carp", "balance", "metrics", "sync", "name",
-               "firewall", "dhcp", "dhcp_ha"}
+               "firewall", "dhcp", "dhcp_ha", "tracks", "hooks"}
 
 __all__ = ["Lab", "LabError", "PY", "REPO"]
 
@@ -253,8 +253,9 @@ class Lab(reaper.TornDown):
     def write_config(self, **overrides) -> Path:
         """(Re)write cluster.toml. Overrides add to those given before (to the
         constructor or an earlier call): write_config(carp={...}) keeps an
-        advbase=0 given at construction. Keys: advbase, advskews, vips, carp,
-        balance, metrics, sync, firewall, dhcp (list of [[dhcp]] tables), dhcp_ha, name. The running rulesets stay as
+        advbase=0 given at construction. Keys: advbase, advskews, vips, carp, tracks, hooks,
+        balance, metrics, sync, firewall, dhcp (list of [[dhcp]] tables), dhcp_ha, name. The
+        running rulesets stay as
         they are until apply_rules(), as on an appliance."""
         unknown = set(overrides) - CONFIG_KEYS
         if unknown:
@@ -268,6 +269,7 @@ class Lab(reaper.TornDown):
                       balance: dict | None = None, metrics: dict | None = None,
                       sync: dict | None = None, firewall: dict | None = None,
                       dhcp: list[dict] | None = None, dhcp_ha: dict | None = None,
+                      tracks: list[dict] | None = None, hooks: dict | None = None,
                       name: str = "lab") -> Path:
         """advbase applies to every default vip; advskews maps member ->
         advskew (default 0,100,150,200; with advbase 0 10,20,30,40 since a
@@ -296,6 +298,10 @@ class Lab(reaper.TornDown):
         if metrics:
             text += _toml_table("[metrics]", metrics)
         text += _toml_table("[firewall]", {"template": str(self.template_path), **(firewall or {})})
+        if hooks:
+            text += _toml_table("[hooks]", hooks)
+        for t in tracks or ():
+            text += _toml_table("[[track]]", t)
         for k, m in enumerate(self.members, start=1):
             text += _toml_table("[[member]]", {"name": m, "sync_address": member_addr4(k, "sync"),
                                                "advskew": skews[m]})
