@@ -75,10 +75,51 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
                                  "1 when adverts are hardened ([carp] mode), 0 when compatible",
                                  value=int(status.get("mode") == "hardened"))
     out = [info, state, master, trans, sent, recv, drops, interval, demotion, by_source,
-           maint, preempt, hardened]
+           maint, preempt, hardened, *track_families(status.get("tracks") or []),
+           *hook_families(status.get("hooks") or {})]
     if status.get("buckets"):
         out += bucket_families(status["buckets"])
     return out
+
+
+def track_families(tracks: list[dict]) -> list[Metric]:
+    """[[track]]: each track's state, weight and last check (docs/tracking.md)."""
+    label = ("track", "type")
+    failed = GaugeMetricFamily("fwcluster_carp_track_failed",
+                               "1 while the track counts as failed (and demotes by its weight)",
+                               labels=label)
+    held = GaugeMetricFamily("fwcluster_carp_track_held",
+                             "1 while the track is held failed by its flap_limit", labels=label)
+    weight = GaugeMetricFamily("fwcluster_carp_track_weight",
+                               "Demotion the track adds while failed", labels=label)
+    last = GaugeMetricFamily("fwcluster_carp_track_last_ok",
+                             "1 when the track's last check succeeded (after reverse)", labels=label)
+    age = GaugeMetricFamily("fwcluster_carp_track_last_check_age_seconds",
+                            "Seconds since the track's last check", labels=label)
+    changes = GaugeMetricFamily("fwcluster_carp_track_changes_last_minute",
+                                "Times the track changed state in the last 60 s", labels=label)
+    for t in tracks:
+        who = [str(t["name"]), str(t["type"])]
+        failed.add_metric(who, int(bool(t["failed"])))
+        held.add_metric(who, int(t["state"] == "held"))
+        weight.add_metric(who, t["weight"])
+        last.add_metric(who, int(bool(t["last_ok"])))
+        if t.get("last_age") is not None:
+            age.add_metric(who, t["last_age"])
+        changes.add_metric(who, t["changes_last_minute"])
+    return [failed, held, weight, last, age, changes]
+
+
+def hook_families(h: dict) -> list[Metric]:
+    """Role hooks run, failed (non-zero exit, killed, not runnable), dropped."""
+    return [CounterMetricFamily("fwcluster_carp_hook_runs_total", "Role hooks started",
+                                value=h.get("runs", 0)),
+            CounterMetricFamily("fwcluster_carp_hook_failures_total",
+                                "Role hooks that exited non-zero, were killed or could not run",
+                                value=h.get("failures", 0)),
+            CounterMetricFamily("fwcluster_carp_hook_events_dropped_total",
+                                "Role changes whose hooks never ran: the queue was full",
+                                value=h.get("dropped", 0))]
 
 
 def bucket_families(b: dict) -> list[Metric]:

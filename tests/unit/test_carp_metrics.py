@@ -190,3 +190,23 @@ def test_bucket_families_in_active_active():
     assert samples(render(metrics.families(st)))[key("fwcluster_carp_buckets_applied")] == 0
     assert not any(name.startswith("fwcluster_carp_bucket") for name, _ in
                    samples(render(metrics.families(STATUS))))
+
+
+def test_track_and_hook_families():
+    st = dict(STATUS, tracks=[
+        {"name": "gw", "type": "icmp", "state": "held", "failed": True, "weight": 50,
+         "last_ok": True, "last_age": 0.4, "changes_last_minute": 4},
+        {"name": "up", "type": "interface", "state": "ok", "failed": False, "weight": 240,
+         "last_ok": None, "last_age": None, "changes_last_minute": 0}],
+        hooks={"runs": 3, "failures": 1, "dropped": 0})
+    got = samples(render(metrics.families(st)))
+    assert got[key("fwcluster_carp_track_failed", track="gw", type="icmp")] == 1
+    assert got[key("fwcluster_carp_track_held", track="gw", type="icmp")] == 1
+    assert got[key("fwcluster_carp_track_weight", track="gw", type="icmp")] == 50
+    assert got[key("fwcluster_carp_track_last_check_age_seconds", track="gw", type="icmp")] == 0.4
+    assert got[key("fwcluster_carp_track_changes_last_minute", track="gw", type="icmp")] == 4
+    assert got[key("fwcluster_carp_track_failed", track="up", type="interface")] == 0
+    assert got[key("fwcluster_carp_track_last_ok", track="up", type="interface")] == 0
+    assert key("fwcluster_carp_track_last_check_age_seconds", track="up", type="interface") not in got
+    assert got[key("fwcluster_carp_hook_runs_total")] == 3
+    assert got[key("fwcluster_carp_hook_failures_total")] == 1

@@ -225,3 +225,15 @@ def test_garbled_reply_counts_as_not_answering(tmp_path):
     with Daemons(tmp_path, syncd=False, replies={"status": ["not", "an", "object"]}):
         r = fwctl(tmp_path, "status")
     assert r.returncode == 3 and "carpd: unexpected reply" in one_error_line(r)
+
+
+def test_status_human_shows_each_track(capsys):
+    from fwcluster.fwctl import status
+    status.human({"node": "fw1", "vips": [], "tracks": [
+        {"name": "gw", "check": "icmp 198.51.100.1", "state": "held", "weight": 50,
+         "last_ok": True, "last_detail": "reply in 0.3 ms", "last_age": 0.25,
+         "changes_last_minute": 4}]})
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("TRACK"))
+    assert out[head + 1].split()[:4] == ["gw", "icmp", "198.51.100.1", "held"]
+    assert "ok: reply in 0.3 ms" in out[head + 1] and out[head + 1].endswith("4")
