@@ -10,6 +10,12 @@ ucarp does.
 
 A scenario is drawn from one seed; everything else follows from it, so a
 failing seed replays exactly.
+
+Flap scenarios (run_flap_scenario) give every member a [[track]] whose
+target answers and stops by turns at random rates, fed through the tracks
+core (rise/fall, the flap bound) into the member's demotion as carpd does:
+no minute may hold more claims of a vip than the tracks' flap limits allow,
+and once the target steadies the rules' choice holds the vips.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import random
 from dataclasses import dataclass, field
 
 from fwcluster.carp.core import machine as m
+from fwcluster.carp.core import tracks
+from fwcluster.core.config import Track
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.wire import Advert
 
@@ -69,7 +77,7 @@ class Member:
 
 
 class Sim:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, ucarp: bool = True):
         self.seed = seed
         self.rng = random.Random(seed)
         r = self.rng
@@ -81,7 +89,8 @@ class Sim:
         # ucarp knows no demotion, so its members must not outrank a demoted
         # carpd member by skew (see docs/carp.md, "Mixing with ucarp").
         self.members = [Member(f"m{i}", i + 1, skews[i], self.preempt,
-                               ucarp=self.preempt and r.random() < 0.25, advbase=self.advbase)
+                               ucarp=ucarp and self.preempt and r.random() < 0.25,
+                               advbase=self.advbase)
                         for i in range(n)]
         self.now = 0.0
         self.queue: list = []
@@ -91,6 +100,7 @@ class Sim:
         self.trace: list[str] = []
         self.transitions = 0  # role changes seen (all members, all vhids)
         self.left_behind: list[str] = []  # vips a demotion claim did not take along
+        self.claims: list[float] = []  # times any member claimed the first vhid
         for x in self.members:
             self.carry_out(x, x.boot(0.0))
 
@@ -125,6 +135,8 @@ class Sim:
                 self.send(x, a)
             elif isinstance(a, m.RoleChanged):
                 self.transitions += 1
+                if a.new == m.State.MASTER and a.vhid == VHIDS[0]:
+                    self.claims.append(self.now)
                 self.trace.append(f"{self.now:9.4f} {x.name} vhid {a.vhid}: "
                                   f"{a.old.value}->{a.new.value} ({a.reason})")
 
@@ -310,3 +322,106 @@ def check(s: Sim, step: int, what: str, masters_before: dict, changes_before: in
                 if old.key()[0] <= got.key()[0]:
                     fail(f"vhid {v}: preempt is off, yet {got.name} took the vip from "
                          f"working master {old.name} (demote {old.key()[0]} vs {got.key()[0]})")
+
+
+# --- flapping tracks ------------------------------------------------------------
+FLAP_RUN = 150.0  # seconds of flapping: more than two flap windows
+
+
+@dataclass
+class Flapper:
+    """A member's track and the target it probes, which answers for a while
+    and stops for a while, by turns."""
+    member: Member
+    track: Track
+    mean_spell: float  # mean seconds the target answers (or not) in one go
+    state: tracks.TrackState = field(default_factory=tracks.TrackState)
+    answering: bool = True
+    next_toggle: float = 0.0
+    next_probe: float = 0.0
+
+
+def _flappers(s: Sim) -> list[Flapper]:
+    r = s.rng
+    out = []
+    for x in s.members:
+        t = Track("gw", "icmp", target="198.51.100.1", interval=r.choice((0.2, 0.5, 1.0)),
+                  rise=r.randint(1, 3), fall=r.randint(1, 3), weight=r.choice((50, 240)),
+                  flap_limit=r.randint(2, 6))
+        f = Flapper(x, t, mean_spell=r.choice((0.3, 1.0, 3.0, 10.0)),
+                    next_probe=r.uniform(0, t.interval))
+        f.next_toggle = r.expovariate(1 / f.mean_spell)
+        s.set_demotion(x, tracks.source(t.name), tracks.demotion(t, f.state))  # starts failed
+        out.append(f)
+    return out
+
+
+def _probe(s: Sim, f: Flapper, steady: bool) -> None:
+    """One check of f's track at s.now (a lost echo now and then while flapping)."""
+    r = s.rng
+    while not steady and f.next_toggle <= s.now:
+        f.answering = not f.answering
+        f.next_toggle += r.expovariate(1 / f.mean_spell)
+    ok = steady or (f.answering and r.random() > 0.05)
+    before = tracks.demotion(f.track, f.state)
+    f.state = tracks.observe(f.track, f.state, ok, s.now)
+    after = tracks.demotion(f.track, f.state)
+    if after != before:
+        s.trace.append(f"{s.now:9.4f} {f.member.name} track {'failed' if after else 'good'}")
+        s.set_demotion(f.member, tracks.source(f.track.name), after)
+    f.next_probe = s.now + f.track.interval
+
+
+def _probe_until(s: Sim, flappers: list[Flapper], end: float, steady: bool) -> None:
+    while True:
+        f = min(flappers, key=lambda g: g.next_probe)
+        if f.next_probe > end:
+            break
+        s.run_until(f.next_probe)
+        _probe(s, f, steady)
+    s.run_until(end)
+
+
+def claim_bound(s: Sim, flappers: list[Flapper]) -> int:
+    """Claims of a vip any FLAP_WINDOW may hold: each member may claim once
+    at boot, and each change of a track (at most flap_limit a window) may
+    make every other member claim once (all backups claim when a master
+    demotes, as in OpenBSD)."""
+    n = len(s.members)
+    return n + (n - 1) * sum(f.track.flap_limit for f in flappers)
+
+
+def worst_window(times: list[float]) -> int:
+    """The most of `times` any FLAP_WINDOW-long window holds."""
+    return max((sum(1 for u in times if t - tracks.FLAP_WINDOW < u <= t) for t in times), default=0)
+
+
+def run_flap_scenario(seed: int) -> Sim:
+    """Members whose tracks flap for FLAP_RUN seconds on a clean network,
+    then a steady target for a flap window and a settle time. Raises Violation."""
+    s = Sim(seed, ucarp=False)
+    flappers = _flappers(s)
+    _probe_until(s, flappers, FLAP_RUN, steady=False)
+    worst = worst_window(s.claims)
+    bound = claim_bound(s, flappers)
+    try:
+        if worst > bound:
+            raise Violation(f"{worst} claims of vhid {VHIDS[0]} within {tracks.FLAP_WINDOW:g} s "
+                            f"(the flap limits allow {bound})")
+        # Steady again: held tracks are let go within a window, then the
+        # rules' choice holds every vip.
+        _probe_until(s, flappers, s.now + tracks.FLAP_WINDOW + 4 * max(f.track.interval for f in flappers)
+                     + s.settle_time(), steady=True)
+        if any(f.state.failed for f in flappers):
+            raise Violation("a track stayed failed after its target steadied for a flap window")
+        for v in VHIDS:
+            masters = s.masters(v)
+            if len(masters) != 1:
+                raise Violation(f"vhid {v}: masters {[y.name for y in masters]} after the flapping")
+            want = s.expected(v)
+            if s.preempt and masters[0].key()[:2] != want.key()[:2]:
+                raise Violation(f"vhid {v}: master {masters[0].name}, the rules choose {want.name}")
+    except Violation as e:
+        e.trace = s.trace
+        raise
+    return s

@@ -2,6 +2,9 @@
 (advbase 0/1/2, random skews, preempt on/off, maintenance, link loss, sync
 hold, crashes and restarts, ucarp-like members, lossy/delayed/duplicating
 network), invariants checked after every quiet period (tests/unit/carp_sim.py).
+Flap scenarios (a twentieth as many): every member's [[track]] flaps at
+random rates; no minute holds more claims than the flap limits allow, and
+the vips settle where the rules say once the target steadies.
 
     SIM_SCENARIOS=200000 make soak             # many more
     CARP_SIM_SEED=1234 .venv/bin/python -m pytest -q tests/unit/test_carp_simulation.py
@@ -13,10 +16,11 @@ import os
 
 import pytest
 
-from tests.unit.carp_sim import Violation, run_scenario
+from tests.unit.carp_sim import Violation, run_flap_scenario, run_scenario
 
 SCENARIOS = int(os.environ.get("SIM_SCENARIOS", "10000"))
 REPLAY = os.environ.get("CARP_SIM_SEED")
+FLAP_SCENARIOS = max(1, SCENARIOS // 20)  # each runs 150 s of flapping
 
 
 def _replay_hint(seed: int) -> str:
@@ -77,3 +81,33 @@ def test_simulation_sees_a_demotion_claim_that_leaves_vips_behind():
         assert caught > 0
     finally:
         machine.VhidMachine._sibling_claimed = real
+
+
+def test_flapping_tracks_keep_the_invariants():
+    seeds = [int(REPLAY)] if REPLAY else range(FLAP_SCENARIOS)
+    for seed in seeds:
+        try:
+            s = run_flap_scenario(seed)
+        except Violation as e:
+            trace = "\n".join(e.trace[-60:]) if REPLAY else ""
+            pytest.fail(f"flap seed {seed}: {e}\n{_replay_hint(seed)}\n{trace}", pytrace=False)
+        if REPLAY:
+            print("\n".join(s.trace))
+
+
+def test_simulation_sees_tracks_that_flap_the_vips():
+    # Without the flap bound (a good track always recovers) a flapping
+    # target moves the vips more often than the flap limits allow.
+    from fwcluster.carp.core import tracks
+    real = tracks.may_recover
+    tracks.may_recover = lambda changes, now, flap_limit: True
+    try:
+        caught = 0
+        for seed in range(100):
+            try:
+                run_flap_scenario(seed)
+            except Violation as e:
+                caught += "the flap limits allow" in str(e)
+        assert caught > 0
+    finally:
+        tracks.may_recover = real
