@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from fwcluster.carp import hooks, tracking
 from fwcluster.carp.core import hookevent
@@ -114,3 +116,47 @@ def test_track_script_exit_status_timeout_and_user():
     t0 = time.monotonic()
     assert check("/bin/sleep", "30") == (False, "killed after 0.5 s")
     assert time.monotonic() - t0 < 2
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "overlays/cluster/usr/share/fwcluster/hooks"
+
+
+def _run_shipped(tmp_path, name, tool, env=None):
+    """A shipped example hook through the runner, its tool (logger,
+    systemctl) a stub on PATH that records its arguments."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    _exe(bin_ / tool, f'echo "$@" >> {tmp_path / "calls"}\n')
+    d = tmp_path / "role.d"
+    d.mkdir()
+    (d / name).write_bytes((SHIPPED / name).read_bytes())
+    (d / name).chmod(0o755)
+    old = dict(os.environ)
+    os.environ.update({"PATH": f"{bin_}:{os.environ['PATH']}", **(env or {})})
+    try:
+        async def go():
+            r = hooks.HookRunner(lambda: Hooks(str(d), 5))
+            task = asyncio.create_task(r.run())
+            r.transition(_event("BACKUP", "MASTER"))
+            r.transition(_event("MASTER", "BACKUP"))
+            await r.drain(10)
+            task.cancel()
+            return r
+        r = asyncio.run(go())
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert r.failures == 0
+    return (tmp_path / "calls").read_text().splitlines()
+
+
+def test_shipped_service_hook_starts_on_master_and_stops_otherwise(tmp_path):
+    calls = _run_shipped(tmp_path, "50-service-on-master", "systemctl", {"SERVICE": "pppd-wan.service"})
+    assert calls == ["start --no-block pppd-wan.service", "stop --no-block pppd-wan.service"]
+
+
+def test_shipped_log_hook_logs_each_change(tmp_path):
+    calls = _run_shipped(tmp_path, "10-log-role", "logger")
+    assert calls[0].startswith("-t fwcluster-role -p daemon.notice -- group edge: BACKUP -> MASTER "
+                               "(master down) {")
+    assert '"vhids": [1, 2]' in calls[0] and "MASTER -> BACKUP" in calls[1]
