@@ -2,6 +2,7 @@
 maintenance persistence, demotion sources, sync_hold, the subscribe stream,
 and the pure packet helpers of the I/O shell."""
 import asyncio
+import dataclasses
 import json
 import os
 import struct
@@ -69,6 +70,24 @@ def test_a_track_demotes_by_its_weight_until_it_rises(tmp_path):
         d.tracker._result(d.tracker.specs["gw"], True, "exit 0")
     run(go())
     assert d.demotion.sources == {} and d.status()["tracks"][0]["state"] == "ok"
+
+
+def test_a_reload_keeps_unchanged_tracks_and_drops_removed_ones(tmp_path):
+    from fwcluster.core.config import Track
+    gw = Track("gw", "script", command=("/bin/true",), weight=50, rise=1)
+    d = Carpd(dataclasses.replace(make_cfg(tmp_path), tracks=(gw,)), "fw1", b"s3cret")
+
+    async def go():
+        d.tracker._result(gw, True, "exit 0")  # good: no demotion
+        wan = Track("wan", "interface", interface="wan9", weight=30)
+        d.tracker.reconfigure((gw, wan))  # gw unchanged, wan new (starts failed)
+        kept = dict(d.demotion.sources), d.tracker.states["gw"].failed
+        d.tracker.reconfigure((wan,))  # gw removed
+        d.tracker.stop()
+        return kept
+    kept, gw_failed = run(go())
+    assert kept == {"track:wan": 30} and gw_failed is False
+    assert d.demotion.sources == {"track:wan": 30} and [t["name"] for t in d.status()["tracks"]] == ["wan"]
 
 
 def test_maintenance_demotes_and_persists_across_restart(tmp_path):

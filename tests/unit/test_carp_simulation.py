@@ -28,16 +28,32 @@ def _replay_hint(seed: int) -> str:
             "tests/unit/test_carp_simulation.py")
 
 
-def test_carp_scenarios_keep_the_invariants():
-    seeds = [int(REPLAY)] if REPLAY else range(SCENARIOS)
+def _run_seeds(run, count: int, kind: str = "") -> None:
+    """run(seed) for count seeds (or the one CARP_SIM_SEED names, with its trace)."""
+    seeds = [int(REPLAY)] if REPLAY else range(count)
     for seed in seeds:
         try:
-            s = run_scenario(seed)
+            s = run(seed)
         except Violation as e:
             trace = "\n".join(e.trace[-60:]) if REPLAY else ""
-            pytest.fail(f"seed {seed}: {e}\n{_replay_hint(seed)}\n{trace}", pytrace=False)
+            pytest.fail(f"{kind}seed {seed}: {e}\n{_replay_hint(seed)}\n{trace}", pytrace=False)
         if REPLAY:
             print("\n".join(s.trace))
+
+
+def test_carp_scenarios_keep_the_invariants():
+    _run_seeds(run_scenario, SCENARIOS)
+
+
+def _caught(run, seeds: int, says: str = "") -> int:
+    """How many of the first `seeds` scenarios raise a Violation that says `says`."""
+    caught = 0
+    for seed in range(seeds):
+        try:
+            run(seed)
+        except Violation as e:
+            caught += says in str(e)
+    return caught
 
 
 def test_simulation_is_deterministic():
@@ -53,13 +69,7 @@ def test_simulation_can_see_a_flap():
     machine.master_wait = lambda advbase, advskew, heard, gaps=(): \
         machine.master_down_interval(advbase, advskew)
     try:
-        caught = 0
-        for seed in range(300):
-            try:
-                run_scenario(seed)
-            except Violation:
-                caught += 1
-        assert caught > 0
+        assert _caught(run_scenario, 300) > 0
     finally:
         machine.master_wait = real
 
@@ -72,27 +82,13 @@ def test_simulation_sees_a_demotion_claim_that_leaves_vips_behind():
     real = machine.VhidMachine._sibling_claimed
     machine.VhidMachine._sibling_claimed = lambda self, event, now: []
     try:
-        caught = 0
-        for seed in range(300):
-            try:
-                run_scenario(seed)
-            except Violation as e:
-                caught += "left vips behind" in str(e)
-        assert caught > 0
+        assert _caught(run_scenario, 300, "left vips behind") > 0
     finally:
         machine.VhidMachine._sibling_claimed = real
 
 
 def test_flapping_tracks_keep_the_invariants():
-    seeds = [int(REPLAY)] if REPLAY else range(FLAP_SCENARIOS)
-    for seed in seeds:
-        try:
-            s = run_flap_scenario(seed)
-        except Violation as e:
-            trace = "\n".join(e.trace[-60:]) if REPLAY else ""
-            pytest.fail(f"flap seed {seed}: {e}\n{_replay_hint(seed)}\n{trace}", pytrace=False)
-        if REPLAY:
-            print("\n".join(s.trace))
+    _run_seeds(run_flap_scenario, FLAP_SCENARIOS, "flap ")
 
 
 def test_simulation_sees_tracks_that_flap_the_vips():
@@ -102,12 +98,6 @@ def test_simulation_sees_tracks_that_flap_the_vips():
     real = tracks.may_recover
     tracks.may_recover = lambda changes, now, flap_limit: True
     try:
-        caught = 0
-        for seed in range(100):
-            try:
-                run_flap_scenario(seed)
-            except Violation as e:
-                caught += "the flap limits allow" in str(e)
-        assert caught > 0
+        assert _caught(run_flap_scenario, 100, "the flap limits allow") > 0
     finally:
         tracks.may_recover = real
