@@ -121,7 +121,8 @@ class Carpd:
 
     def _new_run(self, v: Vip) -> VipRun:
         m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
-                                preempt=self.cfg.carp.preempt, demotion=self.demotion.total)
+                                preempt=self.cfg.carp.preempt, demotion=self.demotion.total,
+                                garp_refresh=v.garp_refresh)
         cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
         return VipRun(v, m, self._auth(v, cookie))
 

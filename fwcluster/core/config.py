@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from fwcluster.core import virtualmac
+
 EXIT_CONFIG = 2
 
 
@@ -42,6 +44,12 @@ class Vip:
     # Unicast CARP: the members' own addresses on this segment. Adverts go to
     # each of them (our own skipped) instead of the CARP multicast group.
     peers: tuple = ()
+    # "virtual": the vip lives on a macvlan with the VRRP MAC of its vhid
+    # (fwcluster.core.virtualmac); "own": on the interface, with its MAC.
+    mac: str = "own"
+    # Seconds between the master's repeated gratuitous ARP / unsolicited
+    # NA (a neighbour or switch that missed or ignored one); 0 = off.
+    garp_refresh: int = 0
 
     @property
     def family(self) -> int:
@@ -234,6 +242,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "address": (str, REQUIRED),
         "advbase": (int, 1),
         "peers": (list, ()),
+        "mac": (str, "own"),
+        "garp_refresh": (int, 0),
     },
     "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
@@ -336,6 +346,15 @@ KEY_DOCS: dict[str, str] = {
     "vip.peers": "Unicast CARP (as keepalived's unicast_peer): every member's own address "
     "on this vip's segment, same family as the vip; adverts go to these (not to "
     "224.0.0.18 / ff02::12) where multicast is dropped or filtered. Empty = multicast.",
+    "vip.mac": "own (default: the vip answers with the interface's MAC; a failover moves "
+    "it by gratuitous ARP / unsolicited NA) or virtual (the vip lives on a macvlan named "
+    "fwvmac<vhid> with MAC 00:00:5e:00:01:<vhid>, IPv6 00:00:5e:00:02:<vhid>, up on the "
+    "master only: neighbours never need to change their cache, even a static ARP entry). "
+    "Not with active-active; see docs/carp.md, \"Virtual MAC\".",
+    "vip.garp_refresh": "Seconds (0-3600) between the master's repeated gratuitous ARPs "
+    "(IPv4) or unsolicited neighbour advertisements (IPv6) for the vip, sent with its next "
+    "advert once due; 0 = off (default: announced on taking over and once more two adverts "
+    "later). With mac = virtual keep it below the switches' MAC ageing time (often 300 s).",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
@@ -673,14 +692,23 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
                     raise ConfigError(path, f"{key}.advbase",
                                       f"advbase 0 with member[{j}] ({m.name}) advskew 0 gives a zero "
                                       "advert interval; give that member advskew > 0")
+        if v["mac"] not in virtualmac.MODES:
+            raise ConfigError(path, f"{key}.mac",
+                              f"{_show(v['mac'])} is not one of {', '.join(virtualmac.MODES)}")
+        _in_range(path, f"{key}.garp_refresh", v["garp_refresh"], 0, 3600)
         vips.append(Vip(v["vhid"], v["interface"], addr, v["advbase"],
-                        check_peers(path, f"{key}.peers", v["peers"], addr)))
+                        check_peers(path, f"{key}.peers", v["peers"], addr),
+                        v["mac"], v["garp_refresh"]))
 
     b = tables["balance"]
     if b["mode"] not in BALANCE_MODES:
         raise ConfigError(path, "balance.mode", f"{_show(b['mode'])} is not one of {', '.join(BALANCE_MODES)}")
     if b["mode"] == "active-active":
         _in_range(path, "balance.buckets", b["buckets"], 1, 255 - len(vips))
+        for i, v in enumerate(vips):
+            if v.mac == virtualmac.VIRTUAL:
+                raise ConfigError(path, f"vip[{i}].mac", "virtual is not for active-active "
+                                  "(a balanced vip has its multicast MAC)")
     elif b["buckets"] < 0:
         raise ConfigError(path, "balance.buckets", "must not be negative")
 

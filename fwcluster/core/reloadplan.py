@@ -5,7 +5,8 @@ config -> what each daemon carries over, rekeys or cannot take. A config
 one daemon cannot take live is refused for both (the reply and log name the
 key and the reason; the old config keeps running in both).
 
-carpd: a vip whose vhid, interface, address and advbase are all unchanged
+carpd: a vip whose vhid, interface, address, advbase, mac and garp_refresh
+are all unchanged
 keeps its machine, and so its role: a reload never moves a vip it keeps. A
 vip that changed any of these is removed (a master bows out and releases
 it) and added again as new; a new one starts as a fresh machine (BACKUP
@@ -76,7 +77,7 @@ class Plan:
 
 
 def _vip_key(v) -> tuple:
-    return (v.vhid, v.interface, str(v.address), v.advbase)
+    return (v.vhid, v.interface, str(v.address), v.advbase, v.mac, v.garp_refresh)
 
 
 def _members(cfg: Config) -> dict:

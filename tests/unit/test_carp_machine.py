@@ -670,3 +670,37 @@ def test_master_interval_learns_only_behind_a_demoted_240(gaps, stated):
     # an undemoted 240, or any other skew, is what it says
     assert m.master_interval(Advert(1, 0, 240, 0, 1), (0.01, 0.01)) == pytest.approx(240 / 256)
     assert m.master_interval(Advert(1, 0, 100, 32, 1), (0.01, 0.01)) == pytest.approx(100 / 256)
+
+
+# --- periodic re-announcement (garp_refresh) -----------------------------------------
+def announces_at(x, until):
+    """Times of the Announce actions a master emits, its timer driven to `until`."""
+    out = []
+    while x.deadline <= until:
+        at = x.deadline
+        if m.Announce(1) in x.handle(m.TimerFired(at), at):
+            out.append(at)
+    return out
+
+
+def test_garp_refresh_reannounces_while_master():
+    x = master(vm(1, 0, garp_refresh=5))  # took over at 3.0
+    # the delayed re-announce two adverts in (5.0), then every 5 s with an advert
+    assert announces_at(x, 20) == [5.0, 10.0, 15.0, 20.0]
+
+
+def test_garp_refresh_off_by_default():
+    x = master(vm(1, 0))
+    assert announces_at(x, 20) == [5.0]  # ucarp's delayed one only
+
+
+def test_garp_refresh_rides_on_adverts():
+    x = master(vm(0, 100, garp_refresh=1))  # adverts every 100/256 s
+    times = announces_at(x, 10)
+    gaps = [b - a for a, b in zip(times[1:], times[2:])]
+    assert gaps and all(1 <= g < 1 + 100 / 256 for g in gaps)
+    x.handle(ad(0, 10), 10.1)  # a better master
+    assert x.state == m.State.BACKUP
+    # its adverts keep us backup: no announcement for a vip we do not hold
+    assert not any(isinstance(a, m.Announce) for t in (10.2, 10.3, 10.4)
+                   for a in x.handle(ad(0, 10), t))

@@ -57,6 +57,8 @@ BAD = [
      "malformed address"),
     ('advbase = 1  ', 'advbase = "1"', "vip[0].advbase", "must be an integer"),
     ('[firewall]', '[firewal]', "firewal", "unknown table"),
+    ('advbase = 1  ', 'mac = "vmac"\nadvbase = 1', "vip[0].mac", "not one of own, virtual"),
+    ('advbase = 1  ', 'garp_refresh = 3601\nadvbase = 1', "vip[0].garp_refresh", "outside 0-3600"),
 ]
 
 
@@ -287,3 +289,19 @@ def test_config_check_warns_about_compatible_mode(tmp_path, mode):
     assert r.returncode == 0, r.stderr
     warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: [carp] mode is compatible")]
     assert len(warned) == (1 if mode == "compatible" else 0)
+
+
+def test_virtual_mac_and_refresh_per_vip(tmp_path):
+    p = _mutated(tmp_path, 'advbase = 1  ', 'mac = "virtual"\ngarp_refresh = 10\nadvbase = 1')
+    cfg = configfile.load(p)
+    assert (cfg.vips[0].mac, cfg.vips[0].garp_refresh) == ("virtual", 10)
+    assert (cfg.vips[1].mac, cfg.vips[1].garp_refresh) == ("own", 0)  # opt-in
+
+
+def test_virtual_mac_is_not_for_active_active(tmp_path):
+    text = EXAMPLE.read_text().replace('advbase = 1  ', 'mac = "virtual"\nadvbase = 1', 1)
+    p = tmp_path / "cluster.toml"
+    p.write_text(text + '\n[balance]\nmode = "active-active"\nbuckets = 4\n')
+    with pytest.raises(config.ConfigError) as ei:
+        configfile.load(p)
+    assert ei.value.key == "vip[0].mac" and "active-active" in str(ei.value)

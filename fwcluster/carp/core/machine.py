@@ -24,9 +24,12 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   `master_wait` for the next advert.
 * link down: INIT (vip released); link up: BACKUP, wait master-down.
 * shutdown: a MASTER sends the bow-out advert and releases the vip.
+* refresh: with garp_refresh > 0 a MASTER re-announces the vip with the
+  first advert due at least garp_refresh s after its last announcement
+  (`refresh_due`), as keepalived's vrrp_garp_master_refresh.
 
 Each rule is one function below (`advert_interval`, `master_down_interval`,
-`master_wait`, `yields_to`, `claims_from`, `source_rank`); the machine, the
+`master_wait`, `yields_to`, `claims_from`, `source_rank`, `refresh_due`); the machine, the
 failover group (group.py), the benchmark and the docs use these.
 """
 from __future__ import annotations
@@ -229,14 +232,24 @@ def claims_from(ours: Timing, our_demote: int, preempt: bool, ad: Advert,
     return None
 
 
+def refresh_due(garp_refresh: int, announced_at: float | None, now: float) -> bool:
+    """MASTER sending an advert: re-announce the vip with it? Every
+    garp_refresh s (0 = never), counted from the last announcement; riding
+    on the advert timer keeps one timer per vhid, at the cost of up to one
+    advert interval of lateness."""
+    return garp_refresh > 0 and announced_at is not None and now - announced_at >= garp_refresh
+
+
 class VhidMachine:
     # Re-announce on this many adverts after taking over (ucarp's delayed ARP,
     # for switches that missed the first one).
     REANNOUNCE_AFTER = 2
 
     def __init__(self, vhid: int, advbase: int, advskew: int, *, preempt: bool = True,
-                 demotion: int = 0, own_address: str | None = None):
+                 demotion: int = 0, own_address: str | None = None, garp_refresh: int = 0):
         self.vhid = vhid
+        self.garp_refresh = garp_refresh
+        self.announced_at: float | None = None  # MASTER: the last Announce
         self.advbase = advbase
         self.advskew = advskew
         self.preempt = preempt
@@ -319,6 +332,7 @@ class VhidMachine:
     def _become_master(self, now: float, reason: str) -> list:
         self.master, self.heard = self.own_address, None
         self._reannounce = self.REANNOUNCE_AFTER
+        self.announced_at = now
         change = self._set(State.MASTER, reason)
         return [AddVip(self.vhid), *self._advert_now(now), Announce(self.vhid), change]
 
@@ -350,6 +364,7 @@ class VhidMachine:
                 self._heard_at(source, now)
                 return self._become_backup(now, f"better master {source}", source, ad)
             # A worse master: make it hear us and make the segment learn us.
+            self.announced_at = now
             return [Announce(self.vhid), *self._advert_now(now)]
         if self.state == State.BACKUP:
             why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
@@ -398,10 +413,13 @@ class VhidMachine:
             return self._become_master(now, "master down timer expired")
         if self.state == State.MASTER:
             out = self._advert_now(now)
+            again = False
             if self._reannounce:
                 self._reannounce -= 1
-                if self._reannounce == 0:
-                    out.append(Announce(self.vhid))
+                again = self._reannounce == 0
+            if again or refresh_due(self.garp_refresh, self.announced_at, now):
+                self.announced_at = now
+                out.append(Announce(self.vhid))
             return out
         return []
 
@@ -456,4 +474,5 @@ class Demotion:
 
 
 # The election rules, in the order docs/carp-rules.md gives them.
-RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from, source_rank)
+RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from, source_rank,
+         refresh_due)
