@@ -42,7 +42,7 @@ import jinja2
 import jinja2.sandbox
 
 from fwcluster import configfile
-from fwcluster.core import bundle, hashbuckets
+from fwcluster.core import bundle, hashbuckets, virtualmac
 
 TABLE = "fwcluster"
 OWNED_SET = "owned_buckets"
@@ -86,7 +86,11 @@ def context(cfg, node: str) -> dict:
 
     active = cfg.balance.mode == "active-active"
     vips = []
+    vmacs: dict[str, list[str]] = {}  # interface -> its vips' virtual-MAC macvlans
     for v in cfg.vips:
+        vmac = virtualmac.ifname(v.vhid) if v.mac == virtualmac.VIRTUAL else None
+        if vmac:
+            vmacs.setdefault(v.interface, []).append(vmac)
         vips.append({
             "vhid": v.vhid, "interface": v.interface, "family": v.family,
             "address": str(v.address), "ip": str(v.address.ip),
@@ -95,6 +99,7 @@ def context(cfg, node: str) -> dict:
             # raw forms for payload matches (@th,...): the address and the MAC
             "ip_hex": "0x" + v.address.ip.packed.hex(),
             "mac_hex": "0x" + hashbuckets.vip_mac(v.vhid).replace(":", "") if active else None,
+            "vmac": vmac,
         })
     peers = [member(m) for m in cfg.peers(node)]
     # Active-active members NAT to the same vip independently: each takes
@@ -114,6 +119,7 @@ def context(cfg, node: str) -> dict:
         "peers": peers,
         "vips": vips,
         "interfaces": list(cfg.interfaces),
+        "vmacs": vmacs,
         "carp": {"interfaces": list(cfg.interfaces), "proto": 112},
         "sync": {"interface": cfg.sync.interface, "port": cfg.sync.port,
                  "peers4": [p["sync_address"] for p in peers if p["family"] == 4],
@@ -160,6 +166,12 @@ def nft_names(items) -> str:
     return nft_set(json.dumps(str(i)) for i in items)
 
 
+def nft_ifnames(items) -> str:
+    """Filter: one name quoted ("lan0"), more as a set (nft_names)."""
+    items = list(items)
+    return json.dumps(str(items[0])) if len(items) == 1 else nft_names(items)
+
+
 class _Loader(jinja2.BaseLoader):
     """The files a bundle can carry and nothing else: flat names, none of them
     member-local or the secret's name ({% include "secret" %} would put the
@@ -202,6 +214,7 @@ def _environment(loader: _Loader) -> jinja2.Environment:
                                               cache_size=0)
     env.filters["nft_set"] = nft_set
     env.filters["nft_names"] = nft_names
+    env.filters["nft_ifnames"] = nft_ifnames
     return env
 
 

@@ -20,7 +20,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 
-from fwcluster.carp.core.addrmsg import AddrChange, encode_batch, parse_acks
+from fwcluster.carp.core.addrmsg import AddrChange, LinkChange, encode_batch, parse_acks
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -123,10 +123,22 @@ class Links:
                 elif ev in ("RTM_NEWADDR", "RTM_DELADDR"):
                     yield AddressesChanged(msg.get("index"))
 
-    def change_vips(self, changes: list[AddrChange]) -> list[tuple[AddrChange, int]]:
-        """Apply address changes in one netlink write, in order; return the
-        ones that failed with their errno (already present on add, already
-        gone on delete count as done)."""
+    async def add_macvlan(self, ifname: str, parent: int, mac: str) -> int:
+        """A macvlan (mode private, down) on interface index `parent`; its index."""
+        await self._ipr.link("add", ifname=ifname, kind="macvlan", link=parent,
+                             macvlan_mode="private", address=mac)
+        return (await self._ipr.link_lookup(ifname=ifname))[0]
+
+    async def delete_link(self, ifname: str) -> None:
+        """Delete an interface by name; a missing one is fine."""
+        found = await self._ipr.link_lookup(ifname=ifname)
+        if found:
+            await self._ipr.link("del", index=found[0])
+
+    def change_vips(self, changes: list[AddrChange | LinkChange]) -> list[tuple[AddrChange, int]]:
+        """Apply address (and macvlan up/down) changes in one netlink write,
+        in order; return the ones that failed with their errno (already
+        present on add, already gone on delete count as done)."""
         if not changes:
             return []
         if self._rt is None:
@@ -144,7 +156,7 @@ class Links:
         failed = []
         for i, c in enumerate(changes):
             err = acks.get(first + i, errno.ETIMEDOUT)
-            if err and err not in ALREADY[c.add]:
+            if err and not (isinstance(c, AddrChange) and err in ALREADY[c.add]):
                 failed.append((c, err))
         return failed
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fwcluster import configfile, ctlsock
 from fwcluster import metrics as prom
-from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, timers, tracking
+from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, timers, tracking, vmac
 from fwcluster.carp.core import hookevent, machine, tracks, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
@@ -101,6 +101,7 @@ class Carpd:
             self.demotion.set(source, value)
         self.hooks = hooks.HookRunner(lambda: self.cfg.hooks)
         self.group_role = hookevent.INIT  # what role hooks were last told
+        self.vmacs = vmac.Macvlans(self.links)
         self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
                                  self._role_snapshot)
         self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
@@ -147,6 +148,7 @@ class Carpd:
                 self._metrics_server.close()
             for i in self.ifaces.values():
                 self._close_sockets(i)
+            await self.vmacs.remove_all()
             await self.ctl.stop()
             self.links.close()
 
@@ -248,6 +250,7 @@ class Carpd:
         if iface.index is not None and iface.index != st.index:
             self._close_sockets(iface)  # re-created under the same name
         iface.index, iface.mac = st.index, st.mac
+        await self.vmacs.ensure(self.cfg.vips, iface.name, st.index)
         await self._refresh_addresses(iface)
         self._open_sockets(iface)
         self._link_changed(iface, st.carrier)
@@ -455,7 +458,7 @@ class Carpd:
                 v = self.vips[action.vhid].vip
                 index = self.ifaces[v.interface].index
                 if index is not None:
-                    changes.append(AddrChange(isinstance(action, machine.AddVip), index, v.address))
+                    changes += self.vmacs.changes(isinstance(action, machine.AddVip), v, index)
         try:
             for change, err in self.links.change_vips(changes):
                 log.warning("%s vip %s failed: %s", "adding" if change.add else "removing",
@@ -494,10 +497,11 @@ class Carpd:
         iface = self.ifaces[v.interface]
         if iface.index is None or not iface.mac:
             return
+        ifname, index, mac = self.vmacs.announcer(v, iface.name, iface.index, iface.mac)
         if v.family == 4:
-            announce.send_garp(iface.name, iface.mac, str(v.address.ip))
+            announce.send_garp(ifname, mac, str(v.address.ip))
         else:
-            announce.send_na(iface.name, iface.index, iface.mac, str(v.address.ip))
+            announce.send_na(ifname, index, mac, str(v.address.ip))
 
     async def _worker(self) -> None:
         """The balancing side's actions, one after another (nft updates)."""

@@ -139,8 +139,8 @@ def test_check_apply_diff_roundtrip(ns, cluster, tmp_path):
     assert _fwctl(ns, config, "apply")[0] == 0
 
     # An edited template shows up as exactly that edit.
-    edited = _broken(tmp_path, 'iifname "{{ inside }}" oifname "{{ outside }}" ct state new accept',
-                     'iifname "{{ inside }}" oifname "{{ outside }}" tcp dport 443 ct state new accept')
+    rule = 'iifname {{ ([inside] + vmacs.get(inside, [])) | nft_ifnames }} oifname "{{ outside }}"'
+    edited = _broken(tmp_path, rule + ' ct state new accept', rule + ' tcp dport 443 ct state new accept')
     rc, res = _fwctl(ns, config, "diff", "--template", str(edited))
     assert rc == 1
     changed = [line for line in res["diff"].splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]

@@ -25,6 +25,18 @@ def test_ipv4_add_request():
     assert got == {a.IFA_LOCAL: bytes([192, 0, 2, 1]), a.IFA_ADDRESS: bytes([192, 0, 2, 1])}
 
 
+def test_vip_without_prefix_route_and_link_up_down():
+    vip = ipaddress.ip_interface("192.0.2.1/24")
+    add = a.encode(a.AddrChange(True, 5, vip, noprefixroute=True), seq=1)
+    assert a.IFADDRMSG.unpack_from(add, 16)[:3] == (a.AF_INET, 24, 0)  # the u8 field cannot hold it
+    assert struct.unpack("=I", attrs(add[24:])[a.IFA_FLAGS])[0] == a.IFA_F_NOPREFIXROUTE
+    for up in (True, False):
+        msg = a.encode(a.LinkChange(up, 9), seq=3)
+        length, kind, flags, seq, _ = a.NLMSGHDR.unpack_from(msg)
+        assert (length, kind, flags, seq) == (len(msg), a.RTM_NEWLINK, a.NLM_F_REQUEST | a.NLM_F_ACK, 3)
+        assert a.IFINFOMSG.unpack_from(msg, 16) == (0, 0, 9, a.IFF_UP if up else 0, a.IFF_UP)
+
+
 def test_ipv6_add_skips_dad_and_delete_does_not_ask_for_it():
     vip = ipaddress.ip_interface("2001:db8:1::1/64")
     add = a.encode(a.AddrChange(True, 3, vip), seq=1)

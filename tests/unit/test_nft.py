@@ -222,3 +222,17 @@ def test_template_is_sandboxed(cfg, tmp_path, source, reason):
     with pytest.raises(nft.RulesetError) as ei:
         nft.render(cfg, "fw1", str(t))
     assert reason in str(ei.value).lower() and "passphrase" not in str(ei.value)
+
+
+def test_virtual_mac_macvlans_join_the_inside_interface(cfg):
+    """Traffic sent to a virtual-MAC vip arrives on its macvlan (iifname
+    fwvmac<vhid>): the forward rule of its interface must take it too."""
+    plain = _lines(nft.render(cfg, "fw1", TEMPLATE).text)
+    assert 'iifname "lan0" oifname "wan0" ct state new accept' in plain
+    vips = tuple(dataclasses.replace(v, mac="virtual") if v.interface == "lan0" else v
+                 for v in cfg.vips)
+    ctx = nft.context(dataclasses.replace(cfg, vips=vips), "fw1")
+    assert ctx["vmacs"] == {"lan0": ["fwvmac1", "fwvmac3"]}
+    assert [v["vmac"] for v in ctx["vips"]] == ["fwvmac1", None, "fwvmac3"]
+    text = _lines(nft.render(dataclasses.replace(cfg, vips=vips), "fw1", TEMPLATE).text)
+    assert 'iifname { "lan0", "fwvmac1", "fwvmac3" } oifname "wan0" ct state new accept' in text
