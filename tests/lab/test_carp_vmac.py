@@ -1,4 +1,5 @@
-"""Virtual MAC (vip.mac = "virtual") in the namespace lab: the LAN vips live
+"""Virtual MAC (vip.mac = "virtual") and the periodic re-announcement
+(vip.garp_refresh) in the namespace lab. The LAN vips live
 on macvlans with the VRRP MACs of their vhids, up on the master only, so a
 client whose neighbour entries for them are static (nud permanent) keeps
 forwarding through a failover and back; the strict ruleset passes what
@@ -100,3 +101,30 @@ def test_control_static_entry_for_a_members_own_mac_is_cut_off(carp_lab):
     gap = largest_gap(lab, SERVER4, lambda: lab.node_loss("fw1"), watch=bound + 1.0)
     assert lab.vip_state("fw2", 1) == "MASTER"
     assert gap > bound + 0.9  # never answered again
+
+
+REFRESH = 1  # s
+
+
+def test_garp_refresh_repairs_a_neighbour_that_missed_the_announcement(carp_lab):
+    """garp_refresh = 1: a client whose entry for the vip went wrong (it
+    missed or dropped the takeover's gratuitous ARP) points at the master
+    again within one refresh period and one advert; the control (refresh
+    off) still has the wrong entry after that long."""
+    from fwcluster.carp.core import machine
+    for refresh in (REFRESH, 0):
+        lab = carp_lab(members=2, ipv6=False, vips=[
+            {**v, "garp_refresh": refresh} for v in default_vips(ipv6=False, advbase=0)], **fast())
+        for m in lab.members:
+            lab.start_carpd(m)
+        assert lab.wait_for(lambda: lab.vip_state("fw1", 1) == "MASTER"
+                            and lab.vip_state("fw2", 1) == "BACKUP", 10)
+        forwards(lab, SERVER4)
+        wrong = "02:00:00:00:00:01"
+        lab.run("client", ["ip", "neigh", "replace", LAN_VIP4, "lladdr", wrong, "dev", "eth0",
+                           "nud", "reachable"])
+        bound = REFRESH + machine.advert_interval(0, lab.advskews["fw1"]) + 0.15
+        repaired = lab.wait_for(lambda: neigh_mac(lab, "client", LAN_VIP4) == mac(lab, "fw1", "lan0"),
+                                bound, 0.02)
+        assert repaired == bool(refresh), (refresh, neigh_mac(lab, "client", LAN_VIP4))
+        lab.teardown()
