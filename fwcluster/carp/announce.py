@@ -3,7 +3,11 @@
 IPv4: gratuitous ARP (a request and a reply, sender = target = the vip), so
 neighbours update an existing cache entry to our MAC. IPv6: an unsolicited
 neighbour advertisement to all-nodes with the Override flag and our link-layer
-address. Frame builders are pure; send_* do the I/O.
+address and the Router flag (a member forwards: a host that saw the vip's
+owner as a router and hears an advertisement without the flag drops it
+from its default routers, RFC 4861 7.2.5, and with it the route through
+a link-local vip that sends router adverts). Frame builders are pure;
+send_* do the I/O.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ BROADCAST = b"\xff" * 6
 ALL_NODES = "ff02::1"
 ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
+NA_FLAG_ROUTER = 0x80000000
 NA_FLAG_SOLICITED = 0x40000000
 NA_FLAG_OVERRIDE = 0x20000000
 ICMP6_FILTER = 1  # <netinet/icmp6.h>: a socket option at IPPROTO_ICMPV6
@@ -44,7 +49,7 @@ def na_message(mac: str, vip: str, solicited: bool = False) -> bytes:
     """ICMPv6 neighbour advertisement body (the kernel fills the checksum)."""
     target = ipaddress.IPv6Address(vip).packed
     option = struct.pack("!BB6s", 2, 1, mac_bytes(mac))  # target link-layer address
-    flags = NA_FLAG_OVERRIDE | (NA_FLAG_SOLICITED if solicited else 0)
+    flags = NA_FLAG_ROUTER | NA_FLAG_OVERRIDE | (NA_FLAG_SOLICITED if solicited else 0)
     return struct.pack("!BBHI", ND_NEIGHBOR_ADVERT, 0, 0, flags) + target + option
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fwcluster import configfile, ctlsock
 from fwcluster import metrics as prom
-from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, timers, tracking, vmac
+from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, ra, timers, tracking, vmac
 from fwcluster.carp.core import hookevent, machine, tracks, wire
 from fwcluster.carp.core.group import FailoverGroup
 from fwcluster.carp.core.addrmsg import AddrChange
@@ -102,6 +102,7 @@ class Carpd:
         self.hooks = hooks.HookRunner(lambda: self.cfg.hooks)
         self.group_role = hookevent.INIT  # what role hooks were last told
         self.vmacs = vmac.Macvlans(self.links)
+        self.routers = ra.Routers()  # IPv6 first hop: router adverts of link-local vips
         self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
                                  self._role_snapshot)
         self.actions: asyncio.Queue = asyncio.Queue()  # the balancing side's ordered work
@@ -148,6 +149,7 @@ class Carpd:
                 self._metrics_server.close()
             for i in self.ifaces.values():
                 self._close_sockets(i)
+            self.routers.stop_all()
             await self.vmacs.remove_all()
             await self.ctl.stop()
             self.links.close()
@@ -388,6 +390,8 @@ class Carpd:
         v = run.vip
         log.info("vhid %d (%s %s): %s -> %s (%s)", v.vhid, v.interface, v.address,
                  change.old.value, change.new.value, change.reason)
+        if change.old == machine.State.MASTER:
+            self.routers.stop(v.vhid)
         self._publish_role(run)
         self._metrics_kick.set()
         self._group_role_changed(change.reason)
@@ -502,6 +506,16 @@ class Carpd:
             announce.send_garp(ifname, mac, str(v.address.ip))
         else:
             announce.send_na(ifname, index, mac, str(v.address.ip))
+        if v.ra_interval:
+            self.routers.start(v.vhid, v.ra_interval, lambda: self._advertise_router(v.vhid))
+
+    def _advertise_router(self, vhid: int) -> None:
+        v = self.vips[vhid].vip
+        iface = self.ifaces[v.interface]
+        if iface.index is None or not iface.mac:
+            return
+        ifname, index, mac = self.vmacs.announcer(v, iface.name, iface.index, iface.mac)
+        ra.send(ifname, index, str(v.address.ip), ra.advertisement(self.cfg.vips, v, mac))
 
     async def _worker(self) -> None:
         """The balancing side's actions, one after another (nft updates)."""

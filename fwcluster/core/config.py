@@ -50,6 +50,9 @@ class Vip:
     # Seconds between the master's repeated gratuitous ARP / unsolicited
     # NA (a neighbour or switch that missed or ignored one); 0 = off.
     garp_refresh: int = 0
+    # A link-local IPv6 vip: seconds between the master's router adverts
+    # from it (fwcluster.carp.core.ramsg); 0 = none.
+    ra_interval: int = 0
 
     @property
     def family(self) -> int:
@@ -244,6 +247,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "peers": (list, ()),
         "mac": (str, "own"),
         "garp_refresh": (int, 0),
+        "ra_interval": (int, 0),
     },
     "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
@@ -355,6 +359,11 @@ KEY_DOCS: dict[str, str] = {
     "(IPv4) or unsolicited neighbour advertisements (IPv6) for the vip, sent with its next "
     "advert once due; 0 = off (default: announced on taking over and once more two adverts "
     "later). With mac = virtual keep it below the switches' MAC ageing time (often 300 s).",
+    "vip.ra_interval": "IPv6 first hop: on a link-local vip (e.g. fe80::1/64), seconds "
+    "(1-1800) between the router advertisements its master sends from it, naming as "
+    "prefixes (on-link; autonomous if /64) the global IPv6 vips on the same interface, router "
+    "lifetime 3 intervals, so SLAAC hosts route through an address that fails over; "
+    "0 = none (default). See docs/carp.md, \"IPv6 first hop\".",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
@@ -696,9 +705,13 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
             raise ConfigError(path, f"{key}.mac",
                               f"{_show(v['mac'])} is not one of {', '.join(virtualmac.MODES)}")
         _in_range(path, f"{key}.garp_refresh", v["garp_refresh"], 0, 3600)
+        _in_range(path, f"{key}.ra_interval", v["ra_interval"], 0, 1800)
+        if v["ra_interval"] and not (addr.version == 6 and addr.ip.is_link_local):
+            raise ConfigError(path, f"{key}.ra_interval", f"router adverts need a link-local IPv6 "
+                              f"vip (e.g. fe80::1/64), not {addr}")
         vips.append(Vip(v["vhid"], v["interface"], addr, v["advbase"],
                         check_peers(path, f"{key}.peers", v["peers"], addr),
-                        v["mac"], v["garp_refresh"]))
+                        v["mac"], v["garp_refresh"], v["ra_interval"]))
 
     b = tables["balance"]
     if b["mode"] not in BALANCE_MODES:

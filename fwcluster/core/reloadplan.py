@@ -5,9 +5,9 @@ config -> what each daemon carries over, rekeys or cannot take. A config
 one daemon cannot take live is refused for both (the reply and log name the
 key and the reason; the old config keeps running in both).
 
-carpd: a vip whose vhid, interface, address, advbase, mac and garp_refresh
-are all unchanged
-keeps its machine, and so its role: a reload never moves a vip it keeps. A
+carpd: a vip whose vhid, interface, address, advbase, mac, garp_refresh and
+ra_interval are all unchanged keeps its machine, and so its role: a reload
+never moves a vip it keeps. A
 vip that changed any of these is removed (a master bows out and releases
 it) and added again as new; a new one starts as a fresh machine (BACKUP
 once its link is up). A new advskew or preempt setting reaches the kept
@@ -77,7 +77,8 @@ class Plan:
 
 
 def _vip_key(v) -> tuple:
-    return (v.vhid, v.interface, str(v.address), v.advbase, v.mac, v.garp_refresh)
+    return (v.vhid, v.interface, str(v.address), v.advbase, v.mac, v.garp_refresh,
+            v.ra_interval)
 
 
 def _members(cfg: Config) -> dict:

@@ -226,7 +226,7 @@ def test_garp_frames():
 def test_na_message():
     msg = announce.na_message("02:00:00:00:00:01", "2001:db8:1::1")
     assert msg[0] == 136 and msg[1] == 0
-    assert struct.unpack("!I", msg[4:8])[0] == 0x20000000  # Override, not Solicited
+    assert struct.unpack("!I", msg[4:8])[0] == 0xA0000000  # Router, Override, not Solicited
     assert msg[8:24] == bytes.fromhex("20010db8000100000000000000000001")
     assert msg[24:] == bytes([2, 1]) + bytes.fromhex("020000000001")
     with pytest.raises(ValueError):
@@ -280,7 +280,8 @@ def test_neighbour_solicitation_parsing_and_answer():
     assert announce.ns_target(bytes([136]) + ns[1:]) is None  # an advertisement
     na = announce.na_message("01:00:5e:00:01:03", "2001:db8:1::1", solicited=True)
     flags = struct.unpack("!I", na[4:8])[0]
-    assert na[0] == 136 and flags == announce.NA_FLAG_SOLICITED | announce.NA_FLAG_OVERRIDE
+    assert na[0] == 136 and flags == (announce.NA_FLAG_ROUTER | announce.NA_FLAG_SOLICITED
+                                      | announce.NA_FLAG_OVERRIDE)
     assert na[24:26] == b"\x02\x01" and na[26:32] == bytes.fromhex("01005e000103")
     words = struct.unpack("@8I", announce.ns_filter())
     passed = [t for t in range(256) if not words[t >> 5] & (1 << (t & 31))]

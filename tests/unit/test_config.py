@@ -59,6 +59,8 @@ BAD = [
     ('[firewall]', '[firewal]', "firewal", "unknown table"),
     ('advbase = 1  ', 'mac = "vmac"\nadvbase = 1', "vip[0].mac", "not one of own, virtual"),
     ('advbase = 1  ', 'garp_refresh = 3601\nadvbase = 1', "vip[0].garp_refresh", "outside 0-3600"),
+    ('advbase = 1  ', 'ra_interval = 10\nadvbase = 1', "vip[0].ra_interval", "link-local IPv6 vip"),
+    ('advbase = 1  ', 'ra_interval = 1801\nadvbase = 1', "vip[0].ra_interval", "outside 0-1800"),
 ]
 
 
