@@ -352,8 +352,10 @@ class HandoverSim(Sim):
     another member master at once and tells the old one a little later
     (or earlier); the old one then asks for a bulk, as the daemon does.
 
-    Invariants: no member applies a peer's record over or against a flow
-    it forwards (only Apply.keep creates what is missing), and after the
+    Invariants: no member applies a peer's bulk or repair copy over a flow
+    it forwards (only Apply.keep creates what is missing), nor a delete of
+    one it told as its own (a live update applies: it is the old master's
+    last word on the flow), and after the
     quiet period every flow in the master's table is on every member,
     as the master has it, and no member holds a flow the master has not,
     except strays: flows the new master did not have when it took over
@@ -401,7 +403,10 @@ class HandoverSim(Sim):
                 if op != OP_UPSERT or not mine:
                     raise Violation(f"{name} got a keep-apply it cannot be given: {op}, {mine}")
                 table.setdefault(port, e)
-            elif mine and (op == OP_UPSERT or told_as_ours(self.nodes[name], e)):
+            elif mine and (op == OP_UPSERT and (a.replace or a.fix)
+                           or op == OP_DELETE and told_as_ours(self.nodes[name], e)):
+                # A live update is the old master's last word (protocol._apply);
+                # a bulk's or repair's copy, or a delete, must not touch ours.
                 raise Violation(f"{name} forwards every flow but applies {a.peer}'s record "
                                 f"for port {port} over it")
             elif op == OP_UPSERT:
