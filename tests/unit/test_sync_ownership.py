@@ -292,3 +292,16 @@ def test_refresh_and_adoption_follow_forwarding(mode):
     assert fw1.claimable(flows) == mine
     fw1.anti_entropy(flows, net.now)
     assert {k for k, _r in fw1.own.items()} == {key(e) for e in mine}
+
+
+def test_a_flow_made_and_ended_in_one_batch_ends_deleted_where_the_old_master_has_not_heard():
+    """The new master's batch creates a flow and deletes it; the old master,
+    not yet told it lost the role, applies both in their order. Split into
+    a keep-apply and a plain one, the delete went first and the create
+    stayed for good (seed 397 of the handover simulation)."""
+    net = standby_pair()
+    net.forwarding(fw2=EVERYTHING)                 # fw2 master; fw1 does not know yet
+    e = flow(5)
+    net.local("fw2", [(OP_UPSERT, e), (OP_DELETE, e)])
+    net.run(0.2)
+    assert e.key not in net.tables["fw1"]
