@@ -670,10 +670,19 @@ class Sync:
             # applied; ask again. A RESYNC_REQ needs no session: it only
             # tells where to send.
             p.off_session += 1
-            if m.boot != rx.boot or m.seq > rx.first_seq:
+            # It echoes our current nonce from another run: that run heard
+            # our latest request, so it is live (a recording cannot echo a
+            # nonce drawn after it was made). Anything else may be a replay:
+            # it may make us repeat our request, never open a session or
+            # start a bulk (issue 21 #4).
+            fresh = m.session == rx.session
+            if fresh:
+                self._new_session(p)
+                self._request(p, now)
+            elif m.boot != rx.boot or m.seq > rx.first_seq:
                 self._ask_again(p, now)   # else: sent before the peer joined this session
             if m.type == wire.RESYNC_REQ:
-                self._on_request(p, m, now)
+                self._on_request(p, m, now, fresh)
             return
         if not rx.window.check_and_mark(m.seq):
             self._drop("replay")
@@ -836,21 +845,38 @@ class Sync:
         if m.dseq >= rx.expected and now - rx.nack_at >= self.t.rto:
             self._nack(p, rx.expected, m.dseq, now)
 
-    def _on_request(self, p: Peer, m: wire.Message, now: float) -> None:
+    def _on_request(self, p: Peer, m: wire.Message, now: float, fresh: bool = True) -> None:
         """The peer asks for bulk m.dseq in its session m.arg. Repeats, and
         requests older than the newest one (same run, lower seq), change
-        nothing: the bulk travels on the reliable stream."""
+        nothing: the bulk travels on the reliable stream. Only a fresh
+        request (in our session, or echoing our current nonce) gets a bulk;
+        a stale one (a peer that does not know our nonce yet, or a replay)
+        only says where to send while the peer is not up, and we ask it
+        again, so that it echoes our nonce."""
         tx = p.tx
         if m.arg == 0 or (m.boot == tx.req[0] and m.seq <= tx.req[1]):
+            return
+        if not fresh:
+            if p.state != "up" and m.arg != tx.session:
+                self._send_to(p, m.arg)
+                self._request(p, now)
             return
         tx.req = (m.boot, m.seq)
         if m.arg == tx.session and m.dseq == tx.served:
             return
         if m.arg != tx.session:
-            tx.session = m.arg
-            tx.reset()
+            self._send_to(p, m.arg)
+            if p.resync == "pending":
+                self._request(p, now)   # it now echoes the peer's nonce: fresh there
         tx.served = m.dseq
         self.dumps_wanted.add(p.name)
+
+    @staticmethod
+    def _send_to(p: Peer, session: int) -> None:
+        """Our stream to the peer now goes to its session: a new generation."""
+        p.tx.session = session
+        p.tx.served = 0
+        p.tx.reset()
 
     _handlers = {wire.DATA: _on_stream, wire.RESYNC_DONE: _on_stream, wire.ACK: _on_ack,
                  wire.NACK: _on_nack, wire.ALIVE: _on_alive, wire.RESYNC_REQ: _on_request,
@@ -925,13 +951,13 @@ class Sync:
             p.resync = "pending"
 
     def _ask_again(self, p: Peer, now: float) -> None:
-        """The peer sends outside our session: request it again, at most once
-        per resync_retry, with a fresh nonce once the current one was used
-        (its replay window may hold the peer's sequence numbers)."""
+        """The peer sends outside our session and may not know our nonce:
+        repeat our request (at most once per resync_retry) with the current
+        nonce. A new run of the peer learns it from this and echoes it, and
+        that fresh echo opens the new session (datagram()); a replay of an
+        old one costs one request, no session and no bulk."""
         if now - p.req_sent_at < self.t.resync_retry:
             return
-        if p.rx.boot is not None:
-            self._new_session(p)
         self._request(p, now)
 
     def flush(self, now: float, delay_acks: bool = False) -> None:

@@ -291,6 +291,49 @@ def test_replayed_resync_request_costs_a_bulk_and_heals():
     assert net.tables["fw2"] == net.tables["fw1"] and entry(7).key in net.tables["fw2"]
 
 
+def replay_each_second(net, dst, src, datagrams, seconds):
+    """Replay datagrams to dst as if from src once a second; the bulks
+    dst's peers send meanwhile."""
+    before = sum(p.counters["bulk_sent"] for n in net.nodes.values() for p in n.peers.values())
+    for _ in range(seconds):
+        for d in datagrams:
+            net.nodes[dst].datagram(net.addr[src], d, net.now)
+        net.pump()
+        net.run(1.0)
+    return sum(p.counters["bulk_sent"] for n in net.nodes.values() for p in n.peers.values()) - before
+
+
+def test_a_request_of_an_old_run_replayed_each_second_costs_no_bulk():
+    """Issue 21 #4: each replay of fw2's old-run RESYNC_REQ cost two bulks
+    of fw1's table (one to the dead session, one when fw2 asked again)."""
+    net = two()
+    net.run(1.2)
+    old_req = [d for s, a, d in net.wire_log if s == "fw2" and d[3] == wire.RESYNC_REQ][-1]
+    net.start("fw2", epoch=101)
+    net.tables["fw2"] = {}
+    net.run(1.0)
+    assert net.nodes["fw1"].peers["fw2"].resync == "done"
+    assert replay_each_second(net, "fw1", "fw2", [old_req], 10) == 0
+    net.local("fw1", [(OP_UPSERT, entry(7))])          # the stream still works
+    assert entry(7).key in net.tables["fw2"]
+
+
+def test_a_datagram_of_an_old_run_replayed_each_second_costs_no_bulk():
+    """Issue 21 #4: each replay (beyond one a second) of any datagram of
+    fw1's earlier run made fw2 open a new session, and fw1 send a bulk."""
+    net = two()
+    net.run(1.2)
+    old = [d for s, a, d in net.wire_log if s == "fw1" and d[3] == wire.ALIVE][-1]
+    net.start("fw1", epoch=101)
+    net.tables["fw1"] = {}
+    net.run(1.0)
+    assert net.nodes["fw2"].peers["fw1"].resync == "done"
+    assert replay_each_second(net, "fw2", "fw1", [old], 10) == 0
+    assert net.nodes["fw2"].peers["fw1"].off_session >= 10
+    net.local("fw1", [(OP_UPSERT, entry(8))])
+    assert entry(8).key in net.tables["fw2"]
+
+
 def test_sequence_counters_are_per_peer():
     """Issue 9 #7: one counter for all peers thinned each peer's window."""
     net = Net(MEMBERS)
