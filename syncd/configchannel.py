@@ -8,7 +8,9 @@ so at most configwire.MAX_HEADER unauthenticated bytes are read per message
 and JSON is parsed only from authenticated bytes. The key is derived from
 the cluster secret with HKDF under its own label, so it is never the CARP
 or the state sync key. It listens on TCP at this member's sync_address and
-the sync port, serving at most MAX_CLIENTS connections at a time.
+the sync port. Before a connection authenticates it holds a slot of its own
+budget (syncd/core/preauth.py: a cap per source, the oldest displaced by a
+newcomer) for at most AUTH_TIMEOUT; after, one of MAX_CLIENTS.
 
 Operations: hello (generation and digest), fetch (the current bundle) and
 push (validate as this member, then install all-or-nothing).
@@ -27,12 +29,17 @@ from fwcluster.core import configwire as wire
 from fwcluster.configstore import Generation
 from fwcluster.core.bundle import Bundle, BundleError
 from syncd.core.keys import hkdf
+from syncd.core.preauth import Slots
 
 log = logging.getLogger("syncd.config")
 TIMEOUT = 10.0
-AUTH_TIMEOUT = 5.0  # to send an authentic request header after connecting
+# To send an authentic request header after the greeting: a member sends it
+# at once (one round trip on the sync link), so a silent connection is gone soon.
+AUTH_TIMEOUT = 1.0
 POLL_INTERVAL = 5.0
-MAX_CLIENTS = 8  # concurrent connections; more are closed at once and counted
+MAX_CLIENTS = 8  # concurrent authenticated connections; more are closed and counted
+MAX_PENDING = 8  # unauthenticated ones; a newcomer displaces the oldest
+MAX_PENDING_PER_SOURCE = 4
 IP_FREEBIND, IPV6_FREEBIND = 15, 78  # linux/in.h, linux/in6.h
 
 
@@ -91,8 +98,9 @@ class ConfigService:
                                                 "last_seen": None, "error": None}
                                        for p in cfg.peers(node)}
         self.counters = {"auth_drops": 0, "malformed": 0, "oversize": 0, "busy_drops": 0,
-                         "pushes_received": 0, "pushes_refused": 0, "catch_ups": 0}
-        self._clients = 0
+                         "preauth_displaced": 0, "pushes_received": 0, "pushes_refused": 0,
+                         "catch_ups": 0}
+        self._slots = Slots(MAX_PENDING, MAX_PENDING_PER_SOURCE, MAX_CLIENTS)
         self.server: asyncio.AbstractServer | None = None
         self.last_error: str | None = None
         self.last_catch_up: dict | None = None
@@ -139,11 +147,10 @@ class ConfigService:
         return s
 
     async def _client(self, reader, writer) -> None:
-        if self._clients >= MAX_CLIENTS:
-            self.counters["busy_drops"] += 1
-            writer.transport.abort()
-            return
-        self._clients += 1
+        peer = writer.get_extra_info("peername")
+        for old in self._slots.arrive(writer, str(peer[0]) if peer else "?"):
+            self.counters["preauth_displaced"] += 1
+            old.transport.abort()
         challenge = os.urandom(16)
         try:
             writer.write(wire.hello(challenge))
@@ -152,6 +159,9 @@ class ConfigService:
             key = self.key   # the reply goes under it, though a push may rekey us meanwhile
             nonce, length, digest = wire.check_request(key, challenge, line)
             # Authenticated from here on: the peer knows the key.
+            if not self._slots.authenticated(writer):
+                self.counters["busy_drops"] += 1
+                return
             req = wire.open_body(await asyncio.wait_for(reader.readexactly(length), TIMEOUT), digest)
             op, body, sender = req.get("op"), req.get("body"), req.get("from", "?")
             if not isinstance(op, str) or not isinstance(body, dict) or not isinstance(sender, str):
@@ -170,7 +180,7 @@ class ConfigService:
                 raise
             self.on_error("config channel connection", e)
         finally:
-            self._clients -= 1
+            self._slots.leave(writer)
             writer.close()
 
     async def _serve(self, op: str, body: dict, sender: str) -> dict:

@@ -109,7 +109,7 @@ async def main() -> dict:
     good = {n: (d / n).read_bytes() for n in ("cluster.toml", "ruleset.nft.j2")}
     cases = []
 
-    async def case(name, coro, expect_counter=None, expect_error=None):
+    async def case(name, coro, expect_counter=None, expect_error=None, expect_ok=False):
         c0 = dict(svc.counters)
         t0 = time.monotonic()
         try:
@@ -118,11 +118,16 @@ async def main() -> dict:
             out = (b"", {"client": f"{type(e).__name__}: {e}"})
         delta = {k: v - c0.get(k, 0) for k, v in svc.counters.items() if v != c0.get(k, 0)}
         # Still serving: an honest hello right after.
-        alive = (await call(HOST, PORT, key, "fw2", "hello", {}, timeout=5)).get("ok") is True
+        try:
+            alive = (await call(HOST, PORT, key, "fw2", "hello", {}, timeout=5)).get("ok") is True
+        except (OSError, configchannel.AuthError, asyncio.TimeoutError):
+            alive = False
         reply = out[1] if isinstance(out, tuple) else None
         handled = alive
         if expect_counter:
             handled = handled and delta.get(expect_counter, 0) >= 1
+        if expect_ok:
+            handled = handled and isinstance(reply, dict) and reply.get("ok") is True
         if expect_error:
             handled = handled and isinstance(reply, dict) and reply.get("ok") is False \
                 and expect_error in str(reply.get("error")) and "\n" not in str(reply.get("error"))
@@ -234,15 +239,64 @@ async def main() -> dict:
                "syntax error")
     await push(bundle_json(dict(good, big=b"x" * (5 << 20))), "more than")
 
-    # Too many connections at once: the excess is closed and counted.
+    # Too many connections at once: the oldest unauthenticated ones make way.
     async def flood():
-        conns = [await asyncio.open_connection(HOST, PORT) for _ in range(configchannel.MAX_CLIENTS + 12)]
+        conns = [await asyncio.open_connection(HOST, PORT) for _ in range(configchannel.MAX_PENDING + 12)]
         await asyncio.sleep(0.1)
         for _, w in conns:
             w.close()
         await asyncio.sleep(0.6)  # the held ones time out (AUTH_TIMEOUT)
         return b"", None
-    await case(f"{configchannel.MAX_CLIENTS + 12} connections at once", flood(), "busy_drops")
+    await case(f"{configchannel.MAX_PENDING + 12} connections at once", flood(), "preauth_displaced")
+
+    # Issue 21 #3: silent connections from members' addresses (no key) held
+    # every slot, and a member's request was refused.
+    async def silent(source: str):
+        r, w = await asyncio.open_connection(HOST, PORT, local_addr=(source, 0))
+        await r.readline()
+        return r, w
+
+    async def member_hello():
+        return b"", await call(HOST, PORT, key, "fw2", "hello", {}, timeout=5)
+
+    async def slots_held():
+        per = configchannel.MAX_PENDING_PER_SOURCE
+        held = [await silent(src) for src in ("127.0.0.1", "127.0.0.2") for _ in range(per)]
+        try:
+            return await member_hello()
+        finally:
+            for _, w in held:
+                w.close()
+    await case("every slot held silently from members' addresses, then a member's hello",
+               slots_held(), "preauth_displaced", expect_ok=True)
+
+    async def slots_reopened():
+        """The holders reconnect as their deadline ends; five hellos meanwhile."""
+        held, replies = [], []
+        for _ in range(5):
+            held += [await silent("127.0.0.1") for _ in range(configchannel.MAX_PENDING)]
+            replies.append((await member_hello())[1])
+            await asyncio.sleep(configchannel.AUTH_TIMEOUT * 0.8)
+        for _, w in held:
+            w.close()
+        return b"", replies[0] if all(r.get("ok") for r in replies) else {"ok": False, "error": "refused"}
+    await case("silent holders reopened every deadline, five member hellos", slots_reopened(),
+               "preauth_displaced", expect_ok=True)
+
+    async def one_source():
+        """One address's many connections displace its own, not another's."""
+        other = [await silent("127.0.0.2") for _ in range(2)]
+        flood = [await silent("127.0.0.3") for _ in range(3 * configchannel.MAX_PENDING_PER_SOURCE)]
+        for r, w in other:       # still open: the flood displaced only its own
+            w.write(b"x")
+            await w.drain()
+        await asyncio.sleep(0.05)
+        kept = not any(r.at_eof() for r, _ in other)
+        for _, w in other + flood:
+            w.close()
+        return b"", {"ok": kept} if kept else {"ok": False, "error": "another source displaced"}
+    await case("one source's flood of silent connections", one_source(), "preauth_displaced",
+               expect_ok=True)
 
     cases += await pushed_templates()
     after = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
