@@ -360,7 +360,13 @@ class Carpd:
             log.debug("dropped CARP packet from %s on %s: %s (vhid %s)",
                       source, iface.name, got.reason, got.vhid)
             return
-        here[got.vhid].counters["adverts_received"] += 1
+        run = here[got.vhid]
+        if isinstance(run, VipRun) and not machine.hears_from(run.vip.peers, source):
+            run.counters["drops"]["unlisted_source"] += 1
+            log.debug("dropped CARP advert from unlisted %s on %s (vhid %d)",
+                      source, iface.name, got.vhid)
+            return
+        run.counters["adverts_received"] += 1
         self._event(got.vhid, machine.AdvertReceived(got, source))
 
     # --- machines -----------------------------------------------------------

@@ -348,8 +348,10 @@ KEY_DOCS: dict[str, str] = {
     "vip.advbase": "Seconds between adverts (0-254); 0 with advskew > 0 gives "
     "sub-second intervals of advskew/256 s.",
     "vip.peers": "Unicast CARP (as keepalived's unicast_peer): every member's own address "
-    "on this vip's segment, same family as the vip; adverts go to these (not to "
-    "224.0.0.18 / ff02::12) where multicast is dropped or filtered. Empty = multicast.",
+    "on this vip's segment (unicast addresses inside the vip's network, not its network or "
+    "broadcast address), same family as the vip; adverts go to these (not to "
+    "224.0.0.18 / ff02::12) where multicast is dropped or filtered, and adverts from any "
+    "other source are dropped (`unlisted_source`). Empty = multicast.",
     "vip.mac": "own (default: the vip answers with the interface's MAC; a failover moves "
     "it by gratuitous ARP / unsolicited NA) or virtual (the vip lives on a macvlan named "
     "fwvmac<vhid> with MAC 00:00:5e:00:01:<vhid>, IPv6 00:00:5e:00:02:<vhid>, up on the "
@@ -506,7 +508,9 @@ MAX_PEERS = 16
 
 
 def check_peers(path: str, key: str, peers: list, vip) -> tuple:
-    """Unicast CARP destinations: distinct unicast addresses of the vip's family."""
+    """Unicast CARP destinations: distinct unicast addresses of members on
+    the vip's segment (its network): adverts go to them and are taken only
+    from them, so a broadcast or an off-segment address is a mistake."""
     if len(peers) > MAX_PEERS:
         raise ConfigError(path, key, f"{len(peers)} addresses, at most {MAX_PEERS}")
     out = []
@@ -521,6 +525,12 @@ def check_peers(path: str, key: str, peers: list, vip) -> tuple:
             raise ConfigError(path, f"{key}[{i}]", f"{ip} is IPv{ip.version}, the vip is IPv{vip.version}")
         if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip == vip.ip:
             raise ConfigError(path, f"{key}[{i}]", f"{ip} is not a member's own unicast address")
+        if ip not in vip.network:
+            raise ConfigError(path, f"{key}[{i}]", f"{ip} is not on the vip's segment {vip.network}")
+        if ip.version == 4 and vip.network.prefixlen < 31 and ip in (
+                vip.network.network_address, vip.network.broadcast_address):
+            raise ConfigError(path, f"{key}[{i}]", f"{ip} is the network or broadcast address of "
+                              f"{vip.network}, not a member's own")
         if str(ip) in out:
             raise ConfigError(path, f"{key}[{i}]", f"duplicate address {ip}")
         out.append(str(ip))

@@ -202,6 +202,8 @@ for _name, _bad, _where in [
         ("multicast", '["224.0.0.18"]', "[0]"), ("other family", '["2001:db8:1::12"]', "[0]"),
         ("the vip itself", '["192.0.2.1"]', "[0]"), ("duplicate", '["192.0.2.12", "192.0.2.12"]', "[1]"),
         ("not an address", '["fw2"]', "[0]"), ("not a string", "[12]", "[0]"),
+        ("broadcast", '["192.0.2.11", "192.0.2.255"]', "[1]"), ("limited broadcast", '["255.255.255.255"]', "[0]"),
+        ("network address", '["192.0.2.0"]', "[0]"), ("off the segment", '["198.51.100.12"]', "[0]"),
         ("too many", "[" + ", ".join(f'"192.0.2.{20 + i}"' for i in range(17)) + "]", "")]:
     CONFIG_CASES.append((f"vip peers {_name}", (_V0, _V0 + f"\npeers = {_bad}"), f"vip[0].peers{_where}"))
 
@@ -494,11 +496,14 @@ def test_upgrade_bundle_refusal_is_one_line(case):
 
 # --- CARP adverts: a real Carpd fed as its sockets feed it --------------------------
 
-def _carpd(tmp_path, mode: str):
+def _carpd(tmp_path, mode: str, peers: str | None = None):
     import dataclasses
     from fwcluster.carp.node import Carpd
     p = tmp_path / "cluster.toml"
-    p.write_text(EXAMPLE.read_text() + f'\n[carp]\nsync_hold = 0\nmode = "{mode}"\n')
+    text = EXAMPLE.read_text()
+    if peers:   # unicast CARP for the first vip
+        text = text.replace('address = "192.0.2.1/24"', f'address = "192.0.2.1/24"\npeers = {peers}', 1)
+    p.write_text(text + f'\n[carp]\nsync_hold = 0\nmode = "{mode}"\n')
     cfg = dataclasses.replace(configfile.load(p, "fw1"), run_dir=str(tmp_path / "run"),
                               state_dir=str(tmp_path / "state"))
     return Carpd(cfg, "fw1", b"s3cret")
@@ -537,6 +542,38 @@ def test_carp_bad_adverts_dropped_and_counted(tmp_path, mode):
             ok = drops() == before + 1 and [v["state"] for v in d.status()["vips"]] == roles
             tally(f"CARP adverts ({mode} mode, real carpd)", ok)
             assert ok, f"{name}: drops {before} -> {drops()}"
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("mode", ["compatible", "hardened"])
+def test_carp_unicast_adverts_from_unlisted_sources_dropped(tmp_path, mode):
+    """Issue 21 #5: unicast CARP took adverts from any source. A forged
+    (compatible) or a key holder's (hardened) advert from an address not in
+    vip.peers, telling the backup to claim, is dropped and counted."""
+    import asyncio
+    from fwcluster.carp.core import hardened, wire
+    d = _carpd(tmp_path, mode, peers='["192.0.2.11", "192.0.2.12"]')
+    bow_out = {"advbase": wire.BOW_OUT, "advskew": wire.BOW_OUT}
+
+    def advert(source: str) -> bytes:
+        if mode == "compatible":
+            return wire.encode(wire.Auth(b"s3cret", 1, ["192.0.2.1"], 77), **bow_out)
+        auth = d.codec.auth(b"s3cret", 1, ["192.0.2.1"], 0)
+        return hardened.encode(auth, 7 << 32 | 1, source, **bow_out)
+
+    async def go():
+        d.ifaces["lan0"].own[4] = "192.0.2.11"
+        for r in d.vips.values():
+            r.machine.handle(machine.LinkChanged(True), 0.0)   # BACKUP: a bow-out would make it claim
+        for source in ("192.0.2.66", "192.0.2.255", "198.51.100.12", "192.0.2.1"):
+            before = d.status()["vips"][0]["counters"]["drops"].get("unlisted_source", 0)
+            d._packet(d.ifaces["lan0"], 4, advert(source), 255, source)
+            v = d.status()["vips"][0]
+            ok = v["counters"]["drops"].get("unlisted_source", 0) == before + 1 \
+                and v["state"] == "BACKUP" and v["counters"]["adverts_received"] == 0
+            tally(f"unicast CARP adverts from unlisted sources ({mode} mode, real carpd)", ok)
+            assert ok, (source, v)
+    from fwcluster.carp.core import machine
     asyncio.run(go())
 
 

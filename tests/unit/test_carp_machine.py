@@ -117,6 +117,24 @@ def test_master_keeps_role_against_worse_master_and_reasserts():
     assert x.state == m.State.MASTER
 
 
+def test_a_flood_of_worse_adverts_gets_one_answer_per_reannounce_gap():
+    """Issue 21 #5: each forged worse advert made the master announce the
+    vip and advertise at once, without a limit."""
+    x = master(vm(1, 0))
+    flood = [x.handle(ad(1, 100), 10.0 + i / 100) for i in range(100)]     # 1 s of them
+    assert sum(kinds(out).count("Announce") for out in flood) == 1
+    assert sum(kinds(out).count("SendAdvert") for out in flood) == 1
+    assert kinds(x.handle(ad(1, 100), 10.0 + m.REANNOUNCE_GAP)) == ["Announce", "SendAdvert", "ArmTimer"]
+    assert x.state == m.State.MASTER
+
+
+def test_unicast_hears_only_listed_peers():
+    peers = ("192.0.2.11", "192.0.2.13", "2001:db8::13")
+    assert m.hears_from(peers, "192.0.2.13") and m.hears_from(peers, "2001:db8:0::13")
+    assert not m.hears_from(peers, "192.0.2.66") and not m.hears_from(peers, "not an address")
+    assert m.hears_from((), "192.0.2.66")   # multicast CARP: no list, any source
+
+
 def test_equal_timing_lower_source_address_wins():
     x = master(vm(1, 0))  # we are .12
     lower = m.AdvertReceived(Advert(1, 1, 0, 0, 5), LOWER)

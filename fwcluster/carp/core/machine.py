@@ -15,7 +15,8 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   and a lower source address in ucarp's order (`source_rank`; OpenBSD would
   flap). Hearing a worse master it re-announces the vip and advertises at
   once, so that after a split brain the neighbours' caches point at the
-  winner.
+  winner; at most once per REANNOUNCE_GAP (`reannounce_due`), so a stream
+  of forged worse adverts costs no stream of announcements.
 * BACKUP hearing an advert: becomes MASTER if preempting and the sender's
   timing is worse and its demote not lower; or if the sender's demote is
   higher (regardless of preempt); or, with advbase > 0, if the sender's
@@ -215,6 +216,27 @@ def yields_to(ours: Timing, our_demote: int, ad: Advert, our_source: str | None,
     return a is not None and b is not None and a < b
 
 
+def hears_from(peers: tuple, source: str) -> bool:
+    """Unicast CARP (`vip.peers` listed): an advert counts only from a
+    listed peer; anything else on the segment is dropped (`unlisted_source`).
+    Multicast CARP (no list): any source."""
+    if not peers:
+        return True
+    try:
+        return str(ipaddress.ip_address(source.split("%", 1)[0])) in peers
+    except ValueError:
+        return False
+
+
+REANNOUNCE_GAP = 1.0  # s: one split brain needs one answer, a flood gets no more
+
+
+def reannounce_due(last: float | None, now: float) -> bool:
+    """MASTER hearing a worse master: answer (announce, advertise at once)
+    only if it has not within REANNOUNCE_GAP."""
+    return last is None or now - last >= REANNOUNCE_GAP
+
+
 def claims_from(ours: Timing, our_demote: int, preempt: bool, ad: Advert,
                 source: str | None) -> str | None:
     """BACKUP hearing `ad` from its master: the reason to take over now, or None."""
@@ -264,6 +286,7 @@ class VhidMachine:
         self.deadline: float | None = None
         self.stopped = False
         self._reannounce = 0
+        self._answered_worse: float | None = None  # when we last answered a worse master
 
     # --- timing -------------------------------------------------------------
     @property
@@ -364,6 +387,9 @@ class VhidMachine:
                 self._heard_at(source, now)
                 return self._become_backup(now, f"better master {source}", source, ad)
             # A worse master: make it hear us and make the segment learn us.
+            if not reannounce_due(self._answered_worse, now):
+                return []
+            self._answered_worse = now
             self.announced_at = now
             return [Announce(self.vhid), *self._advert_now(now)]
         if self.state == State.BACKUP:
@@ -474,5 +500,5 @@ class Demotion:
 
 
 # The election rules, in the order docs/carp-rules.md gives them.
-RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from, source_rank,
-         refresh_due)
+RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from,
+         reannounce_due, hears_from, source_rank, refresh_due)
