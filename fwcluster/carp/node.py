@@ -27,6 +27,7 @@ from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, ra, timers, tracking, vmac
 from fwcluster.carp.core import hookevent, machine, tracks, wire
 from fwcluster.carp.core.group import FailoverGroup
+from fwcluster.carp.core.hardened import Solicit
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
@@ -350,8 +351,22 @@ class Carpd:
                 if r.vip.interface == iface.name and r.vip.family == family}
         if self.balancing is not None:
             here.update(self.balancing.runs_on(iface.name, family))
-        got = self.codec.decode(payload, ttl, source, {vhid: r.auth for vhid, r in here.items()},
-                                iface.own.get(family))
+        named = here.get(payload[1]) if len(payload) >= 2 else None
+        if isinstance(named, VipRun) and not machine.hears_from(named.vip.peers, source):
+            named.counters["drops"]["unlisted_source"] += 1   # unicast CARP: not a listed peer
+            log.debug("dropped CARP packet from unlisted %s on %s (vhid %d)",
+                      source, iface.name, payload[1])
+            return
+        own = iface.own.get(family)
+        got = self.codec.decode(payload, ttl, source, {vhid: r.auth for vhid, r in here.items()}, own)
+        if isinstance(got, Solicit):
+            # A peer asks us to prove we are live: a master answers with its advert.
+            run = here[got.vhid]
+            advert = run.machine.current_advert()
+            if advert is not None:
+                self._send_to(iface, family, source,
+                              self.codec.prove(run.auth, advert, own, got, source, timers.now()))
+            return
         if isinstance(got, wire.Drop):
             targets = [here[got.vhid]] if got.vhid in here else \
                 [r for r in here.values() if isinstance(r, VipRun)]
@@ -359,15 +374,22 @@ class Carpd:
                 r.counters["drops"][got.reason] += 1
             log.debug("dropped CARP packet from %s on %s: %s (vhid %s)",
                       source, iface.name, got.reason, got.vhid)
+            if got.reason == "unproven":   # authentic: ask the sender to prove it is live
+                self._send_to(iface, family, source,
+                              self.codec.solicit(here[got.vhid].auth, source, own, timers.now()))
             return
-        run = here[got.vhid]
-        if isinstance(run, VipRun) and not machine.hears_from(run.vip.peers, source):
-            run.counters["drops"]["unlisted_source"] += 1
-            log.debug("dropped CARP advert from unlisted %s on %s (vhid %d)",
-                      source, iface.name, got.vhid)
-            return
-        run.counters["adverts_received"] += 1
+        here[got.vhid].counters["adverts_received"] += 1
         self._event(got.vhid, machine.AdvertReceived(got, source))
+
+    def _send_to(self, iface: Iface, family: int, dest: str, payload: bytes | None) -> None:
+        """A hardened solicitation or proof, unicast to dest (None: nothing to send)."""
+        sock = iface.socks.get(family)
+        if payload is None or sock is None:
+            return
+        try:
+            sock.send(payload, iface.own.get(family), dest)
+        except OSError as e:
+            log.debug("CARP packet to %s on %s not sent: %s", dest, iface.name, e)
 
     # --- machines -----------------------------------------------------------
     def _event(self, vhid: int, event) -> None:

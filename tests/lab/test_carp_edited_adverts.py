@@ -195,3 +195,100 @@ def test_hardened_member_and_compatible_member_do_not_mix(carp_lab):
     ok = lab.wait_for(lambda: drops(lab, "fw2").get("bad_version", 0) >= 3
                       and drops(lab, "fw1").get("unhardened", 0) >= 1, 5)
     assert ok, (drops(lab, "fw1"), drops(lab, "fw2"))
+
+
+# --- a restarted receiver and a recording of a dead master (issue 21 #2) ------------
+
+def record(lab, source: str, vhid: int, until) -> list[tuple[float, bytes]]:
+    """fw1's adverts of vhid seen from the client, (time, payload), from now
+    until until() returns true after one arrived, at most 10 s."""
+    s = lab.socket("client", socket.AF_INET, socket.SOCK_RAW, 112)
+    out = []
+    with s:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     socket.inet_aton(GROUP4) + socket.inet_aton(CLIENT4))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, (src, _) = s.recvfrom(2048)
+            except socket.timeout:
+                break
+            payload = data[(data[0] & 0x0F) * 4:]
+            if src == source and len(payload) >= 2 and payload[1] == vhid:
+                out.append((time.monotonic(), payload))
+                if until(payload):
+                    break
+    return out
+
+
+def recorded_then_dead(carp_lab):
+    """A hardened pair; a recording of fw1's adverts (4 s of them, then its
+    bow-out as carpd stops); fw2 master; then fw2's carpd restarted (its
+    windows were in memory). Returns the lab, the injector, the recording
+    and when fw2's restarted carpd answered."""
+    import threading
+    lab, seg = start(carp_lab, "hardened")
+    took: list = []
+    t = threading.Thread(target=lambda: took.extend(
+        record(lab, lab.addr4("fw1"), 1, lambda p: p[5] == wire.BOW_OUT)))
+    t.start()
+    time.sleep(4.0)
+    lab.stop_daemon("fw1", "carpd")          # SIGTERM: the bow-out, then silence
+    t.join(12)
+    assert took and took[-1][1][5] == wire.BOW_OUT and len(took) >= 10, len(took)
+    wait_settled(lab, "fw2", members=["fw2"])
+    lab.stop_daemon("fw2", "carpd")
+    lab.start_carpd("fw2")
+    return lab, seg, took, time.monotonic()
+
+
+def claim_bound(lab) -> float:
+    """The longest a starting member waits before its first claim (it has
+    heard no master: machine.master_wait assumes the slowest), plus MARGIN."""
+    from carp_helpers import MARGIN
+    from fwcluster.carp.core import machine
+    return machine.master_wait(lab.vips[0].get("advbase", 1), lab.advskews["fw2"], None) + MARGIN
+
+
+def claimed_at(lab, member: str, timeout: float) -> float | None:
+    ok = lab.wait_for(lambda: lab.states(1, [member]) == {member: "MASTER"}, timeout, 0.02)
+    return time.monotonic() if ok else None
+
+
+def test_hardened_restarted_backup_claims_on_time_through_a_recording(carp_lab):
+    """fw2's windows lived in memory: restarted, it took a recording of the
+    dead fw1, replayed in order at its pace, as a live master, and waited
+    as long as the recording lasted. Now each advert is `unproven` (fw2 asks
+    fw1 to prove it is live; nobody answers) and fw2 claims at its
+    master-down."""
+    lab, seg, took, started = recorded_then_dead(carp_lab)
+    try:
+        adverts = [(at, p) for at, p in took if p[5] != wire.BOW_OUT]
+        t0 = adverts[0][0]
+        for at, payload in adverts:
+            time.sleep(max(0.0, (at - t0) - (time.monotonic() - started)))
+            seg.send(payload, lab.addr4("fw1"))
+            if lab.states(1, ["fw2"]) == {"fw2": "MASTER"}:
+                break
+        bound = claim_bound(lab)
+        at = claimed_at(lab, "fw2", max(0.0, started + bound - time.monotonic()))
+        assert at is not None, (f"fw2 did not claim within {bound:.2f} s of its restart "
+                                f"through {len(adverts)} recorded adverts", drops(lab, "fw2"))
+        assert drops(lab, "fw2").get("unproven", 0) >= 1
+    finally:
+        seg.close()
+
+
+def test_hardened_restarted_backup_ignores_a_recorded_bow_out(carp_lab):
+    """A recorded bow-out made a restarted fw2 claim at once; now it is
+    `unproven` and fw2 claims at its master-down, not before."""
+    lab, seg, took, started = recorded_then_dead(carp_lab)
+    try:
+        bow_out = took[-1][1]
+        seg.send(bow_out, lab.addr4("fw1"))
+        assert claimed_at(lab, "fw2", 0.3) is None, "fw2 claimed on a recorded bow-out"
+        assert drops(lab, "fw2").get("unproven", 0) >= 1, drops(lab, "fw2")
+        assert claimed_at(lab, "fw2", max(0.0, started + claim_bound(lab) - time.monotonic()))
+    finally:
+        seg.close()

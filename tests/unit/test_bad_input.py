@@ -577,6 +577,54 @@ def test_carp_unicast_adverts_from_unlisted_sources_dropped(tmp_path, mode):
     asyncio.run(go())
 
 
+def test_carp_recordings_to_a_restarted_receiver_are_unproven(tmp_path):
+    """Issue 21 #2: a hardened carpd that starts empty is given a dead
+    master's recorded adverts, its recorded bow-out, proofs for nonces it
+    never drew, edited proofs and a replayed solicitation; nothing reaches
+    the machine (it stays BACKUP), each is dropped and counted, and the
+    replayed solicitation gets no proof from a BACKUP."""
+    import asyncio
+    from fwcluster.carp.core import hardened, machine, modes, wire
+    d = _carpd(tmp_path, "hardened")
+    master = modes.Hardened("edge", hardened.Counter(5, lambda: 6))
+    mine = master.auth(b"s3cret", 1, ["192.0.2.1"], 0)
+    fw2 = "192.0.2.12"
+    advert = machine.SendAdvert(1, 1, 0, 0)
+    recording = [(f"recorded advert {i}", master.encode(mine, 1, 0, 0, fw2)) for i in range(5)]
+    recording.append(("recorded bow-out", master.encode(mine, wire.BOW_OUT, wire.BOW_OUT, 0, fw2)))
+    for nonce in (0, 1, 1 << 63):
+        recording.append((f"proof for nonce {nonce} never drawn",
+                          master.prove(mine, advert, fw2, hardened.Solicit(1, nonce), f"192.0.2.{20 + nonce % 7}",
+                                       float(nonce % 5))))
+    good = master.prove(mine, advert, fw2, hardened.Solicit(1, 5), "192.0.2.30", 0.0)
+    for i in (3, 8, 20, 36, 43):
+        b = bytearray(good)
+        b[i] ^= 0x10
+        b[6:8] = b"\0\0"
+        b[6:8] = wire.checksum(bytes(b)).to_bytes(2, "big")
+        recording.append((f"proof byte {i} edited", bytes(b)))
+    recording.append(("proof truncated to an advert", good[:36]))
+    recording.append(("replayed solicitation", hardened.encode_solicit(mine, 77, fw2)))
+
+    async def go():
+        for r in d.vips.values():
+            r.machine.handle(machine.LinkChanged(True), 0.0)
+        for name, payload in recording:
+            v = d.status()["vips"][0]
+            before = (sum(v["counters"]["drops"].values()), v["counters"]["adverts_received"],
+                      v["counters"]["adverts_sent"])
+            d._packet(d.ifaces["lan0"], 4, payload, 255, fw2)
+            v = d.status()["vips"][0]
+            after = (sum(v["counters"]["drops"].values()), v["counters"]["adverts_received"],
+                     v["counters"]["adverts_sent"])
+            solicitation = name == "replayed solicitation"   # answered (by a master), not dropped
+            ok = v["state"] == "BACKUP" and after[1:] == before[1:] and \
+                after[0] == before[0] + (0 if solicitation else 1)
+            tally("hardened CARP recordings to a restarted receiver (real carpd)", ok)
+            assert ok, (name, before, after, v["counters"]["drops"])
+    asyncio.run(go())
+
+
 # --- sync datagrams: the protocol core as syncd runs it -------------------------------
 
 def test_sync_bad_datagrams_dropped_and_counted():
@@ -602,6 +650,34 @@ def test_sync_bad_datagrams_dropped_and_counted():
         ok = sum(fw2.drops.values()) == before + 1 and net.tables["fw2"] == table
         tally("sync datagrams (protocol core)", ok)
         assert ok, f"{name}: drops {before} -> {sum(fw2.drops.values())}"
+
+
+def test_sync_replays_of_old_runs_cost_no_bulk():
+    """Issue 21 #4: each datagram of a peer's earlier run, replayed, forced
+    a bulk of the whole table (a RESYNC_REQ two). Each kind, replayed once,
+    costs no bulk and applies nothing."""
+    from tests.unit.test_sync_protocol import two
+    net = two()
+    net.run(1.2)
+    old = {s: {d[3]: d for src, _a, d in net.wire_log if src == s} for s in ("fw1", "fw2")}
+    net.start("fw1", epoch=101)
+    net.tables["fw1"] = {}
+    net.run(1.0)
+    net.start("fw2", epoch=102)
+    net.tables["fw2"] = {}
+    net.run(1.0)
+
+    def bulks():
+        return sum(p.counters["bulk_sent"] for n in net.nodes.values() for p in n.peers.values())
+    for sender, receiver in (("fw1", "fw2"), ("fw2", "fw1")):
+        for mtype, data in sorted(old[sender].items()):
+            before, tables = bulks(), {n: dict(t) for n, t in net.tables.items()}
+            net.nodes[receiver].datagram(net.addr[sender], data, net.now)
+            net.pump()
+            net.run(1.0)
+            ok = bulks() == before and net.tables == tables
+            tally("sync datagrams of an earlier run, replayed (protocol core)", ok)
+            assert ok, (sender, mtype, bulks() - before)
 
 
 # --- metrics endpoint: bad HTTP on a real socket ---------------------------------------

@@ -3,12 +3,13 @@ authenticated, source bound, counters replay-checked per sender; a restart
 is accepted, a recording of an older boot is not; garbage never raises."""
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 
 import pytest
 
-from fwcluster.carp.core import hardened, modes, wire
+from fwcluster.carp.core import hardened, machine, modes, wire
 from fwcluster.core import config
 
 SECRET = b"correct horse battery staple"
@@ -24,8 +25,17 @@ def advert(counter=(5 << 32) | 1, source=FW1, advbase=1, advskew=0, demote=0, a=
     return hardened.encode(a or auth(), counter, source, advbase, advskew, demote)
 
 
+def proven(*sources, vhids=(7, 8)) -> hardened.ReplayWindows:
+    """Windows of senders that proved they are live (at counter 0)."""
+    w = hardened.ReplayWindows()
+    for s in sources or (FW1, FW2):
+        for v in vhids:
+            w.prove((ipaddress.ip_address(s).packed, v), 0)
+    return w
+
+
 def receive(pkt, source=FW1, windows=None, ttl=255, own=FW2, a=None):
-    windows = hardened.ReplayWindows() if windows is None else windows
+    windows = proven() if windows is None else windows
     return hardened.decode(pkt, ttl, source, {7: a or auth()}, windows, own)
 
 
@@ -120,14 +130,14 @@ def test_other_secret_cluster_or_vip_is_bad_hmac():
 
 
 def test_replay_within_the_window_is_dropped():
-    w = hardened.ReplayWindows()
+    w = proven()
     pkt = advert(counter=(5 << 32) | 10)
     assert isinstance(receive(pkt, windows=w), wire.Advert)
     assert receive(pkt, windows=w) == wire.Drop("replay", 7)
 
 
 def test_late_advert_within_the_window_is_accepted_once():
-    w = hardened.ReplayWindows()
+    w = proven()
     assert isinstance(receive(advert(counter=100), windows=w), wire.Advert)
     assert isinstance(receive(advert(counter=90), windows=w), wire.Advert)
     assert receive(advert(counter=90), windows=w) == wire.Drop("replay", 7)
@@ -135,7 +145,7 @@ def test_late_advert_within_the_window_is_accepted_once():
 
 
 def test_restart_is_accepted_and_the_old_boot_refused():
-    w = hardened.ReplayWindows()
+    w = proven()
     old = [advert(counter=(5 << 32) | n) for n in range(1, 2000)]
     for pkt in old[:1500]:
         assert isinstance(receive(pkt, windows=w), wire.Advert)
@@ -148,7 +158,7 @@ def test_restart_is_accepted_and_the_old_boot_refused():
 
 
 def test_windows_are_per_source_and_vhid():
-    w = hardened.ReplayWindows()
+    w = proven()
     assert isinstance(receive(advert(counter=50, source=FW1), source=FW1, windows=w), wire.Advert)
     # fw2's counters are its own: a lower one is fine.
     assert isinstance(receive(advert(counter=3, source=FW2), source=FW2, own=FW1, windows=w),
@@ -180,7 +190,8 @@ def test_a_compatible_advert_is_unhardened_and_ours_is_bad_version_to_v2():
     ("truncated", lambda: advert()[:35], 255),
     ("bad_checksum", lambda: advert()[:6] + b"\x12\x34" + advert()[8:], 255),
     ("bad_version", lambda: edited(0, 0x51), 255),
-    ("bad_type", lambda: edited(0, 0x42), 255),
+    ("bad_type", lambda: edited(0, 0x43), 255),
+    ("bad_hmac", lambda: edited(0, 0x42), 255),   # an advert turned solicitation
     ("unknown_vhid", lambda: advert(a=auth(vhid=9)), 255),
     ("bad_authlen", lambda: edited(3, 6), 255),
     ("bad_authlen", lambda: resum(advert() + b"\0\0"), 255),
@@ -205,9 +216,11 @@ def test_counter_sequence_and_renewal():
 def test_windows_are_bounded():
     w = hardened.ReplayWindows(senders=4)
     for i in range(10):
+        w.prove((bytes([192, 0, 2, i]), 1), 4)
         assert w.admit((bytes([192, 0, 2, i]), 1), 5) is None
     assert len(w._w) == 4 and w.top((bytes([192, 0, 2, 9]), 1)) == 5
     assert w.top((bytes([192, 0, 2, 0]), 1)) == 0
+    assert w.admit((bytes([192, 0, 2, 0]), 1), 6) == "unproven"   # dropped: must prove again
 
 
 def test_hardened_codec_needs_a_source_and_keeps_the_counter_across_rekey():
@@ -218,7 +231,7 @@ def test_hardened_codec_needs_a_source_and_keeps_the_counter_across_rekey():
     rekeyed = codec.auth(b"new secret", 7, [VIP], cookie=1)
     second = codec.encode(rekeyed, 1, 0, 0, FW1)
     assert first[8:16] < second[8:16]
-    peer = modes.Hardened("edge", hardened.Counter(1, lambda: 2))
+    peer = modes.Hardened("edge", hardened.Counter(1, lambda: 2), proven(FW1))
     assert isinstance(peer.decode(first, 255, FW1, {7: peer.auth(SECRET, 7, [VIP], 2)}, FW2),
                       wire.Advert)
 
@@ -234,7 +247,7 @@ def test_compatible_codec_is_wire_v2():
 
 def test_garbage_and_mutations_never_raise():
     rng = random.Random(1234)
-    w = hardened.ReplayWindows()
+    w = proven()
     good = advert()
     auths = {v: auth(vhid=v) for v in range(256)}
     for i in range(20000):
@@ -264,3 +277,67 @@ def test_config_mode_key():
     with pytest.raises(config.ConfigError) as e:
         config.parse({**data, "carp": {"mode": "strict"}}, "c.toml")
     assert e.value.key == "carp.mode" and "compatible, hardened" in e.value.reason
+
+
+# --- liveness: a receiver that starts empty (issue 21 #2) -------------------------------
+
+def pair():
+    """A master's codec (fw1) and a freshly started receiver's (fw2)."""
+    nonces = iter(range(1000, 2000))
+    master = modes.Hardened("edge", hardened.Counter(5, lambda: 6))
+    receiver = modes.Hardened("edge", hardened.Counter(9, lambda: 10), nonce=lambda: next(nonces))
+    return master, receiver, {7: master.auth(SECRET, 7, [VIP], 0)}, {7: receiver.auth(SECRET, 7, [VIP], 0)}
+
+
+def test_a_restarted_receiver_takes_no_recording_nor_a_recorded_bow_out():
+    """Its windows were in memory only: a recording of a dead master's
+    adverts, in order, held it as BACKUP for ever, and a recorded bow-out
+    made it claim. Now each is `unproven` (and makes it solicit the sender,
+    which, dead, never answers: the receiver claims at master-down)."""
+    master, receiver, mine, theirs = pair()
+    recording = [master.encode(mine[7], 1, 0, 0, FW1) for _ in range(50)]
+    recording.append(master.encode(mine[7], wire.BOW_OUT, wire.BOW_OUT, 0, FW1))
+    got = [receiver.decode(pkt, 255, FW1, theirs, FW2) for pkt in recording]
+    assert got == [wire.Drop("unproven", 7)] * len(recording)
+
+
+def test_a_live_master_proves_itself_and_its_recordings_become_stale():
+    master, receiver, mine, theirs = pair()
+    recording = [master.encode(mine[7], 1, 0, 0, FW1) for _ in range(10)]
+    assert receiver.decode(recording[0], 255, FW1, theirs, FW2) == wire.Drop("unproven", 7)
+    ask = receiver.solicit(theirs[7], FW1, FW2, now=0.0)
+    assert ask is not None and len(ask) == 36 and ask[0] == 0x42
+    assert receiver.solicit(theirs[7], FW1, FW2, now=0.05) is None    # one per CHALLENGE_GAP
+    asked = master.decode(ask, 255, FW2, mine, FW1)
+    assert asked == hardened.Solicit(7, 1000)
+    proof = master.prove(mine[7], machine.SendAdvert(7, 1, 0, 0), FW1, asked, FW2, now=0.0)
+    assert len(proof) == hardened.PROOF_LEN and master.prove(
+        mine[7], machine.SendAdvert(7, 1, 0, 0), FW1, asked, FW2, now=0.01) is None
+    assert isinstance(receiver.decode(proof, 255, FW1, theirs, FW2), wire.Advert)
+    # all older than the proof: counted as seen (`replay`) or below the window (`stale`)
+    assert {receiver.decode(p, 255, FW1, theirs, FW2).reason for p in recording} == {"replay"}
+    assert isinstance(receiver.decode(master.encode(mine[7], 1, 0, 0, FW1), 255, FW1, theirs, FW2),
+                      wire.Advert)
+
+
+def test_a_proof_for_another_nonce_or_edited_opens_nothing():
+    master, receiver, mine, theirs = pair()
+    receiver.solicit(theirs[7], FW1, FW2, now=0.0)          # waits for nonce 1000
+    advert = machine.SendAdvert(7, 1, 0, 0)
+    old_proof = master.prove(mine[7], advert, FW1, hardened.Solicit(7, 999), FW2, now=0.0)
+    assert receiver.decode(old_proof, 255, FW1, theirs, FW2) == wire.Drop("unproven", 7)
+    good = master.prove(mine[7], advert, FW1, hardened.Solicit(7, 1000), "192.0.2.13", now=0.0)
+    for i in (3, 36, 43):       # authlen, the echo: the MAC covers them
+        b = bytearray(good)
+        b[i] ^= 1
+        assert receiver.decode(resum(bytes(b)), 255, FW1, theirs, FW2).reason in \
+            ("bad_hmac", "bad_authlen")
+    assert isinstance(receiver.decode(good, 255, FW1, theirs, FW2), wire.Advert)
+    assert receiver.decode(good, 255, FW1, theirs, FW2) == wire.Drop("replay", 7)
+
+
+def test_a_compatible_codec_neither_asks_nor_proves():
+    codec = modes.Compatible()
+    a = codec.auth(SECRET, 7, [VIP], 1)
+    assert codec.solicit(a, FW1, FW2, 0.0) is None
+    assert codec.prove(a, machine.SendAdvert(7, 1, 0, 0), FW2, hardened.Solicit(7, 1), FW1, 0.0) is None

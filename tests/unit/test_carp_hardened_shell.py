@@ -3,6 +3,7 @@ clock floor), the codec picked by [carp] mode, and packet accounting by
 reason in a Carpd fed as its sockets would feed it."""
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -88,8 +89,13 @@ def peer_advert(boot, seq, **fields):
                            fields.get("advskew", 100), fields.get("demote", 0))
 
 
+def packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
 def test_hardened_carpd_counts_each_attack_by_reason(tmp_path):
     d = Carpd(make_cfg(tmp_path, "hardened"), "fw1", SECRET)
+    d.codec.windows.prove((packed(PEER), 1), 7 << 32)   # the peer proved it is live
     good = peer_advert(7, 5)
     edited = bytearray(peer_advert(7, 6))
     edited[4] = 255  # demote 255, checksum fixed up
@@ -114,6 +120,7 @@ def test_hardened_carpd_signs_what_a_peer_accepts_and_a_compatible_one_refuses(t
     second = d.codec.encode(d.vips[1].auth, 1, 0, 0, own)
     assert first[8:12] == second[8:12] and first[12:16] < second[12:16]
     peer = modes.Hardened("edge", hardened.Counter(1, lambda: 2))
+    peer.windows.prove((packed(own), 1), 0)
     auths = {1: peer.auth(SECRET, 1, ["192.0.2.1"], 0)}
     assert isinstance(peer.decode(first, 255, own, auths, PEER), wire.Advert)
     assert peer.decode(first, 255, own, auths, PEER) == wire.Drop("replay", 1)

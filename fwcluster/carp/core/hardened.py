@@ -28,6 +28,20 @@ A sender's boot id grows strictly from one start to the next (the shell
 allocates it, see fwcluster/carp/bootid.py), so a restarted member's adverts
 are newer than anything of its previous life: accepted, while a recording of
 that life is `stale`.
+
+A receiver has a window only for a sender that proved it is live now, so a
+receiver that starts empty (restarted, /config wiped) cannot be held by a
+recording (issue 21 #2). An authentic advert from a sender without a window
+is dropped as `unproven`, and the receiver sends the sender (unicast) a
+solicitation: the same layout with type 2, a random 64-bit nonce in the
+counter field, MACed like an advert (its source bound). A master answers
+with a proof: its advert with authlen 9 and the nonce echoed in 8 more
+bytes (44 in all), the MAC over the echo too. A proof carrying the nonce
+we are waiting for opens the sender's window at its counter, every lower
+one counted as seen: anything recorded before is `stale`. At most one
+solicitation per sender and vhid goes out, and one proof is answered per
+asker and vhid, per CHALLENGE_GAP; a replayed solicitation gets a proof no
+one waits for.
 """
 from __future__ import annotations
 
@@ -35,7 +49,7 @@ import hashlib
 import hmac
 import ipaddress
 import struct
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 from fwcluster.carp.core import wire
 from fwcluster.carp.core.wire import Advert, Drop
@@ -47,7 +61,17 @@ SEQ_MAX = 0xFFFFFFFF
 BOOT_MAX = 0xFFFFFFFF
 WINDOW = 64          # counters below the highest one that may still arrive late
 MAX_SENDERS = 1024   # windows kept; only key holders can create one
+TYPE_SOLICIT = 2     # "prove you are live": a receiver without a window for the sender
+PROOF_AUTHLEN = 9    # counter + MAC + the echoed nonce, in 32-bit words
+PROOF_LEN = wire.HEADER_LEN + 8
+CHALLENGE_GAP = 0.1  # s: solicitations out per (sender, vhid), proofs per (asker, vhid)
 _HEAD = struct.Struct("!BBBBBBHQ")
+
+
+class Solicit(NamedTuple):
+    """An authentic solicitation: the asker wants a proof for vhid."""
+    vhid: int
+    nonce: int
 
 
 def key(secret: bytes, cluster: str) -> bytes:
@@ -65,9 +89,10 @@ class Auth:
         self._key = mac_key
         self._addresses = wire.address_bytes(addresses)
 
-    def mac(self, head: bytes, counter: bytes, src: bytes) -> bytes:
-        """MAC over header bytes 0-5, counter, source (packed), vips."""
-        msg = head[:6] + counter + bytes((len(src),)) + src + self._addresses
+    def mac(self, head: bytes, counter: bytes, src: bytes, echo: bytes = b"") -> bytes:
+        """MAC over header bytes 0-5, counter, source (packed), vips, and a
+        proof's echoed nonce."""
+        msg = head[:6] + counter + bytes((len(src),)) + src + self._addresses + echo
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:MAC_LEN]
 
 
@@ -89,15 +114,28 @@ class Counter:
 
 
 def encode(auth: Auth, counter: int, source: str, advbase: int, advskew: int,
-           demote: int = 0) -> bytes:
-    """The 36-byte hardened advert sent from source."""
+           demote: int = 0, echo: int | None = None) -> bytes:
+    """The 36-byte hardened advert sent from source; with echo, the 44-byte
+    proof answering the solicitation that carried that nonce."""
+    return _packet(auth, wire.TYPE_ADVERTISEMENT, counter, source, advbase, advskew, demote, echo)
+
+
+def encode_solicit(auth: Auth, nonce: int, source: str) -> bytes:
+    """The 36-byte solicitation sent from source (advbase, advskew, demote 0)."""
+    return _packet(auth, TYPE_SOLICIT, nonce, source, 0, 0, 0, None)
+
+
+def _packet(auth: Auth, ptype: int, counter: int, source: str, advbase: int, advskew: int,
+            demote: int, echo: int | None) -> bytes:
     ctr = struct.pack("!Q", counter)
-    head = _HEAD.pack((VERSION << 4) | wire.TYPE_ADVERTISEMENT, auth.vhid, advskew, wire.AUTHLEN,
+    tail = b"" if echo is None else struct.pack("!Q", echo)
+    head = _HEAD.pack((VERSION << 4) | ptype, auth.vhid, advskew,
+                      wire.AUTHLEN if echo is None else PROOF_AUTHLEN,
                       min(demote, 255), advbase, 0, counter)
     src = _packed(source)
     if src is None:
         raise ValueError(f"advert source {source!r} is not an IP address")
-    pkt = head + auth.mac(head, ctr, src)
+    pkt = head + auth.mac(head, ctr, src, tail) + tail
     return pkt[:6] + struct.pack("!H", wire.checksum(pkt)) + pkt[8:]
 
 
@@ -111,8 +149,11 @@ class ReplayWindows:
         self._w: dict[tuple[bytes, int], tuple[int, int]] = {}  # -> (top, bits)
 
     def admit(self, sender: tuple[bytes, int], counter: int) -> str | None:
-        """None if counter is new (and now recorded); else the drop reason."""
-        top, bits = self._w.pop(sender, (0, 0))
+        """None if counter is new (and now recorded); else the drop reason
+        (`unproven`: the sender has no window yet)."""
+        if sender not in self._w:
+            return "unproven"
+        top, bits = self._w.pop(sender)
         try:
             if counter > top:
                 shift = counter - top
@@ -131,17 +172,68 @@ class ReplayWindows:
             if len(self._w) > self.senders:
                 del self._w[next(iter(self._w))]
 
+    def prove(self, sender: tuple[bytes, int], counter: int) -> None:
+        """The sender proved it is live with counter: its window starts there,
+        every lower counter counted as seen."""
+        self._w.pop(sender, None)
+        self._w[sender] = (counter, (1 << self.size) - 1)
+        if len(self._w) > self.senders:
+            del self._w[next(iter(self._w))]
+
     def top(self, sender: tuple[bytes, int]) -> int:
         return self._w.get(sender, (0, 0))[0]
 
 
+class Challenges:
+    """The nonces we wait for (one per sender and vhid) and when we last
+    asked and answered, each bounded like the windows."""
+
+    def __init__(self, senders: int = MAX_SENDERS):
+        self.senders = senders
+        self.waiting: dict[tuple[bytes, int], tuple[int, float]] = {}  # -> (nonce, asked at)
+        self.answered: dict[tuple[bytes, int], float] = {}              # asker -> answered at
+
+    def ask(self, sender: tuple[bytes, int], nonce: int, now: float) -> bool:
+        """Solicit sender with nonce now? Not within CHALLENGE_GAP of the last."""
+        last = self.waiting.get(sender)
+        if last is not None and now - last[1] < CHALLENGE_GAP:
+            return False
+        _put(self.waiting, sender, (nonce, now), self.senders)
+        return True
+
+    def take(self, sender: tuple[bytes, int], echo: int) -> bool:
+        """Is echo the nonce we wait for from sender? (Then we wait no more.)"""
+        last = self.waiting.get(sender)
+        if last is None or last[0] != echo:
+            return False
+        del self.waiting[sender]
+        return True
+
+    def answer(self, asker: tuple[bytes, int], now: float) -> bool:
+        """Answer asker's solicitation now? Not within CHALLENGE_GAP of the last."""
+        last = self.answered.get(asker)
+        if last is not None and now - last < CHALLENGE_GAP:
+            return False
+        _put(self.answered, asker, now, self.senders)
+        return True
+
+
+def _put(d: dict, k, v, bound: int) -> None:
+    d.pop(k, None)
+    d[k] = v
+    if len(d) > bound:
+        del d[next(iter(d))]
+
+
 def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
-           windows: ReplayWindows, own: str | None = None) -> Advert | Drop:
+           windows: ReplayWindows, own: str | None = None,
+           challenges: Challenges | None = None) -> Advert | Drop | Solicit:
     """Check one received packet: form, then MAC, then freshness.
 
     source is the packet's IP source address, own our address on that
     interface and family (an authentic advert from it is ours, replayed).
-    Only an advert whose MAC is good may move a replay window.
+    Only an authentic packet may move a replay window; only a proof
+    echoing the nonce `challenges` waits for may open one.
     """
     vhid = payload[1] if len(payload) >= 2 else None
     if ttl != wire.TTL:
@@ -155,21 +247,32 @@ def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
         return Drop("unhardened", vhid)  # a compatible-mode member, ucarp, or a recording
     if vt >> 4 != VERSION:
         return Drop("bad_version", vhid)
-    if vt & 0x0F != wire.TYPE_ADVERTISEMENT:
+    ptype = vt & 0x0F
+    if ptype not in (wire.TYPE_ADVERTISEMENT, TYPE_SOLICIT):
         return Drop("bad_type", vhid)
     auth = auths.get(vhid)
     if auth is None:
         return Drop("unknown_vhid", vhid)
-    if authlen != wire.AUTHLEN or len(payload) != wire.HEADER_LEN:
+    proof = ptype == wire.TYPE_ADVERTISEMENT and authlen == PROOF_AUTHLEN
+    if len(payload) != (PROOF_LEN if proof else wire.HEADER_LEN) or \
+            not (proof or authlen == wire.AUTHLEN):
         return Drop("bad_authlen", vhid)  # every byte is covered: no trailing data
+    echo = payload[wire.HEADER_LEN:]
     src = _packed(source)  # nothing authentic comes from a source that is no address
-    if src is None or not hmac.compare_digest(auth.mac(payload, payload[8:16], src), payload[16:36]):
+    if src is None or not hmac.compare_digest(auth.mac(payload, payload[8:16], src, echo),
+                                              payload[16:36]):
         return Drop("bad_hmac", vhid)
     if own is not None and src == _packed(own):
-        return Drop("replay", vhid)  # our own advert: it left us, so it was sent back
-    stale = windows.admit((src, vhid), counter)
-    if stale:
-        return Drop(stale, vhid)
+        return Drop("replay", vhid)  # our own packet: it left us, so it was sent back
+    if ptype == TYPE_SOLICIT:
+        return Solicit(vhid, counter)
+    sender = (src, vhid)
+    if proof and challenges is not None and challenges.take(sender, int.from_bytes(echo, "big")):
+        windows.prove(sender, counter)
+    else:
+        stale = windows.admit(sender, counter)
+        if stale:
+            return Drop(stale, vhid)
     return Advert(vhid=vhid, advbase=advbase, advskew=advskew, demote=demote, counter=counter)
 
 

@@ -315,6 +315,13 @@ class VhidMachine:
     def master_down_interval(self) -> float:
         return master_down_interval(self.advbase, self.advskew)
 
+    def current_advert(self) -> SendAdvert | None:
+        """The advert a MASTER sends now (what a proof of liveness carries);
+        None in any other state: only a master has one to prove."""
+        if self.state != State.MASTER:
+            return None
+        return SendAdvert(self.vhid, self.advbase, self.effective_skew, self.wire_demote)
+
     # --- entry point --------------------------------------------------------
     def handle(self, event, now: float) -> list:
         if self.stopped:

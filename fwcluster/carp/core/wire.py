@@ -55,10 +55,11 @@ COMPATIBLE_DROP_REASONS = ("bad_ttl", "bad_checksum", "bad_hmac", "bad_version",
                            "unknown_vhid", "truncated", "replay", "bad_authlen")
 # Every reason either mode gives: hardened.py adds a v2 advert at a hardened
 # member ("unhardened") and an authentic counter older than the sender's
-# replay window ("stale"); unicast CARP an advert from a source not in
-# vip.peers ("unlisted_source", machine.hears_from). Counters and metrics
-# carry all of them.
-DROP_REASONS = COMPATIBLE_DROP_REASONS + ("unhardened", "stale", "unlisted_source")
+# replay window ("stale"), and an authentic advert from a sender that has
+# not proved it is live to us ("unproven"); unicast CARP an advert from a
+# source not in vip.peers ("unlisted_source", machine.hears_from). Counters
+# and metrics carry all of them.
+DROP_REASONS = COMPATIBLE_DROP_REASONS + ("unhardened", "stale", "unproven", "unlisted_source")
 
 _HEADER = struct.Struct("!BBBBBBHQ20s")
 
