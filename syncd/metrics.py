@@ -84,7 +84,7 @@ CONFIG_COUNTERS = {
     "catch_ups": ("config_catch_ups", "Newer configs fetched from a peer after being stale"),
 }
 CONFIG_DROPS = {"auth_drops": "bad_auth", "malformed": "malformed", "oversize": "oversize",
-                "busy_drops": "busy"}
+                "busy_drops": "busy", "preauth_displaced": "displaced"}
 
 
 def _gauge(name: str, help: str, *labels: str) -> GaugeMetricFamily:
