@@ -199,26 +199,12 @@ def test_hardened_member_and_compatible_member_do_not_mix(carp_lab):
 
 # --- a restarted receiver and a recording of a dead master (issue 21 #2) ------------
 
-def record(lab, source: str, vhid: int, until) -> list[tuple[float, bytes]]:
-    """fw1's adverts of vhid seen from the client, (time, payload), from now
-    until until() returns true after one arrived, at most 10 s."""
-    s = lab.socket("client", socket.AF_INET, socket.SOCK_RAW, 112)
-    out = []
-    with s:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                     socket.inet_aton(GROUP4) + socket.inet_aton(CLIENT4))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, (src, _) = s.recvfrom(2048)
-            except socket.timeout:
-                break
-            payload = data[(data[0] & 0x0F) * 4:]
-            if src == source and len(payload) >= 2 and payload[1] == vhid:
-                out.append((time.monotonic(), payload))
-                if until(payload):
-                    break
+def record(seg: Segment, source: str, vhid: int, until) -> list[tuple[float, bytes]]:
+    """source's adverts of vhid seen from the client, (time, payload), from
+    now until until() returns true for one, none apart by more than 3 s."""
+    out: list[tuple[float, bytes]] = []
+    while not out or not until(out[-1][1]):
+        out.append((time.monotonic(), seg.capture4(source, vhid)))
     return out
 
 
@@ -231,7 +217,7 @@ def recorded_then_dead(carp_lab):
     lab, seg = start(carp_lab, "hardened")
     took: list = []
     t = threading.Thread(target=lambda: took.extend(
-        record(lab, lab.addr4("fw1"), 1, lambda p: p[5] == wire.BOW_OUT)))
+        record(seg, lab.addr4("fw1"), 1, lambda p: p[5] == wire.BOW_OUT)))
     t.start()
     time.sleep(4.0)
     lab.stop_daemon("fw1", "carpd")          # SIGTERM: the bow-out, then silence

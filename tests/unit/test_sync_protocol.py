@@ -5,6 +5,8 @@ a plain number advanced by the test, randomness is seeded.
 """
 import random
 
+import pytest
+
 from syncd.core import keys, wire
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 from syncd.core.protocol import Apply, Dump, InSync, Send, Sync, Timing
@@ -303,35 +305,35 @@ def replay_each_second(net, dst, src, datagrams, seconds):
     return sum(p.counters["bulk_sent"] for n in net.nodes.values() for p in n.peers.values()) - before
 
 
-def test_a_request_of_an_old_run_replayed_each_second_costs_no_bulk():
-    """Issue 21 #4: each replay of fw2's old-run RESYNC_REQ cost two bulks
-    of fw1's table (one to the dead session, one when fw2 asked again)."""
+def recorded_then_restarted(restarts: str, mtype: int):
+    """A synced pair; the last datagram of mtype `restarts` sent, recorded;
+    then `restarts` starts a new run and the pair resyncs."""
     net = two()
     net.run(1.2)
-    old_req = [d for s, a, d in net.wire_log if s == "fw2" and d[3] == wire.RESYNC_REQ][-1]
-    net.start("fw2", epoch=101)
-    net.tables["fw2"] = {}
+    old = [d for s, a, d in net.wire_log if s == restarts and d[3] == mtype][-1]
+    net.start(restarts, epoch=101)
+    net.tables[restarts] = {}
     net.run(1.0)
-    assert net.nodes["fw1"].peers["fw2"].resync == "done"
-    assert replay_each_second(net, "fw1", "fw2", [old_req], 10) == 0
-    net.local("fw1", [(OP_UPSERT, entry(7))])          # the stream still works
-    assert entry(7).key in net.tables["fw2"]
+    assert all(p.resync == "done" for n in net.nodes.values() for p in n.peers.values())
+    return net, old
 
 
-def test_a_datagram_of_an_old_run_replayed_each_second_costs_no_bulk():
-    """Issue 21 #4: each replay (beyond one a second) of any datagram of
-    fw1's earlier run made fw2 open a new session, and fw1 send a bulk."""
-    net = two()
-    net.run(1.2)
-    old = [d for s, a, d in net.wire_log if s == "fw1" and d[3] == wire.ALIVE][-1]
-    net.start("fw1", epoch=101)
-    net.tables["fw1"] = {}
-    net.run(1.0)
-    assert net.nodes["fw2"].peers["fw1"].resync == "done"
-    assert replay_each_second(net, "fw2", "fw1", [old], 10) == 0
-    assert net.nodes["fw2"].peers["fw1"].off_session >= 10
-    net.local("fw1", [(OP_UPSERT, entry(8))])
-    assert entry(8).key in net.tables["fw2"]
+@pytest.mark.parametrize("restarts,mtype,to,before", [
+    # each replay of fw2's old-run RESYNC_REQ cost two bulks of fw1's table
+    # (one to the dead session, one when fw2 asked again): 28 in 10 s
+    ("fw2", wire.RESYNC_REQ, "fw1", 28),
+    # each replay (beyond one a second) of any datagram of fw1's earlier run
+    # made fw2 open a new session, and fw1 send a bulk: 8 in 10 s
+    ("fw1", wire.ALIVE, "fw2", 8),
+])
+def test_a_datagram_of_an_old_run_replayed_each_second_costs_no_bulk(restarts, mtype, to, before):
+    """Issue 21 #4 (`before`: the bulks it cost on the old code)."""
+    net, old = recorded_then_restarted(restarts, mtype)
+    assert replay_each_second(net, to, restarts, [old], 10) == 0
+    assert net.nodes[to].peers[restarts].off_session >= 10
+    net.local("fw1", [(OP_UPSERT, entry(7))])          # the streams still work
+    net.local("fw2", [(OP_UPSERT, entry(8))])
+    assert net.tables["fw1"] == net.tables["fw2"] and len(net.tables["fw1"]) == 2
 
 
 def test_sequence_counters_are_per_peer():
