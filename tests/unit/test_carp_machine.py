@@ -117,6 +117,27 @@ def test_master_keeps_role_against_worse_master_and_reasserts():
     assert x.state == m.State.MASTER
 
 
+def test_master_announces_again_two_adverts_after_the_last_worse_master_heard():
+    """A healed split brain: the worse master yields on our advert, but its
+    own delayed re-announce (two adverts after it took over) may come after
+    our answer and turn the neighbours back to it (the chaos soak: new
+    sessions failed for minutes). We announce once more two adverts after
+    the last worse advert we heard."""
+    x = master(vm(1, 0))
+    for _ in range(x.REANNOUNCE_AFTER + 1):  # the takeover's own re-announce is done
+        x.handle(m.TimerFired(x.deadline), x.deadline)
+    for t in (10.0, 10.5):                   # the other one's adverts, then it yields
+        x.handle(ad(1, 100), t)
+    out = []
+    for _ in range(x.REANNOUNCE_AFTER):
+        t = x.deadline
+        out.append(kinds(x.handle(m.TimerFired(t), t)))
+    assert out[-1] == ["SendAdvert", "ArmTimer", "Announce"]
+    assert all("Announce" not in k for k in out[:-1])
+    t = x.deadline
+    assert kinds(x.handle(m.TimerFired(t), t)) == ["SendAdvert", "ArmTimer"]
+
+
 def test_a_flood_of_worse_adverts_gets_one_answer_per_reannounce_gap():
     """Issue 21 #5: each forged worse advert made the master announce the
     vip and advertise at once, without a limit."""

@@ -393,7 +393,12 @@ class VhidMachine:
             if yields_to(self.timing, self.wire_demote, ad, self.own_address, source):
                 self._heard_at(source, now)
                 return self._become_backup(now, f"better master {source}", source, ad)
-            # A worse master: make it hear us and make the segment learn us.
+            # A worse master: make it hear us and make the segment learn us,
+            # and once more REANNOUNCE_AFTER adverts after the last one heard
+            # (counted even while answers are limited): its own delayed
+            # re-announce may come after it yields and turn the neighbours
+            # back to it (a healed split brain).
+            self._reannounce = self.REANNOUNCE_AFTER
             if not reannounce_due(self._answered_worse, now):
                 return []
             self._answered_worse = now
