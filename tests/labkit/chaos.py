@@ -68,12 +68,14 @@ class Step:
     t_check: float = 0.0        # the checkpoint after the quiet period
     note: str = ""
     gap: tuple[str, float] = ("", 0.0)   # the longest silence of a surviving flow
+    moves: int = 0              # CARP transitions from the start to the checkpoint
 
     def line(self, t0: float) -> str:
         where = f" on {self.member}" if self.member else ""
         note = self.note and f" ({self.note})"
         return (f"#{self.n:<3} +{self.t_start - t0:7.1f}s {self.fault.describe()}{where}{note}"
-                f"; longest flow gap {self.gap[1]:.2f}s ({self.gap[0] or '-'})")
+                f"; {self.moves} transitions; longest flow gap {self.gap[1]:.2f}s "
+                f"({self.gap[0] or '-'})")
 
 
 @dataclass
@@ -191,6 +193,7 @@ class Chaos:
         f = step.fault
         step.t_start = time.monotonic()
         step.member = self._resolve(f)
+        before = self._transitions()
         try:
             step.note = self._inject(f, step.member) or ""
         except (LabError, subprocess.TimeoutExpired) as e:   # a daemon that does not come back, a hung command
@@ -198,6 +201,10 @@ class Chaos:
         step.t_end = time.monotonic()
         time.sleep(self.quiet)
         self.checkpoint(step)
+        after = self._transitions()
+        # a restarted carpd counts from 0 again: then all of its count is new
+        step.moves = sum(n - before.get(m, 0) if n >= before.get(m, 0) else n
+                         for m, n in after.items())
         self.out(step.line(self.report.t0))
 
     def _resolve(self, f: chaosplan.Fault) -> str:
@@ -222,7 +229,11 @@ class Chaos:
             lab.link_down(m, f.what)
             time.sleep(f.seconds)
             lab.link_up(m, f.what)
-        elif f.kind in ("cable", "partition", "split"):
+        elif f.kind == "deaf":
+            self._deaf(m, f.what, True)
+            time.sleep(f.seconds)
+            self._deaf(m, f.what, False)
+        elif f.kind in ("cable", "partition", "block"):
             lab.cut(m, f.what, carrier=f.kind != "cable")   # cable: carrier loss
             time.sleep(f.seconds)
             lab.heal(m, f.what)
@@ -243,6 +254,16 @@ class Chaos:
         elif f.kind == "push":
             return self._fwctl(m, "config", "push", timeout=60)
         return None
+
+    def _deaf(self, m: str, ifname: str, on: bool) -> None:
+        """A table of the soak's own in m that drops CARP (IP protocol 112)
+        arriving on ifname, before the shipped ruleset sees it."""
+        if not on:
+            self.lab.run(m, ["nft", "delete", "table", "inet", "chaos"], check=False)
+            return
+        self.lab.run(m, ["nft", "-f", "-"], input=(
+            "table inet chaos {\n chain deaf {\n  type filter hook input priority -10;\n"
+            f"  iifname {ifname} meta l4proto 112 drop\n }}\n}}\n"))
 
     def _fwctl(self, m: str, *argv: str, timeout: float = 20) -> str:
         cp = self.lab.fwctl_raw(m, *argv, "--json", timeout=timeout)
@@ -357,6 +378,20 @@ class Chaos:
             out.append(f"  {m} conntrack: {cp.stdout.strip() or '(no entry)'}")
         return "\n".join(out)
 
+    def _neighbours(self) -> str:
+        """Where the client and the server send for the vips, and the
+        members' MACs: a neighbour left on a member that yielded shows here."""
+        macs = []
+        for m in self.lab.members:
+            for ifname in ("lan0", "wan0"):
+                link = self.lab.run(m, ["ip", "-br", "link", "show", ifname], check=False).stdout.split()
+                macs.append(f"{m} {ifname} {link[2] if len(link) > 2 else '?'}")
+        out = ["  members: " + ", ".join(macs)]
+        for role in ("client", "server"):
+            neigh = self.lab.run(role, ["ip", "neigh"], check=False).stdout.strip().splitlines()
+            out.append(f"  {role} neighbours: " + " | ".join(neigh))
+        return "\n".join(out)
+
     def _check_masters(self, step: Step) -> None:
         """One MASTER per vhid (bounded wait: a preemption may be under way),
         and the kernel agrees: the vip is on that member only."""
@@ -377,6 +412,10 @@ class Chaos:
             return self.lab.has_addr(m, ifname, addr)
         except LabError:
             return False
+
+    def _transitions(self) -> dict[str, int]:
+        return {m: sum(v.get("transitions", 0) for v in (self.lab.status(m) or {}).get("vips", []))
+                for m in self.lab.members}
 
     def _masters(self) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {v["vhid"]: [] for v in self.lab.vips}
@@ -416,7 +455,8 @@ class Chaos:
             if not ok:
                 ok, err2 = self.traffic.short_flow(v6)     # once more: one SYN may meet a neighbour miss
                 if not ok:
-                    self._violation(step, "new", f"a new session does not pass: {err}; {err2}")
+                    self._violation(step, "new", f"a new session does not pass: {err}; {err2}\n"
+                                    + self._neighbours())
 
     def _logs(self) -> str:
         return "\n".join(f"--- {m} {d} log (tail):\n{self.lab.log_tail(m, d, 3000)}"

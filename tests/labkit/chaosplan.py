@@ -56,7 +56,8 @@ KINDS = {
     "reload": 2,        # SIGHUP to carpd or syncd, or syncd's {"cmd": "reload"}
     "push": 1,          # fwctl config push of the unchanged config
     "partition": 2,     # the sync link passes nothing for `seconds` (carrier kept)
-    "split": 1,         # a backup hears nothing on lan or wan (carrier kept): split brain
+    "block": 1,         # the switch passes nothing to/from a member's lan or wan port (carrier kept)
+    "deaf": 1,          # a backup drops the adverts it receives on lan0 or wan0: it claims too
     "blackout": 1,      # lan or wan of every member loses carrier at once
 }
 
@@ -84,8 +85,10 @@ def draw(rng: random.Random) -> Fault:
         return Fault(kind, target, pick=pick)
     if kind == "partition":
         return Fault(kind, target, "sync", secs + 2, pick)
-    if kind == "split":
-        return Fault(kind, "backup", rng.choice(("lan", "wan")), secs, pick)
+    if kind == "block":
+        return Fault(kind, target, rng.choice(("lan", "wan")), secs, pick)
+    if kind == "deaf":
+        return Fault(kind, "backup", rng.choice(("lan0", "wan0")), secs, pick)
     return Fault("blackout", "", rng.choice(("lan", "wan")), min(secs, 3.0))
 
 
@@ -98,10 +101,11 @@ def plan(seed: int) -> Iterator[Fault]:
 
 def unavoidable(f: Fault) -> str | None:
     """Why established flows may die across this fault; None: they must not."""
-    if f.kind == "split":
-        return (f"split brain: {f.target} hears no adverts on {f.what} and claims its vips while "
-                f"the master keeps them; both answer for the vip, each side's flows go to "
-                f"whichever member a neighbour resolved last, and the masters' tables diverge")
+    if f.kind in ("block", "deaf"):
+        return (f"split brain: a member hears no adverts on {f.what} and claims the vips while "
+                f"the master keeps them; both are master, each neighbour sends to the one it "
+                f"resolved last, and after the heal the one that yields may still get traffic "
+                f"until the winner's next gratuitous ARP / NA, or hold entries the other lacks")
     if f.kind == "blackout":
         return (f"every member lost {f.what} at once: no path at all, every member drops its "
                 f"vips, and the election afterwards may pick a member whose replicas the "
