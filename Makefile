@@ -15,7 +15,7 @@ APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping \
 	python3-prometheus-client python3-zxcvbn kea-dhcp4-server kea-ctrl-agent kea-common
 
-.PHONY: all deps venv test test-unit test-lab demo bench bench-failover \
+.PHONY: all deps venv test test-unit test-lab demo chaos bench bench-failover \
 	bench-sync bench-balance bench-report clean distclean
 
 all: test
@@ -55,6 +55,12 @@ test-lab: deps
 
 demo: deps
 	$(PY) -m tests.labkit demo
+
+# The chaos soak (docs/lab.md): random faults under live traffic for
+# CHAOS_SECONDS (default 30 min); CHAOS_SEED=N replays a schedule,
+# CHAOS_MEMBERS=2|3, CHAOS_KEEP_GOING=1 runs on past the first violation.
+chaos: deps
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-1800} $(PY) -m pytest -q -s tests/lab/test_chaos.py -k short_run
 
 bench: bench-failover bench-sync bench-balance
 	$(MAKE) bench-report
