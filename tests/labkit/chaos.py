@@ -20,6 +20,7 @@ Invariants (checkpoint after each quiet period):
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -267,8 +268,11 @@ class Chaos:
 
     def _fwctl(self, m: str, *argv: str, timeout: float = 20) -> str:
         cp = self.lab.fwctl_raw(m, *argv, "--json", timeout=timeout)
-        text = " ".join((cp.stdout.strip() or cp.stderr.strip()).split())
-        return f"exit {cp.returncode}: {text[:160]}"
+        try:
+            text = json.dumps(_brief(json.loads(cp.stdout)), separators=(",", ":"))
+        except ValueError:
+            text = " ".join((cp.stdout.strip() or cp.stderr.strip()).split())
+        return f"exit {cp.returncode}: {text[:200]}"
 
     def _start(self, m: str, daemon: str) -> None:
         (self.lab.start_carpd if daemon == "carpd" else self.lab.start_syncd)(m)
@@ -325,6 +329,9 @@ class Chaos:
     def _check_flows(self, step: Step) -> None:
         """Every long-lived flow answered lately; a silent one gets the
         fault's allowed gap to resume, then it is lost."""
+        if self.traffic.broken:
+            raise LabError("the soak's traffic thread failed (an engine bug, not a product "
+                           "one):\n" + self.traffic.broken[0])
         flows = self.traffic.flows
         allowed = chaosplan.allowed_gap(step.fault, self.master_down)
         t = step.t_check
@@ -461,6 +468,16 @@ class Chaos:
     def _logs(self) -> str:
         return "\n".join(f"--- {m} {d} log (tail):\n{self.lab.log_tail(m, d, 3000)}"
                          for m in self.lab.members for d in DAEMONS)
+
+
+def _brief(v):
+    """fwctl's JSON without what says nothing in a step's line (digests,
+    the per-vip detail of a drill)."""
+    if isinstance(v, dict):
+        return {k: _brief(x) for k, x in v.items() if k not in ("digest", "vips", "sessions")}
+    if isinstance(v, list):
+        return [_brief(x) for x in v]
+    return v
 
 
 def rss_kb(pid: int) -> int | None:

@@ -18,6 +18,7 @@ import selectors
 import socket
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 from tests.labkit.addresses import SERVER4, SERVER6
@@ -75,6 +76,7 @@ class Traffic:
         self._subscribers: dict[str, tuple] = {}   # push flow -> client address
         self._servers: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
+        self.broken: list[str] = []      # exceptions in the traffic thread (never expected)
 
     # --- set-up -----------------------------------------------------------------
     def start(self) -> "Traffic":
@@ -179,12 +181,17 @@ class Traffic:
             with self._lock:
                 if not self._sel.get_map():
                     break
-            for key, _ in self._sel.select(timeout=0.02):
-                key.data(key.fileobj)
-            now = time.monotonic()
-            if now >= next_send:
-                self._send_round()
-                next_send = max(next_send + self.interval, now)
+            try:
+                for key, _ in self._sel.select(timeout=0.02):
+                    key.data(key.fileobj)
+                now = time.monotonic()
+                if now >= next_send:
+                    self._send_round()
+                    next_send = max(next_send + self.interval, now)
+            except Exception:       # the soak's own bug: flows would look lost
+                self.broken.append(traceback.format_exc())
+                if len(self.broken) > 10:
+                    return
 
     def _send_round(self) -> None:
         with self._lock:
@@ -197,12 +204,21 @@ class Traffic:
                 except (BlockingIOError, InterruptedError):
                     pass            # a stalled TCP session's buffer: it is retransmitting
                 except OSError as e:
-                    self._fail(f, f"send: {e}")
+                    self._error(f, f"send: {e}")
         for addr in subscribers:
             try:
                 self._push_sock.sendto(MSG, addr)
             except OSError:
                 pass                # no route/neighbour for a moment: a lost push, as on a wire
+
+    def _error(self, flow: Flow, why: str) -> None:
+        """A TCP session is over on any socket error. UDP is not: an ICMP
+        error (no neighbour for the gateway during a blackout, say) is
+        reported on the next call and the flow goes on when the path returns."""
+        if flow.name.startswith("tcp"):
+            self._fail(flow, why)
+        else:
+            flow.error = why
 
     def _fail(self, flow: Flow, why: str) -> None:
         if flow.error is None:
@@ -220,7 +236,7 @@ class Traffic:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                self._fail(flow, f"recv: {e}")
+                self._error(flow, f"recv: {e}")
                 return
             if not data and flow.name.startswith("tcp"):
                 self._fail(flow, "closed by the peer")
