@@ -327,8 +327,10 @@ class Chaos:
         return text.decode(errors="replace").splitlines()
 
     def _check_flows(self, step: Step) -> None:
-        """Every long-lived flow answered lately; a silent one gets the
-        fault's allowed gap to resume, then it is lost."""
+        """Every long-lived flow answered within FRESH s of its last send
+        time; a silent one gets the fault's allowed gap to resume (a slow
+        flow's lost request is not sent again: one more of its intervals),
+        then it is lost."""
         if self.traffic.broken:
             raise LabError("the soak's traffic thread failed (an engine bug, not a product "
                            "one):\n" + self.traffic.broken[0])
@@ -337,11 +339,13 @@ class Chaos:
         t = step.t_check
 
         def silent():
-            return [f for f in flows.values() if f.last < time.monotonic() - FRESH]
+            return [f for f in flows.values() if f.last < time.monotonic() - f.every - FRESH]
         if silent():
-            self.lab.wait_for(lambda: not silent(), allowed, 0.1)
+            self.lab.wait_for(lambda: not silent(), allowed + max(f.every for f in silent()), 0.1)
         worst = ("", 0.0)
         for f in list(flows.values()):
+            if f.every > FRESH:
+                continue        # an idle flow's silence says nothing about the path
             g = f.max_gap(max(step.t_start, f.opened), t)
             if g > worst[1]:
                 worst = (f.name, g)

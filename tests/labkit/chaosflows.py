@@ -8,6 +8,8 @@ the vips; the ruleset lets only LAN -> WAN open flows):
   push4, push6          server push: one datagram from the client opens the
                         flow, then only the server sends, every `interval`
   icmp4, icmp6          echo requests of one id (a Prober)
+  tcp4-slow, udp4-slow  one echo every SLOW_EVERY s: an idle flow lives on its
+                        conntrack timeout, not on a stream of packets
 One thread serves and drives every socket (selectors), a second opens a
 short TCP session every `short_every` seconds. Both stop by themselves at
 `until` (time.monotonic()), whatever the caller does.
@@ -26,7 +28,9 @@ from tests.labkit.prober import Prober
 
 TCP_PORT, UDP_PORT, PUSH_PORT = 5101, 5102, 5103
 MSG = b"chaos-flow-bytes"
-LONG = ("tcp4-a", "tcp4-b", "tcp6", "udp4", "udp6", "push4", "push6", "icmp4", "icmp6")
+LONG = ("tcp4-a", "tcp4-b", "tcp6", "udp4", "udp6", "push4", "push6", "icmp4", "icmp6",
+        "tcp4-slow", "udp4-slow")
+SLOW_EVERY = 20.0
 
 
 @dataclass
@@ -34,8 +38,10 @@ class Flow:
     name: str
     generation: int                 # 0 first, +1 each time it is reopened after a loss
     opened: float
+    every: float                    # seconds between the client's sends
     replies: list[float] = field(default_factory=list)   # time.monotonic() of each reply
     error: str | None = None
+    next_send: float = 0.0
     port: int = 0                   # client port (TCP, UDP) or ICMP id: its conntrack entry
     sock: socket.socket | None = None
     prober: Prober | None = None
@@ -116,8 +122,8 @@ class Traffic:
         if old:
             self._close(old)
             self.retired.append(old)
-        flow = Flow(name, gen, time.monotonic())
-        v6 = name.endswith("6")
+        flow = Flow(name, gen, time.monotonic(), SLOW_EVERY if name.endswith("slow") else self.interval)
+        v6 = "6" in name
         target = SERVER6 if v6 else SERVER4
         fam = socket.AF_INET6 if v6 else socket.AF_INET
         try:
@@ -194,11 +200,13 @@ class Traffic:
                     return
 
     def _send_round(self) -> None:
+        now = time.monotonic()
         with self._lock:
             flows = [f for f in self.flows.values() if f.sock is not None]
             subscribers = list(self._subscribers.values())
         for f in flows:
-            if f.name.startswith(("tcp", "udp")):
+            if f.name.startswith(("tcp", "udp")) and now >= f.next_send:
+                f.next_send = max(f.next_send + f.every, now)
                 try:
                     f.sock.send(MSG)
                 except (BlockingIOError, InterruptedError):
