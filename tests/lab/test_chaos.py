@@ -36,6 +36,11 @@ def test_schedule_is_the_seeds_alone():
     assert {f.kind for f in first} == set(chaosplan.KINDS)
     lossy = {f.kind for f in first if chaosplan.unavoidable(f)}
     assert lossy == {"block", "deaf", "blackout"}
+    still = {f.kind for f in first if chaosplan.still(f)}
+    assert still == {"reload", "push", "partition", "link", "cable", "kill", "maintenance"}
+    assert not any(chaosplan.still(f) for f in first if f.target == "master"
+                   and f.kind in ("maintenance", "drill") or f.what in ("lan0", "wan0", "carpd")
+                   and f.target == "master")
 
 
 def test_engine_reports_damage_done_behind_its_back():

@@ -206,7 +206,24 @@ class Chaos:
         # a restarted carpd counts from 0 again: then all of its count is new
         step.moves = sum(n - before.get(m, 0) if n >= before.get(m, 0) else n
                          for m, n in after.items())
+        if chaosplan.still(f):
+            # the member whose carpd or vip links the fault hit re-enters
+            # BACKUP through INIT: its own count may move, no other may
+            hit = step.member if (f.what == "carpd" or f.what in ("lan0", "wan0", "lan", "wan")) else ""
+            moved = {m for m in after if m != hit and after[m] != before.get(m)}
+            if moved:
+                self._violation(step, "still", f"{', '.join(sorted(moved))} changed roles under a "
+                                               f"fault that touches no vip: transitions {before} -> "
+                                               f"{after}\n" + self._role_lines(step))
         self.out(step.line(self.report.t0))
+
+    def _role_lines(self, step: Step) -> str:
+        """carpd's role changes of every member since the step began (its log lines)."""
+        out = []
+        for m in self.lab.members:
+            lines = self.lab.log_tail(m, "carpd", 20000).splitlines()
+            out += [f"  {ln}" for ln in lines if " -> " in ln][-8:]
+        return "\n".join(out)
 
     def _resolve(self, f: chaosplan.Fault) -> str:
         """The member a role names now (carpd's view of vhid 1)."""

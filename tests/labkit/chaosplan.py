@@ -117,6 +117,19 @@ def unavoidable(f: Fault) -> str | None:
     return None
 
 
+def still(f: Fault) -> bool:
+    """Must this fault leave every vip where it is (the master's roles and
+    transition counts unchanged)? Whatever touches only the sync side, the
+    configuration, or a backup."""
+    if f.kind in ("reload", "push", "partition"):
+        return True
+    if f.kind in ("link", "cable") and f.what in ("sync0", "sync"):
+        return True
+    if f.kind == "kill" and f.what == "syncd":
+        return True
+    return f.kind in ("kill", "link", "cable", "maintenance") and f.target == "backup"
+
+
 def allowed_gap(f: Fault, master_down: float) -> float:
     """Longest silence of a surviving flow across f. master_down: the
     slowest member's CARP master-down time (a silent master's takeover)."""
