@@ -13,6 +13,8 @@ Invariants (checkpoint after each quiet period):
            (chaosplan.unavoidable), then it is counted and reopened
   masters  exactly one MASTER per vhid among the members' carpd, and the
            vip address on that member only
+  still    a fault that touches no vip (chaosplan.still) moved none: no
+           member's CARP transition count changed but the one it hit
   memory   each daemon's VmRSS below its first sample + RSS_SLACK_MB
   crashes  no daemon exited unless the schedule killed it; no traceback
            in any daemon's log
@@ -31,7 +33,7 @@ from typing import Callable
 from fwcluster.carp.core.machine import master_down_interval
 from syncd.core.protocol import Timing
 from tests.labkit import chaosplan
-from tests.labkit.chaosflows import LONG, Traffic
+from tests.labkit.chaosflows import Traffic
 from tests.labkit.lab import Lab, LabError
 from tests.labkit.netns import ip_batch
 
