@@ -152,8 +152,12 @@ class Chaos:
         self.begin()
         try:
             for n, fault in enumerate(chaosplan.plan(r.seed), start=1):
-                if time.monotonic() >= r.t0 + self.seconds or (r.violations and not self.keep_going):
+                left = r.t0 + self.seconds - time.monotonic()
+                if left <= 0 or (r.violations and not self.keep_going):
                     break
+                if fault.seconds > left:     # a long hold would overrun a short run by minutes
+                    self.out(f"#{n:<3} skipped: {fault.describe()} is longer than the {left:.0f} s left")
+                    continue
                 self.step(Step(n, fault))
         finally:
             self.finish()
