@@ -1,0 +1,81 @@
+"""Release versions and the protocol versions a release speaks (pure).
+
+One version number names a release everywhere (the image and its bundle,
+/etc/os-release, fwctl status, fwcluster_build_info): a git tag vX.Y.Z is
+the release, and `git describe` of a tree turns into a PEP 440 version by
+pep440(). fwcluster/version.py finds the describe output (or the version
+the image builder wrote); this module only computes.
+
+Two members work together today only if they speak the same version of
+every protocol in PROTOCOLS (there is no negotiation of an older version
+yet): compatibility() says whether they do, from what each reports.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fwcluster.carp.core import hardened as carp_hardened
+from fwcluster.carp.core import wire as carp_wire
+from fwcluster.core import configwire
+from syncd.core import wire as sync_wire
+
+TAG_PATTERN = "v[0-9]*"  # `git describe --match`: other tags never name a release
+UNKNOWN = "unknown"
+_DESCRIBE = re.compile(r"^(?:v(?P<tag>[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?)-(?P<distance>[0-9]+)-)?"
+                       r"g?(?P<commit>[0-9a-f]{4,40})$")
+
+
+class VersionError(ValueError):
+    pass
+
+
+def pep440(describe: str, dirty: bool = False) -> str:
+    """`git describe --tags --long --always [--dirty]` as a PEP 440 version:
+    v0.2.0-0-gabc -> 0.2.0 (the release itself), v0.2.0-3-gabc ->
+    0.2.0.post3+gabc, no tag (just abc) -> 0.0.0+gabc; uncommitted changes
+    (a -dirty suffix, or dirty=True) add .dirty, and name the commit even
+    on a tag: a changed tree is not the release."""
+    text = describe.strip()
+    if text.endswith("-dirty"):
+        text, dirty = text[:-len("-dirty")], True
+    m = _DESCRIBE.match(text)
+    if not m:
+        raise VersionError(f"not the output of git describe --tags --long --always: {describe!r}")
+    tag, distance, commit = m["tag"] or "0.0.0", int(m["distance"] or 0), m["commit"]
+    public = f"{tag}.post{distance}" if distance else tag
+    local = [f"g{commit}"] if (distance or dirty or not m["tag"]) else []
+    if dirty:
+        local.append("dirty")
+    return public + ("+" + ".".join(local) if local else "")
+
+
+def protocols() -> dict[str, str]:
+    """The wire versions this code speaks, by protocol."""
+    return {"sync": str(sync_wire.VERSION), "config": configwire.VERSION.decode(),
+            "carp": str(carp_wire.VERSION), "carp_hardened": str(carp_hardened.VERSION)}
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    verdict: str  # "compatible" | "INCOMPATIBLE" | "unknown"
+    detail: str
+
+
+def compatibility(mine: dict[str, str], peer: dict[str, str] | None,
+                  foreign_sync_version_seen: bool = False) -> Compatibility:
+    """Whether a peer can work with this member: only the same version of
+    every protocol does, until a release negotiates an older one. peer: the
+    protocol versions it reported (None: it reported none). Without a report,
+    sync datagrams of another version arriving (syncd's bad_version drops)
+    still prove a mismatch."""
+    if peer:
+        differ = [f"{name} {mine.get(name, UNKNOWN)} here, {peer.get(name, UNKNOWN)} there"
+                  for name in sorted(set(mine) | set(peer)) if mine.get(name) != peer.get(name)]
+        if differ:
+            return Compatibility("INCOMPATIBLE", "protocol versions differ: " + "; ".join(differ))
+        return Compatibility("compatible", "same protocol versions")
+    if foreign_sync_version_seen:
+        return Compatibility("INCOMPATIBLE", "sync datagrams of another protocol version arrive "
+                             f"(this member speaks sync {mine.get('sync', UNKNOWN)})")
+    return Compatibility(UNKNOWN, "the peer does not report its versions")

@@ -1,0 +1,58 @@
+"""The version of this fwcluster: the one place it is read at run time.
+
+On the appliance the image builder has written it into fwcluster/_version.py
+(the image has no git); in a source tree it is computed from `git describe`
+(fwcluster.core.versions.pep440). _version.py is never in the source tree
+(.gitignore): a built image is the only place it exists.
+"""
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent
+try:
+    from fwcluster.core import versions
+except ModuleNotFoundError:
+    # setuptools loads this file alone to read __version__ (pyproject.toml)
+    sys.path.insert(0, str(SRC))
+    from fwcluster.core import versions
+
+
+def git_describe(src: Path = SRC, dirty: bool = True) -> str | None:
+    """`git describe` of the tree at src, None outside a git checkout."""
+    argv = ["git", "-C", str(src), "describe", "--tags", "--long", "--always",
+            f"--match={versions.TAG_PATTERN}", "--abbrev=12"] + (["--dirty"] if dirty else [])
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
+
+
+def from_git(src: Path = SRC, dirty: bool | None = None) -> str | None:
+    """The PEP 440 version of the tree at src. dirty=None: whatever git says
+    of the whole tree; True/False: the caller knows better (the image
+    builder looks only at what goes into the image)."""
+    described = git_describe(src, dirty=dirty is None)
+    return versions.pep440(described, bool(dirty)) if described else None
+
+
+@functools.cache
+def current() -> str:
+    """This code's version: the built image's, else the source tree's."""
+    try:
+        from fwcluster import _version  # written by image/customize.py
+        return _version.VERSION
+    except ImportError:
+        pass
+    return from_git() or f"0.0.0+{versions.UNKNOWN}"
+
+
+def __getattr__(name: str):
+    # pyproject.toml reads the version as fwcluster.version.__version__
+    if name == "__version__":
+        return current()
+    raise AttributeError(name)

@@ -1,0 +1,81 @@
+"""One version per release, from git describe; the protocol versions two
+members must share (fwcluster.core.versions, fwcluster/version.py)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fwcluster import version
+from fwcluster.core import versions
+
+
+@pytest.mark.parametrize("describe,dirty,expected", [
+    ("v0.2.0-0-gabc123456789", False, "0.2.0"),
+    ("v0.2.0-3-gabc123456789", False, "0.2.0.post3+gabc123456789"),
+    ("abc123456789", False, "0.0.0+gabc123456789"),
+    ("v0.2.0-0-gabc123456789-dirty", False, "0.2.0+gabc123456789.dirty"),
+    ("v0.2.0-0-gabc123456789", True, "0.2.0+gabc123456789.dirty"),
+    ("v0.2.0-3-gabc123456789-dirty", False, "0.2.0.post3+gabc123456789.dirty"),
+    ("abc123456789-dirty", False, "0.0.0+gabc123456789.dirty"),
+    ("v1.0rc1-0-gabc123456789", False, "1.0rc1"),
+])
+def test_describe_becomes_a_pep440_version(describe, dirty, expected):
+    assert versions.pep440(describe, dirty) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "release-0-gabc", "v0.2.0-x-gabc", "v0.2.0-1-gxyz"])
+def test_what_is_not_describe_output_is_refused(bad):
+    with pytest.raises(versions.VersionError):
+        versions.pep440(bad)
+
+
+def test_a_tag_makes_the_release_in_a_real_repository(tmp_path):
+    """The whole path: git describe of a repository, before a tag, on it,
+    past it and with a change not committed."""
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org",
+                        *a], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    assert version.from_git(tmp_path).startswith("0.0.0+g")
+    git("tag", "v0.2.0")
+    git("tag", "lab-ok")  # not a release tag: never taken for one
+    assert version.from_git(tmp_path) == "0.2.0"
+    git("commit", "-q", "--allow-empty", "-m", "two")
+    assert version.from_git(tmp_path).startswith("0.2.0.post1+g")
+    (tmp_path / "f").write_text("2")
+    assert version.from_git(tmp_path).endswith(".dirty")
+    assert version.from_git(tmp_path, dirty=False) == version.from_git(tmp_path)[:-len(".dirty")]
+
+
+def test_outside_git_there_is_no_version_from_git(tmp_path):
+    assert version.from_git(tmp_path) is None
+
+
+def test_the_source_tree_has_a_pep440_version():
+    from packaging.version import Version
+    assert str(Version(version.current())) == version.current()
+
+
+def test_protocols_name_each_wire_version():
+    from fwcluster.carp.core import hardened
+    from syncd.core import wire
+    p = versions.protocols()
+    assert p["sync"] == str(wire.VERSION) and p["carp_hardened"] == str(hardened.VERSION)
+    assert p["config"].startswith("FWCC")
+
+
+def test_same_protocols_are_compatible_any_difference_is_not():
+    mine = versions.protocols()
+    assert versions.compatibility(mine, dict(mine)).verdict == "compatible"
+    c = versions.compatibility(mine, dict(mine, sync="99"))
+    assert c.verdict == "INCOMPATIBLE" and f"sync {mine['sync']} here, 99 there" in c.detail
+
+
+def test_without_a_report_only_foreign_sync_datagrams_prove_a_mismatch():
+    mine = versions.protocols()
+    assert versions.compatibility(mine, None).verdict == "unknown"
+    assert versions.compatibility(mine, None, foreign_sync_version_seen=True).verdict == "INCOMPATIBLE"
