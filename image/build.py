@@ -9,8 +9,9 @@ RAUC bundle, image/bundle.py), compress, checksum.
 
 Reproducible: times come from SOURCE_DATE_EPOCH (default: the last commit's
 time), GUIDs and UUIDs from the profile, version and build id, mtimes are
-clamped, and an uncommitted change to the image's inputs adds "+dirty" to
-the version.
+clamped. The version is git describe's (fwcluster/version.py: a tag
+vX.Y.Z builds X.Y.Z); an uncommitted change to the image's inputs adds
+".dirty" to it.
 
 Downloaded .debs and apt lists are kept in $FWCLUSTER_CACHE/apt (cache_dir()) and handed to
 mmdebstrap, so a rebuild downloads nothing new.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fwcluster import __version__ as FWCLUSTER_VERSION
+from fwcluster import version as fwversion
 from fwcluster.core.slots import initial_env, render_grubenv
 from image import base, boot, bundle, manifest
 from image.plan import MIB, Plan, make_plan, sfdisk_script
@@ -343,7 +344,10 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
     cache = cache or cache_dir() / "apt"
     work.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch()
-    version = version or FWCLUSTER_VERSION + ("+dirty" if tree_dirty() else "")
+    version = version or fwversion.from_git(SRC, dirty=tree_dirty())
+    if not version:
+        raise BuildError("the version comes from git describe: build from a git checkout "
+                         "(or give the version)")
     bid = build_id(epoch)
     repro = Repro(epoch, guid_seed or f"{profile.name}:{version}+{bid}")
     stem = f"{profile.name}-{version}-{profile.architecture}"
@@ -375,7 +379,7 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
     raucb = out_dir / f"{stem}.raucb"
     try:
         pr.run("bundle", bundle.make_bundle, tools, parts["fwroot-a"], raucb,
-               bundle.compatible(profile.name, profile.architecture), f"{version}+{bid}", bid,
+               bundle.compatible(profile.name, profile.architecture), version, bid,
                signing, work)
     except bundle.SigningError as e:
         raise BuildError(str(e)) from None

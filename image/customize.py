@@ -96,10 +96,13 @@ def install_wheel(root: Path, wheel: Path) -> list[str]:
 
 
 # Never product code, should any appear inside the packages.
-NOT_PRODUCT = shutil.ignore_patterns("__pycache__", "*.pyc", "test_*.py", "conftest.py")
+NOT_PRODUCT = ("__pycache__", "*.pyc", "test_*.py", "conftest.py")
 
 
-def install_python(root: Path, wheels: list[Path], epoch: int, since: float) -> None:
+def install_python(root: Path, wheels: list[Path], epoch: int, since: float,
+                   version_module: str) -> None:
+    """version_module: fwcluster/_version.py, the version fwcluster/version.py
+    reads on the appliance (it has no git)."""
     dist = root / DIST
     dist.mkdir(parents=True, exist_ok=True)
     extra = []
@@ -108,7 +111,9 @@ def install_python(root: Path, wheels: list[Path], epoch: int, since: float) -> 
     for pkg in PY_PACKAGES:
         dst = dist / pkg
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(SRC / pkg, dst, ignore=NOT_PRODUCT, copy_function=shutil.copy)
+        shutil.copytree(SRC / pkg, dst, ignore=shutil.ignore_patterns(*NOT_PRODUCT, "_version.py"),
+                        copy_function=shutil.copy)
+    (dist / "fwcluster/_version.py").write_text(version_module)
     for name, module in LAUNCHERS.items():
         p = root / "usr/bin" / name
         p.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -m {module} \"$@\"\n")
@@ -186,10 +191,43 @@ def enable_units(root: Path, overlay_files: list[str]) -> list[str]:
     return units
 
 
+def version_module(version: str, build_id: str) -> str:
+    return (f"# fwcluster: written by image/customize.py at build time\n"
+            f"VERSION = {version!r}\nBUILD_ID = {build_id!r}\n")
+
+
+def _os_release_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip('"')
+    return fields
+
+
+def os_release(debian: str, version: str, build_id: str) -> str:
+    """/usr/lib/os-release of the appliance: fwcluster, its release and
+    build (os-release(5): VERSION_ID, IMAGE_ID, IMAGE_VERSION, BUILD_ID),
+    like Debian (ID_LIKE), whose own release stays in DEBIAN_VERSION_ID."""
+    d = _os_release_fields(debian)
+    based = f"Debian {d.get('VERSION_ID', '')} {d.get('VERSION_CODENAME', '')}".strip()
+    fields = {"PRETTY_NAME": f"fwcluster {version} ({based})", "NAME": "fwcluster",
+              "ID": "fwcluster", "ID_LIKE": "debian", "VERSION_ID": version,
+              "VERSION": f"{version} ({based})", "VERSION_CODENAME": d.get("VERSION_CODENAME", ""),
+              "IMAGE_ID": "fwcluster", "IMAGE_VERSION": version, "BUILD_ID": build_id,
+              "DEBIAN_VERSION_ID": d.get("VERSION_ID", "")}
+    return "".join(f'{k}="{v}"\n' for k, v in fields.items() if v)
+
+
 def write_release(root: Path, version: str, build_id: str, release: str) -> None:
     d = root / "usr/lib/fwcluster"
     d.mkdir(parents=True, exist_ok=True)
     (d / "release").write_text(f"VERSION={version}\nBUILD_ID={build_id}\nDEBIAN={release}\n")
+    # /etc/os-release links here in Debian
+    osr = root / "usr/lib/os-release"
+    debian = osr.read_text() if osr.exists() else ""
+    osr.unlink(missing_ok=True)
+    osr.write_text(os_release(debian, version, build_id))
 
 
 def main(argv=None) -> int:
@@ -210,7 +248,7 @@ def main(argv=None) -> int:
     written = []
     for ov in args.overlay:
         written += copy_overlay(ov, root)
-    install_python(root, args.wheel, args.epoch, since)
+    install_python(root, args.wheel, args.epoch, since, version_module(args.version, args.build_id))
     install_completion(root)
     layout(root, args.hostname, args.serial_console)
     units = enable_units(root, written)

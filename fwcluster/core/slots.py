@@ -335,8 +335,8 @@ def status_view(st: dict, release: dict[str, str]) -> dict:
         bundle = ss.get("bundle") or {}
         bootname = s.get("bootname")
         version = bundle.get("version")
-        if not version and bootname == booted and release.get("VERSION"):
-            version = release["VERSION"] + (f"+{release['BUILD_ID']}" if release.get("BUILD_ID") else "")
+        if not version and bootname == booted:
+            version = release.get("VERSION")  # the slot the card was flashed with
         state = []
         if bootname == booted:
             state.append("running")

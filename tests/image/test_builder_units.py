@@ -256,7 +256,7 @@ def test_status_view_from_rauc_json():
     v = ab.status_view(st, {"VERSION": "0.1.0", "BUILD_ID": "x", "SIGNING": "development"})
     assert v["primary"] == "B" and v["signing"] == "development"
     a, b = v["slots"]
-    assert a["version"] == "0.1.0+x" and a["state"] == ["running", "good"]
+    assert a["version"] == "0.1.0" and a["state"] == ["running", "good"]
     assert b["version"] == "0.2.0" and b["installed"] == "T1" and "next boot" in b["state"]
 
 
@@ -388,3 +388,33 @@ def test_fwcluster_passwd_writes_config_file_and_refuses_short(tmp_path):
 
 def test_profile_installs_bash_completion_support():
     assert "bash-completion" in profile.load(DEFAULT).packages
+
+
+# --- the version in the image -------------------------------------------------------
+
+DEBIAN_OS_RELEASE = ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\n'
+                     'VERSION_ID="13"\nVERSION="13 (trixie)"\nVERSION_CODENAME=trixie\nID=debian\n')
+
+
+def test_os_release_names_the_fwcluster_version_and_build():
+    from image import customize
+    text = customize.os_release(DEBIAN_OS_RELEASE, "0.2.0", "20261206T000000Z-b9fe6b19da8f")
+    f = customize._os_release_fields(text)
+    assert f["VERSION_ID"] == f["IMAGE_VERSION"] == "0.2.0"
+    assert f["BUILD_ID"] == "20261206T000000Z-b9fe6b19da8f"
+    assert f["ID"] == f["IMAGE_ID"] == "fwcluster" and f["ID_LIKE"] == "debian"
+    assert f["DEBIAN_VERSION_ID"] == "13" and f["VERSION_CODENAME"] == "trixie"
+    assert f["PRETTY_NAME"] == "fwcluster 0.2.0 (Debian 13 trixie)"
+
+
+def test_the_image_reads_the_version_the_builder_wrote(tmp_path):
+    """fwcluster/_version.py as customize writes it is what version.current()
+    returns on the appliance, where there is no git."""
+    from image import customize
+    pkg = tmp_path / "fwcluster"
+    shutil.copytree(ROOT / "fwcluster", pkg, ignore=shutil.ignore_patterns("__pycache__", "_version.py"))
+    shutil.copytree(ROOT / "syncd", tmp_path / "syncd", ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "_version.py").write_text(customize.version_module("0.2.0.post3+gabc", "B1"))
+    out = subprocess.run([sys.executable, "-c", "from fwcluster import version; print(version.current())"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "0.2.0.post3+gabc", out.stderr
