@@ -51,6 +51,12 @@ def current() -> str:
     return from_git() or f"0.0.0+{versions.UNKNOWN}"
 
 
+def release() -> dict:
+    """What carpd's and syncd's status say of the code they run (and
+    fwcluster_build_info shows): its version and protocol versions."""
+    return {"version": current(), "protocols": versions.protocols()}
+
+
 def __getattr__(name: str):
     # pyproject.toml reads the version as fwcluster.version.__version__
     if name == "__version__":

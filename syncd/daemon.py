@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
-from fwcluster import ctlsock
+from fwcluster import ctlsock, version
 from fwcluster.core import contract, hashbuckets
 from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
@@ -619,7 +619,7 @@ class Daemon:
                 "counters": {**self.counters, **self.sync.owner_counters,
                              "callback_errors": self.sup.contained},
                 "config": self.configsvc.status(),
-                "anti_entropy": self.rounds.last, **st}
+                "anti_entropy": self.rounds.last, "release": version.release(), **st}
 
     # --- metrics (docs/metrics.md) ------------------------------------------------------------
     def metrics_text(self) -> str:

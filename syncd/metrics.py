@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from fwcluster import buildinfo
+
 PEER_STATES = ("unknown", "up", "down")
 RESYNC_STATES = ("pending", "done", "absent")
 # Reasons a datagram is dropped before it reaches a peer's stream (wire
@@ -126,6 +128,7 @@ def families(status: dict) -> list[Metric]:
     out += daemon_families(status)
     if isinstance(status.get("config"), dict):
         out += config_families(status["config"])
+    out.append(buildinfo.family("syncd", status.get("release")))
     return out
 
 

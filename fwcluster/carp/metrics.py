@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from fwcluster import buildinfo
 from fwcluster.carp.core.wire import DROP_REASONS
 
 STATES = ("INIT", "BACKUP", "MASTER")
@@ -79,6 +80,7 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
            *hook_families(status.get("hooks") or {})]
     if status.get("buckets"):
         out += bucket_families(status["buckets"])
+    out.append(buildinfo.family("carpd", status.get("release")))
     return out
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fwcluster import configfile, ctlsock
+from fwcluster import configfile, ctlsock, version
 from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, ra, timers, tracking, vmac
 from fwcluster.carp.core import hookevent, machine, tracks, wire
@@ -677,7 +677,8 @@ class Carpd:
                "mode": self.cfg.carp.mode, "balance": self.cfg.balance.mode, "vips": vips,
                "tracks": self.tracker.status(), "group_role": self.group_role,
                "hooks": {"runs": self.hooks.runs, "failures": self.hooks.failures,
-                         "dropped": self.hooks.dropped}}
+                         "dropped": self.hooks.dropped},
+               "release": version.release()}
         if self.balancing is not None:
             out["buckets"] = self.balancing.status()
         return out

@@ -62,20 +62,44 @@ class Compatibility:
     detail: str
 
 
-def compatibility(mine: dict[str, str], peer: dict[str, str] | None,
+def compatibility(mine: dict[str, str], peer: dict[str, str] | None, heard: bool = False,
                   foreign_sync_version_seen: bool = False) -> Compatibility:
     """Whether a peer can work with this member: only the same version of
     every protocol does, until a release negotiates an older one. peer: the
-    protocol versions it reported (None: it reported none). Without a report,
-    sync datagrams of another version arriving (syncd's bad_version drops)
-    still prove a mismatch."""
+    protocol versions it reported (None: it reported none). heard: its sync
+    datagrams are accepted, so it speaks this sync version at least; not
+    heard while datagrams of another sync version arrive (syncd's
+    bad_version drops) proves a mismatch."""
     if peer:
         differ = [f"{name} {mine.get(name, UNKNOWN)} here, {peer.get(name, UNKNOWN)} there"
                   for name in sorted(set(mine) | set(peer)) if mine.get(name) != peer.get(name)]
         if differ:
             return Compatibility("INCOMPATIBLE", "protocol versions differ: " + "; ".join(differ))
         return Compatibility("compatible", "same protocol versions")
+    if heard:
+        return Compatibility(UNKNOWN, f"its sync datagrams are accepted (sync {mine.get('sync')}); "
+                             "it does not report its release")
     if foreign_sync_version_seen:
-        return Compatibility("INCOMPATIBLE", "sync datagrams of another protocol version arrive "
-                             f"(this member speaks sync {mine.get('sync', UNKNOWN)})")
-    return Compatibility(UNKNOWN, "the peer does not report its versions")
+        return Compatibility("INCOMPATIBLE", "not heard, and sync datagrams of another protocol "
+                             f"version arrive (this member speaks sync {mine.get('sync', UNKNOWN)})")
+    return Compatibility(UNKNOWN, "not heard on the sync link")
+
+
+def members(node: str, release: dict, sync: dict | None) -> dict:
+    """fwctl status's versions: this member's release ({"version",
+    "protocols"}, as its daemons report it), and each sync peer's with
+    whether it can work with this one. A peer's version and protocols come
+    from syncd's status when it reports them (peers.<name>.version and
+    .protocols); today's sync wire does not carry them, so they read unknown."""
+    mine = release.get("protocols") or {}
+    out = {"node": node, "version": release.get("version") or UNKNOWN, "protocols": mine,
+           "peers": {}}
+    sync = sync or {}
+    foreign = bool((sync.get("drops") or {}).get("bad_version"))
+    peers = sync.get("peers") if isinstance(sync.get("peers"), dict) else {}
+    for name, p in sorted(peers.items()):
+        heard = p.get("last_seen") is not None and p.get("state") != "down"
+        c = compatibility(mine, p.get("protocols"), heard, foreign)
+        out["peers"][name] = {"version": p.get("version") or UNKNOWN, "compatible": c.verdict,
+                              "detail": c.detail}
+    return out

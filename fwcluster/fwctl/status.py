@@ -1,13 +1,16 @@
 """fwctl status: each vip's CARP role, master, timing, demotion and counters,
-and each track's state.
+each track's state, and the release of this member and its peers.
 
 --json prints carpd's status object (without "ok"), plus "sync" when syncd
-answers. Exit 3 when carpd is not reachable.
+answers and "versions" (fwcluster.core.versions.members: this member's
+release as carpd reports it, each sync peer's and whether it is compatible). Exit 3 when carpd
+is not reachable.
 """
 from __future__ import annotations
 
-from fwcluster import ctlsock, dhcpsvc
+from fwcluster import ctlsock, dhcpsvc, version
 from fwcluster.args import load_from_args
+from fwcluster.core import versions
 from fwcluster.fwctl import EXIT_OK, ask, emit
 from fwcluster.fwctl.dhcp import line as dhcp_line
 
@@ -27,6 +30,9 @@ def fetch(cfg) -> dict:
         pass  # syncd is optional here
     if cfg.dhcp:
         data["dhcp"] = dhcpsvc.status(cfg, data.get("node") or "")
+    # carpd reports the release it runs; one from before that, fwctl's own
+    data["versions"] = versions.members(data.get("node") or "", data.get("release") or version.release(),
+                                        data.get("sync"))
     return data
 
 
@@ -79,6 +85,17 @@ def human(d: dict) -> None:
             print(f"config: generation {conf.get('generation')} {state}{behind}")
     if "dhcp" in d:
         print(dhcp_line(d["dhcp"]))
+    if "versions" in d:
+        release(d["versions"])
+
+
+def release(r: dict) -> None:
+    """This member's version and protocols; each peer's, and whether the
+    two can work together (docs/upgrade.md)."""
+    protos = ", ".join(f"{k} {v}" for k, v in r["protocols"].items())
+    print(f"release: {r['version']} (protocols {protos})")
+    for name, p in r["peers"].items():
+        print(f"  peer {name}: {p['version']}, {p['compatible']}: {p['detail']}")
 
 
 def tracks(rows: list) -> None:

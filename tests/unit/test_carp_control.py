@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import configfile
+from fwcluster import configfile, version
 from fwcluster.core import config
 from fwcluster.carp import announce, sockets
 from fwcluster.carp.core import machine, wire
@@ -44,8 +44,10 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
         return await d.handle_request({"cmd": "status"})
     st = run(go())
     assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
-                       "preempt", "mode", "balance", "vips", "tracks", "group_role", "hooks"}
+                       "preempt", "mode", "balance", "vips", "tracks", "group_role", "hooks",
+                       "release"}
     assert st["tracks"] == [] and st["group_role"] == "INIT"
+    assert st["release"] == version.release()
     assert st["ok"] is True and st["node"] == "fw1" and st["cluster"] == "edge"
     assert st["demotion"] == 0 and st["demotion_sources"] == {} and st["preempt"] is True
     assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]

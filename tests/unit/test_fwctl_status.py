@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fwcluster import ctlsock
+from fwcluster import ctlsock, version
+from fwcluster.core import versions
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "cluster.toml"
@@ -104,6 +105,9 @@ def test_status_json_is_carpd_status_minus_ok_plus_sync(tmp_path, with_syncd):
         r = fwctl(tmp_path, "status", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
+    release = data.pop("versions")
+    assert release["node"] == "fw1" and release["protocols"] == versions.protocols()
+    assert release["version"] == version.current() and release["peers"] == {}
     expected = {k: v for k, v in CARPD_STATUS.items() if k != "ok"}
     if with_syncd:
         expected["sync"] = {"peers": 1, "state": "in-sync"}
@@ -130,6 +134,24 @@ def test_status_says_what_syncd_waits_for(tmp_path):
         r = fwctl(tmp_path, "status")
     assert r.returncode == 0, r.stderr
     assert "waiting for fw2: heard by CARP, silent on the sync link" in r.stdout.splitlines()
+
+
+def test_status_shows_both_members_versions_and_whether_they_match(tmp_path):
+    """This member's version from fwcluster/version.py; a peer's from syncd's
+    status: reported and equal protocols are compatible, a peer that does
+    not report is unknown."""
+    mine = versions.protocols()
+    peers = {"fw2": {"state": "up", "last_seen": 0.1, "version": "0.2.0", "protocols": mine},
+             "fw3": {"state": "up", "last_seen": 0.1}}
+    with Daemons(tmp_path, syncd=True, replies={"status": {"ok": True, "peers": peers}}):
+        r = fwctl(tmp_path, "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"release: {version.current()} (protocols sync {mine['sync']}, config {mine['config']}, " \
+        f"carp {mine['carp']}, carp_hardened {mine['carp_hardened']})" in lines
+    assert "  peer fw2: 0.2.0, compatible: same protocol versions" in lines
+    assert any(ln.startswith("  peer fw3: unknown, unknown: its sync datagrams are accepted")
+               for ln in lines)
 
 
 @pytest.mark.parametrize("state,on", [("on", True), ("off", False)])

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.prom_text import key, parser, samples
 from fwcluster import metrics
@@ -92,6 +93,25 @@ def test_every_family_is_documented_with_its_type():
                                   "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}]}, "c")
     exposed = _exposed(metrics.render(carp + sync + own + dhcp))
     assert exposed == _documented()
+
+
+def test_build_info_names_the_release_and_protocols_of_each_daemon():
+    """fwcluster_build_info from each daemon's status "release": the same
+    labels from both, the daemon label apart."""
+    from fwcluster import version
+    from fwcluster.core import versions
+    release = version.release()
+    text = metrics.render(carp_metrics.families({"vips": [], "release": release})
+                          + sync_metrics.families({"release": release}))
+    samples = [s for fam in text_string_to_metric_families(text) if fam.name == "fwcluster_build_info"
+               for s in fam.samples]
+    assert sorted(s.labels["daemon"] for s in samples) == ["carpd", "syncd"]
+    for s in samples:
+        assert s.value == 1 and s.labels["version"] == version.current()
+        assert s.labels["sync_protocol"] == versions.protocols()["sync"]
+        assert s.labels["config_protocol"] == versions.protocols()["config"]
+    old = sync_metrics.families({})[-1]  # a status without release (an older daemon)
+    assert old.samples[0].labels["version"] == "unknown"
 
 
 def test_every_family_name_is_unique():

@@ -75,7 +75,24 @@ def test_same_protocols_are_compatible_any_difference_is_not():
     assert c.verdict == "INCOMPATIBLE" and f"sync {mine['sync']} here, 99 there" in c.detail
 
 
-def test_without_a_report_only_foreign_sync_datagrams_prove_a_mismatch():
+def test_without_a_report_a_heard_peer_is_unknown_and_foreign_datagrams_prove_a_mismatch():
     mine = versions.protocols()
     assert versions.compatibility(mine, None).verdict == "unknown"
+    heard = versions.compatibility(mine, None, heard=True, foreign_sync_version_seen=True)
+    assert heard.verdict == "unknown" and "accepted" in heard.detail
     assert versions.compatibility(mine, None, foreign_sync_version_seen=True).verdict == "INCOMPATIBLE"
+
+
+def test_members_lists_each_sync_peer_with_its_verdict():
+    mine = versions.protocols()
+    sync = {"drops": {"bad_version": 3}, "peers": {
+        "fw2": {"state": "up", "last_seen": 0.2},
+        "fw3": {"state": "down", "last_seen": None},
+        "fw4": {"state": "up", "last_seen": 0.1, "version": "0.3.0", "protocols": dict(mine)}}}
+    m = versions.members("fw1", {"version": "0.2.0", "protocols": mine}, sync)
+    assert m["version"] == "0.2.0" and m["protocols"] == mine
+    assert m["peers"]["fw2"]["version"] == "unknown" and m["peers"]["fw2"]["compatible"] == "unknown"
+    assert m["peers"]["fw3"]["compatible"] == "INCOMPATIBLE"
+    assert m["peers"]["fw4"] == {"version": "0.3.0", "compatible": "compatible",
+                                 "detail": "same protocol versions"}
+    assert versions.members("fw1", {"version": "0.2.0", "protocols": mine}, None)["peers"] == {}
