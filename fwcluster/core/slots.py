@@ -321,6 +321,25 @@ def cluster_blocker(carp: dict) -> str | None:
             "(the peers take its traffic over), then upgrade; or give --force")
 
 
+def rollback_target(view: dict) -> str:
+    """The slot `fwctl upgrade --rollback` makes the next boot (RAUC's
+    mark-active of the other slot), from status_view(): the slot not
+    running, if it holds a release RAUC still counts as good. Refused when
+    the other slot is already the next boot (an install not booted yet, or
+    a rollback already asked): a second call must not undo the first."""
+    booted = view.get("booted")
+    other = next((s for s in view["slots"] if s["bootname"] != booted), None)
+    if other is None or not other["version"]:
+        raise UpgradeError("the other slot holds no release: nothing to roll back to")
+    if other["boot_status"] != "good":
+        raise UpgradeError(f"slot {other['bootname']} ({other['version']}) is marked "
+                           f"{other['boot_status'] or 'unknown'}, not good: it failed its boot check "
+                           "or was never booted; not rolling back to it")
+    if view.get("primary") == other["bootname"]:
+        raise UpgradeError(f"slot {other['bootname']} ({other['version']}) is already the next boot")
+    return other["bootname"]
+
+
 def status_view(st: dict, release: dict[str, str]) -> dict:
     """`rauc status --output-format=json` (+ the running release) as fwctl shows it."""
     raw = st.get("slots") or []

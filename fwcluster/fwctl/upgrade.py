@@ -1,11 +1,13 @@
-"""fwctl upgrade BUNDLE.raucb | --status | --boot-check
+"""fwctl upgrade BUNDLE.raucb | --status | --rollback | --boot-check
 
 A front-end to RAUC (`rauc install`, `rauc status`): RAUC checks the
 bundle's signature against /etc/rauc/keyring.pem, its compatible string and
 every block of its payload before it writes the inactive root slot, and
 drives GRUB's A/B variables (fwcluster.core.slots has the rules; this is
 the I/O). On a member that carries traffic (master of a vip, owner of
-buckets in active-active) it refuses unless maintenance is on.
+buckets in active-active) it refuses to install or roll back unless
+maintenance is on. --rollback makes the other slot, the release before an
+upgrade, the next boot again (`rauc status mark-active other`).
 """
 from __future__ import annotations
 
@@ -35,9 +37,13 @@ def register(sub) -> None:
                        "healthy (carpd and syncd running), the boot after returns to this slot.")
     p.add_argument("bundle", nargs="?", help="fwcluster-VERSION-amd64.raucb")
     p.add_argument("--status", action="store_true", help="show both slots and the keyring")
-    p.add_argument("--reboot", action="store_true", help="reboot into the new slot when installed")
+    p.add_argument("--rollback", action="store_true",
+                   help="boot the other slot (the release before the upgrade) from the next reboot on")
+    p.add_argument("--reboot", action="store_true",
+                   help="reboot into the new slot when installed (or rolled back)")
     p.add_argument("--force", action="store_true",
-                   help="install even though this member carries traffic and is not in maintenance")
+                   help="install or roll back even though this member carries traffic and is "
+                   "not in maintenance")
     p.add_argument("--boot-check", action="store_true",
                    help="(run at boot by fwcluster-health.service) mark this slot good or fall back")
     p.add_argument("--timeout", type=float, default=60.0,
@@ -52,8 +58,10 @@ def run(args) -> int:
             return boot_check(args)
         if args.status:
             return status(args)
+        if args.rollback:
+            return rollback(args)
         if not args.bundle:
-            print("error: upgrade: give BUNDLE.raucb, or --status", file=sys.stderr)
+            print("error: upgrade: give BUNDLE.raucb, --status or --rollback", file=sys.stderr)
             return EXIT_USAGE
         return do_upgrade(args)
     except ab.UpgradeError as e:
@@ -165,6 +173,29 @@ def do_upgrade(args) -> int:
         f"slot {target} now holds {r['version']} (installed in {r['seconds']} s); it boots on "
         f"trial at the next reboot.\nIf it does not come up healthy, the following boot returns "
         f"to slot {ab.other_slot(target)}."))
+    if args.reboot:
+        subprocess.run(["systemctl", "reboot"], check=False)
+    return EXIT_OK
+
+
+# --- fwctl upgrade --rollback --------------------------------------------------
+
+def rollback(args) -> int:
+    why = cluster_blocker(args.force)
+    if why:
+        print(f"error: upgrade: {why}", file=sys.stderr)
+        return EXIT_PROBLEM
+    view = ab.status_view(rauc_status(), release())
+    target = ab.rollback_target(view)
+    p = rauc("status", "mark-active", "other")
+    if p.returncode != 0:
+        raise ab.UpgradeError(f"rauc status mark-active other failed: "
+                              f"{ab.rauc_error_line(p.stdout + p.stderr)}")
+    slot = next(s for s in view["slots"] if s["bootname"] == target)
+    result = {"next_boot": target, "version": slot["version"], "running": view["booted"]}
+    emit(args, result, lambda r: print(
+        f"slot {target} ({r['version']}) boots at the next reboot; slot {r['running']} stays "
+        f"installed (fwctl upgrade --rollback again returns to it)."))
     if args.reboot:
         subprocess.run(["systemctl", "reboot"], check=False)
     return EXIT_OK
