@@ -1,6 +1,7 @@
 # fwcluster — build, test and benchmark entry points.
 #   make test    install what the tests need (apt + .venv) and run the suite
 #   make image   build the default appliance image (see image/image.mk)
+#   make release the image and signed bundle of a tagged release (docs/upgrade.md)
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -2,6 +2,9 @@
 #   make image [OVERLAYS="dir ..."] [PROFILE=image/profiles/x.toml]
 #              [SIGNING_KEY=key.pem SIGNING_CERT=cert.pem [KEYRING=ca.pem]]
 #   (no SIGNING_KEY: a development key in build/rauc-dev/, see docs/upgrade.md)
+#   make release SIGNING_KEY=key.pem SIGNING_CERT=cert.pem [KEYRING=ca.pem] [DEVELOPMENT=1]
+#                a tagged release (git tag vX.Y.Z, clean tree, its CHANGELOG.md entry):
+#                build/release/<version>/fwcluster-<version>-amd64.{img,img.xz,raucb,...}
 #   make bench-image
 #   make demo-vm      two appliances from the image under qemu (tests/vm, docs/vm-lab.md)
 # Build tools come from apt; the builder runs with Debian's python3 so that
@@ -16,7 +19,7 @@ SIGNING_KEY ?= $(FWCLUSTER_SIGNING_KEY)
 SIGNING_CERT ?= $(FWCLUSTER_SIGNING_CERT)
 KEYRING ?= $(FWCLUSTER_KEYRING)
 
-.PHONY: image bench-image image-deps demo-vm
+.PHONY: image release bench-image image-deps demo-vm
 
 $(STAMPS)/image-apt: image/image.mk | $(STAMPS)
 	@if ! dpkg -s $(IMAGE_APT_PKGS) >/dev/null 2>&1; then \
@@ -32,6 +35,11 @@ image: $(STAMPS)/image-apt
 	FWCLUSTER_SIGNING_KEY="$(SIGNING_KEY)" FWCLUSTER_SIGNING_CERT="$(SIGNING_CERT)" \
 		FWCLUSTER_KEYRING="$(KEYRING)" \
 		$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)")
+
+release: $(STAMPS)/image-apt
+	FWCLUSTER_SIGNING_KEY="$(SIGNING_KEY)" FWCLUSTER_SIGNING_CERT="$(SIGNING_CERT)" \
+		FWCLUSTER_KEYRING="$(KEYRING)" \
+		$(IMAGE_PY) -m image release --profile $(PROFILE) $(if $(DEVELOPMENT),--development)
 
 bench-image: $(STAMPS)/image-apt deps
 	$(PY) -m bench.image
