@@ -53,6 +53,9 @@ class Vip:
     # A link-local IPv6 vip: seconds between the master's router adverts
     # from it (fwcluster.carp.core.ramsg); 0 = none.
     ra_interval: int = 0
+    # The failover group whose vips move together ([[group]]; "default":
+    # the members' own advskew and [carp] preempt).
+    group: str = "default"
 
     @property
     def family(self) -> int:
@@ -157,6 +160,34 @@ class Track:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A failover group: its vips move together, elected with these skews."""
+    name: str
+    preempt: bool = True
+    # Seconds a member must have been better than the group's master
+    # before it preempts (machine.preempt_held).
+    preempt_delay: float = 0.0
+    advskew: tuple = ()  # ((member name, advskew), ...) for every member
+
+    def skew(self, member: str) -> int:
+        return dict(self.advskew)[member]
+
+
+DEFAULT_GROUP = "default"
+# Bits of the conntrack mark that name a flow's failover group (the ruleset
+# sets them at a flow's first packet; syncd's ownership reads them). Group
+# index 0 is mark 0: a cluster of one group marks nothing.
+GROUP_MARK_SHIFT = 24
+GROUP_MARK_MASK = 0x0F << GROUP_MARK_SHIFT
+MAX_GROUPS = 16
+
+
+def group_of_mark(mark: int) -> int:
+    """The index in Config.groups of the group a conntrack mark names."""
+    return (mark & GROUP_MARK_MASK) >> GROUP_MARK_SHIFT
+
+
+@dataclass(frozen=True)
 class Hooks:
     directory: str = "/config/hooks/role.d"
     timeout: int = 10
@@ -181,6 +212,18 @@ class Config:
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     dhcp: tuple[Dhcp, ...] = ()  # empty: no DHCP server
     dhcp_ha: DhcpHa = DhcpHa()
+    # Failover groups, in mark order (group_of_mark); the implicit
+    # "default" group, when any vip is in it, comes first.
+    groups: tuple[Group, ...] = ()
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def group_index(self, name: str) -> int:
+        return [g.name for g in self.groups].index(name)
 
     def member(self, name: str) -> Member:
         for m in self.members:
@@ -248,6 +291,13 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "mac": (str, "own"),
         "garp_refresh": (int, 0),
         "ra_interval": (int, 0),
+        "group": (str, DEFAULT_GROUP),
+    },
+    "group": {
+        "name": (str, REQUIRED),
+        "preempt": (bool, None),  # None: [carp] preempt
+        "preempt_delay": ((int, float), 0),
+        "advskew": (dict, {}),
     },
     "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
@@ -280,8 +330,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "hooks": {"directory": (str, "/config/hooks/role.d"), "timeout": (int, 10)},
 }
-_ARRAYS = {"member", "vip", "dhcp", "track"}  # [[member]], [[vip]], [[dhcp]], [[track]]
-_OPTIONAL_ARRAYS = {"dhcp", "track"}  # may be absent: no DHCP server, no tracks
+_ARRAYS = {"member", "vip", "dhcp", "track", "group"}  # [[member]], [[vip]], ...
+_OPTIONAL_ARRAYS = {"dhcp", "track", "group"}  # may be absent: no DHCP server, no tracks, one group
 # The keys each kind of track uses beyond the common ones (a key set for a
 # kind that ignores it is an error: it would look like it did something).
 TRACK_TYPES = {
@@ -339,8 +389,8 @@ KEY_DOCS: dict[str, str] = {
     "characters as cluster.name. Its place among the names, sorted, is the member's id on "
     "the sync wire: the order of the [[member]] tables does not matter.",
     "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",
-    "member.advskew": "CARP advskew (0-254) of this member for every vip; "
-    "the lowest wins the election.",
+    "member.advskew": "CARP advskew (0-254) of this member for every vip of the default "
+    "group, and of a [[group]] that does not name the member; the lowest wins the election.",
     "vip.vhid": "CARP virtual host id (1-255), unique in the cluster.",
     "vip.interface": "Interface that carries the vip (same rules as sync.interface).",
     "vip.address": "Virtual address with prefix length, IPv4 or IPv6: a unicast host address; "
@@ -366,6 +416,22 @@ KEY_DOCS: dict[str, str] = {
     "prefixes (on-link; autonomous if /64) the global IPv6 vips on the same interface, router "
     "lifetime 3 intervals, so SLAAC hosts route through an address that fails over; "
     "0 = none (default). See docs/carp.md, \"IPv6 first hop\".",
+    "vip.group": "Name of the [[group]] the vip fails over with; default: the implicit "
+    "group \"default\" (the members' advskew, carp.preempt). With more than one group in "
+    "use every vip needs mac = \"virtual\" (the ruleset tells a flow's group by the MAC it "
+    "was sent to; docs/carp.md, \"Failover groups\").",
+    "group.name": "Name of the failover group (same characters as member names, unique). "
+    "Its vips move together; the groups elect independently, so each member can be master "
+    "of its own group (a static active-active split, docs/examples/cluster-split.toml). "
+    f"At most {MAX_GROUPS} groups in use.",
+    "group.preempt": "A member with a better skew in this group takes its vips back; "
+    "default: carp.preempt.",
+    "group.preempt_delay": "Seconds (0-3600) a member must have been better than the "
+    "group's master, without a break, before it preempts (it then claims at the master's "
+    "next advert); 0 = at once. Takeovers from a master that fails, bows out or is "
+    "demoted are never delayed.",
+    "group.advskew": "Each member's advskew (0-254) in this group, an inline table "
+    "{fw1 = 0, fw2 = 100}; a member not named keeps its member.advskew.",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
     "balance.mode": "active-standby (default) or active-active.",
@@ -587,7 +653,7 @@ def _type_name(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(x.__name__ for x in t)
     return {"str": "string", "int": "integer", "bool": "boolean",
-            "list": "list", "float": "number"}.get(t.__name__, t.__name__)
+            "list": "list", "float": "number", "dict": "table"}.get(t.__name__, t.__name__)
 
 
 def _check_table(path: str, prefix: str, table: Any, schema) -> dict:
@@ -705,12 +771,6 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
                               f"malformed address {_show(v['address'])}: {_show(str(e), 80)}") from None
         check_vip(path, f"{key}.address", addr)
         _in_range(path, f"{key}.advbase", v["advbase"], 0, 254)
-        if v["advbase"] == 0:
-            for j, m in enumerate(members):
-                if m.advskew == 0:
-                    raise ConfigError(path, f"{key}.advbase",
-                                      f"advbase 0 with member[{j}] ({m.name}) advskew 0 gives a zero "
-                                      "advert interval; give that member advskew > 0")
         if v["mac"] not in virtualmac.MODES:
             raise ConfigError(path, f"{key}.mac",
                               f"{_show(v['mac'])} is not one of {', '.join(virtualmac.MODES)}")
@@ -721,12 +781,16 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
                               f"vip (e.g. fe80::1/64), not {addr}")
         vips.append(Vip(v["vhid"], v["interface"], addr, v["advbase"],
                         check_peers(path, f"{key}.peers", v["peers"], addr),
-                        v["mac"], v["garp_refresh"], v["ra_interval"]))
+                        v["mac"], v["garp_refresh"], v["ra_interval"], v["group"]))
+    groups = _groups(path, tables["group"], members, vips, carp["preempt"])
 
     b = tables["balance"]
     if b["mode"] not in BALANCE_MODES:
         raise ConfigError(path, "balance.mode", f"{_show(b['mode'])} is not one of {', '.join(BALANCE_MODES)}")
     if b["mode"] == "active-active":
+        if tables["group"]:
+            raise ConfigError(path, "group", "failover groups are for active-standby "
+                              "(active-active balances every vip by buckets)")
         _in_range(path, "balance.buckets", b["buckets"], 1, 255 - len(vips))
         for i, v in enumerate(vips):
             if v.mac == virtualmac.VIRTUAL:
@@ -770,13 +834,67 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
         carp=Carp(**carp), members=tuple(members), vips=tuple(vips),
         firewall=Firewall(**tables["firewall"]), balance=Balance(**b),
         metrics=Metrics(**met), tracks=tracks, hooks=Hooks(**hooks), raw=data, dhcp=dhcp,
-        dhcp_ha=dhcp_ha,
+        dhcp_ha=dhcp_ha, groups=groups,
     )
     if node is not None:
         if node not in seen_names:
             raise ConfigError(path, "--node", f"{_show(node)} is not a member "
                               f"(members: {', '.join(seen_names)})")
     return cfg
+
+
+# --- [[group]] --------------------------------------------------------------------
+
+def _groups(path: str, tables: list, members: list, vips: list, preempt: bool) -> tuple:
+    """The failover groups the vips use: the implicit default one (each
+    member's advskew, [carp] preempt) first if any vip is in it, then the
+    [[group]] tables in their order."""
+    own = tuple((m.name, m.advskew) for m in members)
+    out = {DEFAULT_GROUP: Group(DEFAULT_GROUP, preempt, 0.0, own)}
+    seen: dict[str, int] = {}  # a [[group]] named "default" replaces the implicit one
+    for i, t in enumerate(tables):
+        key = f"group[{i}]"
+        check_name(path, f"{key}.name", t["name"])
+        if t["name"] in seen:
+            raise ConfigError(path, f"{key}.name", f"duplicate group name {t['name']!r} "
+                              f"(also group[{seen[t['name']]}])")
+        seen[t["name"]] = i
+        _in_range(path, f"{key}.preempt_delay", t["preempt_delay"], 0, 3600)
+        skews = dict(own)
+        for name, skew in t["advskew"].items():
+            if name not in skews:
+                raise ConfigError(path, f"{key}.advskew.{_key(name)}", "not a member "
+                                  f"(members: {', '.join(skews)})")
+            if isinstance(skew, bool) or not isinstance(skew, int):
+                raise ConfigError(path, f"{key}.advskew.{_key(name)}",
+                                  f"must be an integer, got {_show(skew)}")
+            _in_range(path, f"{key}.advskew.{_key(name)}", skew, 0, 254)
+            skews[name] = skew
+        out[t["name"]] = Group(t["name"], preempt if t["preempt"] is None else t["preempt"],
+                               float(t["preempt_delay"]), tuple(skews.items()))
+    used = {v.group for v in vips}
+    for i, v in enumerate(vips):
+        if v.group not in out:
+            raise ConfigError(path, f"vip[{i}].group", f"no [[group]] named {_show(v.group)} "
+                              f"(groups: {', '.join(out)})")
+        if len(used) > 1 and v.mac != virtualmac.VIRTUAL:
+            raise ConfigError(path, f"vip[{i}].mac", "must be \"virtual\" with more than one "
+                              "failover group: the ruleset tells a flow's group by the MAC it "
+                              "was sent to")
+        if v.advbase == 0:
+            for j, (name, skew) in enumerate(out[v.group].advskew):
+                if skew == 0:
+                    raise ConfigError(path, f"vip[{i}].advbase",
+                                      f"advbase 0 with member[{j}] ({name}) advskew 0 in group "
+                                      f"{v.group} gives a zero advert interval; give that "
+                                      "member advskew > 0")
+    for i, t in enumerate(tables):
+        if t["name"] not in used:
+            raise ConfigError(path, f"group[{i}]", f"no vip is in group {t['name']!r}")
+    if len(used) > MAX_GROUPS:
+        raise ConfigError(path, "group", f"{len(used)} groups in use, at most {MAX_GROUPS} "
+                          "(the conntrack mark bits that name them)")
+    return tuple(g for name, g in out.items() if name in used)
 
 
 # --- [[dhcp]] ---------------------------------------------------------------------

@@ -24,6 +24,8 @@ def _default(value) -> str:
         return "**required**"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if value is None:
+        return "(see meaning)"
     if value == "":
         return '`""` (off)'
     return f"`{value!r}`" if isinstance(value, str) else f"`{value}`"
@@ -45,8 +47,12 @@ def render() -> str:
 ## Validation rules beyond types
 
 - `vip.vhid` 1–255 and unique; `member.advskew` and `vip.advbase` 0–254.
-- `vip.advbase = 0` needs every member's `advskew` > 0 (the advert interval is
-  advbase + advskew/256 seconds and must not be zero).
+- `vip.advbase = 0` needs every member's `advskew` (in the vip's group) > 0
+  (the advert interval is advbase + advskew/256 seconds and must not be zero).
+- `vip.group` must name a `[[group]]` (or be `"default"`), and every
+  `[[group]]` must have a vip; with more than one group in use every vip has
+  `mac = "virtual"`; `group.advskew` names members only; no groups with
+  `balance.mode = "active-active"`.
 - `vip.address` and `member.sync_address` must be valid addresses; vips need a
   prefix length.
 - `track.name` unique; each track `type` takes the common keys

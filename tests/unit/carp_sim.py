@@ -8,6 +8,12 @@ and cleanly during quiet periods. "ucarp-like" members ignore the demote
 byte (they see every advert with demote 0 and never demote themselves), as
 ucarp does.
 
+Some scenarios split the vips into two failover groups (group.Groups), each
+member with its own skew in each, as a static active-active split; some
+give a group a preempt delay (machine.preempt_held): the rules' choice must
+still hold every group once the network is quiet, and no member may
+preempt within the delay of its restart.
+
 A scenario is drawn from one seed; everything else follows from it, so a
 failing seed replays exactly.
 
@@ -26,10 +32,11 @@ from dataclasses import dataclass, field
 from fwcluster.carp.core import machine as m
 from fwcluster.carp.core import tracks
 from fwcluster.core.config import Track
-from fwcluster.carp.core.group import FailoverGroup
+from fwcluster.carp.core.group import FailoverGroup, Groups
 from fwcluster.carp.core.wire import Advert
 
 VHIDS = (1, 2)  # a LAN and a WAN vip of one failover group
+SPLIT = {"a": (1, 2), "b": (3, 4)}  # two groups of a LAN and a WAN vip each
 LINK_DEMOTE, MAINTENANCE_DEMOTE, SYNC_DEMOTE = 240, 240, 32
 
 
@@ -44,14 +51,25 @@ class Solo(FailoverGroup):
 class Member:
     name: str
     k: int
-    skew: int
+    skew: int  # in the first group
     preempt: bool
     ucarp: bool
     advbase: int
+    groups: dict = field(default_factory=lambda: {"a": VHIDS})  # name -> vhids
+    skews: dict = field(default_factory=dict)  # group -> skew (default: skew)
+    preempt_delay: float = 0.0
     alive: bool = True
-    links: dict = field(default_factory=lambda: {v: True for v in VHIDS})
+    links: dict = field(default_factory=dict)
     demotion: m.Demotion = field(default_factory=m.Demotion)
-    group: FailoverGroup | None = None
+    group: Groups | None = None
+    booted_at: float = 0.0
+
+    def __post_init__(self):
+        self.links = self.links or {v: True for v in self.vhids}
+
+    @property
+    def vhids(self) -> tuple:
+        return tuple(v for vs in self.groups.values() for v in vs)
 
     def address(self, vhid: int) -> str:
         return f"192.0.{vhid}.{10 + self.k}"
@@ -59,21 +77,23 @@ class Member:
     def boot(self, now: float) -> list:
         """A fresh carpd (or ucarp, one process per vip: no group), new
         machines, links as they are."""
-        self.group = (Solo if self.ucarp else FailoverGroup)({
-            v: m.VhidMachine(v, self.advbase, self.skew, preempt=self.preempt,
-                             demotion=self.demotion.total, own_address=self.address(v))
-            for v in VHIDS})
+        self.booted_at = now
+        self.group = Groups({g: (Solo if self.ucarp else FailoverGroup)({
+            v: m.VhidMachine(v, self.advbase, self.skews.get(g, self.skew), preempt=self.preempt,
+                             demotion=self.demotion.total, own_address=self.address(v),
+                             preempt_delay=self.preempt_delay)
+            for v in vhids}) for g, vhids in self.groups.items()})
         out = []
-        for v in VHIDS:
+        for v in self.vhids:
             if self.links[v]:
                 out += self.group.handle(v, m.LinkChanged(True), now)
         return out
 
-    def key(self):
-        """What the CARP rules rank members by (lower wins)."""
-        x = self.group.machines[VHIDS[0]]
+    def key(self, vhid: int = VHIDS[0]):
+        """What the CARP rules rank members by for a vhid (lower wins)."""
+        x = self.group.machines[vhid]
         demote = 0 if self.ucarp else x.wire_demote
-        return (demote, x.timing, m.source_rank(self.address(VHIDS[0])))
+        return (demote, x.timing, m.source_rank(self.address(vhid)))
 
 
 class Sim:
@@ -86,11 +106,19 @@ class Sim:
         lo, hi = (10, 60) if self.advbase == 0 else (0, 230)
         self.preempt = r.random() < 0.7
         skews = [r.randint(lo, hi) for _ in range(n)]
+        self.groups = SPLIT if r.random() < 0.3 else {"a": VHIDS}
+        self.vhids = tuple(v for vs in self.groups.values() for v in vs)
+        split = len(self.groups) > 1
+        self.preempt_delay = r.choice((0.0, 0.0, r.uniform(0.5, 3.0)))
         # ucarp knows no demotion, so its members must not outrank a demoted
         # carpd member by skew (see docs/carp.md, "Mixing with ucarp").
         self.members = [Member(f"m{i}", i + 1, skews[i], self.preempt,
                                ucarp=ucarp and self.preempt and r.random() < 0.25,
-                               advbase=self.advbase)
+                               advbase=self.advbase, groups=self.groups,
+                               # the second group's skews the first's reversed:
+                               # another member is preferred there (a static split)
+                               skews={"b": skews[n - 1 - i]} if split else {},
+                               preempt_delay=self.preempt_delay)
                         for i in range(n)]
         self.now = 0.0
         self.queue: list = []
@@ -101,6 +129,7 @@ class Sim:
         self.transitions = 0  # role changes seen (all members, all vhids)
         self.left_behind: list[str] = []  # vips a demotion claim did not take along
         self.claims: list[float] = []  # times any member claimed the first vhid
+        self.early_preemptions: list[str] = []  # preempting claims within the delay of a boot
         for x in self.members:
             self.carry_out(x, x.boot(0.0))
 
@@ -137,19 +166,24 @@ class Sim:
                 self.transitions += 1
                 if a.new == m.State.MASTER and a.vhid == VHIDS[0]:
                     self.claims.append(self.now)
+                if (a.new == m.State.MASTER and a.reason.startswith(m.PREEMPTING)
+                        and self.now - x.booted_at < x.preempt_delay):
+                    self.early_preemptions.append(f"{self.now:.4f} {x.name} vhid {a.vhid}")
                 self.trace.append(f"{self.now:9.4f} {x.name} vhid {a.vhid}: "
                                   f"{a.old.value}->{a.new.value} ({a.reason})")
 
     def took_the_group(self, x: Member, actions: list) -> None:
-        """A claim because the master is demoted claims the member's whole
+        """A claim because the master is demoted claims the vip's whole
         failover group at once: a member's demotion is one figure for all
         its vips, so its other vips' masters are demoted alike."""
-        if x.ucarp or not any(isinstance(a, m.RoleChanged) and a.new == m.State.MASTER
-                              and "is demoted" in a.reason for a in actions):
+        if x.ucarp:
             return
-        for v, y in x.group.machines.items():
-            if y.state == m.State.BACKUP:
-                self.left_behind.append(f"{self.now:.4f} {x.name}: vhid {v} left behind")
+        for a in actions:
+            if isinstance(a, m.RoleChanged) and a.new == m.State.MASTER and "is demoted" in a.reason:
+                for v, y in x.group.of[a.vhid].machines.items():
+                    if y.state == m.State.BACKUP:
+                        self.left_behind.append(f"{self.now:.4f} {x.name}: vhid {v} left behind")
+                return
 
     def send(self, x: Member, a: m.SendAdvert) -> None:
         if not x.links[a.vhid]:
@@ -172,7 +206,7 @@ class Sim:
         before = x.demotion.total
         total = x.demotion.set(source, value)
         if total != before and x.alive:
-            for v in VHIDS:
+            for v in x.vhids:
                 self.carry_out(x, x.group.handle(v, m.DemotionChanged(total), self.now))
 
     def set_link(self, x: Member, vhid: int, up: bool) -> None:
@@ -216,7 +250,7 @@ class Sim:
             self.set_demotion(x, "syncd", 0 if held else SYNC_DEMOTE)
             return f"sync hold {'off' if held else 'on'} {x.name}"
         if choice < 0.8:
-            v = r.choice(VHIDS)
+            v = r.choice(self.vhids)
             up = not x.links[v]
             self.set_link(x, v, up)
             return f"link {v} {'up' if up else 'down'} {x.name}"
@@ -224,12 +258,15 @@ class Sim:
 
     # --- what must hold -----------------------------------------------------------
     def settle_time(self) -> float:
-        """Three of the longest waits any member can be in (master_wait)."""
+        """Three of the longest waits any member can be in (master_wait), and
+    twice the preempt delay and an advert interval."""
         worst = max(m.advert_interval(self.advbase, max(y.skew for y in self.members)),
                     m.advert_interval(self.advbase, m.DEMOTED_SKEW))
         slowest = Advert(0, self.advbase, max(m.DEMOTED_SKEW, *(y.skew for y in self.members)), 0, 0)
         waits = [m.master_wait(self.advbase, y.skew, slowest) for y in self.members]
-        return 3 * max(max(waits), worst)
+        # A preemption comes the delay after the member became better, at
+        # the master's next advert.
+        return 3 * max(max(waits), worst) + 2 * (self.preempt_delay + worst) * (self.preempt_delay > 0)
 
     def masters(self, vhid: int) -> list[Member]:
         return [y for y in self.members if y.alive and y.links[vhid]
@@ -238,7 +275,7 @@ class Sim:
     def expected(self, vhid: int) -> Member | None:
         """With preempt: the best live member whose link is up."""
         cands = [y for y in self.members if y.alive and y.links[vhid]]
-        return min(cands, key=Member.key) if cands else None
+        return min(cands, key=lambda y: y.key(vhid)) if cands else None
 
 
 class Violation(AssertionError):
@@ -254,7 +291,7 @@ def run_scenario(seed: int, steps: int = 3) -> Sim:
     quiet = s.settle_time()
     s.run_until(quiet)
     for step in range(steps):
-        masters_before = {v: s.masters(v) for v in VHIDS}
+        masters_before = {v: s.masters(v) for v in s.vhids}
         what = s.stimulus()
         s.trace.append(f"{s.now:9.4f} stimulus: {what}")
         # A disturbed spell: loss, delay, duplication.
@@ -295,9 +332,11 @@ def check(s: Sim, step: int, what: str, masters_before: dict, changes_before: in
     # times (three backups all claim when a master demotes, as in OpenBSD,
     # and adverts delayed past newer ones can make a master yield once more).
     n = len(s.members)
-    if s.transitions - changes_before > 4 * n * len(VHIDS):
+    if s.transitions - changes_before > 4 * n * len(s.vhids):
         fail(f"{s.transitions - changes_before} role changes in one quiet period (flapping)")
-    for v in VHIDS:
+    if s.early_preemptions:
+        fail(f"preempted within the preempt delay of a restart: {s.early_preemptions[:3]}")
+    for v in s.vhids:
         masters = s.masters(v)
         up = [y for y in s.members if y.alive and y.links[v]]
         if not up:
@@ -310,18 +349,18 @@ def check(s: Sim, step: int, what: str, masters_before: dict, changes_before: in
             # (the address decides only between two masters): any of those
             # tied with the best is the rules' choice.
             want = s.expected(v)
-            if got.key()[:2] != want.key()[:2]:
-                fail(f"vhid {v}: master {got.name} {got.key()}, the rules choose "
-                     f"{want.name} {want.key()}")
+            if got.key(v)[:2] != want.key(v)[:2]:
+                fail(f"vhid {v}: master {got.name} {got.key(v)}, the rules choose "
+                     f"{want.name} {want.key(v)}")
         else:
             # preempt off: a working master keeps its vip unless a peer is
             # less demoted (demotion overrides preempt), or it lost its link.
             before = [y for y in masters_before[v] if y.alive and y.links[v]]
             if len(before) == 1 and before[0] is not got:
                 old = before[0]
-                if old.key()[0] <= got.key()[0]:
+                if old.key(v)[0] <= got.key(v)[0]:
                     fail(f"vhid {v}: preempt is off, yet {got.name} took the vip from "
-                         f"working master {old.name} (demote {old.key()[0]} vs {got.key()[0]})")
+                         f"working master {old.name} (demote {old.key(v)[0]} vs {got.key(v)[0]})")
 
 
 # --- flapping tracks ------------------------------------------------------------
@@ -414,12 +453,12 @@ def run_flap_scenario(seed: int) -> Sim:
                      + s.settle_time(), steady=True)
         if any(f.state.failed for f in flappers):
             raise Violation("a track stayed failed after its target steadied for a flap window")
-        for v in VHIDS:
+        for v in s.vhids:
             masters = s.masters(v)
             if len(masters) != 1:
                 raise Violation(f"vhid {v}: masters {[y.name for y in masters]} after the flapping")
             want = s.expected(v)
-            if s.preempt and masters[0].key()[:2] != want.key()[:2]:
+            if s.preempt and masters[0].key(v)[:2] != want.key(v)[:2]:
                 raise Violation(f"vhid {v}: master {masters[0].name}, the rules choose {want.name}")
     except Violation as e:
         e.trace = s.trace

@@ -743,3 +743,64 @@ def test_garp_refresh_rides_on_adverts():
     # its adverts keep us backup: no announcement for a vip we do not hold
     assert not any(isinstance(a, m.Announce) for t in (10.2, 10.3, 10.4)
                    for a in x.handle(ad(0, 10), t))
+
+
+# --- preempt delay ---------------------------------------------------------------
+def test_preempt_waits_the_delay_from_when_it_became_better():
+    x = vm(1, 0, preempt_delay=2.0)
+    backup(x, 0)
+    for t in (1.0, 2.0, 2.99):  # better since 1.0: held
+        out = x.handle(ad(1, 100), t)
+        assert x.state == m.State.BACKUP and out == [m.ArmTimer(1, t + 3.0)]
+    out = x.handle(ad(1, 100), 3.0)
+    assert x.state == m.State.MASTER
+    assert out[-1].reason.startswith("preempting") and "better for 2 s" in out[-1].reason
+
+
+def test_preempt_delay_counts_afresh_after_a_break():
+    # Demoted at 1.5 (a track fails): the spell from 1.0 is broken; the
+    # delay counts from the first advert heard while better again (4.0).
+    x = vm(1, 0, preempt_delay=2.0)
+    backup(x, 0)
+    x.handle(ad(1, 100), 1.0)
+    x.handle(m.DemotionChanged(240), 1.5)
+    x.handle(ad(1, 100), 2.0)
+    x.handle(m.DemotionChanged(0), 3.5)
+    for t in (4.0, 5.0):
+        x.handle(ad(1, 100), t)
+        assert x.state == m.State.BACKUP
+    x.handle(ad(1, 100), 6.0)
+    assert x.state == m.State.MASTER
+
+
+@pytest.mark.parametrize("advert,why", [
+    (dict(advbase=255, advskew=255), "bowed out"),
+    (dict(advbase=1, advskew=100, demote=240), "is demoted"),
+])
+def test_preempt_delay_never_holds_relieving_a_failing_master(advert, why):
+    x = vm(1, 0, preempt_delay=60.0)
+    backup(x, 0)
+    out = x.handle(ad(**advert), 1.0)
+    assert x.state == m.State.MASTER and why in out[-1].reason
+
+
+def test_preempt_delay_applies_to_the_group_once():
+    # The LAN vip's claim waited out the delay; the WAN vip, better only
+    # since a later advert, follows at once: the group does not split.
+    from fwcluster.carp.core.group import FailoverGroup
+    fw1 = FailoverGroup({v: m.VhidMachine(v, 1, 0, preempt_delay=2.0, own_address=f"192.0.{v}.11")
+                         for v in (1, 2)})
+    for v in (1, 2):
+        fw1.handle(v, m.LinkChanged(True), 0.0)
+    fw1.handle(1, m.AdvertReceived(Advert(1, 1, 100, 0, 1), "192.0.1.12"), 1.0)
+    fw1.handle(2, m.AdvertReceived(Advert(2, 1, 100, 0, 1), "192.0.2.12"), 1.9)
+    fw1.handle(1, m.AdvertReceived(Advert(1, 1, 100, 0, 2), "192.0.1.12"), 3.0)
+    assert all(x.state == m.State.MASTER for x in fw1.machines.values())
+
+
+def test_reconfigured_sets_the_preempt_delay():
+    x = vm(1, 0)
+    backup(x, 0)
+    x.handle(m.Reconfigured(0, True, 5.0), 0.5)
+    x.handle(ad(1, 100), 1.0)
+    assert x.state == m.State.BACKUP and x.preempt_delay == 5.0

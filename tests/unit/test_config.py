@@ -307,3 +307,68 @@ def test_virtual_mac_is_not_for_active_active(tmp_path):
     with pytest.raises(config.ConfigError) as ei:
         configfile.load(p)
     assert ei.value.key == "vip[0].mac" and "active-active" in str(ei.value)
+
+
+# --- failover groups ([[group]], vip.group) ------------------------------------
+SPLIT = ROOT / "docs" / "examples" / "cluster-split.toml"
+
+
+def test_without_groups_one_default_group_as_before():
+    cfg = configfile.load(EXAMPLE, node="fw1")
+    assert [g.name for g in cfg.groups] == ["default"]
+    g = cfg.groups[0]
+    assert (g.preempt, g.preempt_delay) == (True, 0.0)
+    assert g.advskew == (("fw1", 0), ("fw2", 100))
+    assert {v.group for v in cfg.vips} == {"default"}
+
+
+def test_split_example_two_groups_each_member_preferred_in_one():
+    cfg = configfile.load(SPLIT, node="fw1")
+    left, right = cfg.groups
+    assert (left.name, right.name) == ("left", "right")
+    assert (left.skew("fw1"), left.skew("fw2")) == (0, 100)
+    assert (right.skew("fw1"), right.skew("fw2")) == (100, 0)
+    assert left.preempt and left.preempt_delay == 10.0
+    assert [v.group for v in cfg.vips] == ["left", "left", "right", "right"]
+    assert cfg.group_index("right") == 1
+
+
+def _split(tmp_path, old, new):
+    text = SPLIT.read_text()
+    assert old in text
+    p = tmp_path / "cluster.toml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+GROUP_BAD = [
+    ('group = "right"', 'group = "rihgt"', "vip[2].group", "no [[group]] named"),
+    ('name = "right"', 'name = "left"', "group[1].name", "duplicate group name"),
+    ('{fw1 = 100, fw2 = 0}', '{fw1 = 100, fw3 = 0}', "group[1].advskew.fw3", "not a member"),
+    ('{fw1 = 100, fw2 = 0}', '{fw1 = 255, fw2 = 0}', "group[1].advskew.fw1", "outside 0-254"),
+    ('{fw1 = 100, fw2 = 0}', '{fw1 = "1", fw2 = 0}', "group[1].advskew.fw1", "must be an integer"),
+    ('preempt_delay = 10       #', 'preempt_delay = -1       #', "group[0].preempt_delay",
+     "outside 0-3600"),
+    ('group = "right"\nmac = "virtual"', 'group = "right"', "vip[2].mac", "must be \"virtual\""),
+    ('group = "right"\nmac = "virtual"\n\n[[vip]]\nvhid = 4\ninterface = "wan0"\n'
+     'address = "198.51.100.2/24"\ngroup = "right"',
+     'group = "left"\nmac = "virtual"\n\n[[vip]]\nvhid = 4\ninterface = "wan0"\n'
+     'address = "198.51.100.2/24"\ngroup = "left"', "group[1]", "no vip is in group"),
+    ('[firewall]', '[balance]\nmode = "active-active"\nbuckets = 4\n\n[firewall]', "group",
+     "active-standby"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,reason", GROUP_BAD)
+def test_bad_groups_name_the_key(tmp_path, old, new, key, reason):
+    with pytest.raises(config.ConfigError) as e:
+        configfile.load(_split(tmp_path, old, new), node="fw1")
+    assert e.value.key == key
+    assert reason in e.value.reason
+
+
+def test_group_mark_bits():
+    assert config.group_of_mark(0) == 0
+    assert config.group_of_mark(0x0100_00ff) == 1
+    assert config.group_of_mark(0xf0ff_ffff) == 0
+    assert config.MAX_GROUPS == (config.GROUP_MARK_MASK >> config.GROUP_MARK_SHIFT) + 1

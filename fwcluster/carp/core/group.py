@@ -39,3 +39,17 @@ class FailoverGroup:
 
 def _claimed(actions: list) -> bool:
     return any(isinstance(a, RoleChanged) and a.new == State.MASTER for a in actions)
+
+
+class Groups:
+    """A member's failover groups ([[group]]): each elects on its own, so a
+    claim in one never moves another's vips; a vhid's events go to its
+    group. `machines` is every vhid's machine."""
+
+    def __init__(self, groups: dict[str, FailoverGroup]):
+        self.groups = groups
+        self.of = {vhid: g for g in groups.values() for vhid in g.machines}
+        self.machines = {vhid: x for g in groups.values() for vhid, x in g.machines.items()}
+
+    def handle(self, vhid: int, event, now: float) -> list:
+        return self.of[vhid].handle(vhid, event, now)

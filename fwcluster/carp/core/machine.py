@@ -17,12 +17,13 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   once, so that after a split brain the neighbours' caches point at the
   winner; at most once per REANNOUNCE_GAP (`reannounce_due`), so a stream
   of forged worse adverts costs no stream of announcements.
-* BACKUP hearing an advert: becomes MASTER if preempting and the sender's
-  timing is worse and its demote not lower; or if the sender's demote is
-  higher (regardless of preempt); or, with advbase > 0, if the sender's
-  timing is longer than our master-down time (it would time out anyway); or
-  on a bow-out advert (advbase = advskew = 255). Otherwise it waits
-  `master_wait` for the next advert.
+* BACKUP hearing an advert: becomes MASTER on a bow-out advert (advbase =
+  advskew = 255); or if the sender's demote is higher (regardless of
+  preempt); or, with advbase > 0, if the sender's timing is longer than our
+  master-down time (it would time out anyway); or if preempting and the
+  sender's timing is worse and its demote the same, once it has been so
+  for preempt_delay s (`preempt_held`). Otherwise it waits `master_wait`
+  for the next advert.
 * link down: INIT (vip released); link up: BACKUP, wait master-down.
 * shutdown: a MASTER sends the bow-out advert and releases the vip.
 * refresh: with garp_refresh > 0 a MASTER re-announces the vip with the
@@ -30,7 +31,8 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   (`refresh_due`), as keepalived's vrrp_garp_master_refresh.
 
 Each rule is one function below (`advert_interval`, `master_down_interval`,
-`master_wait`, `yields_to`, `claims_from`, `source_rank`, `refresh_due`); the machine, the
+`master_wait`, `yields_to`, `claims_from`, `preempt_held`, `source_rank`,
+`refresh_due`); the machine, the
 failover group (group.py), the benchmark and the docs use these.
 """
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Reconfigured:
     """A live reload changed this member's advskew or the preempt setting."""
     advskew: int
     preempt: bool
+    preempt_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -237,21 +240,38 @@ def reannounce_due(last: float | None, now: float) -> bool:
     return last is None or now - last >= REANNOUNCE_GAP
 
 
+PREEMPTING = "preempting"  # the reason claims_from gives for a preemption
+
+
 def claims_from(ours: Timing, our_demote: int, preempt: bool, ad: Advert,
                 source: str | None) -> str | None:
-    """BACKUP hearing `ad` from its master: the reason to take over now, or None."""
+    """BACKUP hearing `ad` from its master: the reason to take over now, or
+    None. A preemption (reason PREEMPTING ...) is the last reason looked
+    for: it alone may be held back (preempt_held); a master that bows out,
+    is demoted or is too slow is relieved at once."""
     theirs = (ad.advbase, ad.advskew)
     if theirs == (BOW_OUT, BOW_OUT):
         return f"{source} bowed out"
-    if preempt and ours < theirs and ad.demote >= our_demote:
-        return f"preempting {source}"
     if ad.demote > our_demote:
         return f"{source} is demoted ({ad.demote} > {our_demote})"
     # OpenBSD's guard: with advbase 0 a slower master is not "going to time
     # out" (its skew alone can exceed ours), and preempt = false must hold.
     if ours[0] and (3 * ours[0], ours[1]) < theirs:
         return f"{source} advertises slower than master-down"
+    if preempt and ours < theirs and ad.demote >= our_demote:
+        return f"{PREEMPTING} {source}"
     return None
+
+
+def preempt_held(preempt_delay: float, better_since: float | None, now: float) -> bool:
+    """BACKUP that claims_from would let preempt a healthy master: wait
+    still? Only once it has been better than that master, without a break,
+    for preempt_delay s (keepalived's and VyOS' preempt delay, counted from
+    when it became better: after a start, a lifted demotion, a recovered
+    track), so a member that comes and goes takes no traffic until it has
+    stayed. It then claims at the master's next advert. `better_since` is
+    when the current unbroken spell began (None: it begins now)."""
+    return preempt_delay > 0 and (better_since is None or now - better_since < preempt_delay)
 
 
 def refresh_due(garp_refresh: int, announced_at: float | None, now: float) -> bool:
@@ -268,8 +288,11 @@ class VhidMachine:
     REANNOUNCE_AFTER = 2
 
     def __init__(self, vhid: int, advbase: int, advskew: int, *, preempt: bool = True,
-                 demotion: int = 0, own_address: str | None = None, garp_refresh: int = 0):
+                 demotion: int = 0, own_address: str | None = None, garp_refresh: int = 0,
+                 preempt_delay: float = 0.0):
         self.vhid = vhid
+        self.preempt_delay = preempt_delay
+        self.better_since: float | None = None  # BACKUP: since when it could preempt
         self.garp_refresh = garp_refresh
         self.announced_at: float | None = None  # MASTER: the last Announce
         self.advbase = advbase
@@ -356,6 +379,7 @@ class VhidMachine:
 
     def _set(self, new: State, reason: str) -> RoleChanged:
         old, self.state = self.state, new
+        self.better_since = None
         self.transitions += 1
         return RoleChanged(self.vhid, old, new, reason)
 
@@ -406,6 +430,14 @@ class VhidMachine:
             return [Announce(self.vhid), *self._advert_now(now)]
         if self.state == State.BACKUP:
             why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
+            if why is not None and why.startswith(PREEMPTING):
+                if preempt_held(self.preempt_delay, self.better_since, now):
+                    self.better_since = self.better_since if self.better_since is not None else now
+                    why = None
+                else:
+                    why += f" (better for {self.preempt_delay:g} s)" if self.preempt_delay else ""
+            else:
+                self.better_since = None  # a break: the next spell counts afresh
             if why is not None:
                 return self._become_master(now, why)
             self._heard_at(source, now)
@@ -435,6 +467,7 @@ class VhidMachine:
     def _reconfigured(self, event: Reconfigured, now: float) -> list:
         """New advskew or preempt, role kept: a master tells the peers at
         once (they compare with the new timing), a backup re-arms its wait."""
+        self.preempt_delay = event.preempt_delay
         if (event.advskew, event.preempt) == (self.advskew, self.preempt):
             return []
         self.advskew, self.preempt = event.advskew, event.preempt
@@ -513,4 +546,4 @@ class Demotion:
 
 # The election rules, in the order docs/carp-rules.md gives them.
 RULES = (advert_interval, master_down_interval, master_interval, master_wait, yields_to, claims_from,
-         reannounce_due, hears_from, source_rank, refresh_due)
+         reannounce_due, hears_from, preempt_held, source_rank, refresh_due)
