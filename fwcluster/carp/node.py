@@ -26,13 +26,13 @@ from fwcluster import configfile, ctlsock, version
 from fwcluster import metrics as prom
 from fwcluster.carp import active_active, announce, bootid, hooks, metrics, netlink, ra, timers, tracking, vmac
 from fwcluster.carp.core import hookevent, machine, tracks, wire
-from fwcluster.carp.core.group import FailoverGroup
+from fwcluster.carp.core.group import FailoverGroup, Groups
 from fwcluster.carp.core.hardened import Solicit
 from fwcluster.carp.core.addrmsg import AddrChange
 from fwcluster.carp.ctlserver import ControlServer
 from fwcluster.carp.sockets import CarpSocket
 from fwcluster.core import contract, reloadplan
-from fwcluster.core.config import Config, ConfigError, Vip
+from fwcluster.core.config import DEFAULT_GROUP, Config, ConfigError, Vip
 from fwcluster.core.contract import MAINTENANCE_SOURCE, SYNC_HOLD_DEMOTE, SYNC_SOURCE
 
 log = logging.getLogger("carpd")
@@ -93,7 +93,7 @@ class Carpd:
         self.secret = secret
         self.codec = bootid.codec_for(cfg)  # [carp] mode: how adverts are signed and checked
         self.vips: dict[int, VipRun] = {v.vhid: self._new_run(v) for v in cfg.vips}
-        self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
+        self.group = self._groups()
         self.ifaces = {name: Iface(name) for name in cfg.interfaces}
         self.links = netlink.Links()
         # [[track]]: each starts failed (demoting by its weight) until it rises.
@@ -101,7 +101,7 @@ class Carpd:
         for source, value in self.tracker.demotions().items():
             self.demotion.set(source, value)
         self.hooks = hooks.HookRunner(lambda: self.cfg.hooks)
-        self.group_role = hookevent.INIT  # what role hooks were last told
+        self.group_role: dict[str, str] = {}  # group -> what its role hooks were last told
         self.vmacs = vmac.Macvlans(self.links)
         self.routers = ra.Routers()  # IPv6 first hop: router adverts of link-local vips
         self.ctl = ControlServer(ctlsock.socket_path(cfg.run_dir, contract.CARPD), self.handle_request,
@@ -123,11 +123,18 @@ class Carpd:
             self.demotion.total)
 
     def _new_run(self, v: Vip) -> VipRun:
-        m = machine.VhidMachine(v.vhid, v.advbase, self.member.advskew,
-                                preempt=self.cfg.carp.preempt, demotion=self.demotion.total,
-                                garp_refresh=v.garp_refresh)
+        g = self.cfg.group(v.group)
+        m = machine.VhidMachine(v.vhid, v.advbase, g.skew(self.node), preempt=g.preempt,
+                                demotion=self.demotion.total, garp_refresh=v.garp_refresh,
+                                preempt_delay=g.preempt_delay)
         cookie = int.from_bytes(secrets.token_bytes(8), "big") or 1
         return VipRun(v, m, self._auth(v, cookie))
+
+    def _groups(self) -> Groups:
+        """One FailoverGroup per [[group]]: claims spread within a group only."""
+        return Groups({g.name: FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()
+                                              if r.vip.group == g.name})
+                       for g in self.cfg.groups})
 
     def _auth(self, v: Vip, cookie: int):
         return self.codec.auth(self.secret, v.vhid, [v.address.ip], cookie)
@@ -422,15 +429,21 @@ class Carpd:
             self.routers.stop(v.vhid)
         self._publish_role(run)
         self._metrics_kick.set()
-        self._group_role_changed(change.reason)
+        self._group_role_changed(v.group, change.reason)
 
-    def _group_role_changed(self, reason: str) -> None:
-        """Role hooks run when the group's role changes (core.hookevent)."""
-        role = hookevent.group_role(r.machine.state.value for r in self.vips.values())
-        if role != self.group_role:
-            self.hooks.transition(hookevent.event(self.cfg.name, self.vips, self.group_role, role,
-                                                  reason, self.node, time.time()))
-            self.group_role = role
+    def _group_role_changed(self, group: str, reason: str) -> None:
+        """Role hooks run when a failover group's role changes
+        (core.hookevent), once per group. They are told the group's name,
+        or the cluster's for the implicit default group (one group: as
+        before there were groups)."""
+        vips = {vhid: r for vhid, r in self.vips.items() if r.vip.group == group}
+        role = hookevent.group_role(r.machine.state.value for r in vips.values())
+        old = self.group_role.get(group, hookevent.INIT)
+        if role != old:
+            name = self.cfg.name if group == DEFAULT_GROUP else group
+            self.hooks.transition(hookevent.event(name, vips, old, role, reason, self.node,
+                                                  time.time()))
+            self.group_role[group] = role
 
     def _track_changed(self, name: str, demotion: int) -> None:
         self._set_demotion(tracks.source(name), demotion)
@@ -611,7 +624,7 @@ class Carpd:
         for vhid in plan.added:
             self.vips[vhid] = self._new_run(by_vhid[vhid])
         self.vips = {v.vhid: self.vips[v.vhid] for v in new.vips}  # config order
-        self.group = FailoverGroup({vhid: r.machine for vhid, r in self.vips.items()})
+        self.group = self._groups()
         for name in new.interfaces:
             self.ifaces.setdefault(name, Iface(name))
         for name in [n for n in self.ifaces if n not in new.interfaces]:
@@ -619,7 +632,8 @@ class Carpd:
             self._set_demotion(contract.LINK_SOURCE_PREFIX + name, 0)
         if plan.retime:
             for vhid in plan.kept:
-                self._event(vhid, machine.Reconfigured(self.member.advskew, new.carp.preempt))
+                g = new.group(by_vhid[vhid].group)
+                self._event(vhid, machine.Reconfigured(g.skew(self.node), g.preempt, g.preempt_delay))
         if plan.carp_changed:
             if self.maintenance:
                 self._set_demotion(MAINTENANCE_SOURCE, new.carp.maintenance_demote)
@@ -661,7 +675,7 @@ class Carpd:
         for vhid, r in self.vips.items():
             m = r.machine
             vips.append({
-                "vhid": vhid, "interface": r.vip.interface, "address": str(r.vip.address),
+                "vhid": vhid, "group": r.vip.group, "interface": r.vip.interface, "address": str(r.vip.address),
                 "family": r.vip.family, "state": m.state.value,
                 "master": m.master if m.state != machine.State.INIT else None,
                 "advbase": r.vip.advbase, "advskew": self.member.advskew,
@@ -675,7 +689,12 @@ class Carpd:
                "maintenance": self.maintenance, "preempt": self.cfg.carp.preempt,
                # every member must agree on both (they do not interoperate)
                "mode": self.cfg.carp.mode, "balance": self.cfg.balance.mode, "vips": vips,
-               "tracks": self.tracker.status(), "group_role": self.group_role,
+               "tracks": self.tracker.status(),
+               # the first group's (the only one without [[group]]), and each group's
+               "group_role": self.group_role.get(self.cfg.groups[0].name, hookevent.INIT)
+               if self.cfg.groups else hookevent.INIT,
+               "group_roles": {g.name: self.group_role.get(g.name, hookevent.INIT)
+                               for g in self.cfg.groups},
                "hooks": {"runs": self.hooks.runs, "failures": self.hooks.failures,
                          "dropped": self.hooks.dropped},
                "release": version.release()}

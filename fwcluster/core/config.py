@@ -167,7 +167,7 @@ class Group:
     # Seconds a member must have been better than the group's master
     # before it preempts (machine.preempt_held).
     preempt_delay: float = 0.0
-    advskew: tuple = ()  # ((member name, advskew), ...) for every member
+    advskew: tuple = ()  # ((member name, advskew), ...) for every member, by name
 
     def skew(self, member: str) -> int:
         return dict(self.advskew)[member]
@@ -849,7 +849,8 @@ def _groups(path: str, tables: list, members: list, vips: list, preempt: bool) -
     """The failover groups the vips use: the implicit default one (each
     member's advskew, [carp] preempt) first if any vip is in it, then the
     [[group]] tables in their order."""
-    own = tuple((m.name, m.advskew) for m in members)
+    own = tuple(sorted((m.name, m.advskew) for m in members))  # order-free, as the members are
+    index = {m.name: j for j, m in enumerate(members)}
     out = {DEFAULT_GROUP: Group(DEFAULT_GROUP, preempt, 0.0, own)}
     seen: dict[str, int] = {}  # a [[group]] named "default" replaces the implicit one
     for i, t in enumerate(tables):
@@ -871,7 +872,7 @@ def _groups(path: str, tables: list, members: list, vips: list, preempt: bool) -
             _in_range(path, f"{key}.advskew.{_key(name)}", skew, 0, 254)
             skews[name] = skew
         out[t["name"]] = Group(t["name"], preempt if t["preempt"] is None else t["preempt"],
-                               float(t["preempt_delay"]), tuple(skews.items()))
+                               float(t["preempt_delay"]), tuple(sorted(skews.items())))
     used = {v.group for v in vips}
     for i, v in enumerate(vips):
         if v.group not in out:
@@ -882,10 +883,10 @@ def _groups(path: str, tables: list, members: list, vips: list, preempt: bool) -
                               "failover group: the ruleset tells a flow's group by the MAC it "
                               "was sent to")
         if v.advbase == 0:
-            for j, (name, skew) in enumerate(out[v.group].advskew):
+            for name, skew in out[v.group].advskew:
                 if skew == 0:
                     raise ConfigError(path, f"vip[{i}].advbase",
-                                      f"advbase 0 with member[{j}] ({name}) advskew 0 in group "
+                                      f"advbase 0 with member[{index[name]}] ({name}) advskew 0 in group "
                                       f"{v.group} gives a zero advert interval; give that "
                                       "member advskew > 0")
     for i, t in enumerate(tables):

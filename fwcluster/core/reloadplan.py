@@ -77,8 +77,9 @@ class Plan:
 
 
 def _vip_key(v) -> tuple:
+    # A vip moved to another failover group starts afresh in it.
     return (v.vhid, v.interface, str(v.address), v.advbase, v.mac, v.garp_refresh,
-            v.ra_interval)
+            v.ra_interval, v.group)
 
 
 def _members(cfg: Config) -> dict:
@@ -125,7 +126,7 @@ def plan(old: Config, new: Config, node: str, secret_changed: bool) -> Plan | st
         removed=tuple(sorted(h for h in before if h not in kept)),
         kept=kept,
         retime=(old.member(node).advskew != new.member(node).advskew
-                or old.carp.preempt != new.carp.preempt),
+                or old.carp.preempt != new.carp.preempt or old.groups != new.groups),
         rekey=carp_rekey(old, new, secret_changed),
         carp_changed=(old.carp.link_demote, old.carp.maintenance_demote, old.carp.sync_hold)
         != (new.carp.link_demote, new.carp.maintenance_demote, new.carp.sync_hold))

@@ -44,16 +44,18 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
         return await d.handle_request({"cmd": "status"})
     st = run(go())
     assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
-                       "preempt", "mode", "balance", "vips", "tracks", "group_role", "hooks",
-                       "release"}
+                       "preempt", "mode", "balance", "vips", "tracks", "group_role", "group_roles",
+                       "hooks", "release"}
     assert st["tracks"] == [] and st["group_role"] == "INIT"
+    assert st["group_roles"] == {"default": "INIT"}
     assert st["release"] == version.release()
     assert st["ok"] is True and st["node"] == "fw1" and st["cluster"] == "edge"
     assert st["demotion"] == 0 and st["demotion_sources"] == {} and st["preempt"] is True
     assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]
     v = st["vips"][2]
-    assert set(v) == {"vhid", "interface", "address", "family", "state", "master", "advbase",
+    assert set(v) == {"vhid", "group", "interface", "address", "family", "state", "master", "advbase",
                       "advskew", "demotion", "transitions", "counters"}
+    assert v["group"] == "default"
     assert v["interface"] == "lan0" and v["address"] == "2001:db8:1::1/64" and v["family"] == 6
     assert v["state"] == "INIT" and v["master"] is None and v["advbase"] == 1 and v["advskew"] == 0
     assert set(v["counters"]) == {"adverts_sent", "adverts_received", "drops"}
@@ -316,3 +318,38 @@ def test_role_lines_name_the_heard_master_and_a_backup_that_starts_hearing_one(t
     assert [(x["vhid"], x["state"], x["master"]) for x in heard] == [(1, "BACKUP", "192.0.2.12")]
     assert snap[0]["master"] == "192.0.2.12" and snap[1]["master"] is None
     assert snap[-1] == {"event": "snapshot-end"}
+
+
+# --- failover groups ---------------------------------------------------------------
+def split_carpd(tmp_path, node):
+    p = tmp_path / "cluster.toml"
+    p.write_text((ROOT / "docs" / "examples" / "cluster-split.toml").read_text()
+                 + '\n[carp]\nsync_hold = 0\nmode = "compatible"\n')
+    cfg = dataclasses.replace(configfile.load(p, node), run_dir=str(tmp_path / "run"),
+                              state_dir=str(tmp_path / "state"))
+    return Carpd(cfg, node, b"s3cret")
+
+
+def test_each_group_elects_with_its_own_skews_and_delay(tmp_path):
+    d = split_carpd(tmp_path, "fw2")
+    assert {v: r.machine.advskew for v, r in d.vips.items()} == {1: 100, 2: 100, 3: 0, 4: 0}
+    assert all(r.machine.preempt_delay == 10.0 for r in d.vips.values())
+    # a claim spreads within its group only
+    assert d.group.of[1] is d.group.of[2] and d.group.of[3] is d.group.of[4]
+    assert d.group.of[1] is not d.group.of[3]
+
+
+def test_role_hooks_run_once_per_group_named_by_it(tmp_path):
+    d = split_carpd(tmp_path, "fw1")
+    told = []
+    d.hooks.transition = told.append
+    for vhid in (1, 2):
+        d.vips[vhid].machine.state = machine.State.MASTER
+        d._group_role_changed("left", "test")
+    d.vips[3].machine.state = machine.State.BACKUP
+    d._group_role_changed("right", "test")
+    assert [(e["group"], e["vhids"], e["old"], e["new"]) for e in told] == [
+        ("left", [1, 2], "INIT", "MASTER"), ("right", [3, 4], "INIT", "BACKUP")]
+    st = run(d.handle_request({"cmd": "status"}))
+    assert st["group_roles"] == {"left": "MASTER", "right": "BACKUP"}
+    assert st["group_role"] == "MASTER"
