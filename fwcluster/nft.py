@@ -43,6 +43,7 @@ import jinja2.sandbox
 
 from fwcluster import configfile
 from fwcluster.core import bundle, hashbuckets, virtualmac
+from fwcluster.core.config import GROUP_MARK_MASK, GROUP_MARK_SHIFT
 
 TABLE = "fwcluster"
 OWNED_SET = "owned_buckets"
@@ -100,6 +101,12 @@ def context(cfg, node: str) -> dict:
             "ip_hex": "0x" + v.address.ip.packed.hex(),
             "mac_hex": "0x" + hashbuckets.vip_mac(v.vhid).replace(":", "") if active else None,
             "vmac": vmac,
+            "vmac_address": virtualmac.mac(v.vhid, v.family) if vmac else None,
+            # several failover groups: the ct mark of the vip's group's flows
+            # (0 for the first group: nothing to set)
+            "group": v.group,
+            "group_mark": (f"0x{cfg.group_index(v.group) << GROUP_MARK_SHIFT:08x}"
+                           if len(cfg.groups) > 1 and cfg.group_index(v.group) else None),
         })
     peers = [member(m) for m in cfg.peers(node)]
     # Active-active members NAT to the same vip independently: each takes
@@ -120,6 +127,9 @@ def context(cfg, node: str) -> dict:
         "vips": vips,
         "interfaces": list(cfg.interfaces),
         "vmacs": vmacs,
+        "groups": {"active": len(cfg.groups) > 1, "names": [g.name for g in cfg.groups],
+                   "mask": f"0x{GROUP_MARK_MASK:08x}",
+                   "keep": f"0x{0xFFFFFFFF & ~GROUP_MARK_MASK:08x}"},
         "carp": {"interfaces": list(cfg.interfaces), "proto": 112},
         "sync": {"interface": cfg.sync.interface, "port": cfg.sync.port,
                  "peers4": [p["sync_address"] for p in peers if p["family"] == 4],

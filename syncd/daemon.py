@@ -523,7 +523,8 @@ class Daemon:
             return
         log.info("vhid %s: %s", vhid, state)
         self.sync.set_forwarding(ownership.from_roles(self.roles, self.bucket_vhids,
-                                                      self.cfg.balance.buckets), self.now())
+                                                      self.cfg.balance.buckets,
+                                                      ownership.group_indexes(self.cfg)), self.now())
         self.process()
         if old == "MASTER":
             # A peer carries our flows from now on and our entries go stale

@@ -292,7 +292,7 @@ class Sync:
             if rec[0] == OP_DELETE:
                 own.remove(key)
                 told.pop(key, None)
-                if forwards(key, fwd) is False:
+                if forwards(key, fwd, rec) is False:
                     # A copy of a flow someone else forwards ran out here
                     # (or was removed here): the flow lives on there.
                     held = held or []
@@ -360,7 +360,7 @@ class Sync:
             key = record_key(rec)
             if own.changed_since(key, mark) or any(v.changed_since(key, m) for v, m in views):
                 continue
-            if ours(key):
+            if ours(key, rec):
                 own.put(rec, key)   # other peers: the next digest repairs them
                 recs.append(rec)
             else:
@@ -425,28 +425,29 @@ class Sync:
         encode, told = wire.encode_record, self.told
         out = []
         for e in entries:
-            key = record_key(encode(OP_UPSERT, e))
+            rec = encode(OP_UPSERT, e)
+            key = record_key(rec)
             if due is not None and told.get(key, -1.0) >= due:
                 continue
-            mine = forwards(key, fwd)
+            mine = forwards(key, fwd, rec)
             if mine or (mine is None and not any(key in v for v in views)):
                 out.append(e)
         return out
 
     # --- anti-entropy -------------------------------------------------------------
-    def _speaks_for(self, ready: bool) -> Callable[[bytes], bool]:
-        """key -> whether an entry of our table is ours to tell: a flow we
+    def _speaks_for(self, ready: bool) -> Callable[[bytes, bytes], bool]:
+        """(key, record) -> whether an entry of our table is ours to tell: a flow we
         forward. ORIGIN (nobody knows who forwards): what we told as ours,
         and, once ready (anti_entropy: in sync; before, our views are not
         filled yet and a peer's entries look like nobody's), what no peer
         speaks for."""
         fwd, own = self.forwarding, self.own
         if fwd.mode != ORIGIN:
-            return lambda key: forwards(key, fwd)
+            return lambda key, rec: forwards(key, fwd, rec)
         if not ready:
-            return own.__contains__
+            return lambda key, rec: key in own
         views = [p.view for p in self.peers.values() if p.view.size]
-        return lambda key: key in own or not any(key in v for v in views)
+        return lambda key, rec: key in own or not any(key in v for v in views)
 
     def anti_entropy(self, entries, now: float) -> int:
         """One round with the whole dump at hand (anti_entropy_begin, _add,
@@ -492,7 +493,7 @@ class Sync:
             rec = wire.encode_record(OP_UPSERT, e)
             key = record_key(rec)
             seen.add(key)
-            if touched(key) or not ours(key):
+            if touched(key) or not ours(key, rec):
                 continue
             held = own.get(key)
             if held is None or held[0] != digest.record_hash(rec):
@@ -553,7 +554,7 @@ class Sync:
         # (or its range was swept): the check then still holds (views may
         # have grown since, or the forwarding changed: ask again).
         for key, rec in self._ae_fix.items():
-            if not touched(key) and ours(key):
+            if not touched(key) and ours(key, rec):
                 fixes.append(rec)
         for key in self._ae_gone:
             if not touched(key):
@@ -598,7 +599,7 @@ class Sync:
                     if len(seen) > limit:
                         rx.seen_full = True
                         seen.clear()
-            if own.size and not forwards(key, fwd):
+            if own.size and not forwards(key, fwd, rec):
                 own.remove(key)
                 told.pop(key, None)
             for v in others:
@@ -785,7 +786,7 @@ class Sync:
         runs, own, live = [], self.own, not (replace or fix)
         for item, rec in zip(records, raw):
             key = record_key(rec)
-            if not forwards(key, fwd):
+            if not forwards(key, fwd, rec):
                 keep = False
             elif item[0] == OP_DELETE and key not in own:
                 # Ours by forwarding, but never told as ours: the copy a peer

@@ -236,3 +236,20 @@ def test_virtual_mac_macvlans_join_the_inside_interface(cfg):
     assert [v["vmac"] for v in ctx["vips"]] == ["fwvmac1", None, "fwvmac3"]
     text = _lines(nft.render(dataclasses.replace(cfg, vips=vips), "fw1", TEMPLATE).text)
     assert 'iifname { "lan0", "fwvmac1", "fwvmac3" } oifname "wan0" ct state new accept' in text
+
+
+def test_several_groups_mark_a_flows_group_at_its_first_packet(cfg):
+    """The static split: flows sent to the second group's vip MACs (or
+    addressed to its vips) carry group 1 in ct mark bits 24-27, which
+    syncd's ownership reads; the first group's are mark 0. One group: no
+    mark rules at all (the ruleset as before)."""
+    assert "ct mark" not in nft.render(cfg, "fw1", TEMPLATE).text
+    split = configfile.load(ROOT / "docs" / "examples" / "cluster-split.toml", "fw1")
+    text = _lines(nft.render(split, "fw1", TEMPLATE).text)
+    set_mark = "ct mark set ct mark and 0xf0ffffff or 0x01000000"
+    assert [ln for ln in text if "ct mark" in ln] == [
+        f"ct state new ether daddr 00:00:5e:00:01:03 {set_mark}",
+        f"ct state new ip daddr 192.0.2.2 {set_mark}",
+        f"ct state new ether daddr 00:00:5e:00:01:04 {set_mark}",
+        f"ct state new ip daddr 198.51.100.2 {set_mark}"]
+    assert config.group_of_mark(0x01000000) == split.group_index("right") == 1

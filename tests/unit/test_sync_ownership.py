@@ -4,6 +4,8 @@ handovers move ownership at once; a copy that runs out where the flow is
 not forwarded is removed there only; every change log has a bound."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fwcluster.core import hashbuckets
@@ -11,8 +13,8 @@ from syncd.core import digest, ownership, wire
 from syncd.core.applyplan import REPLICA_GRACE, replica
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.entry import ICMP, OP_DELETE, OP_UPSERT, UDP, Entry
-from syncd.core.ownership import (BALANCED, EVERYTHING, NOTHING, ORIGIN, Forwarding, forwards,
-                                  from_roles, gained, key_bucket)
+from syncd.core.ownership import (BALANCED, EVERYTHING, GROUPS, NOTHING, ORIGIN, Forwarding,
+                                  forwards, from_roles, gained, group_indexes, key_bucket)
 from syncd.core.protocol import Apply, Claim, Send, Timing
 from tests.unit.test_sync_bulk import PacedNet
 from tests.unit.test_sync_protocol import MEMBERS, Net, entry
@@ -82,6 +84,37 @@ def test_forwards_by_mode():
     assert forwards(key(e), EVERYTHING) is True and forwards(key(e), NOTHING) is False
     assert forwards(key(e), Forwarding(BALANCED, 8, frozenset({b}))) is True
     assert forwards(key(e), Forwarding(BALANCED, 8, frozenset(range(8)) - {b})) is False
+
+
+def test_forwards_by_the_group_in_the_mark():
+    # several failover groups: the ruleset's group bits (24-27) of the mark
+    # name the flow's group; no bits: the first group's
+    plain, second = flow(1), flow(2)._replace(mark=0x0100_0042)
+    other_bits = flow(3)._replace(mark=0xf0ff_ffff)
+    mine = Forwarding(GROUPS, 2, frozenset({1}))
+    for e, want in ((plain, False), (second, True), (other_bits, False)):
+        rec = wire.encode_record(OP_UPSERT, e)
+        assert forwards(record_key(rec), mine, rec) is want
+        assert forwards(record_key(rec), Forwarding(GROUPS, 2, frozenset({0})), rec) is not want
+
+
+def test_group_roles_make_the_forwarding_value():
+    vg = {1: 0, 2: 0, 3: 1, 4: 1}
+    assert from_roles({1: "MASTER", 2: "MASTER", 3: "BACKUP", 4: "BACKUP"}, {}, 0, vg) == \
+        Forwarding(GROUPS, 2, frozenset({0}))
+    both = from_roles({1: "MASTER", 2: "MASTER", 3: "MASTER", 4: "BACKUP"}, {}, 0, vg)
+    assert both == Forwarding(GROUPS, 2, frozenset({0, 1}))
+    assert from_roles({1: "BACKUP", 3: "BACKUP"}, {}, 0, vg) == NOTHING
+    assert gained(Forwarding(GROUPS, 2, frozenset({0})), both)
+    assert not gained(both, Forwarding(GROUPS, 2, frozenset({1})))
+
+
+def test_group_indexes_only_with_several_groups():
+    from fwcluster import configfile
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    assert group_indexes(configfile.load(examples / "cluster.toml", "fw1")) == {}
+    split = configfile.load(examples / "cluster-split.toml", "fw1")
+    assert group_indexes(split) == {1: 0, 2: 0, 3: 1, 4: 1}
 
 
 def test_roles_make_the_forwarding_value_and_what_is_gained():
@@ -271,7 +304,7 @@ def test_a_paced_bulk_never_resends_an_entry_its_origin_deleted_meanwhile():
     assert [e.key for _op, e in sent] == [stays.key]
 
 
-@pytest.mark.parametrize("mode", ["standby", "balanced"])
+@pytest.mark.parametrize("mode", ["standby", "balanced", "groups"])
 def test_refresh_and_adoption_follow_forwarding(mode):
     """Whatever the views say: a member refreshes and adopts exactly the
     flows it forwards."""
@@ -281,6 +314,14 @@ def test_refresh_and_adoption_follow_forwarding(mode):
     if mode == "standby":
         mine = flows
         net.forwarding(fw1=EVERYTHING, fw2=NOTHING)
+    elif mode == "groups":
+        # a static split: fw1 master of the first group, fw2 of the second
+        # (its flows marked by the ruleset)
+        flows = [e._replace(mark=0x0100_0000) if i % 2 else e
+                 for i, e in enumerate(flows)]
+        mine = flows[::2]
+        net.forwarding(fw1=Forwarding(GROUPS, 2, frozenset({0})),
+                       fw2=Forwarding(GROUPS, 2, frozenset({1})))
     else:
         half = frozenset({0, 1})
         mine = [e for e in flows if key_bucket(key(e), 4) in half]
