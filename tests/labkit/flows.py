@@ -51,8 +51,10 @@ class Flows:
     Ports base_port .. base_port+3 on the server."""
 
     def __init__(self, lab: "Lab", server: str = SERVER4, base_port: int = 47000,
-                 duration: float = 400.0):
-        self.lab, self.server, self.duration = lab, server, duration
+                 duration: float = 400.0, source: str | None = None):
+        # source: the client's address to send from (one of its addresses
+        # with clients > 1; None: as routed), for the UDP and TCP flows
+        self.lab, self.server, self.duration, self.source = lab, server, duration, source
         self.ports = {"tcp": base_port, "udp request": base_port + 1,
                       "udp server-push": base_port + 2, "udp client-push": base_port + 3}
         self.arrivals: dict[str, list[float]] = {name: [] for name in PERIODS}
@@ -79,6 +81,8 @@ class Flows:
         listener.bind((srv, port["tcp"]))
         listener.listen(1)
         self.tcp_client = self._sock("client", socket.SOCK_STREAM)
+        if self.source:
+            self.tcp_client.bind((self.source, 0))
         self.tcp_client.settimeout(OPEN_TIMEOUT)
         self.tcp_client.connect((srv, port["tcp"]))
         listener.settimeout(OPEN_TIMEOUT)
@@ -93,6 +97,8 @@ class Flows:
             server_side = self._sock("server", socket.SOCK_DGRAM)
             server_side.bind((srv, port[name]))
             client_side = self._sock("client", socket.SOCK_DGRAM)
+            if self.source:
+                client_side.bind((self.source, 0))
             client_side.connect((srv, port[name]))
             self.udp[name] = (client_side, server_side)
         handlers = [(self.tcp_server, self._on_bytes("tcp up")),

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DEFAULT_SKEWS = (0, 100, 150, 200)
 CONFIG_KEYS = {"advbase", "advskews", "vips", "carp", "balance", "metrics", "sync", "name",
-               "firewall", "dhcp", "dhcp_ha", "tracks", "hooks"}
+               "firewall", "dhcp", "dhcp_ha", "tracks", "hooks", "groups"}
 
 __all__ = ["Lab", "LabError", "PY", "REPO"]
 
@@ -253,7 +253,7 @@ class Lab(reaper.TornDown):
     def write_config(self, **overrides) -> Path:
         """(Re)write cluster.toml. Overrides add to those given before (to the
         constructor or an earlier call): write_config(carp={...}) keeps an
-        advbase=0 given at construction. Keys: advbase, advskews, vips, carp, tracks, hooks,
+        advbase=0 given at construction. Keys: advbase, advskews, vips, groups, carp, tracks, hooks,
         balance, metrics, sync, firewall, dhcp (list of [[dhcp]] tables), dhcp_ha, name. The
         running rulesets stay as
         they are until apply_rules(), as on an appliance."""
@@ -270,7 +270,7 @@ class Lab(reaper.TornDown):
                       sync: dict | None = None, firewall: dict | None = None,
                       dhcp: list[dict] | None = None, dhcp_ha: dict | None = None,
                       tracks: list[dict] | None = None, hooks: dict | None = None,
-                      name: str = "lab") -> Path:
+                      groups: list[dict] | None = None, name: str = "lab") -> Path:
         """advbase applies to every default vip; advskews maps member ->
         advskew (default 0,100,150,200; with advbase 0 10,20,30,40 since a
         zero interval is invalid)."""
@@ -305,6 +305,8 @@ class Lab(reaper.TornDown):
         for k, m in enumerate(self.members, start=1):
             text += _toml_table("[[member]]", {"name": m, "sync_address": member_addr4(k, "sync"),
                                                "advskew": skews[m]})
+        for g in groups or ():
+            text += _toml_table("[[group]]", g)
         for v in vips:
             text += _toml_table("[[vip]]", v)
         for d in dhcp or ():
@@ -512,8 +514,8 @@ class Lab(reaper.TornDown):
         return t_down
 
     def node_return(self, member: str) -> None:
-        """The member boots again: no VIPs left on its interfaces (a reboot
-        clears them), links up. The caller restarts its daemons."""
+        """The member boots again: no VIPs left on its interfaces and no
+        macvlans (a reboot clears them), links up. The caller restarts its daemons."""
         k = self.index(member)
         own = {member_addr4(k, s) for s in SEGMENTS} | {member_addr6(k, s) for s in ("lan", "wan")}
         cmds = []
@@ -525,6 +527,10 @@ class Lab(reaper.TornDown):
                     if local in own or local.startswith("fe80:"):
                         continue
                     cmds.append(f"addr del {local}/{a['prefixlen']} dev {ifname}")
+        # nor the macvlans of virtual-MAC vips: left up with the vip on,
+        # one would answer for the vip's MAC before carpd runs again
+        out = self.run(member, ["ip", "-j", "link", "show", "type", "macvlan"]).stdout
+        cmds += [f"link del {link['ifname']}" for link in json.loads(out or "[]")]
         cmds += [f"link set {i} up" for i in MEMBER_IFS]
         ip_batch(self.ns(member), cmds)
 
