@@ -179,6 +179,11 @@ for _table, _keys in config._SCHEMA.items():
             CONFIG_CASES.append((f"track.{_key} wrong type",
                                  ("[firewall]", f"{_t}\n{_key} = {_wrong}\n\n[firewall]"),
                                  f"track[0].{_key}"))
+        elif _table == "group":  # not in the example: a whole table of its own
+            _fields = {"name": '"g"', _key: _wrong}
+            _body = "\n".join(f"{k} = {v}" for k, v in _fields.items())
+            CONFIG_CASES.append((f"{_table}.{_key} wrong type",
+                                 ("[firewall]", f"[[{_table}]]\n{_body}\n\n[firewall]"), f"{_table}[0].{_key}"))
         elif _table == "dhcp":  # not in the example: a whole table of its own
             _fields = {"interface": '"lan0"', "pools": '["192.0.2.100-192.0.2.199"]', _key: _wrong}
             _body = "\n".join(f"{k} = {v}" for k, v in _fields.items())
