@@ -128,6 +128,13 @@ def build_id(epoch: int) -> str:
     return f"{stamp}-{rev}" if rev else stamp
 
 
+def _pure_python3(wheel: str) -> bool:
+    """A wheel's tags (python-abi-platform, the last three fields of its
+    name) say it runs anywhere on Python 3: py3 or py2.py3, none, any."""
+    python, abi, platform = wheel[:-len(".whl")].split("-")[-3:]
+    return "py3" in python.split(".") and abi == "none" and platform == "any"
+
+
 def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
     """Pure-Python wheels from PyPI with pip, kept in the cache dir."""
     wheels = cache.parent / "wheels"
@@ -141,7 +148,7 @@ def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
             run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                  "--python-version", "3.13", "--platform", "any", "-d", str(wheels), pin], log=log)
             have = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem.lower())]
-        if not have or not have[0].name.endswith("-py3-none-any.whl"):
+        if not have or not _pure_python3(have[0].name):
             raise BuildError(f"python.wheels: {pin}: no pure-Python wheel found")
         found.append(have[0])
     return found

@@ -418,3 +418,12 @@ def test_the_image_reads_the_version_the_builder_wrote(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from fwcluster import version; print(version.current())"],
                          cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "0.2.0.post3+gabc", out.stderr
+
+
+def test_pure_python_wheels_are_told_by_their_tags():
+    """zxcvbn ships py2.py3-none-any: it is pure Python 3 as well."""
+    from image.build import _pure_python3
+    assert _pure_python3("pyroute2-0.9.7-py3-none-any.whl")
+    assert _pure_python3("zxcvbn-4.5.0-py2.py3-none-any.whl")
+    assert not _pure_python3("foo-1.0-cp313-cp313-manylinux_2_17_x86_64.whl")
+    assert not _pure_python3("bar-1.0-py2-none-any.whl")
