@@ -161,5 +161,7 @@ def write_vm_config(d: Path, root_password: str | None = None) -> None:
     with the NICs of image.qemu.VM (MACs in VM_NICS; .link files name them
     lan0 and sync0). Documentation addresses only. Without root_password
     root cannot log in (a configured member needs /config/root-password)."""
-    write_member_config(d, "fw1", IMAGE_TEST_CLUSTER, VM_NICS, "image-test-passphrase",
+    # As strong as fwctl secret generate's (zxcvbn: a phrase of common words
+    # is refused, and the daemons would not start).
+    write_member_config(d, "fw1", IMAGE_TEST_CLUSTER, VM_NICS, "image-test-Qz7vK2mX9pL4wR",
                         root_password)
