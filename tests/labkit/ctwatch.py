@@ -66,6 +66,9 @@ class CopyWatch:
                 return "gone", t
             if t + left > expiry + SLACK:
                 return "re-armed", t
+            # Re-sent with less time left than it had (a replica's grace
+            # differs from the first copy's timeout): follow that countdown.
+            expiry = min(expiry, t + left)
         return None
 
     def describe(self, since: float) -> str:
