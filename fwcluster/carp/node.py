@@ -384,6 +384,9 @@ class Carpd:
             if got.reason == "unproven":   # authentic: ask the sender to prove it is live
                 self._send_to(iface, family, source,
                               self.codec.solicit(here[got.vhid].auth, source, own, timers.now()))
+                # and, as master, assert ourselves: a member deaf to our
+                # adverts may hold the vip too (and cannot answer the proof)
+                self._event(got.vhid, machine.ContenderHeard())
             return
         here[got.vhid].counters["adverts_received"] += 1
         self._event(got.vhid, machine.AdvertReceived(got, source))

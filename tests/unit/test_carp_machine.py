@@ -138,6 +138,27 @@ def test_master_announces_again_two_adverts_after_the_last_worse_master_heard():
     assert kinds(x.handle(m.TimerFired(t), t)) == ["SendAdvert", "ArmTimer"]
 
 
+def test_a_master_asserts_itself_on_an_advert_it_cannot_take_yet():
+    """Hardened: a member deaf to our adverts took the vip; its adverts are
+    authentic but unproven (it cannot hear our solicitation either). We
+    announce at once (limited like answers to worse masters) and again two
+    adverts after the last one, so the neighbours come back when it yields
+    (chaos seed 2596809507: new sessions failed after the deaf member yielded).
+    A backup does nothing on it."""
+    x = master(vm(1, 0))
+    for _ in range(x.REANNOUNCE_AFTER + 1):  # the takeover's own re-announce is done
+        x.handle(m.TimerFired(x.deadline), x.deadline)
+    assert kinds(x.handle(m.ContenderHeard(), 10.0)) == ["Announce", "SendAdvert", "ArmTimer"]
+    assert x.handle(m.ContenderHeard(), 10.5) == []
+    out = []
+    for _ in range(x.REANNOUNCE_AFTER):
+        out.append(kinds(x.handle(m.TimerFired(x.deadline), x.deadline)))
+    assert out[-1] == ["SendAdvert", "ArmTimer", "Announce"]
+    y = vm(1, 100)
+    backup(y)
+    assert y.handle(m.ContenderHeard(), 1.0) == []
+
+
 def test_a_flood_of_worse_adverts_gets_one_answer_per_reannounce_gap():
     """Issue 21 #5: each forged worse advert made the master announce the
     vip and advertise at once, without a limit."""

@@ -80,6 +80,12 @@ class AddressChanged:
 
 
 @dataclass(frozen=True)
+class ContenderHeard:
+    """An authentic advert for this vhid that cannot be taken yet (hardened:
+    its sender has not proved it is live): someone else may be master."""
+
+
+@dataclass(frozen=True)
 class SiblingClaimed:
     """Another vip of the same failover group was claimed on `advert`."""
     advert: Advert
@@ -360,6 +366,8 @@ class VhidMachine:
         if isinstance(event, AddressChanged):
             self.own_address = event.address
             return []
+        if isinstance(event, ContenderHeard):
+            return self._assert_master(now) if self.state == State.MASTER else []
         if isinstance(event, SiblingClaimed):
             return self._sibling_claimed(event, now)
         if isinstance(event, Reconfigured):
@@ -417,17 +425,7 @@ class VhidMachine:
             if yields_to(self.timing, self.wire_demote, ad, self.own_address, source):
                 self._heard_at(source, now)
                 return self._become_backup(now, f"better master {source}", source, ad)
-            # A worse master: make it hear us and make the segment learn us,
-            # and once more REANNOUNCE_AFTER adverts after the last one heard
-            # (counted even while answers are limited): its own delayed
-            # re-announce may come after it yields and turn the neighbours
-            # back to it (a healed split brain).
-            self._reannounce = self.REANNOUNCE_AFTER
-            if not reannounce_due(self._answered_worse, now):
-                return []
-            self._answered_worse = now
-            self.announced_at = now
-            return [Announce(self.vhid), *self._advert_now(now)]
+            return self._assert_master(now)
         if self.state == State.BACKUP:
             why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
             if why is not None and why.startswith(PREEMPTING):
@@ -443,6 +441,20 @@ class VhidMachine:
             self._heard_at(source, now)
             return [self._wait_for_master(now, source, ad)]
         return []  # INIT: not listening
+
+    def _assert_master(self, now: float) -> list:
+        """Another master on our vhid (a worse one, or one whose adverts we
+        cannot take yet): make it hear us and make the segment learn us, and
+        once more REANNOUNCE_AFTER adverts after the last one heard (counted
+        even while answers are limited): its own delayed re-announce, or
+        the GARPs of its takeover, may reach the neighbours after it yields
+        and turn them back to it (a healed split brain)."""
+        self._reannounce = self.REANNOUNCE_AFTER
+        if not reannounce_due(self._answered_worse, now):
+            return []
+        self._answered_worse = now
+        self.announced_at = now
+        return [Announce(self.vhid), *self._advert_now(now)]
 
     def _sibling_claimed(self, event: SiblingClaimed, now: float) -> list:
         """Another vip of this member's failover group was just claimed on
