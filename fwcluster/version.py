@@ -8,6 +8,7 @@ On the appliance the image builder has written it into fwcluster/_version.py
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,28 @@ def current() -> str:
     except ImportError:
         pass
     return from_git() or f"0.0.0+{versions.UNKNOWN}"
+
+
+@functools.cache
+def protocol_cap() -> str:
+    """"current", or "previous" for a build whose protocols are forced back
+    to the predecessor's versions (the image builder writes PROTOCOLS into
+    _version.py; FWCLUSTER_PROTOCOLS overrides it, for the lab)."""
+    cap = os.environ.get("FWCLUSTER_PROTOCOLS")
+    if not cap:
+        try:
+            from fwcluster import _version
+            cap = getattr(_version, "PROTOCOLS", None)
+        except ImportError:
+            pass
+    cap = cap or "current"
+    versions.speaks("sync", cap)  # an unknown cap fails here, at start, by name
+    return cap
+
+
+def speaks(name: str) -> tuple[int, int]:
+    """The (oldest, newest) versions of protocol `name` this build speaks."""
+    return versions.speaks(name, protocol_cap())
 
 
 def release() -> dict:

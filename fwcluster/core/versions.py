@@ -6,9 +6,13 @@ the release, and `git describe` of a tree turns into a PEP 440 version by
 pep440(). fwcluster/version.py finds the describe output (or the version
 the image builder wrote); this module only computes.
 
-Two members work together today only if they speak the same version of
-every protocol in PROTOCOLS (there is no negotiation of an older version
-yet): compatibility() says whether they do, from what each reports.
+Every protocol between members has a range of versions this code speaks,
+SPEAKS[name] = (oldest, newest): a release speaks its own version and its
+predecessor's (N-1), and each pair of members uses the newest both speak
+(negotiate). A build can be capped to its oldest versions ("previous"):
+that is how the lab runs the upgrade from the previous release before a
+tagged one exists. compatibility() says whether two members can work
+together, from what each reports.
 """
 from __future__ import annotations
 
@@ -48,6 +52,26 @@ def pep440(describe: str, dirty: bool = False) -> str:
     if dirty:
         local.append("dirty")
     return public + ("+" + ".".join(local) if local else "")
+
+
+# (oldest, newest) version of each negotiated protocol between members.
+# Plain CARP (ucarp's wire, RFC-fixed) is not negotiated and not listed.
+SPEAKS = {"sync": (2, 2), "config": (1, 1), "carp_hardened": (4, 4)}
+CAPS = ("current", "previous")  # previous: speak only each protocol's oldest version
+
+
+def speaks(name: str, cap: str = "current") -> tuple[int, int]:
+    """The versions of protocol `name` a build with `cap` speaks."""
+    if cap not in CAPS:
+        raise VersionError(f"unknown protocol cap {cap!r} (one of {', '.join(CAPS)})")
+    low, high = SPEAKS[name]
+    return (low, low) if cap == "previous" else (low, high)
+
+
+def negotiate(mine: tuple[int, int], theirs: tuple[int, int]) -> int | None:
+    """The newest version both ranges hold, None when they do not overlap."""
+    high = min(mine[1], theirs[1])
+    return high if high >= max(mine[0], theirs[0]) else None
 
 
 def protocols() -> dict[str, str]:

@@ -96,3 +96,18 @@ def test_members_lists_each_sync_peer_with_its_verdict():
     assert m["peers"]["fw4"] == {"version": "0.3.0", "compatible": "compatible",
                                  "detail": "same protocol versions"}
     assert versions.members("fw1", {"version": "0.2.0", "protocols": mine}, None)["peers"] == {}
+
+
+def test_negotiation_takes_the_newest_version_both_speak():
+    assert versions.negotiate((2, 3), (2, 3)) == 3
+    assert versions.negotiate((2, 3), (2, 2)) == 2
+    assert versions.negotiate((3, 4), (2, 3)) == 3
+    assert versions.negotiate((3, 4), (1, 2)) is None
+
+
+def test_a_previous_cap_speaks_only_each_oldest_version():
+    for name, (low, high) in versions.SPEAKS.items():
+        assert versions.speaks(name) == (low, high)
+        assert versions.speaks(name, "previous") == (low, low)
+    with pytest.raises(versions.VersionError, match="unknown protocol cap"):
+        versions.speaks("sync", "older")
