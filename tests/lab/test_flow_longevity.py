@@ -34,12 +34,15 @@ the same conntrack entry and NAT mapping carry the flow.
 
 On a move whose flows died, the next move starts fresh flows (on new ports)
 so that every move is checked on its own; after a fix all three moves run
-with the first flows. The tests share the labs and run in file order.
+with the first flows. The maintenance moves (1, 2) share two labs and run
+in file order; the drill (3) runs in two labs of its own, in a thread beside
+them, so the file takes the time of two watches.
 """
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -97,23 +100,47 @@ class Rig:
         return all((f.last_arrival(n) or 0) > now - 2 * PERIODS[n] - MARGIN for n in PERIODS)
 
 
+def open_rigs(stack: ExitStack, prefix: str) -> list[Rig]:
+    """A routed and a SNAT lab, settled on fw1 with the first flows."""
+    out = []
+    for name, snat in (("routed", False), ("snat", True)):
+        lab = stack.enter_context(Lab(members=2, prefix=prefix + name[:2], ipv6=False, snat=snat,
+                                      **TIMING))
+        for m in lab.members:
+            lab.run(m, ["sysctl", "-q", "-w",
+                        f"net.netfilter.nf_conntrack_udp_timeout_stream={STREAM_TIMEOUT}"])
+            start_member(lab, m)
+        out.append(Rig(lab, name))
+        stack.callback(out[-1].close)
+    for r in out:
+        assert r.lab.wait_for(lambda: settled(r.lab, "fw1") and in_sync(r.lab), 30), logs(r.lab)
+        r.open("first")
+    return out
+
+
 @pytest.fixture(scope="module")
 def rigs():
+    """The labs of the maintenance moves (on, then off)."""
     with ExitStack() as stack:
-        out = []
-        for name, snat in (("routed", False), ("snat", True)):
-            lab = stack.enter_context(Lab(members=2, prefix="lf" + name[:2], ipv6=False, snat=snat,
-                                          **TIMING))
-            for m in lab.members:
-                lab.run(m, ["sysctl", "-q", "-w",
-                            f"net.netfilter.nf_conntrack_udp_timeout_stream={STREAM_TIMEOUT}"])
-                start_member(lab, m)
-            out.append(Rig(lab, name))
-            stack.callback(out[-1].close)
-        for r in out:
-            assert r.lab.wait_for(lambda: settled(r.lab, "fw1") and in_sync(r.lab), 30), logs(r.lab)
-            r.open("first")
-        yield out
+        yield open_rigs(stack, "lf")
+
+
+@pytest.fixture(scope="module")
+def drill_run():
+    """The drill runs in labs of its own, in a thread beside the maintenance
+    moves: each watch is mostly waiting for timeouts, and the file takes the
+    time of two watches instead of three."""
+    with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        drill_rigs = open_rigs(stack, "ld")
+
+        def run():
+            prepare(drill_rigs, "fw1")
+            t_move, problems = move(drill_rigs, drill_opening_flows, "fw1")
+            return observe(drill_rigs, "drill", "fw2", t_move, problems)
+
+        future = pool.submit(run)
+        yield future
+        future.result(timeout=WATCH + 120)  # the labs outlive the watch, even for a failed test
 
 
 def carpd_view(lab: Lab) -> str:
@@ -144,10 +171,11 @@ def move(rigs: list[Rig], action, master: str) -> tuple[dict, list[str]]:
     return t_move, problems
 
 
-def watch(rigs: list[Rig], what: str, old_master: str, t_move: dict, problems: list[str]) -> None:
+def observe(rigs: list[Rig], what: str, old_master: str, t_move: dict,
+            problems: list[str]) -> tuple[list[str], str]:
     """Watch the moved rigs' flows from the start of their move until WATCH s
-    after it settled (a drill takes seconds), then assert on them (and on
-    the problems found before)."""
+    after it settled (a drill takes seconds); returns the problems (those
+    found before, and the watch's) and the old master's copies, described."""
     rigs = [r for r in rigs if r.name in t_move]
     for r in rigs:
         r.copies = {label: CopyWatch(r.lab, old_master, ["-p", "udp", "--orig-port-dst",
@@ -180,9 +208,15 @@ def watch(rigs: list[Rig], what: str, old_master: str, t_move: dict, problems: l
                 problems.append(f"{where}: the copy on {old_master} of the server-push flow did not "
                                 f"end its countdown within the watch")
     print(f"\n{what}: " + json.dumps(report))
-    assert not problems, "\n".join(problems) + "\n" + "\n".join(
+    return problems, "\n".join(
         f"{r.name} {label}: {old_master}'s copy of the server-push flow (s after the move began: "
         f"timeout left): {c.describe(t_move[r.name][0])}" for r in rigs for label, c in r.copies.items())
+
+
+def watch(rigs: list[Rig], what: str, old_master: str, t_move: dict, problems: list[str]) -> None:
+    """observe(), then assert that the flows kept going."""
+    problems, copies = observe(rigs, what, old_master, t_move, problems)
+    assert not problems, "\n".join(problems) + "\n" + copies
 
 
 def prepare(rigs: list[Rig], master: str) -> None:
@@ -222,7 +256,7 @@ def drill_opening_flows(r: Rig) -> str | None:
     return None
 
 
-def test_maintenance_handover(rigs):
+def test_maintenance_handover(rigs, drill_run):
     """fw1 hands over to fw2 and stays up as BACKUP with copies of the flows."""
     prepare(rigs, "fw1")
     t_move, problems = move(rigs, maintenance("on"), "fw2")
@@ -236,9 +270,9 @@ def test_preempt_back(rigs):
     watch(rigs, "maintenance off (preempt back)", "fw2", t_move, problems)
 
 
-def test_drill(rigs):
+def test_drill(drill_run):
     """`fwctl drill` on fw1: to fw2 and back, flows opened during the hold;
-    fw2 is the last old master and keeps copies of both flow sets."""
-    prepare(rigs, "fw1")
-    t_move, problems = move(rigs, drill_opening_flows, "fw1")
-    watch(rigs, "drill", "fw2", t_move, problems)
+    fw2 is the last old master and keeps copies of both flow sets (run by
+    the drill_run fixture in labs of its own)."""
+    problems, copies = drill_run.result(timeout=WATCH + 120)
+    assert not problems, "\n".join(problems) + "\n" + copies
