@@ -434,10 +434,12 @@ def bench(args) -> dict:
                         runs.append(one_run(lab, impl, rate, count, dport, args.seconds + 30))
                         print("  ", json.dumps(runs[-1]), file=sys.stderr, flush=True)
                     dport += 1
-                    print(f"[{rep + 1}/{args.runs}] {name}: peak, {args.peak} entries at once ...",
-                          file=sys.stderr, flush=True)
-                    peak = one_run(lab, impl, 0, args.peak, dport, 60)
-                    print("  ", json.dumps(peak), file=sys.stderr, flush=True)
+                    peak = None
+                    if args.peak > 0:  # --peak 0 leaves the peak out
+                        print(f"[{rep + 1}/{args.runs}] {name}: peak, {args.peak} entries at once ...",
+                              file=sys.stderr, flush=True)
+                        peak = one_run(lab, impl, 0, args.peak, dport, 60)
+                        print("  ", json.dumps(peak), file=sys.stderr, flush=True)
                     if args.bulk and name not in ("python-floor", HARNESS):
                         dport += 2
                         print(f"[{rep + 1}/{args.runs}] {name}: 1k/s during a bulk of {args.bulk} ...",
@@ -465,7 +467,7 @@ def summarize(results: dict) -> dict:
             continue
         rows = []
         n_levels = len(reps[0]["levels"])
-        for i in list(range(n_levels)) + ["peak"]:
+        for i in list(range(n_levels)) + (["peak"] if all(r["peak"] for r in reps) else []):
             xs = [r["peak"] if i == "peak" else r["levels"][i] for r in reps]
             rows.append({
                 "rate": xs[0]["rate"], "count": xs[0]["count"],
