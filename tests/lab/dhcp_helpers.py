@@ -10,11 +10,25 @@ import socket
 import pytest
 
 from fwcluster import configfile, dhcpsvc
+from fwcluster.core import dhcp as core
 
 KEA_PROGRAMS = ("kea-dhcp4", "kea-ctrl-agent")
 # What the lab's LAN needs: pools clear of the client's static .100-.10x and
 # the members' .1K addresses.
 POOL = "192.0.2.150-192.0.2.199"
+
+# Kea 2.2's HA client gives up on an unanswered request after 10 s (a fixed
+# timeout in its HTTP client, not configurable): a partner that vanished (no
+# RST, no ICMP) is seen failing then, and it is down as soon as partner_down
+# seconds have passed without an answer (they have, by then). Plus one
+# heartbeat interval for the failing request to be sent, and a margin for a
+# loaded box.
+KEA_HTTP_TIMEOUT = 10.0
+PARTNER_DOWN = 3
+MARGIN = 1.5
+SURVIVOR_BOUND = KEA_HTTP_TIMEOUT + core.HEARTBEAT_MS / 1000 + PARTNER_DOWN + MARGIN
+# Two members talk within a few heartbeats of starting.
+SYNC_BOUND = 10.0
 
 
 def need_kea():

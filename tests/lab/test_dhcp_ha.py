@@ -17,17 +17,8 @@ from tests.labkit import Lab
 from tests.labkit.dhcpclient import DhcpClient
 
 LEASE_TIME = 60
-# Kea 2.2's HA client gives up on an unanswered request after 10 s (a fixed
-# timeout in its HTTP client, not configurable): a partner whose links went
-# down is seen failing then, and it is down as soon as partner_down seconds
-# have passed without an answer (they have, by then). Plus one heartbeat
-# interval for the failing request to be sent, and a margin for a loaded box.
-KEA_HTTP_TIMEOUT = 10.0
-PARTNER_DOWN = 3
-MARGIN = 1.5
-SURVIVOR_BOUND = KEA_HTTP_TIMEOUT + core.HEARTBEAT_MS / 1000 + PARTNER_DOWN + MARGIN
-# Two members in hot-standby talk within a few heartbeats of starting.
-SYNC_BOUND = 10.0
+KEA_HTTP_TIMEOUT, PARTNER_DOWN, MARGIN = dh.KEA_HTTP_TIMEOUT, dh.PARTNER_DOWN, dh.MARGIN
+SURVIVOR_BOUND, SYNC_BOUND = dh.SURVIVOR_BOUND, dh.SYNC_BOUND
 
 
 def _lab(prefix: str) -> Lab:

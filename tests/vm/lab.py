@@ -47,6 +47,12 @@ LAN_VIP, WAN_VIP = "192.0.2.1", "198.51.100.1"
 SEGMENTS = {"lan": ("lan0", "192.0.2.1{k}/24"), "wan": ("wan0", "198.51.100.1{k}/24"),
             "sync": ("sync0", "203.0.113.{k}/24")}
 MEMBERS = {"fw1": 1, "fw2": 2}
+# --- [[dhcp]] (issue 22, tests/vm/test_vm_dhcp.py): Kea HA on both members
+# serves the client's LAN; the pool is clear of the client, vip and members.
+DHCP_POOL = "192.0.2.150-192.0.2.199"
+DHCP_TOML = (f'\n[[dhcp]]\ninterface = "lan0"\npools = ["{DHCP_POOL}"]\n\n'
+             '[dhcp_ha]\npartner_down = 3\n')
+# --- end [[dhcp]]
 
 
 def cluster_toml() -> str:
@@ -57,7 +63,7 @@ def cluster_toml() -> str:
             f"[carp]\nsync_hold = {SYNC_HOLD}\n\n" + members +
             f'[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "{LAN_VIP}/24"\n\n'
             f'[[vip]]\nvhid = 2\ninterface = "wan0"\naddress = "{WAN_VIP}/24"\n\n'
-            f'[metrics]\nlisten = "{METRICS}"\n')
+            f'[metrics]\nlisten = "{METRICS}"\n' + DHCP_TOML)
 
 
 def mac(k: int, seg: str) -> str:
