@@ -46,6 +46,8 @@ class Paths:
 APPLIANCE = Paths(conf_dir="/run/kea", lease_file="/var/lib/kea/fwcluster-dhcp4.leases",
                   control_socket="/run/kea/fwcluster-dhcp4.sock")
 LEASE_DIR_ON_CONFIG = "/config/dhcp"
+# The same file as fwctl sees it (the bind onto /var/lib/kea is Kea's alone).
+LEASE_FILE_ON_CONFIG = os.path.join(LEASE_DIR_ON_CONFIG, os.path.basename(APPLIANCE.lease_file))
 
 
 def render(cfg, node: str, secret: bytes, paths: Paths = APPLIANCE) -> dict[str, str]:
@@ -154,14 +156,35 @@ def command(socket_path: str, cmd: str, arguments: dict | None = None,
     return reply
 
 
-def status(cfg, node: str, socket_path: str = APPLIANCE.control_socket) -> dict:
+def lease_file(path: str) -> dict:
+    """Size of the lease file and the space left beside it (for Kea's user:
+    statvfs's f_bavail), and the problem when that is nearly gone."""
+    out = {"lease_file": path}
+    try:
+        out["lease_file_bytes"] = os.stat(path).st_size
+    except OSError:
+        pass
+    try:
+        st = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return out
+    out["lease_space_free"] = st.f_bavail * st.f_frsize
+    problem = core.lease_space_problem(out["lease_space_free"])
+    if problem:
+        out["problem"] = problem
+    return out
+
+
+def status(cfg, node: str, socket_path: str = APPLIANCE.control_socket,
+           lease_path: str = LEASE_FILE_ON_CONFIG) -> dict:
     """This member's DHCP view: off, or Kea's HA state, the partner's as Kea
-    last saw it, and lease counts per subnet. A Kea that does not answer is
-    reported (running: false), never raised: it demotes nothing."""
+    last saw it, lease counts per subnet and the lease file's room. A Kea
+    that does not answer is reported (running: false), never raised: it
+    demotes nothing."""
     if not cfg.dhcp:
         return {"enabled": False}
     out = {"enabled": True, "node": node, "mode": cfg.dhcp_ha.mode,
-           "role": core.ha_roles(cfg)[node], "running": False}
+           "role": core.ha_roles(cfg)[node], "running": False, **lease_file(lease_path)}
     try:
         st = command(socket_path, "status-get")
         stats = command(socket_path, "statistic-get-all")

@@ -85,7 +85,14 @@ def dhcp_families(status: dict, cluster: str) -> list[Metric]:
             leases.add_metric([sub["interface"]], sub["assigned"])
         if sub.get("total") is not None:
             total.add_metric([sub["interface"]], sub["total"])
-    return out + [leases, total]
+    out += [leases, total]
+    if status.get("lease_space_free") is not None:
+        # Kea answers no grant or renewal it cannot write to the lease file
+        space = GaugeMetricFamily("fwcluster_dhcp_lease_space_bytes",
+                                  "Bytes free for Kea's lease file on /config")
+        space.add_metric([], status["lease_space_free"])
+        out.append(space)
+    return out
 
 
 # Both daemons serve on the host of [metrics] listen: carpd on its port,

@@ -23,9 +23,16 @@ from fwcluster.core import hkdf
 HEARTBEAT_MS = 1000
 MAX_ACK_DELAY_MS = 1000
 MAX_UNACKED_CLIENTS = 0
-# kea-lfc compacts the lease file this often (seconds): with the pool bound
-# of the config this keeps the file below a few MB on /config.
-LFC_INTERVAL = 600
+# The lease file on /config (memfile: one CSV row appended per grant,
+# renewal and HA update; kea-lfc rewrites it with one row per lease). A row
+# is at most this long with a hostname; between two compactions the file
+# may grow by LEASE_GROWTH_BUDGET, so it stays below lease_file_bound().
+LEASE_ROW_BYTES = 160
+LEASE_GROWTH_BUDGET = 4 << 20
+LFC_MIN, LFC_MAX = 30, 600
+# Less than this free for the lease file and Kea's next writes may fail:
+# a grant or renewal it cannot write it does not answer (docs/dhcp.md).
+LEASE_SPACE_LOW = 256 << 10
 HOOKS_DIR = "/usr/lib/x86_64-linux-gnu/kea/hooks"
 HA_LABEL = b"fwcluster dhcp ha basic auth v1"
 SUBNET_ID_BASE = 1
@@ -49,6 +56,41 @@ def ha_password(secret: bytes, cluster: str) -> str:
     and is never the secret itself."""
     key = hkdf.hkdf(secret, cluster.encode(), HA_LABEL, 24)
     return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
+def pool_addresses(cfg) -> int:
+    return sum(int(last) - int(first) + 1 for d in cfg.dhcp for first, last in d.pools)
+
+
+def _rows_per_second(cfg) -> float:
+    """Rows appended to the lease file at most: every pool address leased,
+    each client renewing at half its lease (the busiest this LAN gets)."""
+    return sum((int(last) - int(first) + 1) * 2 / d.lease_time
+               for d in cfg.dhcp for first, last in d.pools)
+
+
+def lfc_interval(cfg) -> int:
+    """Seconds between two compactions of the lease file: short enough that
+    the rows appended in between fit LEASE_GROWTH_BUDGET."""
+    rows_per_s = _rows_per_second(cfg)
+    if rows_per_s <= 0:
+        return LFC_MAX
+    return int(min(LFC_MAX, max(LFC_MIN, LEASE_GROWTH_BUDGET / (rows_per_s * LEASE_ROW_BYTES))))
+
+
+def lease_file_bound(cfg) -> int:
+    """Bytes the lease file reaches at most: one row per pool address after a
+    compaction, plus what lfc_interval() lets grow until the next one."""
+    growth = _rows_per_second(cfg) * lfc_interval(cfg) * LEASE_ROW_BYTES
+    return int(pool_addresses(cfg) * LEASE_ROW_BYTES + growth)
+
+
+def lease_space_problem(free_bytes: int | None) -> str | None:
+    """What to say when the lease file's file system is (nearly) full."""
+    if free_bytes is None or free_bytes >= LEASE_SPACE_LOW:
+        return None
+    return (f"lease file system full ({free_bytes // 1024} KiB free): Kea answers no grant or "
+            "renewal it cannot write; free space on /config")
 
 
 def _url(member, port: int) -> str:
@@ -111,7 +153,7 @@ def dhcp4(cfg, node: str, *, secret: bytes, lease_file: str, control_socket: str
                               "service-sockets-max-retries": 30,
                               "service-sockets-retry-wait-time": 2000},
         "lease-database": {"type": "memfile", "persist": True, "name": lease_file,
-                           "lfc-interval": LFC_INTERVAL},
+                           "lfc-interval": lfc_interval(cfg)},
         # The HA hook without multi-threading talks through kea-ctrl-agent,
         # which is what checks the partner's credentials.
         "multi-threading": {"enable-multi-threading": False},

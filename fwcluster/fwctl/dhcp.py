@@ -57,7 +57,8 @@ def run(args) -> int:
 
 
 def healthy(d: dict) -> bool:
-    return not d.get("enabled") or (bool(d.get("running")) and d.get("state") in HEALTHY)
+    return not d.get("enabled") or (bool(d.get("running")) and d.get("state") in HEALTHY
+                                    and not d.get("problem"))
 
 
 def _lease_dir() -> None:
@@ -99,14 +100,15 @@ def line(d: dict) -> str:
     """One line for fwctl status."""
     if not d.get("enabled"):
         return "dhcp: off"
+    problem = f"; PROBLEM: {d['problem']}" if d.get("problem") else ""
     if not d.get("running"):
-        return f"dhcp: {d.get('role')}, Kea NOT running ({d.get('error', 'no answer')})"
+        return f"dhcp: {d.get('role')}, Kea NOT running ({d.get('error', 'no answer')}){problem}"
     leases = ", ".join(f"{s['interface']} {_n(s['assigned'])}/{_n(s['total'])}"
                        for s in d.get("subnets", []))
     partner = f"{d.get('partner_role')} {d.get('partner_state') or 'unknown'}"
     age = d.get("partner_age")
     return (f"dhcp: {d.get('mode')} {d.get('role')} {d.get('state')}; partner {partner}"
-            f"{'' if age is None else f' (heard {age}s ago)'}; leases {leases or '-'}")
+            f"{'' if age is None else f' (heard {age}s ago)'}; leases {leases or '-'}{problem}")
 
 
 def _n(v) -> str:

@@ -80,7 +80,8 @@ def leases(lab, member: str) -> dict[str, str]:
 def status(lab, member: str) -> dict:
     """What `fwctl dhcp --json` shows on member (its Kea's socket in the lab)."""
     cfg = configfile.load(lab.config_path, node=member)
-    return dhcpsvc.status(cfg, member, paths(lab, member).control_socket)
+    p = paths(lab, member)
+    return dhcpsvc.status(cfg, member, p.control_socket, p.lease_file)
 
 
 def ha_post(lab, src: str, dst: str, auth: str | None = None) -> int:

@@ -7,11 +7,15 @@ there; a second client gets a different address while one member is down;
 after the member returns both clients keep their addresses and both
 members' lease tables agree. A corrupt lease file does not stop a member.
 """
+import errno
+import os
+import subprocess
 import time
 
 import pytest
 
 from fwcluster.core import dhcp as core
+from fwcluster.fwctl import dhcp as fwdhcp
 from tests.lab import dhcp_helpers as dh
 from tests.labkit import Lab
 from tests.labkit.dhcpclient import DhcpClient
@@ -130,3 +134,67 @@ def test_corrupt_lease_file_is_skipped_not_fatal():
             assert lab.wait_for(lambda: dh.ha_state(lab, "fw1") == "partner-down", SURVIVOR_BOUND, 0.2)
             lease = DhcpClient(lab, "02:00:00:00:0c:01").obtain()
         assert lease is not None and lease.ip == "192.0.2.150"
+
+
+def _fill(directory) -> None:
+    """Take every free page of the file system holding directory."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        try:
+            for _ in range(1 << 16):  # bounded: the lab's file system is 1 MiB
+                f.write(bytes(4096))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+
+
+def test_full_lease_file_system_refuses_clearly_and_loses_nothing():
+    """Kea 2.2 answers no grant or renewal it cannot write to its lease file
+    (ALLOC_ENGINE_V4_ALLOC_ERROR) and stays in hot-standby, so its partner
+    does not take over: fwctl dhcp says so (exit 1). The leases already
+    granted stay in both members' tables, and once space is freed the member
+    serves again, without a restart."""
+    dh.need_kea()
+    with _lab("dhcpful") as lab:
+        kea_dir = lab.dir / "fw1" / "kea"
+        kea_dir.mkdir(parents=True)
+        # on the host (ip netns exec has a mount namespace of its own)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", f"fwdhcpful{os.getpid()}", kea_dir],
+                       check=True)
+        procs = []
+        try:
+            for m in lab.members:
+                procs += dh.start_kea(lab, m)
+            assert lab.wait_for(lambda: _both(lab, "hot-standby"), SYNC_BOUND, 0.1)
+            a = DhcpClient(lab, "02:00:00:00:0e:01")
+            first = a.obtain()
+            assert first is not None
+            a.configure(first)
+            assert "problem" not in dh.status(lab, "fw1")
+
+            _fill(kea_dir)
+            # The lease file's last page still takes a few rows.
+            for _ in range(4096 // 32):
+                if a.renew(first, timeout=0.5) is None:
+                    break
+            else:
+                pytest.fail("every renewal answered on a full file system")
+            st = dh.status(lab, "fw1")
+            assert st["lease_space_free"] == 0 and "lease file system full" in st["problem"]
+            assert not fwdhcp.healthy(st) and "PROBLEM: lease file system full" in fwdhcp.line(st)
+            assert DhcpClient(lab, "02:00:00:00:0e:02").obtain(timeout=1.0) is None
+            assert _both(lab, "hot-standby"), "HA itself carries on"
+            # The member keeps the lease; Kea's HA tells the standby to drop
+            # the lease whose renewal failed (lease4-del) until it is renewed.
+            assert dh.leases(lab, "fw1") == {first.ip: "02:00:00:00:0e:01"}
+
+            os.unlink(kea_dir / "filler")
+            assert "problem" not in dh.status(lab, "fw1")
+            assert a.renew(first).ip == first.ip
+            assert dh.leases(lab, "fw1") == dh.leases(lab, "fw2") == {first.ip: "02:00:00:00:0e:01"}
+            second = DhcpClient(lab, "02:00:00:00:0e:02").obtain()
+            assert second is not None and second.ip != first.ip
+            assert dh.leases(lab, "fw1") == dh.leases(lab, "fw2")
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait(10)
+            subprocess.run(["umount", kea_dir], check=False)

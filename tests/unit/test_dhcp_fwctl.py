@@ -45,6 +45,20 @@ def test_status_line():
     assert not fwdhcp.healthy({**RUNNING, "running": False})
 
 
+def test_a_full_lease_file_system_is_a_problem(tmp_path):
+    """Kea answers no grant it cannot write (tests/lab/test_dhcp_ha.py): a
+    nearly full /config makes fwctl dhcp say so and exit 1."""
+    from fwcluster import dhcpsvc
+    leases = tmp_path / "l.csv"
+    leases.write_text("address\n")
+    room = dhcpsvc.lease_file(str(leases))
+    assert room["lease_file_bytes"] == 8 and room["lease_space_free"] > 0
+    full = {**RUNNING, "lease_space_free": 0, "problem": dhcpsvc.core.lease_space_problem(0)}
+    assert not fwdhcp.healthy(full)
+    assert fwdhcp.line(full).endswith("; PROBLEM: lease file system full (0 KiB free): Kea answers "
+                                      "no grant or renewal it cannot write; free space on /config")
+
+
 def test_metric_families():
     text = metrics.render(metrics.dhcp_families(RUNNING, "edge"))
     samples = prom_parse(text)
@@ -55,5 +69,7 @@ def test_metric_families():
     assert samples[key("fwcluster_dhcp_partner_state", state="hot-standby")] == 1
     assert samples[key("fwcluster_dhcp_leases", interface="lan0")] == 3
     assert samples[key("fwcluster_dhcp_pool_addresses", interface="lan0")] == 50
+    space = prom_parse(metrics.render(metrics.dhcp_families({**RUNNING, "lease_space_free": 4096}, "edge")))
+    assert space[key("fwcluster_dhcp_lease_space_bytes")] == 4096
     off = prom_parse(metrics.render(metrics.dhcp_families({"enabled": False}, "edge")))
     assert list(off.values()) == [0]

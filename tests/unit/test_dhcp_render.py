@@ -62,7 +62,7 @@ def test_dhcp4_carries_the_config(cfg):
     assert subnet["reservations"] == [{"hw-address": "02:00:00:00:00:10", "ip-address": "192.0.2.110",
                                        "hostname": "printer"}]
     assert d4["lease-database"] == {"type": "memfile", "persist": True, "name": "/var/lib/kea/l.csv",
-                                    "lfc-interval": dhcp.LFC_INTERVAL}
+                                    "lfc-interval": dhcp.LFC_MAX}
     (ha,) = d4["hooks-libraries"][1]["parameters"]["high-availability"]
     assert ha["this-server-name"] == "fw2" and ha["mode"] == "hot-standby"
     assert ha["max-response-delay"] == 3000 and ha["heartbeat-delay"] == dhcp.HEARTBEAT_MS
@@ -71,6 +71,34 @@ def test_dhcp4_carries_the_config(cfg):
     assert peers["fw1"]["url"] == "http://203.0.113.1:8647/" and peers["fw1"]["role"] == "primary"
     assert peers["fw2"]["url"] == "http://203.0.113.2:8647/" and peers["fw2"]["role"] == "standby"
     assert {p["basic-auth-password"] for p in ha["peers"]} == {dhcp.ha_password(SECRET, "edge")}
+
+
+def _pools(cfg, pools, lease_time):
+    d = dataclasses.replace(cfg.dhcp[0], pools=tuple(pools), lease_time=lease_time)
+    return dataclasses.replace(cfg, dhcp=(d,))
+
+
+def test_lease_file_stays_bounded_on_config(cfg):
+    """kea-lfc runs often enough that the busiest LAN the config allows
+    (every pool address leased, renewing at half a 60 s lease) keeps the
+    lease file, with kea-lfc's compacted copy beside it while it runs,
+    within a third of the 32 MiB /config."""
+    ip = config.ipaddress.ip_address
+    busiest = _pools(cfg, [(ip("192.0.2.0"), ip("192.0.2.255"))] * 64,
+                     lease_time=60)
+    assert dhcp.pool_addresses(busiest) == config.MAX_DHCP_ADDRESSES
+    assert dhcp.LFC_MIN <= dhcp.lfc_interval(busiest) < dhcp.LFC_MAX
+    compacted = dhcp.pool_addresses(busiest) * dhcp.LEASE_ROW_BYTES
+    assert dhcp.lease_file_bound(busiest) + compacted <= (32 << 20) // 3
+    # a small site keeps the long interval, and its file stays small
+    assert dhcp.lfc_interval(cfg) == dhcp.LFC_MAX
+    assert dhcp.lease_file_bound(cfg) < 64 << 10
+
+
+def test_lease_space_problem_only_when_nearly_full():
+    assert dhcp.lease_space_problem(None) is None
+    assert dhcp.lease_space_problem(dhcp.LEASE_SPACE_LOW) is None
+    assert "full (0 KiB free)" in dhcp.lease_space_problem(0)
 
 
 def test_ctrl_agent_listens_on_the_sync_address_with_basic_auth(cfg):

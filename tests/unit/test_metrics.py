@@ -90,7 +90,8 @@ def test_every_family_is_documented_with_its_type():
         return server.own_families()
     own = asyncio.run(endpoint_families())
     dhcp = metrics.dhcp_families({"enabled": True, "running": True, "state": "hot-standby",
-                                  "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}]}, "c")
+                                  "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}],
+                                  "lease_space_free": 1 << 20}, "c")
     exposed = _exposed(metrics.render(carp + sync + own + dhcp))
     assert exposed == _documented()
 
