@@ -198,3 +198,51 @@ def test_full_lease_file_system_refuses_clearly_and_loses_nothing():
                 p.kill()
                 p.wait(10)
             subprocess.run(["umount", kea_dir], check=False)
+
+
+def test_load_balancing_both_serve_and_the_survivor_serves_all():
+    """load-balancing: each member answers the clients Kea's hash gives it;
+    with one lost, the survivor (in partner-down) answers every client with
+    its own address, and new ones."""
+    dh.need_kea()
+    with Lab(members=2, prefix="dhcplb", ipv6=False,
+             dhcp=[{"interface": "lan0", "pools": [dh.POOL], "lease_time": LEASE_TIME}],
+             dhcp_ha={"partner_down": PARTNER_DOWN, "mode": "load-balancing"}) as lab:
+        for m in lab.members:
+            dh.start_kea(lab, m)
+        assert lab.wait_for(lambda: _both(lab, "load-balancing"), SYNC_BOUND, 0.1), \
+            {m: dh.ha_state(lab, m) for m in lab.members}
+        clients = [DhcpClient(lab, f"02:00:00:00:1b:{i:02x}") for i in range(12)]
+        leases = {}
+        for c in clients:
+            lease = c.obtain()
+            assert lease is not None
+            c.configure(lease)
+            leases[c] = lease
+        by_server = {m: [c for c, le in leases.items() if le.server_id == lab.addr4(m)]
+                     for m in lab.members}
+        assert all(by_server.values()), f"both members serve: {by_server}"
+        assert len({le.ip for le in leases.values()}) == len(clients)
+        # each grant reached the partner before the client's ACK
+        assert dh.leases(lab, "fw1") == dh.leases(lab, "fw2") == {
+            le.ip: ":".join(f"{b:02x}" for b in c.mac) for c, le in leases.items()}
+
+        t_loss = lab.node_loss("fw2")
+        # Until partner-down the survivor cannot send its lease updates and
+        # so answers nobody, its own clients included; then it serves all:
+        # its own clients renew, the lost member's rebind.
+        pending = list(clients)
+        while pending and time.monotonic() - t_loss < SURVIVOR_BOUND:
+            c = pending[0]
+            mine = c in by_server["fw1"]
+            again = c.renew(leases[c], timeout=0.3) if mine else c.rebind(leases[c], timeout=0.3)
+            if again is not None:
+                assert again.ip == leases[c].ip and again.server_id == lab.addr4("fw1")
+                pending.pop(0)
+        assert not pending, f"{len(pending)} clients not served within {SURVIVOR_BOUND:.1f}s"
+        print(f"\nload-balancing: all {len(clients)} clients ({len(by_server['fw2'])} of the lost "
+              f"member) served by the survivor {time.monotonic() - t_loss:.2f}s after the loss")
+        assert dh.ha_state(lab, "fw1") == "partner-down"
+        new = DhcpClient(lab, "02:00:00:00:1b:ff").obtain()
+        assert new is not None and new.server_id == lab.addr4("fw1")
+        assert new.ip not in {le.ip for le in leases.values()}
