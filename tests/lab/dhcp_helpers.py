@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import signal
 import socket
 
 import pytest
@@ -102,3 +103,15 @@ def ha_post(lab, src: str, dst: str, auth: str | None = None) -> int:
     finally:
         s.close()
     return int(status_line.split()[1])
+
+
+def reload_kea(lab, member: str, procs, secret: bytes) -> list[str]:
+    """What `fwctl dhcp apply` does on the appliance when the secret changed:
+    render this member's files with `secret`, then reload both Kea programs
+    (SIGHUP, the units' ExecReload). procs: start_kea's (kea-dhcp4,
+    kea-ctrl-agent). The files changed."""
+    cfg = configfile.load(lab.config_path, node=member)
+    changed = dhcpsvc.write(dhcpsvc.render(cfg, member, secret, paths(lab, member)))
+    for p in procs:
+        p.send_signal(signal.SIGHUP)
+    return changed

@@ -246,3 +246,36 @@ def test_load_balancing_both_serve_and_the_survivor_serves_all():
         new = DhcpClient(lab, "02:00:00:00:1b:ff").obtain()
         assert new is not None and new.server_id == lab.addr4("fw1")
         assert new.ip not in {le.ip for le in leases.values()}
+
+
+def test_secret_change_reaches_kea_on_both_members():
+    """The HA password follows the cluster secret: after a new secret is
+    rendered and Kea reloaded on one member, then on the other (as
+    fwcluster-dhcp.path does on each member when /config/secret changes),
+    the control agents take only the new password, and the pair is back in
+    hot-standby with its lease tables in step."""
+    dh.need_kea()
+    with _lab("dhcpsec") as lab:
+        procs = {m: dh.start_kea(lab, m) for m in lab.members}
+        assert lab.wait_for(lambda: _both(lab, "hot-standby"), SYNC_BOUND, 0.1)
+        a = DhcpClient(lab, "02:00:00:00:5e:01")
+        first = a.obtain()
+        assert first is not None
+
+        old = core.ha_password(lab.secret.encode(), "lab")
+        new_secret = (lab.secret + "-rotated").encode()
+        new = core.ha_password(new_secret, "lab")
+        assert dh.reload_kea(lab, "fw1", procs["fw1"], new_secret)
+        assert lab.wait_for(lambda: dh.ha_post(lab, "fw2", "fw1", "lab:" + new) == 200, 5, 0.2)
+        assert dh.ha_post(lab, "fw2", "fw1", "lab:" + old) == 401
+        # One member changed: the two cannot talk until the other follows.
+        time.sleep(PARTNER_DOWN)
+        assert dh.reload_kea(lab, "fw2", procs["fw2"], new_secret)
+        assert lab.wait_for(lambda: dh.ha_post(lab, "fw1", "fw2", "lab:" + new) == 200, 5, 0.2)
+        assert dh.ha_post(lab, "fw1", "fw2", "lab:" + old) == 401
+        assert lab.wait_for(lambda: _both(lab, "hot-standby"), SYNC_BOUND + PARTNER_DOWN, 0.2), \
+            {m: dh.ha_state(lab, m) for m in lab.members}
+        second = DhcpClient(lab, "02:00:00:00:5e:02").obtain()
+        assert second is not None and second.ip != first.ip
+        assert dh.leases(lab, "fw1") == dh.leases(lab, "fw2") == {
+            first.ip: "02:00:00:00:5e:01", second.ip: "02:00:00:00:5e:02"}

@@ -73,3 +73,15 @@ def test_metric_families():
     assert space[key("fwcluster_dhcp_lease_space_bytes")] == 4096
     off = prom_parse(metrics.render(metrics.dhcp_families({"enabled": False}, "edge")))
     assert list(off.values()) == [0]
+
+
+def test_kea_follows_every_file_its_configuration_comes_from():
+    """fwctl dhcp render reads cluster.toml and the secret (the HA password
+    is derived from it): fwcluster-dhcp.path watches both where the image
+    keeps them (config-setup's /config layout), so a new secret reaches Kea."""
+    text = (ROOT / "overlays/cluster/usr/lib/systemd/system/fwcluster-dhcp.path").read_text()
+    watched = {line.split("=", 1)[1].strip() for line in text.splitlines()
+               if line.startswith("PathChanged=")}
+    layout = (ROOT / "overlays/base/usr/lib/fwcluster/config-setup").read_text()
+    for path in ("/config/cluster.toml", "/config/secret"):
+        assert path in layout and path in watched
