@@ -5,7 +5,9 @@ A client gets a lease; the member serving it is lost (links down, SIGKILL);
 the client rebinds through the survivor, keeps its address, and renews
 there; a second client gets a different address while one member is down;
 after the member returns both clients keep their addresses and both
-members' lease tables agree. A corrupt lease file does not stop a member.
+members' lease tables agree. A corrupt lease file does not stop a member;
+a full one makes it refuse, visibly, and lose nothing. Load-balancing: both
+serve, the survivor serves all. A new secret reaches Kea on both members.
 """
 import errno
 import os
