@@ -23,6 +23,7 @@ import secrets
 import time
 from pathlib import Path
 
+from fwcluster import version
 from fwcluster.carp.core import hardened, modes
 from fwcluster.core.config import Config
 
@@ -81,4 +82,5 @@ def codec_for(cfg: Config) -> modes.Compatible | modes.Hardened:
         return modes.Compatible()
     boot = allocate(cfg.state_dir)
     log.info("hardened CARP adverts, boot id %d", boot)
-    return modes.Hardened(cfg.name, hardened.Counter(boot, lambda: allocate(cfg.state_dir)))
+    return modes.Hardened(cfg.name, hardened.Counter(boot, lambda: allocate(cfg.state_dir)),
+                          speaks=version.speaks("carp_hardened"))

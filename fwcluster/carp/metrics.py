@@ -42,6 +42,9 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
     interval = GaugeMetricFamily("fwcluster_carp_advert_interval_seconds",
                                  "Configured advert interval of this member: advbase + advskew/256",
                                  labels=VIP)
+    hversion = GaugeMetricFamily("fwcluster_carp_hardened_version",
+                                 "Hardened CARP version the vhid's adverts go out at (the newest "
+                                 "every member heard on it speaks)", labels=VIP)
     for v in status.get("vips", []):
         who = [str(v["vhid"]), str(v["interface"])]
         for s in STATES:
@@ -57,6 +60,8 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
         for reason in sorted(set(DROP_REASONS) | set(seen)):
             drops.add_metric([*who, reason], seen.get(reason, 0))
         interval.add_metric(who, v["advbase"] + v["advskew"] / 256)
+        if v.get("hardened_version") is not None:
+            hversion.add_metric(who, v["hardened_version"])
 
     demotion = GaugeMetricFamily("fwcluster_carp_demotion",
                                  "Total demotion of this member (carried in its adverts)",
@@ -75,7 +80,7 @@ def families(status: dict, interfaces: tuple[str, ...] = ()) -> list[Metric]:
     hardened = GaugeMetricFamily("fwcluster_carp_hardened",
                                  "1 when adverts are hardened ([carp] mode), 0 when compatible",
                                  value=int(status.get("mode") == "hardened"))
-    out = [info, state, master, trans, sent, recv, drops, interval, demotion, by_source,
+    out = [info, state, master, trans, sent, recv, drops, interval, hversion, demotion, by_source,
            maint, preempt, hardened, *track_families(status.get("tracks") or []),
            *hook_families(status.get("hooks") or {})]
     if status.get("buckets"):

@@ -389,6 +389,9 @@ class Carpd:
                 self._event(got.vhid, machine.ContenderHeard())
             return
         here[got.vhid].counters["adverts_received"] += 1
+        # hardened: a sender heard at version 4 is told we speak newer (if we do)
+        self._send_to(iface, family, source,
+                      self.codec.probe(here[got.vhid].auth, source, own, timers.now()))
         self._event(got.vhid, machine.AdvertReceived(got, source))
 
     def _send_to(self, iface: Iface, family: int, dest: str, payload: bytes | None) -> None:
@@ -683,6 +686,10 @@ class Carpd:
                 "master": m.master if m.state != machine.State.INIT else None,
                 "advbase": r.vip.advbase, "advskew": self.member.advskew,
                 "demotion": total, "transitions": m.transitions,
+                # hardened: the version its adverts go out at, and each sender's (None: compatible)
+                "hardened_version": self.codec.version(vhid),
+                "hardened_peers": self.codec.peer_versions(vhid)
+                if self.codec.version(vhid) is not None else {},
                 "counters": {"adverts_sent": r.counters["adverts_sent"],
                              "adverts_received": r.counters["adverts_received"],
                              "drops": dict(r.counters["drops"])},

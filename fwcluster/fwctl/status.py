@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fwcluster import ctlsock, dhcpsvc, version
 from fwcluster.args import load_from_args
+from fwcluster.carp.core import hardened
 from fwcluster.core import versions
 from fwcluster.fwctl import EXIT_OK, ask, emit
 from fwcluster.fwctl.dhcp import line as dhcp_line
@@ -67,6 +68,7 @@ def human(d: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    hardened_versions(d.get("vips", []))
     if d.get("tracks"):
         tracks(d["tracks"])
     if "buckets" in d:
@@ -87,6 +89,23 @@ def human(d: dict) -> None:
         print(dhcp_line(d["dhcp"]))
     if "versions" in d:
         release(d["versions"])
+
+
+def hardened_versions(vips: list) -> None:
+    """Which hardened CARP version each vhid's adverts go out at and, below
+    the newest, the senders heard at it (docs/carp.md "Hardened versions")."""
+    by_version: dict[int, list[dict]] = {}
+    for v in vips:
+        if v.get("hardened_version") is not None:
+            by_version.setdefault(v["hardened_version"], []).append(v)
+    parts = []
+    for ver, group in sorted(by_version.items(), reverse=True):
+        older = sorted({addr for v in group for addr, pv in (v.get("hardened_peers") or {}).items()
+                        if pv == ver}) if ver < hardened.VERSION else []
+        parts.append(f"version {ver} on vhid {','.join(str(v.get('vhid')) for v in group)}"
+                     + (f" (heard at {ver}: {', '.join(older)})" if older else ""))
+    if parts:
+        print("hardened carp: " + "; ".join(parts))
 
 
 def release(r: dict) -> None:

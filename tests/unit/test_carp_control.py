@@ -54,8 +54,10 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
     assert [v["vhid"] for v in st["vips"]] == [1, 2, 3]
     v = st["vips"][2]
     assert set(v) == {"vhid", "group", "interface", "address", "family", "state", "master", "advbase",
-                      "advskew", "demotion", "transitions", "counters"}
+                      "advskew", "demotion", "transitions", "counters", "hardened_version",
+                      "hardened_peers"}
     assert v["group"] == "default"
+    assert v["hardened_version"] is None and v["hardened_peers"] == {}  # compatible mode
     assert v["interface"] == "lan0" and v["address"] == "2001:db8:1::1/64" and v["family"] == 6
     assert v["state"] == "INIT" and v["master"] is None and v["advbase"] == 1 and v["advskew"] == 0
     assert set(v["counters"]) == {"adverts_sent", "adverts_received", "drops"}

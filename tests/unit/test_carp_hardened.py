@@ -52,10 +52,10 @@ def edited(index: int, value: int) -> bytes:
     return resum(bytes(b))
 
 
-def test_layout_is_36_bytes_version_4_valid_checksum():
+def test_layout_is_36_bytes_version_5_valid_checksum():
     pkt = advert(counter=0x0000000A_00000003, advbase=2, advskew=100, demote=32)
     assert len(pkt) == wire.HEADER_LEN
-    assert pkt[0] == 0x41 and pkt[1] == 7 and pkt[2] == 100 and pkt[3] == 7
+    assert pkt[0] == 0x51 and pkt[1] == 7 and pkt[2] == 100 and pkt[3] == 7
     assert pkt[4] == 32 and pkt[5] == 2
     assert pkt[8:16] == bytes.fromhex("0000000a00000003")
     assert wire.checksum(pkt) == 0
@@ -189,9 +189,10 @@ def test_a_compatible_advert_is_unhardened_and_ours_is_bad_version_to_v2():
     ("bad_ttl", lambda: advert(), 64),
     ("truncated", lambda: advert()[:35], 255),
     ("bad_checksum", lambda: advert()[:6] + b"\x12\x34" + advert()[8:], 255),
-    ("bad_version", lambda: edited(0, 0x51), 255),
-    ("bad_type", lambda: edited(0, 0x43), 255),
-    ("bad_hmac", lambda: edited(0, 0x42), 255),   # an advert turned solicitation
+    ("bad_version", lambda: edited(0, 0x61), 255),
+    ("bad_hmac", lambda: edited(0, 0x41), 255),   # a v5 advert relabelled v4: the version is MACed
+    ("bad_type", lambda: edited(0, 0x53), 255),
+    ("bad_hmac", lambda: edited(0, 0x52), 255),   # an advert turned solicitation
     ("unknown_vhid", lambda: advert(a=auth(vhid=9)), 255),
     ("bad_authlen", lambda: edited(3, 6), 255),
     ("bad_authlen", lambda: resum(advert() + b"\0\0"), 255),
@@ -306,7 +307,7 @@ def test_a_live_master_proves_itself_and_its_recordings_become_stale():
     recording = [master.encode(mine[7], 1, 0, 0, FW1) for _ in range(10)]
     assert receiver.decode(recording[0], 255, FW1, theirs, FW2) == wire.Drop("unproven", 7)
     ask = receiver.solicit(theirs[7], FW1, FW2, now=0.0)
-    assert ask is not None and len(ask) == 36 and ask[0] == 0x42
+    assert ask is not None and len(ask) == 36 and ask[0] == 0x52
     assert receiver.solicit(theirs[7], FW1, FW2, now=0.05) is None    # one per CHALLENGE_GAP
     asked = master.decode(ask, 255, FW2, mine, FW1)
     assert asked == hardened.Solicit(7, 1000)

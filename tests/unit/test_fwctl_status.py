@@ -259,3 +259,17 @@ def test_status_human_shows_each_track(capsys):
     head = next(i for i, line in enumerate(out) if line.startswith("TRACK"))
     assert out[head + 1].split()[:4] == ["gw", "icmp", "198.51.100.1", "held"]
     assert "ok: reply in 0.3 ms" in out[head + 1] and out[head + 1].endswith("4")
+
+
+def test_human_shows_each_vhids_hardened_version_and_who_holds_it_at_4(capsys):
+    from fwcluster.fwctl import status as fwctl_status
+    vip = CARPD_STATUS["vips"][0]
+    vips = [dict(vip, vhid=1, hardened_version=5, hardened_peers={"192.0.2.12": 5}),
+            dict(vip, vhid=2, hardened_version=4,
+                 hardened_peers={"192.0.2.12": 5, "192.0.2.13": 4}),
+            dict(vip, vhid=3, hardened_version=4, hardened_peers={"192.0.2.13": 4})]
+    fwctl_status.hardened_versions(vips)
+    assert capsys.readouterr().out == ("hardened carp: version 5 on vhid 1; "
+                                       "version 4 on vhid 2,3 (heard at 4: 192.0.2.13)\n")
+    fwctl_status.hardened_versions([dict(vip, hardened_version=None)])  # compatible mode
+    assert capsys.readouterr().out == ""

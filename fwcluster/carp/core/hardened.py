@@ -3,9 +3,9 @@
 The packet is the 36-byte CARP v2 header of wire.py with another version and
 another MAC, so it costs nothing more on the wire and a compatible-mode
 member, ucarp or OpenBSD drops it cleanly as `bad_version` (its checksum is
-valid; no CARP or VRRP version is 4):
+valid; no CARP or VRRP version is 4 or 5):
 
-    0      version 4 (high nibble) | type 1 = advertisement (low nibble)
+    0      version 5 (4: the previous release's) | type 1 = advertisement
     1      vhid
     2      advskew
     3      authlen 7 (counter + MAC in 32-bit words, as in v2)
@@ -42,6 +42,23 @@ one counted as seen: anything recorded before is `stale`. At most one
 solicitation per sender and vhid goes out, and one proof is answered per
 asker and vhid, per CHALLENGE_GAP; a replayed solicitation gets a proof no
 one waits for.
+
+Versions (issue 23): that is version 5. Version 4, the previous release's,
+has no solicitation and no proof: an authentic advert from a sender without
+a window opens one at its counter. A member speaks both (a capped build only
+4, exactly as that release did) and decodes each by its own rule. Adverts
+are multicast, so the version is chosen per vhid, not per peer: a member
+sends at the newest version every member it heard on the vhid speaks
+(send_version), from what each sender's last authentic packet carried
+(Heard). A v4 advert heard pulls the vhid down to 4 at once; since a
+backup listens for master-down before it sends, a new member joining an
+old master falls back before its first advert. A member that speaks 5 and
+hears a v4 advert sends that sender a v5 solicitation at most every
+PROBE_GAP (a probe): a previous-release member drops it as `bad_version`,
+an upgraded one that fell back learns the prober speaks 5, and once every
+member it heard speaks 5 the vhid climbs back. A sender heard at 4 is
+never forgotten by time: a backup of the previous release is silent, and
+forgetting it would make the master send what it cannot read.
 """
 from __future__ import annotations
 
@@ -55,7 +72,10 @@ from fwcluster.carp.core import wire
 from fwcluster.carp.core.wire import Advert, Drop
 from fwcluster.core.hkdf import hkdf
 
-VERSION = 4
+VERSION = 5          # adverts with liveness proof (solicitation, proof)
+OLDEST = 4           # the previous release's: no solicitation or proof
+SPEAKS = (OLDEST, VERSION)
+PROBE_GAP = 10.0     # s: v5 solicitations out per sender heard at an older version
 MAC_LEN = 20
 SEQ_MAX = 0xFFFFFFFF
 BOOT_MAX = 0xFFFFFFFF
@@ -66,6 +86,39 @@ PROOF_AUTHLEN = 9    # counter + MAC + the echoed nonce, in 32-bit words
 PROOF_LEN = wire.HEADER_LEN + 8
 CHALLENGE_GAP = 0.1  # s: solicitations out per (sender, vhid), proofs per (asker, vhid)
 _HEAD = struct.Struct("!BBBBBBHQ")
+
+
+def send_version(speaks: tuple[int, int], heard: Iterable[int]) -> int:
+    """The version to send a vhid's adverts at: the newest every member
+    heard on it speaks (what each one's last packet carried), within ours."""
+    return max(speaks[0], min([speaks[1], *heard]))
+
+
+class Heard:
+    """Per vhid, the version of each sender's last authentic packet
+    (bounded like the windows; only key holders can add a sender)."""
+
+    def __init__(self, senders: int = MAX_SENDERS):
+        self.senders = senders
+        self._v: dict[tuple[bytes, int], int] = {}  # (source, vhid) -> version
+        self._probed: dict[tuple[bytes, int], float] = {}
+
+    def note(self, sender: tuple[bytes, int], version: int) -> None:
+        _put(self._v, sender, version, self.senders)
+
+    def versions(self, vhid: int) -> dict[bytes, int]:
+        return {src: v for (src, vh), v in self._v.items() if vh == vhid}
+
+    def probe(self, sender: tuple[bytes, int], speaks: tuple[int, int], now: float) -> bool:
+        """Tell sender (heard at an older version than our newest) that we
+        speak newer? Not within PROBE_GAP of the last time."""
+        if self._v.get(sender, speaks[1]) >= speaks[1]:
+            return False
+        last = self._probed.get(sender)
+        if last is not None and now - last < PROBE_GAP:
+            return False
+        _put(self._probed, sender, now, self.senders)
+        return True
 
 
 class Solicit(NamedTuple):
@@ -114,22 +167,25 @@ class Counter:
 
 
 def encode(auth: Auth, counter: int, source: str, advbase: int, advskew: int,
-           demote: int = 0, echo: int | None = None) -> bytes:
+           demote: int = 0, echo: int | None = None, version: int = VERSION) -> bytes:
     """The 36-byte hardened advert sent from source; with echo, the 44-byte
-    proof answering the solicitation that carried that nonce."""
-    return _packet(auth, wire.TYPE_ADVERTISEMENT, counter, source, advbase, advskew, demote, echo)
+    proof answering the solicitation that carried that nonce (version 5 only)."""
+    if echo is not None and version < 5:
+        raise ValueError("version 4 has no proof")
+    return _packet(auth, wire.TYPE_ADVERTISEMENT, counter, source, advbase, advskew, demote, echo,
+                   version)
 
 
 def encode_solicit(auth: Auth, nonce: int, source: str) -> bytes:
     """The 36-byte solicitation sent from source (advbase, advskew, demote 0)."""
-    return _packet(auth, TYPE_SOLICIT, nonce, source, 0, 0, 0, None)
+    return _packet(auth, TYPE_SOLICIT, nonce, source, 0, 0, 0, None, VERSION)
 
 
 def _packet(auth: Auth, ptype: int, counter: int, source: str, advbase: int, advskew: int,
-            demote: int, echo: int | None) -> bytes:
+            demote: int, echo: int | None, version: int) -> bytes:
     ctr = struct.pack("!Q", counter)
     tail = b"" if echo is None else struct.pack("!Q", echo)
-    head = _HEAD.pack((VERSION << 4) | ptype, auth.vhid, advskew,
+    head = _HEAD.pack((version << 4) | ptype, auth.vhid, advskew,
                       wire.AUTHLEN if echo is None else PROOF_AUTHLEN,
                       min(demote, 255), advbase, 0, counter)
     src = _packed(source)
@@ -148,12 +204,13 @@ class ReplayWindows:
         self.size, self.senders = size, senders
         self._w: dict[tuple[bytes, int], tuple[int, int]] = {}  # -> (top, bits)
 
-    def admit(self, sender: tuple[bytes, int], counter: int) -> str | None:
+    def admit(self, sender: tuple[bytes, int], counter: int, opens: bool = False) -> str | None:
         """None if counter is new (and now recorded); else the drop reason
-        (`unproven`: the sender has no window yet)."""
-        if sender not in self._w:
+        (`unproven`: the sender has no window yet, unless the advert `opens`
+        one, as version 4's do)."""
+        if sender not in self._w and not opens:
             return "unproven"
-        top, bits = self._w.pop(sender)
+        top, bits = self._w.pop(sender, (0, 0))
         try:
             if counter > top:
                 shift = counter - top
@@ -227,13 +284,16 @@ def _put(d: dict, k, v, bound: int) -> None:
 
 def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
            windows: ReplayWindows, own: str | None = None,
-           challenges: Challenges | None = None) -> Advert | Drop | Solicit:
+           challenges: Challenges | None = None, speaks: tuple[int, int] = SPEAKS,
+           heard: Heard | None = None) -> Advert | Drop | Solicit:
     """Check one received packet: form, then MAC, then freshness.
 
     source is the packet's IP source address, own our address on that
     interface and family (an authentic advert from it is ours, replayed).
-    Only an authentic packet may move a replay window; only a proof
-    echoing the nonce `challenges` waits for may open one.
+    Only an authentic packet may move a replay window; in version 5 only a
+    proof echoing the nonce `challenges` waits for may open one, in 4 any
+    authentic advert. speaks: the versions we accept; `heard` is told the
+    version of every authentic packet of another sender.
     """
     vhid = payload[1] if len(payload) >= 2 else None
     if ttl != wire.TTL:
@@ -245,15 +305,17 @@ def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
     vt, vhid, advskew, authlen, demote, advbase, _, counter = _HEAD.unpack_from(payload)
     if vt >> 4 == wire.VERSION:
         return Drop("unhardened", vhid)  # a compatible-mode member, ucarp, or a recording
-    if vt >> 4 != VERSION:
+    version = vt >> 4
+    if not speaks[0] <= version <= speaks[1] or version < OLDEST:
         return Drop("bad_version", vhid)
     ptype = vt & 0x0F
-    if ptype not in (wire.TYPE_ADVERTISEMENT, TYPE_SOLICIT):
+    if ptype not in ((wire.TYPE_ADVERTISEMENT, TYPE_SOLICIT) if version >= 5
+                     else (wire.TYPE_ADVERTISEMENT,)):
         return Drop("bad_type", vhid)
     auth = auths.get(vhid)
     if auth is None:
         return Drop("unknown_vhid", vhid)
-    proof = ptype == wire.TYPE_ADVERTISEMENT and authlen == PROOF_AUTHLEN
+    proof = version >= 5 and ptype == wire.TYPE_ADVERTISEMENT and authlen == PROOF_AUTHLEN
     if len(payload) != (PROOF_LEN if proof else wire.HEADER_LEN) or \
             not (proof or authlen == wire.AUTHLEN):
         return Drop("bad_authlen", vhid)  # every byte is covered: no trailing data
@@ -264,13 +326,15 @@ def decode(payload: bytes, ttl: int, source: str, auths: Mapping[int, Auth],
         return Drop("bad_hmac", vhid)
     if own is not None and src == _packed(own):
         return Drop("replay", vhid)  # our own packet: it left us, so it was sent back
+    sender = (src, vhid)
+    if heard is not None:
+        heard.note(sender, version)  # authentic and live or not, it speaks this version
     if ptype == TYPE_SOLICIT:
         return Solicit(vhid, counter)
-    sender = (src, vhid)
     if proof and challenges is not None and challenges.take(sender, int.from_bytes(echo, "big")):
         windows.prove(sender, counter)
     else:
-        stale = windows.admit(sender, counter)
+        stale = windows.admit(sender, counter, opens=version < 5)
         if stale:
             return Drop(stale, vhid)
     return Advert(vhid=vhid, advbase=advbase, advskew=advskew, demote=demote, counter=counter)

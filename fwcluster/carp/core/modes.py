@@ -9,10 +9,13 @@ it never needs to know which mode runs. `[carp] mode` picks the codec:
   windows and the solicitations in flight, so all outlive a re-key. decode
   may also say `unproven` (the shell then asks solicit() for a packet to
   send the sender) or hand back a Solicit (the shell asks prove() for the
-  answer, if the vhid's machine has an advert to give).
+  answer, if the vhid's machine has an advert to give). It sends each
+  vhid's adverts at hardened.send_version of what it heard there, and
+  probe() gives the v5 solicitation to send a sender heard at version 4.
 """
 from __future__ import annotations
 
+import ipaddress
 import random
 from typing import Callable, Iterable, Mapping
 
@@ -45,6 +48,12 @@ class Compatible:
               now: float) -> None:
         return None
 
+    def probe(self, auth, sender: str, source: str | None, now: float) -> None:
+        return None
+
+    def version(self, vhid: int) -> None:
+        return None  # not negotiated: ucarp's wire
+
 
 class Hardened:
     mode = "hardened"
@@ -53,10 +62,14 @@ class Hardened:
     def __init__(self, cluster: str, counter: hardened.Counter,
                  windows: hardened.ReplayWindows | None = None,
                  challenges: hardened.Challenges | None = None,
-                 nonce: Callable[[], int] | None = None):
+                 nonce: Callable[[], int] | None = None,
+                 speaks: tuple[int, int] = hardened.SPEAKS, heard: hardened.Heard | None = None):
         """nonce() gives an unpredictable 64-bit number (default: the
-        system's random source; tests pass a seeded one)."""
+        system's random source; tests pass a seeded one). speaks: the
+        hardened versions this build speaks (a capped one only 4)."""
         self.cluster = cluster
+        self.speaks = speaks
+        self.heard = heard or hardened.Heard()
         self.counter = counter
         self.windows = windows or hardened.ReplayWindows()
         self.challenges = challenges or hardened.Challenges()
@@ -73,18 +86,41 @@ class Hardened:
         """The codec of the cluster under a new name (its key derives from
         the name); the counter and the peers' replay windows carry over."""
         return self if cluster == self.cluster else \
-            Hardened(cluster, self.counter, self.windows, self.challenges, self.nonce)
+            Hardened(cluster, self.counter, self.windows, self.challenges, self.nonce,
+                     self.speaks, self.heard)
 
     def encode(self, auth: hardened.Auth, advbase: int, advskew: int, demote: int,
                source: str | None) -> bytes | None:
         """None without a source address: no peer could check the advert."""
         if not source:
             return None
-        return hardened.encode(auth, self.counter.next(), source, advbase, advskew, demote)
+        return hardened.encode(auth, self.counter.next(), source, advbase, advskew, demote,
+                               version=self.version(auth.vhid))
 
     def decode(self, payload: bytes, ttl: int, source: str, auths: Mapping,
                own: str | None) -> Advert | Drop | hardened.Solicit:
-        return hardened.decode(payload, ttl, source, auths, self.windows, own, self.challenges)
+        return hardened.decode(payload, ttl, source, auths, self.windows, own, self.challenges,
+                               self.speaks, self.heard)
+
+    def version(self, vhid: int) -> int:
+        """The hardened version vhid's adverts go out at now."""
+        return hardened.send_version(self.speaks, self.heard.versions(vhid).values())
+
+    def peer_versions(self, vhid: int) -> dict[str, int]:
+        """The version each sender heard on vhid spoke last, by address."""
+        return {str(ipaddress.ip_address(src)): v for src, v in self.heard.versions(vhid).items()}
+
+    def probe(self, auth: hardened.Auth, sender: str, source: str | None,
+              now: float) -> bytes | None:
+        """The v5 solicitation that tells `sender`, heard at an older
+        version, that we speak newer (an upgraded member that fell back
+        climbs again when all it heard do); None when not due."""
+        key = (hardened._packed(sender), auth.vhid)
+        if not source or key[0] is None or not self.heard.probe(key, self.speaks, now):
+            return None
+        nonce = self.nonce()
+        self.challenges.ask(key, nonce, now)  # a proof may come back: it opens no window early
+        return hardened.encode_solicit(auth, nonce, source)
 
     def solicit(self, auth: hardened.Auth, sender: str, source: str | None,
                 now: float) -> bytes | None:
@@ -102,8 +138,11 @@ class Hardened:
               asker: str, now: float) -> bytes | None:
         """The proof answering `asked` from `asker`: `advert` (the machine's
         SendAdvert, its current one) echoing the nonce; None if we answered
-        that asker within CHALLENGE_GAP."""
+        that asker within CHALLENGE_GAP, or the vhid is at version 4
+        (which has no proof: the asker hears our v4 adverts)."""
         key = (hardened._packed(asker), auth.vhid)
+        if self.version(auth.vhid) < 5:
+            return None
         if not source or key[0] is None or not self.challenges.answer(key, now):
             return None
         return hardened.encode(auth, self.counter.next(), source, advert.advbase,
