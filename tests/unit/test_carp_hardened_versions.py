@@ -140,7 +140,11 @@ def test_a_sender_heard_at_4_is_not_forgotten_by_time():
     assert new.probe(mine[7], FW2, FW1, now=1e6) is not None and new.version(7) == 4
 
 
-def test_versions_are_per_vhid():
+def test_versions_are_per_vhid_and_an_unheard_vhid_follows_the_others():
+    """A failover group's vip is claimed on its sibling's advert (before
+    one of its own arrives): its first advert must already be readable."""
     new, mine = member(9)
     new.heard.note((bytes(4), 7), 4)
+    assert new.version(7) == 4 and new.version(8) == 4   # 8: nobody heard there yet
+    new.heard.note((bytes(4), 8), 5)
     assert new.version(7) == 4 and new.version(8) == 5

@@ -50,7 +50,7 @@ a window opens one at its counter. A member speaks both (a capped build only
 are multicast, so the version is chosen per vhid, not per peer: a member
 sends at the newest version every member it heard on the vhid speaks
 (send_version), from what each sender's last authentic packet carried
-(Heard). A v4 advert heard pulls the vhid down to 4 at once; since a
+(Heard; on a vhid nobody was heard on yet, every vhid's senders count). A v4 advert heard pulls the vhid down to 4 at once; since a
 backup listens for master-down before it sends, a new member joining an
 old master falls back before its first advert. A member that speaks 5 and
 hears a v4 advert sends that sender a v5 solicitation at most every
@@ -108,6 +108,12 @@ class Heard:
 
     def versions(self, vhid: int) -> dict[bytes, int]:
         return {src: v for (src, vh), v in self._v.items() if vh == vhid}
+
+    def speaking(self, vhid: int) -> list[int]:
+        """The versions heard on vhid; on a vhid nobody was heard on yet,
+        those heard on any (a failover group's vip is claimed on its
+        sibling's advert, before the first one of its own arrives)."""
+        return list(self.versions(vhid).values()) or list(self._v.values())
 
     def probe(self, sender: tuple[bytes, int], speaks: tuple[int, int], now: float) -> bool:
         """Tell sender (heard at an older version than our newest) that we

@@ -104,7 +104,7 @@ class Hardened:
 
     def version(self, vhid: int) -> int:
         """The hardened version vhid's adverts go out at now."""
-        return hardened.send_version(self.speaks, self.heard.versions(vhid).values())
+        return hardened.send_version(self.speaks, self.heard.speaking(vhid))
 
     def peer_versions(self, vhid: int) -> dict[str, int]:
         """The version each sender heard on vhid spoke last, by address."""
