@@ -23,8 +23,8 @@ import os
 import socket
 import time
 
-from fwcluster import configstore, nft
-from fwcluster.core import bundle
+from fwcluster import configstore, nft, version
+from fwcluster.core import bundle, versions
 from fwcluster.core import configwire as wire
 from fwcluster.configstore import Generation
 from fwcluster.core.bundle import Bundle, BundleError
@@ -37,6 +37,7 @@ TIMEOUT = 10.0
 # at once (one round trip on the sync link), so a silent connection is gone soon.
 AUTH_TIMEOUT = 1.0
 POLL_INTERVAL = 5.0
+RETRY_NEWER = 60.0  # s: a peer that refused our newest version is asked in it again after
 MAX_CLIENTS = 8  # concurrent authenticated connections; more are closed and counted
 MAX_PENDING = 8  # unauthenticated ones; a newcomer displaces the oldest
 MAX_PENDING_PER_SOURCE = 4
@@ -63,19 +64,38 @@ async def _header(reader: asyncio.StreamReader) -> bytes:
     return line
 
 
+class _NotSpoken(AuthError):
+    """The peer closed the connection after our request, replying nothing:
+    it may not speak that version (or not know our key)."""
+
+
 async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
-               timeout: float = TIMEOUT) -> dict:
-    """One authenticated request to a peer; raises OSError/AuthError/TimeoutError."""
-    async def exchange():
+               timeout: float = TIMEOUT, versions: tuple[int, ...] = (1,),
+               release: dict | None = None) -> dict:
+    """One authenticated request to a peer; raises OSError/AuthError/TimeoutError.
+    versions: the protocol versions to ask in, newest first, each on a new
+    connection when the peer closed the one before without a word (an FWCC1
+    server does with an FWCC2 request). release: what an FWCC2 request says
+    of us. The reply says in "config_protocol" which version carried it."""
+    async def exchange(version: int, last: bool):
         reader, writer = await asyncio.open_connection(host, port, limit=wire.MAX_HEADER)
         try:
             challenge = wire.parse_hello(await _header(reader))
             nonce = os.urandom(16)
-            writer.write(wire.request(key, challenge, nonce,
-                                      wire.canonical({"op": op, "from": node, "body": body})))
+            req = {"op": op, "from": node, "body": body}
+            if version >= 2:
+                req["release"] = release or {}
+            writer.write(wire.request(key, challenge, nonce, wire.canonical(req), version))
             await writer.drain()
-            length, digest = wire.check_reply(key, challenge, nonce, await _header(reader))
-            return wire.open_body(await reader.readexactly(length), digest)
+            try:
+                line = await _header(reader)
+            except (wire.FrameError, ConnectionError) as e:
+                if not last and (isinstance(e, ConnectionError) or "closed" in str(e)):
+                    raise _NotSpoken(f"FWCC{version} refused") from None
+                raise
+            length, digest = wire.check_reply(key, challenge, nonce, line, version)
+            return {**wire.open_body(await reader.readexactly(length), digest),
+                    "config_protocol": version}
         except wire.FrameError as e:
             raise AuthError(f"peer closed the connection (authentication refused?)"
                             if "closed" in str(e) else str(e)) from None
@@ -83,7 +103,22 @@ async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
             raise AuthError("peer closed the connection mid-reply") from None
         finally:
             writer.close()
-    return await asyncio.wait_for(exchange(), timeout)
+
+    async def newest_spoken():
+        for i, version in enumerate(versions):
+            try:
+                return await exchange(version, i == len(versions) - 1)
+            except _NotSpoken:
+                continue
+    return await asyncio.wait_for(newest_spoken(), timeout)
+
+
+def _new_peer() -> dict:
+    """What we know of a peer before it answered: nothing. config_protocol:
+    the version our last exchange spoke; version: its release, when it
+    says (FWCC2)."""
+    return {"generation": None, "digest": None, "reachable": False, "last_seen": None,
+            "error": None, "config_protocol": None, "version": None}
 
 
 class ConfigService:
@@ -94,9 +129,13 @@ class ConfigService:
         self.key = config_key(secret, cfg.name)
         self.me = cfg.member(node)
         self.own = Generation.load(cfg.state_dir)
-        self.peers: dict[str, dict] = {p.name: {"generation": None, "digest": None, "reachable": False,
-                                                "last_seen": None, "error": None}
-                                       for p in cfg.peers(node)}
+        self.speaks = version.speaks("config")  # a build capped to previous: FWCC1 only
+        self.release = {"version": version.current(),
+                        "speaks": {name: list(version.speaks(name)) for name in versions.SPEAKS}}
+        # peer -> time until which we ask it in an older version only (it
+        # refused our newest): an FWCC1 member is not asked twice every poll
+        self._older_until: dict[str, float] = {}
+        self.peers: dict[str, dict] = {p.name: _new_peer() for p in cfg.peers(node)}
         self.counters = {"auth_drops": 0, "malformed": 0, "oversize": 0, "busy_drops": 0,
                          "preauth_displaced": 0, "pushes_received": 0, "pushes_refused": 0,
                          "catch_ups": 0}
@@ -118,10 +157,7 @@ class ConfigService:
         self.cfg, self.key = cfg, config_key(secret, cfg.name)
         self.me = cfg.member(self.node)
         old = self.peers
-        self.peers = {p.name: old.get(p.name) or {"generation": None, "digest": None,
-                                                  "reachable": False, "last_seen": None,
-                                                  "error": None}
-                      for p in cfg.peers(self.node)}
+        self.peers = {p.name: old.get(p.name) or _new_peer() for p in cfg.peers(self.node)}
 
     # --- serving ---------------------------------------------------------
     async def start(self) -> None:
@@ -157,7 +193,7 @@ class ConfigService:
             await writer.drain()
             line = await asyncio.wait_for(_header(reader), AUTH_TIMEOUT)
             key = self.key   # the reply goes under it, though a push may rekey us meanwhile
-            nonce, length, digest = wire.check_request(key, challenge, line)
+            proto, nonce, length, digest = wire.check_request(key, challenge, line, self.speaks)
             # Authenticated from here on: the peer knows the key.
             if not self._slots.authenticated(writer):
                 self.counters["busy_drops"] += 1
@@ -166,8 +202,12 @@ class ConfigService:
             op, body, sender = req.get("op"), req.get("body"), req.get("from", "?")
             if not isinstance(op, str) or not isinstance(body, dict) or not isinstance(sender, str):
                 raise wire.FrameError("malformed", "request needs op, from (strings) and body (object)")
+            if proto >= 2:
+                self._note_release(sender, wire.release_of(req), proto)
             reply = await self._serve(op, body, sender)
-            writer.write(wire.reply(key, challenge, nonce, wire.canonical(reply)))
+            if proto >= 2:
+                reply = {**reply, "release": self.release}
+            writer.write(wire.reply(key, challenge, nonce, wire.canonical(reply), proto))
             await writer.drain()
         except wire.FrameError as e:
             self.counters[e.reason] = self.counters.get(e.reason, 0) + 1
@@ -251,8 +291,23 @@ class ConfigService:
 
     # --- talking to peers ------------------------------------------------
     async def _call_peer(self, member, op: str, body: dict, key: bytes | None = None) -> dict:
-        return await call(str(member.sync_address), self.cfg.sync.port, key or self.key,
-                          self.node, op, body)
+        """A request to member in the newest version both speak (ours
+        newest first; the older only for RETRY_NEWER once it refused ours)."""
+        newest = range(self.speaks[1], self.speaks[0] - 1, -1)
+        older = time.monotonic() < self._older_until.get(member.name, 0)
+        reply = await call(str(member.sync_address), self.cfg.sync.port, key or self.key,
+                           self.node, op, body, versions=tuple(newest)[1:] if older else tuple(newest),
+                           release=self.release)
+        if reply["config_protocol"] < self.speaks[1] and not older:
+            self._older_until[member.name] = time.monotonic() + RETRY_NEWER
+        self._note_release(member.name, wire.release_of(reply), reply["config_protocol"])
+        return reply
+
+    def _note_release(self, name: str, release: dict | None, proto: int) -> None:
+        """What a peer said of its release, and the config protocol it spoke."""
+        if name in self.peers:
+            self.peers[name].update(config_protocol=proto,
+                                    version=(release or {}).get("version"))
 
     async def poll_once(self) -> None:
         """Hello every peer; catch up from the newest if we are behind."""

@@ -56,7 +56,7 @@ def pep440(describe: str, dirty: bool = False) -> str:
 
 # (oldest, newest) version of each negotiated protocol between members.
 # Plain CARP (ucarp's wire, RFC-fixed) is not negotiated and not listed.
-SPEAKS = {"sync": (2, 2), "config": (1, 1), "carp_hardened": (4, 5)}
+SPEAKS = {"sync": (2, 2), "config": (1, 2), "carp_hardened": (4, 5)}
 CAPS = ("current", "previous")  # previous: speak only each protocol's oldest version
 
 

@@ -86,11 +86,29 @@ def _push(args) -> int:
         for name, res in sorted(r.get("results", {}).items()):
             if res.get("ok"):
                 changed = ", ".join(res.get("changed", [])) or "no change"
-                print(f"  {name:<12} ok       {changed}")
+                print(f"  {name:<12} ok       {changed}{_spoken(res)}")
+            elif res.get("config_protocol"):  # it answered: it refused, nothing changed there
+                print(f"  {name:<12} FAILED   {refusal(name, res)}")
             else:
                 print(f"  {name:<12} FAILED   {res.get('error')}")
     emit(args, r, human)
     return EXIT_OK if r.get("ok") else EXIT_PROBLEM
+
+
+def refusal(name: str, res: dict) -> str:
+    """A peer's refusal of a push, with the release and config protocol it
+    runs (a member of another release may not know what this one wrote)."""
+    runs = (res.get("release") or {}).get("version") or "a release that does not report its version"
+    return f"{name} runs {runs} (config protocol {res['config_protocol']}): " \
+           f"it refused the config: {res.get('error')}"
+
+
+def _spoken(res: dict) -> str:
+    """The config protocol a peer spoke (and its release, if it says)."""
+    if not res.get("config_protocol"):
+        return ""  # this member itself
+    runs = (res.get("release") or {}).get("version") or res.get("version")
+    return f"  (config protocol {res['config_protocol']}" + (f", {runs})" if runs else ")")
 
 
 def _status(args) -> int:
@@ -101,7 +119,8 @@ def _status(args) -> int:
         print(f"{node}: generation {r['generation']} {r['digest'][:12]}  {state}")
         for name, p in sorted(r["peers"].items()):
             gen = p["generation"] if p["reachable"] else "unreachable"
-            print(f"  {name:<12} generation {gen}" + (f"  ({p['error']})" if p.get("error") else ""))
+            print(f"  {name:<12} generation {gen}" + (_spoken(p) if p["reachable"] else "")
+                  + (f"  ({p['error']})" if p.get("error") else ""))
         if r.get("last_error"):
             print(f"  last error: {r['last_error']}")
     emit(args, r, human)

@@ -23,7 +23,7 @@ def tree() -> Path | None:
     checkout does not have that commit (a shallow clone)."""
     try:
         blob = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", PREVIOUS,
-                               "fwcluster", "syncd"], capture_output=True, timeout=60, check=True).stdout
+                               "fwcluster", "syncd", "overlays"], capture_output=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     where = Path(tempfile.mkdtemp(prefix=f"fwcluster-{PREVIOUS}-"))

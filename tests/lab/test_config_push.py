@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import previous_release
+from fwcluster import version
 from tests.labkit import PY, Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +39,15 @@ def _args(lab, m, d):
             "--run-dir", str(lab.run_dir(m)), "--state-dir", str(lab.state_dir(m))]
 
 
-def _start(lab, m, d):
-    return lab._start(m, "syncd", ["-m", "syncd", *_args(lab, m, d)], True)
+def _start(lab, m, d, env=None):
+    return lab._start(m, "syncd", ["-m", "syncd", *_args(lab, m, d)], True, env)
 
 
-def _fwctl(lab, m, d, *argv):
-    r = lab.run(m, [PY, "-m", "fwcluster.fwctl", *_args(lab, m, d), *argv, "--json"],
-                check=False, timeout=60)
+def _fwctl(lab, m, d, *argv, env=None, json_out=True):
+    r = lab.run(m, [PY, "-m", "fwcluster.fwctl", *_args(lab, m, d), *argv,
+                    *(["--json"] if json_out else [])], check=False, timeout=60, env=env)
+    if not json_out:
+        return r.returncode, r.stdout, r.stderr
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
 
 
@@ -68,6 +72,9 @@ def test_push_reaches_every_member_and_applies(cluster):
     assert rc == 0, (out, err)
     assert out["results"]["fw1"]["ok"] and out["results"]["fw2"]["ok"]
     assert out["results"]["fw2"]["changed"] == ["ruleset.nft.j2"]
+    # both of this release: FWCC2, and fw2 says which release it runs
+    assert out["results"]["fw2"]["config_protocol"] == 2
+    assert out["results"]["fw2"]["release"]["version"] == version.current()
     assert (dirs["fw2"] / "ruleset.nft.j2").read_text() == (dirs["fw1"] / "ruleset.nft.j2").read_text()
     assert "counter v2" in _ruleset(lab, "fw2") and "counter v2" in _ruleset(lab, "fw1")
     rc, st, _ = _fwctl(lab, "fw2", dirs["fw2"], "config", "status")
@@ -151,3 +158,78 @@ def test_a_pushed_cluster_rename_reaches_every_member(cluster):
     assert lab.control("fw2", {"cmd": "status"}, daemon="syncd")["cluster"] == "renamed"
     rc, diff, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "diff")   # the new key on both
     assert rc == 0 and diff["peers"]["fw2"]["same"], diff
+
+
+# --- between releases (issue 23) ----------------------------------------------------
+
+def _old_env(kind):
+    if kind == "capped":
+        return {"FWCLUSTER_PROTOCOLS": "previous"}
+    if previous_release.tree() is None:
+        pytest.skip(f"the previous release ({previous_release.PREVIOUS}) is not in this checkout")
+    return previous_release.env()
+
+
+@pytest.fixture(params=["capped", "previous"])
+def mixed(request):
+    """fw1 runs this release; fw2 a build capped to the previous release's
+    protocols (FWCC1 only), or the previous release itself."""
+    env = _old_env(request.param)
+    with Lab(members=2, prefix="fwv", ipv6=False) as lab:
+        dirs = _member_dirs(lab)
+        if request.param == "previous":
+            # the template of the older release on both, as during an upgrade:
+            # this release's uses filters the previous one does not have
+            for d in dirs.values():
+                shutil.copy(previous_release.tree() / TEMPLATE.relative_to(ROOT), d / "ruleset.nft.j2")
+        _start(lab, "fw1", dirs["fw1"])
+        _start(lab, "fw2", dirs["fw2"], env)
+        yield lab, dirs, request.param, env
+
+
+def _state(lab, dirs, m):
+    return {p.name: p.read_bytes() for p in dirs[m].iterdir() if p.is_file()}, _ruleset(lab, m)
+
+
+def test_a_push_to_a_member_of_the_previous_release_is_carried_or_refused_whole(mixed):
+    """fw1 (FWCC2) pushes to fw2 (FWCC1 only): fw1 falls back to FWCC1 and
+    the push is carried. A config with a key fw2's release does not know
+    (vip.garp_refresh, newer than 2cf673e) is refused by fw2's own parser
+    with nothing written or applied there, and the pusher says who refused
+    and why."""
+    lab, dirs, kind, _ = mixed
+    with open(dirs["fw1"] / "ruleset.nft.j2", "a") as f:
+        f.write(MARK.format(name="mixed1"))
+    rc, out, err = _fwctl(lab, "fw1", dirs["fw1"], "config", "push")
+    assert rc == 0, (out, err)
+    assert out["results"]["fw2"]["ok"] and out["results"]["fw2"]["config_protocol"] == 1
+    assert "counter mixed1" in _ruleset(lab, "fw2")
+    rc, st, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "status")
+    assert st["peers"]["fw2"]["config_protocol"] == 1
+    if kind == "capped":
+        return  # the capped build parses as this release does: no key it does not know
+    before = _state(lab, dirs, "fw2")
+    text = (dirs["fw1"] / "cluster.toml").read_text()
+    (dirs["fw1"] / "cluster.toml").write_text(text.replace("vhid = 1\n", "vhid = 1\ngarp_refresh = 0\n", 1))
+    with open(dirs["fw1"] / "ruleset.nft.j2", "a") as f:
+        f.write(MARK.format(name="mixed2"))
+    rc, shown, _ = _fwctl(lab, "fw1", dirs["fw1"], "config", "push", json_out=False)
+    assert rc == 1
+    line = next(ln for ln in shown.splitlines() if ln.strip().startswith("fw2"))
+    assert "fw2 runs a release that does not report its version (config protocol 1): " \
+           "it refused the config: " in line and "garp_refresh" in line, shown
+    assert _state(lab, dirs, "fw2") == before  # files and ruleset as they were
+    assert "counter mixed2" in _ruleset(lab, "fw1")  # the pusher's own install stands
+    print(f"\n{shown}")
+
+
+def test_a_member_of_the_previous_release_pushes_to_this_one(mixed):
+    """fw2 (FWCC1 only) pushes: fw1 answers the FWCC1 request it sends and
+    installs the config."""
+    lab, dirs, _, env = mixed
+    with open(dirs["fw2"] / "ruleset.nft.j2", "a") as f:
+        f.write(MARK.format(name="fromold"))
+    rc, out, err = _fwctl(lab, "fw2", dirs["fw2"], "config", "push", env=env)
+    assert rc == 0 and out["results"]["fw1"]["ok"], (out, err)
+    assert "counter fromold" in _ruleset(lab, "fw1")
+    assert (dirs["fw1"] / "ruleset.nft.j2").read_text() == (dirs["fw2"] / "ruleset.nft.j2").read_text()
