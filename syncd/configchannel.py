@@ -70,32 +70,32 @@ class _NotSpoken(AuthError):
 
 
 async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
-               timeout: float = TIMEOUT, versions: tuple[int, ...] = (1,),
+               timeout: float = TIMEOUT, protos: tuple[int, ...] = (1,),
                release: dict | None = None) -> dict:
     """One authenticated request to a peer; raises OSError/AuthError/TimeoutError.
-    versions: the protocol versions to ask in, newest first, each on a new
+    protos: the protocol versions to ask in, newest first, each on a new
     connection when the peer closed the one before without a word (an FWCC1
     server does with an FWCC2 request). release: what an FWCC2 request says
     of us. The reply says in "config_protocol" which version carried it."""
-    async def exchange(version: int, last: bool):
+    async def exchange(proto: int, last: bool):
         reader, writer = await asyncio.open_connection(host, port, limit=wire.MAX_HEADER)
         try:
             challenge = wire.parse_hello(await _header(reader))
             nonce = os.urandom(16)
             req = {"op": op, "from": node, "body": body}
-            if version >= 2:
+            if proto >= 2:
                 req["release"] = release or {}
-            writer.write(wire.request(key, challenge, nonce, wire.canonical(req), version))
+            writer.write(wire.request(key, challenge, nonce, wire.canonical(req), proto))
             await writer.drain()
             try:
                 line = await _header(reader)
             except (wire.FrameError, ConnectionError) as e:
                 if not last and (isinstance(e, ConnectionError) or "closed" in str(e)):
-                    raise _NotSpoken(f"FWCC{version} refused") from None
+                    raise _NotSpoken(f"FWCC{proto} refused") from None
                 raise
-            length, digest = wire.check_reply(key, challenge, nonce, line, version)
+            length, digest = wire.check_reply(key, challenge, nonce, line, proto)
             return {**wire.open_body(await reader.readexactly(length), digest),
-                    "config_protocol": version}
+                    "config_protocol": proto}
         except wire.FrameError as e:
             raise AuthError(f"peer closed the connection (authentication refused?)"
                             if "closed" in str(e) else str(e)) from None
@@ -105,9 +105,9 @@ async def call(host: str, port: int, key: bytes, node: str, op: str, body: dict,
             writer.close()
 
     async def newest_spoken():
-        for i, version in enumerate(versions):
+        for i, proto in enumerate(protos):
             try:
-                return await exchange(version, i == len(versions) - 1)
+                return await exchange(proto, i == len(protos) - 1)
             except _NotSpoken:
                 continue
     return await asyncio.wait_for(newest_spoken(), timeout)
@@ -293,10 +293,10 @@ class ConfigService:
     async def _call_peer(self, member, op: str, body: dict, key: bytes | None = None) -> dict:
         """A request to member in the newest version both speak (ours
         newest first; the older only for RETRY_NEWER once it refused ours)."""
-        newest = range(self.speaks[1], self.speaks[0] - 1, -1)
-        older = time.monotonic() < self._older_until.get(member.name, 0)
+        protos = tuple(range(self.speaks[1], self.speaks[0] - 1, -1))  # newest first
+        older = len(protos) > 1 and time.monotonic() < self._older_until.get(member.name, 0)
         reply = await call(str(member.sync_address), self.cfg.sync.port, key or self.key,
-                           self.node, op, body, versions=tuple(newest)[1:] if older else tuple(newest),
+                           self.node, op, body, protos=protos[1:] if older else protos,
                            release=self.release)
         if reply["config_protocol"] < self.speaks[1] and not older:
             self._older_until[member.name] = time.monotonic() + RETRY_NEWER
