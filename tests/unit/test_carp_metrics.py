@@ -74,6 +74,16 @@ def test_families_carry_the_status_values():
     assert compatible[key("fwcluster_carp_hardened")] == 0
 
 
+def test_each_vhids_hardened_version_has_a_series_in_hardened_mode_only():
+    vips = [{**STATUS["vips"][0], "hardened_version": 4}, {**STATUS["vips"][1], "hardened_version": 5}]
+    got = samples(render(metrics.families({**STATUS, "vips": vips})))
+    assert got[key("fwcluster_carp_hardened_version", vhid="1", interface="lan0")] == 4
+    assert got[key("fwcluster_carp_hardened_version", vhid="3", interface="lan0")] == 5
+    compatible = [{**v, "hardened_version": None} for v in STATUS["vips"]]
+    got = samples(render(metrics.families({**STATUS, "mode": "compatible", "vips": compatible})))
+    assert not [n for n, _ in got if n == "fwcluster_carp_hardened_version"]
+
+
 def test_every_drop_reason_has_a_series_per_vhid():
     got = samples(render(metrics.families(STATUS)))
     reasons = {dict(labels)["reason"] for (name, labels) in got if name == "fwcluster_carp_drops_total"}
