@@ -76,8 +76,11 @@ def speaks(name: str) -> tuple[int, int]:
 
 def release() -> dict:
     """What carpd's and syncd's status say of the code they run (and
-    fwcluster_build_info shows): its version and protocol versions."""
-    return {"version": current(), "protocols": versions.protocols()}
+    fwcluster_build_info shows): its version, protocol versions, and the
+    [oldest, newest] of each negotiated one (after the build's cap)."""
+    cap = protocol_cap()
+    return {"version": current(), "protocols": versions.protocols(cap),
+            "speaks": versions.ranges(cap)}
 
 
 def __getattr__(name: str):

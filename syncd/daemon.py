@@ -17,7 +17,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 from fwcluster import ctlsock, version
-from fwcluster.core import contract, hashbuckets
+from fwcluster.core import contract, hashbuckets, versions
 from fwcluster import metrics as prom
 from syncd.configchannel import ConfigService
 from syncd import metrics
@@ -185,7 +185,8 @@ class Daemon:
                 log.error("peer %s sync_address %s: family differs from ours (%s); not reachable",
                           m.name, m.sync_address, self.me.sync_address)
         await self.refresh_addresses()
-        self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing)
+        self.sync = Sync(members, self.node, self.key, self.epoch, self.now(), self.timing,
+                         speaks=version.speaks("sync"), about=about())
         self.sync.local_entries = self.ct.count()
         self.server = await ctlsock.serve(ctlsock.socket_path(self.cfg.run_dir, contract.SYNCD), self.handle)
         await self.configsvc.start()
@@ -665,6 +666,13 @@ class Daemon:
             await asyncio.sleep(TEXTFILE_CHECK)
 
 
+def about() -> wire.About:
+    """What this member's version 3 ALIVEs tell its peers: its release and
+    the versions of every negotiated protocol it speaks (after its cap)."""
+    r = version.release()
+    return wire.About(r["version"], tuple((n, lo, hi) for n, (lo, hi) in r["speaks"].items()))
+
+
 def waiting(st: dict, carp_heard: bool) -> dict[str, str]:
     """Why each peer still holds up in_sync (fwctl status and sync say it)."""
     if st["in_sync"]:
@@ -675,6 +683,9 @@ def waiting(st: dict, carp_heard: bool) -> dict[str, str]:
             continue
         if p["state"] == "up":
             out[name] = "bulk transfer under way"
+        elif p.get("unintelligible") is not None:
+            out[name] = versions.unintelligible(name, "sync", p["unintelligible"],
+                                                st["sync_versions"])
         elif carp_heard:
             out[name] = "heard by CARP, silent on the sync link"
         else:

@@ -42,7 +42,7 @@ def members(cfg) -> list[tuple[str, str]]:
 def successor(old: Sync, cfg, node: str, key: bytes, now: float) -> Sync:
     """A new protocol run for the new members and key that keeps what the
     old one knew (own entries, views of the peers that stay, in_sync)."""
-    new = Sync(members(cfg), node, key, old.epoch, now, old.t)
+    new = Sync(members(cfg), node, key, old.epoch, now, old.t, speaks=old.speaks, about=old.about)
     new.own, new.told, new.local_entries = old.own, old.told, old.local_entries
     new.forwarding, new.owner_counters = old.forwarding, old.owner_counters
     new.round, new.corrections = old.round, old.corrections

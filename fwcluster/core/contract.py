@@ -50,13 +50,25 @@ def sync_demotion(in_sync: bool, carrying: bool) -> int:
     return 0 if in_sync or carrying else SYNC_HOLD_DEMOTE
 
 
-def peer_absent(silent_for: float, absent_after: float, heard_by_carp: bool) -> bool:
+def peer_absent(silent_for: float, absent_after: float, heard_by_carp: bool,
+                foreign_for: float | None = None) -> bool:
     """Whether a peer that has not answered our bulk request counts as absent
     (so we are in sync without its table and may claim the vips). Silence on
     the sync link alone is not enough while carpd hears a master advert from
     a peer: that peer carries the flows, and only the sync link is broken;
-    taking over then would lose every session it carries."""
-    return silent_for >= absent_after and not heard_by_carp
+    taking over then would lose every session it carries. Nor while the
+    peer's address sends sync datagrams of a version this member does not
+    speak (foreign_for: seconds since the last one): it is there, running
+    a release this one cannot understand, and may carry every session."""
+    return (silent_for >= absent_after and not heard_by_carp
+            and not unintelligible(foreign_for, absent_after))
+
+
+def unintelligible(foreign_for: float | None, absent_after: float) -> bool:
+    """A peer is unintelligible while its datagrams of a version we do not
+    speak are more recent than absent_after (a peer that stopped sending
+    them is absent like any silent one)."""
+    return foreign_for is not None and foreign_for < absent_after
 
 
 def carrying(roles) -> bool:
@@ -121,7 +133,11 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
   3 s, but never while carpd, as BACKUP, hears a master advert
   (`peer_absent`): the sync link is broken, not the peer, and taking over
   from it would lose every session it carries. The member waits, demoted,
-  until the sync link returns.
+  until the sync link returns. Nor while the peer's sync address sends
+  datagrams of a sync version this member does not speak (within those
+  3 s; `unintelligible`): the peer runs a release this one cannot
+  understand. The member stays demoted, and `fwctl status` / `fwctl sync`
+  say which version the peer speaks (docs/sync.md, "Versions and upgrades").
 * carpd holds `{SYNC_SOURCE}` = {SYNC_HOLD_DEMOTE} by itself from start when
   `[carp] sync_hold` > 0, until syncd first sets it or `sync_hold` seconds
   pass (a member without syncd is not held forever).

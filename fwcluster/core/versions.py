@@ -12,7 +12,8 @@ predecessor's (N-1), and each pair of members uses the newest both speak
 (negotiate). A build can be capped to its oldest versions ("previous"):
 that is how the lab runs the upgrade from the previous release before a
 tagged one exists. compatibility() says whether two members can work
-together, from what each reports.
+together, from what each reports (a member's sync ALIVE carries its
+release and ranges to its peers: docs/sync.md, "Versions and upgrades").
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from fwcluster.carp.core import hardened as carp_hardened
 from fwcluster.carp.core import wire as carp_wire
 from fwcluster.core import configwire
-from syncd.core import wire as sync_wire
 
 TAG_PATTERN = "v[0-9]*"  # `git describe --match`: other tags never name a release
 UNKNOWN = "unknown"
@@ -56,7 +56,7 @@ def pep440(describe: str, dirty: bool = False) -> str:
 
 # (oldest, newest) version of each negotiated protocol between members.
 # Plain CARP (ucarp's wire, RFC-fixed) is not negotiated and not listed.
-SPEAKS = {"sync": (2, 2), "config": (1, 2), "carp_hardened": (4, 5)}
+SPEAKS = {"sync": (2, 3), "config": (1, 2), "carp_hardened": (4, 5)}
 CAPS = ("current", "previous")  # previous: speak only each protocol's oldest version
 
 
@@ -74,9 +74,20 @@ def negotiate(mine: tuple[int, int], theirs: tuple[int, int]) -> int | None:
     return high if high >= max(mine[0], theirs[0]) else None
 
 
-def protocols() -> dict[str, str]:
+def span(versions) -> str:
+    """(2, 3) -> "2–3", (2, 2) -> "2"."""
+    low, high = versions
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def ranges(cap: str = "current") -> dict[str, list[int]]:
+    """[oldest, newest] of every negotiated protocol a build with cap speaks."""
+    return {name: list(speaks(name, cap)) for name in SPEAKS}
+
+
+def protocols(cap: str = "current") -> dict[str, str]:
     """The wire versions this code speaks, by protocol."""
-    return {"sync": str(sync_wire.VERSION), "config": configwire.VERSION.decode(),
+    return {"sync": span(speaks("sync", cap)), "config": configwire.VERSION.decode(),
             "carp": str(carp_wire.VERSION), "carp_hardened": str(carp_hardened.VERSION)}
 
 
@@ -86,44 +97,54 @@ class Compatibility:
     detail: str
 
 
-def compatibility(mine: dict[str, str], peer: dict[str, str] | None, heard: bool = False,
-                  foreign_sync_version_seen: bool = False) -> Compatibility:
-    """Whether a peer can work with this member: only the same version of
-    every protocol does, until a release negotiates an older one. peer: the
-    protocol versions it reported (None: it reported none). heard: its sync
-    datagrams are accepted, so it speaks this sync version at least; not
-    heard while datagrams of another sync version arrive (syncd's
-    bad_version drops) proves a mismatch."""
+def unintelligible(peer: str, protocol: str, version: int, mine) -> str:
+    """Why a member cannot work with a peer whose datagrams are of a
+    version it does not speak, and what the operator does about it."""
+    advice = ("upgrade this member or roll the peer back" if version > mine[1]
+              else f"upgrade {peer} or roll this member back")
+    return f"{peer} speaks {protocol} version {version}, this member speaks {span(mine)}: {advice}"
+
+
+def compatibility(mine: dict, peer: dict | None, sync_version: int | None = None,
+                  foreign_sync_version: int | None = None, name: str = "the peer") -> Compatibility:
+    """Whether a peer can work with this member: when negotiate() finds a
+    version of every protocol both report. mine, peer: {protocol: [oldest,
+    newest]} (peer None: it reports none; a release before sync version 3
+    does not). sync_version: the sync version in use with it (None: not
+    heard); foreign_sync_version: the version of the sync datagrams it
+    sends that this member does not speak (it is not heard)."""
+    if foreign_sync_version is not None and "sync" in mine:
+        return Compatibility("INCOMPATIBLE", unintelligible(name, "sync", foreign_sync_version,
+                                                            mine["sync"]))
     if peer:
-        differ = [f"{name} {mine.get(name, UNKNOWN)} here, {peer.get(name, UNKNOWN)} there"
-                  for name in sorted(set(mine) | set(peer)) if mine.get(name) != peer.get(name)]
-        if differ:
-            return Compatibility("INCOMPATIBLE", "protocol versions differ: " + "; ".join(differ))
-        return Compatibility("compatible", "same protocol versions")
-    if heard:
-        return Compatibility(UNKNOWN, f"its sync datagrams are accepted (sync {mine.get('sync')}); "
-                             "it does not report its release")
-    if foreign_sync_version_seen:
-        return Compatibility("INCOMPATIBLE", "not heard, and sync datagrams of another protocol "
-                             f"version arrive (this member speaks sync {mine.get('sync', UNKNOWN)})")
+        common = sorted(set(mine) & set(peer))
+        none = [f"{n} {span(mine[n])} here, {span(peer[n])} there" for n in common
+                if negotiate(tuple(mine[n]), tuple(peer[n])) is None]
+        if none:
+            return Compatibility("INCOMPATIBLE", "no common version: " + "; ".join(none))
+        used = ", ".join(f"{n} {negotiate(tuple(mine[n]), tuple(peer[n]))}" for n in common)
+        return Compatibility("compatible", f"negotiated {used}")
+    if sync_version is not None:
+        return Compatibility(UNKNOWN, f"sync {sync_version} in use; it does not report its "
+                             "release (a release before sync version 3)")
     return Compatibility(UNKNOWN, "not heard on the sync link")
 
 
 def members(node: str, release: dict, sync: dict | None) -> dict:
     """fwctl status's versions: this member's release ({"version",
-    "protocols"}, as its daemons report it), and each sync peer's with
-    whether it can work with this one. A peer's version and protocols come
-    from syncd's status when it reports them (peers.<name>.version and
-    .protocols); today's sync wire does not carry them, so they read unknown."""
-    mine = release.get("protocols") or {}
-    out = {"node": node, "version": release.get("version") or UNKNOWN, "protocols": mine,
-           "peers": {}}
+    "protocols", "speaks"}, as its daemons report it), and each sync peer's
+    (from syncd's status: peers.<name>.version, .speaks, .sync_version,
+    .unintelligible, what its sync ALIVE told) with whether it can work
+    with this one."""
+    mine = release.get("speaks") or {}
+    out = {"node": node, "version": release.get("version") or UNKNOWN,
+           "protocols": release.get("protocols") or {}, "speaks": mine, "peers": {}}
     sync = sync or {}
-    foreign = bool((sync.get("drops") or {}).get("bad_version"))
     peers = sync.get("peers") if isinstance(sync.get("peers"), dict) else {}
     for name, p in sorted(peers.items()):
-        heard = p.get("last_seen") is not None and p.get("state") != "down"
-        c = compatibility(mine, p.get("protocols"), heard, foreign)
+        c = compatibility(mine, p.get("speaks"), p.get("sync_version"), p.get("unintelligible"),
+                          name)
         out["peers"][name] = {"version": p.get("version") or UNKNOWN, "compatible": c.verdict,
-                              "detail": c.detail}
+                              "detail": c.detail, "sync_version": p.get("sync_version"),
+                              "speaks": p.get("speaks")}
     return out

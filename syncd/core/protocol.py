@@ -39,6 +39,11 @@ those ranges and was not in the contents is deleted. A view is dropped, not
 deleted from the kernel, when the peer starts a new run: a crashed master's
 flows now live on, carried by someone else.
 
+Versions (docs/sync.md, "Versions and upgrades"): a member accepts every
+wire version it speaks and sends each peer the newest both speak
+(wire_versions, the one rule); a peer whose datagrams are of a version it
+does not speak is "unintelligible", never absent (contract.peer_absent).
+
 Nothing here does I/O: the shell feeds datagrams and local entries in, calls
 tick() with the time, and drains actions out (Send, Apply, Dump, InSync).
 """
@@ -124,6 +129,18 @@ def _system_nonce() -> int:
 
 def _norm(addr) -> str:
     return str(ipaddress.ip_address(str(addr).split("%", 1)[0]))
+
+
+def wire_versions(speaks: tuple[int, int], heard: int | None, alive: bool) -> tuple[int, ...]:
+    """The wire versions a datagram to a peer goes out at. heard: the newest
+    version its current run has sent us (None: not heard in that run yet).
+    Before hearing it, ALIVEs go at every version we speak (an older peer
+    hears us at once, a newer one learns what we speak) and everything else
+    at our oldest; after, one version, the newest both speak."""
+    low, high = speaks
+    if heard is None:
+        return tuple(range(low, high + 1)) if alive else (low,)
+    return (min(high, heard),)
 
 
 @dataclass
@@ -213,6 +230,16 @@ class Peer:
     off_session: int = 0            # its authentic datagrams outside our session
     view: EntrySet = field(default_factory=EntrySet)   # the entries it originated, as it told us
     view_boot: int | None = None    # the peer run the view came from
+    # Versions: the run of its last authentic datagram and the newest wire
+    # version that run sent (a run speaks one range: any of its datagrams
+    # tells, in session or not); what its version 3 ALIVE says of it.
+    heard_boot: int | None = None
+    heard_version: int | None = None
+    about: wire.About | None = None
+    # Its last datagram of a version we do not speak (header untrusted: the
+    # version byte and when, by source address only).
+    foreign_version: int | None = None
+    foreign_at: float | None = None
     bulk_mark: int | None = None    # own.watch() mark of the bulk being sent to it
     bulk_views: list = field(default_factory=list)   # [(view, mark)] of that bulk
 
@@ -222,14 +249,20 @@ class Sync:
 
     def __init__(self, members: list[tuple[str, str]], me: str, key: bytes, epoch: int,
                  now: float, timing: Timing = Timing(), nonce: Callable[[], int] | None = None,
-                 counter_base: int = 0):
+                 counter_base: int = 0, speaks: tuple[int, int] = (wire.OLDEST, wire.NEWEST),
+                 about: wire.About = wire.About("")):
         """epoch is a run number shown in status only: no decision uses it.
         nonce() returns a fresh unpredictable 64-bit number (default: the
         system's random source; tests pass a seeded one). counter_base starts
-        every sequence counter there (tests: near a wrap)."""
+        every sequence counter there (tests: near a wrap). speaks: the sync
+        wire versions (oldest, newest) this build sends and accepts (a
+        build capped to the previous release's: its oldest only); about:
+        what version 3 ALIVEs tell of this member."""
         ids = wire_indexes(n for n, _ in members)   # by name: config order does not matter
         self.me, self.my_index = me, ids[me]
         self.key, self.epoch, self.t = key, epoch, timing
+        self.speaks, self.about = speaks, about
+        self._about_body = wire.encode_about(about)
         self.nonce = nonce or _system_nonce
         self.boot = self.nonce() & MASK64
         self.started = now
@@ -654,15 +687,18 @@ class Sync:
             self._drop("unknown_peer")
             return
         try:
-            m = wire.decode(self.key, data)
+            m = wire.decode(self.key, data, self.speaks)
         except wire.WireError as e:
             self._drop(e.reason)
             if e.reason == "bad_auth":
                 p.counters["auth"] += 1
+            elif e.reason == "bad_version":
+                p.foreign_version, p.foreign_at = data[2], now
             return
         if m.src != p.index or m.dst != self.my_index:
             self._drop("misdirected")
             return
+        self._heard(p, m)
         rx = p.rx
         if m.session != rx.session or (rx.boot is not None and m.boot != rx.boot):
             # Not our current session with this sender: a recording or a late
@@ -698,6 +734,7 @@ class Sync:
                     p.counters["views_dropped"] += 1
                     p.view.clear()
                 p.view_boot = m.boot
+                p.about = None      # its ALIVE tells again
         p.counters["msgs_received"] += 1
         was = p.state
         p.state, p.last_seen = "up", now
@@ -706,6 +743,28 @@ class Sync:
             self.dumps_wanted.add(p.name)
         handler = self._handlers[m.type]
         handler(self, p, m, now)
+
+    @staticmethod
+    def _heard(p: Peer, m: wire.Message) -> None:
+        """An authentic datagram: what its sender's run speaks. Another run
+        than the last one heard starts afresh (a restart may have capped it)."""
+        spoken = wire.newest_spoken(m)
+        if m.boot != p.heard_boot:
+            p.heard_boot, p.heard_version = m.boot, spoken
+        elif spoken > p.heard_version:
+            p.heard_version = spoken
+
+    def peer_version(self, p: Peer) -> int | None:
+        """The newest version the peer's current run (the one our session
+        is locked to) has sent us; None before it is known."""
+        if p.rx.boot is None or p.heard_boot != p.rx.boot:
+            return None
+        return p.heard_version
+
+    def sync_version(self, p: Peer) -> int | None:
+        """The wire version in use towards the peer (None: not heard yet)."""
+        heard = self.peer_version(p)
+        return None if heard is None else wire_versions(self.speaks, heard, False)[0]
 
     # --- message handlers --------------------------------------------------------
     def _on_stream(self, p: Peer, m: wire.Message, now: float) -> None:
@@ -839,6 +898,8 @@ class Sync:
     def _on_alive(self, p: Peer, m: wire.Message, now: float) -> None:
         rx = p.rx
         p.table_size = m.arg
+        if m.about is not None:
+            p.about = m.about
         if m.gen < rx.gen:
             return
         if m.gen > rx.gen:
@@ -888,12 +949,18 @@ class Sync:
     def _send(self, p: Peer, mtype: int, gen: int, dseq: int, arg: int, body: bytes, now: float,
               flags: int = 0):
         tx = p.tx
-        tx.seq += 1
-        m = wire.Message(mtype, self.my_index, p.index, tx.session, self.boot, tx.seq, gen, dseq,
-                         arg, flags=flags)
-        self.actions.append(Send(p.addr, wire.encode(self.key, m, body)))
+        alive = mtype == wire.ALIVE
+        for version in wire_versions(self.speaks, self.peer_version(p), alive):
+            tx.seq += 1
+            m = wire.Message(mtype, self.my_index, p.index, tx.session, self.boot, tx.seq, gen,
+                             dseq, arg, flags=flags, version=version)
+            if alive:   # version 3 tells what we are; an older one, our newest
+                body = self._about_body if version >= 3 else b""
+                m = m._replace(flags=0 if version == self.speaks[1] else
+                               self.speaks[1] << wire.NEWEST_SHIFT)
+            self.actions.append(Send(p.addr, wire.encode(self.key, m, body)))
+            p.counters["msgs_sent"] += 1
         tx.last_send = now
-        p.counters["msgs_sent"] += 1
 
     def _transmit(self, p: Peer, dseq: int, item: list, now: float) -> None:
         mtype, arg, body, _count, _last, flags = item
@@ -1007,7 +1074,8 @@ class Sync:
                     self._nack(p, rx.expected, min(rx.early) - 1, now)
             if p.resync == "pending" and p.state != "up":
                 silent_since = self.started if p.last_seen is None else p.last_seen
-                if contract.peer_absent(now - silent_since, t.absent_after, self.carp_heard):
+                if contract.peer_absent(now - silent_since, t.absent_after, self.carp_heard,
+                                        self._foreign_for(p, now)):
                     p.resync = "absent"
                     self._check_in_sync()
             # Keep asking (also an absent peer: it may come later with state).
@@ -1016,6 +1084,12 @@ class Sync:
             if now - p.tx.last_send >= t.alive:
                 self._send(p, wire.ALIVE, p.tx.gen, p.tx.next_dseq - 1, self.local_entries, b"", now)
         self.flush(now)
+
+    @staticmethod
+    def _foreign_for(p: Peer, now: float) -> float | None:
+        """Seconds since the peer's last datagram of a version we do not
+        speak (None: none in this run)."""
+        return None if p.foreign_at is None else now - p.foreign_at
 
     def set_carp_heard(self, heard: bool) -> None:
         """carpd hears (or stops hearing) a master advert from a peer."""
@@ -1065,6 +1139,12 @@ class Sync:
                 "session": f"{p.rx.session:016x}", "sessions": p.sessions,
                 "off_session": p.off_session, "table_size": p.table_size,
                 "unacked": len(q), "lag": 0.0 if oldest is None else round(now - oldest, 3),
+                "sync_version": self.sync_version(p),
+                "version": p.about.release if p.about else None,
+                "speaks": {n: [lo, hi] for n, lo, hi in p.about.speaks} if p.about else None,
+                "unintelligible": p.foreign_version if p.state != "up" and contract.unintelligible(
+                    self._foreign_for(p, now), self.t.absent_after) else None,
                 **p.counters}
         return {"epoch": self.epoch, "boot": f"{self.boot:016x}", "in_sync": self.in_sync, "local_entries": self.local_entries,
+                "sync_versions": list(self.speaks),
                 "drops": dict(self.drops), "peers": peers}

@@ -1,9 +1,9 @@
 """State-sync message format (pure: bytes in, bytes out; no sockets).
 
-Every datagram (version 2, big endian):
+Every datagram (versions 2 and 3, big endian):
 
   0  magic "FS"        2    8  session u64  the receiver's session nonce, as the
-  2  version u8 (=2)   1                    sender learned it (0: none yet)
+  2  version u8 (2|3)  1                    sender learned it (0: none yet)
   3  type u8           1   16  boot  u64    the sender's random per-run id
   4  src u8            1   24  seq   u64    per peer, never reset in a run
   5  dst u8            1   32  gen   u64    stream generation sender->receiver
@@ -13,8 +13,13 @@ Every datagram (version 2, big endian):
                            48  arg   u64    entry count (DATA), last missing
                                             (NACK), table size (ALIVE), the
                                             requester's new session (REQ)
- 56  body: arg entry records (DATA only)
+ 56  body: arg entry records (DATA), the sender's release (ALIVE, version 3)
  ..  HMAC-SHA256(key, everything before it), 32 bytes
+
+Version 3 is version 2 plus what makes versions visible: its ALIVE carries
+the sender's release and the protocol versions it speaks (About, below),
+under the datagram's MAC like everything else. One encoder and one decoder
+serve both; which version goes to which peer is protocol.py's rule.
 
 Every counter is 64 bits: at a million messages a second one lasts 584,000
 years, so none wraps in a process lifetime (version 1 had u32 ones that did).
@@ -40,7 +45,7 @@ from syncd.core.addrcache import ntop, pton
 from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
 
 MAGIC = b"FS"
-VERSION = 2
+OLDEST, NEWEST = 2, 3     # the layouts this module encodes and decodes
 
 DATA, ACK, NACK, ALIVE, RESYNC_REQ, RESYNC_DONE = 1, 2, 3, 4, 5, 6
 # Anti-entropy (digest.py): DIGEST (reliable; arg = round, body = the
@@ -50,6 +55,10 @@ DATA, ACK, NACK, ALIVE, RESYNC_REQ, RESYNC_DONE = 1, 2, 3, 4, 5, 6
 DIGEST, REPAIR_REQ, REPAIR_DONE = 7, 8, 9
 FLAG_BULK = 0x0001
 FLAG_OWN = 0x0002    # DATA: the sender's own entries, contents of a bulk or repair
+# ALIVE sent at an older version than the sender's newest: bits 8-15 of
+# flags carry that newest (0: not said), so a pair whose first newer ALIVEs
+# were lost still finds it. Older releases never read an ALIVE's flags.
+NEWEST_SHIFT = 8
 TYPE_NAMES = {DATA: "data", ACK: "ack", NACK: "nack", ALIVE: "alive",
               RESYNC_REQ: "resync-req", RESYNC_DONE: "resync-done",
               DIGEST: "digest", REPAIR_REQ: "repair-req", REPAIR_DONE: "repair-done"}
@@ -90,7 +99,67 @@ class Message(NamedTuple):
     records: tuple = ()   # ((op, Entry), ...) for DATA
     flags: int = 0        # FLAG_BULK: DATA of a bulk transfer; FLAG_OWN: see above
     raw: tuple = ()       # DATA: each record's bytes (anti-entropy bookkeeping)
-    body: bytes = b""     # DIGEST, REPAIR_REQ, REPAIR_DONE
+    body: bytes = b""     # DIGEST, REPAIR_REQ, REPAIR_DONE, ALIVE (version 3)
+    version: int = NEWEST  # the wire version it is (to be) sent at
+    about: "About | None" = None   # decoded ALIVE body (version 3)
+
+
+class About(NamedTuple):
+    """What a version 3 ALIVE tells of its sender: its release version and,
+    per protocol between members, the (oldest, newest) versions it speaks.
+
+    Body: u8 n, release (n bytes UTF-8), u8 count, then per protocol:
+    u8 n, name (n bytes ASCII), u16 oldest, u16 newest."""
+    release: str
+    speaks: tuple = ()    # ((name, oldest, newest), ...)
+
+
+ABOUT_MAX_TEXT = 64       # release and protocol names: bytes each
+ABOUT_MAX_PROTOCOLS = 16
+_RANGE = struct.Struct("!HH")
+
+
+def newest_spoken(m: Message) -> int:
+    """The newest version the sender of m speaks, as far as m tells."""
+    said = m.flags >> NEWEST_SHIFT if m.type == ALIVE else 0
+    return max(m.version, said)
+
+
+def encode_about(a: About) -> bytes:
+    release = a.release.encode()[:ABOUT_MAX_TEXT]
+    out = [bytes([len(release)]), release, bytes([len(a.speaks)])]
+    for name, low, high in a.speaks:
+        n = name.encode("ascii")
+        out += [bytes([len(n)]), n, _RANGE.pack(low, high)]
+    return b"".join(out)
+
+
+def decode_about(body: bytes) -> About:
+    """The ALIVE body of version 3 (already authenticated); WireError
+    "malformed" for anything that does not parse exactly."""
+    def text(off: int, encoding: str) -> tuple[str, int]:
+        if off >= len(body) or off + 1 + body[off] > len(body):
+            raise WireError("malformed", "alive body truncated")
+        end = off + 1 + body[off]
+        try:
+            return body[off + 1:end].decode(encoding), end
+        except UnicodeDecodeError:
+            raise WireError("malformed", "alive body text") from None
+    release, off = text(0, "utf-8")
+    if off >= len(body) or body[off] > ABOUT_MAX_PROTOCOLS:
+        raise WireError("malformed", "alive body protocol count")
+    count, off = body[off], off + 1
+    speaks = []
+    for _ in range(count):
+        name, off = text(off, "ascii")
+        if off + _RANGE.size > len(body):
+            raise WireError("malformed", "alive body truncated")
+        low, high = _RANGE.unpack_from(body, off)
+        off += _RANGE.size
+        speaks.append((name, low, high))
+    if off != len(body):
+        raise WireError("malformed", "trailing bytes after alive body")
+    return About(release, tuple(speaks))
 
 
 # Whole records in one struct call per family; addresses through small
@@ -167,15 +236,18 @@ def sign(key: bytes, data: bytes) -> bytes:
 
 
 def encode(key: bytes, m: Message, body: bytes = b"") -> bytes:
-    """Sign a message. DATA bodies come pre-encoded (see encode_record) so a
-    batch is encoded once however often it is resent."""
-    head = HEADER.pack(MAGIC, VERSION, m.type, m.src, m.dst, m.flags, m.session, m.boot, m.seq,
+    """Sign a message at its version (m.version). DATA bodies come
+    pre-encoded (see encode_record) so a batch is encoded once however often
+    it is resent; a version 3 ALIVE's body is encode_about's."""
+    head = HEADER.pack(MAGIC, m.version, m.type, m.src, m.dst, m.flags, m.session, m.boot, m.seq,
                        m.gen, m.dseq, m.arg)
     return sign(key, head + body)
 
 
-def decode(key: bytes, data: bytes) -> Message:
+def decode(key: bytes, data: bytes, speaks: tuple[int, int] = (OLDEST, NEWEST)) -> Message:
     """Parse and authenticate; raises WireError(reason) for anything to drop.
+    A version outside `speaks` (oldest, newest) is "bad_version": nothing
+    of its layout is read, not even the MAC's place.
 
     Checks run cheapest first, but nothing in the body is trusted before the
     MAC has been verified."""
@@ -183,8 +255,9 @@ def decode(key: bytes, data: bytes) -> Message:
         raise WireError("truncated", f"{len(data)} bytes")
     if data[:2] != MAGIC:
         raise WireError("bad_magic")
-    if data[2] != VERSION:
-        raise WireError("bad_version", f"version {data[2]}")
+    version = data[2]
+    if not speaks[0] <= version <= speaks[1]:
+        raise WireError("bad_version", f"version {version}")
     if not hmac.compare_digest(mac(key, data[:-MAC_LEN]), data[-MAC_LEN:]):
         raise WireError("bad_auth")
     (_m, _v, mtype, src, dst, flags, session, boot, seq, gen, dseq, arg) = HEADER.unpack_from(data)
@@ -203,9 +276,14 @@ def decode(key: bytes, data: bytes) -> Message:
         if off != body_end:
             raise WireError("malformed", "trailing bytes after entries")
         records, raw = tuple(recs), tuple(raws)
+    elif mtype == ALIVE and version >= 3:
+        body = data[HEADER.size:body_end]
+        return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, (), flags, body=body,
+                       version=version, about=decode_about(body))
     elif body_end - HEADER.size != BODY_LEN.get(mtype, 0):
         raise WireError("malformed", f"{TYPE_NAMES[mtype]} body of {body_end - HEADER.size} bytes")
     else:
         return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, (), flags,
-                       body=data[HEADER.size:body_end])
-    return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, records, flags, raw)
+                       body=data[HEADER.size:body_end], version=version)
+    return Message(mtype, src, dst, session, boot, seq, gen, dseq, arg, records, flags, raw,
+                   version=version)

@@ -69,7 +69,7 @@ def forge(lab, src: str, dst_member: str) -> None:
     """One datagram with a sync header and a wrong MAC, from src's sync address."""
     dst = member_addr4(lab.index(dst_member), "sync")
     # A well-formed header of the current wire version, so it is the MAC that fails.
-    forged = wire.MAGIC + bytes([wire.VERSION]) + bytes(wire.HEADER.size + wire.MAC_LEN)
+    forged = wire.MAGIC + bytes([wire.NEWEST]) + bytes(wire.HEADER.size + wire.MAC_LEN)
     code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
             f"s.sendto({forged!r}, ('{dst}', 3780))")
     lab.run(src, [PY, "-c", code])

@@ -138,20 +138,24 @@ def test_status_says_what_syncd_waits_for(tmp_path):
 
 def test_status_shows_both_members_versions_and_whether_they_match(tmp_path):
     """This member's version from fwcluster/version.py; a peer's from syncd's
-    status: reported and equal protocols are compatible, a peer that does
-    not report is unknown."""
+    status (what its sync ALIVE told): ranges that overlap in every
+    protocol are compatible, a peer heard that does not report is unknown,
+    one whose sync version this member does not speak is incompatible."""
     mine = versions.protocols()
-    peers = {"fw2": {"state": "up", "last_seen": 0.1, "version": "0.2.0", "protocols": mine},
-             "fw3": {"state": "up", "last_seen": 0.1}}
+    peers = {"fw2": {"state": "up", "last_seen": 0.1, "version": "0.2.0",
+                     "speaks": versions.ranges(), "sync_version": 3},
+             "fw3": {"state": "up", "last_seen": 0.1, "sync_version": 2},
+             "fw4": {"state": "down", "last_seen": None, "unintelligible": 4}}
     with Daemons(tmp_path, syncd=True, replies={"status": {"ok": True, "peers": peers}}):
         r = fwctl(tmp_path, "status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"release: {version.current()} (protocols sync {mine['sync']}, config {mine['config']}, " \
         f"carp {mine['carp']}, carp_hardened {mine['carp_hardened']})" in lines
-    assert "  peer fw2: 0.2.0, compatible: same protocol versions" in lines
-    assert any(ln.startswith("  peer fw3: unknown, unknown: its sync datagrams are accepted")
-               for ln in lines)
+    assert "  peer fw2: 0.2.0, compatible: negotiated carp_hardened 4, config 1, sync 3" in lines
+    assert any(ln.startswith("  peer fw3: unknown, unknown: sync 2 in use") for ln in lines)
+    assert ("  peer fw4: unknown, INCOMPATIBLE: fw4 speaks sync version 4, this member speaks "
+            "2–3: upgrade this member or roll the peer back") in lines
 
 
 @pytest.mark.parametrize("state,on", [("on", True), ("off", False)])

@@ -65,7 +65,8 @@ def test_control_message_roundtrip():
 def test_every_counter_is_64_bit():
     """Version 1 packed gen, dseq and arg as u32: at 2**32 encode raised."""
     top = 2**64 - 1
-    m = wire.decode(KEY, wire.encode(KEY, wire.Message(wire.ALIVE, 1, 0, top, top, top, top, top, top)))
+    m = wire.decode(KEY, wire.encode(KEY, wire.Message(wire.ALIVE, 1, 0, top, top, top, top, top, top),
+                                     wire.encode_about(wire.About("0.3.0"))))
     assert (m.session, m.boot, m.seq, m.gen, m.dseq, m.arg) == (top,) * 6
 
 

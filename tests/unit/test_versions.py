@@ -64,38 +64,57 @@ def test_protocols_name_each_wire_version():
     from fwcluster.carp.core import hardened
     from syncd.core import wire
     p = versions.protocols()
-    assert p["sync"] == str(wire.VERSION) and p["carp_hardened"] == str(hardened.VERSION)
+    assert p["sync"] == f"{wire.OLDEST}–{wire.NEWEST}" and p["carp_hardened"] == str(hardened.VERSION)
     assert p["config"].startswith("FWCC")
+    assert versions.protocols("previous")["sync"] == str(wire.OLDEST)
 
 
-def test_same_protocols_are_compatible_any_difference_is_not():
-    mine = versions.protocols()
-    assert versions.compatibility(mine, dict(mine)).verdict == "compatible"
-    c = versions.compatibility(mine, dict(mine, sync="99"))
-    assert c.verdict == "INCOMPATIBLE" and f"sync {mine['sync']} here, 99 there" in c.detail
+def test_the_sync_wire_encodes_every_version_sync_speaks():
+    from syncd.core import wire
+    low, high = versions.SPEAKS["sync"]
+    assert wire.OLDEST <= low <= high <= wire.NEWEST
 
 
-def test_without_a_report_a_heard_peer_is_unknown_and_foreign_datagrams_prove_a_mismatch():
-    mine = versions.protocols()
+def test_ranges_that_overlap_in_every_protocol_are_compatible():
+    mine = versions.ranges()
+    c = versions.compatibility(mine, versions.ranges("previous"))
+    assert c.verdict == "compatible" and "sync 2" in c.detail
+    assert "sync 3" in versions.compatibility(mine, dict(mine)).detail
+    c = versions.compatibility(mine, dict(mine, sync=[4, 5]))
+    assert c.verdict == "INCOMPATIBLE" and "sync 2–3 here, 4–5 there" in c.detail
+    # only what both report counts (a newer peer may speak a protocol more)
+    assert versions.compatibility(mine, dict(mine, extra=[9, 9])).verdict == "compatible"
+
+
+def test_a_peer_heard_without_a_report_is_unknown_and_an_unintelligible_one_is_incompatible():
+    mine = versions.ranges()
     assert versions.compatibility(mine, None).verdict == "unknown"
-    heard = versions.compatibility(mine, None, heard=True, foreign_sync_version_seen=True)
-    assert heard.verdict == "unknown" and "accepted" in heard.detail
-    assert versions.compatibility(mine, None, foreign_sync_version_seen=True).verdict == "INCOMPATIBLE"
+    old = versions.compatibility(mine, None, sync_version=2)
+    assert old.verdict == "unknown" and "sync 2 in use" in old.detail
+    c = versions.compatibility(mine, None, foreign_sync_version=4, name="fw2")
+    assert c.verdict == "INCOMPATIBLE"
+    assert c.detail == ("fw2 speaks sync version 4, this member speaks 2–3: "
+                        "upgrade this member or roll the peer back")
+    assert versions.unintelligible("fw2", "sync", 1, (2, 3)).endswith(
+        "upgrade fw2 or roll this member back")
 
 
 def test_members_lists_each_sync_peer_with_its_verdict():
-    mine = versions.protocols()
+    mine = versions.ranges()
     sync = {"drops": {"bad_version": 3}, "peers": {
-        "fw2": {"state": "up", "last_seen": 0.2},
-        "fw3": {"state": "down", "last_seen": None},
-        "fw4": {"state": "up", "last_seen": 0.1, "version": "0.3.0", "protocols": dict(mine)}}}
-    m = versions.members("fw1", {"version": "0.2.0", "protocols": mine}, sync)
-    assert m["version"] == "0.2.0" and m["protocols"] == mine
+        "fw2": {"state": "up", "last_seen": 0.2, "sync_version": 2},
+        "fw3": {"state": "down", "last_seen": None, "unintelligible": 4},
+        "fw4": {"state": "up", "last_seen": 0.1, "version": "0.3.0", "speaks": dict(mine),
+                "sync_version": 3}}}
+    release = {"version": "0.2.0", "protocols": versions.protocols(), "speaks": mine}
+    m = versions.members("fw1", release, sync)
+    assert m["version"] == "0.2.0" and m["speaks"] == mine
     assert m["peers"]["fw2"]["version"] == "unknown" and m["peers"]["fw2"]["compatible"] == "unknown"
+    assert m["peers"]["fw2"]["sync_version"] == 2
     assert m["peers"]["fw3"]["compatible"] == "INCOMPATIBLE"
-    assert m["peers"]["fw4"] == {"version": "0.3.0", "compatible": "compatible",
-                                 "detail": "same protocol versions"}
-    assert versions.members("fw1", {"version": "0.2.0", "protocols": mine}, None)["peers"] == {}
+    assert m["peers"]["fw4"]["compatible"] == "compatible"
+    assert m["peers"]["fw4"]["version"] == "0.3.0" and m["peers"]["fw4"]["sync_version"] == 3
+    assert versions.members("fw1", release, None)["peers"] == {}
 
 
 def test_negotiation_takes_the_newest_version_both_speak():
