@@ -147,6 +147,12 @@ def peer_families(peers: dict) -> list[Metric]:
                      "peer")
     lag = _gauge("lag_seconds", "Age of the oldest message the peer has not acknowledged "
                  "(0: all acknowledged)", "peer")
+    proto = _gauge("peer_protocol_version", "Sync wire version in use with the peer (the newest "
+                   "both speak; no series until it is heard)", "peer")
+    release = _gauge("peer_release_info", "Release the peer runs, as its sync ALIVE tells "
+                     "(always 1; no series for a peer that does not tell)", "peer", "version")
+    foreign = _gauge("peer_unintelligible", "1 while the peer sends sync datagrams of a version "
+                     "this member does not speak (never counted absent: see fwctl sync)", "peer")
     counters = {k: _counter(name, help, "peer") for k, (name, help) in PEER_COUNTERS.items()}
     drops = _counter("peer_drops", "Datagrams from the peer dropped, by reason", "peer", "reason")
     for name, p in sorted(peers.items()):
@@ -161,11 +167,17 @@ def peer_families(peers: dict) -> list[Metric]:
             table.add_metric([name], p["table_size"])
         unacked.add_metric([name], p.get("unacked", 0))
         lag.add_metric([name], p.get("lag", 0.0))
+        if p.get("sync_version") is not None:
+            proto.add_metric([name], p["sync_version"])
+        if p.get("version"):
+            release.add_metric([name, str(p["version"])], 1)
+        foreign.add_metric([name], int(p.get("unintelligible") is not None))
         for k, fam in counters.items():
             fam.add_metric([name], p.get(k, 0))
         for k, reason in PEER_DROPS.items():
             drops.add_metric([name, reason], p.get(k, 0))
-    return [up, state, resync, seen, table, unacked, lag, *counters.values(), drops]
+    return [up, state, resync, seen, table, unacked, lag, proto, release, foreign,
+            *counters.values(), drops]
 
 
 def daemon_families(status: dict) -> list[Metric]:

@@ -75,9 +75,9 @@ def negotiate(mine: tuple[int, int], theirs: tuple[int, int]) -> int | None:
 
 
 def span(versions) -> str:
-    """(2, 3) -> "2–3", (2, 2) -> "2"."""
+    """(2, 3) -> "2-3", (2, 2) -> "2"."""
     low, high = versions
-    return str(low) if low == high else f"{low}–{high}"
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def ranges(cap: str = "current") -> dict[str, list[int]]:

@@ -2,13 +2,16 @@
 
 Per peer: state, last seen, messages and entries sent/received/acked/resent/
 lost, replay and auth drops, lag (age of the oldest unacknowledged message);
-the local table size and each peer's as it reports it; while not in sync,
-what it waits for from each peer. Exit 1 while not in
+the local table size and each peer's as it reports it; the sync version in
+use with each peer and the release it runs (as its ALIVE tells); while not
+in sync, what it waits for from each peer (a peer this member cannot
+understand: which version it speaks). Exit 1 while not in
 sync or a peer is down, 3 when syncd does not answer.
 """
 from __future__ import annotations
 
 from fwcluster.args import load_from_args
+from fwcluster.core import versions
 from fwcluster.fwctl import EXIT_OK, EXIT_PROBLEM, ask, emit, status
 
 
@@ -34,6 +37,13 @@ def _ago(v) -> str:
     return "never" if v is None else f"{v:.1f}s ago"
 
 
+def _version(p: dict) -> str:
+    """The sync version in use; a version the peer sends that we do not speak."""
+    if p.get("unintelligible") is not None:
+        return f"{p['unintelligible']}?"
+    return "-" if p.get("sync_version") is None else str(p["sync_version"])
+
+
 def human(d: dict) -> None:
     drops = ", ".join(f"{k}={v}" for k, v in sorted(d.get("drops", {}).items())) or "none"
     print(f"node {d.get('node')}  epoch {d.get('epoch')}  in sync: {'yes' if d.get('in_sync') else 'NO'}  "
@@ -41,8 +51,10 @@ def human(d: dict) -> None:
           f"  demotion {d.get('demotion')}")
     status.waiting(d)
     print(f"drops: {drops}")
+    if d.get("sync_versions"):
+        print(f"sync versions spoken: {versions.span(d['sync_versions'])}")
     head = ("PEER", "STATE", "RESYNC", "LAST SEEN", "ENTRIES", "MSGS TX/RX", "ENTRIES TX/RX",
-            "ACKED", "RESENT", "LOST", "REPLAY", "AUTH", "UNACKED", "LAG")
+            "ACKED", "RESENT", "LOST", "REPLAY", "AUTH", "UNACKED", "LAG", "SYNC V", "RELEASE")
     rows = [head]
     for name, p in sorted(d.get("peers", {}).items()):
         rows.append((name, p["state"], p["resync"], _ago(p.get("last_seen")),
@@ -50,7 +62,8 @@ def human(d: dict) -> None:
                      f"{p['msgs_sent']}/{p['msgs_received']}",
                      f"{p['entries_sent']}/{p['entries_received']}",
                      str(p["msgs_acked"]), str(p["msgs_resent"]), str(p["msgs_lost"]),
-                     str(p["replay"]), str(p["auth"]), str(p["unacked"]), f"{p['lag'] * 1000:.0f}ms"))
+                     str(p["replay"]), str(p["auth"]), str(p["unacked"]), f"{p['lag'] * 1000:.0f}ms",
+                     _version(p), p.get("version") or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())

@@ -155,7 +155,7 @@ def test_status_shows_both_members_versions_and_whether_they_match(tmp_path):
     assert "  peer fw2: 0.2.0, compatible: negotiated carp_hardened 4, config 1, sync 3" in lines
     assert any(ln.startswith("  peer fw3: unknown, unknown: sync 2 in use") for ln in lines)
     assert ("  peer fw4: unknown, INCOMPATIBLE: fw4 speaks sync version 4, this member speaks "
-            "2–3: upgrade this member or roll the peer back") in lines
+            "2-3: upgrade this member or roll the peer back") in lines
 
 
 @pytest.mark.parametrize("state,on", [("on", True), ("off", False)])
@@ -277,3 +277,25 @@ def test_human_shows_each_vhids_hardened_version_and_who_holds_it_at_4(capsys):
                                        "version 4 on vhid 2,3 (heard at 4: 192.0.2.13)\n")
     fwctl_status.hardened_versions([dict(vip, hardened_version=None)])  # compatible mode
     assert capsys.readouterr().out == ""
+
+
+def test_sync_shows_the_version_per_peer_and_why_it_waits_for_one_it_cannot_understand(tmp_path):
+    """fwctl sync from a real core's status: fw2 sends sync version 4 only."""
+    from syncd import daemon
+    from syncd.core import keys
+    from syncd.core.protocol import Sync
+    core = Sync([("fw1", "192.0.2.1"), ("fw2", "192.0.2.2")], "fw1", keys.sync_key(b"s", "c"), 1, 0.0)
+    for now in (0.5, 2.0, 3.5):
+        core.datagram("192.0.2.2", b"FS\x04" + bytes(120), now)
+        core.tick(now)
+    st = core.status(4.0)
+    st["waiting"] = daemon.waiting(st, False)
+    with Daemons(tmp_path, syncd=True, replies={"status": {"ok": True, "node": "fw1", **st}}):
+        r = fwctl(tmp_path, "sync")
+    assert r.returncode == 1, r.stderr       # not in sync
+    lines = r.stdout.splitlines()
+    assert ("waiting for fw2: fw2 speaks sync version 4, this member speaks 2-3: "
+            "upgrade this member or roll the peer back") in lines
+    assert "sync versions spoken: 2-3" in lines
+    row = next(ln for ln in lines if ln.startswith("fw2 "))
+    assert row.split()[-2:] == ["4?", "-"]

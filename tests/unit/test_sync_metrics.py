@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fwcluster import metrics as prom
 from syncd import metrics
-from syncd.core import keys, protocol
+from syncd.core import keys, protocol, wire
 from syncd.core.entry import OP_UPSERT, Entry
 from syncd.core.protocol import Dump, Send, Sync
 from tests.prom_text import key, samples
@@ -49,8 +49,9 @@ def exchange(nodes: dict, now: float, drop_to=()) -> list:
 
 def sync_status() -> dict:
     """fw1's status after it sent 3 entries to fw2 (acknowledged), a replayed
-    datagram, a forged one; fw3 never answered."""
-    nodes = {n: Sync(MEMBERS, n, KEY, 100, 0.0) for n in ("fw1", "fw2")}
+    datagram, a forged one; fw3 never answered in a version fw1 speaks."""
+    about = wire.About("0.3.0", (("sync", 2, 3),))
+    nodes = {n: Sync(MEMBERS, n, KEY, 100, 0.0, about=about) for n in ("fw1", "fw2")}
     for n in nodes.values():
         n.tick(0.0)
     exchange(nodes, 0.0)
@@ -58,13 +59,15 @@ def sync_status() -> dict:
     nodes["fw1"].flush(0.1)
     data = exchange(nodes, 0.1)
     nodes["fw2"].local_entries = 17
-    for n in nodes.values():   # idle: ALIVE carries each one's table size
-        n.tick(1.0)
-    exchange(nodes, 1.0)
-    nodes["fw1"].datagram(ADDR["fw2"], data[-1], 1.2)           # a replay (fw2 -> fw1 last)
-    nodes["fw1"].datagram(ADDR["fw2"], b"FS\x02" + bytes(120), 1.2)  # forged: bad MAC
+    for now in (0.5, 1.0, 1.5):     # idle: ALIVE carries each one's table size (and, once
+        for n in nodes.values():   # each has heard the other speaks 3, its release)
+            n.tick(now)
+        exchange(nodes, now)
+    nodes["fw1"].datagram(ADDR["fw2"], data[-1], 1.7)           # a replay (fw2 -> fw1 last)
+    nodes["fw1"].datagram(ADDR["fw2"], b"FS\x02" + bytes(120), 1.7)  # forged: bad MAC
+    nodes["fw1"].datagram(ADDR["fw3"], b"FS\x04" + bytes(120), 1.8)  # a version fw1 does not speak
     nodes["fw1"].local_entries = 42
-    return nodes["fw1"].status(1.5)
+    return nodes["fw1"].status(2.0)
 
 
 def daemon_status(sync: dict) -> dict:
@@ -130,6 +133,12 @@ def test_families_carry_the_status_values():
     # Table sizes: fw2 reported its own in ALIVE; fw3's is unknown (no series).
     assert got[key("fwcluster_sync_peer_entries", peer="fw2")] == p2["table_size"] == 17
     assert key("fwcluster_sync_peer_entries", peer="fw3") not in got
+    # Versions: fw2 speaks 3 and told its release; fw3 sends a version fw1 does not speak.
+    assert got[key("fwcluster_sync_peer_protocol_version", peer="fw2")] == p2["sync_version"] == 3
+    assert key("fwcluster_sync_peer_protocol_version", peer="fw3") not in got
+    assert got[key("fwcluster_sync_peer_release_info", peer="fw2", version="0.3.0")] == 1
+    assert got[key("fwcluster_sync_peer_unintelligible", peer="fw2")] == 0
+    assert got[key("fwcluster_sync_peer_unintelligible", peer="fw3")] == 1 and p3["unintelligible"] == 4
     # Daemon counters and kernel writes.
     assert got[key("fwcluster_sync_conntrack_events_total")] == 10
     assert got[key("fwcluster_sync_event_overruns_total")] == 1

@@ -64,7 +64,7 @@ def test_protocols_name_each_wire_version():
     from fwcluster.carp.core import hardened
     from syncd.core import wire
     p = versions.protocols()
-    assert p["sync"] == f"{wire.OLDEST}–{wire.NEWEST}" and p["carp_hardened"] == str(hardened.VERSION)
+    assert p["sync"] == f"{wire.OLDEST}-{wire.NEWEST}" and p["carp_hardened"] == str(hardened.VERSION)
     assert p["config"].startswith("FWCC")
     assert versions.protocols("previous")["sync"] == str(wire.OLDEST)
 
@@ -81,7 +81,7 @@ def test_ranges_that_overlap_in_every_protocol_are_compatible():
     assert c.verdict == "compatible" and "sync 2" in c.detail
     assert "sync 3" in versions.compatibility(mine, dict(mine)).detail
     c = versions.compatibility(mine, dict(mine, sync=[4, 5]))
-    assert c.verdict == "INCOMPATIBLE" and "sync 2–3 here, 4–5 there" in c.detail
+    assert c.verdict == "INCOMPATIBLE" and "sync 2-3 here, 4-5 there" in c.detail
     # only what both report counts (a newer peer may speak a protocol more)
     assert versions.compatibility(mine, dict(mine, extra=[9, 9])).verdict == "compatible"
 
@@ -93,7 +93,7 @@ def test_a_peer_heard_without_a_report_is_unknown_and_an_unintelligible_one_is_i
     assert old.verdict == "unknown" and "sync 2 in use" in old.detail
     c = versions.compatibility(mine, None, foreign_sync_version=4, name="fw2")
     assert c.verdict == "INCOMPATIBLE"
-    assert c.detail == ("fw2 speaks sync version 4, this member speaks 2–3: "
+    assert c.detail == ("fw2 speaks sync version 4, this member speaks 2-3: "
                         "upgrade this member or roll the peer back")
     assert versions.unintelligible("fw2", "sync", 1, (2, 3)).endswith(
         "upgrade fw2 or roll this member back")
