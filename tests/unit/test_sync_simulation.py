@@ -2,7 +2,9 @@
 
 2-3 members on a fake network (loss up to 30 %, delay, reordering,
 duplication) and a fake clock; members restart with and without their
-tables (a syncd restart keeps the kernel table, a reboot loses it); every
+tables (a syncd restart keeps the kernel table, a reboot loses it), each
+run speaking sync versions 2-3 or, capped like the previous release, 2
+only (a restart may upgrade or roll back); every
 counter can start just below 2**32 or far up the 64-bit range. Every datagram
 ever sent is tapped, and old ones are replayed at random. Bulk transfers go
 out paced, as the daemon sends them: a few dump entries per step, changes
@@ -16,6 +18,9 @@ Invariants:
   * a stream record is applied at most once per receiver run;
   * a replayed datagram (one delivered before, or sent before the receiver
     restarted) is never applied;
+  * once a member has heard a peer's current run, it sends that run
+    nothing of a version it does not speak, and after the quiet period
+    every pair uses the newest version both speak;
   * after a quiet period every member is in sync and every peer's replica of
     each origin holds exactly the origin's table, even when streams broke
     and conntrack events were lost on the way to syncd (anti-entropy rounds
@@ -53,6 +58,7 @@ QUIET = 4.0            # seconds without loss, restarts or replays at the end
 AE_INTERVAL = 0.5      # anti-entropy rounds (the daemon: [sync] digest_interval)
 LOST_EVENTS = 0.15     # a change whose conntrack events never reach syncd
 BASES = (0, 2**32 - 5, 2**63 + 12345)
+RANGES = ((2, 3), (2, 2))   # current, and capped to the previous release's
 
 
 def how_to_replay(seed: int) -> str:
@@ -107,6 +113,9 @@ class Sim:
         self.orphans = set()      # (receiver, origin): leftovers allowed (see module doc)
         self.lost = 0             # changes whose events were lost
         self.paced = {}           # (origin, receiver) -> (node, dump entries not yet sent)
+        # Its own generator: the scenarios' other draws stay as they were.
+        self.vrng = random.Random(seed * 7919 + 1)
+        self.speaks = {}          # member -> sync versions its current run speaks
         for name in self.names:
             self.table[name] = {}
             self.replica[name] = {o: {} for o in self.names if o != name}
@@ -117,9 +126,13 @@ class Sim:
         """A new run; its epoch is anything (a clock behind, lost state)."""
         if reboot or name not in self.clock:
             self.clock[name] = self.rng.choice((0.0, -self.now - 5.0, self.rng.uniform(-1e6, 1e6)))
+        if name not in self.speaks or self.vrng.random() < 0.5:   # upgrade, roll back, stay
+            self.speaks[name] = self.vrng.choice(RANGES)
+        r = self.speaks[name]
         self.nodes[name] = self.sync_class(self.members, name, KEY, self.rng.randrange(1, 2**32),
                                            self.t(name), TIMING, lambda: self.rng.getrandbits(64),
-                                           self.base)
+                                           self.base, speaks=r,
+                                           about=wire.About("sim", (("sync", *r),)))
         # ORIGIN forwarding (the default): every member carries its own table
         self.started[name] = self.now
         self.applied[name] = set()
@@ -239,6 +252,12 @@ class Sim:
 
     def send(self, src: str, dst: str, data: bytes) -> None:
         rng = self.rng
+        if data[2] > self.speaks[dst][1]:
+            node = self.nodes[src]
+            p = node.peers[dst]
+            if node.peer_version(p) is not None and p.rx.boot == self.nodes[dst].boot:
+                raise Violation(f"{src} sent version {data[2]} to {dst}'s run, which it has "
+                                f"heard and which speaks {self.speaks[dst]}")
         self.tap.append([src, dst, data, self.now, False])
         if rng.random() < self.loss or self.cut.get(src, 0) > self.now or self.cut.get(dst, 0) > self.now:
             return
@@ -312,6 +331,10 @@ class Sim:
             if not node.in_sync:
                 raise Violation(f"{name} never got in sync (locked out)")
             for origin in node.peers:
+                both = min(self.speaks[name][1], self.speaks[origin][1])
+                if node.sync_version(node.peers[origin]) != both:
+                    raise Violation(f"{name} uses version {node.sync_version(node.peers[origin])} "
+                                    f"with {origin}, not {both}")
                 want = {k: plain(e) for k, e in self.table[origin].items()}
                 got = self.replica[name][origin]
                 missing = {k for k in want if got.get(k) != want[k]}
@@ -513,6 +536,25 @@ class NoAntiEntropy(Sync):
 
 class NoAntiEntropySim(Sim):
     sync_class = NoAntiEntropy
+
+
+class Sticky(Sync):
+    """Remembers the newest version a peer ever sent, across its runs: a
+    peer rolled back to the previous release gets what it cannot read."""
+
+    @staticmethod
+    def _heard(p, m):
+        p.heard_version = max(p.heard_version or 0, wire.newest_spoken(m))
+        p.heard_boot = m.boot
+
+
+class StickySim(Sim):
+    sync_class = Sticky
+
+
+def test_simulation_sees_a_version_a_peer_does_not_speak():
+    """The version check is live: forgetting a peer's restart is caught."""
+    assert violations(StickySim, 300) > 0
 
 
 def test_simulation_sees_drift_without_anti_entropy():
