@@ -377,19 +377,22 @@ class Lab(reaper.TornDown):
                 "--run-dir", str(self.run_dir(member)), "--state-dir", str(self.state_dir(member))]
 
     def start_carpd(self, member: str, extra: Iterable[str] = (), wait: bool = True,
-                    log_level: str = "info", env: dict | None = None) -> subprocess.Popen:
+                    log_level: str = "info", env: dict | None = None,
+                    tree: Path | None = None) -> subprocess.Popen:
         """Start carpd in member's namespace; with wait, return once it answers.
-        env: more environment (FWCLUSTER_PROTOCOLS, or PYTHONPATH of another tree)."""
+        env: variables to add (FWCLUSTER_PROTOCOLS=previous: a build capped to
+        the previous release's protocol versions); tree: run the code of
+        another checkout (an earlier release) instead of this one."""
         return self._start(member, "carpd", ["-m", "fwcluster.carpd", *self._daemon_args(member),
-                                             "--log-level", log_level, *extra], wait, env)
+                                             "--log-level", log_level, *extra], wait, env, tree)
 
     def start_syncd(self, member: str, extra: Iterable[str] = (), wait: bool = True,
-                    env: dict | None = None) -> subprocess.Popen:
+                    env: dict | None = None, tree: Path | None = None) -> subprocess.Popen:
         return self._start(member, "syncd", ["-m", "syncd", *self._daemon_args(member), *extra],
-                           wait, env)
+                           wait, env, tree)
 
     def _start(self, member: str, daemon: str, args: list[str], wait: bool,
-               env: dict | None = None) -> subprocess.Popen:
+               env: dict | None = None, tree: Path | None = None) -> subprocess.Popen:
         old = self._daemons.get((member, daemon))
         if old is not None and old.poll() is None:
             raise LabError(f"{daemon} already running on {member} (pid {old.pid})")
@@ -399,7 +402,10 @@ class Lab(reaper.TornDown):
         except FileNotFoundError:
             pass
         log = open(self.log_path(member, daemon), "ab")
-        p = self.popen(member, [PY, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        kw = {}
+        if tree is not None:    # `-m` looks in the working directory first
+            env, kw["cwd"] = {**(env or {}), "PYTHONPATH": str(tree)}, str(tree)
+        p = self.popen(member, [PY, *args], stdout=log, stderr=subprocess.STDOUT, env=env, **kw)
         log.close()
         self._daemons[(member, daemon)] = p
         # Bounded, but generous: a Python daemon's start-up (imports) takes
