@@ -933,9 +933,11 @@ class Sync:
         tx.served = m.dseq
         self.dumps_wanted.add(p.name)
 
-    @staticmethod
-    def _send_to(p: Peer, session: int) -> None:
-        """Our stream to the peer now goes to its session: a new generation."""
+    def _send_to(self, p: Peer, session: int) -> None:
+        """Our stream to the peer now goes to its session: a new generation.
+        A bulk under way was for the old session: it stops (the new one
+        asks for its own), so none of its pieces lands in the new one."""
+        self.bulk_abort(p.name, again=False)
         p.tx.session = session
         p.tx.served = 0
         p.tx.reset()

@@ -159,3 +159,20 @@ def test_an_aborted_bulk_sends_no_done_and_is_started_again():
     assert net.nodes["fw2"].peers["fw1"].resync == "done"
     assert net.tables["fw2"] == net.tables["fw1"]
     assert not [a for a in net.nodes["fw2"].drain() if isinstance(a, InSync)]
+
+
+def test_a_bulk_for_a_session_the_peer_left_stops_when_the_stream_moves_on():
+    """fw2 restarts in the middle of fw1's paced bulk: the rest of that dump
+    was for fw2's old session and must not land in its new one (simulation
+    seed 4985 once applied such pieces); the new session gets its own bulk."""
+    net = synced(20)
+    dump = request_bulk(net)
+    assert add(net, dump[:5]) == 5
+    net.start("fw2", 101)                      # a new run: new nonces, a fresh request
+    net.tables["fw2"] = {}
+    net.run(1.5)                               # fw1 asks again (once a second); fw2 echoes
+    fw1 = net.nodes["fw1"]
+    assert fw1.peers["fw2"].bulk_mark is None    # the old bulk stopped
+    assert add(net, dump[5:]) == 0               # its remaining pieces go nowhere
+    assert ("fw1", "fw2") in net.dumps            # the new session asks for its own
+    assert fw1.own.touched is None               # nobody watches any more
