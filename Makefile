@@ -69,8 +69,11 @@ bench: bench-failover bench-sync bench-balance
 bench-report: deps
 	$(PY) -m bench.report
 
+# Then the fastest settings of carpd and keepalived, both faults, while
+# syncd carries 5k new entries/s, with a flap count (docs/perf/failover.md).
 bench-failover: deps
 	$(PY) -m bench.failover
+	$(PY) -m bench.failover --only fastest,keepalived-fastest --fault both --sync-load 5000 --trials 8
 
 bench-sync: deps
 	$(PY) -m bench.sync

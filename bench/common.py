@@ -120,3 +120,30 @@ def emit_json(data: dict, stream=sys.stdout) -> None:
     json.dump(data, stream, indent=2, sort_keys=True, default=str)
     stream.write("\n")
     stream.flush()
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: begin -->\n", f"<!-- {name}: end -->\n"
+
+
+def section(text: str, name: str) -> str:
+    """Section `name` of a page's text, markers included ("" if none)."""
+    begin, end = markers(name)
+    if begin not in text or end not in text:
+        return ""
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+
+
+def write_section(doc: Path, name: str, body: str) -> None:
+    """Put body between the markers of section `name` in doc, the rest of
+    the page as it was; a page without them gets the section at its end."""
+    begin, end = markers(name)
+    old = doc.read_text() if doc.exists() else ""
+    new = begin + body.rstrip("\n") + "\n" + end
+    if section(old, name):
+        head, rest = old.split(begin, 1)
+        text = head + new + rest.split(end, 1)[1]
+    else:
+        text = old.rstrip("\n") + ("\n\n" if old else "") + new
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)

@@ -7,11 +7,21 @@ reply received before the loss to the first reply after it (from fw2). fw1
 then comes back, takes the address back, and the next trial starts.
 
     .venv/bin/python -m bench.failover [--trials 10] [--only fast,keepalived]
-        [--fault node-loss|lan-cable]
+        [--fault node-loss|lan-cable|both] [--sync-load RATE [--quiet SECONDS]]
 
 --fault lan-cable pulls fw1's LAN cable instead (its switch port goes
 down; fw1 and its daemon keep running, and take the address back once the
-cable is back).
+cable is back); both runs each fault in a lab of its own.
+
+--sync-load RATE runs syncd on both members while fw1 puts RATE new
+conntrack entries per second into its table (bench/syncload.py), which
+its syncd sends to fw2, during every trial; first, for --quiet seconds
+(default 30) under the same load and with no fault, it counts the vip's
+address changes on every member: any is a flap, and a setting that flaps
+is not stable. Such a run writes its own section of docs/perf/failover.md:
+
+    .venv/bin/python -m bench.failover --only fastest,keepalived-fastest \
+        --fault both --sync-load 5000 --trials 8
 
 Prints per-trial progress on stderr, JSON on stdout, a table at the end, and
 writes the table to docs/perf/failover.md.
@@ -20,13 +30,15 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from fwcluster.carp.core import machine
 from bench.common import (arg_parser, emit_json, environment, fmt_ms, have_root, markdown_table,
-                          ratio, run_trials, summary)
+                          ratio, run_trials, section, summary, write_section)
+from bench.syncload import SyncLoad
 from tests.labkit import LAN_VIP4, Lab, Prober
 
 PROBE_INTERVAL = 0.005
@@ -160,19 +172,50 @@ IMPLS = [
     Keepalived("keepalived-fastest", "keepalived VRRPv3, fastest", 0.01),
 ]
 FAULTS = ("node-loss", "lan-cable")
+LOAD_SECTION = "under sync load"
 
 
-def measure(impl: Impl, trials: int, seed: int, log=sys.stderr, fault: str = "node-loss") -> dict:
-    print(f"== {impl.label} ({impl.timing}): {trials} trials of {fault}", file=log, flush=True)
+def vip_changes(lab: Lab, seconds: float) -> dict[str, int]:
+    """How often the LAN vip was added to or removed from each member's
+    interfaces in the next `seconds` (kernel events: the same count for
+    every implementation). With no fault, any change is a flap."""
+    mons = {m: lab.popen(m, ["timeout", f"{seconds:.0f}", "ip", "-o", "monitor", "address"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for m in lab.members}
+    outs = {m: p.communicate(timeout=seconds + 30)[0].decode(errors="replace") for m, p in mons.items()}
+    return {m: sum(f"inet {LAN_VIP4}/" in line for line in out.splitlines()) for m, out in outs.items()}
+
+
+def quiet_window(lab: Lab, load: SyncLoad | None, seconds: float, log) -> dict:
+    applied = load.applied("fw2") if load else 0
+    t0 = time.monotonic()
+    changes = vip_changes(lab, seconds)
+    took = time.monotonic() - t0
+    res = {"seconds": round(took, 1), "vip_changes": changes, "flaps": sum(changes.values())}
+    if load:
+        res["applied_per_s"] = round((load.applied("fw2") - applied) / took)
+    print(f"  quiet window: {res}", file=log, flush=True)
+    return res
+
+
+def measure(impl: Impl, trials: int, seed: int, log=sys.stderr, fault: str = "node-loss",
+            sync_load: int = 0, quiet: float = 0) -> dict:
+    print(f"== {impl.label} ({impl.timing}): {trials} trials of {fault}"
+          + (f", sync load {sync_load}/s" if sync_load else ""), file=log, flush=True)
     settle = max(10.0, 6 * impl.master_down + 5)
     with Lab(members=2, prefix="fwb", ipv6=False, **impl.lab_kwargs()) as lab:
+        load = SyncLoad(lab, sync_load) if sync_load else None
+
+        def start(member):
+            if load:
+                load.start(member)
+            impl.start(lab, member)
 
         def restart_all():
             for m in lab.members:
                 lab.node_loss(m)
                 lab.node_return(m)
-            impl.start(lab, "fw1")
-            impl.start(lab, "fw2")
+            start("fw1")
+            start("fw2")
 
         def ensure_fw1_master():
             if lab.wait_for(lambda: impl.is_master(lab, "fw1"), settle, 0.05):
@@ -209,19 +252,25 @@ def measure(impl: Impl, trials: int, seed: int, log=sys.stderr, fault: str = "no
                 lab.heal("fw1", "lan")
             else:
                 lab.node_return("fw1")
-                impl.start(lab, "fw1")
+                start("fw1")
             if gap is None:
                 raise RuntimeError(f"no reply within {limit:.0f} s of the loss")
             if not took_over:
                 raise RuntimeError("fw2 does not hold the VIP after the loss")
             return gap
 
-        impl.start(lab, "fw1")
-        impl.start(lab, "fw2")
+        start("fw1")
+        start("fw2")
         rng = random.Random(seed)
+        calm = None
+        if quiet:
+            ensure_fw1_master()
+            time.sleep(3)  # the load's table fills and its deletes begin
+            calm = quiet_window(lab, load, quiet, log)
         values, failures = run_trials(trial, trials, time_limit=trials * (settle + 15), log=log)
     return {"key": impl.key, "label": impl.label, "timing": impl.timing, "fault": fault,
             "advert_interval_s": impl.interval, "master_down_s": impl.master_down,
+            "sync_load_per_s": sync_load, "quiet": calm,
             "gaps_s": values, "failures": failures, **{k: v for k, v in summary(values).items()}}
 
 
@@ -326,7 +375,77 @@ output with their reason (e.g. a flap: under CPU starvation a backup timed
 out a live master before the loss, so the trial measured nothing).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    old = path.read_text() if path.exists() else ""
+    path.write_text(text + ("\n" + section(old, LOAD_SECTION) if section(old, LOAD_SECTION) else ""))
+
+
+def flaps(r: dict) -> int:
+    """Role changes with no fault: in the quiet window, and trials in which
+    fw1 had lost the vip before the fault struck."""
+    return (r["quiet"] or {}).get("flaps", 0) + sum("flap" in f for f in r["failures"])
+
+
+def load_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        q = r["quiet"] or {}
+        rows.append([r["label"], r["timing"], fmt_ms(r["master_down_s"]), r["fault"],
+                     f"{r['sync_load_per_s']}/s", str(q.get("applied_per_s", "—")),
+                     f"{q.get('flaps', '—')} in {q.get('seconds', 0):.0f} s",
+                     "yes" if not flaps(r) else "**no: flaps**",
+                     f"{r['count']}" + (f" (+{len(r['failures'])} failed)" if r["failures"] else ""),
+                     fmt_ms(r["median"]), fmt_ms(r["p95"]), fmt_ms(r["min"]), fmt_ms(r["max"])])
+    return markdown_table(["implementation", "timing", "master-down", "fault", "new entries on fw1",
+                           "records applied on fw2", "vip changes, quiet", "stable", "trials",
+                           "median gap", "p95 gap", "min", "max"], rows)
+
+
+# carpd's row against keepalived's in the run under sync load
+LOAD_PAIR = ("fastest", "keepalived-fastest")
+
+
+def load_ratios(results: list[dict]) -> dict:
+    by = {(r["key"], r["fault"]): r for r in results}
+    out = {}
+    for fault in FAULTS:
+        a, b = by.get((LOAD_PAIR[0], fault)), by.get((LOAD_PAIR[1], fault))
+        if a and b:
+            for stat in ("median", "p95"):
+                out[f"{fault}_{stat}"] = ratio(a[stat], b[stat])
+    return out
+
+
+def write_load_doc(path: Path, results: list[dict], rat: dict, env: dict, trials: int,
+                   quiet: float) -> None:
+    rate = results[0]["sync_load_per_s"] if results else 0
+    lines = [f"- {LOAD_PAIR[0]} carpd / {LOAD_PAIR[1]}, {k.replace('_', ' ')}: {v:.2f}"
+             for k, v in rat.items() if v is not None]
+    text = f"""## Under sync load: the fastest settings, cable pull and node loss
+
+Measured by `make bench-failover` (`python -m bench.failover --only
+{','.join(dict.fromkeys(r['key'] for r in results))} --fault both --sync-load {rate} --trials {trials}`) on {env['date']}
+(kernel {env['kernel']}, {env['cpus']} CPUs shared with other work: load average
+{env['loadavg_start']} at the start, {env['loadavg_end']} at the end).
+
+Method: as above, and in every lab syncd runs on both members while fw1
+puts {rate} new conntrack entries per second into its table and deletes each
+second's entries 10 s later (`bench/syncload.py`); fw1's syncd sends them
+to fw2 ("records applied on fw2": the creates and deletes fw2's syncd
+wrote to its kernel table per second during the quiet window). The injector on fw1 dies with it at a node loss and
+starts again with it. Before the trials, a quiet window of {quiet:.0f} s under the
+same load and with no fault counts the vip's address changes on both
+members (`ip monitor address`): any is a flap. A setting is stable when no
+change happened there and no trial found fw1 without the vip before its
+fault. Each fault runs in a lab of its own ({trials} trials each; the loss
+strikes at a random phase of the advert cycle).
+
+{load_table(results)}
+
+Ratios (below 1: carpd is faster):
+
+{chr(10).join(lines) or '- (not enough data)'}
+"""
+    write_section(path, LOAD_SECTION, text)
 
 
 def _cost_line(results: list[dict]) -> str:
@@ -346,8 +465,12 @@ def main(argv=None) -> int:
     parser = arg_parser("failover", __doc__)
     parser.add_argument("--trials", type=int, default=10, help="trials per implementation (default 10)")
     parser.add_argument("--seed", type=int, help="seed of the random loss phase (default: random)")
-    parser.add_argument("--fault", default="node-loss", choices=FAULTS,
+    parser.add_argument("--fault", default="node-loss", choices=(*FAULTS, "both"),
                         help="what befalls the master (default node-loss)")
+    parser.add_argument("--sync-load", type=int, default=0,
+                        help="new conntrack entries per second synced during the trials (default 0: no syncd)")
+    parser.add_argument("--quiet", type=float, default=None,
+                        help="seconds of no fault under the load, counting flaps (default 30 with --sync-load)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(i.key for i in IMPLS)}")
     args = parser.parse_args(argv)
     if not have_root():
@@ -360,25 +483,37 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: --only: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if not 0 <= args.sync_load <= 50000:
+        print("error: --sync-load must be 0..50000", file=sys.stderr)
+        return 2
+    quiet = args.quiet if args.quiet is not None else (30.0 if args.sync_load else 0.0)
     impls = [i for i in IMPLS if not wanted or i.key in wanted]
+    faults = FAULTS if args.fault == "both" else (args.fault,)
     env = environment()
     env["loadavg_start"] = _loadavg()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    results = [measure(i, args.trials, seed, fault=args.fault) for i in impls]
-    rat = ratios(results)
+    results = [measure(i, args.trials, seed, fault=f, sync_load=args.sync_load, quiet=quiet)
+               for i in impls for f in faults]
+    rat = ratios([r for r in results if r["fault"] == faults[0]])
     env["loadavg_end"] = _loadavg()
     cost = hardening_cost_ms(results)
     record = {"benchmark": "failover", "probe_interval_s": PROBE_INTERVAL, "trials": args.trials,
-              "seed": seed, "hardening_cost_median_ms": cost,
+              "seed": seed, "hardening_cost_median_ms": cost, "sync_load_per_s": args.sync_load,
               "environment": env, "results": results, "ratios": rat}
+    if args.sync_load:
+        record["load_ratios"] = rat = load_ratios(results)
     emit_json(record)
     # stdout stays pure JSON; the human table goes to the terminal via stderr.
-    print(table(results), file=sys.stderr)
-    print("\n".join(ratio_lines(rat)), file=sys.stderr)
+    print(load_table(results) if args.sync_load else table(results), file=sys.stderr)
+    print("\n".join(f"- {k}: {v:.2f}" for k, v in rat.items() if v is not None)
+          if args.sync_load else "\n".join(ratio_lines(rat)), file=sys.stderr)
     if cost is not None:
         print(f"- hardened minus compatible mode, fast timing (median gap): {cost:+.1f} ms",
               file=sys.stderr)
-    if args.doc and not wanted and args.fault == "node-loss":
+    if args.doc and args.sync_load:
+        write_load_doc(Path(args.doc), results, rat, env, args.trials, quiet)
+        print(f"wrote the section {LOAD_SECTION!r} of {args.doc}", file=sys.stderr)
+    elif args.doc and not wanted and args.fault == "node-loss":
         write_doc(Path(args.doc), results, rat, env, args.trials)
         with open(Path(args.doc).with_suffix(".json"), "w") as f:
             emit_json(record, f)  # the raw figures next to the table
