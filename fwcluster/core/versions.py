@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from fwcluster.carp.core import hardened as carp_hardened
 from fwcluster.carp.core import wire as carp_wire
-from fwcluster.core import configwire
 
 TAG_PATTERN = "v[0-9]*"  # `git describe --match`: other tags never name a release
 UNKNOWN = "unknown"
@@ -86,9 +85,12 @@ def ranges(cap: str = "current") -> dict[str, list[int]]:
 
 
 def protocols(cap: str = "current") -> dict[str, str]:
-    """The wire versions this code speaks, by protocol."""
-    return {"sync": span(speaks("sync", cap)), "config": configwire.VERSION.decode(),
-            "carp": str(carp_wire.VERSION), "carp_hardened": str(carp_hardened.VERSION)}
+    """The wire versions this code speaks, by protocol: the range of each
+    negotiated one (a capped build's is its oldest alone)."""
+    config_low, config_high = speaks("config", cap)
+    config = "-".join(dict.fromkeys(f"FWCC{v}" for v in (config_low, config_high)))
+    return {"sync": span(speaks("sync", cap)), "config": config,
+            "carp": str(carp_wire.VERSION), "carp_hardened": span(speaks("carp_hardened", cap))}
 
 
 @dataclass(frozen=True)

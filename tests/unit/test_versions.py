@@ -64,9 +64,11 @@ def test_protocols_name_each_wire_version():
     from fwcluster.carp.core import hardened
     from syncd.core import wire
     p = versions.protocols()
-    assert p["sync"] == f"{wire.OLDEST}-{wire.NEWEST}" and p["carp_hardened"] == str(hardened.VERSION)
-    assert p["config"].startswith("FWCC")
-    assert versions.protocols("previous")["sync"] == str(wire.OLDEST)
+    assert p["sync"] == f"{wire.OLDEST}-{wire.NEWEST}"
+    assert p["carp_hardened"] == f"{hardened.OLDEST}-{hardened.VERSION}"
+    assert p["config"] == "FWCC1-FWCC2"
+    assert versions.protocols("previous") == {"sync": str(wire.OLDEST), "config": "FWCC1", "carp": "2",
+                                              "carp_hardened": str(hardened.OLDEST)}
 
 
 def test_the_sync_wire_encodes_every_version_sync_speaks():
