@@ -1,4 +1,4 @@
-"""python -m image build [--profile P] [--overlays "DIR ..."] [--out DIR]
+"""python -m image build [--profile P] [--overlays "DIR ..."] [--out DIR] [--protocols previous]
    python -m image release [--profile P] [--development]
        (a tagged release: build/release/<version>/, see image/release.py)
    python -m image seed-config IMAGE DIR [--authorized-key FILE.pub ...]
@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     b.add_argument("--out", default=str(SRC / "build"), type=Path)
     b.add_argument("--no-compress", action="store_true", help="skip the .img.xz")
     b.add_argument("--config-dir", type=Path, help="pre-seed /config with this directory's files")
+    b.add_argument("--protocols", default="current",
+                   help="protocol cap: 'previous' speaks only the predecessor's protocol versions "
+                        "(the version gets '+previous'; for the upgrade test)")
     r = sub.add_parser("release", help="build a tagged release into build/release/<version>/")
     r.add_argument("--profile", default=str(SRC / "image/profiles/default.toml"))
     r.add_argument("--development", action="store_true",
@@ -47,7 +50,8 @@ def main(argv=None) -> int:
         if args.cmd == "release":
             return release(args)
         prof = _profile.load(args.profile).with_overlays(args.overlays.split())
-        r = build(prof, args.out, compress=not args.no_compress, config_dir=args.config_dir)
+        r = build(prof, args.out, compress=not args.no_compress, config_dir=args.config_dir,
+                  protocols=args.protocols)
     except (_profile.ProfileError, BuildError, bundle.SigningError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

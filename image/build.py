@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fwcluster import version as fwversion
+from fwcluster.core import versions
 from fwcluster.core.slots import initial_env, render_grubenv
 from image import base, boot, bundle, manifest
 from image.plan import MIB, Plan, make_plan, sfdisk_script
@@ -155,7 +156,7 @@ def fetch_wheels(pins: tuple[str, ...], cache: Path, log: Path) -> list[Path]:
 
 
 def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: str, log: Path,
-                 epoch: int, signing: bundle.Signing) -> tuple[Path, Path]:
+                 epoch: int, signing: bundle.Signing, protocols: str = "current") -> tuple[Path, Path]:
     """(appliance root, tools root): the cached base copied and customized."""
     roots = cache.parent / "roots"
     base_root = base.cached_root("base", profile, profile.packages, roots, cache, run, log,
@@ -179,7 +180,8 @@ def stage_rootfs(profile: Profile, work: Path, cache: Path, version: str, bid: s
     run([sys.executable, "-m", "image.customize", str(rootfs), *overlays,
          "--version", version, "--build-id", bid, "--release", profile.release,
          "--hostname", profile.hostname, "--serial-console", profile.serial_console,
-         "--epoch", str(epoch)], log=log, env=dict(os.environ, PYTHONPATH=str(SRC)))
+         "--epoch", str(epoch), "--protocols", protocols],
+        log=log, env=dict(os.environ, PYTHONPATH=str(SRC)))
     bundle.install_trust(rootfs, signing, bundle.compatible(profile.name, profile.architecture))
     with open(rootfs / "usr/lib/fwcluster/release", "a") as f:
         f.write(f"SIGNING={signing.kind}\n")
@@ -333,6 +335,20 @@ def stage_checksum(files: list[Path], out: Path) -> None:
     out.write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
 
 
+def capped_version(version: str, protocols: str) -> str:
+    """The version of a build capped to older protocol versions: a local
+    version segment names the cap (0.2.0 -> 0.2.0+previous, 0.0.0+gabc ->
+    0.0.0+gabc.previous), so its image, bundle and cache entry are never
+    taken for the uncapped build of the same tree, nor for a release."""
+    try:
+        versions.speaks("sync", protocols)
+    except versions.VersionError as e:
+        raise BuildError(str(e)) from None
+    if protocols == "current":
+        return version
+    return version + ("." if "+" in version else "+") + protocols
+
+
 def cache_dir() -> Path:
     """Where downloaded .debs, wheels and the cached base roots live:
     $FWCLUSTER_CACHE (the Makefile sets /var/cache/fwcluster, so every clone
@@ -343,9 +359,11 @@ def cache_dir() -> Path:
 def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
           work: Path | None = None, compress: bool = True, config_dir: Path | None = None,
           version: str | None = None, guid_seed: str | None = None,
-          signing: bundle.Signing | None = None) -> Result:
+          signing: bundle.Signing | None = None, protocols: str = "current") -> Result:
     """guid_seed: what GUIDs and UUIDs derive from (default: profile, version
-    and build id, so the same commit gives the same image)."""
+    and build id, so the same commit gives the same image). protocols: the
+    protocol cap written into the image (fwcluster/version.py protocol_cap;
+    "previous" speaks only the predecessor's versions, for the upgrade test)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     work = work or out_dir / "work"
     cache = cache or cache_dir() / "apt"
@@ -355,6 +373,7 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
     if not version:
         raise BuildError("the version comes from git describe: build from a git checkout "
                          "(or give the version)")
+    version = capped_version(version, protocols)
     bid = build_id(epoch)
     repro = Repro(epoch, guid_seed or f"{profile.name}:{version}+{bid}")
     stem = f"{profile.name}-{version}-{profile.architecture}"
@@ -377,7 +396,7 @@ def build(profile: Profile, out_dir: Path, *, cache: Path | None = None,
               f"the image trusts and the bundle is signed by {signing.cert} "
               "(see docs/upgrade.md for a production key)", file=sys.stderr, flush=True)
     rootfs, tools = pr.run("rootfs", stage_rootfs, profile, work, cache, version, bid, log, epoch,
-                           signing)
+                           signing, protocols)
     text = pr.run("manifest", stage_manifest, rootfs, tools, profile, version, bid, plan, signing)
     parts = pr.run("filesystems", stage_filesystems, rootfs, tools, work, plan, profile,
                    config_dir, repro)

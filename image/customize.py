@@ -191,9 +191,10 @@ def enable_units(root: Path, overlay_files: list[str]) -> list[str]:
     return units
 
 
-def version_module(version: str, build_id: str) -> str:
+def version_module(version: str, build_id: str, protocols: str = "current") -> str:
+    """protocols: the build's protocol cap (fwcluster/version.py protocol_cap)."""
     return (f"# fwcluster: written by image/customize.py at build time\n"
-            f"VERSION = {version!r}\nBUILD_ID = {build_id!r}\n")
+            f"VERSION = {version!r}\nBUILD_ID = {build_id!r}\nPROTOCOLS = {protocols!r}\n")
 
 
 def _os_release_fields(text: str) -> dict[str, str]:
@@ -241,6 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hostname", required=True)
     ap.add_argument("--serial-console", default="")
     ap.add_argument("--epoch", type=int, required=True, help="SOURCE_DATE_EPOCH of the build")
+    ap.add_argument("--protocols", default="current", help="protocol cap (fwcluster.core.versions.CAPS)")
     args = ap.parse_args(argv)
     os.environ["SOURCE_DATE_EPOCH"] = str(args.epoch)
     since = time.time() - 1
@@ -248,7 +250,8 @@ def main(argv=None) -> int:
     written = []
     for ov in args.overlay:
         written += copy_overlay(ov, root)
-    install_python(root, args.wheel, args.epoch, since, version_module(args.version, args.build_id))
+    install_python(root, args.wheel, args.epoch, since,
+                   version_module(args.version, args.build_id, args.protocols))
     install_completion(root)
     layout(root, args.hostname, args.serial_console)
     units = enable_units(root, written)

@@ -1,6 +1,8 @@
 # Appliance image: `make image` (included by the top Makefile).
 #   make image [OVERLAYS="dir ..."] [PROFILE=image/profiles/x.toml]
 #              [SIGNING_KEY=key.pem SIGNING_CERT=cert.pem [KEYRING=ca.pem]]
+#              [PROTOCOLS=previous]  (speaks only the previous release's protocol
+#                                     versions; version +previous: the upgrade test's start)
 #   (no SIGNING_KEY: a development key in build/rauc-dev/, see docs/upgrade.md)
 #   make release SIGNING_KEY=key.pem SIGNING_CERT=cert.pem [KEYRING=ca.pem] [DEVELOPMENT=1]
 #                a tagged release (git tag vX.Y.Z, clean tree, its CHANGELOG.md entry):
@@ -18,6 +20,7 @@ OVERLAYS ?=
 SIGNING_KEY ?= $(FWCLUSTER_SIGNING_KEY)
 SIGNING_CERT ?= $(FWCLUSTER_SIGNING_CERT)
 KEYRING ?= $(FWCLUSTER_KEYRING)
+PROTOCOLS ?=
 
 .PHONY: image release bench-image image-deps demo-vm
 
@@ -34,7 +37,8 @@ image-deps: $(STAMPS)/image-apt
 image: $(STAMPS)/image-apt
 	FWCLUSTER_SIGNING_KEY="$(SIGNING_KEY)" FWCLUSTER_SIGNING_CERT="$(SIGNING_CERT)" \
 		FWCLUSTER_KEYRING="$(KEYRING)" \
-		$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)")
+		$(IMAGE_PY) -m image build --profile $(PROFILE) $(if $(OVERLAYS),--overlays "$(OVERLAYS)") \
+		$(if $(PROTOCOLS),--protocols $(PROTOCOLS))
 
 release: $(STAMPS)/image-apt
 	FWCLUSTER_SIGNING_KEY="$(SIGNING_KEY)" FWCLUSTER_SIGNING_CERT="$(SIGNING_CERT)" \

@@ -31,20 +31,32 @@ def input_key() -> str:
     return h.hexdigest()[:16]
 
 
-def cached_build() -> Path:
+def cache_entry(key: str, protocols: str = "current") -> Path:
+    """Where the build of inputs `key` with a protocol cap is kept: one
+    entry per cap, so the capped image of the upgrade test and the default
+    one are cached side by side and never taken for each other."""
+    return CACHE / (key if protocols == "current" else f"{key}-{protocols}")
+
+
+def cached_build(protocols: str = "current") -> Path:
     """A default-profile image (no .xz), built once per input change (the
-    VM lab in tests/vm uses it too)."""
+    VM lab in tests/vm uses it too); protocols="previous": the build capped
+    to the previous release's protocol versions (tests/vm/test_vm_upgrade.py
+    boots it). Its .raucb is next to it."""
     from image import profile
     from image.build import build
 
     key = input_key()
-    out = CACHE / key
+    out = cache_entry(key, protocols)
     done = out / "done"
     if not done.exists():
-        if CACHE.exists():
-            shutil.rmtree(CACHE)
+        for stale in CACHE.glob("*") if CACHE.exists() else ():
+            if stale.name != key and not stale.name.startswith(f"{key}-"):
+                shutil.rmtree(stale)  # an older tree's builds
+        shutil.rmtree(out, ignore_errors=True)
         prof = profile.load(ROOT / "image/profiles/default.toml")
-        build(prof, out, work=ROOT / "build" / "work-test", compress=False, guid_seed=key)
+        build(prof, out, work=ROOT / "build" / "work-test", compress=False,
+              guid_seed=out.name, protocols=protocols)
         done.write_text(key + "\n")
     (img,) = out.glob("*.img")
     return img

@@ -427,3 +427,46 @@ def test_pure_python_wheels_are_told_by_their_tags():
     assert _pure_python3("zxcvbn-4.5.0-py2.py3-none-any.whl")
     assert not _pure_python3("foo-1.0-cp313-cp313-manylinux_2_17_x86_64.whl")
     assert not _pure_python3("bar-1.0-py2-none-any.whl")
+
+
+def test_a_capped_build_writes_its_cap_where_the_appliance_reads_it(tmp_path):
+    """`make image PROTOCOLS=previous`: _version.py carries the cap, and
+    fwcluster.version.speaks() on the appliance answers from it."""
+    from image import customize
+    pkg = tmp_path / "fwcluster"
+    shutil.copytree(ROOT / "fwcluster", pkg, ignore=shutil.ignore_patterns("__pycache__", "_version.py"))
+    shutil.copytree(ROOT / "syncd", tmp_path / "syncd", ignore=shutil.ignore_patterns("__pycache__"))
+    from fwcluster.core import versions
+    probe = "from fwcluster import version; print(version.protocol_cap(), *version.speaks('sync'))"
+    for cap in ("previous", "current"):
+        (pkg / "_version.py").write_text(customize.version_module("0.2.0+previous", "B1", cap))
+        out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                             text=True, env={"PATH": "/usr/bin:/bin"})
+        assert out.stdout.split() == [cap, *map(str, versions.speaks("sync", cap))], out.stderr
+
+
+@pytest.mark.parametrize("version, cap, named", [
+    ("0.2.0", "previous", "0.2.0+previous"),
+    ("0.2.0.post3+g1b2c3d4e5f6a", "previous", "0.2.0.post3+g1b2c3d4e5f6a.previous"),
+    ("0.0.0+gabc.dirty", "previous", "0.0.0+gabc.dirty.previous"),
+    ("0.2.0", "current", "0.2.0"),
+])
+def test_a_capped_build_has_a_version_of_its_own(version, cap, named):
+    from image.build import capped_version
+    from image.release import release_problems
+    assert capped_version(version, cap) == named
+    if cap == "previous":  # never a release, whatever the tag
+        assert any("is not a release" in p for p in release_problems(named, "production", ""))
+
+
+def test_an_unknown_cap_fails_the_build_by_name():
+    from image.build import BuildError, capped_version
+    with pytest.raises(BuildError, match="unknown protocol cap 'older'"):
+        capped_version("0.2.0", "older")
+
+
+def test_capped_and_default_builds_are_cached_apart():
+    from tests.image.conftest import CACHE, cache_entry
+    assert cache_entry("k1") == CACHE / "k1"
+    assert cache_entry("k1", "previous") != cache_entry("k1")
+    assert cache_entry("k1", "previous").name.startswith("k1-")
