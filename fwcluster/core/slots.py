@@ -33,6 +33,7 @@ SLOT_PARTLABEL = {"A": "fwroot-a", "B": "fwroot-b"}
 RAUC_SLOT = {"A": "rootfs.0", "B": "rootfs.1"}
 ESP_PARTLABEL = "fwesp"
 CONFIG_PARTLABEL = "fwconfig"
+FLASHED = "as flashed"  # the version shown for a slot RAUC never installed (no bundle record)
 _VALUE = re.compile(r"^[A-Za-z0-9._+:~ -]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -326,10 +327,13 @@ def rollback_target(view: dict) -> str:
     mark-active of the other slot), from status_view(): the slot not
     running, if it holds a release RAUC still counts as good. Refused when
     the other slot is already the next boot (an install not booted yet, or
-    a rollback already asked): a second call must not undo the first."""
+    a rollback already asked): a second call must not undo the first. The
+    slot the card was flashed with has no bundle record (no version) but is
+    good; a slot never written is not good (B_OK=0 at flashing, and RAUC
+    marks a slot bad before it writes it)."""
     booted = view.get("booted")
     other = next((s for s in view["slots"] if s["bootname"] != booted), None)
-    if other is None or not other["version"]:
+    if other is None or (not other["version"] and other["boot_status"] != "good"):
         raise UpgradeError("the other slot holds no release: nothing to roll back to")
     if other["boot_status"] != "good":
         raise UpgradeError(f"slot {other['bootname']} ({other['version']}) is marked "

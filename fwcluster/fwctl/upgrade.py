@@ -192,7 +192,8 @@ def rollback(args) -> int:
         raise ab.UpgradeError(f"rauc status mark-active other failed: "
                               f"{ab.rauc_error_line(p.stdout + p.stderr)}")
     slot = next(s for s in view["slots"] if s["bootname"] == target)
-    result = {"next_boot": target, "version": slot["version"], "running": view["booted"]}
+    result = {"next_boot": target, "version": slot["version"] or ab.FLASHED,
+              "running": view["booted"]}
     emit(args, result, lambda r: print(
         f"slot {target} ({r['version']}) boots at the next reboot; slot {r['running']} stays "
         f"installed (fwctl upgrade --rollback again returns to it)."))

@@ -93,9 +93,19 @@ def test_rollback_marks_the_other_slot_active(rauc, capsys):
     assert rauc.log()[-1] == "status mark-active other"
 
 
+def test_rollback_to_the_slot_the_card_was_flashed_with(rauc, capsys):
+    """RAUC has no bundle record (no version) of a slot it never installed,
+    but the flashed slot is good: after the first upgrade it is the way back."""
+    rauc(rauc_json(a_version=None))
+    assert fwctl(["upgrade", "--rollback", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"next_boot": "A", "version": slots.FLASHED,
+                                                   "running": "B"}
+    assert rauc.log()[-1] == "status mark-active other"
+
+
 @pytest.mark.parametrize("status,why", [
     (rauc_json(b_status="bad"), "marked bad, not good"),
-    (rauc_json(a_version=None), "holds no release"),
+    (rauc_json(a_version=None, b_status="bad"), "holds no release"),
     (rauc_json(primary="rootfs.0"), "already the next boot"),
 ])
 def test_rollback_refuses_a_slot_it_cannot_trust_and_marks_nothing(rauc, capsys, status, why):
