@@ -1,5 +1,6 @@
 # fwcluster — build, test and benchmark entry points.
 #   make test    install what the tests need (apt + .venv) and run the suite
+#   make test-upgrade  the cross-version rolling upgrade and rollback in the VM lab
 #   make image   build the default appliance image (see image/image.mk)
 #   make release the image and signed bundle of a tagged release (docs/upgrade.md)
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping \
 	python3-prometheus-client kea-dhcp4-server kea-ctrl-agent kea-common
 
-.PHONY: all deps venv test test-unit test-lab demo chaos bench bench-failover \
+.PHONY: all deps venv test test-upgrade test-unit test-lab demo chaos bench bench-failover \
 	bench-sync bench-balance bench-report clean distclean
 
 all: test
@@ -44,9 +45,20 @@ $(VENV)/.stamp: requirements.txt $(STAMPS)/apt
 
 deps venv: $(VENV)/.stamp
 
+CHECK_CLEAN = @if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git status --porcelain)" ]; then git status --porcelain; echo "error: the checkout is not clean after the tests (debris of a test, a build output missing from .gitignore, or uncommitted work)" >&2; exit 1; fi
+
+# The VM upgrade tests (marker `upgrade`) boot a pair of their own and take
+# ~20 min under TCG: they run in `make test-upgrade`, which CI runs after.
 test: deps
-	$(PY) -m pytest -q --durations=30 tests
-	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git status --porcelain)" ]; then git status --porcelain; echo "error: the checkout is not clean after the tests (debris of a test, a build output missing from .gitignore, or uncommitted work)" >&2; exit 1; fi
+	$(PY) -m pytest -q --durations=30 -m "not upgrade" tests
+	$(CHECK_CLEAN)
+
+# Both members boot this tree's build capped to the previous protocol
+# versions (`make image PROTOCOLS=previous`) and are upgraded, one at a
+# time under 200 sessions, to this tree's bundle; then one rolls back.
+test-upgrade: deps
+	$(PY) -m pytest -q -s --durations=10 -m upgrade tests/vm/test_vm_upgrade.py
+	$(CHECK_CLEAN)
 
 test-unit: deps
 	$(PY) -m pytest -q tests/unit

@@ -52,4 +52,4 @@ demo-vm: $(STAMPS)/image-apt deps
 	$(PY) -m tests.vm
 
 # The image tests in tests/image and tests/vm need the build tools too.
-test: $(STAMPS)/image-apt
+test test-upgrade: $(STAMPS)/image-apt

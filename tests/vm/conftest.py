@@ -1,15 +1,24 @@
 """VM lab tests: two appliances from the built image under qemu, end to end.
 One lab (two booted members, client and server sessions) is shared by every
-test of the session, in file order; see tests/vm/lab.py and docs/vm-lab.md."""
+test of the session, in file order; see tests/vm/lab.py and docs/vm-lab.md.
+The upgrade tests (test_vm_upgrade.py, marker `upgrade`, `make
+test-upgrade`) boot a lab of their own from the previous protocols' build."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.image.conftest import ROOT, cached_build
 from tests.vm.lab import Sessions, VMLab
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "upgrade: the cross-version upgrade in the VM lab "
+                            "(make test-upgrade; make test leaves it out)")
 
 
 def _unavailable() -> str | None:
@@ -21,17 +30,22 @@ def _unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def vmlab():
+def skip_unless_possible() -> None:
     why = _unavailable()
     if why:
         pytest.skip(why)
-    image = cached_build()
-    share = ROOT / "build" / "vm-share"  # bundles for the upgrade tests (test_vm_upgrade.py)
+
+
+@contextlib.contextmanager
+def booted_lab(image: Path, name: str):
+    """Both members booted from `image`, the lab's work in build/<name>,
+    the 9p share (bundles) in build/<name>-share; `lab.state` carries what
+    one test leaves for the next (sessions, figures)."""
+    share = ROOT / "build" / f"{name}-share"
     share.mkdir(parents=True, exist_ok=True)
-    with VMLab(image, ROOT / "build" / "vm-lab", share=share) as lab:
+    with VMLab(image, ROOT / "build" / name, share=share) as lab:
         lab.boot_all()
-        lab.state = {}  # what one test leaves for the next (sessions, figures)
+        lab.state = {}
         yield lab
         s = lab.state.get("sessions")
         if s:
@@ -39,8 +53,19 @@ def vmlab():
         print(f"\nVM lab: consoles in {lab.work} (kvm={lab.kvm}); figures: {lab.state.get('figures')}")
 
 
+def lab_sessions(lab) -> Sessions:
+    if "sessions" not in lab.state:
+        lab.state["sessions"] = Sessions(lab)
+    return lab.state["sessions"]
+
+
+@pytest.fixture(scope="session")
+def vmlab():
+    skip_unless_possible()
+    with booted_lab(cached_build(), "vm-lab") as lab:
+        yield lab
+
+
 @pytest.fixture(scope="session")
 def sessions(vmlab) -> Sessions:
-    if "sessions" not in vmlab.state:
-        vmlab.state["sessions"] = Sessions(vmlab)
-    return vmlab.state["sessions"]
+    return lab_sessions(vmlab)

@@ -8,7 +8,9 @@ Both run in the lab's namespaces and stop by themselves after --duration.
 The client reads commands on stdin and answers each with one JSON line:
   report  sessions open / failed, the oldest reply's age, and the largest
           gap between two consecutive replies (of any session) since the
-          last report, with when it ended: the takeover gap seen by the client.
+          last report, with when it ended: the takeover gap seen by the client;
+          and the longest wait of one session for its next reply (the gap
+          a single connection saw).
   stop    close everything and exit.
 """
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Client:
         self.failed: dict[int, str] = {}
         self.last_any = 0.0
         self.max_gap = (0.0, 0.0)  # (gap, time it ended)
+        self.max_session_gap = (0.0, -1)  # (gap, session)
         self.socks: dict[socket.socket, int] = {}
 
     def connect(self, timeout: float = 30.0) -> None:
@@ -121,6 +124,8 @@ class Client:
     def _reply(self, i: int) -> None:
         now = time.monotonic()
         with self.lock:
+            if now - self.last_reply[i] > self.max_session_gap[0]:
+                self.max_session_gap = (now - self.last_reply[i], i)
             self.last_reply[i] = now
             if self.last_any and now - self.last_any > self.max_gap[0]:
                 self.max_gap = (now - self.last_any, now)
@@ -132,10 +137,12 @@ class Client:
             alive = [i for i in range(self.n) if i not in self.failed]
             oldest = max((now - self.last_reply[i] for i in alive), default=0.0)
             gap, at = self.max_gap
-            self.max_gap = (0.0, 0.0)
+            one, session = self.max_session_gap
+            self.max_gap, self.max_session_gap = (0.0, 0.0), (0.0, -1)
             return {"sessions": self.n, "open": len(alive), "failed": dict(self.failed),
                     "oldest_reply_s": round(oldest, 3), "max_gap_s": round(gap, 3),
-                    "max_gap_ended_s_ago": round(now - at, 3) if at else None}
+                    "max_gap_ended_s_ago": round(now - at, 3) if at else None,
+                    "max_session_gap_s": round(one, 3), "max_session_gap_session": session}
 
 
 def client(target: str, sessions: int, interval: float, duration: float) -> int:
