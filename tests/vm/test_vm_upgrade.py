@@ -26,6 +26,7 @@ share (tag "upgrade"). Each step's time is printed and kept in the figures.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -121,8 +122,20 @@ def bundles(vmlab, images):
     t = time.monotonic()
     shutil.copy(images["current"].with_suffix(".raucb"), share / "current.raucb")
     made["current"] = "current.raucb"
-    make("other-key", root, "0.2.0-otherkey", signing=other)
-    make("other-system", root, "0.2.0-othersys", compat="someone-else-arm64")
+    # Refused before a byte of the payload is used: the new build's bundle
+    # signed again by another key, and a small payload for another system
+    # (a whole root would cost minutes of mksquashfs each).
+    p = bundle.rauc(tools, work, "resign", "--no-verify", f"--cert={other.cert}",
+                    f"--key={other.key}", f"--keyring={other.keyring}", str(share / "current.raucb"),
+                    str(share / "other-key.raucb"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    made["other-key"] = "other-key.raucb"
+    small = work / "small"
+    small.mkdir()
+    (small / "noise").write_bytes(os.urandom(1 << 20))  # squashfs wants more than a block
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(small), str(work / "small.ext4"), "4M"],
+                   check=True)
+    make("other-system", work / "small.ext4", "0.2.0-othersys", compat="someone-else-arm64")
     data = (share / "current.raucb").read_bytes()
     sig = int.from_bytes(data[-8:], "big")
     (share / "unsigned.raucb").write_bytes(data[:len(data) - 8 - sig] + bytes(8))
