@@ -53,9 +53,11 @@ def booted_lab(image: Path, name: str):
         print(f"\nVM lab: consoles in {lab.work} (kvm={lab.kvm}); figures: {lab.state.get('figures')}")
 
 
-def lab_sessions(lab) -> Sessions:
+def lab_sessions(lab, duration: float = 1200) -> Sessions:
+    """The lab's 200 sessions, started once; client and server stop by
+    themselves after `duration` s (longer than every test that uses them)."""
     if "sessions" not in lab.state:
-        lab.state["sessions"] = Sessions(lab)
+        lab.state["sessions"] = Sessions(lab, duration=duration)
     return lab.state["sessions"]
 
 

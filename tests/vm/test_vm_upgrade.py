@@ -68,7 +68,9 @@ def vmlab(images):
 
 @pytest.fixture(scope="module")
 def sessions(vmlab):
-    return lab_sessions(vmlab)
+    # the rolling upgrade and the rollback took 27 min on a loaded 2-core
+    # machine: the 20 min default ended the sessions mid-rollback
+    return lab_sessions(vmlab, duration=3600)
 
 
 class Step:
