@@ -43,7 +43,7 @@ import jinja2.sandbox
 
 from fwcluster import configfile
 from fwcluster.core import bundle, hashbuckets, virtualmac
-from fwcluster.core.config import GROUP_MARK_MASK, GROUP_MARK_SHIFT
+from fwcluster.core.config import GROUP_MARK_MASK, GROUP_MARK_SHIFT, NOSYNC_MARK
 
 TABLE = "fwcluster"
 OWNED_SET = "owned_buckets"
@@ -78,6 +78,23 @@ class RulesetError(Exception):
 
 
 # --- template context -------------------------------------------------------------
+
+# Conntrack event bits (enum ip_conntrack_events, IPCT_NEW .. IPCT_LABEL):
+# a flow's mask once it is replicated, and before (only the event that
+# makes it assured).
+CT_EVENTS_ALL = "0x7ff"
+CT_EVENTS_UNTIL_ASSURED = "assured"
+
+
+def sync_events(f) -> dict:
+    """The ct event masks of [sync] filter (the template's `sync_events`
+    chain) and the rule fragment of a flow that is never replicated
+    (`sync.nosync`, pf's no-sync: the mark syncd skips, and no events)."""
+    mark = f"0x{NOSYNC_MARK:08x}"
+    return {"events_new": CT_EVENTS_UNTIL_ASSURED if f.states == "sessions" else None,
+            "events_all": CT_EVENTS_ALL, "nosync_mark": mark,
+            "nosync": f"ct mark set ct mark or {mark} ct event set 0x0"}
+
 
 def context(cfg, node: str) -> dict:
     """What a template sees. Addresses are strings, ready to print."""
@@ -133,7 +150,8 @@ def context(cfg, node: str) -> dict:
         "carp": {"interfaces": list(cfg.interfaces), "proto": 112},
         "sync": {"interface": cfg.sync.interface, "port": cfg.sync.port,
                  "peers4": [p["sync_address"] for p in peers if p["family"] == 4],
-                 "peers6": [p["sync_address"] for p in peers if p["family"] == 6]},
+                 "peers6": [p["sync_address"] for p in peers if p["family"] == 6],
+                 **sync_events(cfg.sync.filter)},
         "balance": {"mode": cfg.balance.mode, "active": active,
                     "buckets": cfg.balance.buckets if active else 0,
                     "seed": f"0x{hashbuckets.HASH_SEED:08x}",

@@ -75,8 +75,8 @@ class Rounds:
     def on_piece(self, entries: list) -> None:
         if self._reloaded():
             return
-        own = self.host.own
-        self.sync.anti_entropy_add([e for e in entries if syncable(e, own)], self.host.now())
+        own, flt = self.host.own, self.host.sync_filter
+        self.sync.anti_entropy_add([e for e in entries if syncable(e, own, flt)], self.host.now())
 
     def on_dump_end(self, error: str | None) -> None:
         if error is not None:       # interrupted (the table changed under it): next round

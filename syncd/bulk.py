@@ -84,8 +84,8 @@ class Bulks:
         b = self._current(peer)
         if b is None:
             return
-        own = self.host.own
-        b.feed.add([(OP_UPSERT, e) for e in entries if syncable(e, own)])
+        own, flt = self.host.own, self.host.sync_filter
+        b.feed.add([(OP_UPSERT, e) for e in entries if syncable(e, own, flt)])
         if not b.soon:
             self.feed(peer)
 

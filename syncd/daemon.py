@@ -26,7 +26,7 @@ from syncd.conntrack import Conntrack, Overrun
 from syncd.core.digest import record_key
 from syncd.core.entry import OP_UPSERT, TCP
 from syncd.core import wire
-from syncd.core.policy import own_addresses, packed, syncable, syncable_record
+from syncd.core.policy import EVERY, Filter, compile_filter, own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core import ownership
 from syncd.core.protocol import Apply, Claim, Dump, InSync, Send, Sync, Timing
@@ -167,6 +167,11 @@ class Daemon:
     def now(self) -> float:
         return time.monotonic()
 
+    @property
+    def sync_filter(self) -> Filter:
+        """[sync] filter of the config in force (a reload changes it)."""
+        return compile_filter(self.cfg.sync.filter)
+
     # --- startup -----------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -251,8 +256,8 @@ class Daemon:
             log.warning("conntrack event overrun: refreshing peers from a full dump")
             self.full_refresh(now)
             return
-        own = packed(self.own)
-        records = [r for r in events if syncable_record(r, own)]
+        own, flt = packed(self.own), self.sync_filter
+        records = [r for r in events if syncable_record(r, own, flt)]
         self.counters["events"] += len(events)
         self.counters["events_skipped"] += len(events) - len(records)
         if records:
@@ -284,8 +289,8 @@ class Daemon:
                                 paced=stateless)
 
     def on_dump(self, entries: list) -> None:
-        own = self.own
-        entries = [e for e in entries if syncable(e, own)]
+        own, flt = self.own, self.sync_filter
+        entries = [e for e in entries if syncable(e, own, flt)]
         if self._dump_stateless:
             entries = self.sync.refreshable([e for e in entries if e.proto != TCP], self.now(),
                                             REFRESH_HORIZON)
@@ -391,8 +396,11 @@ class Daemon:
     def apply(self, a: Apply) -> None:
         """The core split what is ours (a.keep: flows we forward) from the
         rest and dropped what must not touch our flows."""
-        own = self.own
-        records = [(op, e) for op, e in a.records if syncable(e, own)]
+        # A peer's deletes pass the filter: one for an entry we never took
+        # costs nothing, and a delete record need not carry the entry's state.
+        own, flt = self.own, self.sync_filter
+        records = [(op, e) for op, e in a.records
+                   if syncable(e, own, flt if op == OP_UPSERT else EVERY)]
         self.counters["apply_skipped"] += len(a.records) - len(records)
         if records:
             # A refresh's dump copy of what a peer changed since is stale:

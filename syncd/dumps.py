@@ -23,16 +23,19 @@ from typing import Callable, Protocol
 
 from syncd import pacing
 from syncd.conntrack import ConntrackError, Dumper
+from syncd.core.policy import Filter
 from syncd.core.protocol import Sync
 
 
 class Host(Protocol):
     """What a job reading dumps needs of the daemon (syncd/bulk.py,
     antientropy.py): the current core (a reload replaces it), the member's
-    own addresses (policy.syncable), its clock and a way to carry out the
-    core's actions (what the member forwards is the core's: set_forwarding)."""
+    own addresses and [sync] filter (policy.syncable), its clock and a way
+    to carry out the core's actions (what the member forwards is the core's:
+    set_forwarding)."""
     sync: Sync
     own: frozenset
+    sync_filter: Filter
 
     def now(self) -> float: ...
 

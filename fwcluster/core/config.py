@@ -62,6 +62,25 @@ class Vip:
         return self.address.version
 
 
+SYNC_STATES = ("sessions", "all")
+# Protocol names [sync] filter accepts (numbers 0-255 are accepted too).
+PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
+                    "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136}
+
+
+@dataclass(frozen=True)
+class SyncFilter:
+    """[sync] filter: which conntrack entries are replicated. The rule that
+    applies it is syncd.core.policy.replicated; the ruleset's ct event masks
+    follow `states` (fwcluster.nft.context)."""
+    # "sessions": an entry from the moment conntrack marks it assured (TCP
+    # established, UDP/SCTP/... with traffic both ways), to its end; "all":
+    # every entry from its first packet (the behaviour before issue 24).
+    states: str = "sessions"
+    protocols: tuple = ()    # protocol numbers replicated; () = every protocol
+    ignore: tuple = ()       # address ranges (strings) whose flows are not replicated
+
+
 @dataclass(frozen=True)
 class Sync:
     interface: str
@@ -69,6 +88,7 @@ class Sync:
     # Seconds between anti-entropy rounds: a lost conntrack event or a
     # delete lost while a stream was broken is repaired within one.
     digest_interval: int = 30
+    filter: SyncFilter = SyncFilter()   # what is replicated (syncd/core/policy.py)
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,11 @@ DEFAULT_GROUP = "default"
 # index 0 is mark 0: a cluster of one group marks nothing.
 GROUP_MARK_SHIFT = 24
 GROUP_MARK_MASK = 0x0F << GROUP_MARK_SHIFT
+# The conntrack mark bit of a flow that is never replicated (pf's no-sync):
+# the ruleset's `sync.nosync` rule fragment sets it (and an empty ct event
+# mask) at the flow's first packet; syncd's policy skips marked entries,
+# in events and in dumps alike.
+NOSYNC_MARK = 0x10000000
 MAX_GROUPS = 16
 
 
@@ -269,7 +294,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "run_dir": (str, "/run/fwcluster"),
         "state_dir": (str, "/var/lib/fwcluster"),
     },
-    "sync": {"interface": (str, REQUIRED), "port": (int, 3780), "digest_interval": (int, 30)},
+    "sync": {"interface": (str, REQUIRED), "port": (int, 3780), "digest_interval": (int, 30),
+             "filter": (dict, {})},
     "carp": {
         "preempt": (bool, True),
         "link_demote": (int, 240),
@@ -330,6 +356,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "hooks": {"directory": (str, "/config/hooks/role.d"), "timeout": (int, 10)},
 }
+_FILTER_SCHEMA = {"states": (str, "sessions"), "protocols": (list, ()), "ignore": (list, ())}
 _ARRAYS = {"member", "vip", "dhcp", "track", "group"}  # [[member]], [[vip]], ...
 _OPTIONAL_ARRAYS = {"dhcp", "track", "group"}  # may be absent: no DHCP server, no tracks, one group
 # The keys each kind of track uses beyond the common ones (a key set for a
@@ -368,6 +395,15 @@ KEY_DOCS: dict[str, str] = {
     "sync.interface": "Interface of the dedicated state-sync link: a kernel interface name "
     "(1-15 bytes; no whitespace, control characters, '/', ':', '*', quotes or backslash).",
     "sync.port": "UDP port of state sync (1-65535).",
+    "sync.filter": "Which conntrack entries state sync replicates (docs/sync.md, \"What it "
+    "replicates\"), a table: `states` = \"sessions\" (default: an entry once conntrack "
+    "marks it assured -- TCP established, UDP and others with traffic both ways -- until "
+    "it ends; the shipped ruleset's ct event masks keep the kernel from reporting the "
+    "rest) or \"all\" (every entry from its first packet); `protocols` = names (tcp, "
+    "udp, sctp, dccp, udplite, gre, esp, ah, icmp, icmpv6) or numbers replicated, empty = "
+    "all; `ignore` = address ranges (CIDR) whose flows (any address of either "
+    "direction) are not replicated. A rule can exclude its flows with the template's "
+    "`sync.nosync` (pf's no-sync).",
     "sync.digest_interval": "Seconds (1-3600) between anti-entropy rounds: each member checks "
     "the entries it originated against its kernel table and peers compare per-range digests "
     "and repair what differs, so a lost conntrack event is repaired within one interval "
@@ -603,6 +639,32 @@ def check_peers(path: str, key: str, peers: list, vip) -> tuple:
     return tuple(out)
 
 
+def check_sync_filter(path: str, table: dict) -> SyncFilter:
+    t = _check_table(path, "sync.filter", table, _FILTER_SCHEMA)
+    if t["states"] not in SYNC_STATES:
+        raise ConfigError(path, "sync.filter.states",
+                          f"{_show(t['states'])} is not one of {', '.join(SYNC_STATES)}")
+    protocols = []
+    for i, p in enumerate(t["protocols"]):
+        n = PROTOCOL_NUMBERS.get(p) if isinstance(p, str) else p
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 255:
+            raise ConfigError(path, f"sync.filter.protocols[{i}]",
+                              f"{_show(p)} is not a protocol name ({', '.join(PROTOCOL_NUMBERS)}) "
+                              "or number 0-255")
+        if n not in protocols:
+            protocols.append(n)
+    ignore = []
+    for i, r in enumerate(t["ignore"]):
+        try:
+            net = ipaddress.ip_network(r, strict=False) if isinstance(r, str) else None
+        except ValueError:
+            net = None
+        if net is None:
+            raise ConfigError(path, f"sync.filter.ignore[{i}]", f"{_show(r)} is not an address range")
+        ignore.append(str(net))
+    return SyncFilter(t["states"], tuple(protocols), tuple(ignore))
+
+
 def check_abs_path(path: str, key: str, value: str) -> None:
     if not posixpath.isabs(value):
         raise ConfigError(path, key, f"{_show(value)} must be an absolute path")
@@ -830,7 +892,8 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     _check_dhcp_cluster(path, dhcp)
     cfg = Config(
         path=path, name=c["name"], secret_file=c["secret_file"], run_dir=c["run_dir"],
-        state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"], s["digest_interval"]),
+        state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"], s["digest_interval"],
+                                        check_sync_filter(path, s["filter"])),
         carp=Carp(**carp), members=tuple(members), vips=tuple(vips),
         firewall=Firewall(**tables["firewall"]), balance=Balance(**b),
         metrics=Metrics(**met), tracks=tracks, hooks=Hooks(**hooks), raw=data, dhcp=dhcp,

@@ -62,6 +62,15 @@ BAD = [
     ('advbase = 1  ', 'garp_refresh = 3601\nadvbase = 1', "vip[0].garp_refresh", "outside 0-3600"),
     ('advbase = 1  ', 'ra_interval = 10\nadvbase = 1', "vip[0].ra_interval", "link-local IPv6 vip"),
     ('advbase = 1  ', 'ra_interval = 1801\nadvbase = 1', "vip[0].ra_interval", "outside 0-1800"),
+    ('port = 3780', 'port = 3780\nfilter = { states = "new" }', "sync.filter.states",
+     "not one of sessions, all"),
+    ('port = 3780', 'port = 3780\nfilter = { protocols = ["tcp", "ipx"] }', "sync.filter.protocols[1]",
+     "not a protocol name"),
+    ('port = 3780', 'port = 3780\nfilter = { protocols = [256] }', "sync.filter.protocols[0]",
+     "not a protocol name"),
+    ('port = 3780', 'port = 3780\nfilter = { ignore = ["192.0.2.0/33"] }', "sync.filter.ignore[0]",
+     "not an address range"),
+    ('port = 3780', 'port = 3780\nfilter = { ignor = [] }', "sync.filter.ignor", "unknown key"),
 ]
 
 
@@ -272,6 +281,14 @@ def test_secret_final_symlink_followed_only_from_a_trusted_place(tmp_path):
 
 
 # --- [carp] mode: hardened unless a ucarp member needs compatible ---------------------------
+
+def test_sync_filter_default_and_given(tmp_path):
+    assert configfile.load(EXAMPLE).sync.filter == config.SyncFilter("sessions", (), ())
+    p = _mutated(tmp_path, 'port = 3780', 'port = 3780\n[sync.filter]\nstates = "all"\n'
+                 'protocols = ["tcp", 17, "udp"]\nignore = ["192.0.2.77/24", "2001:db8:5::/48"]')
+    assert configfile.load(p).sync.filter == config.SyncFilter(
+        "all", (6, 17), ("192.0.2.0/24", "2001:db8:5::/48"))
+
 
 def test_carp_mode_is_hardened_unless_said():
     assert configfile.load(EXAMPLE, "fw1").carp.mode == "hardened"  # the example has no [carp]

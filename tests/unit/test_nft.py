@@ -35,7 +35,9 @@ def test_context_carries_the_cluster_model(cfg):
     ctx = nft.context(cfg, "fw1")
     assert ctx["node"] == "fw1" and ctx["me"]["sync_address"] == "203.0.113.1"
     assert [p["name"] for p in ctx["peers"]] == ["fw2"]
-    assert ctx["sync"] == {"interface": "sync0", "port": 3780, "peers4": ["203.0.113.2"], "peers6": []}
+    assert ctx["sync"] == {"interface": "sync0", "port": 3780, "peers4": ["203.0.113.2"], "peers6": [],
+                           "events_new": "assured", "events_all": "0x7ff", "nosync_mark": "0x10000000",
+                           "nosync": "ct mark set ct mark or 0x10000000 ct event set 0x0"}
     assert [(v["vhid"], v["ip"], v["family"]) for v in ctx["vips"]] == [
         (1, "192.0.2.1", 4), (2, "198.51.100.1", 4), (3, "2001:db8:1::1", 6)]
     assert ctx["carp"]["interfaces"] == ["lan0", "wan0"]
@@ -243,13 +245,27 @@ def test_several_groups_mark_a_flows_group_at_its_first_packet(cfg):
     addressed to its vips) carry group 1 in ct mark bits 24-27, which
     syncd's ownership reads; the first group's are mark 0. One group: no
     mark rules at all (the ruleset as before)."""
-    assert "ct mark" not in nft.render(cfg, "fw1", TEMPLATE).text
+    assert "ct mark set" not in nft.render(cfg, "fw1", TEMPLATE).text
     split = configfile.load(ROOT / "docs" / "examples" / "cluster-split.toml", "fw1")
     text = _lines(nft.render(split, "fw1", TEMPLATE).text)
     set_mark = "ct mark set ct mark and 0xf0ffffff or 0x01000000"
-    assert [ln for ln in text if "ct mark" in ln] == [
+    assert [ln for ln in text if "ct mark set" in ln] == [
         f"ct state new ether daddr 00:00:5e:00:01:03 {set_mark}",
         f"ct state new ip daddr 192.0.2.2 {set_mark}",
         f"ct state new ether daddr 00:00:5e:00:01:04 {set_mark}",
         f"ct state new ip daddr 198.51.100.2 {set_mark}"]
     assert config.group_of_mark(0x01000000) == split.group_index("right") == 1
+
+
+def test_ct_event_masks_follow_the_sync_filter(cfg):
+    """[sync] filter states = "sessions" (default): a new flow's events are
+    masked to the one that makes it assured; an assured flow that is not
+    no-sync gets them all. states = "all": no masks."""
+    lines = _lines(nft.render(cfg, "fw1", TEMPLATE).text)
+    chain = lines.index("chain sync_events {")
+    assert lines[chain + 1:chain + 4] == [
+        "type filter hook prerouting priority -190; policy accept;",
+        "ct state new ct event set assured",
+        "ct status assured ct mark and 0x10000000 == 0 ct event set 0x7ff"]
+    every = dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, filter=config.SyncFilter("all")))
+    assert "sync_events" not in nft.render(every, "fw1", TEMPLATE).text

@@ -1,22 +1,24 @@
 """syncd.core.policy: which entries are replicated (pure)."""
 from syncd.core import wire
 from syncd.core.entry import OP_UPSERT, Entry
-from syncd.core.policy import own_addresses, packed, syncable as syncable_entry, syncable_record
+from fwcluster.core.config import NOSYNC_MARK, SyncFilter
+from syncd.core.entry import IPS_ASSURED, IPS_SEEN_REPLY
+from syncd.core.policy import EVERY, compile_filter, own_addresses, packed, syncable as syncable_entry, syncable_record
 
 OWN = own_addresses(["192.0.2.11", "198.51.100.11", "203.0.113.1", "198.51.100.1", "fe80::1%lan0"],
                     ["192.0.2.1/24", "198.51.100.1/24"], ["203.0.113.1", "203.0.113.2"])
 
 
 def e(proto=6, osrc="192.0.2.100", odst="198.51.100.100", sport=40000, dport=80,
-      rsrc=None, rdst=None, status=0):
+      rsrc=None, rdst=None, status=0, mark=0):
     return Entry(4, proto, 0, osrc, odst, sport, dport, rsrc or odst, rdst or osrc, dport, sport,
-                 status=status)
+                 status=status, mark=mark)
 
 
-def syncable(entry, own) -> bool:
+def syncable(entry, own, flt=EVERY) -> bool:
     """Both forms of the policy, on the entry and on its wire record, agree."""
-    verdict = syncable_entry(entry, own)
-    assert syncable_record(wire.encode_record(OP_UPSERT, entry), packed(own)) == verdict, entry
+    verdict = syncable_entry(entry, own, flt)
+    assert syncable_record(wire.encode_record(OP_UPSERT, entry), packed(own), flt) == verdict, entry
     return verdict
 
 
@@ -46,3 +48,35 @@ def test_ipv6():
     assert not syncable(v6._replace(rdst="2001:db8:1::11"), own)
     assert not syncable(v6._replace(odst="ff02::fb"), own)
     assert not syncable(v6._replace(osrc="fe80::1"), own)
+
+
+SESSIONS = compile_filter(SyncFilter())
+ASSURED = IPS_SEEN_REPLY | IPS_ASSURED
+
+
+def test_default_filter_replicates_assured_entries_and_their_ends():
+    assert not syncable(e(), OWN, SESSIONS)                          # a SYN (flood or not)
+    assert not syncable(e(status=IPS_SEEN_REPLY), OWN, SESSIONS)    # SYN_RECV, a DNS answer
+    assert syncable(e(status=ASSURED), OWN, SESSIONS)               # established
+    assert syncable(e(proto=17, dport=53, status=ASSURED), OWN, SESSIONS)
+    assert not syncable(e(proto=1, dport=8 << 8, status=IPS_SEEN_REPLY), OWN, SESSIONS)  # ping
+    end = wire.encode_record(wire.OP_DELETE, e(status=ASSURED))     # a DESTROY keeps its status
+    assert syncable_record(end, packed(OWN), SESSIONS)
+    assert syncable(e(), OWN, compile_filter(SyncFilter("all")))    # states = "all": as before
+
+
+def test_filter_protocols_ranges_and_the_nosync_mark():
+    tcp_only = compile_filter(SyncFilter("sessions", (6,)))
+    assert syncable(e(status=ASSURED), OWN, tcp_only)
+    assert not syncable(e(proto=17, status=ASSURED), OWN, tcp_only)
+    guests = compile_filter(SyncFilter("all", (), ("192.0.2.128/25", "2001:db8:9::/48")))
+    assert syncable(e(osrc="192.0.2.100"), OWN, guests)
+    assert not syncable(e(osrc="192.0.2.200"), OWN, guests)
+    assert not syncable(e(rsrc="192.0.2.129"), OWN, guests)     # a DNAT into the range
+    v6 = Entry(6, 17, 0, "2001:db8:9::5", "2001:db8:3::5", 5000, 53, "2001:db8:3::5",
+               "2001:db8:9::5", 53, 5000)
+    assert not syncable(v6, OWN, guests)
+    assert syncable(v6._replace(osrc="2001:db8:8::5", rdst="2001:db8:8::5"), OWN, guests)
+    for flt in (EVERY, SESSIONS):
+        assert not syncable(e(status=ASSURED, mark=NOSYNC_MARK | 7), OWN, flt)
+        assert syncable(e(status=ASSURED, mark=0x0f000007), OWN, flt)   # group bits are not it
