@@ -108,15 +108,7 @@ def test_flood_and_scan_never_reach_the_peer_nor_syncd(lab):
     events = syncd_status(lab, "fw1")["counters"]["events"]
     socks = []
     try:
-        for i in range(FLOOD):
-            s = lab.socket("client")
-            s.setblocking(False)
-            s.bind((CLIENT4, 30000 + i))
-            try:
-                s.connect((SERVER4, FLOOD_PORT))
-            except BlockingIOError:
-                pass
-            socks.append(s)
+        socks = syn_flood(lab, FLOOD, 30000)
         probe = lab.socket("client", type=socket.SOCK_DGRAM)
         for port in SCAN_PORTS:
             probe.sendto(b"?", (SERVER4, port))
@@ -175,6 +167,48 @@ def test_a_nosync_rule_keeps_an_assured_flow_on_the_member(lab):
     finally:
         for s in list(echo.values()) + list(client.values()):
             s.close()
+
+
+def syn_flood(lab: Lab, count: int, first_port: int) -> list[socket.socket]:
+    """count connection attempts client -> server:FLOOD_PORT (which the
+    server drops): SYN_SENT entries on the master."""
+    socks = []
+    for i in range(count):
+        s = lab.socket("client")
+        s.setblocking(False)
+        s.bind((CLIENT4, first_port + i))
+        try:
+            s.connect((SERVER4, FLOOD_PORT))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    return socks
+
+
+def test_flows_per_source_bounds_what_one_host_puts_in_the_table(lab):
+    """The template's flows_per_source (off by default): past it, a source's
+    new flows are dropped before they are accepted (no entry)."""
+    bound = 20
+    lab.run("fw1", ["conntrack", "-D", "-p", "tcp", "--dport", str(FLOOD_PORT)], check=False)
+    text = lab.template_path.read_text()
+    lab.template_path.write_text(text.replace("set flows_per_source = 0", f"set flows_per_source = {bound}"))
+    lab.apply_rules(["fw1"])
+    lab.run("server", ["nft", "-f", "-"], input=f"""table inet h4flood {{
+  chain in {{ type filter hook input priority 0; policy accept; tcp dport {FLOOD_PORT} drop; }}
+}}""")
+    socks = []
+    try:
+        socks = syn_flood(lab, 2 * bound, 31000)
+        time.sleep(0.5)
+        held = len(entries(lab, "fw1", "-p", "tcp", "--dport", str(FLOOD_PORT)))
+        assert held == bound, held
+    finally:
+        for s in socks:
+            s.close()
+        lab.run("server", ["nft", "delete", "table", "inet", "h4flood"])
+        lab.template_path.write_text(text)
+        lab.apply_rules(["fw1"])
+        lab.run("fw1", ["conntrack", "-D", "-p", "tcp", "--dport", str(FLOOD_PORT)], check=False)
 
 
 def test_sessions_survive_node_loss_just_established_mid_stream_and_closing(lab, listener):
