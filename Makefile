@@ -18,7 +18,7 @@ APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	python3-prometheus-client kea-dhcp4-server kea-ctrl-agent kea-common
 
 .PHONY: all deps venv test test-upgrade test-unit test-lab demo chaos bench bench-failover \
-	bench-sync bench-balance bench-report clean distclean
+	bench-sync bench-flood bench-balance bench-report clean distclean
 
 all: test
 
@@ -75,7 +75,7 @@ demo: deps
 chaos: deps
 	CHAOS_SECONDS=$${CHAOS_SECONDS:-1800} $(PY) -m pytest -q -s tests/lab/test_chaos.py -k short_run
 
-bench: bench-failover bench-sync bench-balance
+bench: bench-failover bench-sync bench-flood bench-balance
 	$(MAKE) bench-report
 
 bench-report: deps
@@ -89,6 +89,9 @@ bench-failover: deps
 
 bench-sync: deps
 	$(PY) -m bench.sync
+
+bench-flood: deps
+	$(PY) -m bench.flood
 
 bench-balance: deps
 	$(PY) -m bench.balance

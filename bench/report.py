@@ -1,6 +1,6 @@
 """Assemble docs/performance.md from the per-benchmark pages in docs/perf/.
 
-Each benchmark (`make bench-failover`, `bench-sync`, `bench-balance`,
+Each benchmark (`make bench-failover`, `bench-sync`, `bench-flood`, `bench-balance`,
 `bench-image`) rewrites its own page; this joins them so operators find every
 figure in one place. Run by `make bench` and `make bench-report`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-ORDER = [("failover", "make bench-failover"), ("sync", "make bench-sync"),
+ORDER = [("failover", "make bench-failover"), ("sync", "make bench-sync"), ("flood", "make bench-flood"),
          ("balance", "make bench-balance"), ("image", "make bench-image")]
 
 HEADER = """# Performance
