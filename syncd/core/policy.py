@@ -51,7 +51,10 @@ def kept(proto: int, status: int, mark: int, flt: Filter) -> bool:
     (its addresses: _ignored)."""
     if mark & NOSYNC_MARK:
         return False
-    if flt.sessions and not status & IPS_ASSURED:
+    # status 0: the kernel did not say (a kernel whose DESTROY events carry
+    # no status; a live entry is always CONFIRMED). Losing the end of a
+    # replicated session would leave its copy for days.
+    if flt.sessions and status and not status & IPS_ASSURED:
         return False
     return not flt.protocols or proto in flt.protocols
 

@@ -211,6 +211,21 @@ def test_flows_per_source_bounds_what_one_host_puts_in_the_table(lab):
         lab.run("fw1", ["conntrack", "-D", "-p", "tcp", "--dport", str(FLOOD_PORT)], check=False)
 
 
+def test_the_end_of_a_replicated_session_reaches_the_peer(lab, listener):
+    """A replicated entry's DESTROY (the kernel's mask lets it through, the
+    filter keeps it: its status says assured) removes the peer's copy."""
+    master, peer = "fw1", "fw2"
+    s = Session(lab, listener, 40004)
+    try:
+        assert s.echo(b"hello")
+        assert wait_state(lab, peer, 40004, ("ESTABLISHED",))
+        lab.run(master, ["conntrack", "-D", "-p", "tcp", "--sport", "40004"])
+        assert lab.wait_for(lambda: tcp_state(lab, peer, 40004) is None, REPLICATED, 0.01), \
+            entries(lab, peer, "-p", "tcp")
+    finally:
+        s.close()
+
+
 def test_sessions_survive_node_loss_just_established_mid_stream_and_closing(lab, listener):
     mid = Session(lab, listener, 40001)
     for i in range(50):
@@ -242,3 +257,4 @@ def test_sessions_survive_node_loss_just_established_mid_stream_and_closing(lab,
     assert got == b"last words"
     for s in (fresh, mid, closing):
         s.close()
+

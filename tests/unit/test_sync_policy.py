@@ -2,7 +2,7 @@
 from syncd.core import wire
 from syncd.core.entry import OP_UPSERT, Entry
 from fwcluster.core.config import NOSYNC_MARK, SyncFilter
-from syncd.core.entry import IPS_ASSURED, IPS_SEEN_REPLY
+from syncd.core.entry import IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY
 from syncd.core.policy import EVERY, compile_filter, own_addresses, packed, syncable as syncable_entry, syncable_record
 
 OWN = own_addresses(["192.0.2.11", "198.51.100.11", "203.0.113.1", "198.51.100.1", "fe80::1%lan0"],
@@ -51,18 +51,20 @@ def test_ipv6():
 
 
 SESSIONS = compile_filter(SyncFilter())
-ASSURED = IPS_SEEN_REPLY | IPS_ASSURED
+ASSURED = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
 
 
 def test_default_filter_replicates_assured_entries_and_their_ends():
-    assert not syncable(e(), OWN, SESSIONS)                          # a SYN (flood or not)
-    assert not syncable(e(status=IPS_SEEN_REPLY), OWN, SESSIONS)    # SYN_RECV, a DNS answer
+    assert not syncable(e(status=IPS_CONFIRMED), OWN, SESSIONS)     # a SYN (flood or not)
+    assert not syncable(e(status=IPS_CONFIRMED | IPS_SEEN_REPLY), OWN, SESSIONS)  # SYN_RECV, a DNS answer
     assert syncable(e(status=ASSURED), OWN, SESSIONS)               # established
     assert syncable(e(proto=17, dport=53, status=ASSURED), OWN, SESSIONS)
-    assert not syncable(e(proto=1, dport=8 << 8, status=IPS_SEEN_REPLY), OWN, SESSIONS)  # ping
+    assert not syncable(e(proto=1, dport=8 << 8, status=IPS_CONFIRMED | IPS_SEEN_REPLY), OWN, SESSIONS)  # ping
     end = wire.encode_record(wire.OP_DELETE, e(status=ASSURED))     # a DESTROY keeps its status
     assert syncable_record(end, packed(OWN), SESSIONS)
-    assert syncable(e(), OWN, compile_filter(SyncFilter("all")))    # states = "all": as before
+    # a DESTROY without status (the kernel did not say) is not taken for an unassured entry's
+    assert syncable_record(wire.encode_record(wire.OP_DELETE, e(status=0)), packed(OWN), SESSIONS)
+    assert syncable(e(status=IPS_CONFIRMED), OWN, compile_filter(SyncFilter("all")))  # "all": as before
 
 
 def test_filter_protocols_ranges_and_the_nosync_mark():
