@@ -52,7 +52,7 @@ PEER_COUNTERS = {
 DAEMON_COUNTERS = {
     "events": ("conntrack_events", "Conntrack events read from the kernel"),
     "events_skipped": ("conntrack_events_skipped", "Conntrack events not synced (policy: "
-                       "own addresses, link-local, the sync link)"),
+                       "own addresses, link-local, the sync link, [sync] filter)"),
     "overruns": ("event_overruns", "Kernel conntrack event overruns (ENOBUFS); each was "
                  "repaired by a full refresh"),
     "refreshes": ("full_refreshes", "Whole-table refreshes sent to the peers"),
