@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, arg_parser, have_root, markdown_table, percentile
-from bench.sync import CONNTRACKD_CONF, cpu_seconds, shipped_sched
+from bench.sync import cpu_seconds, shipped_sched, start_conntrackd
+from fwcluster.carp.core.wire import checksum
 
 PY = sys.executable
 REAL_PORT = 5001               # the lab's echo server (tests/lab/sync_load.py)
@@ -80,20 +81,11 @@ CONNTRACKD_EVENTS = """table inet bench_ctevents {
 
 
 # --- workers (run inside the lab namespaces) ---------------------------------------
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def syn_segment(src: str, dst: str, sport: int, dport: int) -> bytes:
     """A TCP SYN (header only, checksum over the pseudo-header)."""
     head = struct.pack("!HHIIBBHHH", sport, dport, sport * 7919, 0, 5 << 4, 0x02, 64240, 0, 0)
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(head))
-    return head[:16] + struct.pack("!H", _checksum(pseudo + head)) + head[18:]
+    return head[:16] + struct.pack("!H", checksum(pseudo + head)) + head[18:]
 
 
 def worker_flood(args) -> None:
@@ -154,21 +146,9 @@ class Daemons:
             return
         ignore = "".join(f"            IPv4_address {a}\n" for k in (1, 2)
                          for a in (f"192.0.2.1{k}", f"198.51.100.1{k}", f"203.0.113.{k}"))
-        for k, m in enumerate(lab.members, start=1):
-            d = lab.dir / f"conntrackd-{m}"
-            d.mkdir(exist_ok=True)
-            conf = CONNTRACKD_CONF.format(dir=d, me=f"203.0.113.{k}", peer=f"203.0.113.{3 - k}", port=3780)
-            conf = conf.replace("    NetlinkEventsReliable off\n",
-                                "    NetlinkEventsReliable off\n" + CONNTRACKD_FILTER % ignore)
-            (d / "conntrackd.conf").write_text(conf)
+        for m in lab.members:
             lab.run(m, ["nft", "-f", "-"], input=CONNTRACKD_EVENTS)
-            self.procs[m] = lab.popen(m, ["conntrackd", "-C", str(d / "conntrackd.conf")],
-                                      stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)
-        time.sleep(1.5)
-        for m, p in self.procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"conntrackd on {m} exited: "
-                                   f"{(lab.dir / f'conntrackd-{m}' / 'conntrackd.log').read_text()[-800:]}")
+        self.procs = start_conntrackd(lab, CONNTRACKD_FILTER % ignore)
 
     def cpu(self, member: str) -> float:
         p = self.procs.get(member)

@@ -210,6 +210,26 @@ Sync {{
 """
 
 
+def start_conntrackd(lab, general: str = "") -> dict:
+    """conntrackd (CONNTRACKD_CONF, `general` added to its General
+    section) on both members of a 2-member lab: member -> process."""
+    procs = {}
+    for k, m in enumerate(lab.members, start=1):
+        d = lab.dir / f"conntrackd-{m}"
+        d.mkdir(exist_ok=True)
+        conf = CONNTRACKD_CONF.format(dir=d, me=f"203.0.113.{k}", peer=f"203.0.113.{3 - k}", port=3780)
+        conf = conf.replace("    NetlinkEventsReliable off\n", "    NetlinkEventsReliable off\n" + general)
+        (d / "conntrackd.conf").write_text(conf)
+        procs[m] = lab.popen(m, ["conntrackd", "-C", str(d / "conntrackd.conf")],
+                             stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)
+    time.sleep(1.5)
+    for m, p in procs.items():
+        if p.poll() is not None:
+            raise RuntimeError(f"conntrackd on {m} exited: "
+                               f"{(lab.dir / f'conntrackd-{m}' / 'conntrackd.log').read_text()[-800:]}")
+    return procs
+
+
 SYNCD_UNIT = REPO / "overlays/cluster/usr/lib/systemd/system/fwcluster-syncd.service"
 
 
@@ -254,20 +274,7 @@ class Impl:
                 if p.poll() is not None:
                     raise RuntimeError(f"floor worker on {m} exited {p.returncode}")
         else:
-            for k, m in enumerate(lab.members, start=1):
-                d = lab.dir / f"conntrackd-{m}"
-                d.mkdir(exist_ok=True)
-                peer = 2 if k == 1 else 1
-                conf = d / "conntrackd.conf"
-                conf.write_text(CONNTRACKD_CONF.format(dir=d, me=f"203.0.113.{k}",
-                                                       peer=f"203.0.113.{peer}", port=3780))
-                self.procs[m] = lab.popen(m, ["conntrackd", "-C", str(conf)],
-                                          stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)
-            time.sleep(1.5)
-            for m, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"conntrackd on {m} exited: "
-                                       f"{(lab.dir / f'conntrackd-{m}' / 'conntrackd.log').read_text()[-800:]}")
+            self.procs = start_conntrackd(lab)
 
     def schedule(self, rr: bool) -> str:
         """conntrackd gives itself SCHED_RR 99 (its Scheduler section's
