@@ -55,10 +55,12 @@ def key_of(i: int, dport: int) -> tuple:
 
 
 def entry(i: int, dport: int, mark: int = 0):
+    """An assured UDP flow (seen reply, assured, confirmed): the default
+    [sync] filter replicates it."""
     from syncd.core.entry import Entry
     src, sport, _ = key_of(i, dport)
     return Entry(4, 17, 0, src, "198.51.100.100", sport, dport,
-                 "198.51.100.100", src, dport, sport, status=0x8, timeout=600, mark=mark)
+                 "198.51.100.100", src, dport, sport, status=0xe, timeout=600, mark=mark)
 
 
 PHASES = ("new", "update", "destroy")

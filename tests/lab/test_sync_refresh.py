@@ -24,7 +24,7 @@ pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0   # between batches: spre
 ct = Conntrack(events=False)
 es = [Entry(4, 17, 0, "192.0.2.%d" % (100 + i // 50000), "198.51.100.100", 1024 + i % 50000, DPORT,
             "198.51.100.100", "192.0.2.%d" % (100 + i // 50000), DPORT, 1024 + i % 50000,
-            status=0x8, timeout=600) for i in range(lo, hi)]
+            status=0xe, timeout=600) for i in range(lo, hi)]   # assured: [sync] filter replicates it
 for k in range(0, len(es), 256):
     ct.apply([(OP_DELETE if op == "delete" else OP_UPSERT, e) for e in es[k:k + 256]])
     time.sleep(pause)
