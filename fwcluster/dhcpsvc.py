@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fwcluster.core import dhcp as core
 
 KEA_GROUP = "_kea"
-CHECK_TIMEOUT = 20.0  # seconds for kea-dhcp4 -t (it loads the hooks)
+CHECK_TIMEOUT = 20.0  # seconds for kea-dhcp4/6 -t (they load the hooks)
 QUERY_TIMEOUT = 2.0
 MAX_REPLY = 1 << 20
 
@@ -31,10 +31,17 @@ class Paths:
     lease_file: str  # memfile; its directory is /config/dhcp on the appliance
     control_socket: str  # kea-dhcp4's command socket
     log_output: str = "syslog"
+    # kea-dhcp6's, used where some [[dhcp]] table has pools6
+    lease_file6: str = ""
+    control_socket6: str = ""
 
     @property
     def dhcp4(self) -> str:
         return os.path.join(self.conf_dir, "fwcluster-dhcp4.json")
+
+    @property
+    def dhcp6(self) -> str:
+        return os.path.join(self.conf_dir, "fwcluster-dhcp6.json")
 
     @property
     def ctrl_agent(self) -> str:
@@ -44,20 +51,29 @@ class Paths:
 # Kea 2.6.3 and later only take lease files under /var/lib/kea and sockets
 # under /run/kea: the drop-ins bind /config/dhcp onto /var/lib/kea.
 APPLIANCE = Paths(conf_dir="/run/kea", lease_file="/var/lib/kea/fwcluster-dhcp4.leases",
-                  control_socket="/run/kea/fwcluster-dhcp4.sock")
+                  control_socket="/run/kea/fwcluster-dhcp4.sock",
+                  lease_file6="/var/lib/kea/fwcluster-dhcp6.leases",
+                  control_socket6="/run/kea/fwcluster-dhcp6.sock")
 LEASE_DIR_ON_CONFIG = "/config/dhcp"
-# The same file as fwctl sees it (the bind onto /var/lib/kea is Kea's alone).
+# The same files as fwctl sees them (the bind onto /var/lib/kea is Kea's alone).
 LEASE_FILE_ON_CONFIG = os.path.join(LEASE_DIR_ON_CONFIG, os.path.basename(APPLIANCE.lease_file))
+LEASE_FILE6_ON_CONFIG = os.path.join(LEASE_DIR_ON_CONFIG, os.path.basename(APPLIANCE.lease_file6))
 
 
 def render(cfg, node: str, secret: bytes, paths: Paths = APPLIANCE) -> dict[str, str]:
-    """{path: JSON text} of both Kea configurations for node."""
-    d4 = core.dhcp4(cfg, node, secret=secret, lease_file=paths.lease_file,
-                    control_socket=paths.control_socket, log_output=paths.log_output)
-    ca = core.ctrl_agent(cfg, node, secret=secret, control_socket=paths.control_socket,
-                         log_output=paths.log_output)
-    return {paths.dhcp4: json.dumps(d4, indent=2) + "\n",
-            paths.ctrl_agent: json.dumps(ca, indent=2) + "\n"}
+    """{path: JSON text} of the Kea configurations for node: kea-dhcp4's,
+    the control agent's and, where some table has pools6, kea-dhcp6's."""
+    v6 = core.serves6(cfg)
+    confs = {paths.dhcp4: core.dhcp4(cfg, node, secret=secret, lease_file=paths.lease_file,
+                                     control_socket=paths.control_socket, log_output=paths.log_output)}
+    if v6:
+        confs[paths.dhcp6] = core.dhcp6(cfg, node, secret=secret, lease_file=paths.lease_file6,
+                                        control_socket=paths.control_socket6,
+                                        log_output=paths.log_output)
+    confs[paths.ctrl_agent] = core.ctrl_agent(
+        cfg, node, secret=secret, control_socket=paths.control_socket,
+        control_socket6=paths.control_socket6 if v6 else None, log_output=paths.log_output)
+    return {path: json.dumps(conf, indent=2) + "\n" for path, conf in confs.items()}
 
 
 def _gid() -> int:
@@ -100,12 +116,15 @@ def check(cfg, node: str, secret: bytes) -> list[str]:
     installed; the problems found (empty: fine or Kea not installed)."""
     problems = []
     files = render(cfg, node, secret, Paths(conf_dir="", lease_file="/var/lib/kea/check.leases",
-                                            control_socket="/run/kea/check.sock", log_output="stderr"))
+                                            control_socket="/run/kea/check.sock", log_output="stderr",
+                                            lease_file6="/var/lib/kea/check6.leases",
+                                            control_socket6="/run/kea/check6.sock"))
     with tempfile.TemporaryDirectory(prefix="fwcluster-kea-") as tmp:
         for name, program in (("fwcluster-dhcp4.json", "kea-dhcp4"),
+                              ("fwcluster-dhcp6.json", "kea-dhcp6"),
                               ("fwcluster-ctrl-agent.json", "kea-ctrl-agent")):
             exe = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
-            if not exe:
+            if name not in files or not exe:
                 continue
             path = os.path.join(tmp, name)
             with open(path, "w") as f:
@@ -175,23 +194,34 @@ def lease_file(path: str) -> dict:
     return out
 
 
-def status(cfg, node: str, socket_path: str = APPLIANCE.control_socket,
-           lease_path: str = LEASE_FILE_ON_CONFIG) -> dict:
-    """This member's DHCP view: off, or Kea's HA state, the partner's as Kea
-    last saw it, lease counts per subnet and the lease file's room. A Kea
-    that does not answer is reported (running: false), never raised: it
-    demotes nothing."""
-    if not cfg.dhcp:
-        return {"enabled": False}
-    out = {"enabled": True, "node": node, "mode": cfg.dhcp_ha.mode,
-           "role": core.ha_roles(cfg)[node], "running": False, **lease_file(lease_path)}
+def _server_view(cfg, family: int, socket_path: str, lease_path: str) -> dict:
+    """One Kea server's part of status(): running, its HA state and the
+    partner's, lease counts per subnet, the lease file's room."""
+    out = {"running": False, **lease_file(lease_path)}
     try:
         st = command(socket_path, "status-get")
         stats = command(socket_path, "statistic-get-all")
     except (OSError, ValueError) as e:
-        out["error"] = f"kea-dhcp4 does not answer on {socket_path}: {e}"
+        out["error"] = f"kea-dhcp{family} does not answer on {socket_path}: {e}"
         return out
     out["running"] = True
     out.update({k: v for k, v in core.ha_summary(st.get("arguments") or {}).items() if v is not None})
-    out["subnets"] = core.lease_counts(cfg, stats.get("arguments") or {})
+    out["subnets"] = core.lease_counts(cfg, stats.get("arguments") or {}, family)
+    return out
+
+
+def status(cfg, node: str, socket_path: str = APPLIANCE.control_socket,
+           lease_path: str = LEASE_FILE_ON_CONFIG, socket6_path: str = APPLIANCE.control_socket6,
+           lease6_path: str = LEASE_FILE6_ON_CONFIG) -> dict:
+    """This member's DHCP view: off, or Kea's HA state, the partner's as Kea
+    last saw it, lease counts per subnet and the lease file's room
+    (kea-dhcp4's at the top level, kea-dhcp6's under "v6" where it is
+    configured). A Kea that does not answer is reported (running: false),
+    never raised: it demotes nothing."""
+    if not cfg.dhcp:
+        return {"enabled": False}
+    out = {"enabled": True, "node": node, "mode": cfg.dhcp_ha.mode,
+           "role": core.ha_roles(cfg)[node], **_server_view(cfg, 4, socket_path, lease_path)}
+    if core.serves6(cfg):
+        out["v6"] = _server_view(cfg, 6, socket6_path, lease6_path)
     return out

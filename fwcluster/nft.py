@@ -157,9 +157,10 @@ def context(cfg, node: str) -> dict:
                     "seed": f"0x{hashbuckets.HASH_SEED:08x}",
                     "table": TABLE, "set": OWNED_SET},
         "nat": {"ports": nat_ports},
-        # Kea (docs/dhcp.md): DHCP on these interfaces, HA to kea-ctrl-agent
-        # on the sync link from the peers only.
+        # Kea (docs/dhcp.md): DHCP on these interfaces (DHCPv6 on those with
+        # pools6), HA to kea-ctrl-agent on the sync link from the peers only.
         "dhcp": {"interfaces": [d.interface for d in cfg.dhcp],
+                 "interfaces6": [d.interface for d in cfg.dhcp if d.pools6],
                  "ha_port": cfg.dhcp_ha.port if cfg.dhcp else None},
         "metrics": {"listen": cfg.metrics.listen,
                     "port": int(listen_port) if cfg.metrics.listen else None,

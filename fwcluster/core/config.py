@@ -137,7 +137,8 @@ class Reservation:
 @dataclass(frozen=True)
 class Dhcp:
     """One [[dhcp]] table: Kea serves DHCPv4 on `interface`, whose IPv4 vip
-    gives the subnet and the defaults of router and DNS."""
+    gives the subnet and the defaults of router and DNS; and DHCPv6 when
+    pools6 is given, in the prefix of its IPv6 vip."""
     interface: str
     subnet: ipaddress.IPv4Network
     vip: ipaddress.IPv4Address
@@ -147,6 +148,11 @@ class Dhcp:
     domain: str = ""
     lease_time: int = 3600
     reservations: tuple = ()  # Reservation, ...
+    # DHCPv6 (IA_NA addresses); pools6 empty: no DHCPv6 on this interface
+    pools6: tuple = ()  # ((first, last), ...) IPv6Address pairs, inclusive
+    subnet6: ipaddress.IPv6Network | None = None
+    vip6: ipaddress.IPv6Address | None = None
+    dns6: tuple = ()  # IPv6Address, ...
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "domain": (str, ""),
         "lease_time": (int, 3600),
         "reservations": (list, ()),
+        "pools6": (list, ()),
+        "dns6": (list, ()),
     },
     "dhcp_ha": {"mode": (str, "hot-standby"), "port": (int, 8647), "partner_down": (int, 3)},
     "track": {
@@ -484,8 +492,14 @@ KEY_DOCS: dict[str, str] = {
     "lease file on /config).",
     "dhcp.router": "Router option (3); empty = the interface's IPv4 vip.",
     "dhcp.dns": "DNS server option (6), IPv4 addresses; empty = the interface's IPv4 vip.",
-    "dhcp.domain": "Domain name option (15); empty = not sent.",
-    "dhcp.lease_time": "Lease time in seconds (60-604800); clients renew at half of it.",
+    "dhcp.domain": "Domain name option (15; DHCPv6: domain search list, 24); empty = not sent.",
+    "dhcp.lease_time": "Lease time in seconds (60-604800); clients renew at half of it. DHCPv6: "
+    "the valid and preferred lifetime.",
+    "dhcp.pools6": "DHCPv6 address ranges (IA_NA), as \"first-last\" or a prefix, inside the "
+    "prefix of the interface's IPv6 [[vip]], not overlapping, not holding the vip; they count "
+    f"towards the {MAX_DHCP_ADDRESSES} addresses of the cluster. Empty = no DHCPv6 here "
+    "(clients use SLAAC); routers come from router advertisements, never DHCPv6.",
+    "dhcp.dns6": "DHCPv6 DNS servers option (23), IPv6 addresses; empty = the interface's IPv6 vip.",
     "dhcp.reservations": "Fixed addresses: inline tables {mac = \"02:00:00:00:00:01\", ip = "
     "\"192.0.2.160\", hostname = \"printer\"}; each ip inside one of the pools, each mac and "
     "ip once.",
@@ -963,40 +977,77 @@ def _groups(path: str, tables: list, members: list, vips: list, preempt: bool) -
 
 # --- [[dhcp]] ---------------------------------------------------------------------
 
-def _ipv4(path: str, key: str, value) -> ipaddress.IPv4Address:
+_IP = {4: (ipaddress.IPv4Address, ipaddress.IPv4Network), 6: (ipaddress.IPv6Address, ipaddress.IPv6Network)}
+
+
+def _ip(path: str, key: str, value, version: int = 4):
     if not isinstance(value, str):
         raise ConfigError(path, key, f"must be a string, got {_show(value)}")
     try:
-        return ipaddress.IPv4Address(value)
+        return _IP[version][0](value)
     except ValueError:
-        raise ConfigError(path, key, f"{_show(value)} is not an IPv4 address") from None
+        raise ConfigError(path, key, f"{_show(value)} is not an IPv{version} address") from None
 
 
 def _pool(path: str, key: str, value, subnet, vip) -> tuple:
-    """A pool as (first, last): inside the subnet, never the vip, the network
-    or the broadcast address (a client given one of those breaks the LAN)."""
+    """A pool as (first, last): inside the subnet (IPv4 or IPv6, as the
+    vip's), never the vip, the network or the broadcast address (IPv6: the
+    subnet-router anycast address); a client given one breaks the LAN."""
+    v = subnet.version
     if not isinstance(value, str):
         raise ConfigError(path, key, f"must be a string, got {_show(value)}")
     if "/" in value:
         try:
-            net = ipaddress.IPv4Network(value.strip(), strict=True)
+            net = _IP[v][1](value.strip(), strict=True)
         except ValueError as e:
-            raise ConfigError(path, key, f"{_show(value)} is not an IPv4 prefix: {_show(str(e), 80)}") from None
+            raise ConfigError(path, key, f"{_show(value)} is not an IPv{v} prefix: {_show(str(e), 80)}") from None
         first, last = net.network_address, net.broadcast_address
     else:
         a, sep, b = value.partition("-")
         if not sep:
             raise ConfigError(path, key, f"{_show(value)} is neither \"first-last\" nor a prefix")
-        first, last = _ipv4(path, key, a.strip()), _ipv4(path, key, b.strip())
+        first, last = _ip(path, key, a.strip(), v), _ip(path, key, b.strip(), v)
     if first > last:
         raise ConfigError(path, key, f"{_show(value)}: first address after the last")
     if first not in subnet or last not in subnet:
         raise ConfigError(path, key, f"{_show(value)} is outside {subnet}, the subnet of the vip")
-    for what, addr in (("the vip", vip), ("the network address", subnet.network_address),
-                       ("the broadcast address", subnet.broadcast_address)):
-        if first <= addr <= last and (what == "the vip" or subnet.prefixlen < 31):
+    reserved = [("the vip", vip)]
+    if v == 6:
+        reserved.append(("the subnet-router anycast address", subnet.network_address))
+    elif subnet.prefixlen < 31:
+        reserved += [("the network address", subnet.network_address),
+                     ("the broadcast address", subnet.broadcast_address)]
+    for what, addr in reserved:
+        if first <= addr <= last:
             raise ConfigError(path, key, f"{_show(value)} holds {what} {addr}")
     return first, last
+
+
+def _pools(path: str, key: str, values, subnet, vip) -> tuple:
+    """Every pool of one table's list, none overlapping another."""
+    pools = [_pool(path, f"{key}[{n}]", p, subnet, vip) for n, p in enumerate(values)]
+    for n, (first, last) in enumerate(pools):
+        for m in range(n):
+            if first <= pools[m][1] and pools[m][0] <= last:
+                raise ConfigError(path, f"{key}[{n}]", f"overlaps {key}[{m}]")
+    return tuple(pools)
+
+
+def _dhcp6(path: str, key: str, t: dict, vips) -> dict:
+    """The DHCPv6 part of a [[dhcp]] table: pools6 in the prefix of the
+    interface's IPv6 vip, DNS defaulting to that vip; {} without pools6."""
+    if not t["pools6"]:
+        if t["dns6"]:
+            raise ConfigError(path, f"{key}.dns6", "given without pools6 (no DHCPv6 on this interface)")
+        return {}
+    vip6 = [v.address for v in vips if v.interface == t["interface"] and v.family == 6]
+    if not vip6:
+        raise ConfigError(path, f"{key}.pools6", f"{_show(t['interface'])} carries no IPv6 [[vip]]: "
+                          "DHCPv6 needs one (its prefix is the subnet, its address the DNS default)")
+    subnet, vip = vip6[0].network, vip6[0].ip
+    dns = tuple(_ip(path, f"{key}.dns6[{n}]", d, 6) for n, d in enumerate(t["dns6"])) or (vip,)
+    return {"pools6": _pools(path, f"{key}.pools6", t["pools6"], subnet, vip),
+            "subnet6": subnet, "vip6": vip, "dns6": dns}
 
 
 def _reservation(path: str, key: str, value, pools) -> Reservation:
@@ -1011,7 +1062,7 @@ def _reservation(path: str, key: str, value, pools) -> Reservation:
     mac = value["mac"]
     if not isinstance(mac, str) or not _MAC_RE.match(mac):
         raise ConfigError(path, f"{key}.mac", f"{_show(mac)} is not a MAC address (02:00:00:00:00:01)")
-    ip = _ipv4(path, f"{key}.ip", value["ip"])
+    ip = _ip(path, f"{key}.ip", value["ip"])
     if not any(first <= ip <= last for first, last in pools):
         raise ConfigError(path, f"{key}.ip", f"{ip} is outside the pools of this interface")
     hostname = value.get("hostname", "")
@@ -1035,15 +1086,11 @@ def _dhcp(path: str, i: int, t: dict, vips, all_tables) -> Dhcp:
     subnet, vip = vip4[0].network, vip4[0].ip
     if not t["pools"]:
         raise ConfigError(path, f"{key}.pools", "must name at least one pool")
-    pools = [_pool(path, f"{key}.pools[{n}]", p, subnet, vip) for n, p in enumerate(t["pools"])]
-    for n, (first, last) in enumerate(pools):
-        for m in range(n):
-            if first <= pools[m][1] and pools[m][0] <= last:
-                raise ConfigError(path, f"{key}.pools[{n}]", f"overlaps {key}.pools[{m}]")
-    router = vip if not t["router"] else _ipv4(path, f"{key}.router", t["router"])
+    pools = _pools(path, f"{key}.pools", t["pools"], subnet, vip)
+    router = vip if not t["router"] else _ip(path, f"{key}.router", t["router"])
     if router not in subnet:
         raise ConfigError(path, f"{key}.router", f"{router} is outside {subnet}")
-    dns = tuple(_ipv4(path, f"{key}.dns[{n}]", d) for n, d in enumerate(t["dns"])) or (vip,)
+    dns = tuple(_ip(path, f"{key}.dns[{n}]", d) for n, d in enumerate(t["dns"])) or (vip,)
     if t["domain"]:
         check_host(path, f"{key}.domain", t["domain"])
     _in_range(path, f"{key}.lease_time", t["lease_time"], 60, 604800)
@@ -1055,8 +1102,8 @@ def _dhcp(path: str, i: int, t: dict, vips, all_tables) -> Dhcp:
                 if getattr(r, what) == getattr(reservations[m], what):
                     raise ConfigError(path, f"{key}.reservations[{n}].{what}",
                                       f"{getattr(r, what)} also in {key}.reservations[{m}]")
-    return Dhcp(t["interface"], subnet, vip, tuple(pools), router, dns, t["domain"],
-                t["lease_time"], reservations)
+    return Dhcp(t["interface"], subnet, vip, pools, router, dns, t["domain"],
+                t["lease_time"], reservations, **_dhcp6(path, key, t, vips))
 
 
 def _dhcp_ha(path: str, t: dict, sync_port: int) -> DhcpHa:
@@ -1074,12 +1121,14 @@ def _check_dhcp_cluster(path: str, dhcp) -> None:
     subnet only if they do not overlap; the total bounds the lease file."""
     total = 0
     for i, d in enumerate(dhcp):
-        for n, (first, last) in enumerate(d.pools):
-            total += int(last) - int(first) + 1
-            for j in range(i):
-                for m, (f2, l2) in enumerate(dhcp[j].pools):
-                    if first <= l2 and f2 <= last:
-                        raise ConfigError(path, f"dhcp[{i}].pools[{n}]", f"overlaps dhcp[{j}].pools[{m}]")
+        for field in ("pools", "pools6"):
+            for n, (first, last) in enumerate(getattr(d, field)):
+                total += int(last) - int(first) + 1
+                for j in range(i):
+                    for m, (f2, l2) in enumerate(getattr(dhcp[j], field)):
+                        if first <= l2 and f2 <= last:
+                            raise ConfigError(path, f"dhcp[{i}].{field}[{n}]",
+                                              f"overlaps dhcp[{j}].{field}[{m}]")
     if total > MAX_DHCP_ADDRESSES:
         raise ConfigError(path, "dhcp", f"{total} pool addresses in all, at most {MAX_DHCP_ADDRESSES} "
                           "(the lease file lives on the small /config partition)")

@@ -11,15 +11,18 @@ serve, the survivor serves all. A new secret reaches Kea on both members.
 """
 import errno
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 
+from fwcluster import configfile
 from fwcluster.core import dhcp as core
 from fwcluster.fwctl import dhcp as fwdhcp
 from tests.lab import dhcp_helpers as dh
 from tests.labkit import Lab
+from tests.labkit.dhcp6client import Dhcp6Client
 from tests.labkit.dhcpclient import DhcpClient
 
 LEASE_TIME = 60
@@ -281,3 +284,59 @@ def test_secret_change_reaches_kea_on_both_members():
         assert second is not None and second.ip != first.ip
         assert dh.leases(lab, "fw1") == dh.leases(lab, "fw2") == {
             first.ip: "02:00:00:00:5e:01", second.ip: "02:00:00:00:5e:02"}
+
+
+def _both6(lab, state: str) -> bool:
+    return all(dh.ha_state(lab, m, 6) == state for m in lab.members)
+
+
+def test_dhcpv6_client_keeps_its_address_through_member_loss():
+    """kea-dhcp6 in the same HA as kea-dhcp4 (same peers, roles, control
+    agent): the primary leases; the standby holds the lease before the
+    client's REPLY; with the primary lost the client's RENEW (naming the
+    primary's DUID) goes unanswered, its REBIND is answered by the survivor
+    in partner-down with the same address, and it then renews there."""
+    dh.need_kea()
+    if not shutil.which("kea-dhcp6", path="/usr/sbin:/usr/bin:/sbin"):
+        pytest.skip("kea-dhcp6 not installed (make deps installs it)")
+    with Lab(members=2, prefix="dhcp6ha", ipv6=True,
+             dhcp=[{"interface": "lan0", "pools": [dh.POOL], "pools6": [dh.POOL6],
+                    "lease_time": LEASE_TIME}],
+             dhcp_ha={"partner_down": PARTNER_DOWN}) as lab:
+        for m in lab.members:
+            lab.start_carpd(m)
+        assert lab.wait_for(lambda: lab.masters(1) == ["fw1"], 5)
+        for m in lab.members:
+            dh.start_kea(lab, m)
+        assert lab.wait_for(lambda: _both6(lab, "hot-standby"), SYNC_BOUND, 0.1), \
+            {m: dh.ha_state(lab, m, 6) for m in lab.members}
+        duid = {m: bytes.fromhex(core.server_duid(configfile.load(lab.config_path, node=m), m)
+                                 ["identifier"]) for m in lab.members}
+
+        a = Dhcp6Client(lab, "02:00:00:00:6a:01")
+        first = a.obtain()
+        assert first is not None, "no DHCPv6 lease from the cluster"
+        assert first.server_id.endswith(duid["fw1"]), "hot-standby: the primary (fw1) answers"
+        assert first.dns == ("2001:db8:1::1",), "DNS defaults to the LAN's IPv6 vip"
+        assert first.t1 == LEASE_TIME // 2 and first.valid == LEASE_TIME
+        assert a.renew(first).ip == first.ip
+        assert first.ip in dh.leases6(lab, "fw2"), "the lease reached the standby before the REPLY"
+        st = dh.status(lab, "fw1")["v6"]
+        assert (st["role"], st["state"], st["subnets"][0]["assigned"], st["subnets"][0]["total"]) == \
+            ("primary", "hot-standby", 1, 256)
+
+        t_loss = lab.node_loss("fw1")
+        assert a.renew(first, timeout=0.5) is None, "a RENEW naming the lost member"
+        rebound, _ = _until(SURVIVOR_BOUND, lambda: a.rebind(first, timeout=0.3))
+        rebind_after = time.monotonic() - t_loss
+        assert rebound is not None, f"no DHCPv6 rebind through the survivor within {SURVIVOR_BOUND:.1f}s"
+        assert rebound.ip == first.ip and rebound.server_id.endswith(duid["fw2"])
+        renewed = a.renew(rebound)
+        renew_after = time.monotonic() - t_loss
+        assert renewed is not None and renewed.ip == first.ip
+        assert dh.status(lab, "fw2")["v6"]["state"] == "partner-down"
+        print(f"\nDHCPv6: member loss -> first rebind through the survivor {rebind_after:.2f}s, "
+              f"first renewal there {renew_after:.2f}s (bound {SURVIVOR_BOUND:.1f}s)")
+
+        second = Dhcp6Client(lab, "02:00:00:00:6b:01").obtain()
+        assert second is not None and second.ip != first.ip

@@ -23,6 +23,13 @@ def test_example_loads_with_vip_defaults():
     assert d.reservations[0] == config.Reservation("02:00:00:00:00:10",
                                                    config.ipaddress.IPv4Address("192.0.2.110"), "printer")
     assert cfg.dhcp_ha == config.DhcpHa("hot-standby", 8647, 3)
+    assert str(d.subnet6) == "2001:db8:1::/64" and [str(x) for x in d.dns6] == ["2001:db8:1::1"]
+    assert [(str(a), str(b)) for a, b in d.pools6] == [("2001:db8:1::1000", "2001:db8:1::1fff")]
+
+
+def test_pools6_are_optional(tmp_path):
+    cfg = _load(tmp_path, POOL6, "")
+    assert cfg.dhcp[0].pools6 == () and cfg.dhcp[0].subnet6 is None
 
 
 def test_contract_example_has_no_dhcp():
@@ -39,6 +46,7 @@ def _load(tmp_path, old, new):
 
 
 POOL = 'pools = ["192.0.2.100-192.0.2.199"]'
+POOL6 = 'pools6 = ["2001:db8:1::1000-2001:db8:1::1fff"]'
 RES = '{mac = "02:00:00:00:00:10", ip = "192.0.2.110", hostname = "printer"}'
 BAD = [
     (POOL, 'pools = ["192.0.2.100-192.0.2.150", "192.0.2.150-192.0.2.160"]', "dhcp[0].pools[1]",
@@ -73,6 +81,18 @@ BAD = [
     ('port = 8647', 'port = 3780', "dhcp_ha.port", "is the sync port"),
     ('partner_down = 3 ', 'partner_down = 1 ', "dhcp_ha.partner_down", "outside 2-60"),
     (POOL, 'pools = ["192.0.2.0/24"]', "dhcp[0].pools[0]", "holds the vip"),
+    (POOL6, 'pools6 = ["2001:db8:2::1000-2001:db8:2::1fff"]', "dhcp[0].pools6[0]",
+     "outside 2001:db8:1::/64"),
+    (POOL6, 'pools6 = ["2001:db8:1::/120"]', "dhcp[0].pools6[0]", "holds the vip 2001:db8:1::1"),
+    (POOL6, 'pools6 = ["2001:db8:1::-2001:db8:1::"]', "dhcp[0].pools6[0]", "subnet-router anycast"),
+    (POOL6, 'pools6 = ["2001:db8:1::1000-2001:db8:1::1fff", "2001:db8:1::1f00/120"]',
+     "dhcp[0].pools6[1]", "overlaps dhcp[0].pools6[0]"),
+    (POOL6, 'pools6 = ["192.0.2.100-192.0.2.120"]', "dhcp[0].pools6[0]", "not an IPv6 address"),
+    (POOL6, 'pools6 = ["2001:db8:1::/48"]', "dhcp[0].pools6[0]", "outside 2001:db8:1::/64"),
+    (POOL6, 'dns6 = ["2001:db8:1::53"]', "dhcp[0].dns6", "without pools6"),
+    (POOL6, POOL6 + '\ndns6 = ["192.0.2.53"]', "dhcp[0].dns6[0]", "not an IPv6 address"),
+    ('interface = "lan0"\naddress = "2001:db8:1::1/64"', 'interface = "wan0"\naddress = "2001:db8:1::1/64"',
+     "dhcp[0].pools6", "carries no IPv6 [[vip]]"),
 ]
 
 
@@ -86,7 +106,7 @@ def test_bad_dhcp_names_file_key_reason(tmp_path, old, new, key, reason):
 
 
 def test_second_interface_pools_may_not_overlap_the_first(tmp_path):
-    more = ('\n[[vip]]\nvhid = 3\ninterface = "lan1"\naddress = "192.0.2.2/24"\n'
+    more = ('\n[[vip]]\nvhid = 4\ninterface = "lan1"\naddress = "192.0.2.2/24"\n'
             '[[dhcp]]\ninterface = "lan1"\npools = ["192.0.2.190-192.0.2.210"]\n')
     with pytest.raises(config.ConfigError) as ei:
         _load(tmp_path, "[dhcp_ha]", more + "[dhcp_ha]")
@@ -99,6 +119,12 @@ def test_one_table_per_interface(tmp_path):
         _load(tmp_path, "[dhcp_ha]", '[[dhcp]]\ninterface = "lan0"\npools = ["192.0.2.220-192.0.2.230"]\n'
               "[dhcp_ha]")
     assert ei.value.key == "dhcp[1].interface" and "already has dhcp[0]" in str(ei.value)
+
+
+def test_pools6_count_towards_the_bound(tmp_path):
+    with pytest.raises(config.ConfigError) as ei:
+        _load(tmp_path, POOL6, 'pools6 = ["2001:db8:1::1:0/112"]')
+    assert ei.value.key == "dhcp" and f"at most {config.MAX_DHCP_ADDRESSES}" in str(ei.value)
 
 
 def test_pool_total_is_bounded(tmp_path):

@@ -73,6 +73,37 @@ def test_dhcp4_carries_the_config(cfg):
     assert {p["basic-auth-password"] for p in ha["peers"]} == {dhcp.ha_password(SECRET, "edge")}
 
 
+def test_dhcp6_has_the_same_ha_as_dhcp4_and_its_own_duid(cfg):
+    d6 = dhcp.dhcp6(cfg, "fw2", secret=SECRET, lease_file="/var/lib/kea/l6.csv",
+                    control_socket="/run/kea/s6.sock")["Dhcp6"]
+    ha6 = d6["hooks-libraries"][1]["parameters"]["high-availability"]
+    assert ha6 == _render(cfg, "fw2")["hooks-libraries"][1]["parameters"]["high-availability"]
+    (subnet,) = d6["subnet6"]
+    assert (subnet["id"], subnet["subnet"], subnet["interface"]) == (1, "2001:db8:1::/64", "lan0")
+    assert subnet["pools"] == [{"pool": "2001:db8:1::1000 - 2001:db8:1::1fff"}]
+    assert {o["name"]: o["data"] for o in subnet["option-data"]} == {
+        "dns-servers": "2001:db8:1::1", "domain-search": "example.org"}
+    assert d6["lease-database"]["name"] == "/var/lib/kea/l6.csv"
+    assert d6["control-socket"]["socket-name"] == "/run/kea/s6.sock"
+    # Each member its own DUID, the same on every render (no server-id file).
+    assert d6["server-id"] == dhcp.server_duid(cfg, "fw2") != dhcp.server_duid(cfg, "fw1")
+    assert d6["server-id"]["persist"] is False
+
+
+def test_no_dhcp6_without_pools6(cfg, tmp_path):
+    v4 = dataclasses.replace(cfg, dhcp=tuple(dataclasses.replace(d, pools6=()) for d in cfg.dhcp))
+    assert not dhcp.serves6(v4) and dhcp.serves6(cfg)
+    paths = dhcpsvc.Paths(conf_dir=str(tmp_path), lease_file="l", control_socket="s",
+                          lease_file6="l6", control_socket6="s6")
+    assert set(dhcpsvc.render(v4, "fw1", SECRET, paths)) == {paths.dhcp4, paths.ctrl_agent}
+    ca = json.loads(dhcpsvc.render(cfg, "fw1", SECRET, paths)[paths.ctrl_agent])["Control-agent"]
+    assert ca["control-sockets"]["dhcp6"]["socket-name"] == "s6"
+    assert "dhcp6" not in json.loads(dhcpsvc.render(v4, "fw1", SECRET, paths)[paths.ctrl_agent])[
+        "Control-agent"]["control-sockets"]
+    text = nft.render(v4, "fw1", TEMPLATE).text
+    assert "dport 547" not in text
+
+
 def _pools(cfg, pools, lease_time):
     d = dataclasses.replace(cfg.dhcp[0], pools=tuple(pools), lease_time=lease_time)
     return dataclasses.replace(cfg, dhcp=(d,))
@@ -88,7 +119,7 @@ def test_lease_file_stays_bounded_on_config(cfg):
                      lease_time=60)
     assert dhcp.pool_addresses(busiest) == config.MAX_DHCP_ADDRESSES
     assert dhcp.LFC_MIN <= dhcp.lfc_interval(busiest) < dhcp.LFC_MAX
-    compacted = dhcp.pool_addresses(busiest) * dhcp.LEASE_ROW_BYTES
+    compacted = dhcp.pool_addresses(busiest) * dhcp.LEASE_ROW_BYTES[4]
     assert dhcp.lease_file_bound(busiest) + compacted <= (32 << 20) // 3
     # a small site keeps the long interval, and its file stays small
     assert dhcp.lfc_interval(cfg) == dhcp.LFC_MAX
@@ -128,15 +159,16 @@ def test_kea_check_reports_its_own_error(cfg):
     missing = dataclasses.replace(cfg, dhcp=tuple(dataclasses.replace(d, interface="fwtnosuch0")
                                                   for d in cfg.dhcp))
     problems = dhcpsvc.check(missing, "fw1", SECRET)
-    assert len(problems) == 1 and problems[0].startswith("kea-dhcp4 -t: ")
-    assert "fwtnosuch0" in problems[0]
+    v6 = bool(shutil.which("kea-dhcp6", path="/usr/sbin:/usr/bin"))
+    assert [p.split(":")[0] for p in problems] == ["kea-dhcp4 -t"] + ["kea-dhcp6 -t"] * v6
+    assert all("fwtnosuch0" in p for p in problems)
 
 
 def test_files_are_written_private(cfg, tmp_path):
     paths = dhcpsvc.Paths(conf_dir=str(tmp_path / "kea"), lease_file=str(tmp_path / "l"),
                           control_socket=str(tmp_path / "s"))
     files = dhcpsvc.render(cfg, "fw1", SECRET, paths)
-    assert set(files) == {paths.dhcp4, paths.ctrl_agent}
+    assert set(files) == {paths.dhcp4, paths.dhcp6, paths.ctrl_agent}
     assert sorted(dhcpsvc.write(files)) == sorted(files)
     assert (Path(paths.dhcp4).stat().st_mode & 0o777) == 0o640
     assert json.loads(Path(paths.dhcp4).read_text())["Dhcp4"]["lease-database"]["name"] == str(tmp_path / "l")
@@ -159,11 +191,16 @@ def test_status_summaries(cfg):
     assert dhcp.lease_counts(cfg, stats) == [{"interface": "lan0", "subnet": "192.0.2.0/24",
                                               "assigned": 7, "total": 100}]
     assert dhcp.lease_counts(cfg, {})[0]["assigned"] is None
+    stats6 = {"subnet[1].assigned-nas": [[3, "2026-01-01 00:00:00.0"]],
+              "subnet[1].total-nas": [[4096, "2026-01-01 00:00:00.0"]]}
+    assert dhcp.lease_counts(cfg, stats6, 6) == [{"interface": "lan0", "subnet": "2001:db8:1::/64",
+                                                  "assigned": 3, "total": 4096}]
 
 
 def test_status_of_a_kea_that_does_not_answer(cfg, tmp_path):
-    s = dhcpsvc.status(cfg, "fw1", str(tmp_path / "none.sock"))
+    s = dhcpsvc.status(cfg, "fw1", str(tmp_path / "none.sock"), socket6_path=str(tmp_path / "none6.sock"))
     assert s["enabled"] and not s["running"] and "does not answer" in s["error"]
+    assert not s["v6"]["running"] and "kea-dhcp6 does not answer" in s["v6"]["error"]
     assert dhcpsvc.status(configfile.load(ROOT / "docs/examples/cluster.toml", "fw1"), "fw1") == \
         {"enabled": False}
 
@@ -172,8 +209,9 @@ def test_ruleset_admits_dhcp_and_ha_from_peers_only(cfg):
     text = nft.render(cfg, "fw1", TEMPLATE).text
     assert 'iifname { "lan0" } udp dport 67 accept' in text
     assert 'iifname "sync0" ip saddr { 203.0.113.2 } tcp dport 8647 accept' in text
+    assert 'iifname { "lan0" } ip6 saddr fe80::/10 udp sport 546 udp dport 547 accept' in text
     plain = nft.render(configfile.load(ROOT / "docs/examples/cluster.toml", "fw1"), "fw1", TEMPLATE).text
-    assert "dport 67" not in plain and "8647" not in plain
+    assert "dport 67" not in plain and "8647" not in plain and "dport 547" not in plain
 
 
 @pytest.mark.skipif(not shutil.which("nft"), reason="nft not installed")
