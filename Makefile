@@ -15,7 +15,7 @@ export FWCLUSTER_CACHE ?= /var/cache/fwcluster
 # Debian packages the daemons, the lab and the side-by-side benchmarks need.
 APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	keepalived python3-venv iperf3 tcpdump ethtool procps kmod iputils-ping \
-	python3-prometheus-client kea-dhcp4-server kea-ctrl-agent kea-common
+	python3-prometheus-client kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-common
 
 .PHONY: all deps venv test test-upgrade test-unit test-lab demo chaos bench bench-failover \
 	bench-sync bench-flood bench-balance bench-report clean distclean

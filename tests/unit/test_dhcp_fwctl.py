@@ -21,6 +21,9 @@ def fwctl(config, *argv):
 def test_enabled_is_the_units_condition():
     assert fwctl(EXAMPLE, "dhcp", "enabled").returncode == 0
     assert fwctl(CONTRACT, "dhcp", "enabled").returncode == 1
+    # kea-dhcp6's condition: some table has pools6
+    assert fwctl(EXAMPLE, "dhcp", "enabled6").returncode == 0
+    assert fwctl(CONTRACT, "dhcp", "enabled6").returncode == 1
 
 
 def test_status_off_and_not_running():
@@ -43,6 +46,19 @@ def test_status_line():
                                     "hot-standby (heard 12s ago); leases lan0 3/50")
     assert fwdhcp.healthy(RUNNING) and not fwdhcp.healthy({**RUNNING, "state": "waiting"})
     assert not fwdhcp.healthy({**RUNNING, "running": False})
+
+
+def test_status_line_with_dhcpv6():
+    v6 = {"running": True, "role": "standby", "state": "hot-standby", "partner_role": "primary",
+          "partner_state": "hot-standby", "partner_age": 1,
+          "subnets": [{"interface": "lan0", "subnet": "2001:db8:1::/64", "assigned": 2, "total": 4096}]}
+    both = {**RUNNING, "v6": v6}
+    assert fwdhcp.line(both).endswith("; v6: standby hot-standby; partner primary hot-standby "
+                                      "(heard 1s ago); leases lan0 2/4096")
+    assert fwdhcp.healthy(both)
+    down = {**RUNNING, "v6": {"running": False, "error": "kea-dhcp6 does not answer"}}
+    assert not fwdhcp.healthy(down), "a configured kea-dhcp6 that does not answer is a problem"
+    assert fwdhcp.line(down).endswith("; v6: standby, Kea NOT running (kea-dhcp6 does not answer)")
 
 
 def test_a_full_lease_file_system_is_a_problem(tmp_path):
