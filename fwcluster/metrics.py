@@ -64,28 +64,9 @@ def dhcp_families(status: dict, cluster: str) -> list[Metric]:
     out: list[Metric] = [enabled]
     if not status.get("enabled"):
         return out
-    up = GaugeMetricFamily("fwcluster_dhcp_kea_up", "1 while kea-dhcp4 answers on its control socket")
-    up.add_metric([], 1 if status.get("running") else 0)
-    out.append(up)
-    for name, key, what in (("fwcluster_dhcp_ha_state", "state", "this member's"),
-                            ("fwcluster_dhcp_partner_state", "partner_state",
-                             "the partner's (as Kea last heard it)")):
-        fam = GaugeMetricFamily(name, f"1 for {what} Kea HA state, 0 for the others",
-                                labels=("state",))
-        current = status.get(key)
-        for st in sorted(set(KEA_HA_STATES) | ({current} if current else set())):
-            fam.add_metric([st], 1 if st == current else 0)
-        out.append(fam)
-    leases = GaugeMetricFamily("fwcluster_dhcp_leases", "Addresses leased, per interface",
-                               labels=("interface",))
-    total = GaugeMetricFamily("fwcluster_dhcp_pool_addresses", "Addresses in the pools, per interface",
-                              labels=("interface",))
-    for sub in status.get("subnets", []):
-        if sub.get("assigned") is not None:
-            leases.add_metric([sub["interface"]], sub["assigned"])
-        if sub.get("total") is not None:
-            total.add_metric([sub["interface"]], sub["total"])
-    out += [leases, total]
+    out += _kea_families(status, "fwcluster_dhcp", "kea-dhcp4")
+    if "v6" in status:
+        out += _kea_families(status["v6"], "fwcluster_dhcp6", "kea-dhcp6")
     if status.get("lease_space_free") is not None:
         # Kea answers no grant or renewal it cannot write to the lease file
         space = GaugeMetricFamily("fwcluster_dhcp_lease_space_bytes",
@@ -93,6 +74,31 @@ def dhcp_families(status: dict, cluster: str) -> list[Metric]:
         space.add_metric([], status["lease_space_free"])
         out.append(space)
     return out
+
+
+def _kea_families(status: dict, prefix: str, program: str) -> list[Metric]:
+    """One Kea server's families (dhcpsvc.status, or its "v6" part)."""
+    up = GaugeMetricFamily(f"{prefix}_kea_up", f"1 while {program} answers on its control socket")
+    up.add_metric([], 1 if status.get("running") else 0)
+    out: list[Metric] = [up]
+    for name, key, what in (("ha_state", "state", "this member's"),
+                            ("partner_state", "partner_state", "the partner's (as Kea last heard it)")):
+        fam = GaugeMetricFamily(f"{prefix}_{name}", f"1 for {what} {program} HA state, 0 for the others",
+                                labels=("state",))
+        current = status.get(key)
+        for st in sorted(set(KEA_HA_STATES) | ({current} if current else set())):
+            fam.add_metric([st], 1 if st == current else 0)
+        out.append(fam)
+    leases = GaugeMetricFamily(f"{prefix}_leases", "Addresses leased, per interface",
+                               labels=("interface",))
+    total = GaugeMetricFamily(f"{prefix}_pool_addresses", "Addresses in the pools, per interface",
+                              labels=("interface",))
+    for sub in status.get("subnets", []):
+        if sub.get("assigned") is not None:
+            leases.add_metric([sub["interface"]], sub["assigned"])
+        if sub.get("total") is not None:
+            total.add_metric([sub["interface"]], sub["total"])
+    return out + [leases, total]
 
 
 # Both daemons serve on the host of [metrics] listen: carpd on its port,

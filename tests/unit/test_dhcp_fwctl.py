@@ -89,6 +89,11 @@ def test_metric_families():
     assert space[key("fwcluster_dhcp_lease_space_bytes")] == 4096
     off = prom_parse(metrics.render(metrics.dhcp_families({"enabled": False}, "edge")))
     assert list(off.values()) == [0]
+    assert not any(name.startswith("fwcluster_dhcp6_") for name, _ in samples), "no v6 without pools6"
+    v6 = {"running": False, "subnets": [{"interface": "lan0", "assigned": None, "total": 4096}]}
+    both = prom_parse(metrics.render(metrics.dhcp_families({**RUNNING, "v6": v6}, "edge")))
+    assert both[key("fwcluster_dhcp6_kea_up")] == 0 and both[key("fwcluster_dhcp_kea_up")] == 1
+    assert both[key("fwcluster_dhcp6_pool_addresses", interface="lan0")] == 4096
 
 
 def test_kea_follows_every_file_its_configuration_comes_from():

@@ -91,7 +91,10 @@ def test_every_family_is_documented_with_its_type():
     own = asyncio.run(endpoint_families())
     dhcp = metrics.dhcp_families({"enabled": True, "running": True, "state": "hot-standby",
                                   "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}],
-                                  "lease_space_free": 1 << 20}, "c")
+                                  "lease_space_free": 1 << 20,
+                                  "v6": {"running": True, "state": "hot-standby",
+                                         "subnets": [{"interface": "lan0", "assigned": 1, "total": 2}]}},
+                                 "c")
     exposed = _exposed(metrics.render(carp + sync + own + dhcp))
     assert exposed == _documented()
 
