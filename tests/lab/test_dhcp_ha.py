@@ -8,6 +8,7 @@ after the member returns both clients keep their addresses and both
 members' lease tables agree. A corrupt lease file does not stop a member;
 a full one makes it refuse, visibly, and lose nothing. Load-balancing: both
 serve, the survivor serves all. A new secret reaches Kea on both members.
+DHCPv6 (pools6): the same through the loss and return of the primary.
 """
 import errno
 import os
@@ -295,7 +296,9 @@ def test_dhcpv6_client_keeps_its_address_through_member_loss():
     agent): the primary leases; the standby holds the lease before the
     client's REPLY; with the primary lost the client's RENEW (naming the
     primary's DUID) goes unanswered, its REBIND is answered by the survivor
-    in partner-down with the same address, and it then renews there."""
+    in partner-down with the same address, and it then renews there; a
+    second client gets another address; after the primary returns both
+    members hold the same two leases and both clients keep their addresses."""
     dh.need_kea()
     if not shutil.which("kea-dhcp6", path="/usr/sbin:/usr/bin:/sbin"):
         pytest.skip("kea-dhcp6 not installed (make deps installs it)")
@@ -338,5 +341,20 @@ def test_dhcpv6_client_keeps_its_address_through_member_loss():
         print(f"\nDHCPv6: member loss -> first rebind through the survivor {rebind_after:.2f}s, "
               f"first renewal there {renew_after:.2f}s (bound {SURVIVOR_BOUND:.1f}s)")
 
-        second = Dhcp6Client(lab, "02:00:00:00:6b:01").obtain()
+        b = Dhcp6Client(lab, "02:00:00:00:6b:01")
+        second = b.obtain()
         assert second is not None and second.ip != first.ip
+
+        lab.node_return("fw1")
+        lab.start_carpd("fw1")
+        dh.start_kea(lab, "fw1")
+        assert lab.wait_for(lambda: _both6(lab, "hot-standby"), SYNC_BOUND + KEA_HTTP_TIMEOUT, 0.1), \
+            {m: dh.ha_state(lab, m, 6) for m in lab.members}
+        # The returned primary took the survivor's leases before serving.
+        want = {first.ip: a.duid.hex(":"), second.ip: b.duid.hex(":")}
+        assert dh.leases6(lab, "fw1") == dh.leases6(lab, "fw2") == want
+        for client, lease in ((a, renewed), (b, second)):
+            # a RENEW naming fw2 goes unanswered now; the REBIND reaches fw1
+            again = client.renew(lease, timeout=0.5) or client.rebind(lease)
+            assert again is not None and again.ip == lease.ip and again.server_id.endswith(duid["fw1"])
+        assert dh.leases6(lab, "fw1") == dh.leases6(lab, "fw2") == want
