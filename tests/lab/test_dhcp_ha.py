@@ -37,8 +37,20 @@ def _lab(prefix: str) -> Lab:
                dhcp_ha={"partner_down": PARTNER_DOWN})
 
 
-def _both(lab, state: str) -> bool:
-    return all(dh.ha_state(lab, m) == state for m in lab.members)
+def _both(lab, state: str, family: int = 4) -> bool:
+    return all(dh.ha_state(lab, m, family) == state for m in lab.members)
+
+
+def _start_pair(lab, family: int = 4) -> None:
+    """carpd on both members (fw1 the master), then Kea; back once both
+    Kea servers of the family are in hot-standby."""
+    for m in lab.members:
+        lab.start_carpd(m)
+    assert lab.wait_for(lambda: lab.masters(1) == ["fw1"], 5)
+    for m in lab.members:
+        dh.start_kea(lab, m)
+    assert lab.wait_for(lambda: _both(lab, "hot-standby", family), SYNC_BOUND, 0.1), \
+        {m: dh.ha_state(lab, m, family) for m in lab.members}
 
 
 def _until(bound: float, attempt):
@@ -55,13 +67,7 @@ def _until(bound: float, attempt):
 def test_client_keeps_its_address_through_member_loss_and_return():
     dh.need_kea()
     with _lab("dhcpha") as lab:
-        for m in lab.members:
-            lab.start_carpd(m)
-        assert lab.wait_for(lambda: lab.masters(1) == ["fw1"], 5)
-        for m in lab.members:
-            dh.start_kea(lab, m)
-        assert lab.wait_for(lambda: _both(lab, "hot-standby"), SYNC_BOUND, 0.1), \
-            {m: dh.ha_state(lab, m) for m in lab.members}
+        _start_pair(lab)
 
         # HA traffic is authenticated: the control agent refuses a request
         # without the password derived from the secret, or with another one.
@@ -287,10 +293,6 @@ def test_secret_change_reaches_kea_on_both_members():
             first.ip: "02:00:00:00:5e:01", second.ip: "02:00:00:00:5e:02"}
 
 
-def _both6(lab, state: str) -> bool:
-    return all(dh.ha_state(lab, m, 6) == state for m in lab.members)
-
-
 def test_dhcpv6_client_keeps_its_address_through_member_loss():
     """kea-dhcp6 in the same HA as kea-dhcp4 (same peers, roles, control
     agent): the primary leases; the standby holds the lease before the
@@ -306,13 +308,7 @@ def test_dhcpv6_client_keeps_its_address_through_member_loss():
              dhcp=[{"interface": "lan0", "pools": [dh.POOL], "pools6": [dh.POOL6],
                     "lease_time": LEASE_TIME}],
              dhcp_ha={"partner_down": PARTNER_DOWN}) as lab:
-        for m in lab.members:
-            lab.start_carpd(m)
-        assert lab.wait_for(lambda: lab.masters(1) == ["fw1"], 5)
-        for m in lab.members:
-            dh.start_kea(lab, m)
-        assert lab.wait_for(lambda: _both6(lab, "hot-standby"), SYNC_BOUND, 0.1), \
-            {m: dh.ha_state(lab, m, 6) for m in lab.members}
+        _start_pair(lab, 6)
         duid = {m: bytes.fromhex(core.server_duid(configfile.load(lab.config_path, node=m), m)
                                  ["identifier"]) for m in lab.members}
 
@@ -348,7 +344,7 @@ def test_dhcpv6_client_keeps_its_address_through_member_loss():
         lab.node_return("fw1")
         lab.start_carpd("fw1")
         dh.start_kea(lab, "fw1")
-        assert lab.wait_for(lambda: _both6(lab, "hot-standby"), SYNC_BOUND + KEA_HTTP_TIMEOUT, 0.1), \
+        assert lab.wait_for(lambda: _both(lab, "hot-standby", 6), SYNC_BOUND + KEA_HTTP_TIMEOUT, 0.1), \
             {m: dh.ha_state(lab, m, 6) for m in lab.members}
         # The returned primary took the survivor's leases before serving.
         want = {first.ip: a.duid.hex(":"), second.ip: b.duid.hex(":")}

@@ -23,6 +23,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from tests.labkit.dhcpclient import receive
+
 SOLICIT, ADVERTISE, REQUEST, RENEW, REBIND, REPLY = 1, 2, 3, 5, 6, 7
 OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_IAADDR, OPT_ORO = 1, 2, 3, 5, 6
 OPT_ELAPSED, OPT_STATUS, OPT_DNS = 8, 13, 23
@@ -94,25 +96,18 @@ class Dhcp6Client:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ifname.encode())
             sock.bind(("::", 546))
             sock.sendto(msg, (ALL_SERVERS, 547, 0, self._ifindex()))
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    data, _ = sock.recvfrom(4096)
-                except socket.timeout:
-                    return None
-                if len(data) < 4:
-                    continue
-                head = struct.unpack("!I", data[:4])[0]
-                if head >> 24 != want or head & 0xFFFFFF != xid:
-                    continue
-                opts = _options(data[4:])
-                if opts.get(OPT_CLIENTID, [b""])[0] != self.duid:
-                    continue
-                return opts
-            return None
+            return receive(sock, timeout, lambda data: self._match(data, xid, want))
         finally:
             sock.close()
+
+    def _match(self, data: bytes, xid: int, want: int) -> dict | None:
+        if len(data) < 4:
+            return None
+        head = struct.unpack("!I", data[:4])[0]
+        if head >> 24 != want or head & 0xFFFFFF != xid:
+            return None
+        opts = _options(data[4:])
+        return opts if opts.get(OPT_CLIENTID, [b""])[0] == self.duid else None
 
     def _ifindex(self) -> int:
         # the index in the client's namespace (the scope of ff02::1:2)

@@ -57,6 +57,23 @@ def _ips(data: bytes) -> tuple:
     return tuple(socket.inet_ntoa(data[i:i + 4]) for i in range(0, len(data) - 3, 4))
 
 
+def receive(sock, timeout: float, match):
+    """Datagrams from sock until match(data) returns something (that is
+    returned) or timeout seconds pass (None): the other clients' replies
+    on a shared link are skipped."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(4096)
+        except socket.timeout:
+            return None
+        found = match(data)
+        if found is not None:
+            return found
+    return None
+
+
 class DhcpClient:
     def __init__(self, lab, mac: str, role: str = "client", ifname: str = "eth0"):
         self.lab, self.role, self.ifname = lab, role, ifname
@@ -86,25 +103,19 @@ class DhcpClient:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ifname.encode())
             sock.bind(("0.0.0.0", 68))
             sock.sendto(pkt, (dest, 67))
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    data, _ = sock.recvfrom(4096)
-                except socket.timeout:
-                    return None
-                if len(data) < 240 or data[236:240] != MAGIC:
-                    continue
-                rxid = struct.unpack("!I", data[4:8])[0]
-                if data[0] != 2 or rxid != xid or data[28:34] != self.mac:
-                    continue
-                opts = _options(data[240:])
-                kind = opts.get(OPT_TYPE, b"\0")[0]
-                if kind in want:
-                    return kind, socket.inet_ntoa(data[16:20]), opts
-            return None
+            return receive(sock, timeout, lambda data: self._match(data, xid, want))
         finally:
             sock.close()
+
+    def _match(self, data: bytes, xid: int, want: tuple):
+        if len(data) < 240 or data[236:240] != MAGIC:
+            return None
+        rxid = struct.unpack("!I", data[4:8])[0]
+        if data[0] != 2 or rxid != xid or data[28:34] != self.mac:
+            return None
+        opts = _options(data[240:])
+        kind = opts.get(OPT_TYPE, b"\0")[0]
+        return (kind, socket.inet_ntoa(data[16:20]), opts) if kind in want else None
 
     def _lease(self, yiaddr: str, opts: dict) -> Lease:
         return Lease(ip=yiaddr, server_id=socket.inet_ntoa(opts[OPT_SERVER_ID]),
