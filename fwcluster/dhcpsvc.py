@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,22 @@ def _gid() -> int:
         return -1
 
 
+def _conf_dir(directory: str) -> None:
+    """Create Kea's directory as its units' RuntimeDirectory would: mode
+    0750, owned by Kea's user. fwctl dhcp apply may run before the units
+    create /run/kea, and Kea 2.6.3 refuses a socket directory of another
+    mode (and its user must be able to create the sockets there)."""
+    if os.path.isdir(directory):
+        return
+    os.makedirs(directory, mode=0o750)
+    os.chmod(directory, 0o750)  # makedirs' mode is masked by the umask
+    try:
+        kea = pwd.getpwnam(KEA_GROUP)
+    except KeyError:
+        return
+    os.chown(directory, kea.pw_uid, kea.pw_gid)
+
+
 def write(files: dict[str, str]) -> list[str]:
     """Replace each file atomically (0640, group _kea); the paths changed."""
     changed = []
@@ -95,7 +112,7 @@ def write(files: dict[str, str]) -> list[str]:
         except OSError:
             pass
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
+        _conf_dir(directory)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fwcluster-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o640)

@@ -4,6 +4,7 @@ derived from the secret, pools/options/reservations from [[dhcp]], and Kea's
 own `-t` check accepts it (where Kea is installed)."""
 import dataclasses
 import json
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -173,6 +174,13 @@ def test_files_are_written_private(cfg, tmp_path):
     assert (Path(paths.dhcp4).stat().st_mode & 0o777) == 0o640
     assert json.loads(Path(paths.dhcp4).read_text())["Dhcp4"]["lease-database"]["name"] == str(tmp_path / "l")
     assert dhcpsvc.write(files) == []  # unchanged: not rewritten (no needless reload)
+    # the directory as Kea's units would make it (Kea 2.6.3 wants 0750)
+    conf_dir = Path(paths.conf_dir).stat()
+    assert conf_dir.st_mode & 0o777 == 0o750
+    try:
+        assert conf_dir.st_uid == pwd.getpwnam(dhcpsvc.KEA_GROUP).pw_uid
+    except KeyError:
+        pass  # no Kea user on this machine
 
 
 STATUS_GET = {"high-availability": [{"ha-mode": "hot-standby", "ha-servers": {
