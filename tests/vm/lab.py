@@ -54,6 +54,33 @@ DHCP_TOML = (f'\n[[dhcp]]\ninterface = "lan0"\npools = ["{DHCP_POOL}"]\n\n'
              '[dhcp_ha]\npartner_down = 3\n')
 # --- end [[dhcp]]
 
+# --- issue 20: virtual MAC and IPv6 first hop (tests/vm/test_vm_cluster.py) ---
+# The LAN vip answers with the VRRP MAC of vhid 1 (the client pins it);
+# IPv6: a global vip per segment (the LAN one names the prefix the router
+# adverts carry, the WAN one is the server's gateway) and the link-local
+# router vip that sends the adverts. Each member has an IPv6 address of its
+# own on lan0 and wan0 (a networkd drop-in): IPv6 adverts leave from it.
+LAN_VIP_OPTIONS = 'mac = "virtual"\n'
+LAN6, SERVER6, WAN_VIP6 = "2001:db8:1::/64", "2001:db8:2::100", "2001:db8:2::1"
+ROUTER6, RA_INTERVAL = "fe80::1", 2
+VIPS6 = {3: ("lan0", "2001:db8:1::1/64", ""), 4: ("wan0", f"{WAN_VIP6}/64", ""),
+         5: ("lan0", f"{ROUTER6}/64", f"ra_interval = {RA_INTERVAL}\n")}
+OWN6 = {"lan0": "2001:db8:1::1{k}/64", "wan0": "2001:db8:2::1{k}/64"}
+VHIDS = [1, 2, *VIPS6]
+
+
+def vips6_toml() -> str:
+    return "".join(f'[[vip]]\nvhid = {vhid}\ninterface = "{ifname}"\naddress = "{addr}"\n{extra}\n'
+                   for vhid, (ifname, addr, extra) in VIPS6.items())
+
+
+def write_own6(cfg: Path, k: int) -> None:
+    for ifname, addr in OWN6.items():
+        d = cfg / "network" / f"20-{ifname}.network.d"
+        d.mkdir()
+        (d / "ipv6.conf").write_text(f"[Network]\nAddress={addr.format(k=k)}\n")
+# --- end of issue 20's fragment ---
+
 
 def cluster_toml() -> str:
     members = "".join(f'[[member]]\nname = "{m}"\nsync_address = "203.0.113.{k}"\n'
@@ -61,8 +88,9 @@ def cluster_toml() -> str:
     return ('[cluster]\nname = "vmlab"\nsecret_file = "/etc/fwcluster/secret"\n\n'
             '[sync]\ninterface = "sync0"\n\n'
             f"[carp]\nsync_hold = {SYNC_HOLD}\n\n" + members +
-            f'[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "{LAN_VIP}/24"\n\n'
+            f'[[vip]]\nvhid = 1\ninterface = "lan0"\naddress = "{LAN_VIP}/24"\n{LAN_VIP_OPTIONS}\n'
             f'[[vip]]\nvhid = 2\ninterface = "wan0"\naddress = "{WAN_VIP}/24"\n\n'
+            + vips6_toml() +
             f'[metrics]\nlisten = "{METRICS}"\n' + DHCP_TOML)
 
 
@@ -149,6 +177,7 @@ class VMLab(reaper.TornDown):
         cfg = self.work / f"{member}-config"
         nics = [(mac(k, seg), name, addr.format(k=k)) for seg, (name, addr) in SEGMENTS.items()]
         write_member_config(cfg, member, cluster_toml(), nics, SECRET, ROOT_PASSWORD)
+        write_own6(cfg, k)
         subprocess.run([sys.executable, "-m", "image", "seed-config", str(disk), str(cfg),
                         "--authorized-key", f"{self.ssh_key}.pub"],
                        check=True, capture_output=True, cwd=ROOT)
@@ -235,14 +264,15 @@ class VMLab(reaper.TornDown):
 class Sessions:
     """The traffic client and server of tests.vm.traffic in the lab."""
 
-    def __init__(self, lab: VMLab, sessions: int = 200, duration: float = 1200):
-        py = sys.executable
+    def __init__(self, lab: VMLab, sessions: int = 200, duration: float = 1200,
+                 server: str = SERVER):
+        py, target = sys.executable, f"{server}:7000"
         self.server = lab.popen("server", [py, "-m", "tests.vm.traffic", "server", "--listen",
-                                           f"{SERVER}:7000", "--duration", str(duration)])
+                                           target, "--duration", str(duration)])
         if self.server.stdout.readline().strip() != "listening":
             raise VMError("traffic server did not start")
         self.client = lab.popen("client", [py, "-m", "tests.vm.traffic", "client", "--target",
-                                           f"{SERVER}:7000", "--sessions", str(sessions),
+                                           target, "--sessions", str(sessions),
                                            "--duration", str(duration)])
         line = self.client.stdout.readline()
         if not line.startswith('{"connected"'):

@@ -3,6 +3,7 @@ holding N connections, each sending a line every interval and expecting it back.
 
     python3 -m tests.vm.traffic server --listen 198.51.100.100:7000 --duration 900
     python3 -m tests.vm.traffic client --target 198.51.100.100:7000 --sessions 200
+    python3 -m tests.vm.traffic server --listen 2001:db8:2::100:7000   (IPv6: ADDRESS:PORT too)
 
 Both run in the lab's namespaces and stop by themselves after --duration.
 The client reads commands on stdin and answers each with one JSON line:
@@ -25,8 +26,8 @@ import time
 
 
 def server(listen: str, duration: float) -> int:
-    host, port = listen.rsplit(":", 1)
-    ls = socket.socket()
+    host, port = listen.rsplit(":", 1)  # an IPv6 address keeps its colons
+    ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((host, int(port)))
     ls.listen(512)
