@@ -153,7 +153,12 @@ def write_member_config(d: Path, node: str, cluster_toml: str, nics, secret: str
         (d / "network" / f"10-{name}.link").write_text(
             f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n")
         (d / "network" / f"20-{name}.network").write_text(
-            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\nLinkLocalAddressing=no\n")
+            f"[Match]\nName={name}\n\n[Network]\nAddress={addr}\n"
+            # An IPv6 link-local address on every member interface: the
+            # kernel sends no neighbour solicitation for forwarded IPv6
+            # traffic without one (a new master could not reach the
+            # server), and IPv6 CARP adverts and RAs are sent from it.
+            f"LinkLocalAddressing=ipv6\n")
 
 
 def write_vm_config(d: Path, root_password: str | None = None) -> None:

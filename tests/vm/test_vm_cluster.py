@@ -214,10 +214,6 @@ def test_sessions_survive_hard_kill_of_the_master(vmlab, sessions):
     lab.state["after_kill6"] = (r6, client_routes6(lab))
 
 
-@pytest.mark.xfail(reason="open: in the TCG VM cluster the IPv6 sessions got no reply through fw2 "
-                          "for 30 s after the kill (none failed; the IPv4 ones went on); "
-                          "members' neighbour entries on wan0 were seen FAILED (fw1 for fw2's "
-                          "and the server's address) -- to be found", strict=False)
 def test_ipv6_sessions_survived_the_kill(vmlab):
     """The SLAAC client's sessions went on through fw2 and its default
     route is still via the router vip (fw2 advertises now)."""
