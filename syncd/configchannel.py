@@ -24,7 +24,7 @@ import socket
 import time
 
 from fwcluster import configstore, nft, version
-from fwcluster.core import bundle, versions
+from fwcluster.core import bundle
 from fwcluster.core import configwire as wire
 from fwcluster.configstore import Generation
 from fwcluster.core.bundle import Bundle, BundleError
@@ -130,8 +130,8 @@ class ConfigService:
         self.me = cfg.member(node)
         self.own = Generation.load(cfg.state_dir)
         self.speaks = version.speaks("config")  # a build capped to previous: FWCC1 only
-        self.release = {"version": version.current(),
-                        "speaks": {name: list(version.speaks(name)) for name in versions.SPEAKS}}
+        release = version.release()
+        self.release = {"version": release["version"], "speaks": release["speaks"]}
         # peer -> time until which we ask it in an older version only (it
         # refused our newest): an FWCC1 member is not asked twice every poll
         self._older_until: dict[str, float] = {}

@@ -35,7 +35,7 @@ import json
 import re
 
 VERSION = b"FWCC2"
-SPEAKS = (1, 2)  # versions.SPEAKS["config"]
+SPEAKS = (1, 2)  # the versions this module frames (FWCC1, FWCC2)
 MAX_HEADER = 256  # bytes of unauthenticated input per message
 MAX_BODY = 8 << 20  # a 4 MiB bundle in base64 and JSON fits
 _LABELS = {  # version -> (request, reply) MAC labels

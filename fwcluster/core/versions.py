@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from fwcluster.carp.core import hardened as carp_hardened
 from fwcluster.carp.core import wire as carp_wire
+from fwcluster.core import configwire
+from syncd.core import wire as sync_wire
 
 TAG_PATTERN = "v[0-9]*"  # `git describe --match`: other tags never name a release
 UNKNOWN = "unknown"
@@ -53,9 +55,11 @@ def pep440(describe: str, dirty: bool = False) -> str:
     return public + ("+" + ".".join(local) if local else "")
 
 
-# (oldest, newest) version of each negotiated protocol between members.
-# Plain CARP (ucarp's wire, RFC-fixed) is not negotiated and not listed.
-SPEAKS = {"sync": (2, 3), "config": (1, 2), "carp_hardened": (4, 5)}
+# (oldest, newest) version of each negotiated protocol between members, as
+# each wire module encodes them. Plain CARP (ucarp's wire, RFC-fixed) is
+# not negotiated and not listed.
+SPEAKS = {"sync": (sync_wire.OLDEST, sync_wire.NEWEST), "config": configwire.SPEAKS,
+          "carp_hardened": carp_hardened.SPEAKS}
 CAPS = ("current", "previous")  # previous: speak only each protocol's oldest version
 
 
