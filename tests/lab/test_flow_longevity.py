@@ -67,7 +67,8 @@ DIGEST_INTERVAL = SyncConfig.__dataclass_fields__["digest_interval"].default
 WATCH = STREAM_TIMEOUT + max(REFRESH_INTERVAL, DIGEST_INTERVAL) + 5
 MARGIN = 0.2
 PUSH = "udp server-push"
-HOLD = OPEN_TIMEOUT + 2             # the drill's hold: long enough to open flows through fw2
+HOLD = OPEN_TIMEOUT + 4             # the drill's hold: long enough to open flows through fw2
+                                    # and for them to be assured and replicated back to fw1
 
 
 class Rig:
@@ -93,6 +94,18 @@ class Rig:
 
     def bound(self, name: str) -> float:
         return self.outage + MARGIN + PERIODS[name]
+
+    def unreplicated(self, label: str, peer: str) -> list[str]:
+        """The flows of the set that need a copy on peer and have none. A UDP
+        flow is replicated once the kernel marks it assured (traffic both
+        ways for 2 s: the default [sync] filter), so a set younger than that
+        has no copies yet, and its server-push flow dies at any move: the
+        flows this file watches are established ones. The client-push flow
+        never has a reply, so it is never assured nor replicated: the new
+        master lets it through as a new flow from the LAN."""
+        table = self.lab.run(peer, ["conntrack", "-L"], check=False).stdout
+        return [n for n, port in self.sets[label].ports.items()
+                if n != "udp client-push" and f"dport={port} " not in table]
 
     def alive(self, label: str) -> bool:
         """Every flow of the set delivered within twice its period."""
@@ -224,12 +237,16 @@ def prepare(rigs: list[Rig], master: str) -> None:
     alive (fresh flows where the last move killed them: that move's test
     reported it). A rig a previous move left broken gets its move anyway;
     move() reports it."""
+    peer = next(m for m in rigs[0].lab.members if m != master)
     for r in rigs:
         r.lab.wait_for(lambda: settled(r.lab, master) and in_sync(r.lab), 30)
         for label in [k for k in r.sets if k != "first"]:
             r.sets.pop(label).stop()
         if not r.alive("first"):
             r.open("first")
+        assert r.lab.wait_for(lambda: not r.unreplicated("first", peer), 10), \
+            f"{r.name}: {peer} has no copy of {r.unreplicated('first', peer)} 10 s after they " \
+            f"opened: {r.lab.run(peer, ['conntrack', '-L'], check=False).stdout}"
 
 
 def maintenance(state: str):
@@ -251,8 +268,17 @@ def drill_opening_flows(r: Rig) -> str | None:
         p.wait(60)
         return f"the drill did not move the vips to fw2: {out.read_text()} {carpd_view(lab)}"
     r.open("hold")
+    # The drill fails back after HOLD: the flows opened on fw2 must be on fw1
+    # by then (a UDP flow is assured after 2 s, then replicated), or their
+    # server push dies with the failback because of this test's timing.
+    copied = False
+    while p.poll() is None and not copied:
+        copied = not r.unreplicated("hold", "fw1")
+        time.sleep(0.1)
     if p.wait(60) != 0:
         return f"drill: {out.read_text()}"
+    if not copied:
+        return "fw1 held no copy of every flow opened during the hold when the drill failed back"
     return None
 
 
