@@ -1,8 +1,8 @@
 """Sync between releases (issue 23), real carpd and syncd in namespaces:
 
   1. fw1 runs this release, fw2 the previous one (this tree capped with
-     FWCLUSTER_PROTOCOLS=previous; or, with FWLAB_PREVIOUS_TREE set to a
-     checkout of the previous release, that release's own code): sessions
+     FWCLUSTER_PROTOCOLS=previous, and the previous release's own code,
+     tests/lab/previous_release.py): sessions
      through fw1 and entries made on fw2 replicate both ways at sync
      version 2, shown on both. fw2 is then upgraded (restarted on this
      release): version 3 on both, fw1 learns fw2's release, and no session
@@ -17,10 +17,9 @@
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
+import previous_release
 import pytest
 
 from syncd.core.protocol import Timing
@@ -29,7 +28,6 @@ from tests.lab.sync_helpers import TIMING, Load, ct_count, in_sync, logs, start_
 from tests.lab.test_sync_failover import SETTLE, all_master, settled
 
 PREVIOUS = {"FWCLUSTER_PROTOCOLS": "previous"}
-OLD_TREE = os.environ.get("FWLAB_PREVIOUS_TREE")
 ABSENT = Timing().absent_after
 FW2_ENTRIES = 20
 # How long two members that both speak 3 take to use it: the ALIVE that
@@ -66,9 +64,9 @@ def fw2_entries_on_fw1(lab: Lab) -> int:
 
 @pytest.mark.parametrize("previous", ["capped", "release"])
 def test_previous_and_current_release_sync_at_2_and_at_3_after_the_upgrade(previous):
-    if previous == "release" and not OLD_TREE:
-        pytest.skip("FWLAB_PREVIOUS_TREE (a checkout of the previous release) not set")
-    old = {"env": PREVIOUS} if previous == "capped" else {"tree": Path(OLD_TREE)}
+    if previous == "release" and previous_release.tree() is None:
+        pytest.skip(f"the previous release ({previous_release.PREVIOUS}) is not in this checkout")
+    old = {"env": PREVIOUS if previous == "capped" else previous_release.env()}
     with Lab(members=2, prefix="h23v", **TIMING) as lab:
         start_server(lab)
         start(lab, "fw1")
