@@ -33,6 +33,13 @@ class Member:
     name: str
     sync_address: ipaddress.IPv4Address | ipaddress.IPv6Address
     advskew: int = 0
+    # The address on each sync link, in [sync] interfaces order; the first
+    # is sync_address (where the config channel listens).
+    sync_addresses: tuple = ()
+
+    @property
+    def link_addresses(self) -> tuple:
+        return self.sync_addresses or (self.sync_address,)
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,19 @@ class SyncFilter:
 
 @dataclass(frozen=True)
 class Sync:
-    interface: str
+    # The sync links, first preferred (syncd/core/links.py chooses among
+    # them); `interface` alone in cluster.toml is a list of one.
+    interfaces: tuple
     port: int = 3780
     # Seconds between anti-entropy rounds: a lost conntrack event or a
     # delete lost while a stream was broken is repaired within one.
     digest_interval: int = 30
     filter: SyncFilter = SyncFilter()   # what is replicated (syncd/core/policy.py)
+
+    @property
+    def interface(self) -> str:
+        """The preferred sync link."""
+        return self.interfaces[0]
 
 
 @dataclass(frozen=True)
@@ -300,7 +314,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "run_dir": (str, "/run/fwcluster"),
         "state_dir": (str, "/var/lib/fwcluster"),
     },
-    "sync": {"interface": (str, REQUIRED), "port": (int, 3780), "digest_interval": (int, 30),
+    "sync": {"interface": (str, None), "interfaces": (list, ()), "port": (int, 3780), "digest_interval": (int, 30),
              "filter": (dict, {})},
     "carp": {
         "preempt": (bool, True),
@@ -311,7 +325,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "member": {
         "name": (str, REQUIRED),
-        "sync_address": (str, REQUIRED),
+        "sync_address": (str, None),
+        "sync_addresses": (list, ()),
         "advskew": (int, 0),
     },
     "vip": {
@@ -401,7 +416,13 @@ KEY_DOCS: dict[str, str] = {
     "cluster.state_dir": "Persistent daemon state (maintenance flag; absolute path). On the "
     "appliance it lives on /config.",
     "sync.interface": "Interface of the dedicated state-sync link: a kernel interface name "
-    "(1-15 bytes; no whitespace, control characters, '/', ':', '*', quotes or backslash).",
+    "(1-15 bytes; no whitespace, control characters, '/', ':', '*', quotes or backslash). "
+    "The same as `interfaces` with one name; give one of the two.",
+    "sync.interfaces": "Redundant sync links (1-4 interface names, same rules as "
+    "sync.interface), first preferred: the stream moves to the next link when the "
+    "preferred one loses carrier or stops answering, and back when it returns, without a "
+    "bulk transfer (docs/sync.md, \"Redundant sync links\"). Each member then gives "
+    "`sync_addresses`, one per link.",
     "sync.port": "UDP port of state sync (1-65535).",
     "sync.filter": "Which conntrack entries state sync replicates (docs/sync.md, \"What it "
     "replicates\"), a table: `states` = \"sessions\" (default: an entry once conntrack "
@@ -432,7 +453,11 @@ KEY_DOCS: dict[str, str] = {
     "member.name": "Member name; each daemon is told which one it is by --node. Same "
     "characters as cluster.name. Its place among the names, sorted, is the member's id on "
     "the sync wire: the order of the [[member]] tables does not matter.",
-    "member.sync_address": "This member's unicast address on the sync link (IPv4 or IPv6).",
+    "member.sync_address": "This member's unicast address on the (first) sync link (IPv4 or "
+    "IPv6); the config channel listens there. Required unless sync_addresses is given.",
+    "member.sync_addresses": "This member's address on each sync link, in the order of "
+    "sync.interfaces (one per link; the first is sync_address, which may then be left "
+    "out). Needed with more than one sync link. All of one family, distinct in the cluster.",
     "member.advskew": "CARP advskew (0-254) of this member for every vip of the default "
     "group, and of a [[group]] that does not name the member; the lowest wins the election.",
     "vip.vhid": "CARP virtual host id (1-255), unique in the cluster.",
@@ -791,7 +816,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     check_name(path, "cluster.name", c["name"])
     for k in ("secret_file", "run_dir", "state_dir"):
         check_abs_path(path, f"cluster.{k}", c[k])
-    check_ifname(path, "sync.interface", s["interface"])
+    interfaces = _sync_interfaces(path, s)
     _in_range(path, "sync.port", s["port"], 1, 65535)
     _in_range(path, "sync.digest_interval", s["digest_interval"], 1, 3600)
     carp = tables["carp"]
@@ -813,19 +838,16 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
                               f"duplicate member name {m['name']!r} (also member[{seen_names[m['name']]}])")
         check_name(path, f"{key}.name", m["name"])
         seen_names[m["name"]] = i
-        try:
-            addr = ipaddress.ip_address(m["sync_address"])
-        except ValueError:
-            raise ConfigError(path, f"{key}.sync_address",
-                              f"malformed address {_show(m['sync_address'])}") from None
-        if addr.is_multicast or addr.is_unspecified:
-            raise ConfigError(path, f"{key}.sync_address", f"{addr} is not a unicast host address")
-        if str(addr) in seen_sync:
-            raise ConfigError(path, f"{key}.sync_address",
-                              f"duplicate address {addr} (also member[{seen_sync[str(addr)]}])")
-        seen_sync[str(addr)] = i
+        links = _link_addresses(path, key, m, len(interfaces))
+        for addr, k in links:
+            if str(addr) in seen_sync:
+                raise ConfigError(path, k, f"duplicate address {addr} "
+                                  f"(also member[{seen_sync[str(addr)]}])")
+            seen_sync[str(addr)] = i
         _in_range(path, f"{key}.advskew", m["advskew"], 0, 254)
-        members.append(Member(m["name"], addr, m["advskew"]))
+        addrs = tuple(a for a, _ in links)
+        members.append(Member(m["name"], addrs[0], m["advskew"],
+                              addrs if len(addrs) > 1 else ()))
 
     vips = []
     seen_vhid: dict[int, int] = {}
@@ -906,7 +928,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     _check_dhcp_cluster(path, dhcp)
     cfg = Config(
         path=path, name=c["name"], secret_file=c["secret_file"], run_dir=c["run_dir"],
-        state_dir=c["state_dir"], sync=Sync(s["interface"], s["port"], s["digest_interval"],
+        state_dir=c["state_dir"], sync=Sync(interfaces, s["port"], s["digest_interval"],
                                         check_sync_filter(path, s["filter"])),
         carp=Carp(**carp), members=tuple(members), vips=tuple(vips),
         firewall=Firewall(**tables["firewall"]), balance=Balance(**b),
@@ -918,6 +940,73 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
             raise ConfigError(path, "--node", f"{_show(node)} is not a member "
                               f"(members: {', '.join(seen_names)})")
     return cfg
+
+
+# --- [sync] links -----------------------------------------------------------------
+
+MAX_SYNC_LINKS = 4
+
+
+def _sync_interfaces(path: str, s: dict) -> tuple:
+    """[sync] interface (one link) or interfaces (first preferred), not both."""
+    if s["interface"] is not None and s["interfaces"]:
+        raise ConfigError(path, "sync.interfaces", "give sync.interface or sync.interfaces, not both")
+    if s["interface"] is None and not s["interfaces"]:
+        raise ConfigError(path, "sync.interfaces", "missing: give sync.interfaces "
+                          "(or sync.interface for one link)")
+    if s["interface"] is not None:
+        check_ifname(path, "sync.interface", s["interface"])
+        return (s["interface"],)
+    names = s["interfaces"]
+    if len(names) > MAX_SYNC_LINKS:
+        raise ConfigError(path, "sync.interfaces", f"{len(names)} links, at most {MAX_SYNC_LINKS}")
+    for j, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ConfigError(path, f"sync.interfaces[{j}]", f"must be a string, got {_show(name)}")
+        check_ifname(path, f"sync.interfaces[{j}]", name)
+        if name in names[:j]:
+            raise ConfigError(path, f"sync.interfaces[{j}]", f"{_show(name)} is listed twice")
+    return tuple(names)
+
+
+def _sync_ip(path: str, key: str, text) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if not isinstance(text, str):
+        raise ConfigError(path, key, f"must be a string, got {_show(text)}")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(path, key, f"malformed address {_show(text)}") from None
+    if addr.is_multicast or addr.is_unspecified:
+        raise ConfigError(path, key, f"{addr} is not a unicast host address")
+    return addr
+
+
+def _link_addresses(path: str, key: str, m: dict, links: int) -> list:
+    """A member's address on each sync link, with the key that gave it:
+    sync_address (one link) and/or sync_addresses (one per link, the first
+    equal to sync_address when both are given), all of one family."""
+    many = m["sync_addresses"]
+    if m["sync_address"] is None and not many:
+        raise ConfigError(path, f"{key}.sync_address", "missing required key")
+    if not many:
+        if links > 1:
+            raise ConfigError(path, f"{key}.sync_addresses", f"missing: one address per sync "
+                              f"link ({links}, sync.interfaces)")
+        return [(_sync_ip(path, f"{key}.sync_address", m["sync_address"]), f"{key}.sync_address")]
+    if len(many) != links:
+        raise ConfigError(path, f"{key}.sync_addresses", f"{len(many)} addresses for {links} "
+                          "sync links (sync.interfaces): one per link, same order")
+    out = [(_sync_ip(path, f"{key}.sync_addresses[{j}]", a), f"{key}.sync_addresses[{j}]")
+           for j, a in enumerate(many)]
+    if m["sync_address"] is not None:
+        first = _sync_ip(path, f"{key}.sync_address", m["sync_address"])
+        if first != out[0][0]:
+            raise ConfigError(path, f"{key}.sync_address", f"{first} is not sync_addresses[0] "
+                              f"({out[0][0]}): the first link's address")
+    for addr, k in out[1:]:
+        if addr.version != out[0][0].version:
+            raise ConfigError(path, k, f"{addr}: family differs from sync_addresses[0] ({out[0][0]})")
+    return out
 
 
 # --- [[group]] --------------------------------------------------------------------

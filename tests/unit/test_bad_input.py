@@ -191,6 +191,7 @@ for _table, _keys in config._SCHEMA.items():
                                  ("[firewall]", f"[[{_table}]]\n{_body}\n\n[firewall]"), f"{_table}[0].{_key}"))
         elif _table in config._ARRAYS:
             _old = {"name": 'name = "fw1"', "sync_address": 'sync_address = "203.0.113.1"',
+                    "sync_addresses": 'sync_address = "203.0.113.1"',
                     "advskew": "advskew = 0 ", "vhid": "vhid = 1", "interface": 'interface = "lan0"',
                     "address": 'address = "192.0.2.1/24"', "advbase": "advbase = 1 "}.get(_key)
             # a key the example leaves out is added beside the vip's address
