@@ -35,8 +35,9 @@ def load(old_cfg, node: str):
     return dataclasses.replace(cfg, run_dir=old_cfg.run_dir, state_dir=old_cfg.state_dir), secret
 
 
-def members(cfg) -> list[tuple[str, str]]:
-    return [(m.name, str(m.sync_address)) for m in cfg.members]
+def members(cfg) -> list[tuple[str, tuple[str, ...]]]:
+    """Each member's address on every sync link, in [sync] interfaces order."""
+    return [(m.name, tuple(str(a) for a in m.link_addresses)) for m in cfg.members]
 
 
 def successor(old: Sync, cfg, node: str, key: bytes, now: float) -> Sync:

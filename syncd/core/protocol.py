@@ -57,7 +57,7 @@ from typing import Callable, NamedTuple
 
 from fwcluster.core.config import wire_indexes
 from fwcluster.core import contract
-from syncd.core import digest, wire
+from syncd.core import digest, links, wire
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.ownership import ORIGIN, STANDBY, Forwarding, forwards, gained
 from syncd.core.entry import OP_DELETE, OP_UPSERT
@@ -90,6 +90,7 @@ class Timing:
 class Send(NamedTuple):
     addr: str
     data: bytes
+    link: int = 0       # which sync link (socket) it leaves by (links.py)
 
 
 class Apply(NamedTuple):
@@ -215,7 +216,8 @@ def _counters() -> dict:
 class Peer:
     name: str
     index: int
-    addr: str
+    addr: str                       # on the first sync link
+    links: links.PeerLinks
     tx: _Tx = field(default_factory=_Tx)
     rx: _Rx = field(default_factory=_Rx)
     state: str = "unknown"          # unknown | up | down
@@ -257,7 +259,9 @@ class Sync:
         every sequence counter there (tests: near a wrap). speaks: the sync
         wire versions (oldest, newest) this build sends and accepts (a
         build capped to the previous release's: its oldest only); about:
-        what version 3 ALIVEs tell of this member."""
+        what version 3 ALIVEs tell of this member. members: (name,
+        address), or (name, (address on each sync link, ...)).
+        """
         ids = wire_indexes(n for n, _ in members)   # by name: config order does not matter
         self.me, self.my_index = me, ids[me]
         self.key, self.epoch, self.t = key, epoch, timing
@@ -266,8 +270,15 @@ class Sync:
         self.nonce = nonce or _system_nonce
         self.boot = self.nonce() & MASK64
         self.started = now
-        self.peers = {n: Peer(n, ids[n], _norm(a)) for n, a in members if n != me}
-        self.by_addr = {p.addr: p for p in self.peers.values()}
+        self.peers = {}
+        for n, a in members:
+            if n != me:
+                addrs = tuple(_norm(x) for x in ((a,) if isinstance(a, str) else a))
+                self.peers[n] = Peer(n, ids[n], addrs[0], links.PeerLinks(addrs))
+        # Every link's address of a peer is the peer: its datagrams count
+        # on whichever link they come (links.py).
+        self.by_addr = {a: p for p in self.peers.values() for a in p.links.addrs}
+        self.carrier = [True] * max((len(p.links.addrs) for p in self.peers.values()), default=1)
         for p in self.peers.values():
             p.tx.seq = p.tx.gen = p.tx.base = p.rx.base = counter_base
             p.tx.reset()
@@ -680,7 +691,8 @@ class Sync:
         p = self.by_addr.get(addr)
         if p is None:
             try:
-                p = self.by_addr.get(_norm(addr))
+                addr = _norm(addr)
+                p = self.by_addr.get(addr)
             except ValueError:
                 p = None
         if p is None:
@@ -699,6 +711,7 @@ class Sync:
             self._drop("misdirected")
             return
         self._heard(p, m)
+        self._heard_on(p, p.links.link_of(addr), now)
         rx = p.rx
         if m.session != rx.session or (rx.boot is not None and m.boot != rx.boot):
             # Not our current session with this sender: a recording or a late
@@ -753,6 +766,20 @@ class Sync:
             p.heard_boot, p.heard_version = m.boot, spoken
         elif spoken > p.heard_version:
             p.heard_version = spoken
+
+    def _heard_on(self, p: Peer, link: int, now: float) -> None:
+        """An authentic datagram came on this link: it answers; the
+        preferred link may be back."""
+        p.links.heard[link] = now
+        if link < p.links.chosen:
+            p.links.choose(self.carrier, now, links.silent_after(self.t.alive))
+
+    def set_carrier(self, link: int, up: bool, now: float) -> None:
+        """Our side of a sync link gained or lost carrier (the shell
+        watches the interface): streams move at once, not after silence."""
+        self.carrier[link] = up
+        for p in self.peers.values():
+            p.links.choose(self.carrier, now, links.silent_after(self.t.alive))
 
     def peer_version(self, p: Peer) -> int | None:
         """The newest version the peer's current run (the one our session
@@ -949,8 +976,11 @@ class Sync:
 
     # --- output -------------------------------------------------------------------
     def _send(self, p: Peer, mtype: int, gen: int, dseq: int, arg: int, body: bytes, now: float,
-              flags: int = 0):
+              flags: int = 0, link: int | None = None):
+        """link: None for the chosen link (everything but per-link ALIVEs)."""
         tx = p.tx
+        link = p.links.chosen if link is None else link
+        addr = p.links.addrs[link]
         alive = mtype == wire.ALIVE
         for version in wire_versions(self.speaks, self.peer_version(p), alive):
             tx.seq += 1
@@ -960,9 +990,9 @@ class Sync:
                 body = self._about_body if version >= 3 else b""
                 m = m._replace(flags=0 if version == self.speaks[1] else
                                self.speaks[1] << wire.NEWEST_SHIFT)
-            self.actions.append(Send(p.addr, wire.encode(self.key, m, body)))
+            self.actions.append(Send(addr, wire.encode(self.key, m, body), link))
             p.counters["msgs_sent"] += 1
-        tx.last_send = now
+        tx.last_send = p.links.sent[link] = now
 
     def _transmit(self, p: Peer, dseq: int, item: list, now: float) -> None:
         mtype, arg, body, _count, _last, flags = item
@@ -1047,7 +1077,9 @@ class Sync:
     def tick(self, now: float) -> None:
         """Timers: liveness, resends, ALIVE, NACK repeats, resync requests."""
         t = self.t
+        silent = links.silent_after(t.alive)
         for p in self.peers.values():
+            p.links.choose(self.carrier, now, silent)
             if p.state == "up" and now - p.last_seen > t.peer_timeout:
                 p.state = "down"
                 p.tx.queue.clear()
@@ -1083,8 +1115,9 @@ class Sync:
             # Keep asking (also an absent peer: it may come later with state).
             if p.resync != "done" and p.state != "down" and now - p.req_sent_at >= t.resync_retry:
                 self._request(p, now)
-            if now - p.tx.last_send >= t.alive:
-                self._send(p, wire.ALIVE, p.tx.gen, p.tx.next_dseq - 1, self.local_entries, b"", now)
+            for link in p.links.alive_due(self.carrier, now, t.alive):
+                self._send(p, wire.ALIVE, p.tx.gen, p.tx.next_dseq - 1, self.local_entries, b"", now,
+                           link=link)
         self.flush(now)
 
     @staticmethod
@@ -1137,6 +1170,8 @@ class Sync:
             oldest = next(iter(q.values()))[4] if q else None
             peers[p.name] = {
                 "address": p.addr, "state": p.state, "resync": p.resync,
+                "link": p.links.chosen, "link_switches": p.links.switches,
+                "links": p.links.states(self.carrier, now, links.silent_after(self.t.alive)),
                 "last_seen": None if p.last_seen is None else round(now - p.last_seen, 3),
                 "session": f"{p.rx.session:016x}", "sessions": p.sessions,
                 "off_session": p.off_session, "table_size": p.table_size,
