@@ -96,6 +96,15 @@ def sync_events(f) -> dict:
             "nosync": f"ct mark set ct mark or {mark} ct event set 0x0"}
 
 
+def sync_links(cfg, node: str) -> list[dict]:
+    out = []
+    for i, name in enumerate(cfg.sync.interfaces):
+        addrs = [m.link_addresses[i] for m in cfg.peers(node)]
+        out.append({"interface": name, "peers4": [str(a) for a in addrs if a.version == 4],
+                    "peers6": [str(a) for a in addrs if a.version == 6]})
+    return out
+
+
 def context(cfg, node: str) -> dict:
     """What a template sees. Addresses are strings, ready to print."""
     def member(m):
@@ -148,9 +157,13 @@ def context(cfg, node: str) -> dict:
                    "mask": f"0x{GROUP_MARK_MASK:08x}",
                    "keep": f"0x{0xFFFFFFFF & ~GROUP_MARK_MASK:08x}"},
         "carp": {"interfaces": list(cfg.interfaces), "proto": 112},
-        "sync": {"interface": cfg.sync.interface, "port": cfg.sync.port,
+        "sync": {"interface": cfg.sync.interface, "interfaces": list(cfg.sync.interfaces),
+                 "port": cfg.sync.port,
                  "peers4": [p["sync_address"] for p in peers if p["family"] == 4],
                  "peers6": [p["sync_address"] for p in peers if p["family"] == 6],
+                 # per sync link: the peers' addresses on it (sync traffic is
+                 # taken on each link from those only)
+                 "links": sync_links(cfg, node),
                  **sync_events(cfg.sync.filter)},
         "balance": {"mode": cfg.balance.mode, "active": active,
                     "buckets": cfg.balance.buckets if active else 0,

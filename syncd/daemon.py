@@ -10,7 +10,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from syncd.antientropy import Rounds
 from syncd.bulk import Bulks
 from syncd.ctshow import Queries
 from syncd.dumps import PacedDump
+from syncd.links import LinkSet
 from syncd.trace import Trace, profiler
 
 log = logging.getLogger("syncd")
@@ -75,8 +75,6 @@ REFRESH_WINDOW = 64
 # few ms), not ~1700. Still ~20k entries/s (acks every ack_delay).
 STATELESS_PACE = (128, 16)
 DUMP_TURN = 1024            # refresh dump entries read per loop turn
-IP_FREEBIND, IPV6_FREEBIND = 15, 78
-UDP_BUF = 8 << 20
 # Textfile metrics: rewritten every TEXTFILE_PERIOD s (its mtime then shows
 # syncd is alive), and within TEXTFILE_CHECK s of a change of sync health.
 TEXTFILE_PERIOD = 5.0
@@ -106,26 +104,6 @@ def new_epoch(state_dir: str) -> int:
     except OSError as e:
         log.warning("cannot store epoch in %s: %s", path, e)
     return epoch
-
-
-def udp_socket(addr, port: int) -> socket.socket:
-    fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-    s = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    # Bind before the address is configured (boot order, link flaps).
-    if fam == socket.AF_INET:
-        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-    else:
-        s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-    # FORCE: past net.core.[rw]mem_max, so a burst (bulk transfer, a busy
-    # moment of the peer) waits in the buffer instead of being dropped.
-    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):   # SO_*BUFFORCE
-        try:
-            s.setsockopt(socket.SOL_SOCKET, force, UDP_BUF)
-        except PermissionError:
-            s.setsockopt(socket.SOL_SOCKET, plain, UDP_BUF)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((str(addr), port))
-    return s
 
 
 class Daemon:
@@ -183,8 +161,8 @@ class Daemon:
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
         self.refresh_dump = PacedDump(loop, self.on_dump, self.on_dump_end, DUMP_TURN, paced=False)
-        self.sock = udp_socket(self.me.sync_address, self.port)
-        members = [(m.name, str(m.sync_address)) for m in self.cfg.members]
+        self.links = LinkSet(self.cfg.sync.interfaces, self.me.link_addresses, self.port)
+        members = live_reload.members(self.cfg)
         for m in self.cfg.peers(self.node):
             if m.sync_address.version != self.me.sync_address.version:
                 log.error("peer %s sync_address %s: family differs from ours (%s); not reachable",
@@ -196,18 +174,21 @@ class Daemon:
         self.server = await ctlsock.serve(ctlsock.socket_path(self.cfg.run_dir, contract.SYNCD), self.handle)
         await self.configsvc.start()
         loop.add_reader(self.ct.fileno(), self.on_events)
-        loop.add_reader(self.sock.fileno(), self.on_datagrams)
+        for link, sock in enumerate(self.links.socks):
+            loop.add_reader(sock.fileno(), self.on_datagrams, link)
         self.sup.install(loop)
         self.sup.on_hangup = lambda: loop.create_task(self.reload())
         self.configsvc.on_installed = self.reload
         self.configsvc.on_error = self.sup.contain
         tasks = [self.sup.start(self.ticker(), "ticker"),
                  self.sup.start(self.carpd_link(), "carpd_link"),
+                 self.sup.start(self.links.watch(self.on_carrier), "sync links"),
                  self.sup.start(self.housekeeping(), "housekeeping"),
                  self.sup.start(self.configsvc.run(), "config")]
         metrics_server = await self.start_metrics(tasks)
-        log.info("syncd %s: epoch %d, %s:%d, peers %s", self.node, self.epoch,
-                 self.me.sync_address, self.port, ", ".join(n for n, _ in members if n != self.node))
+        log.info("syncd %s: epoch %d, %s port %d, peers %s", self.node, self.epoch,
+                 ", ".join(f"{i} {a}" for i, a in zip(self.links.interfaces, self.me.link_addresses)),
+                 self.port, ", ".join(n for n, _ in members if n != self.node))
         self.sync.tick(self.now())
         self.process()
         await self.sup.stopping.wait()
@@ -224,10 +205,11 @@ class Daemon:
         loop.remove_reader(self.ct.fileno())
         for job in (self.refresh_dump, self.bulks, self.rounds, self.queries):
             job.close()
-        loop.remove_reader(self.sock.fileno())
+        for sock in self.links.socks:
+            loop.remove_reader(sock.fileno())
         self.server.close()
         self.ct.close()
-        self.sock.close()
+        self.links.close()
         return self.sup.exit_status
 
     async def refresh_addresses(self) -> None:
@@ -337,15 +319,21 @@ class Daemon:
             else:
                 loop.call_soon(self.feed_refresh)
 
-    def on_datagrams(self) -> None:
+    def on_carrier(self, link: int, up: bool) -> None:
+        """A sync link gained or lost carrier: the core moves the streams."""
+        self.sync.set_carrier(link, up, self.now())
+        self.process()
+
+    def on_datagrams(self, link: int = 0) -> None:
         now = self.now()
         trace = self.trace
         recv_s = auth_s = 0.0
+        sock = self.links.socks[link]
         for _ in range(DATAGRAM_BATCH):
             if trace is not None:
                 t0 = self.now()
             try:
-                data, addr = self.sock.recvfrom(65535)
+                data, addr = sock.recvfrom(65535)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -378,7 +366,7 @@ class Daemon:
             for a in actions:
                 if isinstance(a, Send):
                     try:
-                        self.sock.sendto(a.data, (a.addr, self.port))
+                        self.links.send(a.link, a.data, a.addr)
                     except OSError as e:
                         self.counters["send_errors"] += 1
                         log.debug("send to %s: %s", a.addr, e)
@@ -620,7 +608,8 @@ class Daemon:
         except Exception as e:  # never let a stats hiccup fail a status request
             log.debug("count: %s", e)
         st = self.sync.status(self.now())
-        return {"node": self.node, "cluster": self.cfg.name,
+        links = link_status(st, self.links.interfaces, self.links.carrier)
+        return {"links": links, "node": self.node, "cluster": self.cfg.name,
                 "sync_address": str(self.me.sync_address), "port": self.port,
                 "carpd": self.carpd_ok, "demotion": self.demotion(),
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
@@ -699,6 +688,18 @@ def waiting(st: dict, carp_heard: bool) -> dict[str, str]:
         else:
             out[name] = "silent on the sync link"
     return out
+
+
+def link_status(st: dict, interfaces: tuple, carrier: list) -> dict:
+    """Links by name in the status: each peer's link in use and every
+    link's state towards it (the core counts by index); per link, whether
+    it has carrier and every peer answers on it."""
+    for p in st["peers"].values():
+        p["link"] = interfaces[p["link"]]
+        p["links"] = dict(zip(interfaces, p["links"]))
+    return {name: {"carrier": carrier[i],
+                   "up": carrier[i] and all(p["links"][name] == "up" for p in st["peers"].values())}
+            for i, name in enumerate(interfaces)}
 
 
 def merge_applies(actions: list) -> list:

@@ -125,6 +125,7 @@ def families(status: dict) -> list[Metric]:
         drops.add_metric([reason], got.get(reason, 0))
     out = [info, in_sync, demotion, carpd, local, epoch, drops]
     out += peer_families(status.get("peers") or {})
+    out += link_families(status)
     out += daemon_families(status)
     if isinstance(status.get("config"), dict):
         out += config_families(status["config"])
@@ -180,6 +181,20 @@ def peer_families(peers: dict) -> list[Metric]:
             *counters.values(), drops]
 
 
+def link_families(status: dict) -> list[Metric]:
+    """The sync links ([sync] interfaces): one at 0 is a degraded cluster
+    that a second cut would leave without replication."""
+    up = _gauge("link_up", "1 while the sync link has carrier and every peer answers on it",
+                "interface")
+    for name, link in (status.get("links") or {}).items():
+        up.add_metric([name], int(bool(link.get("up"))))
+    switches = _counter("link_switches", "Moves of a peer's stream from one sync link to "
+                        "another", "peer")
+    for name, p in sorted((status.get("peers") or {}).items()):
+        switches.add_metric([name], p.get("link_switches", 0))
+    return [up, switches]
+
+
 def daemon_families(status: dict) -> list[Metric]:
     c = status.get("counters") or {}
     out = [_one(_counter(name, help), c.get(k, 0)) for k, (name, help) in DAEMON_COUNTERS.items()]
@@ -222,4 +237,5 @@ def health(status: dict) -> tuple:
     cfg = status.get("config") or {}
     return (bool(status.get("in_sync")), status.get("demotion"), bool(status.get("carpd")),
             tuple(sorted((n, p.get("state"), p.get("resync")) for n, p in peers.items())),
+            tuple(sorted((n, bool(k.get("up"))) for n, k in (status.get("links") or {}).items())),
             bool(cfg.get("stale")), cfg.get("generation"))

@@ -47,6 +47,7 @@ def successor(old: Sync, cfg, node: str, key: bytes, now: float) -> Sync:
     new.own, new.told, new.local_entries = old.own, old.told, old.local_entries
     new.forwarding, new.owner_counters = old.forwarding, old.owner_counters
     new.round, new.corrections = old.round, old.corrections
+    new.carrier = list(old.carrier)     # the links are the same (reloadplan)
     for name, p in new.peers.items():
         was = old.peers.get(name)
         if was is not None and was.addr == p.addr:

@@ -96,6 +96,10 @@ def refusal(old: Config, new: Config, node: str, secret_changed: bool) -> str | 
             return f"cluster.{what} changed: restart carpd and syncd to move it"
     if old.member(node).sync_address != new.member(node).sync_address:
         return f"member.sync_address of {node} changed: restart syncd and carpd"
+    if old.member(node).link_addresses != new.member(node).link_addresses:
+        return f"member.sync_addresses of {node} changed: restart syncd and carpd"
+    if old.sync.interfaces != new.sync.interfaces:
+        return "sync.interfaces changed: restart syncd on every member"
     if old.sync.port != new.sync.port:
         return "sync.port changed: restart syncd and carpd on every member"
     if old.carp.mode != new.carp.mode:
@@ -130,8 +134,8 @@ def plan(old: Config, new: Config, node: str, secret_changed: bool) -> Plan | st
         rekey=carp_rekey(old, new, secret_changed),
         carp_changed=(old.carp.link_demote, old.carp.maintenance_demote, old.carp.sync_hold)
         != (new.carp.link_demote, new.carp.maintenance_demote, new.carp.sync_hold))
-    was = {m.name: m.sync_address for m in old.peers(node)}
-    now = {m.name: m.sync_address for m in new.peers(node)}
+    was = {m.name: m.link_addresses for m in old.peers(node)}
+    now = {m.name: m.link_addresses for m in new.peers(node)}
     sync = SyncPlan(
         peers_added=tuple(sorted(set(now) - set(was))),
         peers_removed=tuple(sorted(set(was) - set(now))),
