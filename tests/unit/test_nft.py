@@ -36,6 +36,8 @@ def test_context_carries_the_cluster_model(cfg):
     assert ctx["node"] == "fw1" and ctx["me"]["sync_address"] == "203.0.113.1"
     assert [p["name"] for p in ctx["peers"]] == ["fw2"]
     assert ctx["sync"] == {"interface": "sync0", "port": 3780, "peers4": ["203.0.113.2"], "peers6": [],
+                           "interfaces": ["sync0"],
+                           "links": [{"interface": "sync0", "peers4": ["203.0.113.2"], "peers6": []}],
                            "events_new": "assured", "events_all": "0x7ff", "nosync_mark": "0x10000000",
                            "nosync": "ct mark set ct mark or 0x10000000 ct event set 0x0"}
     assert [(v["vhid"], v["ip"], v["family"]) for v in ctx["vips"]] == [
