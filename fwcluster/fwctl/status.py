@@ -78,6 +78,9 @@ def human(d: dict) -> None:
         brief = ", ".join(f"{k}={v}" for k, v in sorted(s.items())
                           if isinstance(v, (str, int, float, bool)))
         print(f"sync: {brief or 'running'}")
+        from fwcluster.fwctl.sync import link_lines     # sync imports this module
+        for line in link_lines(s)[:1]:     # the overall line; fwctl sync has the rest
+            print(line)
         waiting(s)
         conf = s.get("config")
         if isinstance(conf, dict):

@@ -5,7 +5,9 @@ lost, replay and auth drops, lag (age of the oldest unacknowledged message);
 the local table size and each peer's as it reports it; the sync version in
 use with each peer and the release it runs (as its ALIVE tells); while not
 in sync, what it waits for from each peer (a peer this member cannot
-understand: which version it speaks). Exit 1 while not in
+understand: which version it speaks); the sync links: the one each peer's
+stream uses and every link's state towards it (DEGRADED while a link is
+down or silent: one more fault stops replication). Exit 1 while not in
 sync or a peer is down, 3 when syncd does not answer.
 """
 from __future__ import annotations
@@ -44,6 +46,20 @@ def _version(p: dict) -> str:
     return "-" if p.get("sync_version") is None else str(p["sync_version"])
 
 
+def link_lines(d: dict) -> list[str]:
+    """The sync links: overall, then per peer the link in use and each
+    link's state ("up", "silent", "no carrier")."""
+    links = d.get("links") or {}
+    if not links:
+        return []
+    down = [name for name, link in links.items() if not link.get("up")]
+    out = [f"sync links: {', '.join(links)}" + (f"  DEGRADED: {', '.join(down)} not up" if down else "")]
+    for name, p in sorted(d.get("peers", {}).items()):
+        states = ", ".join(f"{i} {s}" for i, s in (p.get("links") or {}).items())
+        out.append(f"  {name} via {p.get('link')} ({states}; {p.get('link_switches', 0)} switches)")
+    return out
+
+
 def human(d: dict) -> None:
     drops = ", ".join(f"{k}={v}" for k, v in sorted(d.get("drops", {}).items())) or "none"
     print(f"node {d.get('node')}  epoch {d.get('epoch')}  in sync: {'yes' if d.get('in_sync') else 'NO'}  "
@@ -67,6 +83,8 @@ def human(d: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    for line in link_lines(d):
+        print(line)
     k = d.get("kernel", {})
     print(f"kernel: created {k.get('created', 0)} updated {k.get('updated', 0)} "
           f"deleted {k.get('deleted', 0)} failed {k.get('failed', 0)}"

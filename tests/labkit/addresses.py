@@ -17,9 +17,15 @@ MEMBER_IFS = ("lan0", "wan0", "sync0")
 SEGMENTS = ("lan", "wan", "sync")
 
 
+# A lab with a second sync link (Lab(sync_links=2)) splits the sync range:
+# sync0 203.0.113.0/25, sync1 203.0.113.128/25.
+SYNC1_SEGMENT, SYNC1_IF = "sync1", "sync1"
+
+
 def member_addr4(k: int, seg: str) -> str:
     """Own address of member k (1-based) on a segment."""
-    return {"lan": f"{LAN4}.1{k}", "wan": f"{WAN4}.1{k}", "sync": f"{SYNC4}.{k}"}[seg]
+    return {"lan": f"{LAN4}.1{k}", "wan": f"{WAN4}.1{k}", "sync": f"{SYNC4}.{k}",
+            SYNC1_SEGMENT: f"{SYNC4}.{128 + k}"}[seg]
 
 
 def member_addr6(k: int, seg: str) -> str:

@@ -39,7 +39,7 @@ from fwcluster.core.passphrase import UCARP_MAX
 from fwcluster.fwctl.secret import make as make_passphrase
 from tests.labkit import reaper, ruleset
 from tests.labkit.addresses import (LAN4, LAN6, LAN_VIP4, LAN_VIP6, MEMBER_IFS, SEGMENTS,
-                                    SERVER4, SERVER6, SYNC_PORT, WAN_VIP4, WAN_VIP6,
+                                    SERVER4, SERVER6, SYNC1_IF, SYNC1_SEGMENT, SYNC_PORT, WAN_VIP4, WAN_VIP6,
                                     default_vips, member_addr4, member_addr6)
 from tests.labkit.netns import LabError, in_netns, ip_batch
 from tests.labkit.prober import Prober
@@ -80,7 +80,7 @@ class Lab(reaper.TornDown):
     """A namespace cluster of `members` (2..4) firewalls. See module doc."""
 
     def __init__(self, members: int = 2, prefix: str = "fwt", ipv6: bool = True,
-                 snat: bool = False, clients: int = 1, **config_overrides):
+                 snat: bool = False, clients: int = 1, sync_links: int = 1, **config_overrides):
         if not 2 <= members <= 4:
             raise ValueError("members must be 2..4")
         if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", prefix):
@@ -89,6 +89,13 @@ class Lab(reaper.TornDown):
         if unknown:
             raise TypeError(f"Lab: unknown {', '.join(sorted(unknown))}")
         self.n = members
+        if sync_links not in (1, 2):
+            raise ValueError("sync_links must be 1 or 2")
+        # A second sync link: segment "sync1", member interface sync1
+        # (addresses.py); [sync] interfaces names both, sync0 first.
+        self.segments = SEGMENTS + ((SYNC1_SEGMENT,) if sync_links == 2 else ())
+        self.member_ifs = MEMBER_IFS + ((SYNC1_IF,) if sync_links == 2 else ())
+        self.sync_links = sync_links
         self.members = [f"fw{k}" for k in range(1, members + 1)]
         self.prefix = prefix
         self.ipv6 = ipv6
@@ -174,14 +181,14 @@ class Lab(reaper.TornDown):
             self._sysctl(role, base + extra if role != "sw" else extra)
 
         sw = []
-        for seg in SEGMENTS:
+        for seg in self.segments:
             # No STP, no forward delay, no multicast snooping: adverts and
             # ND reach every port from the first packet.
             sw.append(f"link add {seg} type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
             sw.append(f"link set {seg} up")
         ports = [("client-lan", "client", "eth0", "lan"), ("server-wan", "server", "eth0", "wan")]
         for m in self.members:
-            for seg, ifname in zip(SEGMENTS, MEMBER_IFS):
+            for seg, ifname in zip(self.segments, self.member_ifs):
                 ports.append((f"{m}-{seg}", m, ifname, seg))
         for port, role, ifname, seg in ports:
             sw.append(f"link add {port} type veth peer name {ifname} netns {self.ns(role)}")
@@ -208,9 +215,9 @@ class Lab(reaper.TornDown):
         for m in self.members:
             k = self.index(m)
             cmds = ["link set lo up"]
-            for seg, ifname in zip(SEGMENTS, MEMBER_IFS):
-                cmds.append(f"addr add {member_addr4(k, seg)}/24 dev {ifname}")
-                if self.ipv6 and seg != "sync":
+            for seg, ifname in zip(self.segments, self.member_ifs):
+                cmds.append(f"addr add {member_addr4(k, seg)}/{self._prefix(seg)} dev {ifname}")
+                if self.ipv6 and not seg.startswith("sync"):
                     cmds.append(f"addr add {member_addr6(k, seg)}/64 dev {ifname} nodad")
                 cmds.append(f"link set {ifname} up")
             ip_batch(self.ns(m), cmds)
@@ -220,6 +227,10 @@ class Lab(reaper.TornDown):
             # live in this namespace, so the sysctl exists.
             self._sysctl(m, ["net.netfilter.nf_conntrack_tcp_loose=0"])
         self.setup_seconds = time.monotonic() - t0
+
+    def _prefix(self, seg: str) -> int:
+        """Two sync links share the sync range, a half each."""
+        return 25 if self.sync_links == 2 and seg.startswith("sync") else 24
 
     def teardown(self) -> None:
         """Stop every tracked process by PID, delete every namespace. Idempotent."""
@@ -289,7 +300,8 @@ class Lab(reaper.TornDown):
         text += _toml_table("[cluster]", {
             "name": name, "secret_file": str(self.secret_path),
             "run_dir": str(self.dir / "run"), "state_dir": str(self.dir / "state")})
-        text += _toml_table("[sync]", {"interface": "sync0", "port": SYNC_PORT, **(sync or {})})
+        links = {"interface": "sync0"} if self.sync_links == 1 else {"interfaces": ["sync0", SYNC1_IF]}
+        text += _toml_table("[sync]", {**links, "port": SYNC_PORT, **(sync or {})})
         # carpd alone (most CARP tests) must not wait out the default
         # sync_hold; the sync tests ask for their own.
         text += _toml_table("[carp]", {"sync_hold": 0, **(carp or {})})
@@ -303,8 +315,10 @@ class Lab(reaper.TornDown):
         for t in tracks or ():
             text += _toml_table("[[track]]", t)
         for k, m in enumerate(self.members, start=1):
-            text += _toml_table("[[member]]", {"name": m, "sync_address": member_addr4(k, "sync"),
-                                               "advskew": skews[m]})
+            addrs = {"sync_address": member_addr4(k, "sync")}
+            if self.sync_links == 2:
+                addrs["sync_addresses"] = [member_addr4(k, s) for s in ("sync", SYNC1_SEGMENT)]
+            text += _toml_table("[[member]]", {"name": m, **addrs, "advskew": skews[m]})
         for g in groups or ():
             text += _toml_table("[[group]]", g)
         for v in vips:
@@ -505,7 +519,7 @@ class Lab(reaper.TornDown):
         Returns the time.monotonic() at which its links were down: from then
         on nothing of member reaches the network (the kill that follows can
         take a while on a busy machine; measure gaps from this time)."""
-        ip_batch(self.ns(member), [f"link set {i} down" for i in MEMBER_IFS])
+        ip_batch(self.ns(member), [f"link set {i} down" for i in self.member_ifs])
         t_down = time.monotonic()
         for role, p in self._procs:
             if role == member and p.poll() is None:
@@ -527,9 +541,9 @@ class Lab(reaper.TornDown):
         """The member boots again: no VIPs left on its interfaces and no
         macvlans (a reboot clears them), links up. The caller restarts its daemons."""
         k = self.index(member)
-        own = {member_addr4(k, s) for s in SEGMENTS} | {member_addr6(k, s) for s in ("lan", "wan")}
+        own = {member_addr4(k, s) for s in self.segments} | {member_addr6(k, s) for s in ("lan", "wan")}
         cmds = []
-        for ifname in MEMBER_IFS:
+        for ifname in self.member_ifs:
             out = self.run(member, ["ip", "-j", "addr", "show", "dev", ifname]).stdout
             for link in json.loads(out or "[]"):
                 for a in link.get("addr_info", []):
@@ -541,7 +555,7 @@ class Lab(reaper.TornDown):
         # one would answer for the vip's MAC before carpd runs again
         out = self.run(member, ["ip", "-j", "link", "show", "type", "macvlan"]).stdout
         cmds += [f"link del {link['ifname']}" for link in json.loads(out or "[]")]
-        cmds += [f"link set {i} up" for i in MEMBER_IFS]
+        cmds += [f"link set {i} up" for i in self.member_ifs]
         ip_batch(self.ns(member), cmds)
 
     def cut(self, member: str, segment: str, carrier: bool = True) -> None:
@@ -563,8 +577,8 @@ class Lab(reaper.TornDown):
         self.run("sw", ["bridge", "link", "set", "dev", port, "state", "3"])
 
     def _port(self, member: str, segment: str) -> str:
-        if segment not in SEGMENTS:
-            raise ValueError(f"segment must be one of {SEGMENTS}")
+        if segment not in self.segments:
+            raise ValueError(f"segment must be one of {self.segments}")
         self.index(member)
         return f"{member}-{segment}"
 
