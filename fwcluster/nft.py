@@ -170,6 +170,10 @@ def context(cfg, node: str) -> dict:
                     "seed": f"0x{hashbuckets.HASH_SEED:08x}",
                     "table": TABLE, "set": OWNED_SET},
         "nat": {"ports": nat_ports},
+        # Conntrack helpers ([firewall] helpers): nft ct helper objects, one per
+        # protocol and port, assigned to new connections to that port.
+        "helpers": [{"name": h.name, "type": h.protocol, "l4proto": h.transport, "port": h.port}
+                    for h in cfg.firewall.helpers],
         # Kea (docs/dhcp.md): DHCP on these interfaces (DHCPv6 on those with
         # pools6), HA to kea-ctrl-agent on the sync link from the peers only.
         "dhcp": {"interfaces": [d.interface for d in cfg.dhcp],

@@ -136,9 +136,30 @@ class Metrics:
     textfile_dir: str = ""  # node-exporter textfile collector dir; empty = off
 
 
+# Conntrack helpers the template can assign: protocol -> (transport, the
+# port it listens on unless the config says otherwise).
+HELPER_PROTOCOLS = {"ftp": ("tcp", 21), "sip": ("udp", 5060)}
+
+
+@dataclass(frozen=True)
+class Helper:
+    protocol: str        # a key of HELPER_PROTOCOLS (the kernel's helper name)
+    port: int
+
+    @property
+    def transport(self) -> str:
+        return HELPER_PROTOCOLS[self.protocol][0]
+
+    @property
+    def name(self) -> str:
+        """The nft ct helper object's name, e.g. ftp_21."""
+        return f"{self.protocol}_{self.port}"
+
+
 @dataclass(frozen=True)
 class Firewall:
     template: str = "/etc/fwcluster/ruleset.nft.j2"
+    helpers: tuple = ()  # Helper, ...
 
 
 @dataclass(frozen=True)
@@ -346,7 +367,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "preempt_delay": ((int, float), 0),
         "advskew": (dict, {}),
     },
-    "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2")},
+    "firewall": {"template": (str, "/etc/fwcluster/ruleset.nft.j2"), "helpers": (list, ())},
     "balance": {"mode": (str, "active-standby"), "buckets": (int, 0)},
     "metrics": {"listen": (str, ""), "textfile_dir": (str, "")},
     "dhcp": {
@@ -503,6 +524,12 @@ KEY_DOCS: dict[str, str] = {
     "{fw1 = 0, fw2 = 100}; a member not named keeps its member.advskew.",
     "firewall.template": "jinja2 template of the nftables ruleset; a relative path is "
     "taken from the directory of cluster.toml.",
+    "firewall.helpers": "Conntrack helpers for protocols that open further connections "
+    "(docs/firewall.md, \"Conntrack helpers\"): inline tables {protocol = \"ftp\"} or "
+    "{protocol = \"sip\", port = 5060}; protocol ftp (TCP, default port 21) or sip (UDP, "
+    "default port 5060), port 1-65535, each protocol and port once. New connections "
+    "forwarded to that port get the helper, the connections it expects are accepted as "
+    "related, and state sync replicates both. Empty = no helpers (default).",
     "balance.mode": "active-standby (default) or active-active.",
     "balance.buckets": "Hash buckets shared among members in active-active mode.",
     "metrics.listen": "host:port of carpd's Prometheus endpoint (host: an IPv4 address, an "
@@ -702,6 +729,32 @@ def check_sync_filter(path: str, table: dict) -> SyncFilter:
             raise ConfigError(path, f"sync.filter.ignore[{i}]", f"{_show(r)} is not an address range")
         ignore.append(str(net))
     return SyncFilter(t["states"], tuple(protocols), tuple(ignore))
+
+
+def check_helpers(path: str, items: list) -> tuple:
+    """[firewall] helpers: each an inline table {protocol, port}."""
+    out: list[Helper] = []
+    for i, h in enumerate(items):
+        key = f"firewall.helpers[{i}]"
+        if not isinstance(h, dict):
+            raise ConfigError(path, key, f"{_show(h)} is not an inline table "
+                              "{protocol = \"ftp\", port = 21}")
+        for k in h:
+            if k not in ("protocol", "port"):
+                raise ConfigError(path, f"{key}.{_key(k)}", "unknown key (known: protocol, port)")
+        proto = h.get("protocol")
+        if proto not in HELPER_PROTOCOLS:
+            raise ConfigError(path, f"{key}.protocol",
+                              f"{_show(proto)} is not one of {', '.join(HELPER_PROTOCOLS)}")
+        port = h.get("port", HELPER_PROTOCOLS[proto][1])
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ConfigError(path, f"{key}.port", f"{_show(port)} is not a port number")
+        _in_range(path, f"{key}.port", port, 1, 65535)
+        helper = Helper(proto, port)
+        if helper in out:
+            raise ConfigError(path, key, f"duplicate helper {proto} on port {port}")
+        out.append(helper)
+    return tuple(out)
 
 
 def check_abs_path(path: str, key: str, value: str) -> None:
@@ -920,6 +973,7 @@ def parse(data: dict, path: str = "<config>", node: str | None = None) -> Config
     _in_range(path, "hooks.timeout", hooks["timeout"], 1, 3600)
 
     fw = tables["firewall"]
+    fw["helpers"] = check_helpers(path, fw["helpers"])
     if fw["template"] and not posixpath.isabs(fw["template"]):
         # Relative to cluster.toml, so one file works wherever a member keeps it.
         fw["template"] = posixpath.join(posixpath.dirname(path), fw["template"])

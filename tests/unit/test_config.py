@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,32 @@ def test_group_mark_bits():
     assert config.group_of_mark(0x0100_00ff) == 1
     assert config.group_of_mark(0xf0ff_ffff) == 0
     assert config.MAX_GROUPS == (config.GROUP_MARK_MASK >> config.GROUP_MARK_SHIFT) + 1
+
+
+def _helpers(text: str):
+    base = (ROOT / "docs" / "examples" / "cluster.toml").read_text()
+    return config.parse(tomllib.loads(base.replace("[firewall]", f"[firewall]\nhelpers = {text}", 1)),
+                        "cluster.toml")
+
+
+def test_firewall_helpers_default_ports_and_names():
+    cfg = _helpers('[{ protocol = "ftp" }, { protocol = "sip" }, { protocol = "ftp", port = 2121 }]')
+    assert [(h.protocol, h.port, h.transport, h.name) for h in cfg.firewall.helpers] == [
+        ("ftp", 21, "tcp", "ftp_21"), ("sip", 5060, "udp", "sip_5060"), ("ftp", 2121, "tcp", "ftp_2121")]
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    ('[{ protocol = "tftp" }]', "firewall.helpers[0].protocol", "is not one of ftp, sip"),
+    ('[{ port = 21 }]', "firewall.helpers[0].protocol", "is not one of ftp, sip"),
+    ('[{ protocol = "ftp", port = 0 }]', "firewall.helpers[0].port", "1"),
+    ('[{ protocol = "ftp", port = 70000 }]', "firewall.helpers[0].port", "65535"),
+    ('[{ protocol = "ftp", port = "21" }]', "firewall.helpers[0].port", "is not a port number"),
+    ('[{ protocol = "ftp", port = true }]', "firewall.helpers[0].port", "is not a port number"),
+    ('[{ protocol = "ftp", ports = 21 }]', "firewall.helpers[0].ports", "unknown key"),
+    ('["ftp"]', "firewall.helpers[0]", "is not an inline table"),
+    ('[{ protocol = "sip" }, { protocol = "sip", port = 5060 }]', "firewall.helpers[1]", "duplicate"),
+])
+def test_firewall_helpers_refused_naming_the_key(text, key, reason):
+    with pytest.raises(config.ConfigError) as ei:
+        _helpers(text)
+    assert f": {key}: " in str(ei.value) and reason in str(ei.value)

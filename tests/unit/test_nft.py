@@ -271,3 +271,32 @@ def test_ct_event_masks_follow_the_sync_filter(cfg):
         "ct status assured ct mark and 0x10000000 == 0 ct event set 0x7ff"]
     every = dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, filter=config.SyncFilter("all")))
     assert "sync_events" not in nft.render(every, "fw1", TEMPLATE).text
+
+
+def _with_helpers(cfg, *helpers):
+    return dataclasses.replace(cfg, firewall=dataclasses.replace(cfg.firewall, helpers=helpers))
+
+
+def test_no_helpers_no_helper_rules(cfg):
+    text = nft.render(cfg, "fw1", TEMPLATE).text
+    assert "ct helper" not in text and nft.context(cfg, "fw1")["helpers"] == []
+
+
+def test_helpers_are_objects_assigned_to_new_forwarded_connections(cfg):
+    """[firewall] helpers: one ct helper object per protocol and port, set on
+    new forwarded connections to that port before forward_new accepts them;
+    what they expect passes as related. The kernel takes the ruleset (it is
+    loaded in a scratch namespace) and lists the objects back."""
+    two = _with_helpers(cfg, config.Helper("ftp", 21), config.Helper("sip", 5060))
+    r = nft.render(two, "fw1", TEMPLATE)
+    lines = _lines(r.text)
+    fwd = lines.index("type filter hook forward priority filter; policy drop;")
+    assert lines[fwd + 1:fwd + 5] == [
+        "ct state invalid drop", "ct state established,related accept",
+        'ct state new tcp dport 21 ct helper set "ftp_21"',
+        'ct state new udp dport 5060 ct helper set "sip_5060"']
+    listed = _lines(nft.normalized(r.text))
+    for name, kind, proto in (("ftp_21", "ftp", "tcp"), ("sip_5060", "sip", "udp")):
+        obj = listed.index(f"ct helper {name} {{")
+        assert listed[obj + 1:obj + 3] == [f'type "{kind}" protocol {proto}', "l3proto inet"]
+    assert 'ct state new tcp dport 21 ct helper set "ftp_21"' in listed
