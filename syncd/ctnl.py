@@ -19,7 +19,8 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (IPCTNL_MSG_CT_DELETE, IPCTNL_
                                                    nfct_msg, nfct_stats)
 
 from syncd.core.addrcache import ntop, pton
-from syncd.core.entry import ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, OP_DELETE, OP_UPSERT, TCP, Entry
+from syncd.core.entry import (HELPER_CODES, ICMP, ICMPV6, IPS_DST_NAT, IPS_SRC_NAT, OP_DELETE, OP_UPSERT,
+                              TCP, Entry)
 from syncd.core.wire import ADDR_LEN, encode_record
 
 CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
@@ -37,9 +38,10 @@ def _cta(cls, *names: str) -> tuple[int, ...]:
 
 
 (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_NAT_SRC, CTA_TIMEOUT, CTA_MARK,
- CTA_NAT_DST, CTA_ZONE) = _cta(nfct_msg, "CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY", "CTA_STATUS",
-                               "CTA_PROTOINFO", "CTA_NAT_SRC", "CTA_TIMEOUT", "CTA_MARK",
-                               "CTA_NAT_DST", "CTA_ZONE")
+ CTA_NAT_DST, CTA_ZONE, CTA_HELP) = _cta(nfct_msg, "CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY", "CTA_STATUS",
+                                         "CTA_PROTOINFO", "CTA_NAT_SRC", "CTA_TIMEOUT", "CTA_MARK",
+                                         "CTA_NAT_DST", "CTA_ZONE", "CTA_HELP")
+CTA_HELP_NAME = 1   # enum ctattr_help (pyroute2 does not map CTA_HELP's contents)
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = _cta(nfct_msg.cta_tuple, "CTA_TUPLE_IP", "CTA_TUPLE_PROTO")
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = _cta(
     nfct_msg.cta_tuple.cta_ip, "CTA_IP_V4_SRC", "CTA_IP_V4_DST", "CTA_IP_V6_SRC", "CTA_IP_V6_DST")
@@ -143,8 +145,19 @@ def encode_create_generic(e: Entry, seq: int, exclusive: bool = True) -> bytes:
     if e.snat or e.status & IPS_SRC_NAT:
         parts.append(_nat(CTA_NAT_SRC, f, e.rdst, e.rdport, bool(ports)))
     parts += _attrs(e)
+    parts.append(_help(e))
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0)
     return _message(CT_NEW, flags, seq, _FAM[f], b"".join(parts))
+
+
+def _help(e: Entry) -> bytes:
+    """CTA_HELP of a create: the kernel attaches the helper (by name) only
+    to an entry it creates, and refuses it on an existing one, so updates
+    never send it. With its helper the entry's control connection is parsed
+    on this member after a takeover and opens its expected connections."""
+    if not e.helper:
+        return b""
+    return _nest(CTA_HELP, _nla(CTA_HELP_NAME, e.helper.encode() + b"\0"))
 
 
 def _icmp_reply_ports(e: Entry) -> tuple[int, int]:
@@ -263,7 +276,7 @@ _BE16 = struct.Struct("!H")
 
 def _extras(buf, a: dict) -> tuple:
     """(zone, status, timeout, mark, tcp_state, wscale_orig, wscale_reply,
-    flags_orig, flags_reply) from the top-level attributes a."""
+    flags_orig, flags_reply, helper name) from the top-level attributes a."""
     be32 = _BE32.unpack_from
     zone = _BE16.unpack_from(buf, a[CTA_ZONE][0])[0] if CTA_ZONE in a else 0
     status = be32(buf, a[CTA_STATUS][0])[0] if CTA_STATUS in a else 0
@@ -278,14 +291,26 @@ def _extras(buf, a: dict) -> tuple:
             state = get(CTA_PROTOINFO_TCP_STATE)
             wso, wsr = get(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL), get(CTA_PROTOINFO_TCP_WSCALE_REPLY)
             fo, fr = get(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL), get(CTA_PROTOINFO_TCP_FLAGS_REPLY)
-    return zone, status, timeout, mark, state, wso, wsr, fo, fr
+    return zone, status, timeout, mark, state, wso, wsr, fo, fr, _helper(buf, a)
+
+
+def _helper(buf, a: dict) -> str:
+    """The helper's name of CTA_HELP, "" when none (or one sync does not carry)."""
+    if CTA_HELP not in a:
+        return ""
+    name = _attrs_of(buf, *a[CTA_HELP]).get(CTA_HELP_NAME)
+    if name is None:
+        return ""
+    text = bytes(buf[name[0]:name[1]]).split(b"\0", 1)[0].decode("ascii", "replace")
+    return text if text in HELPER_CODES else ""
 
 
 def _entry(buf, a: dict, family: int, proto: int, orig, reply) -> Entry:
     """The Entry of both parsers: tuples orig/reply as (src, dst, sport, dport),
     the rest from the top-level attributes a."""
-    zone, status, timeout, mark, state, wso, wsr, fo, fr = _extras(buf, a)
-    return Entry(family, proto, zone, *orig, *reply, status, timeout, mark, state, wso, wsr, fo, fr)
+    zone, status, timeout, mark, state, wso, wsr, fo, fr, helper = _extras(buf, a)
+    return Entry(family, proto, zone, *orig, *reply, status, timeout, mark, state, wso, wsr, fo, fr,
+                 helper)
 
 
 def parse_entry_generic(buf, off: int, end: int) -> Entry | None:
@@ -400,6 +425,7 @@ def encode_create(e: Entry, seq: int, exclusive: bool = True) -> bytes:
     if e.snat or e.status & IPS_SRC_NAT:
         parts.append(_fast_nat(CTA_NAT_SRC, f, e.rdst, e.rdport))
     parts.append(_fast_attrs(e))
+    parts.append(_help(e))
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0)
     return _fast_message(CT_NEW, flags, seq, f, b"".join(parts))
 
@@ -483,8 +509,8 @@ def event_record(buf, off: int, end: int, kind: str) -> bytes | None:
         e = parse_entry_generic(buf, off, end)
         return None if e is None else encode_record(op, e)
     family, o, r, a = fixed
-    zone, status, timeout, mark, state, wso, wsr, fo, fr = _extras(buf, a)
-    return _REC[family].pack(op, family, o[0], state, zone, 0, status, timeout, mark,
+    zone, status, timeout, mark, state, wso, wsr, fo, fr, helper = _extras(buf, a)
+    return _REC[family].pack(op, family, o[0], state, zone, HELPER_CODES[helper], status, timeout, mark,
                              wso, wsr, fo, fr, o[1], o[2], o[3], o[4], r[1], r[2], r[3], r[4])
 
 

@@ -27,6 +27,12 @@ IPS_UNTRACKED = 1 << 12
 TCP_STATES = {1: "SYN_SENT", 2: "SYN_RECV", 3: "ESTABLISHED", 4: "FIN_WAIT",
               5: "CLOSE_WAIT", 6: "LAST_ACK", 7: "TIME_WAIT", 8: "CLOSE",
               9: "LISTEN"}
+# Conntrack helpers by their code on the sync wire (wire.py, a record's
+# helper field): append only, the codes are the protocol. An entry with a
+# helper not listed here is replicated without it.
+HELPERS = ("", "ftp", "sip", "tftp", "irc", "amanda", "sane")
+HELPER_CODES = {name: code for code, name in enumerate(HELPERS)}
+
 PROTO_NAMES = {ICMP: "icmp", TCP: "tcp", UDP: "udp", ICMPV6: "icmpv6",
                33: "dccp", 132: "sctp", 136: "udplite", CARP: "carp"}
 
@@ -51,6 +57,7 @@ class Entry(NamedTuple):
     wscale_reply: int = 0
     flags_orig: int = 0
     flags_reply: int = 0
+    helper: str = ""     # the conntrack helper attached ("ftp"); "": none
 
     @property
     def key(self) -> tuple:
@@ -76,6 +83,8 @@ class Entry(NamedTuple):
              "orig": {"src": self.osrc, "dst": self.odst, "sport": self.osport, "dport": self.odport},
              "reply": {"src": self.rsrc, "dst": self.rdst, "sport": self.rsport, "dport": self.rdport},
              "snat": self.snat, "dnat": self.dnat}
+        if self.helper:
+            d["helper"] = self.helper
         if self.tcp_state:
             d["tcp"] = {"state": TCP_STATES.get(self.tcp_state, str(self.tcp_state)),
                         "wscale_orig": self.wscale_orig, "wscale_reply": self.wscale_reply,

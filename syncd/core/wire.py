@@ -27,11 +27,15 @@ years, so none wraps in a process lifetime (version 1 had u32 ones that did).
 src/dst are member indexes (config order), so a message captured on its way to
 one member cannot be replayed to another. Entry record (big endian):
 
-  op u8, family u8 (4|6), proto u8, tcp_state u8, zone u16, pad u16,
+  op u8, family u8 (4|6), proto u8, tcp_state u8, zone u16, helper u16,
   status u32, timeout u32, mark u32,
   wscale_orig u8, wscale_reply u8, flags_orig u8, flags_reply u8,
   orig src, orig dst (4 or 16 bytes), orig sport u16, orig dport u16,
   reply src, reply dst, reply sport u16, reply dport u16
+
+helper is the conntrack helper of the entry by its code (entry.HELPERS, 0:
+none). It was a pad field that every release before it sends as 0 and
+ignores when reading, so it goes to peers of either version unchanged.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ from typing import NamedTuple
 
 from syncd.core import digest
 from syncd.core.addrcache import ntop, pton
-from syncd.core.entry import OP_DELETE, OP_UPSERT, Entry
+from syncd.core.entry import HELPER_CODES, HELPERS, OP_DELETE, OP_UPSERT, Entry
 
 MAGIC = b"FS"
 OLDEST, NEWEST = 2, 3     # the layouts this module encodes and decodes
@@ -175,7 +179,8 @@ def record_timeout(rec: bytes) -> int:
 
 def encode_record(op: int, e: Entry) -> bytes:
     f = e.family
-    return _REC[f].pack(op, f, e.proto, e.tcp_state, e.zone, 0, e.status, e.timeout, e.mark,
+    return _REC[f].pack(op, f, e.proto, e.tcp_state, e.zone, HELPER_CODES.get(e.helper, 0),
+                        e.status, e.timeout, e.mark,
                         e.wscale_orig, e.wscale_reply, e.flags_orig, e.flags_reply,
                         pton(e.osrc), pton(e.odst), e.osport, e.odport,
                         pton(e.rsrc), pton(e.rdst), e.rsport, e.rdport)
@@ -193,11 +198,12 @@ def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
         raise WireError("malformed", f"entry family {family}")
     if len(buf) - off < rec.size:
         raise WireError("truncated", "entry record")
-    (op, family, proto, tcp_state, zone, _pad, status, timeout, mark, wso, wsr, fo, fr,
+    (op, family, proto, tcp_state, zone, helper, status, timeout, mark, wso, wsr, fo, fr,
      osrc, odst, osport, odport, rsrc, rdst, rsport, rdport) = rec.unpack_from(buf, off)
     e = Entry(family, proto, zone, ntop(osrc), ntop(odst), osport, odport,
               ntop(rsrc), ntop(rdst), rsport, rdport, status, timeout, mark,
-              tcp_state, wso, wsr, fo, fr)
+              tcp_state, wso, wsr, fo, fr,
+              HELPERS[helper] if helper < len(HELPERS) else "")  # a newer release's helper: none
     return op, e, off + rec.size
 
 

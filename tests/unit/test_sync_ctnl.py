@@ -148,3 +148,37 @@ def test_event_record_is_the_wire_record_of_the_parsed_entry():
     bad = bytearray(pyroute2_event(TCP_SNAT))
     bad[16] = 99     # a family sync does not carry
     assert ctnl.event_record(bytes(bad), 16, len(bad), ctnl.EV_NEW) is None
+
+
+FTP_CONTROL = Entry(4, 6, 0, "192.0.2.100", "198.51.100.100", 40021, 21,
+                    "198.51.100.100", "192.0.2.100", 21, 40021, status=0x200e, timeout=431999,
+                    tcp_state=3, wscale_orig=7, wscale_reply=7, helper="ftp")
+
+
+def _help_name(data: bytes):
+    """CTA_HELP's CTA_HELP_NAME of a message, as the kernel nests it."""
+    a = ctnl._attrs_of(data, 20, len(data))
+    if ctnl.CTA_HELP not in a:
+        return None
+    name = ctnl._attrs_of(data, *a[ctnl.CTA_HELP])[ctnl.CTA_HELP_NAME]
+    return data[name[0]:name[1]]
+
+
+def test_a_created_entry_carries_its_helper_and_an_update_never_does():
+    """The kernel attaches a helper only to an entry it creates (and refuses
+    CTA_HELP on an existing one without a helper)."""
+    for e in (FTP_CONTROL, FTP_CONTROL._replace(family=6, osrc="2001:db8:1::100", odst="2001:db8:2::100",
+                                                rsrc="2001:db8:2::100", rdst="2001:db8:1::100")):
+        create = ctnl.encode_create(e, 1)
+        assert create == ctnl.encode_create_generic(e, 1)
+        assert _help_name(create) == b"ftp\0"
+        assert _help_name(ctnl.encode_update(e, 2)) is None
+        assert _help_name(ctnl.encode_create(e._replace(helper=""), 3)) is None
+
+
+def test_the_helper_of_an_event_goes_into_its_wire_record():
+    data = ctnl.encode_create(FTP_CONTROL, 1)   # tuples and CTA_HELP as in a kernel event
+    assert ctnl.parse_entry(data, 16, len(data)) == ctnl.parse_entry_generic(data, 16, len(data)) == FTP_CONTROL
+    rec = ctnl.event_record(data, 16, len(data), ctnl.EV_NEW)
+    assert rec == wire.encode_record(OP_UPSERT, FTP_CONTROL)
+    assert wire.decode_record(rec, 0)[1].helper == "ftp"

@@ -142,3 +142,18 @@ def test_replay_window():
     assert not w.check_and_mark(0)
     assert w.check_and_mark(100 + 1000)   # big jump clears the window
     assert not w.check_and_mark(100)
+
+
+def test_the_helper_rides_in_the_old_pad_field():
+    """A record's helper (by code) sits where releases before it sent a pad
+    of 0 and ignored it: a record without a helper is byte for byte the old
+    one, and a previous release reads one with a helper as the same entry."""
+    from syncd.core.entry import HELPERS
+    plain = wire.encode_record(OP_UPSERT, TCP4)
+    assert plain[6:8] == b"\0\0"
+    ftp = wire.encode_record(OP_UPSERT, TCP4._replace(helper="ftp"))
+    assert ftp[6:8] == HELPERS.index("ftp").to_bytes(2, "big") and ftp[:6] + ftp[8:] == plain[:6] + plain[8:]
+    assert wire.decode_record(ftp, 0)[1].helper == "ftp"
+    newer = ftp[:6] + len(HELPERS).to_bytes(2, "big") + ftp[8:]   # a helper of a newer release
+    assert wire.decode_record(newer, 0)[1] == TCP4
+    assert wire.encode_record(OP_UPSERT, TCP4._replace(helper="unknown")) == plain
