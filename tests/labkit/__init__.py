@@ -7,6 +7,7 @@ benchmarks and `make demo`. Test tooling: never part of the appliance.
     reaper.py     teardown of what a lab left: processes, stale namespaces
     netns.py      running code and ip(8) batches inside a namespace
     addresses.py  the lab's documentation-range addresses
+    ftpserver.py, ftpclient.py  a minimal FTP server and an ftplib client (helpers)
     demo.py       `python -m tests.labkit demo` (make demo)
 
 See docs/lab.md.
