@@ -28,7 +28,8 @@ from syncd.core import wire
 from syncd.core.policy import EVERY, Filter, compile_filter, own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core import ownership
-from syncd.core.protocol import Apply, Claim, Dump, InSync, Send, Sync, Timing
+from syncd.core.protocol import Apply, Claim, Dump, Expect, InSync, Send, Sync, Timing
+from syncd.ctexp import Expectations
 from syncd.supervise import Supervisor
 from syncd import antientropy, pacing, reload as live_reload
 from syncd.antientropy import Rounds
@@ -160,6 +161,7 @@ class Daemon:
         gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
+        self.exp = Expectations()
         self.refresh_dump = PacedDump(loop, self.on_dump, self.on_dump_end, DUMP_TURN, paced=False)
         self.links = LinkSet(self.cfg.sync.interfaces, self.me.link_addresses, self.port)
         members = live_reload.members(self.cfg)
@@ -176,6 +178,7 @@ class Daemon:
         loop.add_reader(self.ct.fileno(), self.on_events)
         for link, sock in enumerate(self.links.socks):
             loop.add_reader(sock.fileno(), self.on_datagrams, link)
+        loop.add_reader(self.exp.fileno(), self.on_expectations)
         self.sup.install(loop)
         self.sup.on_hangup = lambda: loop.create_task(self.reload())
         self.configsvc.on_installed = self.reload
@@ -207,6 +210,8 @@ class Daemon:
             job.close()
         for sock in self.links.socks:
             loop.remove_reader(sock.fileno())
+        loop.remove_reader(self.exp.fileno())
+        self.exp.close()
         self.server.close()
         self.ct.close()
         self.links.close()
@@ -254,6 +259,16 @@ class Daemon:
             self.process()
             if trace is not None:
                 trace.sent_batch(now, read, encoded, self.now(), records)
+
+    def on_expectations(self) -> None:
+        """Expectations the kernel made or ended here go to the peers
+        (syncd/ctexp.py, syncd/core/expect.py)."""
+        now = self.now()
+        records = self.exp.read_records(limit=EVENT_BATCH)
+        if records:
+            self.sync.local_expectations(records, now)
+            self.sync.flush(now, delay_acks=True)
+            self.process()
 
     def full_refresh(self, now: float) -> None:
         self.counters["refreshes"] += 1
@@ -372,6 +387,8 @@ class Daemon:
                         log.debug("send to %s: %s", a.addr, e)
                 elif isinstance(a, Apply):
                     self.apply(a)
+                elif isinstance(a, Expect):
+                    self.exp.apply(a.records, self.now())
                 elif isinstance(a, Dump):
                     self.bulks.start(a.peer)    # read and sent between live events
                 elif isinstance(a, Claim):
@@ -407,6 +424,7 @@ class Daemon:
         while True:
             await asyncio.sleep(TICK)
             self.sync.tick(self.now())
+            self.exp.retry(self.now())
             self.process()
             if self.feed.pending and not self._feed_soon:
                 self.feed_refresh()   # a peer that went down no longer holds it back
@@ -615,7 +633,7 @@ class Daemon:
                 "roles": {str(k): v for k, v in sorted(self.roles.items())},
                 "carp_heard": self.sync.carp_heard, "waiting": waiting(st, self.sync.carp_heard),
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
-                "counters": {**self.counters, **self.sync.owner_counters,
+                "counters": {**self.counters, **self.sync.owner_counters, **self.exp.status(),
                              "callback_errors": self.sup.contained},
                 "config": self.configsvc.status(),
                 "anti_entropy": self.rounds.last, "release": version.release(), **st}

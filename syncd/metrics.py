@@ -31,6 +31,8 @@ PEER_COUNTERS = {
     "entries_sent": ("entries_sent", "Conntrack entries sent to the peer (each counted once, "
                      "not per resend)"),
     "entries_received": ("entries_received", "Conntrack entries received from the peer, in order"),
+    "expectations_received": ("expectations_received", "Conntrack expectations (created or "
+                              "ended) received from the peer, in order"),
     "nacks_sent": ("nacks_sent", "NACKs sent to the peer (gaps in its stream)"),
     "nacks_received": ("nacks_received", "NACKs received from the peer"),
     "duplicates": ("duplicates", "Messages from the peer already delivered"),
@@ -59,6 +61,14 @@ DAEMON_COUNTERS = {
     "send_errors": ("send_errors", "Datagrams the kernel refused to send"),
     "applied_records": ("entries_applied", "Peer entries written to the kernel table"),
     "apply_skipped": ("entries_apply_skipped", "Peer entries not applied (policy)"),
+    "expectations_sent": ("expectations_sent", "Conntrack expectations this member's helpers "
+                          "made or ended, sent to the peers"),
+    "expectations_created": ("expectations_created", "Peer expectations created in the kernel "
+                             "(or already there)"),
+    "expectations_failed": ("expectations_failed", "Peer expectations the kernel refused "
+                            "(other than for a missing master)"),
+    "expectations_dropped": ("expectations_dropped", "Peer expectations dropped because their "
+                             "master was not in the table within 2 s"),
     "role_resyncs": ("role_resyncs", "Bulk transfers asked for after losing the master role"),
     "stateless_refreshed": ("stateless_refreshed", "Non-TCP entries re-sent to keep them "
                             "alive on the peers"),

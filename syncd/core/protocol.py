@@ -57,7 +57,7 @@ from typing import Callable, NamedTuple
 
 from fwcluster.core.config import wire_indexes
 from fwcluster.core import contract
-from syncd.core import digest, links, wire
+from syncd.core import digest, expect, links, wire
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.ownership import ORIGIN, STANDBY, Forwarding, forwards, gained
 from syncd.core.entry import OP_DELETE, OP_UPSERT
@@ -101,6 +101,13 @@ class Apply(NamedTuple):
     # Flows this member forwards (ownership.forwards): create what is
     # missing, never overwrite (our entry is the live one); no deletes.
     keep: bool = False
+
+
+class Expect(NamedTuple):
+    """A peer's expectations to create or end here ((op, expect.Expectation),
+    ...; expect.OP_EXPECT or OP_UNEXPECT), in order."""
+    peer: str
+    records: tuple
 
 
 class Dump(NamedTuple):
@@ -205,7 +212,7 @@ class _Rx:
 
 def _counters() -> dict:
     return {k: 0 for k in (
-        "msgs_sent", "msgs_received", "entries_sent", "entries_received",
+        "msgs_sent", "msgs_received", "entries_sent", "entries_received", "expectations_received",
         "msgs_acked", "msgs_resent", "msgs_lost", "nacks_sent", "nacks_received",
         "duplicates", "bulk_sent", "bulk_received", "replay", "auth", "stale",
         "digests_sent", "digests_received", "ranges_differing", "ranges_repaired",
@@ -356,6 +363,16 @@ class Sync:
                 tx = p.tx
                 tx.pending.extend(encoded)
                 tx.pending_len += len(encoded)
+
+    def local_expectations(self, encoded: list[bytes], now: float) -> None:
+        """Expectations this member's kernel made or ended (expect.py
+        records), on the stream to every peer that is up and speaks sync
+        3, behind the entries already pending (their masters). Not part
+        of the own set: a bulk or a repair does not carry them."""
+        for p in self.peers.values():
+            if p.state != "down" and (self.sync_version(p) or 0) >= 3:
+                p.tx.pending.extend(encoded)
+                p.tx.pending_len += len(encoded)
 
     def bulk(self, peer: str, entries, now: float) -> None:
         """The answer to a Dump action with the whole table at hand:
@@ -828,6 +845,9 @@ class Sync:
     def _deliver(self, p: Peer, m: wire.Message, now: float) -> None:
         p.rx.expected = m.dseq + 1
         if m.type == wire.DATA:
+            exp = ()
+            if any(rec[0] in expect.OPS for rec in m.raw):
+                m, exp = self._expectations(p, m)
             p.counters["entries_received"] += len(m.records)
             bulk = bool(m.flags & wire.FLAG_BULK)
             if m.flags & wire.FLAG_OWN or not bulk:
@@ -835,6 +855,8 @@ class Sync:
             if m.records:
                 own = bool(m.flags & wire.FLAG_OWN)
                 self._apply(p, m.records, m.raw, bulk, own and not bulk, bulk and not own)
+            if exp:     # after their masters' entries
+                self.actions.append(Expect(p.name, exp))
         elif m.type == wire.DIGEST:
             self._on_digest(p, m, now)
         elif m.type == wire.REPAIR_DONE:
@@ -845,6 +867,14 @@ class Sync:
             if m.arg == p.req_id and p.resync != "done":
                 p.resync = "done"
                 self._check_in_sync()
+
+    def _expectations(self, p: Peer, m: wire.Message) -> tuple[wire.Message, tuple]:
+        """A DATA message split: the message with its entries alone, and
+        its expectations (for an Expect action)."""
+        exp = tuple(item for item in m.records if item[0] in expect.OPS)
+        p.counters["expectations_received"] += len(exp)
+        kept = [(item, rec) for item, rec in zip(m.records, m.raw) if rec[0] not in expect.OPS]
+        return m._replace(records=tuple(i for i, _ in kept), raw=tuple(r for _, r in kept)), exp
 
     def _apply(self, p: Peer, records: tuple, raw, replace: bool = False, fix: bool = False,
                hearsay: bool = False) -> None:

@@ -33,6 +33,9 @@ one member cannot be replayed to another. Entry record (big endian):
   orig src, orig dst (4 or 16 bytes), orig sport u16, orig dport u16,
   reply src, reply dst, reply sport u16, reply dport u16
 
+A DATA body of version 3 may also hold expectation records (expect.py),
+told apart by their op (3, 4).
+
 helper is the conntrack helper of the entry by its code (entry.HELPERS, 0:
 none). It was a pad field that every release before it sends as 0 and
 ignores when reading, so it goes to peers of either version unchanged.
@@ -44,7 +47,7 @@ import hmac
 import struct
 from typing import NamedTuple
 
-from syncd.core import digest
+from syncd.core import digest, expect
 from syncd.core.addrcache import ntop, pton
 from syncd.core.entry import HELPER_CODES, HELPERS, OP_DELETE, OP_UPSERT, Entry
 
@@ -100,7 +103,7 @@ class Message(NamedTuple):
     gen: int = 0
     dseq: int = 0
     arg: int = 0
-    records: tuple = ()   # ((op, Entry), ...) for DATA
+    records: tuple = ()   # ((op, Entry | expect.Expectation), ...) for DATA
     flags: int = 0        # FLAG_BULK: DATA of a bulk transfer; FLAG_OWN: see above
     raw: tuple = ()       # DATA: each record's bytes (anti-entropy bookkeeping)
     body: bytes = b""     # DIGEST, REPAIR_REQ, REPAIR_DONE, ALIVE (version 3)
@@ -207,6 +210,16 @@ def decode_record(buf: bytes, off: int) -> tuple[int, Entry, int]:
     return op, e, off + rec.size
 
 
+def _expectation(body: bytes, off: int, version: int):
+    """An expectation record (expect.py): version 3 only."""
+    if version < 3:
+        raise WireError("malformed", f"entry op {body[off]}")
+    try:
+        return expect.decode_record(body, off)
+    except expect.Malformed as e:
+        raise WireError("malformed", str(e)) from None
+
+
 # HMAC-SHA256 (RFC 2104) with the key's inner and outer pad states hashed
 # once per key: each message then costs copies of the two states and its own
 # bytes, not two more SHA-256 blocks (hmac.digest redoes them every call;
@@ -276,7 +289,10 @@ def decode(key: bytes, data: bytes, speaks: tuple[int, int] = (OLDEST, NEWEST)) 
         body = data[:body_end]      # sliced once, not once per record
         for _ in range(arg):
             start = off
-            op, e, off = decode_record(body, off)
+            if off < len(body) and body[off] in expect.OPS:
+                op, e, off = _expectation(body, off, version)
+            else:
+                op, e, off = decode_record(body, off)
             recs.append((op, e))
             raws.append(body[start:off])
         if off != body_end:

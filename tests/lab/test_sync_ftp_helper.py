@@ -12,6 +12,9 @@ fw1, a paced download is running when fw1 is lost,
      towards the client: the forward policy lets it through only as
      `related`, an expectation fw2's kernel makes from the PORT command
      only because the replicated control connection carries its helper.
+  c. (active) PORT went through fw1, fw1 is lost before the server opens
+     the data connection: it opens through fw2 only because fw1's
+     expectation was replicated there.
 
 The routed lab only: with SNAT the helper rewrites PORT and the control
 connection's sequence numbers, which state sync does not carry.
@@ -114,3 +117,23 @@ def test_ftp_download_survives_node_loss_and_opens_a_new_data_connection(lab, mo
     st = client.status()
     assert st.get("error") is None and st.get("done"), (st, logs(lab, "fw2"))
     assert client.retrs() == [(BIG, digest(BIG)), (SMALL, digest(SMALL))]
+
+
+def test_data_connection_announced_through_the_lost_master_opens_through_the_survivor(lab):
+    client = FtpClient(lab, "active", ["announce", "wait", f"retr:{SMALL}"])
+    assert lab.wait_for(lambda: bool(client.status().get("steps")) or client.finished(), 10), client.status()
+    # fw1's helper made the expectation (PORT); fw2 has it before fw1 goes.
+    assert lab.wait_for(lambda: "198.51.100.100" in lab.run("fw2", ["conntrack", "-L", "expect"]).stdout,
+                        2.0), (lab.run("fw1", ["conntrack", "-L", "expect"]).stdout, logs(lab))
+
+    t_loss = time.monotonic()
+    lab.node_loss("fw1")
+    assert lab.wait_for(lambda: all_master(lab, "fw2"), takeover_bound(lab)), logs(lab, "fw2")
+    client.go.touch()
+    outage = time.monotonic() - t_loss
+    # RETR on the control connection (retransmitted after the outage), the
+    # server's SYN to the client, the small download.
+    assert lab.wait_for(client.finished, 2 * outage + SMALL / RATE + 2.0), client.status()
+    st = client.status()
+    assert st.get("error") is None and st.get("done"), (st, logs(lab, "fw2"))
+    assert client.retrs() == [(SMALL, digest(SMALL))]
