@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fwcluster.carp.core import hardened as carp_hardened
 from fwcluster.carp.core import wire as carp_wire
 from fwcluster.core import configwire
+from syncd.core import expect as sync_expect
 from syncd.core import wire as sync_wire
 
 TAG_PATTERN = "v[0-9]*"  # `git describe --match`: other tags never name a release
@@ -59,7 +60,7 @@ def pep440(describe: str, dirty: bool = False) -> str:
 # each wire module encodes them. Plain CARP (ucarp's wire, RFC-fixed) is
 # not negotiated and not listed.
 SPEAKS = {"sync": (sync_wire.OLDEST, sync_wire.NEWEST), "config": configwire.SPEAKS,
-          "carp_hardened": carp_hardened.SPEAKS}
+          "carp_hardened": carp_hardened.SPEAKS, sync_expect.PROTOCOL: sync_expect.SPEAKS}
 CAPS = ("current", "previous")  # previous: speak only each protocol's oldest version
 
 

@@ -6,7 +6,8 @@ The master replicates each expectation it makes so that the connection
 can still open through a peer that takes over before it does.
 
 Expectation record (big endian), in DATA bodies beside entry records
-(wire.py), only at sync version 3 (an older peer would refuse the op):
+(wire.py), only at sync version 3 and only to a peer whose ALIVE lists
+PROTOCOL (below; any other peer would refuse the op):
 
   op u8 (3 expect | 4 unexpect), family u8, proto u8 (the expected
   connection's), master proto u8, zone u16, helper u16 (the master's,
@@ -30,6 +31,12 @@ from syncd.core.entry import HELPER_CODES, HELPERS
 
 OP_EXPECT = 3
 OP_UNEXPECT = 4
+# The protocol entry a version 3 ALIVE lists (wire.About, from
+# fwcluster.core.versions.SPEAKS) when its sender reads expectation
+# records: 0.2.0 speaks sync 3 without them and would drop a datagram
+# holding one as malformed.
+PROTOCOL = "sync_expect"
+SPEAKS = (1, 1)
 OPS = (OP_EXPECT, OP_UNEXPECT)
 PORTED = frozenset((6, 17, 33, 132, 136))   # tcp udp dccp sctp udplite
 _ADDR = {4: 4, 6: 16}
@@ -64,6 +71,13 @@ class Expectation(NamedTuple):
     def key(self) -> tuple:
         """What the kernel finds it by: zone and the expected tuple."""
         return (self.zone, self.family, self.proto, self.src, self.dst, self.sport, self.dport)
+
+
+def reads_expectations(about) -> bool:
+    """Whether a peer that told this (its wire.About; None: nothing) reads
+    expectation records."""
+    return about is not None and any(name == PROTOCOL and low <= SPEAKS[1] <= high
+                                     for name, low, high in about.speaks)
 
 
 def carried(x: Expectation) -> bool:

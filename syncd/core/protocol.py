@@ -366,11 +366,13 @@ class Sync:
 
     def local_expectations(self, encoded: list[bytes], now: float) -> None:
         """Expectations this member's kernel made or ended (expect.py
-        records), on the stream to every peer that is up and speaks sync
-        3, behind the entries already pending (their masters). Not part
-        of the own set: a bulk or a repair does not carry them."""
+        records), on the stream to every peer that is up, speaks sync 3
+        and reads them (expect.reads_expectations), behind the entries
+        already pending (their masters). Not part of the own set: a bulk
+        or a repair does not carry them."""
         for p in self.peers.values():
-            if p.state != "down" and (self.sync_version(p) or 0) >= 3:
+            if (p.state != "down" and (self.sync_version(p) or 0) >= 3
+                    and expect.reads_expectations(p.about)):
                 p.tx.pending.extend(encoded)
                 p.tx.pending_len += len(encoded)
 

@@ -18,6 +18,9 @@ import time
 CHUNK = 16384
 DATA_TIMEOUT = 30.0      # seconds to wait for a data connection to open
 MAX_BLOB = 1 << 30
+# Commands whose answer never changes (any user, any password, one directory).
+FIXED = {"USER": "331 any password", "PASS": "230 logged in", "PWD": '257 "/"',
+         "SYST": "215 UNIX Type: L8", "TYPE": "200 type set"}
 
 
 def content(size: int) -> bytes:
@@ -51,25 +54,12 @@ class Session:
         for raw in iter(lambda: self.reader.readline(512), b""):
             cmd, _, arg = raw.decode("latin-1").strip().partition(" ")
             handler = getattr(self, "do_" + cmd.upper(), None)
-            if handler is None:
+            if cmd.upper() in FIXED:
+                self.reply(FIXED[cmd.upper()])
+            elif handler is None:
                 self.reply("502 not implemented")
             elif handler(arg) is False:
                 return
-
-    def do_USER(self, _arg):
-        self.reply("331 any password")
-
-    def do_PASS(self, _arg):
-        self.reply("230 logged in")
-
-    def do_PWD(self, _arg):
-        self.reply('257 "/"')
-
-    def do_SYST(self, _arg):
-        self.reply("215 UNIX Type: L8")
-
-    def do_TYPE(self, _arg):
-        self.reply("200 type set")
 
     def do_QUIT(self, _arg):
         self.reply("221 bye")

@@ -7,9 +7,27 @@ from syncd import ctexp, ctnl
 from syncd.core import expect, wire
 from syncd.core.entry import OP_UPSERT
 from syncd.core.expect import OP_EXPECT, OP_UNEXPECT, Expectation
-from syncd.core.protocol import Expect
+from syncd.core.protocol import Expect, Sync, Timing
 from tests.unit.test_sync_protocol import KEY, entry
-from tests.unit.test_sync_versions import CAPPED, NEW, VNet
+from tests.unit.test_sync_versions import ABOUT, CAPPED, NEW, VNet
+
+# What this release's ALIVE tells; ABOUT[NEW] is 0.2.0's (sync 3 without expectations).
+READS = wire.About("0.3.0", ABOUT[NEW].speaks + ((expect.PROTOCOL, *expect.SPEAKS),))
+
+
+class ENet(VNet):
+    """VNet whose members tell the About of abouts[name] (default READS)."""
+
+    def __init__(self, speaks: dict, abouts: dict | None = None):
+        self.abouts = abouts or {}
+        super().__init__(speaks)
+
+    def start(self, name, epoch):
+        super().start(name, epoch)
+        r = self.speaks[name]
+        self.nodes[name] = Sync(self.members, name, KEY, epoch, self.now, Timing(),
+                                lambda: self.nonces.getrandbits(64), self.counter_base,
+                                speaks=r, about=self.abouts.get(name, READS))
 
 # An active FTP data connection announced by PORT: from the server, any
 # source port, to the client's announced port.
@@ -56,8 +74,8 @@ def _capture(net) -> dict:
     return got
 
 
-def test_a_version_3_peer_gets_the_expectation_after_its_master():
-    net = VNet({"fw1": NEW, "fw2": NEW})
+def test_a_peer_that_reads_them_gets_the_expectation_after_its_master():
+    net = ENet({"fw1": NEW, "fw2": NEW})
     net.run(1.5)
     got = _capture(net)
     master = entry(1)
@@ -69,8 +87,10 @@ def test_a_version_3_peer_gets_the_expectation_after_its_master():
     assert net.nodes["fw2"].status(net.now)["peers"]["fw1"]["expectations_received"] == 1
 
 
-def test_a_version_2_peer_is_never_sent_one_and_its_stream_goes_on():
-    net = VNet({"fw1": NEW, "fw2": CAPPED})
+@pytest.mark.parametrize("speaks,about", [(CAPPED, READS), (NEW, ABOUT[NEW])],
+                         ids=["sync 2", "sync 3 of 0.2.0"])
+def test_a_peer_that_does_not_read_them_is_never_sent_one_and_its_stream_goes_on(speaks, about):
+    net = ENet({"fw1": NEW, "fw2": speaks}, {"fw2": about})
     net.run(1.5)
     got = _capture(net)
     net.nodes["fw1"].local_expectations([expect.encode_record(OP_EXPECT, FTP_DATA)], net.now)
