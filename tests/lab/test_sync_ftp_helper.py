@@ -114,6 +114,8 @@ def test_ftp_download_survives_node_loss_and_opens_a_new_data_connection(lab, mo
     outage = time.monotonic() - t_loss
     bound = (BIG - LOSS_AFTER) / RATE + 2 * outage + SMALL / RATE + 2.0
     assert lab.wait_for(client.finished, bound), client.status()
+    print(f"{mode}: fw2 master {outage:.2f} s after the loss, both downloads done "
+          f"{time.monotonic() - t_loss:.2f} s after it (bound {bound:.2f} s)")
     st = client.status()
     assert st.get("error") is None and st.get("done"), (st, logs(lab, "fw2"))
     assert client.retrs() == [(BIG, digest(BIG)), (SMALL, digest(SMALL))]
@@ -134,6 +136,8 @@ def test_data_connection_announced_through_the_lost_master_opens_through_the_sur
     # RETR on the control connection (retransmitted after the outage), the
     # server's SYN to the client, the small download.
     assert lab.wait_for(client.finished, 2 * outage + SMALL / RATE + 2.0), client.status()
+    print(f"announced through fw1: fw2 master {outage:.2f} s after the loss, download done "
+          f"{time.monotonic() - t_loss:.2f} s after it")
     st = client.status()
     assert st.get("error") is None and st.get("done"), (st, logs(lab, "fw2"))
     assert client.retrs() == [(SMALL, digest(SMALL))]
