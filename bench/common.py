@@ -147,3 +147,36 @@ def write_section(doc: Path, name: str, body: str) -> None:
         text = old.rstrip("\n") + ("\n\n" if old else "") + new
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+# --- conntrack events, as each member's table shows them ------------------------------
+def watch_events(lab, member: str, path: Path, proto: str, dport: int):
+    """`conntrack -E` of member's table (NEW and UPDATE of `proto` flows to
+    dport) into path, each line stamped with the wall clock (one clock for
+    every namespace). SCHED_RR 99, so its own waits for a CPU are not
+    measured as lag. Returns the process (the lab stops it at teardown)."""
+    return lab.popen(member, ["chrt", "-r", "99", "conntrack", "-E", "-e", "NEW,UPDATE", "-p", proto,
+                              "--dport", str(dport), "-o", "timestamp"],
+                     stdout=open(path, "wb"), stderr=subprocess.DEVNULL)
+
+
+def first_seen(path: Path, marker: str, dport: int) -> dict[int, float]:
+    """client port -> time of the first event in a watch_events file whose
+    line shows `marker` (a state such as ESTABLISHED, or [ASSURED]) for a
+    flow to dport."""
+    out: dict[int, float] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if marker not in line or f"dport={dport} " not in line:
+            continue
+        try:
+            stamp = float(line.split("]", 1)[0].lstrip("["))
+            sport = int(line.split("sport=", 1)[1].split()[0])
+        except (ValueError, IndexError):
+            continue
+        out.setdefault(sport, stamp)
+    return out
+
+
+def lags(source: dict[int, float], replica: dict[int, float]) -> list[float]:
+    """Per flow seen on both: replica's time - source's."""
+    return [replica[port] - t for port, t in source.items() if port in replica]

@@ -48,7 +48,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, arg_parser, have_root, markdown_table, percentile
+from bench.common import (REPO, arg_parser, first_seen, have_root, lags as lags_of, markdown_table,
+                          percentile, watch_events)
 from bench.sync import cpu_seconds, shipped_sched, start_conntrackd
 from fwcluster.carp.core.wire import checksum
 
@@ -158,48 +159,39 @@ class Daemons:
             return 0.0
 
 
-def established_on(path: Path) -> dict[int, float]:
-    """client port -> wall-clock time of the first event of a member's table
-    showing the real session ESTABLISHED (conntrack -E -o timestamp lines)."""
-    out: dict[int, float] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        if "ESTABLISHED" not in line or f"dport={REAL_PORT} " not in line:
-            continue
-        try:
-            stamp = float(line.split("]", 1)[0].lstrip("["))
-            sport = int(line.split("sport=", 1)[1].split()[0])
-        except (ValueError, IndexError):
-            continue
-        out.setdefault(sport, stamp)
-    return out
+def lab_sync(impl: str) -> dict:
+    """The lab's [sync] section for impl: as shipped for fwcluster-syncd;
+    else "all", whose ruleset sets no ct event masks (conntrackd sets its own)."""
+    return {} if impl == "fwcluster-syncd" else {"filter": {"states": "all"}}
+
+
+def start_cluster(lab, impl: str) -> Daemons:
+    """impl's daemons, then carpd on every member; returns once fw1 is master."""
+    from tests.lab.sync_helpers import start_member
+    daemons = Daemons(lab, impl)
+    daemons.start()
+    for m in lab.members:
+        start_member(lab, m, syncd=False)
+    if not lab.wait_for(lambda: all(lab.vip_state("fw1", v["vhid"]) == "MASTER" for v in lab.vips), 20):
+        raise RuntimeError("fw1 did not become master")
+    return daemons
 
 
 def one_impl(impl: str, levels: list[int], seconds: float) -> dict:
     from tests.labkit import CLIENT4, SERVER4, Lab
-    from tests.lab.sync_helpers import Load, start_member, start_server
-    sync = {"filter": {"states": "all"}} if impl != "fwcluster-syncd" else {}
-    with Lab(members=2, prefix="bfl", advbase=1, sync=sync) as lab:
+    from tests.lab.sync_helpers import Load, start_server
+    with Lab(members=2, prefix="bfl", advbase=1, sync=lab_sync(impl)) as lab:
         start_server(lab, duration=600)
         # UDP probes go unanswered (no ICMP either): the scan's entries stay unreplied.
         lab.run("server", ["nft", "-f", "-"], input=f"""table inet bench_scan {{
   chain in {{ type filter hook input priority 0; policy accept; udp dport {SCAN_PORTS[0]}-{SCAN_PORTS[1]} drop; }}
 }}""")
-        daemons = Daemons(lab, impl)
-        daemons.start()
-        for m in lab.members:
-            start_member(lab, m, syncd=False)
-        if not lab.wait_for(lambda: all(lab.vip_state("fw1", v["vhid"]) == "MASTER" for v in lab.vips), 20):
-            raise RuntimeError("fw1 did not become master")
+        daemons = start_cluster(lab, impl)
         time.sleep(2)
-        # The real sessions as each table shows them, stamped on one clock;
-        # at SCHED_RR 99 (as conntrackd and bench-sync's probes run), so
-        # their own waits for a CPU are not measured as lag.
-        watches = {}
+        watches = {}      # the real sessions as each table shows them
         for m in lab.members:
             path = lab.dir / f"{m}-events.txt"
-            watches[m] = (path, lab.popen(m, ["chrt", "-r", "99", "conntrack", "-E", "-e", "NEW,UPDATE",
-                                              "-p", "tcp", "--dport", str(REAL_PORT), "-o", "timestamp"],
-                                          stdout=open(path, "wb"), stderr=subprocess.DEVNULL))
+            watches[m] = (path, watch_events(lab, m, path, "tcp", REAL_PORT))
         phases, loads = [], []
         block = 0
         for level in levels:
@@ -241,8 +233,8 @@ def one_impl(impl: str, levels: list[int], seconds: float) -> dict:
         for _path, watch in watches.values():
             watch.terminate()
             watch.wait(5)
-        master, peer = (established_on(watches[m][0]) for m in ("fw1", "fw2"))
-        lags = [peer[port] - t for port, t in master.items() if port in peer]
+        master, peer = (first_seen(watches[m][0], "ESTABLISHED", REAL_PORT) for m in ("fw1", "fw2"))
+        lags = lags_of(master, peer)
         for load in loads:
             load.stop()
         sessions = REAL_PER_PHASE * len(loads)

@@ -1,0 +1,63 @@
+"""The state-sync daemons' idle cost: CPU seconds per second of each member's
+daemon in a 2-member lab that carries no traffic, fwcluster-syncd beside
+conntrackd (each configured as bench/flood.py runs it).
+
+After carpd has settled (fw1 master) and a few seconds more, the daemons'
+user+system ticks (/proc/PID/stat) are read at the start and the end of
+--seconds. With --profile DIR syncd runs with SYNCD_PROFILE (cProfile,
+syncd/trace.py): the profile shows where the idle time goes.
+
+  .venv/bin/python -m bench.idle [--seconds 60] [--impls fwcluster-syncd,conntrackd] [--profile DIR]
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.common import arg_parser, have_root, markdown_table
+from bench.flood import lab_sync, start_cluster
+
+IMPLS = ("fwcluster-syncd", "conntrackd")
+SETTLE = 5.0          # after fw1 is master: start-up bulks and first rounds done
+
+
+def one_impl(impl: str, seconds: float) -> dict:
+    from tests.labkit import Lab
+    with Lab(members=2, prefix="bidl", advbase=1, sync=lab_sync(impl)) as lab:
+        daemons = start_cluster(lab, impl)
+        time.sleep(SETTLE)
+        cpu0, t0 = {m: daemons.cpu(m) for m in lab.members}, time.monotonic()
+        time.sleep(seconds)
+        cpu1, took = {m: daemons.cpu(m) for m in lab.members}, time.monotonic() - t0
+        for m in lab.members:
+            if impl != "conntrackd":
+                lab.stop_daemon(m, "syncd")      # a clean stop writes the profile
+        return {m: round((cpu1[m] - cpu0[m]) / took, 4) for m in lab.members}
+
+
+def main(argv=None) -> int:
+    ap = arg_parser("idle", __doc__)
+    ap.set_defaults(doc="")
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--profile", help="directory: syncd writes a cProfile per member there")
+    args = ap.parse_args(argv)
+    if not have_root():
+        return 2
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        os.environ["SYNCD_PROFILE"] = str(Path(args.profile).resolve() / "idle")
+    load = os.getloadavg()
+    results = {impl: one_impl(impl, args.seconds) for impl in args.impls.split(",")}
+    print(json.dumps({"load": load, "seconds": args.seconds, "cpu_s_per_s": results}, indent=1))
+    print(markdown_table(["implementation", "fw1 (master) CPU s/s", "fw2 (peer) CPU s/s"],
+                         [[impl, f"{r['fw1']:.4f}", f"{r['fw2']:.4f}"] for impl, r in results.items()]))
+    print(f"load average at the start: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
