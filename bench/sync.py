@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, arg_parser, have_root, markdown_table, percentile
+from bench.common import REPO, arg_parser, have_root, markdown_table, percentile, write_section
 
 PY = sys.executable
 # The injector and the watcher run SCHED_RR 99 (as conntrackd does by
@@ -676,10 +676,12 @@ comparison in one run is the point. Load average (1/5/15 min) when the run start
 
 
 def main(argv=None) -> int:
+    from bench import mix     # here: it builds on bench.flood, which imports this module
     ap = arg_parser("sync", __doc__)
     sub = ap.add_subparsers(dest="mode")
     for name in ("worker-floor-send", "worker-floor-recv"):
         sub.add_parser(name)
+    mix.add_workers(sub)
     for name in ("worker-inject", "worker-watch"):
         w = sub.add_parser(name)
         w.add_argument("--count", type=int, required=True)
@@ -700,7 +702,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="with --trace: cProfile each daemon too")
     ap.add_argument("--sched", choices=("shipped", "rr"), default="shipped",
                     help="rr: syncd and the floor get conntrackd's own SCHED_RR 99 (like for like)")
+    ap.add_argument("--mix-rate", type=int, default=5000,
+                    help="new flows/s of the realistic mix (bench/mix.py; 0: none)")
+    ap.add_argument("--mix-seconds", type=float, default=4)
+    ap.add_argument("--only-mix", action="store_true", help="run the realistic mix alone")
     args = ap.parse_args(argv)
+    if args.mode in mix.WORKERS:
+        mix.WORKERS[args.mode](args)
+        return 0
     if args.mode == "worker-inject":
         worker_inject(args)
         return 0
@@ -720,6 +729,10 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=1))
         print(render_breakdown(out["breakdown"]))
         return 0
+    if args.only_mix or args.mix_rate:
+        run_mix(args)
+    if args.only_mix:
+        return 0
     load_start = os.getloadavg()
     results = bench(args)
     load_end = os.getloadavg()
@@ -736,6 +749,36 @@ def main(argv=None) -> int:
                   + table + "\n\nThe medians of every cell, as JSON, are on the benchmark's standard "
                   "output.\n")
     return 0
+
+
+MIX_HEAD = """## A realistic mix: most flows short, a tenth long
+
+Real flows through the master at {rate:,} new per second for {seconds:g} s
+(bench/mix.py has the method): of every ten, 4 DNS-like UDP query/answer,
+2 failed connects (SYN, RST), 3 short TCP exchanges that close, 1 long
+(a TCP session kept established, or a UDP flow used again until assured,
+in turn). fwcluster-syncd runs as shipped ([sync] filter as shipped, the
+ruleset's ct event masks), conntrackd as bench-flood configures it (its
+manual's `assured,destroy` event mask and state filter). CPU: the
+daemon's user+system seconds per 10k flows opened, on the sender (fw1)
+and the receiver (fw2); sync link bytes: fw1's sync0, both ways; lag of
+the long flows: fw1's table showing them ESTABLISHED / [ASSURED] to
+fw2's. One run per implementation, load average {load} at its start.
+
+"""
+
+
+def run_mix(args) -> None:
+    from bench import mix
+    load = os.getloadavg()
+    results = mix.run(["fwcluster-syncd", "conntrackd"], args.mix_rate, args.mix_seconds)
+    print(json.dumps({"mix": results}, indent=1))
+    table = mix.render(results)
+    print(table)
+    if args.doc:
+        write_section(Path(args.doc), "bench-sync-mix",
+                      MIX_HEAD.format(rate=args.mix_rate, seconds=args.mix_seconds,
+                                      load=" / ".join(f"{x:.2f}" for x in load)) + table)
 
 
 BEGIN, END = "<!-- bench-sync: begin -->\n", "<!-- bench-sync: end -->\n"
