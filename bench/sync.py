@@ -763,7 +763,10 @@ manual's `assured,destroy` event mask and state filter). CPU: the
 daemon's user+system seconds per 10k flows opened, on the sender (fw1)
 and the receiver (fw2); sync link bytes: fw1's sync0, both ways; lag of
 the long flows: fw1's table showing them ESTABLISHED / [ASSURED] to
-fw2's. One run per implementation, load average {load} at its start.
+fw2's. Completed: flows each of whose packets was answered within 3 s (a
+short flow the loaded machine did not answer in time makes less work for
+the daemons). One run per implementation, load average {load} at its
+start.
 
 """
 
