@@ -18,7 +18,8 @@ import pytest
 
 from tests.unit.carp_sim import Violation, run_flap_scenario, run_scenario
 
-SCENARIOS = int(os.environ.get("SIM_SCENARIOS", "10000"))
+# make test: 2000; make soak runs 200000 (more seeds, the same checks).
+SCENARIOS = int(os.environ.get("SIM_SCENARIOS", "2000"))
 REPLAY = os.environ.get("CARP_SIM_SEED")
 FLAP_SCENARIOS = max(1, SCENARIOS // 20)  # each runs 150 s of flapping
 
