@@ -47,7 +47,7 @@ LAN_VIP, WAN_VIP = "192.0.2.1", "198.51.100.1"
 SEGMENTS = {"lan": ("lan0", "192.0.2.1{k}/24"), "wan": ("wan0", "198.51.100.1{k}/24"),
             "sync": ("sync0", "203.0.113.{k}/24")}
 MEMBERS = {"fw1": 1, "fw2": 2}
-# --- [[dhcp]] (issue 22, tests/vm/test_vm_dhcp.py): Kea HA on both members
+# --- [[dhcp]] (issue 22, tests/vm/dhcp.py): Kea HA on both members
 # serves the client's LAN; the pool is clear of the client, vip and members.
 DHCP_POOL = "192.0.2.150-192.0.2.199"
 DHCP_TOML = (f'\n[[dhcp]]\ninterface = "lan0"\npools = ["{DHCP_POOL}"]\n\n'
