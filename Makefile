@@ -1,6 +1,8 @@
 # fwcluster — build, test and benchmark entry points.
 #   make test    install what the tests need (apt + .venv) and run the suite
 #   make test-upgrade  the cross-version rolling upgrade and rollback in the VM lab
+#   make soak    the protocol simulations with 200,000 seeds (make test runs 2,000)
+#   make chaos   30 minutes of the chaos soak (make test runs 170 s of it)
 #   make image   build the default appliance image (see image/image.mk)
 #   make release the image and signed bundle of a tagged release (docs/upgrade.md)
 SHELL := /bin/bash
@@ -96,7 +98,8 @@ bench-flood: deps
 bench-balance: deps
 	$(PY) -m bench.balance
 
-# Nightly-style: the randomised protocol simulations with many more scenarios.
+# Nightly-style: the randomised protocol simulations with many more scenarios
+# (SIM_SCENARIOS; make test runs the tests' default of 2,000, the same checks).
 .PHONY: soak
 soak: deps
 	SIM_SCENARIOS=$${SIM_SCENARIOS:-200000} $(PY) -m pytest -q tests/unit/test_*_simulation.py
