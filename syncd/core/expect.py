@@ -33,8 +33,9 @@ OP_EXPECT = 3
 OP_UNEXPECT = 4
 # The protocol entry a version 3 ALIVE lists (wire.About, from
 # fwcluster.core.versions.SPEAKS) when its sender reads expectation
-# records: 0.2.0 speaks sync 3 without them and would drop a datagram
-# holding one as malformed.
+# records: a receiver that does not know the op drops the whole datagram
+# as malformed, so a record kind is negotiated on its own, not by the
+# stream's version.
 PROTOCOL = "sync_expect"
 SPEAKS = (1, 1)
 OPS = (OP_EXPECT, OP_UNEXPECT)

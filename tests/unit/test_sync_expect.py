@@ -11,7 +11,7 @@ from syncd.core.protocol import Expect, Sync, Timing
 from tests.unit.test_sync_protocol import KEY, entry
 from tests.unit.test_sync_versions import ABOUT, CAPPED, NEW, VNet
 
-# What this release's ALIVE tells; ABOUT[NEW] is 0.2.0's (sync 3 without expectations).
+# What this release's ALIVE tells; ABOUT[NEW] is a sync 3 peer that does not read expectations.
 READS = wire.About("0.3.0", ABOUT[NEW].speaks + ((expect.PROTOCOL, *expect.SPEAKS),))
 
 
@@ -88,7 +88,7 @@ def test_a_peer_that_reads_them_gets_the_expectation_after_its_master():
 
 
 @pytest.mark.parametrize("speaks,about", [(CAPPED, READS), (NEW, ABOUT[NEW])],
-                         ids=["sync 2", "sync 3 of 0.2.0"])
+                         ids=["sync 2", "sync 3 without sync_expect"])
 def test_a_peer_that_does_not_read_them_is_never_sent_one_and_its_stream_goes_on(speaks, about):
     net = ENet({"fw1": NEW, "fw2": speaks}, {"fw2": about})
     net.run(1.5)
