@@ -50,7 +50,7 @@ deps venv: $(VENV)/.stamp
 CHECK_CLEAN = @if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git status --porcelain)" ]; then git status --porcelain; echo "error: the checkout is not clean after the tests (debris of a test, a build output missing from .gitignore, or uncommitted work)" >&2; exit 1; fi
 
 # The VM upgrade tests (marker `upgrade`) boot a pair of their own and take
-# ~20 min under TCG: they run in `make test-upgrade`, which CI runs after.
+# ~25 min under TCG: they run in `make test-upgrade`, which CI runs after.
 test: deps
 	$(PY) -m pytest -q --durations=30 -m "not upgrade" tests
 	$(CHECK_CLEAN)
