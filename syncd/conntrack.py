@@ -230,6 +230,14 @@ class Conntrack:
                 if mtype == ctnl.NLMSG_DONE or mtype == ctnl.NLMSG_ERROR:
                     return
 
+    def request(self, encode) -> int:
+        """One request answered by an ack (encode(seq) -> bytes): its errno,
+        0 when done (blocking)."""
+        for mtype, buf, off, _end in self._exchange(encode):
+            if mtype == ctnl.NLMSG_ERROR:
+                return -ctnl.error_code(buf, off)
+        return 0
+
     def dump(self) -> list[Entry]:
         """The whole table, both families (blocking)."""
         out = []

@@ -4,9 +4,10 @@ expect.py decides what is carried and what waits for its master).
 
 pyroute2 has no message class for this subsystem; its attributes are
 nested like a conntrack entry's tuples, so syncd.ctnl's tuple codec
-serves. Two sockets: `events` joins the EXP_NEW and EXP_DESTROY groups and
-drops, in the kernel, the events of our own requests (which the other
-socket, `req`, sends): a replica is never told back to its origin.
+serves. Requests go through the daemon's conntrack request socket
+(Conntrack.request); `events` joins the EXP_NEW and EXP_DESTROY groups and
+drops, in the kernel, the events of that socket's requests: a replica is
+never told back to its origin.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import logging
 import socket
 import struct
 
-from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink import (NFNL_SUBSYS_CTNETLINK_EXP, NFNLGRP_CONNTRACK_EXP_DESTROY,
                                         NFNLGRP_CONNTRACK_EXP_NEW)
 
 from syncd import ctnl
-from syncd.conntrack import drop_own_events
+from syncd.conntrack import Conntrack, _netlink, drop_own_events
 from syncd.core import expect
 from syncd.core.expect import OP_EXPECT, OP_UNEXPECT, Expectation
 
@@ -38,7 +39,7 @@ _FAM = {4: socket.AF_INET, 6: socket.AF_INET6}
 _VER = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _BE32 = struct.Struct("!I")
 _BE16 = struct.Struct("!H")
-REQ_TIMEOUT = 1.0       # seconds for the kernel's answer to one request
+EVENTS_RCVBUF = 1 << 18     # a helper's expectations are few: about the kernel's default
 
 
 # --- codec ------------------------------------------------------------------------
@@ -58,13 +59,9 @@ def parse(buf, off: int, end: int) -> Expectation | None:
     def be32(k):
         return _BE32.unpack_from(buf, a[k][0])[0] if k in a else 0
     zone = _BE16.unpack_from(buf, a[CTA_EXPECT_ZONE][0])[0] if CTA_EXPECT_ZONE in a else 0
-    helper = ""
-    if CTA_EXPECT_HELP_NAME in a:
-        s, e = a[CTA_EXPECT_HELP_NAME]
-        helper = bytes(buf[s:e]).split(b"\0", 1)[0].decode("ascii", "replace")
     x = Expectation(family, proto, zone, master, src, dst, sport, dport, mask_src, mask_sport,
                     be32(CTA_EXPECT_CLASS), be32(CTA_EXPECT_FLAGS), be32(CTA_EXPECT_TIMEOUT),
-                    helper if helper in expect.HELPER_CODES else "")
+                    ctnl.helper_name(buf, a.get(CTA_EXPECT_HELP_NAME)))
     return x if expect.carried(x) else None
 
 
@@ -99,22 +96,15 @@ def encode_delete(x: Expectation, seq: int) -> bytes:
 
 
 # --- sockets ----------------------------------------------------------------------
-def _netlink() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-
-
 class Expectations:
-    def __init__(self):
-        self.req = _netlink()
-        self.req.bind((0, 0))
-        self.req.settimeout(REQ_TIMEOUT)
-        self.events = _netlink()
+    def __init__(self, ct: Conntrack):
+        self.ct = ct
+        self.events = _netlink(EVENTS_RCVBUF)
         self.events.bind((0, GROUPS))
         self.events.setblocking(False)
-        drop_own_events(self.events, self.req.getsockname()[0])
+        drop_own_events(self.events, ct.portid)
         self.announced = expect.Announced()
         self.waiting = expect.Waiting()
-        self.seq = 0
         self.counters = {"expectations_sent": 0, "expectations_created": 0,
                          "expectations_failed": 0}
 
@@ -123,7 +113,6 @@ class Expectations:
 
     def close(self) -> None:
         self.events.close()
-        self.req.close()
 
     def read_records(self, limit: int) -> list[bytes]:
         """Wire records (expect.py) of what the kernel made or ended here:
@@ -154,7 +143,7 @@ class Expectations:
         for op, x in records:
             if op == OP_UNEXPECT:
                 self.waiting.forget(x)
-                self._request(encode_delete(x, self._next()))
+                self._request(lambda seq: encode_delete(x, seq))
             else:
                 self._create(x, now + self.waiting.wait)
 
@@ -164,7 +153,7 @@ class Expectations:
             self._create(x, until)
 
     def _create(self, x: Expectation, until: float) -> None:
-        code = self._request(encode_create(x, self._next()))
+        code = self._request(lambda seq: encode_create(x, seq))
         if code in (0, errno.EEXIST):
             self.counters["expectations_created"] += 1
         elif code == errno.ENOENT:          # its master is not here yet
@@ -173,20 +162,9 @@ class Expectations:
             self.counters["expectations_failed"] += 1
             log.debug("expectation %s: %s", x, errno.errorcode.get(code, code))
 
-    def _next(self) -> int:
-        self.seq = self.seq % 0x7FFFFFFF + 1
-        return self.seq
-
-    def _request(self, msg: bytes) -> int:
-        """Send one request; its answer's errno (0: done)."""
-        seq = struct.unpack_from("=I", msg, 8)[0]
+    def _request(self, encode) -> int:
         try:
-            self.req.send(msg)
-            while True:
-                buf = self.req.recv(1 << 16)
-                for mtype, _f, s, _p, off, _end in ctnl.split(buf):
-                    if s == seq and mtype == ctnl.NLMSG_ERROR:
-                        return -ctnl.error_code(buf, off)
+            return self.ct.request(encode)
         except OSError as e:
             return e.errno or errno.EIO
 

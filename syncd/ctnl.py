@@ -298,10 +298,15 @@ def _helper(buf, a: dict) -> str:
     """The helper's name of CTA_HELP, "" when none (or one sync does not carry)."""
     if CTA_HELP not in a:
         return ""
-    name = _attrs_of(buf, *a[CTA_HELP]).get(CTA_HELP_NAME)
-    if name is None:
+    return helper_name(buf, _attrs_of(buf, *a[CTA_HELP]).get(CTA_HELP_NAME))
+
+
+def helper_name(buf, span: tuple | None) -> str:
+    """A helper's name attribute (a C string at span, or None): the name if
+    sync carries that helper (entry.HELPERS), else ""."""
+    if span is None:
         return ""
-    text = bytes(buf[name[0]:name[1]]).split(b"\0", 1)[0].decode("ascii", "replace")
+    text = bytes(buf[span[0]:span[1]]).split(b"\0", 1)[0].decode("ascii", "replace")
     return text if text in HELPER_CODES else ""
 
 

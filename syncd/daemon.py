@@ -161,7 +161,7 @@ class Daemon:
         gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         self.epoch = new_epoch(self.cfg.state_dir)
         self.ct = Conntrack()
-        self.exp = Expectations()
+        self.exp = Expectations(self.ct)
         self.refresh_dump = PacedDump(loop, self.on_dump, self.on_dump_end, DUMP_TURN, paced=False)
         self.links = LinkSet(self.cfg.sync.interfaces, self.me.link_addresses, self.port)
         members = live_reload.members(self.cfg)
