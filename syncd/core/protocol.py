@@ -223,7 +223,6 @@ def _counters() -> dict:
 class Peer:
     name: str
     index: int
-    addr: str                       # on the first sync link
     links: links.PeerLinks
     tx: _Tx = field(default_factory=_Tx)
     rx: _Rx = field(default_factory=_Rx)
@@ -251,6 +250,11 @@ class Peer:
     foreign_at: float | None = None
     bulk_mark: int | None = None    # own.watch() mark of the bulk being sent to it
     bulk_views: list = field(default_factory=list)   # [(view, mark)] of that bulk
+
+    @property
+    def addr(self) -> str:
+        """The peer's address on the first sync link."""
+        return self.links.addrs[0]
 
 
 class Sync:
@@ -281,7 +285,7 @@ class Sync:
         for n, a in members:
             if n != me:
                 addrs = tuple(_norm(x) for x in ((a,) if isinstance(a, str) else a))
-                self.peers[n] = Peer(n, ids[n], addrs[0], links.PeerLinks(addrs))
+                self.peers[n] = Peer(n, ids[n], links.PeerLinks(addrs))
         # Every link's address of a peer is the peer: its datagrams count
         # on whichever link they come (links.py).
         self.by_addr = {a: p for p in self.peers.values() for a in p.links.addrs}
