@@ -206,9 +206,10 @@ class Balancing:
         updates the owned set before the advert that follows it goes out."""
         if isinstance(action, (machine.AddVip, machine.RemoveVip)):
             self.host.queue(SyncOwned())  # claim / release the bucket
-        elif isinstance(action, machine.SendAdvert):
+        elif isinstance(action, machine.SendAdvert) and action.to is None:
             self.host.queue(action)
-        # Announce: a bucket has no address to announce.
+        # Announce, and the advert that asks the winner for one (machine's
+        # _tell_winner): a bucket has no address to announce.
 
     def _timer(self, vhid: int, at: float) -> None:
         self.runs[vhid].timer = None

@@ -537,7 +537,8 @@ class Carpd:
         sock = iface.socks.get(v.family)
         if sock is None:
             return
-        err = sock.send_advert(self.codec, run.auth, action, iface.own.get(v.family), v.peers)
+        err = sock.send_advert(self.codec, run.auth, action, iface.own.get(v.family),
+                               (action.to,) if action.to else v.peers)
         if err is not None:
             log.debug("advert for vhid %d on %s not sent: %s", v.vhid, v.interface, err)
             return

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from carp_helpers import (fast, forwards, loss_and_preemption_back, mac, neigh_mac, settled,
-                          stays_settled, transitions, vip, wait_settled)
+from carp_helpers import (fast, forwards, gateways_at, loss_and_preemption_back, mac, neigh_mac,
+                          settled, stays_settled, transitions, vip, wait_settled)
 from tests.labkit import LAN_VIP4, LAN_VIP6, SERVER4, SERVER6, WAN_VIP4, WAN_VIP6
 
 
@@ -149,6 +149,39 @@ def test_split_brain_heals_to_one_master_within_three_intervals(carp_lab):
     wait_settled(lab, "fw1", timeout=3 * interval)
     assert converged <= 3 * interval
     assert lab.ping("client", SERVER4)
+
+
+def test_a_healed_split_brain_turns_the_neighbours_back_to_the_master(carp_lab):
+    """The master's WAN port passes nothing for a moment (a switch fault):
+    fw2 hears no advert there, claims the WAN vip and its gratuitous ARP
+    turns the server to fw2, while fw1, cut off, never hears fw2 as master.
+    The port heals before fw2's second advert; fw1's next advert makes fw2
+    yield, and fw2's one advert to the winner makes fw1 announce: the
+    server's gateway is fw1's MAC again within fw1's advert interval (+0.2
+    s). Before, fw1 never re-announced and the server kept sending new
+    sessions' replies to fw2 (the chaos soak: "a new session does not
+    pass" after "block master wan")."""
+    lab = carp_lab(members=2, ipv6=False)  # advbase 1: fw2 advertises every 1.39 s
+    start_all(lab)
+    wait_settled(lab, "fw1")
+    forwards(lab, SERVER4)
+    gateways_at(lab, "fw1")
+    wan = next(v["vhid"] for v in lab.vips if v["interface"] == "wan0" and ":" not in v["address"])
+    lab.cut("fw1", "wan")
+    try:
+        assert lab.wait_for(lambda: lab.vip_state("fw2", wan) == "MASTER", 8, 0.01), lab.states(wan)
+    finally:
+        lab.heal("fw1", "wan")
+    t_heal = time.monotonic()
+    assert neigh_mac(lab, "server", WAN_VIP4) == mac(lab, "fw2", "wan0")  # the split's GARP
+    bound = 1 + lab.advskews["fw1"] / 256 + 0.2
+    assert lab.wait_for(lambda: neigh_mac(lab, "server", WAN_VIP4) == mac(lab, "fw1", "wan0"),
+                        bound, 0.02), (neigh_mac(lab, "server", WAN_VIP4), lab.states(wan),
+                                       lab.log_tail("fw1", "carpd", 1500), lab.log_tail("fw2", "carpd", 1500))
+    back = time.monotonic() - t_heal
+    wait_settled(lab, "fw1", timeout=bound)
+    forwards(lab, SERVER4)
+    print(f"server's gateway back on fw1 {back:.2f} s after the heal (bound {bound:.2f} s)")
 
 
 def test_sigterm_releases_the_vips_and_the_peer_takes_over_at_once(carp_lab):

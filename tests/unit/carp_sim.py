@@ -189,7 +189,7 @@ class Sim:
         if not x.links[a.vhid]:
             return
         for y in self.members:
-            if y is x or not y.alive:
+            if y is x or not y.alive or (a.to is not None and a.to != y.address(a.vhid)):
                 continue
             ad = Advert(a.vhid, a.advbase, a.advskew, 0 if y.ucarp else a.demote, 1)
             copies = 0 if self.rng.random() < self.loss else 1

@@ -106,8 +106,26 @@ def test_backup_hearing_better_master_restarts_master_down():
 def test_master_yields_to_better_timing():
     x = master(vm(1, 100))
     out = x.handle(ad(1, 0), 10.0)
-    assert kinds(out) == ["RemoveVip", "ArmTimer", "RoleChanged"]
+    assert kinds(out) == ["RemoveVip", "ArmTimer", "RoleChanged", "SendAdvert"]
     assert x.state == m.State.BACKUP and x.master == PEER
+    assert out[-1] == m.SendAdvert(1, 1, 100, 0, to=PEER)   # the winner alone hears it
+
+
+def test_winner_cut_off_during_the_split_reannounces_when_the_loser_yields():
+    """A split brain on one segment (the chaos soak's "block master wan"):
+    the backup's takeover advert and GARPs went out while the master was
+    cut off, so the master never heard a worse master; its next advert
+    makes the other yield. The yielder's one advert to the winner makes the
+    winner announce at once (before: the neighbours stayed on the yielder's
+    MAC and new sessions failed)."""
+    winner = master(vm(1, 0, own_address=PEER))
+    loser = master(vm(1, 100))                       # took over during the split
+    yielded = loser.handle(ad(1, 0), 10.0)           # the winner's next advert
+    told = [a for a in yielded if isinstance(a, m.SendAdvert)]
+    assert [a.to for a in told] == [PEER]
+    out = winner.handle(m.AdvertReceived(m.Advert(1, told[0].advbase, told[0].advskew,
+                                                  told[0].demote, 1), ME), 10.01)
+    assert kinds(out)[0] == "Announce" and winner.state == m.State.MASTER
 
 
 def test_master_keeps_role_against_worse_master_and_reasserts():

@@ -415,4 +415,9 @@ def test_rollback_boots_the_previous_build_again_and_loses_no_session(vmlab, ima
     wait_roles(lab, "fw1")
     print(f"\nfw2 rolled back to {old}; slots {st['slots']}; versions seen:\n"
           + json.dumps(seen, indent=1))
+    # what each member's carpd did meanwhile (a claim by the rolled-back
+    # member shows as a gap of about its master-down)
+    for m in lab.members:
+        print(f"{m} carpd role changes since boot:\n" + lab.vm(m).check(
+            "journalctl -b -o short-precise -u fwcluster-carpd --no-pager | grep -e '->' -e demotion | tail -20"))
     gaps.none_lost(lab, "rollback")

@@ -16,7 +16,9 @@ Semantics follow OpenBSD's ip_carp.c, with ucarp's tie-break:
   flap). Hearing a worse master it re-announces the vip and advertises at
   once, so that after a split brain the neighbours' caches point at the
   winner; at most once per REANNOUNCE_GAP (`reannounce_due`), so a stream
-  of forged worse adverts costs no stream of announcements.
+  of forged worse adverts costs no stream of announcements. A MASTER that
+  yields sends the winner one advert (unicast), so that the winner
+  re-announces even when the split kept it from hearing our takeover.
 * BACKUP hearing an advert: becomes MASTER on a bow-out advert (advbase =
   advskew = 255); or if the sender's demote is higher (regardless of
   preempt); or, with advbase > 0, if the sender's timing is longer than our
@@ -112,6 +114,7 @@ class SendAdvert:
     advbase: int
     advskew: int
     demote: int
+    to: str | None = None  # unicast to this member only (None: the group / the peers)
 
 
 @dataclass(frozen=True)
@@ -424,7 +427,8 @@ class VhidMachine:
         if self.state == State.MASTER:
             if yields_to(self.timing, self.wire_demote, ad, self.own_address, source):
                 self._heard_at(source, now)
-                return self._become_backup(now, f"better master {source}", source, ad)
+                return [*self._become_backup(now, f"better master {source}", source, ad),
+                        self._tell_winner(source)]
             return self._assert_master(now)
         if self.state == State.BACKUP:
             why = claims_from(self.timing, self.wire_demote, self.preempt, ad, source)
@@ -441,6 +445,15 @@ class VhidMachine:
             self._heard_at(source, now)
             return [self._wait_for_master(now, source, ad)]
         return []  # INIT: not listening
+
+    def _tell_winner(self, winner: str) -> SendAdvert:
+        """Yielding: one advert of ours, unicast to the winner. It may not
+        have heard us as master (a split brain that just healed: our
+        takeover adverts went out while it was cut off), yet our GARPs
+        turned the neighbours to us; hearing a worse master it re-announces
+        (`_assert_master`), and the neighbours come back to it at once
+        instead of at its next garp_refresh (never, by default)."""
+        return SendAdvert(self.vhid, self.advbase, self.effective_skew, self.wire_demote, to=winner)
 
     def _assert_master(self, now: float) -> list:
         """Another master on our vhid (a worse one, or one whose adverts we
