@@ -42,6 +42,7 @@ from syncd.trace import Trace, profiler
 log = logging.getLogger("syncd")
 
 TICK = 0.05                  # timer resolution (resends, NACK repeats, alive)
+TICK_MIN = 0.001             # a timer due now still yields to the loop
 ADDR_REFRESH = 10.0          # re-read the member's own addresses (they rarely change)
 COUNT_REFRESH = 2.0          # local table size reported to peers
 ROLE_RESYNC_DELAY = 0.5      # after losing MASTER, let every vip move first
@@ -137,6 +138,9 @@ class Daemon:
         # transfers, anti-entropy rounds, fwctl conntrack.
         self.feed = RefreshFeed(REFRESH_CHUNK, REFRESH_WINDOW)
         self._feed_soon = False
+        self._tick_at = float("inf")     # when the ticker wakes (self.now() clock)
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._tick_woken: asyncio.Future | None = None
         self._dump_stateless = False
         self.refresh_dump: PacedDump | None = None
         self.bulks = Bulks(self, REFRESH_CHUNK, REFRESH_WINDOW, DUMP_TURN)
@@ -377,6 +381,7 @@ class Daemon:
             actions = merge_applies(self.sync.drain())
             if not actions:
                 self.bulks.wake()   # acks may have opened a bulk's window
+                self.tick_sooner()
                 return
             for a in actions:
                 if isinstance(a, Send):
@@ -421,13 +426,41 @@ class Daemon:
 
     # --- timers ----------------------------------------------------------------------------
     async def ticker(self) -> None:
+        """The core's timers: every TICK while anything is in flight; on idle
+        streams only when an ALIVE or a peer timeout is due (Sync.next_tick),
+        so an idle member wakes a few times a second, not 20."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(TICK)
+            now = self.now()
+            self._tick_woken = loop.create_future()
+            self.arm_tick(now, self.tick_due(now))
+            await self._tick_woken
             self.sync.tick(self.now())
             self.exp.retry(self.now())
             self.process()
             if self.feed.pending and not self._feed_soon:
                 self.feed_refresh()   # a peer that went down no longer holds it back
+
+    def tick_due(self, now: float) -> float:
+        # a refresh held back by a peer's window is retried every tick
+        return now + TICK if self.feed.pending else self.sync.next_tick(now, TICK)
+
+    def arm_tick(self, now: float, at: float) -> None:
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+        self._tick_at = at
+        self._tick_timer = asyncio.get_running_loop().call_later(
+            max(at - now, TICK_MIN), _wake, self._tick_woken)
+
+    def tick_sooner(self) -> None:
+        """Work arrived while the ticker sleeps through an idle stream: its
+        timers (resends, delayed ACKs) run from the next TICK on."""
+        now = self.now()
+        if self._tick_woken is None or self._tick_woken.done() or self._tick_at - now <= TICK:
+            return
+        due = self.tick_due(now)
+        if due < self._tick_at:
+            self.arm_tick(now, due)
 
     def refresh_stateless(self) -> None:
         """Re-send the non-TCP entries of the flows this member forwards
@@ -444,7 +477,11 @@ class Daemon:
         # their CPU share, and live events would queue behind them.
         last_refresh = last_digest - REFRESH_INTERVAL / 2
         while True:
-            await asyncio.sleep(0.25)
+            # Asleep until the first job is due (at most COUNT_REFRESH: a
+            # reload's digest_interval applies from the next wakeup).
+            now = self.now()
+            await asyncio.sleep(max(0.0, min(last_digest + self.cfg.sync.digest_interval, last_addr + ADDR_REFRESH,
+                                             last_count + COUNT_REFRESH, last_refresh + REFRESH_INTERVAL) - now))
             now = self.now()
             if now - last_digest >= self.cfg.sync.digest_interval:
                 last_digest = now
@@ -679,6 +716,11 @@ class Daemon:
             except Exception as e:  # metrics only; the next turn tries again
                 self.sup.contain("metrics textfile", e)
             await asyncio.sleep(TEXTFILE_CHECK)
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def about() -> wire.About:

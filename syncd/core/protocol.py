@@ -1156,6 +1156,22 @@ class Sync:
                            link=link)
         self.flush(now)
 
+    def next_tick(self, now: float, resolution: float) -> float:
+        """When tick() next has work. While any timer may run (messages
+        unacked or unpacked, an ACK held back, a gap, a bulk asked for, a
+        peer not up) within `resolution`; on idle streams not before the
+        next ALIVE is due or a peer times out, and never later than one
+        ALIVE interval: the shell need not wake an idle daemon every tick."""
+        t = self.t
+        due = now + t.alive
+        for p in self.peers.values():
+            tx, rx = p.tx, p.rx
+            if (p.state != "up" or p.resync != "done" or tx.queue or tx.pending
+                    or rx.ack_due or rx.early):
+                return now + resolution
+            due = min(due, tx.last_send + t.alive, p.last_seen + t.peer_timeout)
+        return due
+
     @staticmethod
     def _foreign_for(p: Peer, now: float) -> float | None:
         """Seconds since the peer's last datagram of a version we do not

@@ -617,3 +617,39 @@ def test_the_routine_refresh_resends_only_what_runs_out_on_the_peers_before_long
     assert fw1.refreshable(dump, t0 + 250, 60) == [long_lived, short, entry(4)]
     net.local("fw1", [(OP_DELETE, long_lived)])
     assert long_lived in fw1.refreshable(dump, t0 + 10, 60)     # sent again as new if it is back
+
+
+def test_next_tick_waits_for_the_alive_on_an_idle_stream_and_one_tick_while_work_is_in_flight():
+    """The daemon sleeps until next_tick: an idle pair wakes for its ALIVEs
+    (and peer timeouts) only, but anything a timer repairs or completes
+    (an unacked message, a held-back ACK, a peer not up) keeps the tick."""
+    t = Timing()
+    fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
+    fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
+    assert fw1.next_tick(10.0, 0.05) == 10.05            # peer not heard yet
+    handshake({"fw1": fw1, "fw2": fw2}, 10.0)
+    for n in (fw1, fw2):                                  # the handshake's acks
+        n.tick(10.1)
+    for a in fw1.drain() + fw2.drain():
+        if isinstance(a, Send):
+            (fw2 if a.addr == "203.0.113.2" else fw1).datagram(
+                "203.0.113.1" if a.addr == "203.0.113.2" else "203.0.113.2", a.data, 10.1)
+    fw1.drain(), fw2.drain()
+    p = fw1.peers["fw2"]
+    assert not p.tx.queue and not p.rx.ack_due
+    idle = fw1.next_tick(10.2, 0.05)
+    assert idle == min(p.tx.last_send + t.alive, p.last_seen + t.peer_timeout)
+    assert idle > 10.2 + 0.05                             # asleep through several ticks
+    fw1.tick(idle)
+    assert any(isinstance(a, Send) and wire.decode(KEY, a.data).type == wire.ALIVE for a in fw1.drain())
+
+    now = idle + 0.1
+    fw1.local([(OP_UPSERT, entry(1))], now)               # sent, not yet acked
+    fw1.flush(now)
+    assert fw1.next_tick(now, 0.05) == pytest.approx(now + 0.05)
+    data = [a.data for a in fw1.drain() if isinstance(a, Send)]
+    for d in data:
+        fw2.datagram("203.0.113.1", d, now)
+    fw2.flush(now, delay_acks=True)                       # the ACK waits for ack_delay
+    assert fw2.peers["fw1"].rx.ack_due
+    assert fw2.next_tick(now, 0.05) == pytest.approx(now + 0.05)
