@@ -84,3 +84,15 @@ class PeerLinks:
         interval: each gets an ALIVE, so the peer hears every path."""
         return [i for i in range(len(self.addrs))
                 if carrier[i] and now - self.sent[i] >= alive]
+
+    def next_due(self, carrier: list[bool], now: float, alive: float, silent: float) -> float:
+        """When these links next need the timer: an ALIVE due on a link with
+        carrier, or a link that answers going silent (the stream may move)."""
+        due = float("inf")
+        for i in range(len(self.addrs)):
+            if carrier[i]:
+                due = min(due, self.sent[i] + alive)
+                heard = self.heard[i]
+                if heard is not None and now - heard <= silent:
+                    due = min(due, heard + silent)
+        return due

@@ -1161,15 +1161,17 @@ class Sync:
         unacked or unpacked, an ACK held back, a gap, a bulk asked for, a
         peer not up) within `resolution`; on idle streams not before the
         next ALIVE is due or a peer times out, and never later than one
-        ALIVE interval: the shell need not wake an idle daemon every tick."""
+        ALIVE interval: the shell need not wake an idle daemon every tick.
+        Each link counts (its own ALIVE, its silence moving the stream)."""
         t = self.t
+        silent = links.silent_after(t.alive)
         due = now + t.alive
         for p in self.peers.values():
             tx, rx = p.tx, p.rx
             if (p.state != "up" or p.resync != "done" or tx.queue or tx.pending
                     or rx.ack_due or rx.early):
                 return now + resolution
-            due = min(due, tx.last_send + t.alive, p.last_seen + t.peer_timeout)
+            due = min(due, p.last_seen + t.peer_timeout, p.links.next_due(self.carrier, now, t.alive, silent))
         return due
 
     @staticmethod

@@ -653,3 +653,36 @@ def test_next_tick_waits_for_the_alive_on_an_idle_stream_and_one_tick_while_work
     fw2.flush(now, delay_acks=True)                       # the ACK waits for ack_delay
     assert fw2.peers["fw1"].rx.ack_due
     assert fw2.next_tick(now, 0.05) == pytest.approx(now + 0.05)
+
+
+def test_next_tick_wakes_for_every_links_alive_and_for_a_link_going_silent():
+    """With redundant links, a daemon that ticks only at next_tick still
+    sends an ALIVE on a link whose carrier came back at once, and moves the
+    stream off a link that stopped answering as soon as it counts silent."""
+    from tests.unit.test_sync_linkchoice import SILENT_AFTER, T, TwoLinks
+    net = TwoLinks()
+    net.run(3)
+    fw1 = net.nodes["fw1"]
+    p = net.peer("fw1")
+    assert p.links.chosen == 0 and fw1.in_sync
+    fw1.set_carrier(1, False, net.now)
+    net.run(1)
+    fw1.set_carrier(1, True, net.now)
+    assert fw1.next_tick(net.now, 0.05) <= net.now       # link 1's ALIVE is overdue
+
+    # Tick each member only when its next_tick is due (as the daemon's ticker).
+    net.cut.add(("fw2", 0))
+    moved = None
+    for _ in range(2000):
+        due = {n: node.next_tick(net.now, 0.05) for n, node in net.nodes.items()}
+        net.now = max(min(due.values()), net.now + 0.001)
+        for n, node in net.nodes.items():
+            if due[n] <= net.now:
+                node.tick(net.now)
+        net.pump()
+        if p.links.chosen == 1:
+            moved = net.now
+            break
+    assert moved is not None
+    assert moved - p.links.heard[0] <= SILENT_AFTER + 0.002, (moved, p.links.heard)
+    assert p.state == "up" and T.alive < SILENT_AFTER
