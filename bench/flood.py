@@ -12,7 +12,8 @@ by real packets from the client namespace, at each level (default 20k and
 During each of these phases 50 real TCP sessions open (200 in all) and keep
 exchanging an echo every 0.1 s. Per implementation and phase:
 
-* the peer's (fw2) daemon CPU seconds per second, and the master's;
+* the peer's (fw2) daemon CPU seconds per second, and the master's (ns on
+  a CPU, every thread: bench.common.cpu_seconds);
 * the sync link's bytes/s (fw1's sync0, both directions);
 * the replication lag of the real sessions: from the master's table
   reporting a session ESTABLISHED to the peer's (`conntrack -E` on each,
@@ -48,9 +49,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import (REPO, arg_parser, first_seen, have_root, lags as lags_of, markdown_table,
-                          percentile, watch_events)
-from bench.sync import cpu_seconds, shipped_sched, start_conntrackd
+from bench.common import (REPO, arg_parser, cpu_seconds, first_seen, have_root, lags as lags_of,
+                          markdown_table, percentile, watch_events)
+from bench.sync import shipped_sched, start_conntrackd
 from fwcluster.carp.core.wire import checksum
 
 PY = sys.executable
@@ -220,8 +221,8 @@ def one_impl(impl: str, levels: list[int], seconds: float) -> dict:
                 got = json.loads(out.read_text()) if out.exists() else {"sent": 0, "seconds": took}
                 phases.append({"kind": kind, "level": level,
                                "achieved": round(got["sent"] / max(got["seconds"], 1e-6)),
-                               "peer_cpu": round((cpu1["fw2"] - cpu0["fw2"]) / took, 3),
-                               "master_cpu": round((cpu1["fw1"] - cpu0["fw1"]) / took, 3),
+                               "peer_cpu": round((cpu1["fw2"] - cpu0["fw2"]) / took, 4),
+                               "master_cpu": round((cpu1["fw1"] - cpu0["fw1"]) / took, 4),
                                "sync_bytes_s": round((sync_bytes(lab) - bytes0) / took)})
         time.sleep(1)
         for load in loads:          # every real session is up before the loss
@@ -251,7 +252,7 @@ def render(results: dict) -> str:
     for impl, r in results.items():
         for p in r["phases"]:
             rows.append([impl, f"{p['kind']} {p['level'] // 1000}k/s", f"{p['achieved']:,}",
-                         f"{p['peer_cpu']:.3f}", f"{p['master_cpu']:.3f}", f"{p['sync_bytes_s']:,}"])
+                         f"{p['peer_cpu']:.4f}", f"{p['master_cpu']:.4f}", f"{p['sync_bytes_s']:,}"])
     table = markdown_table(["implementation", "flood", "achieved/s", "peer CPU s/s", "master CPU s/s",
                             "sync link B/s"], rows)
     real = markdown_table(["implementation", "real sessions", "replicated", "lag p50 ms", "lag p99 ms",

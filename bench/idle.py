@@ -3,8 +3,8 @@ daemon in a 2-member lab that carries no traffic, fwcluster-syncd beside
 conntrackd (each configured as bench/flood.py runs it).
 
 After carpd has settled (fw1 master) and a few seconds more, the daemons'
-user+system ticks (/proc/PID/stat) are read at the start and the end of
---seconds. With --profile DIR syncd runs with SYNCD_PROFILE (cProfile,
+CPU time (bench.common.cpu_seconds: ns on a CPU, every thread) is read at
+the start and the end of --seconds; the load average is printed beside. With --profile DIR syncd runs with SYNCD_PROFILE (cProfile,
 syncd/trace.py): the profile shows where the idle time goes.
 
   .venv/bin/python -m bench.idle [--seconds 60] [--impls fwcluster-syncd,conntrackd] [--profile DIR]

@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, arg_parser, have_root, markdown_table, percentile, write_section
+from bench.common import REPO, arg_parser, cpu_seconds, have_root, markdown_table, percentile, write_section
 
 PY = sys.executable
 # The injector and the watcher run SCHED_RR 99 (as conntrackd does by
@@ -177,11 +177,6 @@ def worker_floor_recv(args) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 CONNTRACKD_CONF = """General {{
     Systemd off
     HashSize 65536
