@@ -328,9 +328,12 @@ assured,destroy`, a kernel-space state filter). One run, load average
 DOC_TAIL = """
 Reading it: with the filter as shipped the kernel reports none of the
 flood's entries (ct event masks), so the peer's syncd and the sync link
-see only the real sessions and syncd's own keep-alives: the peer's CPU is
-syncd's idle cost (timers, ALIVE messages, the address refresh), which is
-above conntrackd's, a C daemon that sleeps between events. The master's
+see only the real sessions and syncd's own keep-alives. The peer's CPU
+(time on a CPU from /proc/PID/task/*/schedstat, every thread) is syncd's
+idle cost (docs/perf/idle.md: ALIVEs, housekeeping) plus, per entry of a
+real session, a pass through Python: the datagram's decode and MAC, the
+netlink request that writes the entry, the delayed ACK. It stays above
+conntrackd's, a C daemon that does the same work per entry. The master's
 CPU rises when its 30 s refresh of non-TCP flows reads a table the flood
 filled (the dump is read whole and filtered in syncd); conntrackd's rises
 with the SYN flood because the manual's `assured,destroy` mask still
