@@ -426,9 +426,10 @@ class Daemon:
 
     # --- timers ----------------------------------------------------------------------------
     async def ticker(self) -> None:
-        """The core's timers: every TICK while anything is in flight; on idle
-        streams only when an ALIVE or a peer timeout is due (Sync.next_tick),
-        so an idle member wakes a few times a second, not 20."""
+        """The core's timers and the expectations' retries: every TICK while
+        anything is in flight or waits; on idle streams only when an ALIVE, a
+        peer timeout or a link's silence is due (Sync.next_tick), so an idle
+        member wakes a few times a second, not 20."""
         loop = asyncio.get_running_loop()
         while True:
             now = self.now()
@@ -442,8 +443,11 @@ class Daemon:
                 self.feed_refresh()   # a peer that went down no longer holds it back
 
     def tick_due(self, now: float) -> float:
-        # a refresh held back by a peer's window is retried every tick
-        return now + TICK if self.feed.pending else self.sync.next_tick(now, TICK)
+        # A refresh held back by a peer's window, and expectations waiting
+        # for their master (ctexp retry), are tried again every tick.
+        if self.feed.pending or self.exp.waiting.items:
+            return now + TICK
+        return self.sync.next_tick(now, TICK)
 
     def arm_tick(self, now: float, at: float) -> None:
         if self._tick_timer is not None:

@@ -686,3 +686,32 @@ def test_next_tick_wakes_for_every_links_alive_and_for_a_link_going_silent():
     assert moved is not None
     assert moved - p.links.heard[0] <= SILENT_AFTER + 0.002, (moved, p.links.heard)
     assert p.state == "up" and T.alive < SILENT_AFTER
+
+
+def test_the_daemons_ticker_keeps_the_tick_while_an_expectation_waits_for_its_master(tmp_path):
+    """An expectation that came before its master entry is retried by the
+    ticker (ctexp retry): on an idle stream the daemon still wakes every
+    TICK for it, not only for the next ALIVE."""
+    import types
+    from syncd import daemon as syncd_daemon
+    from syncd.core import expect
+    from tests.unit.test_sync_carpd_link import daemon
+    t = Timing()
+    fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
+    fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
+    handshake({"fw1": fw1, "fw2": fw2}, 10.0)
+    for n in (fw1, fw2):
+        n.tick(10.1)
+    for a in fw1.drain() + fw2.drain():
+        if isinstance(a, Send):
+            (fw2 if a.addr == "203.0.113.2" else fw1).datagram(
+                "203.0.113.1" if a.addr == "203.0.113.2" else "203.0.113.2", a.data, 10.1)
+    fw1.drain(), fw2.drain()
+    d = daemon(tmp_path)
+    d.sync = fw1
+    d.exp = types.SimpleNamespace(waiting=expect.Waiting())
+    assert d.tick_due(10.2) > 10.2 + syncd_daemon.TICK                 # idle: asleep until the ALIVE
+    x = expect.Expectation(4, 6, 0, (6, "192.0.2.100", "198.51.100.100", 40021, 21),
+                           "192.0.2.100", "198.51.100.100", 0, 40022, "255.255.255.255", 0)
+    d.exp.waiting.hold(x, 10.2 + expect.WAIT)
+    assert d.tick_due(10.2) == pytest.approx(10.2 + syncd_daemon.TICK)
