@@ -619,14 +619,11 @@ def test_the_routine_refresh_resends_only_what_runs_out_on_the_peers_before_long
     assert long_lived in fw1.refreshable(dump, t0 + 10, 60)     # sent again as new if it is back
 
 
-def test_next_tick_waits_for_the_alive_on_an_idle_stream_and_one_tick_while_work_is_in_flight():
-    """The daemon sleeps until next_tick: an idle pair wakes for its ALIVEs
-    (and peer timeouts) only, but anything a timer repairs or completes
-    (an unacked message, a held-back ACK, a peer not up) keeps the tick."""
-    t = Timing()
+def idle_pair(t: Timing) -> tuple[Sync, Sync]:
+    """fw1 and fw2 in sync at 10.0, the handshake's acks exchanged at 10.1:
+    nothing in flight either way."""
     fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
     fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
-    assert fw1.next_tick(10.0, 0.05) == 10.05            # peer not heard yet
     handshake({"fw1": fw1, "fw2": fw2}, 10.0)
     for n in (fw1, fw2):                                  # the handshake's acks
         n.tick(10.1)
@@ -635,6 +632,17 @@ def test_next_tick_waits_for_the_alive_on_an_idle_stream_and_one_tick_while_work
             (fw2 if a.addr == "203.0.113.2" else fw1).datagram(
                 "203.0.113.1" if a.addr == "203.0.113.2" else "203.0.113.2", a.data, 10.1)
     fw1.drain(), fw2.drain()
+    return fw1, fw2
+
+
+def test_next_tick_waits_for_the_alive_on_an_idle_stream_and_one_tick_while_work_is_in_flight():
+    """The daemon sleeps until next_tick: an idle pair wakes for its ALIVEs
+    (and peer timeouts) only, but anything a timer repairs or completes
+    (an unacked message, a held-back ACK, a peer not up) keeps the tick."""
+    t = Timing()
+    fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
+    assert fw1.next_tick(10.0, 0.05) == 10.05            # peer not heard yet
+    fw1, fw2 = idle_pair(t)
     p = fw1.peers["fw2"]
     assert not p.tx.queue and not p.rx.ack_due
     idle = fw1.next_tick(10.2, 0.05)
@@ -696,19 +704,8 @@ def test_the_daemons_ticker_keeps_the_tick_while_an_expectation_waits_for_its_ma
     from syncd import daemon as syncd_daemon
     from syncd.core import expect
     from tests.unit.test_sync_carpd_link import daemon
-    t = Timing()
-    fw1 = Sync(MEMBERS[:2], "fw1", KEY, 100, 10.0, t)
-    fw2 = Sync(MEMBERS[:2], "fw2", KEY, 100, 10.0, t)
-    handshake({"fw1": fw1, "fw2": fw2}, 10.0)
-    for n in (fw1, fw2):
-        n.tick(10.1)
-    for a in fw1.drain() + fw2.drain():
-        if isinstance(a, Send):
-            (fw2 if a.addr == "203.0.113.2" else fw1).datagram(
-                "203.0.113.1" if a.addr == "203.0.113.2" else "203.0.113.2", a.data, 10.1)
-    fw1.drain(), fw2.drain()
     d = daemon(tmp_path)
-    d.sync = fw1
+    d.sync, _ = idle_pair(Timing())
     d.exp = types.SimpleNamespace(waiting=expect.Waiting())
     assert d.tick_due(10.2) > 10.2 + syncd_daemon.TICK                 # idle: asleep until the ALIVE
     x = expect.Expectation(4, 6, 0, (6, "192.0.2.100", "198.51.100.100", 40021, 21),
