@@ -20,7 +20,7 @@ APT_PKGS := nftables python3-nftables conntrack conntrackd iproute2 ucarp \
 	python3-prometheus-client kea-dhcp4-server kea-dhcp6-server kea-ctrl-agent kea-common
 
 .PHONY: all deps venv test test-upgrade test-unit test-lab demo chaos bench bench-failover \
-	bench-sync bench-flood bench-balance bench-report clean distclean
+	bench-sync bench-flood bench-idle bench-balance bench-report clean distclean
 
 all: test
 
@@ -77,7 +77,7 @@ demo: deps
 chaos: deps
 	CHAOS_SECONDS=$${CHAOS_SECONDS:-1800} $(PY) -m pytest -q -s tests/lab/test_chaos.py -k short_run
 
-bench: bench-failover bench-sync bench-flood bench-balance
+bench: bench-failover bench-sync bench-flood bench-idle bench-balance
 	$(MAKE) bench-report
 
 bench-report: deps
@@ -94,6 +94,9 @@ bench-sync: deps
 
 bench-flood: deps
 	$(PY) -m bench.flood
+
+bench-idle: deps
+	$(PY) -m bench.idle
 
 bench-balance: deps
 	$(PY) -m bench.balance

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     return 0
 
 
-DOC_HEAD = """# Idle cost of the state-sync daemons: `python -m bench.idle`
+DOC_HEAD = """# Idle cost of the state-sync daemons: `make bench-idle`
 
 CPU seconds per second of each member's state-sync daemon in a 2-member
 lab that carries no traffic (carpd settled, fw1 master), measured over

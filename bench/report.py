@@ -1,7 +1,7 @@
 """Assemble docs/performance.md from the per-benchmark pages in docs/perf/.
 
-Each benchmark (`make bench-failover`, `bench-sync`, `bench-flood`, `bench-balance`,
-`bench-image`, `python -m bench.idle`) rewrites its own page; this joins them so operators find every
+Each benchmark (`make bench-failover`, `bench-sync`, `bench-flood`, `bench-idle`,
+`bench-balance`, `bench-image`) rewrites its own page; this joins them so operators find every
 figure in one place. Run by `make bench` and `make bench-report`.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ORDER = [("failover", "make bench-failover"), ("sync", "make bench-sync"), ("flood", "make bench-flood"),
-         ("idle", "python -m bench.idle"),
+         ("idle", "make bench-idle"),
          ("balance", "make bench-balance"), ("image", "make bench-image")]
 
 HEADER = """# Performance
