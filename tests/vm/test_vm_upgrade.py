@@ -417,7 +417,8 @@ def test_rollback_boots_the_previous_build_again_and_loses_no_session(vmlab, ima
           + json.dumps(seen, indent=1))
     # what each member's carpd did meanwhile (a claim by the rolled-back
     # member shows as a gap of about its master-down)
-    for m in lab.members:
-        print(f"{m} carpd role changes since boot:\n" + lab.vm(m).check(
-            "journalctl -b -o short-precise -u fwcluster-carpd --no-pager | grep -e '->' -e demotion | tail -20"))
+    for m in sorted(lab.vms):
+        rc, out = lab.vm(m).run("journalctl -b -o short-precise -u fwcluster-carpd --no-pager"
+                                " | grep -e '->' -e demotion | tail -20")
+        print(f"{m} carpd role changes since boot (rc {rc}):\n{out}")
     gaps.none_lost(lab, "rollback")
