@@ -14,7 +14,8 @@ server worker in the server namespace. Of every ten flows:
 
 A flow is completed when each of its packets got its answer (a failed
 connect: the RST) within 3 s; generator and server run SCHED_RR 1, below
-the daemons. Per implementation: the daemons' CPU seconds (user+system, /proc) per 10k
+the daemons. Per implementation: the daemons' CPU seconds (ns on a CPU, every
+thread: bench.common.cpu_seconds) per 10k
 flows opened on the sender (fw1) and the receiver (fw2), from the first
 flow to a second after the last one's last packet; the sync link's bytes
 (fw1's sync0, both ways) in that time; the replication lag of the long

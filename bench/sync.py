@@ -15,8 +15,8 @@ sync link, same load):
   the same for updates and deletes;
 * peak: 20000 entries injected as fast as possible; the rate at which they
   all arrive on fw2;
-* CPU seconds (user+system, /proc) of the daemons on fw1 and fw2 per 10k
-  replicated entries (during the NEW phase);
+* CPU seconds of the daemons on fw1 and fw2 (ns on a CPU, every thread:
+  bench.common.cpu_seconds) per 10k replicated entries (NEW phase);
 * bulk: with 100k entries in the table, fw1 is made to send all of them to
   fw2 (syncd: the `resync` control command; conntrackd -B) while new
   entries arrive at 1k/s: their lag.
@@ -652,9 +652,9 @@ then updated (mark set), then deleted, at the same rate; a watcher on fw2
 timestamps each one's NEW, UPDATE and DESTROY event there (bench/ctprobe.py:
 requests encoded before the clock starts, raw event decoding). Lag = change
 on fw2 - change on fw1 (one monotonic clock). Peak: {peak} entries at once;
-"replicated at N/s" is the rate at which they all arrived. CPU:
-user+system seconds of the daemon on each member per 10k replicated
-entries (NEW phase). python-floor is the least a Python implementation
+"replicated at N/s" is the rate at which they all arrived. CPU: the
+daemon's seconds on a CPU (every thread, /proc/PID/task/*/schedstat) on
+each member per 10k replicated entries (NEW phase). python-floor is the least a Python implementation
 must do (read, encode, HMAC, sendto; recvfrom, verify, decode, one netlink
 batch; no reliability). harness is no implementation at all: the injector
 writes into fw2's table, where the watcher is, so its lag is what the
@@ -755,7 +755,7 @@ Real flows through the master at {rate:,} new per second for {seconds:g} s
 in turn). fwcluster-syncd runs as shipped ([sync] filter as shipped, the
 ruleset's ct event masks), conntrackd as bench-flood configures it (its
 manual's `assured,destroy` event mask and state filter). CPU: the
-daemon's user+system seconds per 10k flows opened, on the sender (fw1)
+daemon's seconds on a CPU (every thread) per 10k flows opened, on the sender (fw1)
 and the receiver (fw2); sync link bytes: fw1's sync0, both ways; lag of
 the long flows: fw1's table showing them ESTABLISHED / [ASSURED] to
 fw2's. Completed: flows each of whose packets was answered within 3 s (a
