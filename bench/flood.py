@@ -9,7 +9,9 @@ by real packets from the client namespace, at each level (default 20k and
   failed connects: the server's RST closes each entry, which lives 10 s);
 * udp: UDP datagrams to ports nobody answers (a scan: unreplied entries).
 
-During each of these phases 50 real TCP sessions open (200 in all) and keep
+Level 0 (first by default) is one phase without a flood, the baseline:
+what replicating a phase's real sessions costs with no flood at all. During
+each phase 50 real TCP sessions open (200 during the floods) and keep
 exchanging an echo every 0.1 s. Per implementation and phase:
 
 * the peer's (fw2) daemon CPU seconds per second, and the master's (ns on
@@ -55,6 +57,7 @@ from bench.sync import shipped_sched, start_conntrackd
 from fwcluster.carp.core.wire import checksum
 
 PY = sys.executable
+NO_FLOOD = "none"               # the baseline phase's kind (level 0)
 REAL_PORT = 5001               # the lab's echo server (tests/lab/sync_load.py)
 REAL_PER_PHASE = 50
 KINDS = ("syn", "udp")
@@ -196,29 +199,36 @@ def one_impl(impl: str, levels: list[int], seconds: float) -> dict:
         phases, loads = [], []
         block = 0
         for level in levels:
-            for kind in KINDS:
+            for kind in (KINDS if level else (NO_FLOOD,)):
                 out = lab.dir / f"flood-{kind}-{level}.json"
                 count = int(level * seconds)
                 cpu0 = {m: daemons.cpu(m) for m in lab.members}
                 bytes0, t0 = sync_bytes(lab), time.monotonic()
-                # the lowest real-time priority: the packets' way through the
-                # namespaces runs in its context, and it must not starve the daemons
-                gen = lab.popen("client", ["chrt", "-r", "1", PY, "-m", "bench.flood", "worker-flood",
-                                           "--kind", kind, "--src", CLIENT4, "--dst", SERVER4,
-                                           "--count", str(count), "--rate", str(level),
-                                           "--seconds", str(seconds), "--block", str(block), "--out", str(out)],
-                                env={"PYTHONPATH": str(REPO)})
-                block += 1
+                gen = None
+                if level:
+                    # the lowest real-time priority: the packets' way through the
+                    # namespaces runs in its context, and it must not starve the daemons
+                    gen = lab.popen("client", ["chrt", "-r", "1", PY, "-m", "bench.flood", "worker-flood",
+                                               "--kind", kind, "--src", CLIENT4, "--dst", SERVER4,
+                                               "--count", str(count), "--rate", str(level),
+                                               "--seconds", str(seconds), "--block", str(block),
+                                               "--out", str(out)],
+                                    env={"PYTHONPATH": str(REPO)})
+                    block += 1
                 time.sleep(min(0.5, seconds / 4))
                 loads.append(Load(lab, f"real-{kind}-{level}", REAL_PER_PHASE, duration=600,
                                   rate=REAL_PER_PHASE / (seconds / 2)))
-                try:
-                    gen.wait(seconds + 10)
-                except subprocess.TimeoutExpired:
-                    gen.kill()
+                if gen is None:
+                    time.sleep(max(0.0, t0 + seconds - time.monotonic()))
+                else:
+                    try:
+                        gen.wait(seconds + 10)
+                    except subprocess.TimeoutExpired:
+                        gen.kill()
                 took = time.monotonic() - t0
                 cpu1 = {m: daemons.cpu(m) for m in lab.members}
-                got = json.loads(out.read_text()) if out.exists() else {"sent": 0, "seconds": took}
+                got = (json.loads(out.read_text()) if out.exists() else {"sent": 0, "seconds": took}) if level \
+                    else {"sent": 0, "seconds": took}
                 phases.append({"kind": kind, "level": level,
                                "achieved": round(got["sent"] / max(got["seconds"], 1e-6)),
                                "peer_cpu": round((cpu1["fw2"] - cpu0["fw2"]) / took, 4),
@@ -251,7 +261,8 @@ def render(results: dict) -> str:
     rows = []
     for impl, r in results.items():
         for p in r["phases"]:
-            rows.append([impl, f"{p['kind']} {p['level'] // 1000}k/s", f"{p['achieved']:,}",
+            flood = f"{p['kind']} {p['level'] // 1000}k/s" if p["level"] else "none"
+            rows.append([impl, flood, f"{p['achieved']:,}",
                          f"{p['peer_cpu']:.4f}", f"{p['master_cpu']:.4f}", f"{p['sync_bytes_s']:,}"])
     table = markdown_table(["implementation", "flood", "achieved/s", "peer CPU s/s", "master CPU s/s",
                             "sync link B/s"], rows)
@@ -259,7 +270,22 @@ def render(results: dict) -> str:
                            "alive after node loss"],
                           [[impl, str(r["sessions"]), str(r["replicated"]), str(r["lag_p50_ms"]),
                             str(r["lag_p99_ms"]), str(r["alive_after_loss"])] for impl, r in results.items()])
-    return table + "\n\nThe real sessions, opened during the floods:\n\n" + real + shares(results)
+    return (table + "\n\nThe real sessions, opened during the phases:\n\n" + real + shares(results)
+            + against_baseline(results))
+
+
+def against_baseline(results: dict) -> str:
+    """Each implementation's peer CPU under a flood against its own
+    no-flood phase: what the flood itself costs the peer."""
+    lines = []
+    for impl, r in results.items():
+        base = [p["peer_cpu"] for p in r["phases"] if not p["level"]]
+        flood = [p["peer_cpu"] for p in r["phases"] if p["level"]]
+        if base and flood and base[0] > 0:
+            lines.append(f"- {impl}: the peer's CPU under the floods is {min(flood) / base[0]:.2f}-"
+                         f"{max(flood) / base[0]:.2f} times its CPU in the phase without a flood "
+                         f"({base[0]:.4f} s/s).")
+    return ("\n\n" + "\n".join(lines)) if lines else ""
 
 
 def shares(results: dict) -> str:
@@ -291,7 +317,8 @@ def main(argv=None) -> int:
     w.add_argument("--seconds", type=float, required=True)
     w.add_argument("--block", type=int, required=True)
     w.add_argument("--out", required=True)
-    ap.add_argument("--levels", default="20000,50000")
+    ap.add_argument("--levels", default="0,20000,50000",
+                    help="new entries/s per phase; 0 is one phase without a flood (the baseline)")
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--impls", default=",".join(IMPLS))
     args = ap.parse_args(argv)
@@ -314,34 +341,40 @@ def main(argv=None) -> int:
 
 DOC_HEAD = """# State sync under a flood: `make bench-flood`
 
-A SYN flood (failed connects) and a UDP scan through the master at each
-level for {seconds:g} s, while 200 real TCP sessions open during the floods
-and keep exchanging; then the master is lost (bench/flood.py has the
-method). fwcluster-syncd runs as shipped (only assured entries, ct event
-masks in the ruleset), syncd-unfiltered with `[sync] filter states =
-"all"`, conntrackd (FTFW) as its manual recommends (`ct event set
-assured,destroy`, a kernel-space state filter). One run, load average
-{load} at its start.
+First a phase without a flood (the baseline), then a SYN flood (failed
+connects) and a UDP scan through the master at each level, {seconds:g} s
+each. In every phase 50 real TCP sessions open and keep exchanging (200
+during the floods, 250 in all); then the master is lost (bench/flood.py
+has the method). fwcluster-syncd runs as shipped (only assured entries,
+ct event masks in the ruleset), syncd-unfiltered with `[sync] filter
+states = "all"`, conntrackd (FTFW) as its manual recommends (`ct event
+set assured,destroy`, a kernel-space state filter). One run, load
+average {load} at its start.
 
 """
 
 DOC_TAIL = """
 Reading it: with the filter as shipped the kernel reports none of the
 flood's entries (ct event masks), so the peer's syncd and the sync link
-see only the real sessions and syncd's own keep-alives. The peer's CPU
-(time on a CPU from /proc/PID/task/*/schedstat, every thread) is syncd's
-idle cost (docs/perf/idle.md: ALIVEs, housekeeping) plus, per entry of a
-real session, a pass through Python: the datagram's decode and MAC, the
-netlink request that writes the entry, the delayed ACK. It stays above
-conntrackd's, a C daemon that does the same work per entry. The master's
-CPU rises when its 30 s refresh of non-TCP flows reads a table the flood
-filled (the dump is read whole and filtered in syncd); conntrackd's rises
-with the SYN flood because the manual's `assured,destroy` mask still
-reports every failed connect's DESTROY. Unfiltered, syncd spends most of
-a CPU on each member, the flood generator gets less (its achieved rates
-fall short), real sessions wait behind the flood's entries on the sync
-link, and some of them open only after the flood's phase. Every
-implementation keeps every real session through the loss of the master.
+see only the real sessions and syncd's own keep-alives: the peer's CPU
+under a flood is what it is in the phase without one, the flood itself
+costs it nothing, as it costs conntrackd's peer nothing. The peer's CPU
+(time on a CPU from /proc/PID/task/*/schedstat, every thread) is then
+syncd's idle cost (docs/perf/idle.md: ALIVEs, housekeeping) plus the
+replication of a phase's 50 real sessions: per session one datagram's
+wake, its decode and MAC, the netlink request that writes the entry, the
+ACK. That pass through Python costs about four times what conntrackd, a
+C daemon, spends per session, and syncd's idle wakes cost more than
+conntrackd's whole idle; so the peer's CPU stays above conntrackd's with
+or without a flood. The master's CPU rises when its 30 s refresh of
+non-TCP flows reads a table the flood filled (the dump is read whole and
+filtered in syncd); conntrackd's rises with the SYN flood because the
+manual's `assured,destroy` mask still reports every failed connect's
+DESTROY. Unfiltered, syncd spends most of a CPU on each member, the flood
+generator gets less (its achieved rates fall short), real sessions wait
+behind the flood's entries on the sync link, and some of them open only
+after the flood's phase. Every implementation keeps every real session
+through the loss of the master.
 """
 
 
