@@ -28,7 +28,7 @@ from syncd.core import wire
 from syncd.core.policy import EVERY, Filter, compile_filter, own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core import ownership
-from syncd.core.protocol import Apply, Claim, Dump, Expect, InSync, Send, Sync, Timing
+from syncd.core.protocol import Apply, Claim, Dump, Expect, InSync, PeerSpeaks, Send, Sync, Timing
 from syncd.ctexp import Expectations
 from syncd.supervise import Supervisor
 from syncd import antientropy, pacing, reload as live_reload
@@ -124,6 +124,10 @@ class Daemon:
         self.carpd_ok = False
         self.carpd_ready = False    # carpd's role snapshot read on the current link
         self.told_demotion: int | None = None
+        # Each peer's newest hardened CARP version, from its sync ALIVE
+        # (PeerSpeaks), and what carpd has been told of it on this link.
+        self.carp_speaks: dict[str, int] = {}
+        self.carp_told: dict[str, int] = {}
         self._tell_lock = asyncio.Lock()
         self.counters = {"events": 0, "events_skipped": 0, "overruns": 0, "refreshes": 0,
                          "send_errors": 0, "applied_records": 0, "apply_skipped": 0,
@@ -402,6 +406,8 @@ class Daemon:
                 elif isinstance(a, InSync):
                     log.info("in sync: %s", a.value)
                     asyncio.get_running_loop().create_task(self.tell_carpd())
+                elif isinstance(a, PeerSpeaks):
+                    self.on_peer_speaks(a)
 
     def apply(self, a: Apply) -> None:
         """The core split what is ours (a.keep: flows we forward) from the
@@ -529,6 +535,35 @@ class Daemon:
                 self.carpd_ok = False
                 log.debug("carpd: %s", e)
 
+    def on_peer_speaks(self, a: PeerSpeaks) -> None:
+        """A peer's run told what it speaks: carpd sends its adverts at a
+        hardened version that peer reads, even while it is silent."""
+        newest = versions.peer_newest(contract.CARP_PROTOCOL, a.speaks, a.sync_newest)
+        if newest is None or self.carp_speaks.get(a.peer) == newest:
+            return
+        log.info("%s speaks hardened CARP up to %d: telling carpd", a.peer, newest)
+        self.carp_speaks[a.peer] = newest
+        if self.carpd_ready:
+            asyncio.get_running_loop().create_task(self.tell_carpd_speaks())
+
+    async def tell_carpd_speaks(self) -> None:
+        """Tell carpd every peer's hardened CARP version it was not told on
+        this link (one request at a time, like the demotion)."""
+        path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
+        async with self._tell_lock:
+            for peer, newest in list(self.carp_speaks.items()):
+                if self.carp_told.get(peer) == newest:
+                    continue
+                try:
+                    reply = await ctlsock.arequest(path, contract.peer_speaks(peer, newest))
+                except (ctlsock.ControlError, OSError, ValueError) as e:
+                    log.debug("carpd: %s", e)
+                    return
+                if reply.get("ok"):
+                    self.carp_told[peer] = newest
+                else:
+                    log.warning("carpd refused what %s speaks: %s", peer, reply.get("error"))
+
     async def carpd_link(self) -> None:
         """Follow carpd's role lines. Our demotion is told once carpd's
         snapshot is read (whether we carry traffic decides it: a restarted
@@ -543,6 +578,7 @@ class Daemon:
                 await asyncio.sleep(0.5)
                 continue
             self.carpd_ready, self.told_demotion = False, None
+            self.carp_told = {}     # a carpd that (re)started knows nothing of it
             try:
                 writer.write(json.dumps({"cmd": contract.SUBSCRIBE}).encode() + b"\n")
                 await writer.drain()
@@ -565,6 +601,8 @@ class Daemon:
             self.on_role(ev.get("vhid"), ev.get("state"), ev.get("master"))
         elif ev.get("event") == contract.SNAPSHOT_END:
             self.carpd_ready = True
+            if self.carp_speaks:
+                asyncio.get_running_loop().create_task(self.tell_carpd_speaks())
         if self.carpd_ready and self.demotion() != self.told_demotion:
             asyncio.get_running_loop().create_task(self.tell_carpd())
 

@@ -673,8 +673,17 @@ class Carpd:
                 self._sync_hold.cancel()
                 self._sync_hold = None
             return {"ok": True, "demotion": self._set_demotion(source, value)}
+        if cmd == contract.PEER_SPEAKS:
+            checked = contract.check_peer_speaks(req, [m.name for m in self.cfg.peers(self.node)])
+            if isinstance(checked, str):
+                return {"ok": False, "error": checked}
+            member, newest = checked
+            if self.codec.tell(member, newest):
+                log.info("%s speaks hardened CARP up to %d (syncd heard it): adverts at %s", member,
+                         newest, sorted({self.codec.version(v) for v in self.vips}))
+            return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r} "
-                "(known: status, metrics, maintenance, set-demotion, reload, subscribe)"}
+                "(known: status, metrics, maintenance, set-demotion, peer-speaks, reload, subscribe)"}
 
     def status(self) -> dict:
         total = self.demotion.total
@@ -706,6 +715,8 @@ class Carpd:
                if self.cfg.groups else hookevent.INIT,
                "group_roles": {g.name: self.group_role.get(g.name, hookevent.INIT)
                                for g in self.cfg.groups},
+               # what syncd heard each peer speaks of hardened CARP (peer-speaks)
+               "hardened_told": self.codec.told(),
                "hooks": {"runs": self.hooks.runs, "failures": self.hooks.failures,
                          "dropped": self.hooks.dropped},
                "release": version.release()}

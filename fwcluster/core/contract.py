@@ -28,8 +28,11 @@ SET_DEMOTION = "set-demotion"    # {"cmd", "source": name 1-64 chars, "value": 0
 SUBSCRIBE = "subscribe"          # then ROLE lines (snapshot, SNAPSHOT_END, changes)
 RELOAD = "reload"                # re-read cluster.toml and the secret (as SIGHUP does)
 RELOAD_FROM = "from"             # in a reload one daemon asks of the other: who asks
+PEER_SPEAKS = "peer-speaks"      # {"cmd", "member": name, "protocol": "carp_hardened", "newest": N}
+CARP_PROTOCOL = "carp_hardened"  # the one protocol peer-speaks tells carpd of
 SOURCE_MAX_LEN = 64
 DEMOTION_MAX = 255
+VERSION_MAX = 255                # a hardened CARP version is the header's version byte
 
 # The subscribe stream: one ROLE line per vhid, SNAPSHOT_END, then a ROLE
 # line per change. A ROLE line is {"event": "role", "vhid", "state", "time",
@@ -92,6 +95,24 @@ def reload_request(sender: str) -> dict:
     return {"cmd": RELOAD, RELOAD_FROM: sender}
 
 
+def peer_speaks(member: str, newest: int) -> dict:
+    """syncd tells carpd the newest hardened CARP version a peer speaks."""
+    return {"cmd": PEER_SPEAKS, "member": member, "protocol": CARP_PROTOCOL, "newest": newest}
+
+
+def check_peer_speaks(req: dict, peers) -> tuple[str, int] | str:
+    """(member, newest) of a peer-speaks request, or the error to answer;
+    peers: the names of this member's peers."""
+    member, protocol, newest = req.get("member"), req.get("protocol"), req.get("newest")
+    if protocol != CARP_PROTOCOL:
+        return f"{PEER_SPEAKS} tells only \"protocol\": \"{CARP_PROTOCOL}\""
+    if member not in peers:
+        return f"{PEER_SPEAKS}: {member!r} is not a peer of this member"
+    if isinstance(newest, bool) or not isinstance(newest, int) or not 1 <= newest <= VERSION_MAX:
+        return f"{PEER_SPEAKS} needs an integer \"newest\" 1-{VERSION_MAX}"
+    return member, newest
+
+
 def check_set_demotion(req: dict) -> tuple[str, int] | str:
     """(source, value) of a set-demotion request, or the error to answer."""
     source, value = req.get("source"), req.get("value")
@@ -150,6 +171,14 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
   master a BACKUP hears adverts from, null when it hears none or is not
   BACKUP (bucket lines carry none yet). A line goes out also when only
   `master` changes (a BACKUP that starts hearing a master).
+* syncd tells carpd what each peer speaks of hardened CARP with
+  `{{"cmd": "{PEER_SPEAKS}", "member": "<name>", "protocol": "{CARP_PROTOCOL}",
+  "newest": N}}`, from the peer's sync ALIVE (the ranges it reports, or a
+  release before sync version 3: the previous release's), when a peer's
+  run first tells it and after every connect to carpd. carpd counts it on
+  every vhid: it sends adverts no newer than N, so a peer of the previous
+  release that joins silent (it cannot read the newer adverts) hears a
+  master before its master-down and does not claim.
 * `{{"cmd": "{RELOAD}"}}` makes either daemon re-read cluster.toml and the
   secret, as SIGHUP does (after a config push that changed them); the
   answer says what changed, or why the new config was refused (the old one

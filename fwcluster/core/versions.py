@@ -98,6 +98,20 @@ def protocols(cap: str = "current") -> dict[str, str]:
             "carp": str(carp_wire.VERSION), "carp_hardened": span(speaks("carp_hardened", cap))}
 
 
+def peer_newest(name: str, peer: dict | None, sync_version: int | None) -> int | None:
+    """The newest version of protocol `name` a peer speaks, as its sync
+    ALIVE tells: the range it reports (peer: {protocol: [oldest, newest]}),
+    or, from a peer that reports none and speaks only the oldest sync
+    version, the previous release's (every protocol's oldest: a build is
+    capped as a whole). None: not known (not heard, or a report without
+    the protocol)."""
+    if peer:
+        return peer[name][1] if name in peer else None
+    if sync_version is not None and sync_version <= SPEAKS["sync"][0]:
+        return SPEAKS[name][0]
+    return None
+
+
 @dataclass(frozen=True)
 class Compatibility:
     verdict: str  # "compatible" | "INCOMPATIBLE" | "unknown"

@@ -68,7 +68,7 @@ def human(d: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-    hardened_versions(d.get("vips", []))
+    hardened_versions(d.get("vips", []), d.get("hardened_told") or {})
     if d.get("tracks"):
         tracks(d["tracks"])
     if "buckets" in d:
@@ -94,9 +94,10 @@ def human(d: dict) -> None:
         release(d["versions"])
 
 
-def hardened_versions(vips: list) -> None:
+def hardened_versions(vips: list, told: dict | None = None) -> None:
     """Which hardened CARP version each vhid's adverts go out at and, below
-    the newest, the senders heard at it (docs/carp.md "Hardened versions")."""
+    the newest, the senders heard at it and the members syncd says speak
+    no newer (docs/carp.md "Hardened versions")."""
     by_version: dict[int, list[dict]] = {}
     for v in vips:
         if v.get("hardened_version") is not None:
@@ -105,6 +106,8 @@ def hardened_versions(vips: list) -> None:
     for ver, group in sorted(by_version.items(), reverse=True):
         older = sorted({addr for v in group for addr, pv in (v.get("hardened_peers") or {}).items()
                         if pv == ver}) if ver < hardened.VERSION else []
+        older += sorted(f"{name} (its sync link says)" for name, pv in (told or {}).items()
+                        if pv == ver and ver < hardened.VERSION)
         parts.append(f"version {ver} on vhid {','.join(str(v.get('vhid')) for v in group)}"
                      + (f" (heard at {ver}: {', '.join(older)})" if older else ""))
     if parts:

@@ -120,6 +120,17 @@ class InSync(NamedTuple):
     value: bool
 
 
+class PeerSpeaks(NamedTuple):
+    """A peer's ALIVE told what its run speaks (again after a restart):
+    the newest sync version it speaks and the ranges it reports ({protocol:
+    [oldest, newest]}; None from a release before sync version 3). The
+    shell tells carpd the peer's hardened CARP version
+    (fwcluster.core.versions.peer_newest)."""
+    peer: str
+    sync_newest: int
+    speaks: dict | None
+
+
 class Claim(NamedTuple):
     """This member forwards flows it did not before (set_forwarding): dump
     the local table and send what claimable() returns, paced like a full
@@ -244,6 +255,7 @@ class Peer:
     heard_boot: int | None = None
     heard_version: int | None = None
     about: wire.About | None = None
+    said: tuple | None = None       # (sync version, about) last handed on as PeerSpeaks
     # Its last datagram of a version we do not speak (header untrusted: the
     # version byte and when, by source address only).
     foreign_version: int | None = None
@@ -963,12 +975,26 @@ class Sync:
         p.table_size = m.arg
         if m.about is not None:
             p.about = m.about
+        self._tell_speaks(p)
         if m.gen < rx.gen:
             return
         if m.gen > rx.gen:
             rx.restart(m.gen)
         if m.dseq >= rx.expected and now - rx.nack_at >= self.t.rto:
             self._nack(p, rx.expected, m.dseq, now)
+
+    def _tell_speaks(self, p: Peer) -> None:
+        """A PeerSpeaks when the peer's ALIVE says something new of its run.
+        Only an ALIVE tells: its version 2 form carries the sender's newest
+        version (wire.newest_spoken), another message of a current run may
+        be at 2 for a while."""
+        version = self.peer_version(p)
+        said = (version, p.about)
+        if version is None or said == p.said:
+            return
+        p.said = said
+        speaks = {n: [lo, hi] for n, lo, hi in p.about.speaks} if p.about else None
+        self.actions.append(PeerSpeaks(p.name, version, speaks))
 
     def _on_request(self, p: Peer, m: wire.Message, now: float, fresh: bool = True) -> None:
         """The peer asks for bulk m.dseq in its session m.arg. Repeats, and

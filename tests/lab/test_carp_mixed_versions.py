@@ -96,3 +96,59 @@ def test_the_upgraded_pair_climbs_back_to_5(carp_lab):
     assert lab.wait_for(at_5, hardened.PROBE_GAP + 2, 0.1), \
         [lab.status(m)["vips"] for m in lab.members]
     stays_settled(lab, "fw1")
+
+
+def claims(lab, member: str, since: int) -> list[str]:
+    """carpd's '-> MASTER' lines on member after byte `since` of its log."""
+    text = lab.log_path(member, "carpd").read_bytes()[since:].decode(errors="replace")
+    return [line for line in text.splitlines() if "-> MASTER" in line]
+
+
+def test_a_member_rolled_back_to_version_4_joins_without_a_claim(carp_lab):
+    """A rollback: fw2 comes back as the previous release (carpd and syncd
+    capped, as after a boot into the old slot). It cannot read fw1's v5
+    adverts and, as a backup, sends nothing: fw1 would hear it at 4 only
+    when it claims. fw1's syncd hears fw2's sync ALIVE (sync 2 only: the
+    previous release) and tells carpd, whose adverts go out at 4 before
+    fw2's master-down: fw2 never claims (its carpd log has no MASTER line,
+    fw1's transition counters stay). Rolled forward again, fw1 is told 5
+    and every vhid climbs back at once."""
+    from fwcluster.carp.core import hardened
+    from sync_helpers import in_sync, start_member
+    lab = carp_lab(members=2, ipv6=False, advbase=1)
+    for m in lab.members:
+        start_member(lab, m)
+    wait_settled(lab, "fw1", timeout=15)
+    assert lab.wait_for(lambda: in_sync(lab), 15, 0.1)
+    assert {v["hardened_version"] for v in lab.status("fw1")["vips"]} == {5}
+
+    for d in ("carpd", "syncd"):
+        lab.stop_daemon("fw2", d)
+    since = lab.log_path("fw2", "carpd").stat().st_size
+    fw1_before = {v["vhid"]: v["transitions"] for v in lab.status("fw1")["vips"]}
+    lab.start_syncd("fw2", env=CAPPED)
+    lab.start_carpd("fw2", env=CAPPED)
+    # fw2's master-down is 3 advert intervals and its skew: watch twice that
+    down = machine.master_down_interval(1, lab.advskews["fw2"])
+    deadline = time.monotonic() + 2 * down
+    while time.monotonic() < deadline:
+        assert not claims(lab, "fw2", since), (claims(lab, "fw2", since), lab.log_tail("fw2", "carpd", 2000),
+                                               lab.log_tail("fw1", "carpd", 2000))
+        time.sleep(0.1)
+    st = lab.status("fw1")
+    assert st["hardened_told"] == {"fw2": 4}
+    assert {v["hardened_version"] for v in st["vips"]} == {4}
+    assert {v["vhid"]: v["transitions"] for v in st["vips"]} == fw1_before
+    assert all(v["state"] == "BACKUP" for v in lab.status("fw2")["vips"])
+    assert "speaks hardened CARP up to 4" in lab.log_tail("fw1", "carpd", 4000)
+
+    for d in ("carpd", "syncd"):        # rolled forward: this release again
+        lab.stop_daemon("fw2", d)
+    start_member(lab, "fw2")
+
+    def at_5():
+        st = lab.status("fw1")
+        return st["hardened_told"] == {"fw2": 5} and {v["hardened_version"] for v in st["vips"]} == {5}
+    assert lab.wait_for(at_5, hardened.PROBE_GAP, 0.1), lab.status("fw1")
+    stays_settled(lab, "fw1")
+    print(f"rollback: fw2 silent at 4 for {2 * down:.1f} s without a claim; fw1 told 4, then 5")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fwcluster import configfile, version
-from fwcluster.core import config
+from fwcluster.core import config, contract
 from fwcluster.carp import announce, sockets
 from fwcluster.carp.core import machine, wire
 from fwcluster.carp.ctlserver import ControlServer
@@ -45,7 +45,8 @@ def test_status_has_exactly_the_contract_fields(tmp_path):
     st = run(go())
     assert set(st) == {"ok", "node", "cluster", "demotion", "demotion_sources", "maintenance",
                        "preempt", "mode", "balance", "vips", "tracks", "group_role", "group_roles",
-                       "hooks", "release"}
+                       "hooks", "release", "hardened_told"}
+    assert st["hardened_told"] == {}        # compatible mode: nothing to be told
     assert st["tracks"] == [] and st["group_role"] == "INIT"
     assert st["group_roles"] == {"default": "INIT"}
     assert st["release"] == version.release()
@@ -355,3 +356,23 @@ def test_role_hooks_run_once_per_group_named_by_it(tmp_path):
     st = run(d.handle_request({"cmd": "status"}))
     assert st["group_roles"] == {"left": "MASTER", "right": "BACKUP"}
     assert st["group_role"] == "MASTER"
+
+
+def test_peer_speaks_sets_the_version_a_hardened_carpd_sends_at(tmp_path):
+    """syncd tells carpd a peer speaks hardened CARP up to 4 (a rolled-back
+    member, silent as backup): every vhid's adverts go out at 4 at once."""
+    d = Carpd(make_cfg(tmp_path, '\n[carp]\nsync_hold = 0\nmode = "hardened"\n'), "fw1", b"s3cret")
+
+    async def go():
+        return [await d.handle_request(contract.peer_speaks("fw2", 4)),
+                await d.handle_request({"cmd": "status"}),
+                await d.handle_request(contract.peer_speaks("fw9", 4)),
+                await d.handle_request({**contract.peer_speaks("fw2", 4), "newest": "4"}),
+                await d.handle_request(contract.peer_speaks("fw2", 5)),
+                await d.handle_request({"cmd": "status"})]
+    told, st, stranger, bad, again, st2 = run(go())
+    assert told == {"ok": True} and again == {"ok": True}
+    assert st["hardened_told"] == {"fw2": 4} and {v["hardened_version"] for v in st["vips"]} == {4}
+    assert stranger["ok"] is False and "not a peer" in stranger["error"]
+    assert bad["ok"] is False and "newest" in bad["error"]
+    assert st2["hardened_told"] == {"fw2": 5} and {v["hardened_version"] for v in st2["vips"]} == {5}

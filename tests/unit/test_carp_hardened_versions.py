@@ -148,3 +148,24 @@ def test_versions_are_per_vhid_and_an_unheard_vhid_follows_the_others():
     assert new.version(7) == 4 and new.version(8) == 4   # 8: nobody heard there yet
     new.heard.note((bytes(4), 8), 5)
     assert new.version(7) == 4 and new.version(8) == 5
+
+
+def test_a_member_syncd_heard_at_4_pulls_every_vhid_down_before_it_sends_anything():
+    """A rolled-back backup is silent (it cannot read 5, so it hears no
+    master): syncd's word that it speaks 4 makes the master's adverts on
+    every vhid readable to it before its master-down, without a claim."""
+    new, mine = member(9)
+    capped, theirs = member(5, speaks=(4, 4))
+    assert new.version(7) == 5
+    assert new.tell("fw2", 4) and not new.tell("fw2", 4)     # told once: no change the second time
+    assert new.version(7) == new.version(8) == 4
+    assert capped.decode(send(new, mine, FW1), 255, FW1, theirs, FW2).vhid == 7   # it reads the master
+    assert new.told() == {"fw2": 4}
+    assert new.tell("fw2", 5)                                  # upgraded again: climbs back
+    assert new.version(7) == 5
+    assert new.tell("fw2", None) and new.told() == {}
+
+
+def test_compatible_mode_has_no_version_to_be_told():
+    c = modes.Compatible()
+    assert not c.tell("fw2", 4) and c.told() == {} and c.version(7) is None

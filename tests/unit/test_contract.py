@@ -22,3 +22,12 @@ def test_a_peer_heard_through_carp_is_never_absent():
 def test_carrying_is_any_master_role():
     assert contract.carrying(["BACKUP", "MASTER"])
     assert not contract.carrying(["BACKUP", "INIT"]) and not contract.carrying([])
+
+
+def test_peer_speaks_requests_are_checked():
+    req = contract.peer_speaks("fw2", 4)
+    assert contract.check_peer_speaks(req, ["fw2"]) == ("fw2", 4)
+    assert "not a peer" in contract.check_peer_speaks(req, ["fw3"])
+    assert "protocol" in contract.check_peer_speaks({**req, "protocol": "sync"}, ["fw2"])
+    for bad in (0, 256, True, "4", None):
+        assert "newest" in contract.check_peer_speaks({**req, "newest": bad}, ["fw2"])

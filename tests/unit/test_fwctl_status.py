@@ -276,6 +276,9 @@ def test_human_shows_each_vhids_hardened_version_and_who_holds_it_at_4(capsys):
     fwctl_status.hardened_versions(vips)
     assert capsys.readouterr().out == ("hardened carp: version 5 on vhid 1; "
                                        "version 4 on vhid 2,3 (heard at 4: 192.0.2.13)\n")
+    fwctl_status.hardened_versions(vips[2:], {"fw3": 4, "fw2": 5})   # syncd heard fw3 at 4
+    assert capsys.readouterr().out == ("hardened carp: version 4 on vhid 3 "
+                                       "(heard at 4: 192.0.2.13, fw3 (its sync link says))\n")
     fwctl_status.hardened_versions([dict(vip, hardened_version=None)])  # compatible mode
     assert capsys.readouterr().out == ""
 

@@ -6,7 +6,7 @@ import pytest
 from fwcluster.core import contract
 from syncd.core import wire
 from syncd.core.entry import OP_UPSERT
-from syncd.core.protocol import Sync, Timing, wire_versions
+from syncd.core.protocol import PeerSpeaks, Sync, Timing, wire_versions
 from tests.unit.test_sync_protocol import KEY, MEMBERS, Net, entry
 
 NEW, CAPPED = (2, 3), (2, 2)
@@ -207,3 +207,42 @@ def test_the_absence_rule():
     assert not contract.peer_absent(10.0, 3.0, False, foreign_for=0.5)
     assert contract.peer_absent(10.0, 3.0, False, foreign_for=3.0)
     assert not contract.unintelligible(None, 3.0) and contract.unintelligible(2.9, 3.0)
+
+
+class SpeaksNet(VNet):
+    """VNet that keeps every PeerSpeaks each member hands its shell."""
+
+    def start(self, name, epoch):
+        super().start(name, epoch)
+        node, said = self.nodes[name], self.said.setdefault(name, [])
+        drain = node.drain
+
+        def keep():
+            out = drain()
+            said.extend(a for a in out if isinstance(a, PeerSpeaks))
+            return out
+        node.drain = keep
+
+    def __init__(self, speaks: dict, **kw):
+        self.said = {}
+        super().__init__(speaks, **kw)
+
+
+def test_a_peers_alive_tells_the_shell_what_its_run_speaks_once_per_run():
+    """carpd learns through syncd what a peer speaks (docs/carp.md): a
+    capped peer (a release before sync 3) reports nothing and speaks only
+    sync 2, a current one reports its ranges; said once per run of the
+    peer, again after it restarts."""
+    net = SpeaksNet({"fw1": NEW, "fw2": CAPPED})
+    net.run(2.0)
+    assert net.said["fw1"] == [PeerSpeaks("fw2", 2, None)]
+    assert net.said["fw2"] == [PeerSpeaks("fw1", 3, None)]     # a capped member reads no report
+    net.speaks["fw2"] = NEW
+    net.start("fw2", 101)      # upgraded: its ALIVE reports its ranges
+    net.run(2.0)
+    after = net.said["fw1"][1:]     # its version 2 ALIVE may come first: newest 3, no report yet
+    assert after[-1] == PeerSpeaks("fw2", 3, {"sync": [2, 3], "config": [1, 1]})
+    assert all(a.sync_newest == 3 for a in after) and len(after) <= 2
+    told = len(net.said["fw1"])
+    net.run(3.0)
+    assert len(net.said["fw1"]) == told     # later ALIVEs say nothing new

@@ -132,3 +132,14 @@ def test_a_previous_cap_speaks_only_each_oldest_version():
         assert versions.speaks(name, "previous") == (low, low)
     with pytest.raises(versions.VersionError, match="unknown protocol cap"):
         versions.speaks("sync", "older")
+
+
+def test_peer_newest_reads_a_reported_range_or_infers_the_previous_release():
+    reported = {"sync": [2, 3], "carp_hardened": [4, 5]}
+    assert versions.peer_newest("carp_hardened", reported, 3) == 5
+    assert versions.peer_newest("config", reported, 3) is None          # not reported: not known
+    # a release before sync version 3 reports nothing and speaks sync 2 only: the previous one
+    oldest = versions.SPEAKS["carp_hardened"][0]
+    assert versions.peer_newest("carp_hardened", None, versions.SPEAKS["sync"][0]) == oldest
+    assert versions.peer_newest("carp_hardened", None, None) is None     # not heard
+    assert versions.peer_newest("carp_hardened", None, 3) is None        # its report is still to come

@@ -59,6 +59,15 @@ an upgraded one that fell back learns the prober speaks 5, and once every
 member it heard speaks 5 the vhid climbs back. A sender heard at 4 is
 never forgotten by time: a backup of the previous release is silent, and
 forgetting it would make the master send what it cannot read.
+
+A backup of the previous release that joins (a rollback, a member booted
+from its old slot) is silent until it claims: it cannot read version 5,
+so it hears no master, and the master hears nothing at 4 before that
+claim. syncd hears it first (its sync ALIVE tells the release's
+protocols, authenticated) and tells carpd (`peer-speaks`): what a member
+was told counts on every vhid (Heard.tell), by member name, until it is
+told otherwise. So the master sends at 4 before the backup's master-down
+runs out, and the backup joins without a claim.
 """
 from __future__ import annotations
 
@@ -102,6 +111,7 @@ class Heard:
         self.senders = senders
         self._v: dict[tuple[bytes, int], int] = {}  # (source, vhid) -> version
         self._probed: dict[tuple[bytes, int], float] = {}
+        self._told: dict[str, int] = {}   # member name -> newest version (syncd's word)
 
     def note(self, sender: tuple[bytes, int], version: int) -> None:
         _put(self._v, sender, version, self.senders)
@@ -109,11 +119,27 @@ class Heard:
     def versions(self, vhid: int) -> dict[bytes, int]:
         return {src: v for (src, vh), v in self._v.items() if vh == vhid}
 
+    def tell(self, member: str, newest: int | None) -> bool:
+        """A member speaks hardened CARP up to `newest` (None: forget it),
+        as syncd heard from it; True when that changed what we knew."""
+        if self._told.get(member) == newest:
+            return False
+        if newest is None:
+            del self._told[member]
+        elif member in self._told or len(self._told) < self.senders:
+            self._told[member] = newest
+        return True
+
+    def told(self) -> dict[str, int]:
+        return dict(self._told)
+
     def speaking(self, vhid: int) -> list[int]:
-        """The versions heard on vhid; on a vhid nobody was heard on yet,
-        those heard on any (a failover group's vip is claimed on its
-        sibling's advert, before the first one of its own arrives)."""
-        return list(self.versions(vhid).values()) or list(self._v.values())
+        """The versions heard on vhid, and what members were told to speak
+        (they count on every vhid: a silent backup is heard on none); on a
+        vhid nobody was heard on yet, those heard on any (a failover
+        group's vip is claimed on its sibling's advert, before the first
+        one of its own arrives)."""
+        return (list(self.versions(vhid).values()) or list(self._v.values())) + list(self._told.values())
 
     def probe(self, sender: tuple[bytes, int], speaks: tuple[int, int], now: float) -> bool:
         """Tell sender (heard at an older version than our newest) that we

@@ -54,6 +54,12 @@ class Compatible:
     def version(self, vhid: int) -> None:
         return None  # not negotiated: ucarp's wire
 
+    def tell(self, member: str, newest: int | None) -> bool:
+        return False  # nothing to choose
+
+    def told(self) -> dict[str, int]:
+        return {}
+
 
 class Hardened:
     mode = "hardened"
@@ -105,6 +111,14 @@ class Hardened:
     def version(self, vhid: int) -> int:
         """The hardened version vhid's adverts go out at now."""
         return hardened.send_version(self.speaks, self.heard.speaking(vhid))
+
+    def tell(self, member: str, newest: int | None) -> bool:
+        """syncd heard `member` speaks hardened CARP up to `newest`
+        (Heard.tell); True when that changed what we knew."""
+        return self.heard.tell(member, newest)
+
+    def told(self) -> dict[str, int]:
+        return self.heard.told()
 
     def peer_versions(self, vhid: int) -> dict[str, int]:
         """The version each sender heard on vhid spoke last, by address."""
