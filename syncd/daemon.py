@@ -551,8 +551,9 @@ class Daemon:
         this link (one request at a time, like the demotion)."""
         path = ctlsock.socket_path(self.cfg.run_dir, contract.CARPD)
         async with self._tell_lock:
+            peers = {m.name for m in self.cfg.peers(self.node)}    # a reload may have removed one
             for peer, newest in list(self.carp_speaks.items()):
-                if self.carp_told.get(peer) == newest:
+                if self.carp_told.get(peer) == newest or peer not in peers:
                     continue
                 try:
                     reply = await ctlsock.arequest(path, contract.peer_speaks(peer, newest))

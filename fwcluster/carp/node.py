@@ -622,6 +622,7 @@ class Carpd:
         self.cfg, self.member, self.secret = new, new.member(self.node), secret
         if plan.rekey:
             self.codec = self.codec.renamed(new.name)  # hardened: the key binds the name
+        self.codec.keep_told({m.name for m in new.peers(self.node)})
         by_vhid = {v.vhid: v for v in new.vips}
         for vhid in plan.kept:
             run = self.vips[vhid]

@@ -164,6 +164,10 @@ def test_a_member_syncd_heard_at_4_pulls_every_vhid_down_before_it_sends_anythin
     assert new.tell("fw2", 5)                                  # upgraded again: climbs back
     assert new.version(7) == 5
     assert new.tell("fw2", None) and new.told() == {}
+    new.tell("fw2", 4)
+    new.tell("fw3", 4)
+    new.keep_told({"fw3"})                                     # a reload without fw2
+    assert new.told() == {"fw3": 4}
 
 
 def test_compatible_mode_has_no_version_to_be_told():

@@ -133,6 +133,12 @@ class Heard:
     def told(self) -> dict[str, int]:
         return dict(self._told)
 
+    def keep_told(self, members) -> None:
+        """Forget what was told of members no longer in the cluster (a
+        reload): a removed member's old version must not hold the vhids."""
+        for name in [n for n in self._told if n not in members]:
+            del self._told[name]
+
     def speaking(self, vhid: int) -> list[int]:
         """The versions heard on vhid, and what members were told to speak
         (they count on every vhid: a silent backup is heard on none); on a

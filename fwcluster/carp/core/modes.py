@@ -60,6 +60,9 @@ class Compatible:
     def told(self) -> dict[str, int]:
         return {}
 
+    def keep_told(self, members) -> None:
+        pass
+
 
 class Hardened:
     mode = "hardened"
@@ -119,6 +122,9 @@ class Hardened:
 
     def told(self) -> dict[str, int]:
         return self.heard.told()
+
+    def keep_told(self, members) -> None:
+        self.heard.keep_told(members)
 
     def peer_versions(self, vhid: int) -> dict[str, int]:
         """The version each sender heard on vhid spoke last, by address."""
