@@ -682,6 +682,12 @@ class Carpd:
             if self.codec.tell(member, newest):
                 log.info("%s speaks hardened CARP up to %d (syncd heard it): adverts at %s", member,
                          newest, sorted({self.codec.version(v) for v in self.vips}))
+                # A silent backup (rolled back) must read one before its
+                # master-down: the next scheduled advert may come too late.
+                for run in self.vips.values():
+                    ad = run.machine.current_advert()
+                    if ad is not None:
+                        self._guard(self._send_advert, ad)
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r} "
                 "(known: status, metrics, maintenance, set-demotion, peer-speaks, reload, subscribe)"}

@@ -362,6 +362,9 @@ def test_peer_speaks_sets_the_version_a_hardened_carpd_sends_at(tmp_path):
     """syncd tells carpd a peer speaks hardened CARP up to 4 (a rolled-back
     member, silent as backup): every vhid's adverts go out at 4 at once."""
     d = Carpd(make_cfg(tmp_path, '\n[carp]\nsync_hold = 0\nmode = "hardened"\n'), "fw1", b"s3cret")
+    d.vips[1].machine.state = machine.State.MASTER
+    sent = []
+    d._send_advert = lambda action: sent.append((action.vhid, d.codec.version(action.vhid)))
 
     async def go():
         return [await d.handle_request(contract.peer_speaks("fw2", 4)),
@@ -376,3 +379,5 @@ def test_peer_speaks_sets_the_version_a_hardened_carpd_sends_at(tmp_path):
     assert stranger["ok"] is False and "not a peer" in stranger["error"]
     assert bad["ok"] is False and "newest" in bad["error"]
     assert st2["hardened_told"] == {"fw2": 5} and {v["hardened_version"] for v in st2["vips"]} == {5}
+    # each change sends the master's adverts at once (vhid 1 only: the others are not MASTER)
+    assert sent == [(1, 4), (1, 5)]
