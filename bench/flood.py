@@ -227,8 +227,7 @@ def one_impl(impl: str, levels: list[int], seconds: float) -> dict:
                         gen.kill()
                 took = time.monotonic() - t0
                 cpu1 = {m: daemons.cpu(m) for m in lab.members}
-                got = (json.loads(out.read_text()) if out.exists() else {"sent": 0, "seconds": took}) if level \
-                    else {"sent": 0, "seconds": took}
+                got = json.loads(out.read_text()) if level and out.exists() else {"sent": 0, "seconds": took}
                 phases.append({"kind": kind, "level": level,
                                "achieved": round(got["sent"] / max(got["seconds"], 1e-6)),
                                "peer_cpu": round((cpu1["fw2"] - cpu0["fw2"]) / took, 4),

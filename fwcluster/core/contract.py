@@ -176,9 +176,10 @@ Both daemons import `fwcluster/core/contract.py`; this page is generated from it
   "newest": N}}`, from the peer's sync ALIVE (the ranges it reports, or a
   release before sync version 3: the previous release's), when a peer's
   run first tells it and after every connect to carpd. carpd counts it on
-  every vhid: it sends adverts no newer than N, so a peer of the previous
-  release that joins silent (it cannot read the newer adverts) hears a
-  master before its master-down and does not claim.
+  every vhid: it sends adverts no newer than N (a master at once), so a
+  peer of the previous release that joins silent (it cannot read the
+  newer adverts) hears a master, and does not claim if syncd heard it
+  before its master-down.
 * `{{"cmd": "{RELOAD}"}}` makes either daemon re-read cluster.toml and the
   secret, as SIGHUP does (after a config push that changed them); the
   answer says what changed, or why the new config was refused (the old one

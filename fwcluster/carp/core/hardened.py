@@ -66,8 +66,10 @@ so it hears no master, and the master hears nothing at 4 before that
 claim. syncd hears it first (its sync ALIVE tells the release's
 protocols, authenticated) and tells carpd (`peer-speaks`): what a member
 was told counts on every vhid (Heard.tell), by member name, until it is
-told otherwise. So the master sends at 4 before the backup's master-down
-runs out, and the backup joins without a claim.
+told otherwise, and a master sends its adverts at once when that changes
+its version. When syncd hears the backup before the backup's master-down
+runs out, the backup joins without a claim; a slower start still claims
+once and yields (docs/upgrade.md).
 """
 from __future__ import annotations
 
