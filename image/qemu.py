@@ -23,6 +23,10 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 CONSOLE_LOG_LINE = re.compile(r"^\[\s*\d+\.\d+\] [^\s:\[]+(\[\d+\])?: ")
 
 
+# terminal control sequences (colours, cursor moves) in the console's output
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
+
+
 def without_console_log(text: str) -> str:
     return "\n".join(ln for ln in text.split("\n") if not CONSOLE_LOG_LINE.match(ln))
 
@@ -159,7 +163,17 @@ class VM:
             if self.proc.poll() is not None:
                 raise VMError(f"qemu exited ({self.proc.returncode}) waiting for {pattern!r}")
             time.sleep(0.2)
-        raise VMError(f"timed out after {timeout:.0f} s waiting for {pattern!r} (see {self.log_path})")
+        raise VMError(f"timed out after {timeout:.0f} s waiting for {pattern!r} (see {self.log_path}); "
+                      f"the console's last lines: {self.console_tail()}")
+
+    def console_tail(self, chars: int = 600) -> str:
+        """The end of what the guest printed, on one line (a failure's
+        summary line is often all a CI log keeps)."""
+        with self.lock:
+            text = bytes(self.buf[-4 * chars:]).decode("utf-8", "replace")
+        text = _ESCAPES.sub("", text)
+        lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+        return " | ".join(lines)[-chars:] or "(nothing)"
 
     def send(self, text: str) -> None:
         self.proc.stdin.write(text.encode())

@@ -244,7 +244,7 @@ def grub_cfg(parts: dict[str, tuple[int, str]], serial_console: str, timeout: in
         lines += [f"menuentry 'fwcluster slot {name}' --id {name} {{",
                   f"  set root=($bootdisk,gpt{number})",
                   f"  linux /vmlinuz root=PARTUUID={partuuid} ro rauc.slot={name} "
-                  f"fwcluster.slot={name.lower()} {console} panic=10 quiet",
+                  f"fwcluster.slot={name.lower()} {console} panic=10 fsck.repair=yes quiet",
                   "  initrd /initrd.img",
                   "}"]
     return "\n".join(lines) + "\n"

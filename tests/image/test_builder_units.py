@@ -291,6 +291,8 @@ def test_grub_cfg_rauc_scheme():
         assert f"set root=($bootdisk,gpt{number})" in cfg
         assert f"root=PARTUUID={p.slot(name.lower()).uuid} ro rauc.slot={name} " in cfg
     assert "console=ttyS0,115200" in cfg and "serial --unit=0 --speed=115200" in cfg
+    # after a power cut /config is repaired, not left to an emergency shell
+    assert cfg.count(" fsck.repair=yes ") == 2
     assert "serial" not in boot.grub_cfg(p, "").split("console=tty0")[0].replace("# ", "")
 
 
@@ -470,3 +472,17 @@ def test_capped_and_default_builds_are_cached_apart():
     assert cache_entry("k1") == CACHE / "k1"
     assert cache_entry("k1", "previous") != cache_entry("k1")
     assert cache_entry("k1", "previous").name.startswith("k1-")
+
+
+def test_a_vm_timeout_names_the_consoles_last_lines_on_one_line():
+    """A CI log often keeps only a failure's summary line: the console's
+    end goes into it, without terminal escapes."""
+    import threading
+    from image.qemu import VM
+    vm = VM.__new__(VM)
+    vm.lock, vm.buf = threading.Lock(), bytearray(
+        b"Booting\r\n\x1b[0;32m  OK  \x1b[0m] Started fwcluster-carpd.\r\n\r\nfw1 login: ")
+    assert vm.console_tail() == "Booting | OK  ] Started fwcluster-carpd. | fw1 login:"
+    assert vm.console_tail(chars=10) == "fw1 login:"
+    vm.buf = bytearray()
+    assert vm.console_tail() == "(nothing)"
