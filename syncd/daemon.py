@@ -28,7 +28,8 @@ from syncd.core import wire
 from syncd.core.policy import EVERY, Filter, compile_filter, own_addresses, packed, syncable, syncable_record
 from syncd.core.refreshfeed import RefreshFeed
 from syncd.core import ownership
-from syncd.core.protocol import Apply, Claim, Dump, Expect, InSync, PeerSpeaks, Send, Sync, Timing
+from syncd.core.protocol import (Apply, Claim, Dump, Expect, InSync, PeerSpeaks, Send, Sync, Timing,
+                                 Yield)
 from syncd.ctexp import Expectations
 from syncd.supervise import Supervisor
 from syncd import antientropy, pacing, reload as live_reload
@@ -36,6 +37,7 @@ from syncd.antientropy import Rounds
 from syncd.bulk import Bulks
 from syncd.ctshow import Queries
 from syncd.dumps import PacedDump
+from syncd.handover import Handover
 from syncd.links import LinkSet
 from syncd.trace import Trace, profiler
 
@@ -150,6 +152,7 @@ class Daemon:
         self.bulks = Bulks(self, REFRESH_CHUNK, REFRESH_WINDOW, DUMP_TURN)
         self.rounds = Rounds(self)
         self.queries = Queries()
+        self.handover = Handover(self, DUMP_TURN)
 
     def now(self) -> float:
         return time.monotonic()
@@ -214,7 +217,7 @@ class Daemon:
             prof.disable()
             prof.dump_stats(prof_path)
         loop.remove_reader(self.ct.fileno())
-        for job in (self.refresh_dump, self.bulks, self.rounds, self.queries):
+        for job in (self.refresh_dump, self.bulks, self.rounds, self.queries, self.handover):
             job.close()
         for sock in self.links.socks:
             loop.remove_reader(sock.fileno())
@@ -403,6 +406,8 @@ class Daemon:
                 elif isinstance(a, Claim):
                     self.counters["claim_refreshes"] += 1
                     self.start_dump(stateless=False)    # claimable(): what we forward now
+                elif isinstance(a, Yield):
+                    self.handover.start(a.was)          # young flows to the new owner
                 elif isinstance(a, InSync):
                     log.info("in sync: %s", a.value)
                     asyncio.get_running_loop().create_task(self.tell_carpd())
@@ -714,6 +719,7 @@ class Daemon:
                 "carp_heard": self.sync.carp_heard, "waiting": waiting(st, self.sync.carp_heard),
                 "kernel": dict(self.ct.stats), "last_error": self.ct.last_error,
                 "counters": {**self.counters, **self.sync.owner_counters, **self.exp.status(),
+                             "handover_sent": self.handover.sent,
                              "callback_errors": self.sup.contained},
                 "config": self.configsvc.status(),
                 "anti_entropy": self.rounds.last, "release": version.release(), **st}

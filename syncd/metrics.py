@@ -80,6 +80,10 @@ DAEMON_COUNTERS = {
                          "(an expired copy), not sent to the peers"),
     "claims": ("claims", "Times this member began forwarding flows it did not (a handover) "
                "and claimed them at once"),
+    "yields": ("yields", "Times this member stopped forwarding flows it did (a handover) and "
+               "looked for young ones to hand over"),
+    "handover_sent": ("handover_sent", "Young entries (answered, not yet assured) of flows this "
+                      "member stopped forwarding, sent to the new owner at once"),
     "claim_refreshes": ("claim_refreshes", "Table dumps sent as this member's after a claim"),
     "bulks_restarted": ("bulks_restarted", "Bulk transfers started over because the change "
                         "log overflowed (watch bound)"),

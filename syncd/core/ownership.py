@@ -88,6 +88,20 @@ def gained(old: Forwarding, new: Forwarding) -> bool:
     return old.mode != new.mode or old.buckets != new.buckets or not new.owned <= old.owned
 
 
+def yielded(old: Forwarding, new: Forwarding) -> bool:
+    """The new value stops forwarding flows the old one did (a vip, a
+    group or a bucket moved away): the entries the filter has not
+    replicated yet go to the new owner at once (syncd/handover.py)."""
+    if old.mode == ORIGIN or new.mode == ORIGIN or not old.owned:
+        return False
+    return old.mode != new.mode or old.buckets != new.buckets or not old.owned <= new.owned
+
+
+def handed_over(key: bytes, rec: bytes, old: Forwarding, new: Forwarding) -> bool:
+    """This member forwarded the flow under old and does not under new."""
+    return bool(forwards(key, old, rec)) and not forwards(key, new, rec)
+
+
 def from_roles(roles: Mapping[int, str], bucket_vhids: Mapping[int, int],
                buckets: int, vhid_groups: Mapping[int, int] | None = None) -> Forwarding:
     """The value carpd's role events make: roles is vhid -> CARP state as

@@ -26,7 +26,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from fwcluster.core.config import NOSYNC_MARK, SyncFilter
-from syncd.core.entry import CARP, IPS_ASSURED, IPS_TEMPLATE, IPS_UNTRACKED, Entry
+from syncd.core.entry import (CARP, ICMP, ICMPV6, IPS_ASSURED, IPS_SEEN_REPLY, IPS_TEMPLATE,
+                              IPS_UNTRACKED, TCP, Entry)
 
 
 class Filter(NamedTuple):
@@ -80,6 +81,21 @@ def syncable(e: Entry, own: frozenset, flt: Filter = EVERY) -> bool:
         if flt.ignore and _ignored(e.family, int(ipaddress.ip_address(a)), flt):
             return False
     return True
+
+
+def young_session(e: Entry, own: frozenset, flt: Filter) -> bool:
+    """An entry the sessions filter holds back only because conntrack has
+    not assured it yet, though it has traffic both ways: a UDP flow (or
+    GRE, UDP-Lite...) answered for less than 2 s. A member that stops
+    forwarding it hands it over marked assured (syncd/handover.py): the
+    new owner would otherwise drop a stream the far end pushes to the LAN.
+    Not TCP (a handshake not yet complete: the client retransmits) nor ICMP
+    (a new echo request opens its own entry)."""
+    if not flt.sessions or e.proto in (TCP, ICMP, ICMPV6):
+        return False
+    if e.status & IPS_ASSURED or not e.status & IPS_SEEN_REPLY:
+        return False
+    return syncable(e._replace(status=e.status | IPS_ASSURED), own, flt)
 
 
 @lru_cache(maxsize=65536)

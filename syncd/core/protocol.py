@@ -59,7 +59,7 @@ from fwcluster.core.config import wire_indexes
 from fwcluster.core import contract
 from syncd.core import digest, expect, links, wire
 from syncd.core.digest import EntrySet, record_key
-from syncd.core.ownership import ORIGIN, STANDBY, Forwarding, forwards, gained
+from syncd.core.ownership import ORIGIN, STANDBY, Forwarding, forwards, gained, yielded
 from syncd.core.entry import OP_DELETE, OP_UPSERT
 from syncd.core.replay import ReplayWindow
 
@@ -136,6 +136,14 @@ class Claim(NamedTuple):
     the local table and send what claimable() returns, paced like a full
     refresh, so the peers learn the new owner before the old one's copies
     run out."""
+
+
+class Yield(NamedTuple):
+    """This member stopped forwarding flows it did (set_forwarding; `was`
+    is what it forwarded before): send the peers at once what the filter
+    held back of them (syncd/handover.py), so the new owner has them before
+    the far end's next packet."""
+    was: Forwarding
 
 
 MASK64 = (1 << 64) - 1
@@ -324,7 +332,7 @@ class Sync:
         # every decision about whose a flow is asks forwards() of it.
         self.forwarding = Forwarding()
         self.owner_counters = {"deletes_withheld": 0, "ours_kept": 0, "hearsay_skipped": 0,
-                               "claims": 0, "bulks_restarted": 0, "rounds_abandoned": 0}
+                               "claims": 0, "yields": 0, "bulks_restarted": 0, "rounds_abandoned": 0}
         self._ae_mark = None
         self.anti_entropy_abort()   # no round running
         self.ae_entries = 0
@@ -341,6 +349,9 @@ class Sync:
         if gained(old, fwd):
             self.owner_counters["claims"] += 1
             self.actions.append(Claim())
+        if yielded(old, fwd):
+            self.owner_counters["yields"] += 1
+            self.actions.append(Yield(old))
 
     def local(self, records, now: float) -> None:
         """Local conntrack changes ((op, Entry), ...) to replicate to every peer

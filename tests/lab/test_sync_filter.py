@@ -27,6 +27,11 @@ PORT = 5110          # the test's own TCP listener on the server
 FLOOD_PORT = 5111    # the server drops SYNs to it: entries stay SYN_SENT
 SCAN_PORTS = range(6000, 6200)  # nobody answers: unreplied UDP entries
 NOSYNC_PORT, SYNC_PORT_UDP = 5120, 5121   # UDP echo streams, one under a no-sync rule
+PUSH_PORT, PUSH_EVERY = 5122, 0.1         # a server push stream, a datagram every 0.1 s
+# Past this conntrack drops the old master's own copy of a UDP flow it
+# no longer sees packets of (nf_conntrack_udp_timeout, answered, not a
+# stream yet): watch beyond it.
+UDP_UNREPLIED_TIMEOUT = 30.0
 FLOOD = 200
 
 
@@ -224,6 +229,86 @@ def test_the_end_of_a_replicated_session_reaches_the_peer(lab, listener):
             entries(lab, peer, "-p", "tcp")
     finally:
         s.close()
+
+
+class PushStream:
+    """One UDP flow client -> server that only the server feeds: the client
+    subscribes with one datagram, the server then pushes every PUSH_EVERY s
+    (a stream, a game server). Driven in this process, bounded by `until`."""
+
+    def __init__(self, lab: Lab):
+        self.server = lab.socket("server", type=socket.SOCK_DGRAM)
+        self.server.bind((SERVER4, PUSH_PORT))
+        self.client = lab.socket("client", type=socket.SOCK_DGRAM)
+        self.client.connect((SERVER4, PUSH_PORT))
+        self.sport = self.client.getsockname()[1]
+        self.client.send(b"subscribe")
+        self.server.settimeout(2)
+        _, self.to = self.server.recvfrom(64)
+        self.client.setblocking(False)
+        self.received: list[float] = []
+
+    def run(self, seconds: float) -> None:
+        """Push for `seconds`, noting when each datagram reaches the client."""
+        until, next_push = time.monotonic() + seconds, 0.0
+        while (now := time.monotonic()) < until:
+            if now >= next_push:
+                self.server.sendto(b"push", self.to)
+                next_push = now + PUSH_EVERY
+            time.sleep(0.005)
+            while True:
+                try:
+                    self.client.recv(64)
+                except BlockingIOError:
+                    break
+                self.received.append(time.monotonic())
+
+    def longest_gap(self, since: float) -> float:
+        times = [since] + [t for t in self.received if t > since] + [time.monotonic()]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def close(self) -> None:
+        self.server.close()
+        self.client.close()
+
+
+def test_a_young_server_push_flow_survives_maintenance_and_the_way_back(lab):
+    """A UDP flow answered for less than 2 s is not replicated (not
+    assured yet). fw1 going into maintenance hands it over (syncd/handover.py):
+    the server's pushes go on through fw2 past the old copy's timeout, and
+    through fw1 again after maintenance ends."""
+    stream = PushStream(lab)
+    try:
+        stream.run(0.4)
+        young = entries(lab, "fw1", "-p", "udp", "--sport", str(stream.sport))
+        assert young and "ASSURED" not in young[0], young
+        assert entries(lab, "fw2", "-p", "udp", "--sport", str(stream.sport)) == []
+        sent = syncd_status(lab, "fw1")["counters"]["handover_sent"]
+        # The move is at once (fw1 announces its demotion): one push
+        # interval, one replicated record (resent once if lost), and the
+        # margin of a loaded machine.
+        bound = PUSH_EVERY + Timing().rto + 0.2
+        t_move = time.monotonic()
+        cp = lab.fwctl_raw("fw1", "maintenance", "on")
+        assert cp.returncode == 0, cp.stderr
+        stream.run(UDP_UNREPLIED_TIMEOUT + 3)
+        assert all(lab.vip_state("fw2", v["vhid"]) == "MASTER" for v in lab.vips), logs(lab)
+        gap = stream.longest_gap(t_move)
+        assert gap < bound, (f"the pushes stopped {gap:.2f} s after the move", logs(lab))
+        assert syncd_status(lab, "fw1")["counters"]["handover_sent"] >= sent + 1, logs(lab, "fw1")
+        t_back = time.monotonic()
+        cp = lab.fwctl_raw("fw1", "maintenance", "off")
+        assert cp.returncode == 0, cp.stderr
+        stream.run(3.0)
+        assert all(lab.vip_state("fw1", v["vhid"]) == "MASTER" for v in lab.vips), logs(lab)
+        gap_back = stream.longest_gap(t_back)
+        print(f"\nyoung push flow: longest gap {gap:.2f} s into maintenance "
+              f"(watched {UDP_UNREPLIED_TIMEOUT + 3:.0f} s), {gap_back:.2f} s back")
+        assert gap_back < bound, (f"the pushes stopped {gap_back:.2f} s after the way back", logs(lab))
+    finally:
+        stream.close()
+        if lab.status("fw1").get("maintenance"):
+            lab.fwctl_raw("fw1", "maintenance", "off")
 
 
 def test_sessions_survive_node_loss_just_established_mid_stream_and_closing(lab, listener):

@@ -14,8 +14,9 @@ from syncd.core.applyplan import REPLICA_GRACE, replica
 from syncd.core.digest import EntrySet, record_key
 from syncd.core.entry import ICMP, OP_DELETE, OP_UPSERT, UDP, Entry
 from syncd.core.ownership import (BALANCED, EVERYTHING, GROUPS, NOTHING, ORIGIN, Forwarding,
-                                  forwards, from_roles, gained, group_indexes, key_bucket)
-from syncd.core.protocol import Apply, Claim, Send, Timing
+                                  forwards, from_roles, gained, group_indexes, handed_over,
+                                  key_bucket, yielded)
+from syncd.core.protocol import Apply, Claim, Send, Timing, Yield
 from tests.unit.test_sync_bulk import PacedNet
 from tests.unit.test_sync_protocol import MEMBERS, Net, entry
 
@@ -127,6 +128,34 @@ def test_roles_make_the_forwarding_value_and_what_is_gained():
     assert not gained(EVERYTHING, NOTHING) and not gained(EVERYTHING, EVERYTHING)
     assert gained(aa, Forwarding(BALANCED, 2, frozenset({0, 1})))
     assert not gained(Forwarding(BALANCED, 2, frozenset({0, 1})), aa)
+
+
+def test_what_is_yielded_and_which_flows_were_handed_over():
+    """The other side of gained(): a value that stops forwarding flows the
+    old one did. Not from or to ORIGIN (nobody knew whose they were)."""
+    assert yielded(EVERYTHING, NOTHING) and not yielded(NOTHING, EVERYTHING)
+    assert not yielded(EVERYTHING, EVERYTHING) and not yielded(NOTHING, NOTHING)
+    assert not yielded(Forwarding(), NOTHING) and not yielded(EVERYTHING, Forwarding())
+    two = Forwarding(GROUPS, 2, frozenset({0, 1}))
+    first = Forwarding(GROUPS, 2, frozenset({0}))
+    assert yielded(two, first) and not yielded(first, two)
+    rec = wire.encode_record(OP_UPSERT, flow(1))          # no group bits: the first group
+    assert handed_over(record_key(rec), rec, EVERYTHING, NOTHING)
+    assert not handed_over(record_key(rec), rec, two, first)       # its group stays here
+    assert handed_over(record_key(rec), rec, first, Forwarding(GROUPS, 2, frozenset({1})))
+
+
+def test_a_member_that_stops_forwarding_is_told_what_it_forwarded():
+    """set_forwarding's Yield carries the value before the change, once per
+    change that gives flows up (the shell's handover dump reads it)."""
+    net = standby_pair()
+    fw1 = net.nodes["fw1"]
+    fw1.drain()
+    fw1.set_forwarding(NOTHING, net.now)                   # maintenance on: fw1 yields
+    assert [a for a in fw1.drain() if isinstance(a, Yield)] == [Yield(EVERYTHING)]
+    fw1.set_forwarding(NOTHING, net.now)
+    assert not [a for a in fw1.drain() if isinstance(a, Yield)]
+    assert fw1.owner_counters["yields"] == 1
 
 
 # --- case 1: a planned handover ---------------------------------------------------

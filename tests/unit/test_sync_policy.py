@@ -82,3 +82,23 @@ def test_filter_protocols_ranges_and_the_nosync_mark():
     for flt in (EVERY, SESSIONS):
         assert not syncable(e(status=ASSURED, mark=NOSYNC_MARK | 7), OWN, flt)
         assert syncable(e(status=ASSURED, mark=0x0f000007), OWN, flt)   # group bits are not it
+
+
+def test_young_sessions_are_answered_unassured_non_tcp_flows_the_filter_keeps():
+    """What a member that stops forwarding hands over (syncd/handover.py):
+    answered, not yet assured, not TCP nor ICMP, and otherwise in the
+    filter's scope; nothing with states = "all" (everything went already)."""
+    from syncd.core.policy import young_session
+    sessions = compile_filter(SyncFilter())
+    answered = IPS_CONFIRMED | IPS_SEEN_REPLY
+    assert young_session(e(proto=17, dport=5103, status=answered), OWN, sessions)
+    assert young_session(e(proto=47, sport=0, dport=0, status=answered), OWN, sessions)   # GRE
+    assert not young_session(e(proto=17, status=IPS_CONFIRMED), OWN, sessions)      # unanswered
+    assert not young_session(e(proto=17, status=answered | IPS_ASSURED), OWN, sessions)  # sent already
+    assert not young_session(e(proto=6, status=answered), OWN, sessions)            # TCP handshake
+    assert not young_session(e(proto=1, status=answered), OWN, sessions)            # ICMP
+    assert not young_session(e(proto=17, osrc="192.0.2.11", status=answered), OWN, sessions)
+    assert not young_session(e(proto=17, status=answered, mark=NOSYNC_MARK), OWN, sessions)
+    tcp_only = compile_filter(SyncFilter(protocols=(6,)))
+    assert not young_session(e(proto=17, status=answered), OWN, tcp_only)
+    assert not young_session(e(proto=17, status=answered), OWN, compile_filter(SyncFilter(states="all")))
