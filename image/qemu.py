@@ -171,8 +171,8 @@ class VM:
         summary line is often all a CI log keeps)."""
         with self.lock:
             text = bytes(self.buf[-4 * chars:]).decode("utf-8", "replace")
-        text = _ESCAPES.sub("", text)
-        lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+        # (_ESCAPES takes the carriage returns too: CRLF lines split on LF)
+        lines = [ln.strip() for ln in _ESCAPES.sub("", text).splitlines() if ln.strip()]
         return " | ".join(lines)[-chars:] or "(nothing)"
 
     def send(self, text: str) -> None:

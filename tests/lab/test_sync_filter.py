@@ -234,7 +234,8 @@ def test_the_end_of_a_replicated_session_reaches_the_peer(lab, listener):
 class PushStream:
     """One UDP flow client -> server that only the server feeds: the client
     subscribes with one datagram, the server then pushes every PUSH_EVERY s
-    (a stream, a game server). Driven in this process, bounded by `until`."""
+    (a stream, a game server). Driven in this process, each run() bounded
+    by its `seconds`."""
 
     def __init__(self, lab: Lab):
         self.server = lab.socket("server", type=socket.SOCK_DGRAM)
